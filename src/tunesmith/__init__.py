@@ -1,0 +1,33 @@
+"""tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it, improve it.
+
+The Python API mirrors the CLI verbs::
+
+    import tunesmith
+    config = tunesmith.load_config("tunesmith.yaml", ["train.lr=1e-4"])
+    outcome = tunesmith.train(config)
+"""
+
+from importlib import metadata
+
+from tunesmith.config import ConfigError, ProjectConfig, load_config
+from tunesmith.models import list_models, load_causal_lm, model_info
+from tunesmith.pipeline import evaluate_version, prepare_data, quickstart, train
+from tunesmith.workspace import init_project, open_workspace
+
+__version__ = metadata.version("tunesmith")
+
+__all__ = [
+    "ConfigError",
+    "ProjectConfig",
+    "__version__",
+    "evaluate_version",
+    "init_project",
+    "list_models",
+    "load_causal_lm",
+    "load_config",
+    "model_info",
+    "open_workspace",
+    "prepare_data",
+    "quickstart",
+    "train",
+]

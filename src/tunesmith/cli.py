@@ -1,0 +1,324 @@
+"""The `tunesmith` command: parse arguments, call one stage function, print the result."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunesmith.config import CONFIG_FILENAME, ConfigError, load_config
+
+app = typer.Typer(
+    help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+models_app = typer.Typer(
+    help="The model catalogue: list models, show where one loads from.", no_args_is_help=True
+)
+data_app = typer.Typer(help="Prepare and inspect dataset versions.", no_args_is_help=True)
+registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+app.add_typer(data_app, name="data")
+app.add_typer(registry_app, name="registry")
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path | None, typer.Argument(help=f"Project config (default: ./{CONFIG_FILENAME}).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")]
+
+
+def _config(path: Path | None, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="Project folder.")] = Path(),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing tunesmith.yaml.")] = False,
+) -> None:
+    """Create a project: a commented tunesmith.yaml and the .tunesmith/ workspace with its store."""
+    from tunesmith.workspace import init_project
+
+    try:
+        path = init_project(directory, force=force)
+    except FileExistsError as exc:
+        raise _fail(str(exc)) from None
+    out.print(
+        f"Wrote {path} and the workspace {directory / '.tunesmith'}. Next: set data.path, then "
+        "`tunesmith validate` and `tunesmith train`."
+    )
+
+
+@app.command()
+def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """Check a project config; print every problem with its field path and line, exit 2 if any."""
+    cfg = _config(config, set_)
+    out.print(
+        f"[green]ok[/green] {config or CONFIG_FILENAME}: project {cfg.project!r}, model {cfg.model.id}, "
+        f"{cfg.train.method} {cfg.train.objective}"
+    )
+
+
+@models_app.command("list")
+def models_list() -> None:
+    """The catalogue: bundled models that work offline; any hub id or local folder works too."""
+    from tunesmith.models import list_models
+
+    table = Table()
+    for column in ("id", "kind", "parameters", "context", "licence", "cached", "loads from"):
+        table.add_column(column)
+    for info in list_models():
+        table.add_row(
+            info.id,
+            info.kind,
+            f"{info.parameters / 1e6:.0f}M" if info.parameters else "?",
+            str(info.context_window or "?"),
+            info.licence or "?",
+            "yes" if info.cached else "no",
+            info.loads_from,
+        )
+    out.print(table)
+    out.print("Any Hugging Face hub id (owner/name) or local model folder also works as model.id.")
+
+
+@models_app.command("show")
+def models_show(
+    model_id: Annotated[str, typer.Argument(help="Catalogue id, hub id or local folder.")],
+    source: Annotated[str, typer.Option(help="auto | bundled | hub")] = "auto",
+) -> None:
+    """Parameters, context window, licence, where it loads from, and whether it is cached."""
+    from tunesmith.models import ModelNotFoundError, model_info
+
+    try:
+        info = model_info(model_id, source=source)
+    except ModelNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    for label, value in (
+        ("id", info.id),
+        ("kind", info.kind),
+        ("hub id", info.hub_id or "-"),
+        ("parameters", f"{info.parameters:,}" if info.parameters else "unknown"),
+        ("context window", f"{info.context_window:,} tokens" if info.context_window else "unknown"),
+        ("licence", info.licence or "unknown"),
+        ("description", info.description),
+        ("loads from", info.loads_from),
+        ("cached", "yes" if info.cached else "no"),
+    ):
+        out.print(f"[bold]{label:>15}[/bold]  {value}")
+
+
+@data_app.command("prepare")
+def data_prepare(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """Validate, split and store data.path as an immutable, content-hashed dataset version."""
+    from tunesmith.data import DataError
+    from tunesmith.pipeline import prepare_data
+
+    cfg = _config(config, set_)
+    try:
+        version = prepare_data(cfg)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    counts = version.counts
+    out.print(
+        f"Dataset version [bold]{version.id}[/bold]: {counts['train']} train, {counts['val']} val, "
+        f"{counts['test']} test, {counts['rejected']} rejected → {version.path}"
+    )
+    if counts["rejected"]:
+        out.print(f"Rejected rows and reasons: {Path(version.path) / 'rejected.jsonl'}")
+
+
+@data_app.command("list")
+def data_list(config: ConfigArg = None) -> None:
+    """Stored dataset versions, newest first."""
+    from tunesmith.data import list_datasets
+    from tunesmith.workspace import open_workspace
+
+    table = Table()
+    for column in ("id", "name", "format", "train", "val", "test", "rejected", "created"):
+        table.add_column(column)
+    for v in list_datasets(open_workspace(_config(config, None))):
+        table.add_row(
+            v.id,
+            v.name,
+            v.format,
+            *(str(v.counts.get(k, 0)) for k in ("train", "val", "test", "rejected")),
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table)
+
+
+@app.command("train")
+def train_cmd(config: ConfigArg = None, set_: SetOpt = None) -> None:
+    """Fine-tune the base model on data.path and register the result as a new version."""
+    from tunesmith.data import DataError
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.pipeline import train
+    from tunesmith.train import TrainConfigError
+
+    cfg = _config(config, set_)
+    try:
+        outcome = train(cfg)
+    except (DataError, ModelNotFoundError, TrainConfigError) as exc:
+        raise _fail(str(exc)) from None
+    m = outcome.version.metrics
+    out.print(
+        f"Registered [bold]{outcome.version.name}[/bold] from run {outcome.run_id}: train loss "
+        f"{m['train_loss']:.3f}, {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
+    )
+
+
+@app.command("eval")
+def eval_cmd(
+    version: Annotated[str | None, typer.Argument(help="Version name or id (e.g. my-project-v2).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    set_: SetOpt = None,
+    list_metrics: Annotated[
+        bool, typer.Option("--list-metrics", help="List the registered metrics.")
+    ] = False,
+) -> None:
+    """Score the base model and a version on the same held-out items, side by side."""
+    from tunesmith.evaluate import comparison_table, metric_names
+
+    if list_metrics:
+        out.print("\n".join(metric_names()))
+        return
+    if version is None:
+        raise _fail("name a version to evaluate (see `tunesmith registry list`)", 2)
+    from tunesmith.data import DataError
+    from tunesmith.pipeline import evaluate_version
+    from tunesmith.registry import RegistryError
+
+    cfg = _config(config, set_)
+    try:
+        results = evaluate_version(cfg, version)
+    except (DataError, RegistryError, KeyError) as exc:
+        raise _fail(str(exc)) from None
+    out.print(comparison_table(results, f"{cfg.eval.split} split, {len(results[0].answers)} items"))
+
+
+@registry_app.command("list")
+def registry_list(
+    family: Annotated[str | None, typer.Option(help="Only this family.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Registered versions, newest first."""
+    from tunesmith.registry import list_versions
+    from tunesmith.workspace import open_workspace
+
+    table = Table()
+    for column in ("name", "id", "method", "base", "dataset", "metrics", "created"):
+        table.add_column(column)
+    for v in list_versions(open_workspace(_config(config, None)), family):
+        shown = ", ".join(
+            f"{k} {val:.3f}" for k, val in v.metrics.items() if k.startswith("test_") or k == "eval_loss"
+        )
+        table.add_row(
+            v.name,
+            v.id,
+            v.method,
+            v.base_model,
+            v.dataset_version_id or "-",
+            shown,
+            f"{v.created_at:%Y-%m-%d %H:%M}",
+        )
+    out.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Everything recorded about one version: lineage, config, metrics, artifacts."""
+    import yaml
+
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.workspace import open_workspace
+
+    try:
+        v = get_version(open_workspace(_config(config, None)), version)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    record = {
+        "name": v.name,
+        "id": v.id,
+        "family": v.family,
+        "run": v.run_id,
+        "parent": v.parent_id,
+        "base_model": v.base_model,
+        "base_revision": v.base_revision,
+        "method": v.method,
+        "weights_sha256": v.weights_sha256,
+        "dataset_version": v.dataset_version_id,
+        "seed": v.seed,
+        "artifacts": v.path,
+        "created_by": v.created_by,
+        "created_at": v.created_at.isoformat(),
+        "metrics": v.metrics,
+        "lineage": v.lineage,
+        "config": v.config,
+    }
+    out.print(yaml.safe_dump(record, sort_keys=False, allow_unicode=True), markup=False, highlight=False)
+
+
+def _later(stage: str, issue_topic: str) -> None:
+    err.print(f"`tunesmith {stage}` is not available yet in this version: {issue_topic}. Nothing was run.")
+    raise typer.Exit(2)
+
+
+@app.command()
+def serve() -> None:
+    """(Not yet available.) OpenAI-compatible server over the registry."""
+    _later("serve", "the OpenAI-compatible server is planned")
+
+
+@app.command()
+def monitor() -> None:
+    """(Not yet available.) Production scoring, drift and alerts."""
+    _later("monitor", "production monitoring is planned")
+
+
+@app.command()
+def ui() -> None:
+    """(Not yet available.) The web app over the same store."""
+    _later("ui", "the web UI is planned")
+
+
+@app.command()
+def quickstart(
+    directory: Annotated[Path, typer.Argument(help="Folder for the demo project.")] = Path(
+        "tunesmith-quickstart"
+    ),
+    set_: SetOpt = None,
+) -> None:
+    """The main job on the bundled model: demo data, before, LoRA fine-tune, after, compare, register."""
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.pipeline import print_quickstart
+    from tunesmith.pipeline import quickstart as run_quickstart
+
+    try:
+        result = run_quickstart(directory, set_)
+    except ConfigError as exc:
+        raise _fail(str(exc), 2) from None
+    except ModelNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    print_quickstart(result)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,336 @@
+"""The project config: one typed section per stage, loaded from YAML, validated before anything runs.
+
+`load_config` reports every problem at once, each with its field path and, where the value came
+from the file, the file and line it sits on.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+
+CONFIG_FILENAME = "tunesmith.yaml"
+DB_URL_ENV = "TUNESMITH_DB_URL"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class SplitConfig(_Section):
+    """How rows are divided into train, validation and test."""
+
+    val: float = Field(0.1, ge=0.0, lt=1.0)
+    test: float = Field(0.1, ge=0.0, lt=1.0)
+    seed: int = 0
+    field: str = "split"  # rows that carry this field keep the split it names
+    group_field: str = "group"  # rows sharing a group land in the same split when assigned here
+
+    @model_validator(mode="after")
+    def _leaves_some_train(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(f"val + test must leave rows for training (got {self.val} + {self.test})")
+        return self
+
+
+class DataConfig(_Section):
+    """Where the rows come from and how they are read."""
+
+    path: str | None = None
+    format: Literal["auto", "chat", "prompt_completion", "alpaca"] = "auto"
+    system_prompt: str | None = None  # added to rows that have no system message
+    split: SplitConfig = SplitConfig()
+
+
+class ModelConfig(_Section):
+    """The base model: a catalogue id, a Hugging Face hub id, or a local folder."""
+
+    id: str = "smollm2-135m-instruct"
+    source: Literal["auto", "bundled", "hub"] = "auto"
+    revision: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+
+class LoraSettings(_Section):
+    """PEFT `LoraConfig` fields, under their PEFT names."""
+
+    r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+class TrainConfig(_Section):
+    """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
+
+    objective: Literal["sft"] = "sft"
+    method: Literal["lora", "full"] = "lora"
+    num_train_epochs: float = Field(3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "epochs"))
+    learning_rate: float = Field(2e-4, gt=0, validation_alias=AliasChoices("learning_rate", "lr"))
+    per_device_train_batch_size: int = Field(
+        8, gt=0, validation_alias=AliasChoices("per_device_train_batch_size", "batch_size")
+    )
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    max_length: int = Field(512, gt=0)
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = Field(0.0, ge=0)  # a fraction of all steps when below 1
+    weight_decay: float = Field(0.0, ge=0)
+    logging_steps: int = Field(5, gt=0)
+    seed: int = 0
+    # Trades compute for memory: worth it for large models on a GPU, a ~30% slowdown for small ones.
+    gradient_checkpointing: bool = False
+    lora: LoraSettings = LoraSettings()
+    args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
+
+
+class EvalConfig(_Section):
+    """How answers are generated and scored."""
+
+    split: Literal["val", "test"] = "test"
+    metrics: list[str] = Field(default_factory=lambda: ["key_fact", "rouge_l"])
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(16, gt=0)
+
+
+class ServeConfig(_Section):
+    """Where `tunesmith serve` listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, gt=0, lt=65536)
+
+
+class MonitorConfig(_Section):
+    """Production monitoring settings."""
+
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of requests scored online
+
+
+class ProjectConfig(_Section):
+    """The whole project: one file, one section per stage."""
+
+    project: str = Field("my-project", pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    workspace: str = ".tunesmith"
+    store_url: str | None = None  # any SQLAlchemy URL; default a SQLite file in the workspace
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    serve: ServeConfig = ServeConfig()
+    monitor: MonitorConfig = MonitorConfig()
+
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # relative paths start here
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def with_base_dir(self, base_dir: Path) -> ProjectConfig:
+        """Return this config with relative paths resolved against `base_dir`."""
+        self._base_dir = base_dir.resolve()
+        return self
+
+    def resolve_path(self, value: str) -> Path:
+        """Return `value` as an absolute path, relative to the config file's folder."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path).resolve()
+
+    @property
+    def workspace_dir(self) -> Path:
+        return self.resolve_path(self.workspace)
+
+    @property
+    def resolved_store_url(self) -> str:
+        """The store URL: `TUNESMITH_DB_URL`, else `store_url`, else SQLite in the workspace."""
+        return (
+            os.environ.get(DB_URL_ENV) or self.store_url or f"sqlite:///{self.workspace_dir / 'tunesmith.db'}"
+        )
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data, every default filled in: what a run records."""
+        return self.model_dump(mode="json", by_alias=False)
+
+
+class ConfigIssue(BaseModel):
+    """One problem in a config: where it is and what is wrong."""
+
+    path: str  # dotted field path, e.g. train.learning_rate
+    message: str
+    location: str | None = None  # file:line when the value came from a file
+
+    def __str__(self) -> str:
+        where = f"{self.location}: " if self.location else ""
+        return f"{where}{self.path}: {self.message}"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used, with every problem found."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str) -> None:
+        self.issues = issues
+        self.source = source
+        lines = "\n".join(f"  - {issue}" for issue in issues)
+        super().__init__(f"{source}: {len(issues)} problem(s) in the config:\n{lines}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ProjectConfig:
+    """Load, override and validate a project config.
+
+    Args:
+        path: a YAML file; `None` looks for `tunesmith.yaml` in the current folder and falls back
+            to the defaults when there is none.
+        overrides: `dotted.path=value` strings; values are parsed as YAML (`1e-4`, `true`, `[a, b]`).
+
+    Raises:
+        ConfigError: with every problem found, each with its field path and file:line.
+    """
+    file = Path(path) if path is not None else Path(CONFIG_FILENAME)
+    source = str(file)
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, ...], int] = {}
+    if file.exists():
+        text = file.read_text(encoding="utf-8")
+        try:
+            loaded = yaml.safe_load(text)
+            lines = _line_numbers(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+            raise ConfigError(
+                [ConfigIssue(path="(file)", message=f"not valid YAML: {exc}", location=where)], source
+            ) from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(
+                [
+                    ConfigIssue(
+                        path="(file)",
+                        message="the top level must be a mapping of sections",
+                        location=f"{file}:1",
+                    )
+                ],
+                source,
+            )
+        data = loaded or {}
+    elif path is not None:
+        raise ConfigError(
+            [ConfigIssue(path="(file)", message="no such file; create one with `tunesmith init`")], source
+        )
+
+    issues: list[ConfigIssue] = []
+    for override in overrides or []:
+        issue = _apply_override(data, override)
+        if issue is not None:
+            issues.append(issue)
+    base_dir = file.resolve().parent if file.exists() else Path.cwd()
+    try:
+        config = ProjectConfig.model_validate(data).with_base_dir(base_dir)
+    except ValidationError as exc:
+        for error in exc.errors():
+            keys = tuple(str(part) for part in error["loc"])
+            line = _nearest_line(lines, keys)
+            issues.append(
+                ConfigIssue(
+                    path=".".join(keys) or "(root)",
+                    message=_describe(error),
+                    location=f"{file}:{line}" if line is not None else None,
+                )
+            )
+        raise ConfigError(issues, source) from None
+    if issues:
+        raise ConfigError(issues, source)
+    return config
+
+
+def _describe(error: Any) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown field (check the spelling; `tunesmith init` writes every field with a comment)"
+    message = str(error["msg"])
+    if "input" in error and not isinstance(error["input"], dict):
+        message += f" (got {error['input']!r})"
+    return message
+
+
+def _apply_override(data: dict[str, Any], override: str) -> ConfigIssue | None:
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        return ConfigIssue(
+            path=override,
+            message="an override is `section.field=value`, e.g. train.lr=1e-4",
+            location="--set",
+        )
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    parts = key.strip().split(".")
+    section: type[BaseModel] | None = ProjectConfig
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            return ConfigIssue(path=key, message=f"`{part}` is a value, not a section", location="--set")
+        node = child
+        section = _subsection(section, part)
+    name = _canonical_name(section, parts[-1])
+    for other in _field_names(section, name):  # `--set train.lr=...` replaces a `learning_rate:` in the file
+        node.pop(other, None)
+    node[name] = value
+    return None
+
+
+def _subsection(section: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    field = section.model_fields.get(name) if section is not None else None
+    annotation = field.annotation if field is not None else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def _field_names(section: type[BaseModel] | None, name: str) -> list[str]:
+    """Every name (the field's own and its aliases) that sets field `name` of `section`."""
+    field = section.model_fields.get(name) if section is not None else None
+    if field is None:
+        return []
+    alias = field.validation_alias
+    choices = [c for c in alias.choices if isinstance(c, str)] if isinstance(alias, AliasChoices) else []
+    return [name, *choices]
+
+
+def _canonical_name(section: type[BaseModel] | None, key: str) -> str:
+    for name in section.model_fields if section is not None else ():
+        if key in _field_names(section, name):
+            return name
+    return key
+
+
+def _line_numbers(text: str) -> dict[tuple[str, ...], int]:
+    """Map every key path in a YAML document to its 1-based line."""
+    found: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, prefix: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                path = (*prefix, str(key_node.value))
+                found[path] = key_node.start_mark.line + 1
+                walk(value_node, path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                path = (*prefix, str(index))
+                found[path] = item.start_mark.line + 1
+                walk(item, path)
+
+    root = yaml.compose(text)
+    if root is not None:
+        walk(root, ())
+    return found
+
+
+def _nearest_line(lines: dict[tuple[str, ...], int], keys: tuple[str, ...]) -> int | None:
+    """The line of the deepest key of `keys` that the file has (a missing field points at its section)."""
+    for end in range(len(keys), 0, -1):
+        if keys[:end] in lines:
+            return lines[keys[:end]]
+    return None

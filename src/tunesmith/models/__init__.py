@@ -1,0 +1,16 @@
+"""Models: the catalogue, where each model loads from, and loading (hub, local, bundled GGUF)."""
+
+from tunesmith.models.catalog import CATALOG, ModelInfo, ModelNotFoundError, list_models, model_info
+from tunesmith.models.loading import LoadedModel, ResolvedModel, load_causal_lm, resolve
+
+__all__ = [
+    "CATALOG",
+    "LoadedModel",
+    "ModelInfo",
+    "ModelNotFoundError",
+    "ResolvedModel",
+    "list_models",
+    "load_causal_lm",
+    "model_info",
+    "resolve",
+]

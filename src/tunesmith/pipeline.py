@@ -1,0 +1,269 @@
+"""The stage functions behind the CLI verbs, and `quickstart`, which runs them end to end.
+
+Each function takes a validated `ProjectConfig`, reads earlier stages' records from the store and
+writes its own; the CLI only parses arguments and calls one of these.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import CONFIG_FILENAME, ProjectConfig, load_config
+from tunesmith.data import DataError, load_split, prepare_dataset
+from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
+from tunesmith.progress import console
+from tunesmith.registry import get_version, register_version
+from tunesmith.store import DatasetVersion, ModelVersion, Run, session
+from tunesmith.workspace import Workspace, open_workspace
+
+DEMO_DATA = "fernwick.jsonl"
+
+
+def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> DatasetVersion:
+    """Turn `data.path` into a stored dataset version (the same content gives the same version).
+
+    Raises:
+        DataError: when `data.path` is unset, missing, or has no usable rows.
+    """
+    if config.data.path is None:
+        raise DataError(
+            "data.path is not set; point it at a JSONL file of chat, prompt/completion or alpaca rows"
+        )
+    workspace = workspace or open_workspace(config)
+    return prepare_dataset(workspace, config.resolve_path(config.data.path), config.data)
+
+
+@dataclass
+class TrainOutcome:
+    """What `train` produced: the dataset version, the run, the registered version, the model."""
+
+    dataset: DatasetVersion
+    run_id: str
+    run_dir: Path
+    version: ModelVersion
+    model: Any
+    tokenizer: Any
+
+
+def train(
+    config: ProjectConfig,
+    workspace: Workspace | None = None,
+    *,
+    kind: str = "train",
+    base: Any = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> TrainOutcome:
+    """Prepare the data, fine-tune the base model, and register the result as a new version."""
+    from tunesmith.models import load_causal_lm
+    from tunesmith.train import train_sft
+
+    workspace = workspace or open_workspace(config)
+    dataset = prepare_data(config, workspace)
+    base = base or load_causal_lm(
+        config.model.id, config.model.source, config.model.revision, config.model.dtype
+    )
+    result = train_sft(config, workspace, dataset, base, kind=kind)
+    with session(workspace.engine) as s:
+        run = s.get(Run, result.run_id)
+    assert run is not None
+    version = register_version(
+        workspace,
+        run,
+        family=config.project,
+        weights_dir=result.adapter_dir,
+        base_revision=base.base_revision,
+        method=config.train.method,
+        seed=config.train.seed,
+        metrics={**result.metrics, **(extra_metrics or {})},
+        tokenizer=result.tokenizer,
+    )
+    return TrainOutcome(
+        dataset=dataset,
+        run_id=result.run_id,
+        run_dir=result.run_dir,
+        version=version,
+        model=result.model,
+        tokenizer=result.tokenizer,
+    )
+
+
+def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any]:
+    """Load a registered version (base model plus its adapter) for generation."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models import load_causal_lm
+
+    version = get_version(workspace, ref)
+    model_cfg = version.config["model"]
+    if version.method == "lora":
+        base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], model_cfg["dtype"])
+        return version, PeftModel.from_pretrained(base.model, version.path), base.tokenizer
+    from transformers import AutoTokenizer
+
+    return (
+        version,
+        AutoModelForCausalLM.from_pretrained(version.path),
+        AutoTokenizer.from_pretrained(version.path),
+    )
+
+
+def evaluate_version(config: ProjectConfig, ref: str, workspace: Workspace | None = None) -> list[EvalResult]:
+    """Score the base model and version `ref` on the same held-out items of the version's dataset."""
+    from tunesmith.models import load_causal_lm
+
+    workspace = workspace or open_workspace(config)
+    version, model, tokenizer = load_version(workspace, ref)
+    if version.dataset_version_id is None:
+        raise DataError(f"{version.name} records no dataset version to evaluate on")
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, version.dataset_version_id)
+    assert dataset is not None
+    items = load_split(dataset, config.eval.split)
+    if not items:
+        raise DataError(f"dataset {dataset.id} has no {config.eval.split} rows to evaluate on")
+    model_cfg = version.config["model"]
+    base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], model_cfg["dtype"])
+    return [
+        evaluate_model(base.model, base.tokenizer, items, config.eval, label="base"),
+        evaluate_model(model, tokenizer, items, config.eval, label=version.name),
+    ]
+
+
+@dataclass
+class QuickstartResult:
+    """Everything quickstart made, for printing and for tests."""
+
+    directory: Path
+    config_path: Path
+    items: list[dict[str, Any]]
+    before: EvalResult
+    after: EvalResult
+    outcome: TrainOutcome
+    report_dir: Path
+    seconds: float
+
+
+def write_demo_project(directory: Path) -> Path:
+    """Copy the demo config and data into `directory` (kept if already there); return the config path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    demo = resources.files("tunesmith").joinpath("demo")
+    config_path = directory / CONFIG_FILENAME
+    if not config_path.exists():
+        config_path.write_text(demo.joinpath("quickstart.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    data_path = directory / "data" / DEMO_DATA
+    if not data_path.exists():
+        data_path.parent.mkdir(exist_ok=True)
+        with demo.joinpath(DEMO_DATA).open("rb") as src, data_path.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    return config_path
+
+
+def quickstart(directory: Path, overrides: list[str] | None = None) -> QuickstartResult:
+    """The main job: demo data → before → LoRA fine-tune → after → compare → register.
+
+    The demo facts are about a fictional company, so the base model cannot know them; the test
+    split holds paraphrased questions that training never saw.
+    """
+    from tunesmith.models import load_causal_lm
+
+    started = time.perf_counter()
+    config_path = write_demo_project(directory)
+    config = load_config(config_path, overrides)
+    workspace = open_workspace(config)
+
+    console.rule("[bold]1/5 Data")
+    dataset = prepare_data(config, workspace)
+    console.print(
+        f"Dataset version [bold]{dataset.id}[/bold]: {dataset.counts['train']} train, "
+        f"{dataset.counts['val']} validation, {dataset.counts['test']} test rows "
+        f"({dataset.counts['rejected']} rejected)"
+    )
+    items = load_split(dataset, config.eval.split)
+
+    console.rule("[bold]2/5 Base model")
+    base = load_causal_lm(config.model.id, config.model.source, config.model.revision, config.model.dtype)
+    console.print(f"{config.model.id}: {base.resolved.describe()}")
+    before = evaluate_model(base.model, base.tokenizer, items, config.eval, label="before")
+
+    console.rule("[bold]3/5 Fine-tune")
+    outcome = train(config, workspace, kind="quickstart", base=base)
+
+    console.rule("[bold]4/5 After")
+    after = evaluate_model(outcome.model, outcome.tokenizer, items, config.eval, label="after")
+
+    console.rule("[bold]5/5 Compare and register")
+    report_dir = outcome.run_dir / "eval"
+    report_dir.mkdir()
+    write_answers(report_dir / "answers.jsonl", items, [before, after])
+    plot_comparison(
+        [before, after],
+        report_dir / "before_after.png",
+        f"{len(items)} held-out questions ({config.eval.split} split)",
+    )
+    summary = {"split": config.eval.split, "items": len(items), "before": before.means, "after": after.means}
+    (report_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    record_eval_metrics(workspace, outcome.version, before.means, after.means)
+    return QuickstartResult(
+        directory=directory,
+        config_path=config_path,
+        items=items,
+        before=before,
+        after=after,
+        outcome=outcome,
+        report_dir=report_dir,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def record_eval_metrics(
+    workspace: Workspace, version: ModelVersion, before: dict[str, float], after: dict[str, float]
+) -> None:
+    """Add the held-out scores to the version's metrics (its only write after registration)."""
+    with session(workspace.engine) as s:
+        row = s.get(ModelVersion, version.id)
+        assert row is not None
+        row.metrics = {
+            **row.metrics,
+            **{f"test_{k}": v for k, v in after.items()},
+            **{f"base_test_{k}": v for k, v in before.items()},
+        }
+    version.metrics = row.metrics
+
+
+def print_quickstart(result: QuickstartResult) -> None:
+    """The closing screen: the before/after table, where everything is, what to run next."""
+    console.print(
+        comparison_table(
+            [result.before, result.after],
+            f"Held-out paraphrased questions ({len(result.before.answers)} items)",
+        )
+    )
+    shown = 0
+    for i, (b, a) in enumerate(zip(result.before.answers, result.after.answers, strict=True)):
+        if shown == 3:
+            break
+        if result.after.scores[i].get("key_fact", 0) > result.before.scores[i].get("key_fact", 0):
+            question = result.items[i]["messages"][-2]["content"]
+            console.print(f"[bold]Q:[/bold] {question}")
+            console.print(f"  [red]before:[/red] {b[:120]}\n  [green]after:[/green] {a[:120]}")
+            shown += 1
+    version = result.outcome.version
+    console.print(
+        f"\nRegistered [bold]{version.name}[/bold] ({version.id}) from run {result.outcome.run_id}, "
+        f"dataset {result.outcome.dataset.id}, in {result.seconds / 60:.1f} min."
+    )
+    console.print(f"  config     {result.config_path}")
+    console.print(f"  run        {result.outcome.run_dir}  (adapter, config.yaml, metrics.json, loss.png)")
+    console.print(f"  eval       {result.report_dir}  (answers.jsonl, before_after.png, summary.json)")
+    console.print("\nNext:")
+    console.print(f"  cd {result.directory}")
+    console.print(f"  tunesmith registry show {version.name}")
+    console.print(f"  tunesmith eval {version.name}")
+    console.print("  tunesmith train --set train.lr=5e-4   # train again with other settings")

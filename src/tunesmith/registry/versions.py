@@ -1,0 +1,151 @@
+"""Model versions: immutable records of what was trained, from what, and how well it did."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import os
+import secrets
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tunesmith.store import ModelVersion, Run, session
+from tunesmith.workspace import Workspace
+
+LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
+
+
+class RegistryError(LookupError):
+    """A version or family that is not in the registry."""
+
+
+def register_version(
+    workspace: Workspace,
+    run: Run,
+    *,
+    family: str,
+    weights_dir: Path,
+    base_revision: str | None,
+    method: str,
+    seed: int,
+    metrics: dict[str, Any],
+    tokenizer: Any,
+    parent_id: str | None = None,
+) -> ModelVersion:
+    """Record a trained model as the next version of `family` (`family-v1`, `family-v2`, ...)."""
+    lineage = {
+        "libraries": library_versions(),
+        "git_commit": git_commit(),
+        "chat_template_sha256": _sha256_text(getattr(tokenizer, "chat_template", None) or ""),
+        "tokenizer_sha256": _tokenizer_hash(tokenizer),
+        "eos_token": getattr(tokenizer, "eos_token", None),
+    }
+    with session(workspace.engine) as s:
+        number = (
+            s.scalar(select(func.max(ModelVersion.number)).where(ModelVersion.family == family)) or 0
+        ) + 1
+        version = ModelVersion(
+            id=f"mv-{secrets.token_hex(6)}",
+            name=f"{family}-v{number}",
+            family=family,
+            number=number,
+            run_id=run.id,
+            parent_id=parent_id,
+            base_model=run.base_model,
+            base_revision=base_revision,
+            method=method,
+            weights_sha256=weights_sha256(weights_dir),
+            dataset_version_id=run.dataset_version_id,
+            seed=seed,
+            config=run.config,
+            metrics=metrics,
+            lineage=lineage,
+            path=str(weights_dir),
+            created_by=_who(),
+        )
+        s.add(version)
+    return version
+
+
+def get_version(workspace: Workspace, ref: str) -> ModelVersion:
+    """A version by name (`support-v3`) or id (`mv-...`).
+
+    Raises:
+        RegistryError: when there is none.
+    """
+    with session(workspace.engine) as s:
+        version = s.scalars(
+            select(ModelVersion).where((ModelVersion.name == ref) | (ModelVersion.id == ref))
+        ).first()
+    if version is None:
+        raise RegistryError(f"no model version {ref!r}; `tunesmith registry list` shows the registered ones")
+    return version
+
+
+def list_versions(workspace: Workspace, family: str | None = None) -> list[ModelVersion]:
+    """Registered versions, newest first, optionally of one family."""
+    query = select(ModelVersion).order_by(ModelVersion.created_at.desc())
+    if family is not None:
+        query = query.where(ModelVersion.family == family)
+    with session(workspace.engine) as s:
+        return list(s.scalars(query))
+
+
+def weights_sha256(directory: Path) -> str:
+    """sha256 over the weight files of an adapter or model folder, in name order."""
+    from tunesmith.models.loading import file_sha256
+
+    files = sorted(directory.glob("*.safetensors")) or sorted(directory.glob("*.bin"))
+    if not files:
+        raise RegistryError(f"{directory} holds no weights (*.safetensors)")
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return hashlib.sha256("".join(file_sha256(f) for f in files).encode()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for name in LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the tunesmith checkout this runs from, if it runs from one."""
+    root = Path(__file__).resolve().parents[3]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _tokenizer_hash(tokenizer: Any) -> str | None:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    return _sha256_text(backend.to_str()) if backend is not None else None
+
+
+def _who() -> str:
+    try:
+        return os.environ.get("TUNESMITH_USER") or getpass.getuser()
+    except OSError:
+        return "unknown"

@@ -1,0 +1,113 @@
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+VERBS = [
+    "init",
+    "validate",
+    "models",
+    "data",
+    "train",
+    "eval",
+    "registry",
+    "serve",
+    "monitor",
+    "ui",
+    "quickstart",
+]
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(args), catch_exceptions=False)
+
+
+def test_help_lists_every_stage_verb():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for verb in VERBS:
+        assert re.search(rf"│ {verb}\s", result.output), verb
+
+
+def cli_reference() -> list[str]:
+    """One README line per verb and sub-verb: `tunesmith VERB` — the first line of its help."""
+    import typer
+
+    group = typer.main.get_command(app)
+    lines = []
+    for name, command in group.commands.items():
+        lines.append(f"`tunesmith {name}` — {command.help.splitlines()[0]}")
+        for sub_name, sub in getattr(command, "commands", {}).items():
+            lines.append(f"`tunesmith {name} {sub_name}` — {sub.help.splitlines()[0]}")
+    return lines
+
+
+def test_readme_cli_reference_matches_help():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    missing = [line for line in cli_reference() if line not in readme]
+    assert not missing, "README CLI reference is out of date; update these lines:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("verb", ["serve", "monitor", "ui"])
+def test_planned_verbs_say_so_and_do_nothing(verb):
+    result = invoke(verb)
+    assert result.exit_code == 2
+    assert "not available yet" in result.output
+
+
+def test_init_then_validate(tmp_path):
+    assert invoke("init", str(tmp_path / "p")).exit_code == 0
+    result = invoke("validate", str(tmp_path / "p" / "tunesmith.yaml"), "--set", "train.lr=1e-4")
+    assert result.exit_code == 0
+    assert "ok" in result.output
+
+
+def test_validate_reports_every_error_and_exits_2(tmp_path):
+    path = tmp_path / "tunesmith.yaml"
+    path.write_text("train:\n  lr: -1\n  method: magic\n", encoding="utf-8")
+    result = invoke("validate", str(path))
+    assert result.exit_code == 2
+    assert f"{path}:2: train.learning_rate" in result.output
+    assert f"{path}:3: train.method" in result.output
+
+
+def test_models_list_and_show():
+    listed = invoke("models", "list")
+    assert "smollm2-135m-instruct" in listed.output and "minilm-l6" in listed.output
+    shown = invoke("models", "show", "smollm2-135m-instruct")
+    assert "8,192 tokens" in shown.output and "apache-2.0" in shown.output
+
+
+def test_models_show_missing_folder_is_a_clear_error(tmp_path):
+    result = invoke("models", "show", str(tmp_path / "nothing"))
+    assert result.exit_code == 1
+    assert "neither a catalogue id" in result.output
+
+
+def test_data_prepare_without_a_path_says_which_field(tmp_path):
+    result = invoke("data", "prepare")
+    assert result.exit_code == 1
+    assert "data.path is not set" in result.output
+
+
+def test_train_rejects_unknown_trainer_args(tmp_path, tiny_model_dir):
+    from conftest import demo_rows  # noqa: F401 - the demo file exists
+
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "q", "completion": "a"}\n' * 1, encoding="utf-8")
+    result = invoke(
+        "train",
+        "--set",
+        f"data.path={rows}",
+        "--set",
+        f"model.id={tiny_model_dir}",
+        "--set",
+        "train.args.not_a_field=1",
+    )
+    assert result.exit_code == 1
+    assert "train.args.not_a_field: not a field of TRL's SFTConfig" in result.output

@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import ConfigError, ProjectConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tunesmith.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_defaults_without_a_file():
+    config = load_config()
+    assert config.model.id == "smollm2-135m-instruct"
+    assert config.train.method == "lora"
+    assert config.train.lora.r == 16
+
+
+def test_every_error_at_once_with_field_path_and_line(tmp_path):
+    path = write(
+        tmp_path,
+        "project: demo\ntrain:\n  learning_rate: fast\n  lora:\n    r: -1\n  epochz: 3\n"
+        "model:\n  dtype: float8\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    issues = {issue.path: issue for issue in info.value.issues}
+    assert set(issues) == {"train.learning_rate", "train.lora.r", "train.epochz", "model.dtype"}
+    assert issues["train.learning_rate"].location == f"{path}:3"
+    assert issues["train.lora.r"].location == f"{path}:5"
+    assert "unknown field" in issues["train.epochz"].message
+    assert issues["model.dtype"].location == f"{path}:8"
+    assert "float8" in issues["model.dtype"].message
+
+
+def test_overrides_parse_yaml_values_and_accept_short_names(tmp_path):
+    path = write(tmp_path, "project: demo\n")
+    config = load_config(
+        path, ["train.lr=1e-4", "train.epochs=2", "train.lora.target_modules=[q_proj, v_proj]"]
+    )
+    assert config.train.learning_rate == pytest.approx(1e-4)
+    assert config.train.num_train_epochs == 2
+    assert config.train.lora.target_modules == ["q_proj", "v_proj"]
+
+
+def test_bad_override_is_reported_with_the_rest(tmp_path):
+    path = write(tmp_path, "project: demo\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.lr", "eval.batch_size=0"])
+    paths = [issue.path for issue in info.value.issues]
+    assert paths == ["train.lr", "eval.batch_size"]
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "project: demo\ntrain:\n  lr: [1,\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.issues[0].location.startswith(f"{path}:")
+    assert "not valid YAML" in info.value.issues[0].message
+
+
+def test_missing_explicit_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path):
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "tunesmith.yaml"
+    path.write_text("project: demo\ndata:\n  path: rows.jsonl\n", encoding="utf-8")
+    config = load_config(path)
+    assert config.resolve_path(config.data.path) == tmp_path / "sub" / "rows.jsonl"
+    assert config.workspace_dir == tmp_path / "sub" / ".tunesmith"
+    assert config.resolved_store_url == f"sqlite:///{tmp_path / 'sub' / '.tunesmith' / 'tunesmith.db'}"
+
+
+def test_store_url_from_environment_wins(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNESMITH_DB_URL", "sqlite:///elsewhere.db")
+    config = load_config(write(tmp_path, "project: demo\nstore_url: sqlite:///mine.db\n"))
+    assert config.resolved_store_url == "sqlite:///elsewhere.db"
+
+
+def test_resolved_config_round_trips():
+    config = load_config(None, ["train.lr=3e-4"])
+    again = ProjectConfig.model_validate(config.resolved())
+    assert again.resolved() == config.resolved()
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(REPO.glob("examples/*.yaml")) + sorted((REPO / "src/tunesmith").glob("*/*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_every_shipped_config_validates(path):
+    text = path.read_text(encoding="utf-8").replace("{project}", "example")
+    copy = Path.cwd() / path.name
+    copy.write_text(text, encoding="utf-8")
+    load_config(copy)
+
+
+def test_shipped_configs_exist():
+    assert len(list(REPO.glob("examples/*.yaml"))) >= 2
