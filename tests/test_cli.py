@@ -72,7 +72,7 @@ def test_validate_reports_every_error_and_exits_2(tmp_path):
     path.write_text("train:\n  lr: -1\n  method: magic\n", encoding="utf-8")
     result = invoke("validate", str(path))
     assert result.exit_code == 2
-    assert f"{path}:2: train.learning_rate" in result.output
+    assert f"{path}:2: train.lr: Input should be greater than 0" in result.output
     assert f"{path}:3: train.method" in result.output
 
 

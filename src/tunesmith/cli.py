@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunesmith.config import CONFIG_FILENAME, ConfigError, load_config
+from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_config
 
 app = typer.Typer(
     help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
@@ -33,16 +33,24 @@ ConfigArg = Annotated[Path | None, typer.Argument(help=f"Project config (default
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")]
 
 
-def _config(path: Path | None, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+def _config(path: Path | None, overrides: list[str] | None) -> ProjectConfig:
     try:
         return load_config(path, overrides)
     except ConfigError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=False, highlight=False)
+        err.print("[red]error:[/red]", str(exc), soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
 
 
+def _table(*columns: str) -> Table:
+    """A table whose ids and names never wrap, so they can be copied from the terminal."""
+    table = Table()
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("id", "name", "dataset", "created"))
+    return table
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}")
+    err.print("[red]error:[/red]", message, soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -79,9 +87,7 @@ def models_list() -> None:
     """The catalogue: bundled models that work offline; any hub id or local folder works too."""
     from tunesmith.models import list_models
 
-    table = Table()
-    for column in ("id", "kind", "parameters", "context", "licence", "cached", "loads from"):
-        table.add_column(column)
+    table = _table("id", "kind", "parameters", "context", "licence", "cached", "source")
     for info in list_models():
         table.add_row(
             info.id,
@@ -90,7 +96,7 @@ def models_list() -> None:
             str(info.context_window or "?"),
             info.licence or "?",
             "yes" if info.cached else "no",
-            info.loads_from,
+            info.origin,
         )
     out.print(table)
     out.print("Any Hugging Face hub id (owner/name) or local model folder also works as model.id.")
@@ -148,9 +154,7 @@ def data_list(config: ConfigArg = None) -> None:
     from tunesmith.data import list_datasets
     from tunesmith.workspace import open_workspace
 
-    table = Table()
-    for column in ("id", "name", "format", "train", "val", "test", "rejected", "created"):
-        table.add_column(column)
+    table = _table("id", "name", "format", "train", "val", "test", "rejected", "created")
     for v in list_datasets(open_workspace(_config(config, None))):
         table.add_row(
             v.id,
@@ -220,9 +224,7 @@ def registry_list(
     from tunesmith.registry import list_versions
     from tunesmith.workspace import open_workspace
 
-    table = Table()
-    for column in ("name", "id", "method", "base", "dataset", "metrics", "created"):
-        table.add_column(column)
+    table = _table("name", "id", "method", "base", "dataset", "metrics", "created")
     for v in list_versions(open_workspace(_config(config, None)), family):
         shown = ", ".join(
             f"{k} {val:.3f}" for k, val in v.metrics.items() if k.startswith("test_") or k == "eval_loss"

@@ -43,7 +43,7 @@ class DataConfig(_Section):
     path: str | None = None
     format: Literal["auto", "chat", "prompt_completion", "alpaca"] = "auto"
     system_prompt: str | None = None  # added to rows that have no system message
-    split: SplitConfig = SplitConfig()
+    split: SplitConfig = Field(default_factory=SplitConfig)
 
 
 class ModelConfig(_Section):
@@ -84,8 +84,10 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, gt=0)
     seed: int = 0
     # Trades compute for memory: worth it for large models on a GPU, a ~30% slowdown for small ones.
-    gradient_checkpointing: bool = False
-    lora: LoraSettings = LoraSettings()
+    activation_checkpointing: bool = Field(
+        False, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings)
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
 
@@ -117,12 +119,12 @@ class ProjectConfig(_Section):
     project: str = Field("my-project", pattern=r"^[a-z0-9][a-z0-9._-]*$")
     workspace: str = ".tunesmith"
     store_url: str | None = None  # any SQLAlchemy URL; default a SQLite file in the workspace
-    data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    train: TrainConfig = TrainConfig()
-    eval: EvalConfig = EvalConfig()
-    serve: ServeConfig = ServeConfig()
-    monitor: MonitorConfig = MonitorConfig()
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # relative paths start here
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING, Any
 from tunesmith.progress import progress_bar
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+    from transformers import PreTrainedTokenizerBase
 
 
 def generate_answers(
-    model: PreTrainedModel,
+    model: Any,  # a PreTrainedModel or a PeftModel around one
     tokenizer: PreTrainedTokenizerBase,
     items: list[dict[str, Any]],
     *,
@@ -50,7 +50,7 @@ def generate_answers(
                 )
                 new_tokens = output[:, encoded["input_ids"].shape[1] :]
                 for i, tokens in zip(batch, new_tokens, strict=True):
-                    answers[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+                    answers[i] = str(tokenizer.decode(tokens, skip_special_tokens=True)).strip()
                 advance(len(batch))
     finally:
         tokenizer.padding_side = padding_side

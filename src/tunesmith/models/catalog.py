@@ -75,7 +75,8 @@ class ModelInfo:
     context_window: int | None
     licence: str | None
     description: str
-    loads_from: str  # where the next load will read the weights
+    origin: str  # local | hub-cache | bundled-cache | bundled-gguf | bundled | hub
+    loads_from: str  # where the next load will read the weights, in words
     cached: bool  # whether loading needs neither a download nor a conversion
 
 
@@ -142,6 +143,7 @@ def model_info(ref: str, source: str = "auto", revision: str | None = None) -> M
             context_window=entry.context_window,
             licence=entry.licence,
             description=entry.description,
+            origin=resolved.origin,
             loads_from=resolved.describe(),
             cached=resolved.cached,
         )
@@ -154,6 +156,7 @@ def model_info(ref: str, source: str = "auto", revision: str | None = None) -> M
         context_window=config.get("max_position_embeddings"),
         licence=_licence_of(resolved.path),
         description=", ".join(config.get("architectures", [])) or "not downloaded yet",
+        origin=resolved.origin,
         loads_from=resolved.describe(),
         cached=resolved.cached,
     )

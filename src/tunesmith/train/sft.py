@@ -39,6 +39,7 @@ _OWN_FIELDS = {
     "weight_decay",
     "logging_steps",
     "seed",
+    "activation_checkpointing",
     "gradient_checkpointing",
 }
 
@@ -94,7 +95,7 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
         "weight_decay": train.weight_decay,
         "logging_steps": train.logging_steps,
         "seed": train.seed,
-        "gradient_checkpointing": train.gradient_checkpointing,
+        "activation_checkpointing": train.activation_checkpointing,
         "data_seed": train.seed,
         "save_strategy": "no",
         "eval_strategy": "epoch" if has_eval else "no",
@@ -184,7 +185,8 @@ def train_sft(
             f"({100 * trainable / total:.2f}%), {len(train_rows)} rows, "
             f"{config.train.num_train_epochs:g} epochs"
         )
-        n_tokens = sum(len(row["input_ids"]) for row in trainer.train_dataset)
+        tokenized: Any = trainer.train_dataset
+        n_tokens = sum(len(row["input_ids"]) for row in tokenized)
         started = time.perf_counter()
         output = trainer.train()
         seconds = time.perf_counter() - started
