@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -22,9 +23,9 @@ models_app = typer.Typer(
 )
 data_app = typer.Typer(help="Prepare and inspect dataset versions.", no_args_is_help=True)
 registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
-app.add_typer(models_app, name="models")
-app.add_typer(data_app, name="data")
-app.add_typer(registry_app, name="registry")
+app.add_typer(models_app, name="models", rich_help_panel="Project")
+app.add_typer(data_app, name="data", rich_help_panel="Lifecycle")
+app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
 
 out = Console()
 err = Console(stderr=True)
@@ -43,7 +44,7 @@ def _config(path: Path | None, overrides: list[str] | None) -> ProjectConfig:
 
 def _table(*columns: str) -> Table:
     """A table whose ids and names never wrap, so they can be copied from the terminal."""
-    table = Table()
+    table = Table(box=box.SIMPLE_HEAD)
     for column in columns:
         table.add_column(column, no_wrap=column in ("id", "name", "dataset", "created"))
     return table
@@ -54,7 +55,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command()
+@app.command(rich_help_panel="Project")
 def init(
     directory: Annotated[Path, typer.Argument(help="Project folder.")] = Path(),
     force: Annotated[bool, typer.Option(help="Overwrite an existing tunesmith.yaml.")] = False,
@@ -72,7 +73,7 @@ def init(
     )
 
 
-@app.command()
+@app.command(rich_help_panel="Project")
 def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Check a project config; print every problem with its field path and line, exit 2 if any."""
     cfg = _config(config, set_)
@@ -87,7 +88,7 @@ def models_list() -> None:
     """The catalogue: bundled models that work offline; any hub id or local folder works too."""
     from tunesmith.models import list_models
 
-    table = _table("id", "kind", "parameters", "context", "licence", "cached", "source")
+    table = _table("id", "kind", "params", "context", "licence", "cached")
     for info in list_models():
         table.add_row(
             info.id,
@@ -96,10 +97,10 @@ def models_list() -> None:
             str(info.context_window or "?"),
             info.licence or "?",
             "yes" if info.cached else "no",
-            info.origin,
         )
     out.print(table)
-    out.print("Any Hugging Face hub id (owner/name) or local model folder also works as model.id.")
+    out.print("Any Hugging Face hub id (owner/name) or local model folder also works as model.id;")
+    out.print("`tunesmith models show ID` tells where a model loads from.")
 
 
 @models_app.command("show")
@@ -154,19 +155,20 @@ def data_list(config: ConfigArg = None) -> None:
     from tunesmith.data import list_datasets
     from tunesmith.workspace import open_workspace
 
-    table = _table("id", "name", "format", "train", "val", "test", "rejected", "created")
+    table = _table("id", "name", "format", "train/val/test", "rejected", "created")
     for v in list_datasets(open_workspace(_config(config, None))):
         table.add_row(
             v.id,
             v.name,
             v.format,
-            *(str(v.counts.get(k, 0)) for k in ("train", "val", "test", "rejected")),
+            "/".join(str(v.counts.get(k, 0)) for k in ("train", "val", "test")),
+            str(v.counts.get("rejected", 0)),
             f"{v.created_at:%Y-%m-%d %H:%M}",
         )
     out.print(table)
 
 
-@app.command("train")
+@app.command("train", rich_help_panel="Lifecycle")
 def train_cmd(config: ConfigArg = None, set_: SetOpt = None) -> None:
     """Fine-tune the base model on data.path and register the result as a new version."""
     from tunesmith.data import DataError
@@ -186,7 +188,7 @@ def train_cmd(config: ConfigArg = None, set_: SetOpt = None) -> None:
     )
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel="Lifecycle")
 def eval_cmd(
     version: Annotated[str | None, typer.Argument(help="Version name or id (e.g. my-project-v2).")] = None,
     config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
@@ -283,25 +285,25 @@ def _later(stage: str, issue_topic: str) -> None:
     raise typer.Exit(2)
 
 
-@app.command()
+@app.command(rich_help_panel="Lifecycle")
 def serve() -> None:
     """(Not yet available.) OpenAI-compatible server over the registry."""
     _later("serve", "the OpenAI-compatible server is planned")
 
 
-@app.command()
+@app.command(rich_help_panel="Lifecycle")
 def monitor() -> None:
     """(Not yet available.) Production scoring, drift and alerts."""
     _later("monitor", "production monitoring is planned")
 
 
-@app.command()
+@app.command(rich_help_panel="Lifecycle")
 def ui() -> None:
     """(Not yet available.) The web app over the same store."""
     _later("ui", "the web UI is planned")
 
 
-@app.command()
+@app.command(rich_help_panel="Start here")
 def quickstart(
     directory: Annotated[Path, typer.Argument(help="Folder for the demo project.")] = Path(
         "tunesmith-quickstart"
