@@ -111,3 +111,25 @@ def test_train_rejects_unknown_trainer_args(tmp_path, tiny_model_dir):
     )
     assert result.exit_code == 1
     assert "train.args.not_a_field: not a field of TRL's SFTConfig" in result.output
+
+
+def test_train_registers_a_version_that_registry_lists(tmp_path, tiny_model_dir):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(
+        "".join(f'{{"prompt": "What is {i} plus one?", "completion": "{i + 1}"}}\n' for i in range(30)),
+        encoding="utf-8",
+    )
+    assert invoke("init", str(tmp_path)).exit_code == 0
+    config = str(tmp_path / "tunesmith.yaml")
+    result = invoke(
+        "train", config, "--set", f"data.path={rows}", "--set", f"model.id={tiny_model_dir}",
+        "--set", "train.epochs=1", "--set", "train.batch_size=4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    project = tmp_path.name.lower()
+    assert f"Registered {project}-v1" in " ".join(result.output.split())
+    listed = invoke("registry", "list", "--config", config)
+    assert f"{project}-v1" in listed.output
+    shown = invoke("registry", "show", f"{project}-v1", "--config", config)
+    assert "prompt_completion" not in shown.output  # the version records the dataset id, not the rows
+    assert "dataset_version: ds-" in shown.output and "weights_sha256:" in shown.output

@@ -46,7 +46,8 @@ def _table(*columns: str) -> Table:
     """A table whose ids and names never wrap, so they can be copied from the terminal."""
     table = Table(box=box.SIMPLE_HEAD)
     for column in columns:
-        table.add_column(column, no_wrap=column in ("id", "name", "dataset", "created"))
+        keep_whole = column in ("id", "name", "dataset", "created")
+        table.add_column(column, no_wrap=keep_whole, overflow="ellipsis" if keep_whole else "fold")
     return table
 
 
@@ -226,19 +227,18 @@ def registry_list(
     from tunesmith.registry import list_versions
     from tunesmith.workspace import open_workspace
 
-    table = _table("name", "id", "method", "base", "dataset", "metrics", "created")
+    table = _table("name", "created", "method", "dataset", "base", "metrics")
     for v in list_versions(open_workspace(_config(config, None)), family):
         shown = ", ".join(
             f"{k} {val:.3f}" for k, val in v.metrics.items() if k.startswith("test_") or k == "eval_loss"
         )
         table.add_row(
             v.name,
-            v.id,
-            v.method,
-            v.base_model,
-            v.dataset_version_id or "-",
-            shown,
             f"{v.created_at:%Y-%m-%d %H:%M}",
+            v.method,
+            v.dataset_version_id or "-",
+            v.base_model,
+            shown,
         )
     out.print(table)
 
