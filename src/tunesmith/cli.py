@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -325,4 +326,8 @@ def quickstart(
 
 
 def main() -> None:
+    # Raised inside TRL/PEFT on every run, about their own calls; nothing a user can act on.
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     app()
