@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -12,6 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_config
+
+if TYPE_CHECKING:
+    from tunesmith.data.prepare import Prepared
 
 app = typer.Typer(
     help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
@@ -131,24 +134,149 @@ def models_show(
         out.print(f"[bold]{label:>15}[/bold]  {value}")
 
 
-@data_app.command("prepare")
-def data_prepare(config: ConfigArg = None, set_: SetOpt = None) -> None:
-    """Validate, split and store data.path as an immutable, content-hashed dataset version."""
+MapOpt = Annotated[
+    str | None, typer.Option("--map", help="Column mapping, canonical=source: text=content,label=sentiment.")
+]
+StrictOpt = Annotated[bool, typer.Option("--strict", help="Fail if any row is rejected.")]
+
+
+def _data_overrides(set_: list[str] | None, mapping: str | None, strict: bool) -> list[str]:
+    overrides = list(set_ or [])
+    for pair in filter(None, (part.strip() for part in (mapping or "").split(","))):
+        canonical, sep, source = pair.partition("=")
+        if not sep or not canonical.strip() or not source.strip():
+            raise _fail(f"--map {pair!r}: expected canonical=source, e.g. text=content", 2)
+        overrides.append(f"data.columns.{canonical.strip()}={source.strip()}")
+    if strict:
+        overrides.append("data.strict=true")
+    return overrides
+
+
+def _print_steps(prepared: Prepared) -> None:
+    if prepared.detection is not None:
+        out.print(f"Format: {prepared.detection.describe()} → {prepared.kind} records")
+    for note in prepared.notes:
+        out.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    table = _table("step", "changed", "removed", "details")
+    for step in prepared.steps:
+        details = ", ".join(f"{k}={v}" for k, v in step.details.items() if k not in ("clusters", "twins"))
+        table.add_row(step.name, str(step.changed), str(step.removed), details)
+    out.print(table)
+    if prepared.rejected:
+        reasons = _table("rejected because", "rows")
+        for reason, count in prepared.reasons().most_common(12):
+            reasons.add_row(reason, str(count))
+        out.print(reasons)
+        for rejected in prepared.rejected[:5]:
+            out.print(
+                f"  {rejected.location}: {rejected.reason}", soft_wrap=True, highlight=False, markup=False
+            )
+
+
+@data_app.command("validate")
+def data_validate(
+    config: ConfigArg = None, set_: SetOpt = None, map_: MapOpt = None, strict: StrictOpt = False
+) -> None:
+    """Check data.path: every problem with file:line, field and reason; rejected rows written out."""
     from tunesmith.data import DataError
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.pipeline import validate_data
+
+    cfg = _config(config, _data_overrides(set_, map_, strict))
+    try:
+        prepared, rejected_path = validate_data(cfg)
+    except (DataError, ModelNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    _print_steps(prepared)
+    out.print(f"{len(prepared.items)} rows usable, {len(prepared.rejected)} rejected → {rejected_path}")
+    if cfg.data.strict and prepared.rejected:
+        raise _fail(f"{len(prepared.rejected)} row(s) rejected and --strict is set")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    config: ConfigArg = None, set_: SetOpt = None, map_: MapOpt = None, strict: StrictOpt = False
+) -> None:
+    """Validate, clean, split and store data.path as an immutable, content-hashed dataset version."""
+    from tunesmith.data import DataError
+    from tunesmith.models import ModelNotFoundError
     from tunesmith.pipeline import prepare_data
 
-    cfg = _config(config, set_)
+    cfg = _config(config, _data_overrides(set_, map_, strict))
     try:
         version = prepare_data(cfg)
-    except DataError as exc:
+    except (DataError, ModelNotFoundError) as exc:
         raise _fail(str(exc)) from None
     counts = version.counts
     out.print(
         f"Dataset version [bold]{version.id}[/bold]: {counts['train']} train, {counts['val']} val, "
         f"{counts['test']} test, {counts['rejected']} rejected → {version.path}"
     )
-    if counts["rejected"]:
-        out.print(f"Rejected rows and reasons: {Path(version.path) / 'rejected.jsonl'}")
+    out.print(f"Report: {Path(version.path) / 'report.html'}; details: `tunesmith data show {version.id}`")
+
+
+@data_app.command("show")
+def data_show(
+    dataset: Annotated[str, typer.Argument(help="Dataset version id (or a unique prefix).")],
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """A dataset version's counts, format, cleaning steps, token statistics and report path."""
+    from tunesmith.data import DataError, get_dataset
+    from tunesmith.workspace import open_workspace
+
+    try:
+        version = get_dataset(open_workspace(_config(config, None)), dataset)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    report = version.meta.get("report", {})
+    out.print(
+        f"[bold]{version.id}[/bold] {version.name}: {version.meta.get('kind', '?')} rows from "
+        f"{version.source}",
+        soft_wrap=True,
+    )
+    table = _table("step", "changed", "removed")
+    for step in report.get("steps", []):
+        table.add_row(step["name"], str(step["changed"]), str(step["removed"]))
+    out.print(table)
+    splits = _table("split", "rows", "p50", "p95", "max", "total tokens", "truncated", "labels")
+    for split, entry in report.get("stats", {}).get("splits", {}).items():
+        tokens = entry.get("tokens", {})
+        labels = ", ".join(f"{k} {v}" for k, v in list(entry.get("labels", {}).items())[:6])
+        splits.add_row(
+            split,
+            str(entry["rows"]),
+            *(str(tokens.get(k, "")) for k in ("p50", "p95", "max", "total", "truncated")),
+            labels,
+        )
+    out.print(splits)
+    out.print(f"Files: {version.path} (train/val/test.parquet, rejected.jsonl, report.html)")
+
+
+@data_app.command("diff")
+def data_diff(
+    a: Annotated[str, typer.Argument(help="First dataset version.")],
+    b: Annotated[str, typer.Argument(help="Second dataset version.")],
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Rows added and removed per split, label shifts, and the options that differ."""
+    from tunesmith.data import DataError, get_dataset
+    from tunesmith.data.versions import diff_versions
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(_config(config, None))
+    try:
+        diff = diff_versions(get_dataset(workspace, a), get_dataset(workspace, b))
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    table = _table("split", f"rows {diff['a']}", f"rows {diff['b']}", "added", "removed", "kept")
+    for split, entry in diff["splits"].items():
+        table.add_row(split, *(str(entry[k]) for k in ("rows_a", "rows_b", "added", "removed", "kept")))
+    out.print(table)
+    for split, entry in diff["splits"].items():
+        for label, (before, after) in entry.get("labels", {}).items():
+            out.print(f"  {split} label {label}: {before} → {after}")
+    for option, (before, after) in diff["options"].items():
+        out.print(f"  {option}: {before!r} → {after!r}", markup=False, highlight=False)
 
 
 @data_app.command("list")

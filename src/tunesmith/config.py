@@ -24,25 +24,69 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     """How rows are divided into train, validation and test."""
 
+    strategy: Literal["random", "stratified", "grouped"] = "random"  # stratified: by label
     val: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
     field: str = "split"  # rows that carry this field keep the split it names
-    group_field: str = "group"  # rows sharing a group land in the same split when assigned here
+    group_field: str = "group"  # rows sharing this field's value always land in the same split
+    folds: int = Field(0, ge=0)  # k >= 2 also assigns the train rows to k cross-validation folds
+    # A val/test row with an exact or near twin in train: drop it (to rejected.jsonl), or move it to train.
+    leakage: Literal["remove", "reassign", "off"] = "remove"
 
     @model_validator(mode="after")
     def _leaves_some_train(self) -> SplitConfig:
         if self.val + self.test >= 1.0:
             raise ValueError(f"val + test must leave rows for training (got {self.val} + {self.test})")
+        if self.folds == 1:
+            raise ValueError("folds: use 0 (no cross-validation) or at least 2")
         return self
 
 
-class DataConfig(_Section):
-    """Where the rows come from and how they are read."""
+PiiType = Literal["EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "US_SSN"]
+PII_TYPES: tuple[PiiType, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_ADDRESS", "US_SSN")
 
-    path: str | None = None
-    format: Literal["auto", "chat", "prompt_completion", "alpaca"] = "auto"
-    system_prompt: str | None = None  # added to rows that have no system message
+
+class CleanConfig(_Section):
+    """Cleaning steps, in the order they run; each reports what it changed or removed."""
+
+    normalize: bool = True  # Unicode NFC, control and zero-width characters, spacing
+    strip_html: bool = False
+    pii: bool = True  # replace personal data with typed placeholders such as [EMAIL]
+    pii_types: list[PiiType] = Field(default_factory=lambda: list(PII_TYPES))
+    pii_keep: list[str] = Field(default_factory=list)  # exact strings never scrubbed (your own support email)
+    min_tokens: int = Field(1, ge=0)  # in tokens of the model's tokenizer
+    max_tokens: int | None = Field(None, gt=0)  # None: the model's context window
+    dedup: bool = True  # exact duplicates, on case- and punctuation-folded text
+    near_dedup: bool = True  # MinHash LSH near duplicates
+    near_threshold: float = Field(0.85, gt=0.0, le=1.0)  # estimated Jaccard similarity of word 3-grams
+
+
+DataFormat = Literal[
+    "auto",
+    "chat",
+    "sharegpt",
+    "prompt_completion",
+    "alpaca",
+    "text_label",
+    "preference",
+    "ranking",
+    "text",
+    "tagging",
+]
+
+
+class DataConfig(_Section):
+    """Where the rows come from, and how they are read, cleaned and split."""
+
+    path: str | None = None  # file, folder, glob, saved HF dataset folder, or HF hub id
+    format: DataFormat = "auto"
+    columns: dict[str, str] = Field(default_factory=dict)  # canonical field -> source column
+    system_prompt: str | None = None  # added to chat rows that have no system message
+    labels: list[str] | None = None  # allowed labels (classification); others are rejected
+    strict: bool = False  # any rejected row fails the preparation
+    contamination: list[str] = Field(default_factory=list)  # eval/benchmark files no row may match
+    clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 

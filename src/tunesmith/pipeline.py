@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import CONFIG_FILENAME, ProjectConfig, load_config
-from tunesmith.data import DataError, load_split, prepare_dataset
+from tunesmith.data import DataError, Prepared, check_rows, load_split, prepare_dataset
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
 from tunesmith.progress import console
 from tunesmith.registry import get_version, register_version
@@ -26,17 +26,57 @@ DEMO_DATA = "fernwick.jsonl"
 
 
 def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> DatasetVersion:
-    """Turn `data.path` into a stored dataset version (the same content gives the same version).
+    """Turn `data.path` into a stored dataset version (the same rows and options give the same version).
+
+    Token lengths are counted with the configured model's tokenizer, against its context window.
 
     Raises:
-        DataError: when `data.path` is unset, missing, or has no usable rows.
+        DataError: when `data.path` is unset or unusable, or no training row is left.
     """
+    from tunesmith.models import load_tokenizer, model_info
+
     if config.data.path is None:
-        raise DataError(
-            "data.path is not set; point it at a JSONL file of chat, prompt/completion or alpaca rows"
-        )
+        raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
     workspace = workspace or open_workspace(config)
-    return prepare_dataset(workspace, config.resolve_path(config.data.path), config.data)
+    tokenizer = load_tokenizer(config.model.id, config.model.source, config.model.revision)
+    context = model_info(config.model.id, config.model.source, config.model.revision).context_window
+    version, _ = prepare_dataset(
+        workspace,
+        config.data,
+        base_dir=config.base_dir,
+        tokenizer=tokenizer,
+        max_tokens=context,
+        truncate_at=config.train.max_length,
+        model_id=config.model.id,
+    )
+    return version
+
+
+def validate_data(config: ProjectConfig, workspace: Workspace | None = None) -> tuple[Prepared, Path]:
+    """Run every check of the data stage on `data.path` without storing a version.
+
+    Rejected rows are written to the workspace's `validation/rejected.jsonl`; returns the outcome
+    and that path.
+
+    Raises:
+        DataError: when `data.path` is unset or unusable.
+    """
+    from tunesmith.models import load_tokenizer, model_info
+
+    if config.data.path is None:
+        raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
+    workspace = workspace or open_workspace(config)
+    tokenizer = load_tokenizer(config.model.id, config.model.source, config.model.revision)
+    context = model_info(config.model.id, config.model.source, config.model.revision).context_window
+    prepared = check_rows(config.data, config.data.path, config.base_dir, tokenizer, context)
+    out = workspace.root / "validation" / "rejected.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for rejected in prepared.rejected:
+            handle.write(json.dumps(rejected.to_json(), ensure_ascii=False, default=str) + "\n")
+    tmp.replace(out)
+    return prepared, out
 
 
 @dataclass

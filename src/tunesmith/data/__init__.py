@@ -1,12 +1,23 @@
-"""Data: read rows in common formats, validate them, split without leakage, store versions."""
+"""Data: read rows in any common format, validate, clean, dedupe, split without leakage, version."""
 
 from tunesmith.data.prepare import (
     DataError,
-    build_splits,
+    Prepared,
+    check_rows,
     get_dataset,
     list_datasets,
     load_split,
     prepare_dataset,
+    split_rows,
 )
 
-__all__ = ["DataError", "build_splits", "get_dataset", "list_datasets", "load_split", "prepare_dataset"]
+__all__ = [
+    "DataError",
+    "Prepared",
+    "check_rows",
+    "get_dataset",
+    "list_datasets",
+    "load_split",
+    "prepare_dataset",
+    "split_rows",
+]

@@ -1,15 +1,17 @@
-"""Preparing a dataset version: read, validate, convert, split without leakage, hash, store.
+"""Preparing a dataset version: read, detect, convert, validate, clean, dedupe, split, check, store.
 
-A dataset version is immutable and named by the hash of its content, so preparing the same rows
-twice gives the same id. Rows that cannot be used are written to `rejected.jsonl` with the
-file:line they came from and the reason; nothing is dropped silently.
+The steps run in this order and each reports what it changed or removed. Rows that cannot be
+used go to `rejected.jsonl` with their `file:line`, the step and the reason: nothing is dropped
+silently. A dataset version is immutable and named by the hash of its rows and options, so
+preparing the same input with the same options twice gives the same id.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import random
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,30 @@ from typing import Any
 from sqlalchemy import select
 
 from tunesmith.config import DataConfig
-from tunesmith.data.formats import RowError, detect_format, to_chat
+from tunesmith.data import clean as cleaning
+from tunesmith.data.formats import (
+    FORMATS,
+    Detection,
+    RowError,
+    apply_mapping,
+    convert,
+    detect_format,
+    expand_rankings,
+    match_format,
+)
+from tunesmith.data.sources import ReadResult, Rejected, SourceError, read_source
+from tunesmith.data.split import SPLITS, assign_folds, assign_splits
 from tunesmith.store import DatasetVersion, session
 from tunesmith.workspace import Workspace, atomic_dir
 
-SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {"train": "train", "val": "val", "validation": "val", "dev": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "val": "val",
+    "validation": "val",
+    "valid": "val",
+    "dev": "val",
+    "test": "test",
+}
 
 
 class DataError(ValueError):
@@ -30,222 +50,543 @@ class DataError(ValueError):
 
 
 @dataclass
-class Rejected:
-    """A row left out of the dataset, and why."""
+class Item:
+    """One canonical record on its way through the steps."""
 
-    location: str  # file:line
-    reason: str
-    row: Any
-
-    def to_json(self) -> dict[str, Any]:
-        return {"location": self.location, "reason": self.reason, "row": self.row}
+    location: str
+    record: dict[str, Any]
+    split: str | None = None
+    fold: int | None = None
+    tokens: int | None = None
 
 
 @dataclass
-class PreparedRows:
-    """Rows per split, and the rows that were rejected."""
+class Step:
+    """What one step did."""
 
-    splits: dict[str, list[dict[str, Any]]]
-    rejected: list[Rejected] = field(default_factory=list)
-    format: str = "chat"
-
-
-def read_jsonl(path: Path) -> tuple[list[tuple[int, dict[str, Any]]], list[Rejected]]:
-    """Read a JSONL file: (line number, object) pairs, plus the lines that are not JSON objects."""
-    rows, rejected = [], []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as exc:
-                rejected.append(
-                    Rejected(
-                        f"{path}:{number}",
-                        f"not valid JSON: {exc.msg} at column {exc.colno}",
-                        line.rstrip("\n"),
-                    )
-                )
-                continue
-            if not isinstance(value, dict):
-                rejected.append(Rejected(f"{path}:{number}", "expected a JSON object per line", value))
-                continue
-            rows.append((number, value))
-    return rows, rejected
+    name: str
+    changed: int = 0
+    removed: int = 0
+    details: dict[str, Any] = field(default_factory=dict)
 
 
-def build_splits(path: Path, config: DataConfig) -> PreparedRows:
-    """Read `path` and turn its rows into canonical chat records split into train/val/test.
+@dataclass
+class Prepared:
+    """The outcome of the steps: kept rows, rejected rows, and the report of every step."""
+
+    kind: str
+    detection: Detection | None
+    items: list[Item]
+    rejected: list[Rejected]
+    steps: list[Step]
+    notes: list[str]
+    files: list[str]
+
+    def split_items(self, split: str) -> list[Item]:
+        return [item for item in self.items if item.split == split]
+
+    def reasons(self) -> Counter[str]:
+        """Rejections per step and short reason (the text before the first colon or parenthesis)."""
+        return Counter(f"{r.step}: {_short_reason(r.reason)}" for r in self.rejected)
+
+
+def _short_reason(reason: str) -> str:
+    """A reason without the row-specific parts, so that equal problems count together."""
+    for stop in (", got", " (", " of ", " is an ", ": matches"):
+        reason = reason.split(stop, 1)[0]
+    return re.sub(r"\d+", "N", re.sub(r"\[\d+\]", "[i]", reason))[:80]
+
+
+def check_rows(
+    config: DataConfig,
+    path: str,
+    base_dir: Path | None = None,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+) -> Prepared:
+    """Read, detect, convert, validate, clean and dedupe: everything but splitting.
 
     Raises:
-        DataError: when the file is missing or no row is usable for training.
+        DataError: when the source cannot be read or no row fits any format.
     """
-    if not path.exists():
-        raise DataError(f"{path}: no such file (data.path)")
-    if path.suffix not in (".jsonl", ".json"):
-        raise DataError(f"{path}: only JSONL files are read so far (one JSON object per line)")
-    raw_rows, rejected = read_jsonl(path)
-    formats: set[str] = set()
-    records: list[tuple[str, dict[str, Any]]] = []  # (location, record)
-    for number, row in raw_rows:
-        location = f"{path}:{number}"
-        try:
-            fmt = detect_format(row) if config.format == "auto" else config.format
-            record = to_chat(row, fmt, config.system_prompt)
-            formats.add(fmt)
-        except RowError as exc:
-            rejected.append(Rejected(location, str(exc), row))
-            continue
-        split = record.pop(config.split.field, None)
-        if split is not None:
-            if not isinstance(split, str) or split.lower() not in SPLIT_ALIASES:
-                rejected.append(
-                    Rejected(
-                        location, f"{config.split.field}: expected train, val or test, got {split!r}", row
-                    )
-                )
-                continue
-            record["_split"] = SPLIT_ALIASES[split.lower()]
-        records.append((location, record))
+    try:
+        read = read_source(path, base_dir)
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+    rejected = list(read.rejected)
+    steps = [Step("read", removed=len(read.rejected), details={"rows": len(read.rows) + len(read.rejected)})]
+    items, kind, detection = _convert_rows(read, config, rejected, steps)
+    items = _clean(items, config, rejected, steps)
+    if tokenizer is not None:
+        items = _filter_lengths(items, kind, config, tokenizer, max_tokens, rejected, steps)
+    if config.clean.dedup:
+        items = _dedup_exact(items, rejected, steps)
+    if config.clean.near_dedup:
+        items = _dedup_near(items, config.clean.near_threshold, rejected, steps)
+    return Prepared(
+        kind=kind,
+        detection=detection,
+        items=items,
+        rejected=rejected,
+        steps=steps,
+        notes=list(read.notes),
+        files=read.files,
+    )
 
-    _assign_splits(records, config)
-    splits: dict[str, list[dict[str, Any]]] = {name: [] for name in SPLITS}
-    seen: dict[str, tuple[str, str]] = {}  # conversation key -> (split, location)
-    train_prompts: set[str] = set()
-    for location, record in sorted(records, key=lambda item: SPLITS.index(item[1]["_split"])):
-        split = record.pop("_split")
-        key = json.dumps(record["messages"], sort_keys=True)
-        if key in seen:
-            rejected.append(Rejected(location, f"exact duplicate of {seen[key][1]}", record))
+
+def _convert_rows(
+    read: ReadResult, config: DataConfig, rejected: list[Rejected], steps: list[Step]
+) -> tuple[list[Item], str, Detection | None]:
+    mapped = [(row.location, apply_mapping(row.row, config.columns)) for row in read.rows]
+    if config.format == "auto":
+        try:
+            detection: Detection | None = detect_format([row for _, row in mapped])
+        except RowError as exc:
+            raise DataError(f"{', '.join(read.files[:3])}: {exc}") from None
+        assert detection is not None
+        kind = FORMATS[detection.format].kind
+    else:
+        detection, kind = None, FORMATS[config.format].kind
+    step = Step("convert", details={"format": detection.format if detection else config.format, "kind": kind})
+    items: list[Item] = []
+    labels = set(config.labels) if config.labels is not None else None
+    for location, row in mapped:
+        fmt = config.format if config.format != "auto" else (match_format(row) or detection.format)  # type: ignore[union-attr]
+        try:
+            if FORMATS[fmt].kind != kind:
+                raise RowError(
+                    f"a {fmt} row ({FORMATS[fmt].kind}) in a {kind} dataset; every row must be the same kind"
+                )
+            record = convert(row, fmt, config.system_prompt)
+            split = record.pop(config.split.field, None)
+            if split is not None and (not isinstance(split, str) or split.lower() not in SPLIT_ALIASES):
+                raise RowError(f"{config.split.field}: expected train, val or test, got {split!r}")
+            if labels is not None and kind == "classification" and record["label"] not in labels:
+                raise RowError(
+                    f"label: unknown label {record['label']!r}; allowed: {', '.join(sorted(labels))}"
+                )
+        except RowError as exc:
+            rejected.append(Rejected(location, str(exc), row, step="convert"))
+            step.removed += 1
             continue
-        prompt = _prompt_key(record)
-        if split != "train" and prompt in train_prompts:
-            rejected.append(
-                Rejected(
-                    location,
-                    f"leakage: the same prompt is in the train split; a {split} row "
-                    "must be unseen in training",
-                    record,
+        records = expand_rankings(record) if fmt == "ranking" else [record]
+        step.changed += len(records) - 1
+        for index, each in enumerate(records):
+            items.append(
+                Item(
+                    f"{location}" + (f"/pair{index}" if fmt == "ranking" else ""),
+                    each,
+                    split=SPLIT_ALIASES[split.lower()] if isinstance(split, str) else None,
                 )
             )
+    steps.append(step)
+    return items, kind, detection
+
+
+def _clean(items: list[Item], config: DataConfig, rejected: list[Rejected], steps: list[Step]) -> list[Item]:
+    clean = config.clean
+    if clean.normalize:
+        step = Step("normalize")
+        for item in items:
+            cleaned = cleaning.map_texts(item.record, cleaning.normalise_text)
+            if cleaned != item.record:
+                item.record, step.changed = cleaned, step.changed + 1
+        steps.append(step)
+    if clean.strip_html:
+        step = Step("strip_html")
+        for item in items:
+            cleaned = cleaning.map_texts(item.record, cleaning.strip_html)
+            if cleaned != item.record:
+                item.record, step.changed = cleaned, step.changed + 1
+        steps.append(step)
+    if clean.pii:
+        step = Step("pii")
+        counts: Counter[str] = Counter()
+        keep = clean.pii_keep
+
+        def scrub(text: str) -> str:
+            return cleaning.scrub_pii(text, counts, clean.pii_types, keep)
+
+        for item in items:
+            cleaned = cleaning.map_texts(item.record, scrub)
+            if cleaned != item.record:
+                item.record, step.changed = cleaned, step.changed + 1
+        step.details = {"by_type": dict(counts.most_common())}
+        steps.append(step)
+    step = Step("empty")
+    kept = []
+    for item in items:
+        if not cleaning.record_text(item.record).strip():
+            rejected.append(Rejected(item.location, "no text left after cleaning", item.record, step="empty"))
+            step.removed += 1
+        else:
+            kept.append(item)
+    steps.append(step)
+    return kept
+
+
+def render_for_length(record: dict[str, Any], kind: str, tokenizer: Any) -> str:
+    """The text whose tokens count against the context window, as training will see it."""
+    if kind == "sft":
+        kwargs = {"tools": record["tools"]} if record.get("tools") else {}
+        return str(tokenizer.apply_chat_template(record["messages"], tokenize=False, **kwargs))
+    if kind == "preference":
+        prompt = cleaning.record_text({"prompt": record["prompt"]})
+        longer = max((cleaning.record_text({"text": record[k]}) for k in ("chosen", "rejected")), key=len)
+        return prompt + longer
+    if kind == "tagging":
+        return " ".join(record["tokens"])
+    return str(record["text"])
+
+
+def _filter_lengths(
+    items: list[Item],
+    kind: str,
+    config: DataConfig,
+    tokenizer: Any,
+    max_tokens: int | None,
+    rejected: list[Rejected],
+    steps: list[Step],
+) -> list[Item]:
+    texts = [render_for_length(item.record, kind, tokenizer) for item in items]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    limit = config.clean.max_tokens or max_tokens
+    step = Step("length", details={"min_tokens": config.clean.min_tokens, "max_tokens": limit})
+    kept = []
+    for item, length in zip(items, lengths, strict=True):
+        item.tokens = length
+        if length < config.clean.min_tokens:
+            reason = f"too short: {length} tokens, below clean.min_tokens={config.clean.min_tokens}"
+        elif limit is not None and length > limit:
+            reason = f"too long: {length} tokens, over {limit} (the model's context or clean.max_tokens)"
+        else:
+            kept.append(item)
             continue
-        seen[key] = (split, location)
-        if split == "train":
-            train_prompts.add(prompt)
-        splits[split].append(record)
-    if not splits["train"]:
-        first = "\n".join(f"  {r.location}: {r.reason}" for r in rejected[:5])
-        raise DataError(
-            f"{path}: no usable training rows ({len(rejected)} rejected)" + (f":\n{first}" if first else "")
-        )
-    return PreparedRows(splits=splits, rejected=rejected, format="+".join(sorted(formats)) or "chat")
+        rejected.append(Rejected(item.location, reason, item.record, step="length"))
+        step.removed += 1
+    steps.append(step)
+    return kept
 
 
-def _prompt_key(record: dict[str, Any]) -> str:
-    """The conversation up to the answer, normalised: what a model sees before it answers."""
-    turns = [m for m in record["messages"][:-1] if m["role"] != "system"]
-    return " ".join(" ".join(m["content"].lower().split()) for m in turns)
+def _dedup_exact(items: list[Item], rejected: list[Rejected], steps: list[Step]) -> list[Item]:
+    step = Step("dedup_exact")
+    first: dict[str, str] = {}
+    kept = []
+    for item in items:
+        key = cleaning.dedup_key(cleaning.record_text(item.record))
+        if key in first:
+            rejected.append(
+                Rejected(item.location, f"exact duplicate of {first[key]}", item.record, step="dedup_exact")
+            )
+            step.removed += 1
+            continue
+        first[key] = item.location
+        kept.append(item)
+    steps.append(step)
+    return kept
 
 
-def _assign_splits(records: list[tuple[str, dict[str, Any]]], config: DataConfig) -> None:
-    """Give every record without a pre-assigned split one, keeping groups together."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for location, record in records:
-        if "_split" not in record:
-            group = record.get(config.split.group_field)
-            groups.setdefault(str(group) if group is not None else location, []).append(record)
-    keys = sorted(groups)
-    random.Random(config.split.seed).shuffle(keys)
-    n_test = round(len(keys) * config.split.test)
-    n_val = round(len(keys) * config.split.val)
-    for index, key in enumerate(keys):
-        split = "test" if index < n_test else "val" if index < n_test + n_val else "train"
-        for record in groups[key]:
-            record["_split"] = split
+def _dedup_near(
+    items: list[Item], threshold: float, rejected: list[Rejected], steps: list[Step]
+) -> list[Item]:
+    index = cleaning.NearDuplicateIndex(threshold=threshold)
+    hashes = index.minhashes([cleaning.record_text(item.record) for item in items])
+    step = Step("dedup_near", details={"threshold": threshold, "clusters": []})
+    clusters: dict[str, list[str]] = {}
+    kept = []
+    for item, minhash in zip(items, hashes, strict=True):
+        twins = index.query(minhash)
+        if twins:
+            keeper, similarity = twins[0]
+            rejected.append(
+                Rejected(
+                    item.location,
+                    f"near duplicate (similarity {similarity:.2f}) of {keeper}",
+                    item.record,
+                    step="dedup_near",
+                )
+            )
+            clusters.setdefault(keeper, []).append(item.location)
+            step.removed += 1
+            continue
+        index.add(item.location, minhash)
+        kept.append(item)
+    step.details["clusters"] = [{"kept": k, "removed": v} for k, v in list(clusters.items())[:200]]
+    step.details["cluster_count"] = len(clusters)
+    steps.append(step)
+    return kept
 
 
-def content_hash(prepared: PreparedRows) -> str:
-    """sha256 over the canonical rows of every split: the dataset version's identity."""
+def split_rows(prepared: Prepared, config: DataConfig, base_dir: Path | None = None) -> Prepared:
+    """Assign splits and folds, then remove leakage across splits and contamination by eval files."""
+    assign_splits(prepared.items, config.split)
+    if config.split.leakage != "off":
+        _check_leakage(prepared, config)
+    if config.contamination:
+        _check_contamination(prepared, config, base_dir)
+    assign_folds(prepared.items, config.split)
+    return prepared
+
+
+def _check_leakage(prepared: Prepared, config: DataConfig) -> None:
+    """A val/test row whose input equals (or nearly equals) a train row's input is a leak."""
+    train = prepared.split_items("train")
+    index = cleaning.NearDuplicateIndex(threshold=config.clean.near_threshold)
+    exact: dict[str, str] = {}
+    for item, minhash in zip(
+        train, index.minhashes([cleaning.prompt_text(i.record) for i in train]), strict=True
+    ):
+        exact.setdefault(cleaning.dedup_key(cleaning.prompt_text(item.record)), item.location)
+        index.add(item.location, minhash)
+    held_out = [item for item in prepared.items if item.split in ("val", "test")]
+    prompts = [cleaning.prompt_text(i.record) for i in held_out]
+    step = Step("leakage", details={"action": config.split.leakage, "twins": []})
+    leaked: set[int] = set()
+    for item, prompt, minhash in zip(held_out, prompts, index.minhashes(prompts), strict=True):
+        twin = exact.get(cleaning.dedup_key(prompt))
+        reason = f"exact twin of train row {twin}" if twin else None
+        if twin is None:
+            near = index.query(minhash)
+            if near:
+                twin, reason = (
+                    near[0][0],
+                    f"near twin (similarity {near[0][1]:.2f}) of train row {near[0][0]}",
+                )
+        if twin is None or reason is None:
+            continue
+        step.details["twins"].append({"row": item.location, "split": item.split, "train_row": twin})
+        if config.split.leakage == "reassign":
+            item.split = "train"
+            step.changed += 1
+        else:
+            leaked.add(id(item))
+            prepared.rejected.append(
+                Rejected(
+                    item.location, f"leakage: {item.split} row is an {reason}", item.record, step="leakage"
+                )
+            )
+            step.removed += 1
+    prepared.items = [item for item in prepared.items if id(item) not in leaked]
+    step.details["twins"] = step.details["twins"][:200]
+    prepared.steps.append(step)
+
+
+def _check_contamination(prepared: Prepared, config: DataConfig, base_dir: Path | None) -> None:
+    """Rows whose input matches a row of a named eval/benchmark file are removed from every split."""
+    index = cleaning.NearDuplicateIndex(threshold=config.clean.near_threshold)
+    exact: dict[str, str] = {}
+    for ref in config.contamination:
+        try:
+            read = read_source(ref, base_dir)
+        except SourceError as exc:
+            raise DataError(f"data.contamination: {exc}") from None
+        texts = [(row.location, _loose_input(row.row)) for row in read.rows]
+        texts = [(loc, text) for loc, text in texts if text.strip()]
+        for (location, text), minhash in zip(texts, index.minhashes([t for _, t in texts]), strict=True):
+            exact.setdefault(cleaning.dedup_key(text), location)
+            if location not in index._hashes:
+                index.add(location, minhash)
+    step = Step("contamination", details={"files": config.contamination})
+    prompts = [cleaning.prompt_text(item.record) for item in prepared.items]
+    kept = []
+    for item, prompt, minhash in zip(prepared.items, prompts, index.minhashes(prompts), strict=True):
+        match = exact.get(cleaning.dedup_key(prompt))
+        near = [] if match else index.query(minhash)
+        if match or near:
+            source = match or near[0][0]
+            prepared.rejected.append(
+                Rejected(
+                    item.location,
+                    f"contamination: matches eval row {source}",
+                    item.record,
+                    step="contamination",
+                )
+            )
+            step.removed += 1
+        else:
+            kept.append(item)
+    prepared.items = kept
+    prepared.steps.append(step)
+
+
+def _loose_input(row: dict[str, Any]) -> str:
+    """The input side of an eval row in whatever format it is (question, prompt, text, ...)."""
+    fmt = match_format(row)
+    if fmt is not None:
+        try:
+            return cleaning.prompt_text(convert(row, fmt))
+        except RowError:
+            pass
+    for key in ("question", "prompt", "instruction", "input", "text", "content", "query"):
+        if isinstance(row.get(key), str):
+            return str(row[key])
+    return ""
+
+
+def content_hash(prepared: Prepared, config: DataConfig) -> str:
+    """sha256 over the options and every kept row with its split and fold: the version's identity."""
     digest = hashlib.sha256()
-    for name in SPLITS:
-        for record in prepared.splits[name]:
-            digest.update(name.encode())
-            digest.update(json.dumps(record, sort_keys=True, ensure_ascii=False).encode())
-            digest.update(b"\n")
+    options = config.model_dump(mode="json", exclude={"path"})
+    digest.update(json.dumps(options, sort_keys=True).encode())
+    for item in prepared.items:
+        digest.update(
+            json.dumps([item.split, item.fold, item.record], sort_keys=True, ensure_ascii=False).encode()
+        )
+        digest.update(b"\n")
     return digest.hexdigest()
 
 
 def prepare_dataset(
-    workspace: Workspace, path: Path, config: DataConfig, name: str | None = None
-) -> DatasetVersion:
-    """Read, validate, split and store `path` as an immutable dataset version.
+    workspace: Workspace,
+    config: DataConfig,
+    *,
+    base_dir: Path | None = None,
+    tokenizer: Any = None,
+    max_tokens: int | None = None,
+    truncate_at: int | None = None,
+    name: str | None = None,
+    model_id: str | None = None,
+) -> tuple[DatasetVersion, Prepared]:
+    """Run every step on `config.path` and store the result as an immutable dataset version.
 
-    Returns the existing version when the same content was prepared before.
+    Returns the existing version when the same rows were prepared with the same options before.
 
     Raises:
-        DataError: when the file is missing or has no usable training rows.
+        DataError: when the source is unusable, no training row is left, or `data.strict` is set
+            and a row was rejected.
     """
-    prepared = build_splits(path, config)
-    digest = content_hash(prepared)
+    if config.path is None:
+        raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
+    prepared = split_rows(check_rows(config, config.path, base_dir, tokenizer, max_tokens), config, base_dir)
+    if config.strict and prepared.rejected:
+        summary = ", ".join(f"{reason} ({n})" for reason, n in prepared.reasons().most_common(5))
+        raise DataError(
+            f"{config.path}: {len(prepared.rejected)} row(s) rejected and data.strict is set: "
+            f"{summary}. First: {prepared.rejected[0].location}: {prepared.rejected[0].reason}"
+        )
+    if not prepared.split_items("train"):
+        first = "\n".join(f"  {r.location}: {r.reason}" for r in prepared.rejected[:5])
+        raise DataError(
+            f"{config.path}: no usable training rows ({len(prepared.rejected)} rejected)"
+            + (f":\n{first}" if first else "")
+        )
+    from tunesmith.data.stats import dataset_stats
+
+    digest = content_hash(prepared, config)
     dataset_id = f"ds-{digest[:12]}"
     with session(workspace.engine) as s:
         existing = s.scalars(select(DatasetVersion).where(DatasetVersion.content_hash == digest)).first()
         if existing is not None and workspace.dataset_dir(existing.id).exists():
-            return existing
-    counts: dict[str, Any] = {name: len(rows) for name, rows in prepared.splits.items()}
+            return existing, prepared
+    counts: dict[str, Any] = {split: len(prepared.split_items(split)) for split in SPLITS}
     counts["rejected"] = len(prepared.rejected)
+    report = {
+        "id": dataset_id,
+        "content_hash": digest,
+        "source": config.path,
+        "files": prepared.files,
+        "kind": prepared.kind,
+        "detection": _detection_json(prepared.detection),
+        "counts": counts,
+        "steps": [vars(step) for step in prepared.steps],
+        "notes": prepared.notes,
+        "rejected_by_reason": dict(prepared.reasons().most_common()),
+        "model": model_id,
+        "stats": dataset_stats(prepared, max_tokens, truncate_at),
+        "data_config": config.model_dump(mode="json"),
+    }
     target = workspace.dataset_dir(dataset_id)
     with atomic_dir(target) as tmp:
-        for split, rows in prepared.splits.items():
-            _write_jsonl(tmp / f"{split}.jsonl", rows)
-        _write_jsonl(tmp / "rejected.jsonl", [r.to_json() for r in prepared.rejected])
-        (tmp / "manifest.json").write_text(
-            json.dumps(
-                {
-                    "id": dataset_id,
-                    "content_hash": digest,
-                    "source": str(path),
-                    "format": prepared.format,
-                    "counts": counts,
-                    "data_config": config.model_dump(mode="json"),
-                },
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
+        for split in SPLITS:
+            write_split(tmp / f"{split}.parquet", prepared.split_items(split))
+        with (tmp / "rejected.jsonl").open("w", encoding="utf-8") as handle:
+            for rejected in prepared.rejected:
+                handle.write(json.dumps(rejected.to_json(), ensure_ascii=False, default=str) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        from tunesmith.data.report import write_html_report
+
+        write_html_report(report, prepared, tmp / "report.html")
     with session(workspace.engine) as s:
         version = s.get(DatasetVersion, dataset_id)
         if version is None:
             version = DatasetVersion(
                 id=dataset_id,
-                name=name or path.stem,
+                name=name or Path(config.path).stem or config.path,
                 content_hash=digest,
-                source=str(path),
-                format=prepared.format,
+                source=config.path,
+                format=_format_name(prepared, config),
                 counts=counts,
                 path=str(target),
-                meta={"data_config": config.model_dump(mode="json")},
+                meta={
+                    "kind": prepared.kind,
+                    "report": {
+                        k: report[k] for k in ("detection", "steps", "stats", "rejected_by_reason", "notes")
+                    },
+                    "data_config": config.model_dump(mode="json"),
+                },
             )
             s.add(version)
-    return version
+    return version, prepared
 
 
-def load_split(version: DatasetVersion, split: str) -> list[dict[str, Any]]:
+def _format_name(prepared: Prepared, config: DataConfig) -> str:
+    return prepared.detection.format if prepared.detection is not None else config.format
+
+
+def _detection_json(detection: Detection | None) -> dict[str, Any] | None:
+    if detection is None:
+        return None
+    return {
+        "format": detection.format,
+        "confidence": detection.confidence,
+        "votes": detection.votes,
+        "sampled": detection.sampled,
+    }
+
+
+def write_split(path: Path, items: list[Item]) -> None:
+    """Write one split as Parquet: the canonical fields as columns, plus location, fold and tokens."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [
+        {**item.record, "_location": item.location, "_fold": item.fold, "_tokens": item.tokens}
+        for item in items
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), path)
+
+
+def load_split(version: DatasetVersion, split: str, *, with_meta: bool = False) -> list[dict[str, Any]]:
     """The canonical records of one split of a stored dataset version."""
-    path = Path(version.path) / f"{split}.jsonl"
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    import pyarrow.parquet as pq
+
+    path = Path(version.path) / f"{split}.parquet"
+    records = [_drop_nulls(row) for row in pq.read_table(path).to_pylist()]
+    if not with_meta:
+        records = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
+    return records
+
+
+def _drop_nulls(value: Any) -> Any:
+    """Parquet gives every row every column; a field a row never had comes back as None."""
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
 
 
 def get_dataset(workspace: Workspace, dataset_id: str) -> DatasetVersion:
-    """Look a dataset version up by id.
+    """Look a dataset version up by id (or a unique prefix of it).
 
     Raises:
         DataError: when there is none.
     """
     with session(workspace.engine) as s:
         version = s.get(DatasetVersion, dataset_id)
+        if version is None:
+            matches = list(s.scalars(select(DatasetVersion).where(DatasetVersion.id.startswith(dataset_id))))
+            version = matches[0] if len(matches) == 1 else None
     if version is None:
         raise DataError(f"no dataset version {dataset_id!r}; `tunesmith data list` shows the stored ones")
     return version
@@ -255,9 +596,3 @@ def list_datasets(workspace: Workspace) -> list[DatasetVersion]:
     """Every stored dataset version, newest first."""
     with session(workspace.engine) as s:
         return list(s.scalars(select(DatasetVersion).order_by(DatasetVersion.created_at.desc())))
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")

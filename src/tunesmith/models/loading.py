@@ -216,3 +216,25 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def load_tokenizer(ref: str, source: str = "auto", revision: str | None = None) -> Any:
+    """The tokenizer of a model (converting the bundled weights on first use, like `load_causal_lm`).
+
+    Raises:
+        ModelNotFoundError: when the model is neither here nor downloadable.
+    """
+    from transformers import AutoTokenizer
+
+    resolved = resolve(ref, source, revision)
+    if resolved.origin == "bundled-gguf":
+        resolved = _convert_bundled(resolved)
+    try:
+        if resolved.path is not None:
+            return AutoTokenizer.from_pretrained(str(resolved.path))
+        return AutoTokenizer.from_pretrained(resolved.hub_id, revision=resolved.revision)
+    except OSError as exc:
+        raise ModelNotFoundError(
+            f"could not load the tokenizer of {ref!r} ({exc.__class__.__name__}); token lengths need it. "
+            "Connect to the internet or use a local or bundled model."
+        ) from exc

@@ -1,0 +1,238 @@
+"""Cleaning: normalise text, strip HTML, scrub PII, and find exact and near duplicates.
+
+Each function works on canonical records and reports what it changed, so the data report can say
+how many rows each step touched and why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+# Control characters other than tab and newline; zero-width and BOM characters.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff]")
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_BLANK_LINES = re.compile(r"\n{3,}")
+_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.IGNORECASE | re.DOTALL)
+
+
+def normalise_text(text: str) -> str:
+    """NFC, no control or zero-width characters, single spaces, at most one blank line, trimmed."""
+    text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROL.sub("", text)
+    text = _SPACES.sub(" ", text)
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def strip_html(text: str) -> str:
+    """Remove tags (and script/style bodies) and unescape entities."""
+    return html.unescape(_TAG.sub(" ", text))
+
+
+# --- PII -------------------------------------------------------------------------------------
+
+
+def _luhn_ok(number: str) -> bool:
+    """A card number: 13-19 digits, an issuer prefix (2-6: Mastercard, Amex, Visa, Discover...), Luhn."""
+    digits = [int(d) for d in number if d.isdigit()]
+    if not 13 <= len(digits) <= 19 or digits[0] not in (2, 3, 4, 5, 6):
+        return False
+    total = 0
+    for i, digit in enumerate(reversed(digits)):
+        doubled = digit * 2 if i % 2 else digit
+        total += doubled - 9 if doubled > 9 else doubled
+    return total % 10 == 0
+
+
+def _iban_ok(candidate: str) -> bool:
+    compact = candidate.replace(" ", "").upper()
+    if not 15 <= len(compact) <= 34:
+        return False
+    rearranged = compact[4:] + compact[:4]
+    digits = "".join(str(int(c, 36)) for c in rearranged)
+    return int(digits) % 97 == 1
+
+
+def _phone_ok(candidate: str) -> bool:
+    """7-15 digits; without a `+` or `(area)` at least 10, and not a run of years (2019 2020 2021)."""
+    digits = sum(c.isdigit() for c in candidate)
+    if not 7 <= digits <= 15:
+        return False
+    if candidate.startswith(("+", "(")):
+        return True
+    groups = re.findall(r"\d+", candidate)
+    return digits >= 10 and not all(len(g) == 4 and g[:2] in ("19", "20") for g in groups)
+
+
+def _ip_ok(candidate: str) -> bool:
+    return all(0 <= int(part) <= 255 for part in candidate.split("."))
+
+
+@dataclass(frozen=True)
+class PiiPattern:
+    """One kind of personal data: how to find it, and an optional check that rules out look-alikes."""
+
+    name: str
+    pattern: re.Pattern[str]
+    check: Callable[[str], bool] | None = None
+
+
+PII_PATTERNS: tuple[PiiPattern, ...] = (
+    PiiPattern("EMAIL", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")),
+    PiiPattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _iban_ok),
+    PiiPattern("CREDIT_CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _luhn_ok),
+    PiiPattern("US_SSN", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
+    PiiPattern("IP_ADDRESS", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), _ip_ok),
+    PiiPattern(
+        "PHONE",
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?|\d{1,4}[ .-])?|\(\d{1,4}\)[ .-]?|\d{2,4}[ .-])"
+            r"\d{3,4}[ .-]\d{3,4}\b"
+        ),
+        _phone_ok,
+    ),
+)
+
+
+def scrub_pii(
+    text: str, counts: Counter[str], types: Iterable[str] | None = None, keep: Iterable[str] = ()
+) -> str:
+    """Replace personal data with typed placeholders (`[EMAIL]`, `[PHONE]`, ...), counting each type.
+
+    Patterns run in a fixed order (cards before phones) so a number is claimed by its most
+    specific type; a placeholder is never matched again. Strings in `keep` (a company's own support
+    address, say) are left as they are.
+    """
+    kept = [k for k in keep if k and k in text]
+    for i, value in enumerate(kept):
+        text = text.replace(value, f"\x00{i}\x00")
+    text = _scrub(text, counts, set(types) if types is not None else None)
+    for i, value in enumerate(kept):
+        text = text.replace(f"\x00{i}\x00", value)
+    return text
+
+
+def _scrub(text: str, counts: Counter[str], wanted: set[str] | None) -> str:
+    for pii in PII_PATTERNS:
+        if wanted is not None and pii.name not in wanted:
+            continue
+
+        def replace(match: re.Match[str], pii: PiiPattern = pii) -> str:
+            if pii.check is not None and not pii.check(match.group(0)):
+                return match.group(0)
+            counts[pii.name] += 1
+            return f"[{pii.name}]"
+
+        text = pii.pattern.sub(replace, text)
+    return text
+
+
+# --- record text -----------------------------------------------------------------------------
+
+
+def map_texts(record: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """Apply `fn` to every piece of free text in a canonical record (not to labels or tags)."""
+    out = dict(record)
+    if "messages" in out:
+        out["messages"] = [{**m, "content": fn(m["content"])} for m in out["messages"]]
+    for key in ("text", "prompt", "chosen", "rejected"):
+        value = out.get(key)
+        if isinstance(value, str):
+            out[key] = fn(value)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            out[key] = [{**m, "content": fn(m.get("content", ""))} for m in value]
+    if "tokens" in out:
+        out["tokens"] = [fn(t) or t for t in out["tokens"]]
+    return out
+
+
+def _flatten(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "\n".join(
+            f"{m.get('role', '')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in value
+        )
+    return ""
+
+
+def record_text(record: dict[str, Any]) -> str:
+    """All of a record's text in one string: what duplicates are judged on."""
+    if "messages" in record:
+        return _flatten(record["messages"])
+    if "tokens" in record:
+        return " ".join(record["tokens"])
+    parts = [_flatten(record.get(key)) for key in ("prompt", "chosen", "rejected", "text")]
+    return "\n".join(p for p in parts if p)
+
+
+def prompt_text(record: dict[str, Any]) -> str:
+    """What a model sees before it answers (the input side): what leakage is judged on."""
+    if "messages" in record:
+        return "\n".join(m["content"] for m in record["messages"][:-1] if m["role"] != "system")
+    if "prompt" in record:
+        return _flatten(record["prompt"])
+    if "tokens" in record:
+        return " ".join(record["tokens"])
+    return str(record.get("text", ""))
+
+
+def dedup_key(text: str) -> str:
+    """Exact-duplicate key: case-folded, punctuation and spacing ignored."""
+    folded = re.sub(r"[\W_]+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return hashlib.blake2b(folded.encode(), digest_size=16).hexdigest()
+
+
+# --- near duplicates -------------------------------------------------------------------------
+
+
+@dataclass
+class NearDuplicateIndex:
+    """MinHash LSH over word shingles: finds rows whose Jaccard similarity passes `threshold`."""
+
+    threshold: float = 0.85
+    num_perm: int = 128
+    shingle: int = 3
+    _lsh: Any = None
+    _hashes: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from datasketch import MinHashLSH
+
+        self._lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+
+    def shingles(self, text: str) -> set[bytes]:
+        words = re.findall(r"\w+", text.casefold())
+        if len(words) < self.shingle:
+            return {" ".join(words).encode()} if words else set()
+        return {" ".join(words[i : i + self.shingle]).encode() for i in range(len(words) - self.shingle + 1)}
+
+    def minhashes(self, texts: list[str]) -> list[Any]:
+        from datasketch import LeanMinHash, MinHash
+
+        out = []
+        for text in texts:
+            m = MinHash(num_perm=self.num_perm)
+            m.update_batch(list(self.shingles(text)) or [b""])
+            out.append(LeanMinHash(m))
+        return out
+
+    def add(self, key: str, minhash: Any) -> None:
+        self._lsh.insert(key, minhash)
+        self._hashes[key] = minhash
+
+    def query(self, minhash: Any) -> list[tuple[str, float]]:
+        """Keys already added whose estimated Jaccard similarity to `minhash` passes the threshold."""
+        found = []
+        for key in self._lsh.query(minhash):
+            similarity = float(self._hashes[key].jaccard(minhash))
+            if similarity >= self.threshold:
+                found.append((key, similarity))
+        return sorted(found, key=lambda item: -item[1])

@@ -1,0 +1,79 @@
+from collections import Counter
+
+import pytest
+
+from tunesmith.data.clean import NearDuplicateIndex, dedup_key, normalise_text, scrub_pii, strip_html
+
+
+def test_normalise_text():
+    assert normalise_text("  Cafe\u0301\u200b  ok\r\n\n\n\nnext\x07 line  ") == "Café ok\n\nnext line"
+
+
+def test_strip_html():
+    assert strip_html("<p>Hi &amp; <b>bye</b></p><script>x=1</script>").split() == ["Hi", "&", "bye"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "kind"),
+    [
+        ("mail jane.doe@example.com now", "mail [EMAIL] now", "EMAIL"),
+        ("call +1 415-555-0132", "call [PHONE]", "PHONE"),
+        ("call (020) 7946 0958", "call [PHONE]", "PHONE"),
+        ("card 4111 1111 1111 1111", "card [CREDIT_CARD]", "CREDIT_CARD"),
+        ("iban DE89 3704 0044 0532 0130 00", "iban [IBAN]", "IBAN"),
+        ("ssn 123-45-6789", "ssn [US_SSN]", "US_SSN"),
+        ("ip 192.168.1.20", "ip [IP_ADDRESS]", "IP_ADDRESS"),
+    ],
+)
+def test_pii_is_replaced_by_typed_placeholders(text, expected, kind):
+    counts: Counter[str] = Counter()
+    assert scrub_pii(text, counts) == expected
+    assert counts == {kind: 1}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "order 113542617735902 shipped",  # passes Luhn, but no card issuer starts with 1
+        "version 999.1.1.1",
+        "years 2019 2020 2021",
+        "scores 6 92 55 27 41 16 83",
+        "costs $39.99 on 2024-05-01",
+    ],
+)
+def test_pii_look_alikes_are_left_alone(text):
+    counts: Counter[str] = Counter()
+    assert scrub_pii(text, counts) == text
+    assert not counts
+
+
+def test_pii_keep_and_type_selection():
+    counts: Counter[str] = Counter()
+    text = "write help@fernwick.example or bob@x.org, call +47 555 0199"
+    assert (
+        scrub_pii(text, counts, keep=["help@fernwick.example"])
+        == "write help@fernwick.example or [EMAIL], call [PHONE]"
+    )
+    assert (
+        scrub_pii(text, Counter(), types=["PHONE"])
+        == "write help@fernwick.example or bob@x.org, call [PHONE]"
+    )
+
+
+def test_dedup_key_ignores_case_spacing_and_punctuation():
+    assert dedup_key("Hello,  World!") == dedup_key("hello world")
+    assert dedup_key("hello world") != dedup_key("hello there world")
+
+
+def test_near_duplicates_pass_the_threshold_and_others_do_not():
+    index = NearDuplicateIndex(threshold=0.7)
+    a, b, c = index.minhashes(
+        [
+            "how do i reset the password of my online banking account please",
+            "how do i reset the password of my online banking account please now",
+            "what is the weather like in oslo today",
+        ]
+    )
+    index.add("a", a)
+    assert [key for key, _ in index.query(b)] == ["a"]
+    assert index.query(c) == []

@@ -1,0 +1,143 @@
+import pytest
+
+from tunesmith.data.formats import (
+    RowError,
+    apply_mapping,
+    convert,
+    detect_format,
+    expand_rankings,
+    match_format,
+    split_shared_prompt,
+)
+
+
+def chat(q, a, **meta):
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], **meta}
+
+
+@pytest.mark.parametrize(
+    ("row", "fmt", "kind_field"),
+    [
+        (chat("q", "a"), "chat", "messages"),
+        (
+            {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+            "sharegpt",
+            "messages",
+        ),
+        ({"prompt": "q", "completion": "a"}, "prompt_completion", "messages"),
+        ({"instruction": "q", "input": "", "output": "a"}, "alpaca", "messages"),
+        ({"text": "great film", "label": "pos"}, "text_label", "label"),
+        ({"prompt": "q", "chosen": "good", "rejected": "bad"}, "preference", "chosen"),
+        ({"prompt": "q", "responses": ["a", "b", "c"], "ranks": [2, 1, 3]}, "ranking", "responses"),
+        ({"text": "raw domain prose"}, "text", "text"),
+        ({"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]}, "tagging", "tags"),
+    ],
+)
+def test_every_format_is_detected_and_converted(row, fmt, kind_field):
+    assert match_format(row) == fmt
+    assert kind_field in convert(row, fmt)
+
+
+def test_sharegpt_roles_and_system_are_mapped():
+    row = {
+        "system": "be brief",
+        "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
+    }
+    messages = convert(row, "sharegpt")["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant"]
+
+
+def test_chat_keeps_weights_and_tools_and_checks_role_order():
+    row = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a", "weight": 0},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "weight": 1},
+        ],
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+    }
+    record = convert(row, "chat")
+    assert record["messages"][1]["weight"] == 0 and record["tools"][0]["function"]["name"] == "f"
+    bad = {
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "a"},
+        ]
+    }
+    with pytest.raises(RowError, match=r"messages\[1\]\.role: two user turns in a row"):
+        convert(bad, "chat")
+    with pytest.raises(RowError, match=r"messages\[1\]\.role: a system message may only come first"):
+        convert(
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "system", "content": "s"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            },
+            "chat",
+        )
+    with pytest.raises(RowError, match=r"weight: expected 0 or 1"):
+        convert(
+            {
+                "messages": [
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "a", "weight": 3},
+                ]
+            },
+            "chat",
+        )
+
+
+def test_preference_without_prompt_splits_at_the_last_shared_assistant_turn():
+    chosen = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water and yeast."
+    rejected = "\n\nHuman: How do I bake bread?\n\nAssistant: Buy some."
+    prompt, good, bad = split_shared_prompt(chosen, rejected)
+    assert (
+        prompt.endswith("\n\nAssistant:") and good == " Mix flour, water and yeast." and bad == " Buy some."
+    )
+    record = convert({"chosen": chosen, "rejected": rejected}, "preference")
+    assert record["prompt"] == prompt
+    with pytest.raises(RowError, match="identical"):
+        convert({"prompt": "q", "chosen": "same", "rejected": "same"}, "preference")
+
+
+def test_rankings_expand_to_ordered_pairs_with_margins():
+    record = convert({"prompt": "q", "responses": ["ok", "best", "worst"], "ranks": [2, 1, 3]}, "ranking")
+    pairs = expand_rankings(record)
+    assert {(p["chosen"], p["rejected"], p["margin"]) for p in pairs} == {
+        ("best", "ok", 1.0),
+        ("ok", "worst", 1.0),
+        ("best", "worst", 2.0),
+    }
+    scored = expand_rankings(
+        convert({"prompt": "q", "responses": ["a", "b"], "scores": [0.2, 0.9]}, "ranking")
+    )
+    assert scored[0]["chosen"] == "b" and scored[0]["margin"] == pytest.approx(0.7)
+
+
+def test_tagging_needs_one_tag_per_token():
+    with pytest.raises(RowError, match=r"tags: expected one tag per token \(2\), got 1"):
+        convert({"tokens": ["a", "b"], "tags": ["O"]}, "tagging")
+
+
+def test_detection_reports_confidence_and_mixes():
+    rows = [chat("q", "a")] * 8 + [{"prompt": "q", "completion": "a"}] * 2
+    detection = detect_format(rows)
+    assert detection.format == "chat" and detection.confidence == pytest.approx(0.8)
+    assert detection.votes == {"chat": 8, "prompt_completion": 2}
+    with pytest.raises(RowError, match=r"fields seen: content, sentiment.*--map"):
+        detect_format([{"content": "x", "sentiment": "pos"}])
+
+
+def test_column_mapping_renames_odd_columns():
+    row = apply_mapping({"content": "x", "sentiment": "pos"}, {"text": "content", "label": "sentiment"})
+    assert row == {"text": "x", "label": "pos"}
+    assert match_format(row) == "text_label"
+
+
+def test_missing_required_field_names_it():
+    with pytest.raises(RowError, match="completion: missing"):
+        convert({"prompt": "q"}, "prompt_completion")

@@ -1,0 +1,257 @@
+import json
+from collections import Counter
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import DataConfig, load_config
+from tunesmith.data import DataError, check_rows, load_split, prepare_dataset, split_rows
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+
+
+def write_jsonl(path, rows):
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+    return path
+
+
+def chat(q, a, **meta):
+    return {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}], **meta}
+
+
+def cfg(**data):
+    return DataConfig.model_validate(data)
+
+
+def test_every_rejection_is_kept_with_place_step_and_reason(tmp_path):
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            chat("q1 about apples", "a1"),
+            "{not json",
+            chat("q2 about pears", "a2"),
+            {"text": "raw"},
+            chat("Q1 about apples!", "a1"),
+            chat("q3", "a3", split="holdout"),
+        ],
+    )
+    prepared = check_rows(cfg(), str(path))
+    reasons = {r.location: (r.step, r.reason) for r in prepared.rejected}
+    assert reasons[f"{path}:2"][0] == "read"
+    assert reasons[f"{path}:4"] == (
+        "convert",
+        "a text row (text) in a sft dataset; every row must be the same kind",
+    )
+    assert reasons[f"{path}:5"] == ("dedup_exact", f"exact duplicate of {path}:1")
+    assert "expected train, val or test" in reasons[f"{path}:6"][1]
+    assert len(prepared.items) == 2
+
+
+def test_unknown_labels_are_rejected(tmp_path):
+    path = write_jsonl(
+        tmp_path / "rows.jsonl", [{"text": f"t{i}", "label": lab} for i, lab in enumerate("aab?")]
+    )
+    prepared = check_rows(cfg(labels=["a", "b"]), str(path))
+    assert [r.reason for r in prepared.rejected] == ["label: unknown label '?'; allowed: a, b"]
+
+
+def test_cleaning_steps_report_their_counts(tmp_path):
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            chat("mail me at bob@example.com", "ok"),
+            chat("  spaced   out  ", "fine"),
+            chat("<b>bold</b>", "x"),
+        ],
+    )
+    prepared = check_rows(cfg(clean={"strip_html": True}), str(path))
+    steps = {s.name: s for s in prepared.steps}
+    assert steps["normalize"].changed == 1
+    assert steps["strip_html"].changed == 1
+    assert steps["pii"].changed == 1 and steps["pii"].details["by_type"] == {"EMAIL": 1}
+    assert prepared.items[0].record["messages"][0]["content"] == "mail me at [EMAIL]"
+
+
+def test_length_filter_counts_real_tokens(tmp_path, tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    long_answer = " ".join(["Fernwick"] * 300)
+    path = write_jsonl(
+        tmp_path / "rows.jsonl", [chat("short question", "short answer"), chat("q", long_answer)]
+    )
+    prepared = check_rows(cfg(), str(path), tokenizer=tokenizer, max_tokens=256)
+    rendered = tokenizer.apply_chat_template(prepared.items[0].record["messages"], tokenize=False)
+    assert prepared.items[0].tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) > 4
+    assert prepared.rejected[0].step == "length" and "over 256" in prepared.rejected[0].reason
+
+
+def test_near_duplicates_are_removed_and_clustered(tmp_path):
+    base = "please tell me how i can change the delivery address of my order before it ships"
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [
+            chat(base, "Go to Orders."),
+            chat(base + " today", "Go to Orders."),
+            chat("what is your refund policy for opened items", "30 days"),
+        ],
+    )
+    prepared = check_rows(cfg(clean={"near_threshold": 0.7}), str(path))  # one word added: Jaccard ≈ 0.78
+    step = next(s for s in prepared.steps if s.name == "dedup_near")
+    assert step.removed == 1 and step.details["clusters"][0]["kept"].endswith(":1")
+
+
+def test_stratified_split_keeps_label_shares(tmp_path):
+    rows = [
+        {"text": f"sample text number {i} of class {c}", "label": c}
+        for c in "abc"
+        for i in range(100 if c != "c" else 40)
+    ]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    config = cfg(split={"strategy": "stratified", "val": 0.1, "test": 0.2}, clean={"near_dedup": False})
+    prepared = split_rows(check_rows(config, str(path)), config)
+    for split, share in (("train", 0.7), ("val", 0.1), ("test", 0.2)):
+        labels = Counter(i.record["label"] for i in prepared.split_items(split))
+        assert labels == {"a": round(100 * share), "b": round(100 * share), "c": round(40 * share)}
+
+
+def test_grouped_split_and_folds_never_straddle(tmp_path):
+    rows = [
+        chat(f"question {g} variant {v} with words", f"answer {g}", group=f"g{g}")
+        for g in range(30)
+        for v in range(3)
+    ]
+    config = cfg(
+        split={"strategy": "grouped", "folds": 3},
+        clean={"near_dedup": False},
+    )
+    config.split.leakage = "off"
+    prepared = split_rows(check_rows(config, str(write_jsonl(tmp_path / "r.jsonl", rows))), config)
+    where = {}
+    for item in prepared.items:
+        assert where.setdefault(item.record["group"], (item.split, item.fold)) == (item.split, item.fold)
+    assert Counter(i.split for i in prepared.items) == {"train": 72, "val": 9, "test": 9}
+    assert sorted(Counter(i.fold for i in prepared.split_items("train")).values()) == [24, 24, 24]
+
+
+def test_leakage_twins_are_removed_or_reassigned(tmp_path):
+    rows = [
+        chat("how do i reset the password of my banking account", "Use the app.", split="train"),
+        chat("how do i reset the password of my banking account please", "Tap reset.", split="test"),
+        chat("where is the nearest branch office located", "Main street.", split="test"),
+    ]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    config = cfg(clean={"near_dedup": False, "near_threshold": 0.7})
+    removed = split_rows(check_rows(config, str(path)), config)
+    assert [i.record["messages"][0]["content"] for i in removed.split_items("test")] == [
+        "where is the nearest branch office located"
+    ]
+    assert removed.rejected[0].step == "leakage" and "near twin" in removed.rejected[0].reason
+    config.split.leakage = "reassign"
+    moved = split_rows(check_rows(config, str(path)), config)
+    assert len(moved.split_items("train")) == 2 and not moved.rejected
+
+
+def test_contamination_against_an_eval_file(tmp_path):
+    bench = write_jsonl(
+        tmp_path / "bench.jsonl", [{"question": "What is the capital of Norway?", "answer": "Oslo"}]
+    )
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [chat("What is the capital of Norway?", "Oslo."), chat("Name a fjord in Norway", "Geiranger.")],
+    )
+    config = cfg(contamination=[str(bench)])
+    prepared = split_rows(check_rows(config, str(path)), config)
+    assert len(prepared.items) == 1
+    assert prepared.rejected[0].reason == f"contamination: matches eval row {bench}:1"
+
+
+def test_versions_are_content_hashed_stored_as_parquet_and_reported(tmp_path):
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    path = write_jsonl(
+        tmp_path / "rows.jsonl",
+        [chat(f"question number {i} about topic {i * 7}", f"a{i}") for i in range(20)] + ["bad"],
+    )
+    config = cfg(path=str(path))
+    first, _ = prepare_dataset(workspace, config)
+    again, _ = prepare_dataset(workspace, config)
+    assert first.id == again.id and first.id.startswith("ds-")
+    assert first.counts == {"train": 16, "val": 2, "test": 2, "rejected": 1}
+    folder = tmp_path / "ws" / "datasets" / first.id
+    assert {p.name for p in folder.iterdir()} == {
+        "train.parquet",
+        "val.parquet",
+        "test.parquet",
+        "rejected.jsonl",
+        "report.json",
+        "report.html",
+    }
+    assert load_split(first, "train")[0].keys() == {"messages"}
+    assert "<img" in (folder / "report.html").read_text()
+    other, _ = prepare_dataset(workspace, cfg(path=str(path), split={"seed": 1}))
+    assert other.id != first.id  # other options, other version
+
+
+def test_strict_fails_on_any_rejection(tmp_path):
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    path = write_jsonl(tmp_path / "rows.jsonl", [chat("q", "a"), "bad"])
+    with pytest.raises(DataError, match=r"1 row\(s\) rejected and data.strict is set"):
+        prepare_dataset(workspace, cfg(path=str(path), strict=True))
+
+
+def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
+    rows = [
+        {
+            "content": f"review number {i} says the film was {'good' if i % 2 else 'bad'} and {i}",
+            "sentiment": "pos" if i % 2 else "neg",
+        }
+        for i in range(40)
+    ]
+    path = write_jsonl(tmp_path / "reviews.jsonl", [*rows, {"content": "x", "sentiment": "pos"}])
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text(
+        f"project: reviews\nmodel:\n  id: {tiny_model_dir}\ndata:\n  path: {path}\n", encoding="utf-8"
+    )
+    result = runner.invoke(app, ["data", "validate", str(config), "--map", "text=content,label=sentiment"])
+    assert result.exit_code == 0, result.output
+    assert "text_label (100% of 41 sampled rows)" in result.output
+    strict = runner.invoke(
+        app,
+        [
+            "data",
+            "validate",
+            str(config),
+            "--map",
+            "text=content,label=sentiment",
+            "--set",
+            "data.clean.min_tokens=3",
+            "--strict",
+        ],
+    )
+    assert strict.exit_code == 1 and "--strict" in strict.output
+    ids = []
+    for seed in (0, 1):
+        prepared = runner.invoke(
+            app,
+            [
+                "data",
+                "prepare",
+                str(config),
+                "--map",
+                "text=content,label=sentiment",
+                "--set",
+                f"data.split.seed={seed}",
+                "--set",
+                "data.split.strategy=stratified",
+            ],
+        )
+        assert prepared.exit_code == 0, prepared.output
+        ids.append(prepared.output.split("Dataset version ")[1].split(":")[0])
+    shown = runner.invoke(app, ["data", "show", ids[0], "--config", str(config)])
+    assert "classification" in shown.output and "neg" in shown.output
+    diff = runner.invoke(app, ["data", "diff", ids[0], ids[1], "--config", str(config)])
+    assert diff.exit_code == 0 and "data.split.seed: 0 → 1" in diff.output
