@@ -25,6 +25,17 @@ from tunesmith.workspace import Workspace, open_workspace
 DEMO_DATA = "fernwick.jsonl"
 
 
+def _tokenizer_and_context(config: ProjectConfig) -> tuple[Any, int | None]:
+    """The configured model's tokenizer and context window: what token lengths are measured with."""
+    from tunesmith.models import load_tokenizer, model_info
+
+    model = config.model
+    return (
+        load_tokenizer(model.id, model.source, model.revision),
+        model_info(model.id, model.source, model.revision).context_window,
+    )
+
+
 def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> DatasetVersion:
     """Turn `data.path` into a stored dataset version (the same rows and options give the same version).
 
@@ -33,13 +44,10 @@ def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> D
     Raises:
         DataError: when `data.path` is unset or unusable, or no training row is left.
     """
-    from tunesmith.models import load_tokenizer, model_info
-
     if config.data.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
     workspace = workspace or open_workspace(config)
-    tokenizer = load_tokenizer(config.model.id, config.model.source, config.model.revision)
-    context = model_info(config.model.id, config.model.source, config.model.revision).context_window
+    tokenizer, context = _tokenizer_and_context(config)
     version, _ = prepare_dataset(
         workspace,
         config.data,
@@ -61,13 +69,10 @@ def validate_data(config: ProjectConfig, workspace: Workspace | None = None) -> 
     Raises:
         DataError: when `data.path` is unset or unusable.
     """
-    from tunesmith.models import load_tokenizer, model_info
-
     if config.data.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
     workspace = workspace or open_workspace(config)
-    tokenizer = load_tokenizer(config.model.id, config.model.source, config.model.revision)
-    context = model_info(config.model.id, config.model.source, config.model.revision).context_window
+    tokenizer, context = _tokenizer_and_context(config)
     prepared = check_rows(config.data, config.data.path, config.base_dir, tokenizer, context)
     out = workspace.root / "validation" / "rejected.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -183,34 +183,29 @@ def _convert_rows(
     return items, kind, detection
 
 
+def _text_step(name: str, items: list[Item], fn: Any) -> Step:
+    """Apply `fn` to every text of every record; count the records it changed."""
+    step = Step(name)
+    for item in items:
+        cleaned = cleaning.map_texts(item.record, fn)
+        if cleaned != item.record:
+            item.record, step.changed = cleaned, step.changed + 1
+    return step
+
+
 def _clean(items: list[Item], config: DataConfig, rejected: list[Rejected], steps: list[Step]) -> list[Item]:
     clean = config.clean
     if clean.normalize:
-        step = Step("normalize")
-        for item in items:
-            cleaned = cleaning.map_texts(item.record, cleaning.normalise_text)
-            if cleaned != item.record:
-                item.record, step.changed = cleaned, step.changed + 1
-        steps.append(step)
+        steps.append(_text_step("normalize", items, cleaning.normalise_text))
     if clean.strip_html:
-        step = Step("strip_html")
-        for item in items:
-            cleaned = cleaning.map_texts(item.record, cleaning.strip_html)
-            if cleaned != item.record:
-                item.record, step.changed = cleaned, step.changed + 1
-        steps.append(step)
+        steps.append(_text_step("strip_html", items, cleaning.strip_html))
     if clean.pii:
-        step = Step("pii")
         counts: Counter[str] = Counter()
-        keep = clean.pii_keep
 
         def scrub(text: str) -> str:
-            return cleaning.scrub_pii(text, counts, clean.pii_types, keep)
+            return cleaning.scrub_pii(text, counts, clean.pii_types, clean.pii_keep)
 
-        for item in items:
-            cleaned = cleaning.map_texts(item.record, scrub)
-            if cleaned != item.record:
-                item.record, step.changed = cleaned, step.changed + 1
+        step = _text_step("pii", items, scrub)
         step.details = {"by_type": dict(counts.most_common())}
         steps.append(step)
     step = Step("empty")
