@@ -114,3 +114,17 @@ def test_real_quickstart_learns_the_facts(tmp_path):
     assert after["key_fact"] >= before["key_fact"] + 0.4
     assert after["rouge_l"] >= before["rouge_l"] + 0.3
     assert result.outcome.version.metrics["eval_loss"] < result.outcome.version.metrics["first_logged_loss"]
+
+
+def test_epoch_time_estimate_is_measured(tmp_path, tiny_model_dir):
+    from tunesmith.models import load_causal_lm
+    from tunesmith.pipeline import prepare_data, write_demo_project
+    from tunesmith.train.estimate import estimate_epoch_time
+
+    config = load_config(write_demo_project(tmp_path / "qs"), [f"model.id={tiny_model_dir}"])
+    dataset = prepare_data(config)
+    estimate = estimate_epoch_time(config, dataset, load_causal_lm(str(tiny_model_dir)), steps=3)
+    assert estimate.tokens_per_second > 0
+    assert estimate.train_tokens == dataset.meta["report"]["stats"]["splits"]["train"]["tokens"]["total"]
+    assert estimate.seconds_per_epoch == pytest.approx(estimate.train_tokens / estimate.tokens_per_second)
+    assert estimate.total_seconds == pytest.approx(estimate.seconds_per_epoch * config.train.num_train_epochs)

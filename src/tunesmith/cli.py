@@ -279,6 +279,33 @@ def data_diff(
         out.print(f"  {option}: {before!r} → {after!r}", markup=False, highlight=False)
 
 
+@data_app.command("estimate")
+def data_estimate(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps to measure (the first warms up).")] = 4,
+) -> None:
+    """Time per epoch on this machine for the configured method, from a short measured calibration."""
+    from tunesmith.data import DataError
+    from tunesmith.models import ModelNotFoundError, load_causal_lm
+    from tunesmith.pipeline import prepare_data
+    from tunesmith.train.estimate import estimate_epoch_time
+
+    cfg = _config(config, set_)
+    try:
+        dataset = prepare_data(cfg)
+        base = load_causal_lm(cfg.model.id, cfg.model.source, cfg.model.revision, cfg.model.dtype)
+    except (DataError, ModelNotFoundError) as exc:
+        raise _fail(str(exc)) from None
+    estimate = estimate_epoch_time(cfg, dataset, base, steps=max(2, steps))
+    out.print(
+        f"{cfg.train.method} on {cfg.model.id}: {estimate.tokens_per_second:,.0f} tokens/s measured over "
+        f"{estimate.calibration_steps - 1} steps; {estimate.train_tokens:,} training tokens per epoch → "
+        f"{estimate.seconds_per_epoch / 60:.1f} min per epoch, {estimate.total_seconds / 60:.1f} min for "
+        f"{estimate.epochs:g} epochs (dataset {dataset.id})"
+    )
+
+
 @data_app.command("list")
 def data_list(config: ConfigArg = None) -> None:
     """Stored dataset versions, newest first."""
