@@ -15,6 +15,7 @@ from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_c
 
 if TYPE_CHECKING:
     from tunesmith.data.prepare import Prepared
+    from tunesmith.store import DatasetVersion
 
 app = typer.Typer(
     help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
@@ -173,6 +174,37 @@ def _print_steps(prepared: Prepared) -> None:
             )
 
 
+def _print_version(version: DatasetVersion) -> None:
+    """A dataset version's steps and per-split statistics, as `data prepare` and `data show` print them."""
+    report = version.meta.get("report", {})
+    out.print(
+        f"[bold]{version.id}[/bold] {version.name}: {version.meta.get('kind', '?')} rows from "
+        f"{version.source}",
+        soft_wrap=True,
+    )
+    table = _table("step", "changed", "removed")
+    for step in report.get("steps", []):
+        table.add_row(step["name"], str(step["changed"]), str(step["removed"]))
+    out.print(table)
+    splits = _table("split", "rows", "p50", "p95", "max", "total tokens", "truncated", "labels")
+    for split, entry in report.get("stats", {}).get("splits", {}).items():
+        tokens = entry.get("tokens", {})
+        label_counts = entry.get("labels", {})
+        labels = (
+            ", ".join(f"{k} {v}" for k, v in label_counts.items())
+            if len(label_counts) <= 4
+            else f"{len(label_counts)} labels, {min(label_counts.values())}-{max(label_counts.values())} each"
+        )
+        splits.add_row(
+            split,
+            str(entry["rows"]),
+            *(str(tokens.get(k, "")) for k in ("p50", "p95", "max", "total", "truncated")),
+            labels,
+        )
+    out.print(splits)
+    out.print(f"Files: {version.path} (train/val/test.parquet, rejected.jsonl, report.html)")
+
+
 @data_app.command("validate")
 def data_validate(
     config: ConfigArg = None, set_: SetOpt = None, map_: MapOpt = None, strict: StrictOpt = False
@@ -207,6 +239,7 @@ def data_prepare(
         version = prepare_data(cfg)
     except (DataError, ModelNotFoundError) as exc:
         raise _fail(str(exc)) from None
+    _print_version(version)
     counts = version.counts
     out.print(
         f"Dataset version [bold]{version.id}[/bold]: {counts['train']} train, {counts['val']} val, "
@@ -228,28 +261,7 @@ def data_show(
         version = get_dataset(open_workspace(_config(config, None)), dataset)
     except DataError as exc:
         raise _fail(str(exc)) from None
-    report = version.meta.get("report", {})
-    out.print(
-        f"[bold]{version.id}[/bold] {version.name}: {version.meta.get('kind', '?')} rows from "
-        f"{version.source}",
-        soft_wrap=True,
-    )
-    table = _table("step", "changed", "removed")
-    for step in report.get("steps", []):
-        table.add_row(step["name"], str(step["changed"]), str(step["removed"]))
-    out.print(table)
-    splits = _table("split", "rows", "p50", "p95", "max", "total tokens", "truncated", "labels")
-    for split, entry in report.get("stats", {}).get("splits", {}).items():
-        tokens = entry.get("tokens", {})
-        labels = ", ".join(f"{k} {v}" for k, v in list(entry.get("labels", {}).items())[:6])
-        splits.add_row(
-            split,
-            str(entry["rows"]),
-            *(str(tokens.get(k, "")) for k in ("p50", "p95", "max", "total", "truncated")),
-            labels,
-        )
-    out.print(splits)
-    out.print(f"Files: {version.path} (train/val/test.parquet, rejected.jsonl, report.html)")
+    _print_version(version)
 
 
 @data_app.command("diff")

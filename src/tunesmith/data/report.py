@@ -38,11 +38,15 @@ def _plots(report: dict[str, Any], prepared: Prepared) -> list[str]:
             if values:
                 ax.hist(values, bins=40, alpha=0.6, label=f"{split} ({len(values)})")
         truncate_at = report["stats"].get("truncate_at")
-        if truncate_at:
+        longest = max(max(v) for v in lengths.values() if v)
+        title = "Length in the model's tokens"
+        if truncate_at and truncate_at <= 1.2 * longest:
             ax.axvline(truncate_at, color="red", linestyle="--", label=f"train.max_length {truncate_at}")
+        elif truncate_at:
+            title += f" (all under train.max_length {truncate_at})"
         ax.set_xlabel("tokens per row")
         ax.set_ylabel("rows")
-        ax.set_title("Length in the model's tokens")
+        ax.set_title(title)
         ax.legend()
         images.append(_png(fig))
     splits = report["stats"]["splits"]
