@@ -338,22 +338,36 @@ def data_list(config: ConfigArg = None) -> None:
 
 
 @app.command("train", rich_help_panel="Lifecycle")
-def train_cmd(config: ConfigArg = None, set_: SetOpt = None) -> None:
+def train_cmd(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this stopped run from its last checkpoint.")
+    ] = None,
+) -> None:
     """Fine-tune the base model on data.path and register the result as a new version."""
     from tunesmith.data import DataError
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.pipeline import train
+    from tunesmith.pipeline import resume_run, train
+    from tunesmith.registry import RegistryError
     from tunesmith.train import TrainConfigError
+    from tunesmith.train.methods import MethodError
 
     cfg = _config(config, set_)
     try:
-        outcome = train(cfg)
-    except (DataError, ModelNotFoundError, TrainConfigError) as exc:
+        outcome = resume_run(cfg, resume) if resume else train(cfg)
+    except (DataError, ModelNotFoundError, TrainConfigError, MethodError, RegistryError) as exc:
         raise _fail(str(exc)) from None
     m = outcome.version.metrics
     out.print(
         f"Registered [bold]{outcome.version.name}[/bold] from run {outcome.run_id}: train loss "
-        f"{m['train_loss']:.3f}, {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
+        f"{m['train_loss']:.3f}"
+        + (f", validation loss {m['eval_loss']:.3f}" if "eval_loss" in m else "")
+        + f", {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
+    )
+    out.print(
+        f"Next: `tunesmith eval {outcome.version.name}` (base vs this version on the held-out split), "
+        f"`tunesmith registry show {outcome.version.name}`"
     )
 
 

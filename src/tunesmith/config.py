@@ -110,19 +110,50 @@ class LoraSettings(_Section):
     use_dora: bool = False
 
 
+class FreezeSettings(_Section):
+    """What `method: freeze` leaves trainable (the embeddings are always frozen)."""
+
+    layers: int | None = Field(
+        None, ge=0
+    )  # freeze the first N transformer blocks, train the rest and the head
+    train_top: int | None = Field(None, ge=0)  # or: train only the top k blocks and the head
+
+    @model_validator(mode="after")
+    def _one_of(self) -> FreezeSettings:
+        if (self.layers is None) == (self.train_top is None):
+            raise ValueError(
+                "set exactly one of layers (freeze the first N blocks) or train_top (train the top k)"
+            )
+        return self
+
+
+class QuantizationSettings(_Section):
+    """bitsandbytes quantization of the frozen base for `method: qlora` (CUDA only)."""
+
+    bits: Literal[4, 8] = 4
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+
+
 class TrainConfig(_Section):
     """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
 
     objective: Literal["sft"] = "sft"
-    method: Literal["lora", "full"] = "lora"
+    # full: every weight; freeze: the top blocks and the head; head: the output head alone;
+    # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
+    method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"
     num_train_epochs: float = Field(3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "epochs"))
+    max_steps: int = -1  # > 0 overrides the epochs
     learning_rate: float = Field(2e-4, gt=0, validation_alias=AliasChoices("learning_rate", "lr"))
     per_device_train_batch_size: int = Field(
         8, gt=0, validation_alias=AliasChoices("per_device_train_batch_size", "batch_size")
     )
     gradient_accumulation_steps: int = Field(1, gt=0)
+    effective_batch_size: int | None = Field(None, gt=0)  # sets the accumulation to reach it
     max_length: int = Field(512, gt=0)
-    lr_scheduler_type: str = "linear"
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup", "polynomial"] = (
+        "linear"
+    )
     warmup_steps: float = Field(0.0, ge=0)  # a fraction of all steps when below 1
     weight_decay: float = Field(0.0, ge=0)
     logging_steps: int = Field(5, gt=0)
@@ -131,8 +162,31 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = Field(
         False, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
     )
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"  # checkpoints, for --resume
+    save_steps: int = Field(100, gt=0)
+    save_total_limit: int = Field(2, gt=0)  # checkpoints kept (the best one is always among them)
+    early_stopping_patience: int | None = Field(None, gt=0)  # evaluations without improvement before stopping
+    metric_for_best_model: str = "eval_loss"
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    freeze: FreezeSettings | None = None
+    quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.method == "freeze" and self.freeze is None:
+            raise ValueError("method freeze needs train.freeze.layers or train.freeze.train_top")
+        if self.early_stopping_patience is not None and self.save_strategy == "no":
+            raise ValueError("early_stopping_patience needs checkpoints: set save_strategy to steps or epoch")
+        return self
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Gradient accumulation: explicit, or enough to reach `effective_batch_size`."""
+        if self.effective_batch_size is None:
+            return self.gradient_accumulation_steps
+        return max(1, -(-self.effective_batch_size // self.per_device_train_batch_size))
 
 
 class EvalConfig(_Section):

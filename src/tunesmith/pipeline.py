@@ -104,16 +104,62 @@ def train(
     base: Any = None,
     extra_metrics: dict[str, Any] | None = None,
 ) -> TrainOutcome:
-    """Prepare the data, fine-tune the base model, and register the result as a new version."""
-    from tunesmith.models import load_causal_lm
-    from tunesmith.train import train_sft
+    """Prepare the data, fine-tune the base model, and register the result as a new version.
 
+    Raises:
+        MethodError: before anything loads, when the method needs hardware this machine lacks.
+    """
+    from tunesmith.train.methods import check_method_supported
+
+    check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
     dataset = prepare_data(config, workspace)
+    return _train_and_register(config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics)
+
+
+def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None = None) -> TrainOutcome:
+    """Continue a run that stopped (killed, crashed) from its newest complete checkpoint.
+
+    The run's own resolved config and dataset version are used, not the current config file.
+
+    Raises:
+        RegistryError: when there is no such run, or it already finished.
+    """
+    from tunesmith.registry import RegistryError
+
+    workspace = workspace or open_workspace(config)
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+    if run is None:
+        raise RegistryError(f"no run {run_id!r} in {workspace.root}")
+    if run.status == "finished":
+        raise RegistryError(f"run {run_id} already finished; nothing to resume")
+    run_config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, run.dataset_version_id)
+    assert dataset is not None
+    return _train_and_register(run_config, workspace, dataset, kind=run.kind, resume=run_id)
+
+
+def _train_and_register(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    *,
+    kind: str,
+    base: Any = None,
+    resume: str | None = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> TrainOutcome:
+    from tunesmith.models import load_causal_lm
+    from tunesmith.train import train_sft
+    from tunesmith.train.methods import quantization_config
+
+    model = config.model
     base = base or load_causal_lm(
-        config.model.id, config.model.source, config.model.revision, config.model.dtype
+        model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
     )
-    result = train_sft(config, workspace, dataset, base, kind=kind)
+    result = train_sft(config, workspace, dataset, base, kind=kind, resume=resume)
     with session(workspace.engine) as s:
         run = s.get(Run, result.run_id)
     assert run is not None

@@ -118,9 +118,15 @@ def _resolve_entry(entry: CatalogEntry, source: str, revision: str | None) -> Re
 
 
 def load_causal_lm(
-    ref: str, source: str = "auto", revision: str | None = None, dtype: str = "float32"
+    ref: str,
+    source: str = "auto",
+    revision: str | None = None,
+    dtype: str = "float32",
+    quantization_config: Any = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, converting bundled GGUF weights on first use.
+
+    `quantization_config` (a `BitsAndBytesConfig`, for QLoRA) loads the weights quantized.
 
     Raises:
         ModelNotFoundError: when the weights are neither here nor downloadable.
@@ -139,7 +145,10 @@ def load_causal_lm(
             location, revision=resolved.revision if resolved.origin == "hub" else None
         )
         model = AutoModelForCausalLM.from_pretrained(
-            location, dtype=torch_dtype, revision=resolved.revision if resolved.origin == "hub" else None
+            location,
+            dtype=torch_dtype,
+            revision=resolved.revision if resolved.origin == "hub" else None,
+            quantization_config=quantization_config,
         )
     except OSError as exc:
         if resolved.origin != "hub":

@@ -1,6 +1,15 @@
 """The store: SQLAlchemy tables behind Alembic migrations; SQLite (WAL) by default, any URL at scale."""
 
 from tunesmith.store.engine import open_store, session
-from tunesmith.store.schema import AliasEvent, Base, DatasetVersion, ModelVersion, Run
+from tunesmith.store.schema import AliasEvent, Base, DatasetVersion, ModelVersion, Run, RunMetric
 
-__all__ = ["AliasEvent", "Base", "DatasetVersion", "ModelVersion", "Run", "open_store", "session"]
+__all__ = [
+    "AliasEvent",
+    "Base",
+    "DatasetVersion",
+    "ModelVersion",
+    "Run",
+    "RunMetric",
+    "open_store",
+    "session",
+]

@@ -1,22 +1,38 @@
-"""Trainer callbacks: a rich progress bar with the live loss."""
+"""Trainer callbacks: a rich progress bar with the live numbers, and metrics to JSONL and the store."""
 
 from __future__ import annotations
 
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 from rich.progress import Progress, TaskID, TextColumn
+from sqlalchemy import Engine
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from tunesmith.progress import make_progress
+from tunesmith.store import RunMetric, session
+
+
+def memory_mb() -> float:
+    """Resident memory of this process, plus GPU memory in use where there is a GPU, in MiB."""
+    import psutil
+    import torch
+
+    rss = psutil.Process().memory_info().rss
+    gpu = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
+    return (rss + gpu) / 2**20
 
 
 class RichProgressCallback(TrainerCallback):
-    """One bar over all optimizer steps, showing the latest training and validation loss."""
+    """One bar over all optimizer steps, with loss, learning rate, tokens/s and memory."""
 
     def __init__(self, label: str = "Training") -> None:
         self.label = label
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._last: tuple[float, float] | None = None  # (time, tokens seen) at the previous log
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -43,9 +59,18 @@ class RichProgressCallback(TrainerCallback):
     ) -> None:
         if self._progress is None or self._task is None or not logs:
             return
-        parts = [f"{key.replace('_', ' ')} {logs[key]:.3f}" for key in ("loss", "eval_loss") if key in logs]
-        if parts:
-            self._progress.update(self._task, status=" ".join(parts))
+        parts = [
+            f"{name} {logs[key]:.3f}" for key, name in (("loss", "loss"), ("eval_loss", "val")) if key in logs
+        ]
+        if "learning_rate" in logs:
+            parts.append(f"lr {float(logs['learning_rate']):.1e}")
+        now, tokens = time.perf_counter(), float(logs.get("num_tokens", 0.0))
+        if self._last is not None and tokens > self._last[1]:
+            parts.append(f"{(tokens - self._last[1]) / (now - self._last[0]):.0f} tok/s")
+        if tokens:
+            self._last = (now, tokens)
+        parts.append(f"{memory_mb():.0f} MiB")
+        self._progress.update(self._task, status=" ".join(parts))
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -53,3 +78,36 @@ class RichProgressCallback(TrainerCallback):
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+class MetricsCallback(TrainerCallback):
+    """Every log as a line of `metrics.jsonl` in the run folder and as rows of `run_metrics` in the store."""
+
+    def __init__(self, run_id: str, path: Path, engine: Engine) -> None:
+        self.run_id = run_id
+        self.path = path
+        self.engine = engine
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        entry = {"step": state.global_step, "epoch": state.epoch, "memory_mb": round(memory_mb(), 1), **logs}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry, default=float) + "\n")
+        values = {
+            k: float(v) for k, v in entry.items() if isinstance(v, int | float) and k not in ("step", "epoch")
+        }
+        with session(self.engine) as s:
+            s.add_all(
+                RunMetric(
+                    run_id=self.run_id, step=state.global_step, epoch=state.epoch, name=name, value=value
+                )
+                for name, value in values.items()
+            )

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 _OWN_FIELDS = {
     "output_dir",
     "num_train_epochs",
+    "max_steps",
     "learning_rate",
     "per_device_train_batch_size",
     "gradient_accumulation_steps",
@@ -41,6 +42,14 @@ _OWN_FIELDS = {
     "seed",
     "activation_checkpointing",
     "gradient_checkpointing",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "eval_strategy",
+    "eval_steps",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "report_to",
 }
 
 
@@ -55,7 +64,7 @@ class TrainResult:
     run_id: str
     run_dir: Path
     adapter_dir: Path
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
     model: Any
     tokenizer: Any
 
@@ -82,13 +91,15 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
             raise TrainConfigError(
                 f"train.args.{key}: not a field of TRL's SFTConfig; see the TRL docs for the fields it takes"
             )
+    checkpoints = train.save_strategy
     kwargs: dict[str, Any] = {
         "output_dir": str(output_dir),
         "num_train_epochs": train.num_train_epochs,
+        "max_steps": train.max_steps,
         "learning_rate": train.learning_rate,
         "per_device_train_batch_size": train.per_device_train_batch_size,
         "per_device_eval_batch_size": train.per_device_train_batch_size,
-        "gradient_accumulation_steps": train.gradient_accumulation_steps,
+        "gradient_accumulation_steps": train.accumulation_steps,
         "max_length": train.max_length,
         "lr_scheduler_type": train.lr_scheduler_type,
         "warmup_steps": train.warmup_steps,
@@ -97,9 +108,16 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
         "seed": train.seed,
         "activation_checkpointing": train.activation_checkpointing,
         "data_seed": train.seed,
-        "save_strategy": "no",
-        "eval_strategy": "epoch" if has_eval else "no",
-        "report_to": [],
+        "save_strategy": checkpoints,
+        "save_steps": train.save_steps,
+        "save_total_limit": train.save_total_limit,
+        # Evaluate when a checkpoint is written, so the best checkpoint is known and early stopping can act.
+        "eval_strategy": (checkpoints if checkpoints != "no" else "epoch") if has_eval else "no",
+        "eval_steps": train.save_steps,
+        "load_best_model_at_end": has_eval and train.early_stopping_patience is not None,
+        "metric_for_best_model": train.metric_for_best_model,
+        "greater_is_better": not train.metric_for_best_model.endswith("loss"),
+        "report_to": list(train.report_to),
         "disable_tqdm": True,  # the rich bar replaces it
         "completion_only_loss": True,
         # Mixed precision where the hardware has it; TRL's bf16 default fails outright on a CPU.
@@ -122,31 +140,28 @@ def to_prompt_completion(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
 
 
-def train_sft(
-    config: ProjectConfig,
-    workspace: Workspace,
-    dataset: DatasetVersion,
-    base: LoadedModel,
-    *,
-    kind: str = "train",
-) -> TrainResult:
-    """Fine-tune `base` on `dataset`'s train split; record the run and save the adapter.
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint of a run: one whose trainer state was written (it is written last)."""
+    folder = run_dir / "trainer"
+    if not folder.exists():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
-    The run row is written first (status `running`) and closed as `finished` or `failed`, so a
-    crash leaves a visible record. Artifacts go to the workspace's `runs/RUN_ID/`.
-    """
-    import torch
-    from datasets import Dataset
-    from datasets.utils.logging import disable_progress_bar
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
 
-    from tunesmith.train.callbacks import RichProgressCallback
-
+def _open_run(
+    config: ProjectConfig, workspace: Workspace, dataset: DatasetVersion, kind: str, resume: str | None
+) -> tuple[str, Path]:
+    resolved = config.resolved()
+    if resume is not None:
+        with session(workspace.engine) as s:
+            run = s.get(Run, resume)
+            assert run is not None
+            run.status, run.error, run.finished_at = "running", None, None
+        return resume, workspace.run_dir(resume)
     run_id = new_run_id()
     run_dir = workspace.run_dir(run_id)
     run_dir.mkdir(parents=True)
-    resolved = config.resolved()
     (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False), encoding="utf-8")
     with session(workspace.engine) as s:
         s.add(
@@ -162,45 +177,80 @@ def train_sft(
                 path=str(run_dir),
             )
         )
+    return run_id, run_dir
 
+
+def train_sft(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    base: LoadedModel,
+    *,
+    kind: str = "train",
+    resume: str | None = None,
+) -> TrainResult:
+    """Fine-tune `base` on `dataset`'s train split; record the run and save the adapter or weights.
+
+    The run row is written first (status `running`) and closed as `finished` or `failed`, so a
+    crash leaves a visible record. Artifacts go to the workspace's `runs/RUN_ID/`. With `resume`,
+    the run continues from its newest complete checkpoint: same data order, optimizer, scheduler
+    and random state, so the loss curve continues as if it had never stopped.
+    """
+    import torch
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import EarlyStoppingCallback, PrinterCallback
+    from trl import SFTTrainer
+
+    from tunesmith.train.callbacks import MetricsCallback, RichProgressCallback
+    from tunesmith.train.methods import apply_freeze
+
+    run_id, run_dir = _open_run(config, workspace, dataset, kind, resume)
+    train = config.train
     try:
         train_rows = to_prompt_completion(load_split(dataset, "train"))
         val_rows = to_prompt_completion(load_split(dataset, "val"))
-        args = sft_config(config.train, run_dir / "trainer", has_eval=bool(val_rows))
-        torch.manual_seed(config.train.seed)
+        args = sft_config(train, run_dir / "trainer", has_eval=bool(val_rows))
+        torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few hundred rows takes no time; one bar is enough
+        if train.method in ("freeze", "head"):
+            apply_freeze(base.model, train)
+        callbacks: list[Any] = [
+            RichProgressCallback(),
+            MetricsCallback(run_id, run_dir / "metrics.jsonl", workspace.engine),
+        ]
+        if train.early_stopping_patience is not None and val_rows:
+            callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
         trainer = SFTTrainer(
             model=base.model,
             args=args,
             train_dataset=Dataset.from_list(train_rows),
             eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
             processing_class=base.tokenizer,
-            peft_config=lora_config(config.train) if config.train.method == "lora" else None,
-            callbacks=[RichProgressCallback()],
+            peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
+            callbacks=callbacks,
         )
-        trainer.remove_callback(PrinterCallback)  # the bar shows the loss; metrics go to log_history.json
+        trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
         trainable, total = _count_parameters(trainer.model)
+        checkpoint = last_checkpoint(run_dir) if resume is not None else None
         console.print(
-            f"Training {config.train.method}: {trainable:,} of {total:,} parameters trainable "
+            f"Training {train.method}: {trainable:,} of {total:,} parameters trainable "
             f"({100 * trainable / total:.2f}%), {len(train_rows)} rows, "
-            f"{config.train.num_train_epochs:g} epochs"
+            f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
+            + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
         )
-        tokenized: Any = trainer.train_dataset
-        n_tokens = sum(len(row["input_ids"]) for row in tokenized)
+        tokens_before = _tokens_seen(checkpoint)
         started = time.perf_counter()
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         seconds = time.perf_counter() - started
-        adapter_dir = run_dir / ("adapter" if config.train.method == "lora" else "model")
-        trainer.save_model(str(adapter_dir))
-        base.tokenizer.save_pretrained(str(adapter_dir))
-        metrics = _metrics(
-            trainer.state.log_history,
-            output.training_loss,
-            seconds,
-            n_tokens * config.train.num_train_epochs,
-            trainable,
-            total,
-        )
+        weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
+        trainer.save_model(str(weights_dir))
+        base.tokenizer.save_pretrained(str(weights_dir))
+        tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
+        metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
+        metrics["global_step"] = trainer.state.global_step
+        if trainer.state.best_model_checkpoint:
+            metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint).name
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
         (run_dir / "log_history.json").write_text(
             json.dumps(trainer.state.log_history, indent=2), encoding="utf-8"
@@ -213,11 +263,23 @@ def train_sft(
     return TrainResult(
         run_id=run_id,
         run_dir=run_dir,
-        adapter_dir=adapter_dir,
+        adapter_dir=weights_dir,
         metrics=metrics,
         model=trainer.model,
         tokenizer=base.tokenizer,
     )
+
+
+def _tokens_seen_in(history: list[dict[str, Any]]) -> float:
+    seen = [float(h["num_tokens"]) for h in history if "num_tokens" in h]
+    return seen[-1] if seen else 0.0
+
+
+def _tokens_seen(checkpoint: Path | None) -> float:
+    if checkpoint is None:
+        return 0.0
+    state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    return _tokens_seen_in(state.get("log_history", []))
 
 
 def _close_run(
@@ -243,10 +305,10 @@ def _metrics(
     tokens: float,
     trainable: int,
     total: int,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     losses = [h["loss"] for h in history if "loss" in h]
-    metrics = {
+    metrics: dict[str, Any] = {
         "train_loss": float(train_loss),
         "first_logged_loss": float(losses[0]) if losses else float("nan"),
         "last_logged_loss": float(losses[-1]) if losses else float("nan"),
