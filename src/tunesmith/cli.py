@@ -512,3 +512,7 @@ def main() -> None:
         "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
     )
     app()
+
+
+if __name__ == "__main__":
+    main()

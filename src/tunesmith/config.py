@@ -11,10 +11,24 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 CONFIG_FILENAME = "tunesmith.yaml"
 DB_URL_ENV = "TUNESMITH_DB_URL"
+
+
+def _yaml_word(value: Any, word: str) -> Any:
+    """YAML 1.1 reads a bare `no`/`off` as false; in a field whose value may be that word, it is the word."""
+    return word if value is False else value
 
 
 class _Section(BaseModel):
@@ -33,6 +47,8 @@ class SplitConfig(_Section):
     folds: int = Field(0, ge=0)  # k >= 2 also assigns the train rows to k cross-validation folds
     # A val/test row with an exact or near twin in train: drop it (to rejected.jsonl), or move it to train.
     leakage: Literal["remove", "reassign", "off"] = "remove"
+
+    _leakage_off = field_validator("leakage", mode="before")(lambda v: _yaml_word(v, "off"))
 
     @model_validator(mode="after")
     def _leaves_some_train(self) -> SplitConfig:
@@ -172,6 +188,8 @@ class TrainConfig(_Section):
     freeze: FreezeSettings | None = None
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
+
+    _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

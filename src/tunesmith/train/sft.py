@@ -53,6 +53,15 @@ _OWN_FIELDS = {
 }
 
 
+# Trainer fields that follow from other settings, and which ones.
+_DERIVED = {
+    "eval_strategy": "evaluation follows train.save_strategy (when there is a validation split)",
+    "eval_steps": "evaluation follows train.save_steps",
+    "load_best_model_at_end": "set by train.early_stopping_patience",
+    "gradient_checkpointing": "set it as train.activation_checkpointing instead",
+}
+
+
 class TrainConfigError(ValueError):
     """Training settings that TRL would reject, named by their field path."""
 
@@ -86,7 +95,8 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
     known = {f.name for f in dataclasses.fields(SFTConfig)}
     for key in train.args:
         if key in _OWN_FIELDS:
-            raise TrainConfigError(f"train.args.{key}: set it as train.{key} instead")
+            own = _DERIVED.get(key, f"set it as train.{key} instead")
+            raise TrainConfigError(f"train.args.{key}: {own}")
         if key not in known:
             raise TrainConfigError(
                 f"train.args.{key}: not a field of TRL's SFTConfig; see the TRL docs for the fields it takes"

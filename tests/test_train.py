@@ -1,0 +1,181 @@
+"""Training controls on a tiny random Llama: methods, checkpoints, early stopping, metrics, exact resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.pipeline import resume_run, train, write_demo_project
+from tunesmith.store import Run, RunMetric, session
+from tunesmith.train.methods import MethodError, apply_freeze, check_method_supported
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+
+
+def project(tmp_path: Path, model_dir: Path, *overrides: str):
+    config_path = write_demo_project(tmp_path)
+    return config_path, load_config(config_path, [f"model.id={model_dir}", "train.epochs=1", *overrides])
+
+
+def test_qlora_without_cuda_stops_at_once_with_what_to_do(tmp_path, tiny_model_dir):
+    config_path, config = project(tmp_path, tiny_model_dir, "train.method=qlora")
+    with pytest.raises(MethodError, match=r"needs a CUDA GPU.*Use train\.method=lora"):
+        check_method_supported(config.train)
+    result = runner.invoke(
+        app, ["train", str(config_path), "--set", f"model.id={tiny_model_dir}", "--set", "train.method=qlora"]
+    )
+    assert result.exit_code == 1 and "needs a CUDA GPU" in result.output
+    assert not (tmp_path / ".tunesmith" / "runs").exists()  # refused before any run started
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "trainable_blocks"),
+    [
+        ("freeze", ["train.freeze.layers=1"], [1]),
+        ("freeze", ["train.freeze.train_top=1"], [1]),
+        ("head", [], []),
+    ],
+)
+def test_freeze_and_head_leave_only_the_named_parts_trainable(
+    tmp_path, tiny_model_dir, method, extra, trainable_blocks
+):
+    from transformers import AutoModelForCausalLM
+
+    _, config = project(tmp_path, tiny_model_dir, f"train.method={method}", *extra)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    apply_freeze(model, config.train)
+    blocks = {
+        int(n.split(".")[2]) for n, p in model.named_parameters() if p.requires_grad and ".layers." in n
+    }
+    assert sorted(blocks) == trainable_blocks
+    assert model.get_output_embeddings().weight.requires_grad
+
+
+def test_full_training_saves_full_weights_that_changed(tmp_path, tiny_model_dir):
+    _, config = project(
+        tmp_path, tiny_model_dir, "train.method=full", "train.lr=1e-2", "train.save_strategy=no"
+    )
+    outcome = train(config)
+    weights = load_file(outcome.run_dir / "model" / "model.safetensors")
+    before = load_file(tiny_model_dir / "model.safetensors")
+    changed = [name for name in before if name in weights and not (weights[name] == before[name]).all()]
+    assert len(changed) > len(before) // 2
+
+
+def test_metrics_go_to_jsonl_and_the_store_and_checkpoints_rotate(tmp_path, tiny_model_dir):
+    _, config = project(
+        tmp_path,
+        tiny_model_dir,
+        "train.logging_steps=2",
+        "train.save_strategy=steps",
+        "train.save_steps=5",
+        "train.save_total_limit=2",
+    )
+    outcome = train(config)
+    lines = [json.loads(x) for x in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [entry for entry in lines if "loss" in entry]
+    assert len(losses) == 10 and all({"learning_rate", "memory_mb", "step"} <= set(e) for e in losses)
+    with session(open_workspace(config).engine) as s:
+        stored = s.scalars(
+            select(RunMetric).where(RunMetric.run_id == outcome.run_id, RunMetric.name == "loss")
+        )
+        assert [m.step for m in stored] == [e["step"] for e in losses]
+    checkpoints = sorted(p.name for p in (outcome.run_dir / "trainer").glob("checkpoint-*"))
+    assert len(checkpoints) == 2 and "checkpoint-20" in checkpoints
+
+
+def test_effective_batch_sets_accumulation_and_early_stopping_stops(tmp_path, tiny_model_dir):
+    _, config = project(
+        tmp_path,
+        tiny_model_dir,
+        "train.batch_size=4",
+        "train.effective_batch_size=16",
+        "train.epochs=50",
+        "train.lr=1e-6",
+        "train.save_strategy=epoch",
+        "train.early_stopping_patience=1",
+    )
+    assert config.train.accumulation_steps == 4
+    outcome = train(config)
+    epochs = outcome.version.metrics["global_step"] / 10  # 160 rows / 16 per step
+    assert epochs < 50  # the validation loss stopped improving long before
+    assert "best_checkpoint" in outcome.version.metrics
+
+
+def test_train_args_cannot_set_what_the_config_owns(tmp_path, tiny_model_dir):
+    config_path, _ = project(tmp_path, tiny_model_dir)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(config_path),
+            "--set",
+            f"model.id={tiny_model_dir}",
+            "--set",
+            "train.args.save_steps=3",
+        ],
+    )
+    assert (
+        result.exit_code == 1 and "train.args.save_steps: set it as train.save_steps instead" in result.output
+    )
+
+
+def _losses(run_dir: Path) -> dict[int, float]:
+    history = json.loads((run_dir / "log_history.json").read_text())
+    return {h["step"]: h["loss"] for h in history if "loss" in h}
+
+
+def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
+    """kill -9 a run after a checkpoint; `train --resume` continues with the very same loss curve."""
+    settings = [
+        f"model.id={tiny_model_dir}",
+        "train.max_steps=200",
+        "train.batch_size=2",
+        "train.logging_steps=1",
+        "train.save_strategy=steps",
+        "train.save_steps=10",
+        "train.save_total_limit=3",
+        "data.split.val=0",
+    ]
+    reference = train(load_config(write_demo_project(tmp_path / "a"), settings))
+
+    config_b = write_demo_project(tmp_path / "b")
+    command = [sys.executable, "-m", "tunesmith.cli", "train", str(config_b)]
+    for setting in settings:
+        command += ["--set", setting]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    runs = tmp_path / "b" / ".tunesmith" / "runs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any((p / "trainer_state.json").exists() for p in runs.glob("*/trainer/checkpoint-30")):
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+
+    config = load_config(config_b)
+    with session(open_workspace(config).engine) as s:
+        killed = s.scalars(select(Run)).one()
+    assert killed.status == "running"  # killed: never closed
+    resumed = resume_run(config, killed.id)
+    with session(open_workspace(config).engine) as s:
+        assert s.get(Run, killed.id).status == "finished"
+    expected, got = _losses(reference.run_dir), _losses(resumed.run_dir)
+    assert max(got) == 200
+    resumed_from = min(step for step in got if step > 30)
+    for step in range(resumed_from, 201):
+        assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), step
