@@ -179,3 +179,37 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
     resumed_from = min(step for step in got if step > 30)
     for step in range(resumed_from, 201):
         assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), step
+
+
+def test_fit_estimate_counts_exactly_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir, monkeypatch):
+    from tunesmith.pipeline import fit_estimate, prepare_data
+    from tunesmith.train.fit import DoesNotFitError
+
+    config_path, config = project(tmp_path, tiny_model_dir)
+    estimate = fit_estimate(config, prepare_data(config))
+    outcome = train(config)
+    assert estimate.trainable_parameters == outcome.version.metrics["trainable_parameters"]
+    assert estimate.total_parameters == outcome.version.metrics["total_parameters"]
+    assert estimate.fits and estimate.peak_bytes > estimate.weights_bytes > 0
+
+    from tunesmith.train import fit as fit_module  # `tunesmith.train` as an attribute is the API function
+
+    monkeypatch.setattr(fit_module, "available_memory", lambda: ("CPU RAM", 1_000))
+    runs_before = len(list((tmp_path / ".tunesmith" / "runs").iterdir()))
+    with pytest.raises(DoesNotFitError, match=r"estimated peak memory .* GiB exceeds 90% of the 0\.00 GiB"):
+        train(config)
+    assert len(list((tmp_path / ".tunesmith" / "runs").iterdir())) == runs_before  # refused before any run
+    result = runner.invoke(
+        app, ["train", str(config_path), "--dry-run", "--set", f"model.id={tiny_model_dir}"]
+    )
+    assert result.exit_code == 1 and "optimizer state (AdamW)" in result.output and "exceeds" in result.output
+
+
+def test_dry_run_reports_memory_and_a_measured_time(tmp_path, tiny_model_dir):
+    config_path, _ = project(tmp_path, tiny_model_dir)
+    result = runner.invoke(
+        app, ["train", str(config_path), "--dry-run", "--set", f"model.id={tiny_model_dir}"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "estimated peak" in result.output and "tokens/s" in result.output and "It fits" in result.output
+    assert not (tmp_path / ".tunesmith" / "runs").exists()

@@ -344,6 +344,9 @@ def train_cmd(
     resume: Annotated[
         str | None, typer.Option(help="Continue this stopped run from its last checkpoint.")
     ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check data, memory fit and time per epoch; train nothing.")
+    ] = False,
 ) -> None:
     """Fine-tune the base model on data.path and register the result as a new version."""
     from tunesmith.data import DataError
@@ -351,12 +354,17 @@ def train_cmd(
     from tunesmith.pipeline import resume_run, train
     from tunesmith.registry import RegistryError
     from tunesmith.train import TrainConfigError
+    from tunesmith.train.fit import DoesNotFitError
     from tunesmith.train.methods import MethodError
 
     cfg = _config(config, set_)
+    errors = (DataError, ModelNotFoundError, TrainConfigError, MethodError, RegistryError, DoesNotFitError)
+    if dry_run:
+        _dry_run(cfg, errors)
+        return
     try:
         outcome = resume_run(cfg, resume) if resume else train(cfg)
-    except (DataError, ModelNotFoundError, TrainConfigError, MethodError, RegistryError) as exc:
+    except errors as exc:
         raise _fail(str(exc)) from None
     m = outcome.version.metrics
     out.print(
@@ -369,6 +377,28 @@ def train_cmd(
         f"Next: `tunesmith eval {outcome.version.name}` (base vs this version on the held-out split), "
         f"`tunesmith registry show {outcome.version.name}`"
     )
+
+
+def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
+    from tunesmith.pipeline import dry_run
+
+    try:
+        dataset, estimate, timing = dry_run(cfg)
+    except errors as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"Dry run: {cfg.train.method} {cfg.train.objective} of {cfg.model.id} on dataset {dataset.id}")
+    table = _table("memory", "estimate")
+    for label, value in estimate.rows():
+        table.add_row(label, value)
+    out.print(table)
+    if not estimate.fits:
+        raise _fail(estimate.refusal())
+    if timing is not None:
+        out.print(
+            f"Measured {timing.tokens_per_second:,.0f} tokens/s: {timing.seconds_per_epoch / 60:.1f} min per "
+            f"epoch, {timing.total_seconds / 60:.1f} min for {timing.epochs:g} epochs."
+        )
+    out.print("It fits. Run the same command without --dry-run to train.")
 
 
 @app.command("eval", rich_help_panel="Lifecycle")

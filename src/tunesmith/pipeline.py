@@ -20,6 +20,7 @@ from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plo
 from tunesmith.progress import console
 from tunesmith.registry import get_version, register_version
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
+from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
 from tunesmith.workspace import Workspace, open_workspace
 
 DEMO_DATA = "fernwick.jsonl"
@@ -114,7 +115,46 @@ def train(
     check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
     dataset = prepare_data(config, workspace)
+    estimate = fit_estimate(config, dataset)
+    if not estimate.fits:
+        raise DoesNotFitError(estimate.refusal())
     return _train_and_register(config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics)
+
+
+def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
+    """Peak training memory for `config` on `dataset`'s longest rows (up to train.max_length)."""
+    from transformers import AutoConfig
+
+    from tunesmith.models import resolve
+
+    resolved = resolve(config.model.id, config.model.source, config.model.revision)
+    location = str(resolved.path) if resolved.path is not None else str(resolved.hub_id)
+    model_config = AutoConfig.from_pretrained(location)
+    longest = dataset.meta.get("report", {}).get("stats", {}).get("splits", {}).get("train", {})
+    longest_tokens = longest.get("tokens", {}).get("max", config.train.max_length)
+    return estimate_fit(config, model_config, min(config.train.max_length, longest_tokens))
+
+
+def dry_run(
+    config: ProjectConfig, workspace: Workspace | None = None, calibrate: bool = True
+) -> tuple[DatasetVersion, FitEstimate, Any]:
+    """Everything `train` checks before it starts, and a measured time estimate; nothing is trained."""
+    from tunesmith.models import load_causal_lm
+    from tunesmith.train.estimate import estimate_epoch_time
+    from tunesmith.train.methods import check_method_supported, quantization_config
+
+    check_method_supported(config.train)
+    workspace = workspace or open_workspace(config)
+    dataset = prepare_data(config, workspace)
+    estimate = fit_estimate(config, dataset)
+    timing = None
+    if estimate.fits and calibrate:
+        model = config.model
+        base = load_causal_lm(
+            model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
+        )
+        timing = estimate_epoch_time(config, dataset, base)
+    return dataset, estimate, timing
 
 
 def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None = None) -> TrainOutcome:

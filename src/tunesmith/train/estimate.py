@@ -54,6 +54,7 @@ def estimate_epoch_time(
 ) -> Estimate:
     """Run `steps` optimizer steps (the first is a warm-up) and extrapolate to one epoch of `dataset`."""
     from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
@@ -65,6 +66,7 @@ def estimate_epoch_time(
     sample = random.Random(0).sample(records, min(len(records), batch * steps))
     rows = to_prompt_completion([{k: v for k, v in r.items() if not k.startswith("_")} for r in sample])
     timer = _StepTimer()
+    disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         args = sft_config(config.train, Path(tmp), has_eval=False)
         args.max_steps, args.logging_steps = steps, steps
