@@ -213,3 +213,38 @@ def test_dry_run_reports_memory_and_a_measured_time(tmp_path, tiny_model_dir):
     assert result.exit_code == 0, result.output
     assert "estimated peak" in result.output and "tokens/s" in result.output and "It fits" in result.output
     assert not (tmp_path / ".tunesmith" / "runs").exists()
+
+
+def test_replay_mixes_general_rows_and_the_probe_is_held_out():
+    from tunesmith.config import ForgettingConfig
+    from tunesmith.train.forgetting import general_rows, replay_mix
+
+    replay, probe = general_rows(ForgettingConfig(), Path.cwd())
+    assert len(replay) == 32 and len(probe) == 16
+    assert not {r["messages"][0]["content"] for r in replay} & {r["messages"][0]["content"] for r in probe}
+    mixed = replay_mix(
+        [{"messages": [{"role": "user", "content": f"q{i}"}]} for i in range(100)], replay, 0.2, 0
+    )
+    assert len(mixed) == 120 and sum(m in replay for m in mixed) == 20
+
+
+def _weight_change(outcome, reference_dir: Path) -> float:
+    weights = load_file(outcome.run_dir / "model" / "model.safetensors")
+    before = load_file(reference_dir / "model.safetensors")
+    return sum(float(((weights[n] - before[n]) ** 2).sum()) for n in before if n in weights)
+
+
+@pytest.mark.parametrize("guard", ["l2sp", "ewc"])
+def test_penalties_hold_weights_near_the_start_and_forgetting_is_reported(tmp_path, tiny_model_dir, guard):
+    common = ["train.method=full", "train.lr=5e-3", "train.save_strategy=no"]
+    _, free = project(tmp_path / "free", tiny_model_dir, *common)
+    free_run = train(free)
+    strength = "train.forgetting.l2sp_alpha=100" if guard == "l2sp" else "train.forgetting.ewc_lambda=1e6"
+    _, held = project(
+        tmp_path / "held", tiny_model_dir, *common, f"train.forgetting.method={guard}", strength
+    )
+    held_run = train(held)
+    assert _weight_change(held_run, tiny_model_dir) < 0.5 * _weight_change(free_run, tiny_model_dir)
+    for run in (free_run, held_run):
+        m = run.version.metrics
+        assert m["forgetting"] == pytest.approx(m["general_loss_after"] - m["general_loss_base"])

@@ -151,6 +151,22 @@ class QuantizationSettings(_Section):
     double_quant: bool = True
 
 
+class ForgettingConfig(_Section):
+    """Guards against catastrophic forgetting; the forgetting probe itself runs on every run."""
+
+    method: Literal["none", "replay", "ewc", "l2sp"] = "none"
+    # General instruction rows (chat JSONL); rows with "use": "probe" are held out for the probe.
+    # None: the small general set shipped with tunesmith.
+    general_data: str | None = None
+    replay_fraction: float = Field(
+        0.2, gt=0.0, le=1.0
+    )  # replay: general rows added, as a share of train rows
+    ewc_lambda: float = Field(50.0, gt=0.0)  # ewc: weight of the Fisher-weighted pull to the start weights
+    fisher_samples: int = Field(16, gt=0)  # ewc: general rows used to estimate the diagonal Fisher
+    l2sp_alpha: float = Field(0.01, gt=0.0)  # l2sp: weight of the plain pull to the start weights
+    probe: bool = True  # report the loss change on held-out general rows vs the base model
+
+
 class TrainConfig(_Section):
     """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
 
@@ -187,6 +203,7 @@ class TrainConfig(_Section):
     lora: LoraSettings = Field(default_factory=LoraSettings)
     freeze: FreezeSettings | None = None
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
     _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))

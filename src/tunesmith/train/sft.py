@@ -190,6 +190,40 @@ def _open_run(
     return run_id, run_dir
 
 
+def _make_trainer(
+    config: ProjectConfig,
+    base: LoadedModel,
+    train_rows: list[dict[str, Any]],
+    val_rows: list[dict[str, Any]],
+    callbacks: list[Any],
+    args: Any,
+    replay: list[dict[str, Any]],
+) -> Any:
+    """TRL's SFTTrainer, or its penalised variant when EWC or L2-SP guards against forgetting."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from tunesmith.train.forgetting import PenalizedSFTTrainer
+
+    train, guard = config.train, config.train.forgetting
+    common: dict[str, Any] = {
+        "model": base.model,
+        "args": args,
+        "train_dataset": Dataset.from_list(train_rows),
+        "eval_dataset": Dataset.from_list(val_rows) if val_rows else None,
+        "processing_class": base.tokenizer,
+        "peft_config": lora_config(train) if train.method in ("lora", "qlora") else None,
+        "callbacks": callbacks,
+    }
+    if guard.method not in ("ewc", "l2sp"):
+        return SFTTrainer(**common)
+    strength = guard.ewc_lambda if guard.method == "ewc" else guard.l2sp_alpha
+    trainer = PenalizedSFTTrainer(**common, penalty=guard.method, strength=strength)
+    if guard.method == "ewc":
+        trainer.estimate_fisher(replay[: guard.fisher_samples], base.tokenizer)
+    return trainer
+
+
 def train_sft(
     config: ProjectConfig,
     workspace: Workspace,
@@ -207,18 +241,23 @@ def train_sft(
     and random state, so the loss curve continues as if it had never stopped.
     """
     import torch
-    from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
     from transformers import EarlyStoppingCallback, PrinterCallback
-    from trl import SFTTrainer
 
     from tunesmith.train.callbacks import MetricsCallback, RichProgressCallback
+    from tunesmith.train.forgetting import answer_loss, general_rows, replay_mix
     from tunesmith.train.methods import apply_freeze
 
     run_id, run_dir = _open_run(config, workspace, dataset, kind, resume)
     train = config.train
     try:
-        train_rows = to_prompt_completion(load_split(dataset, "train"))
+        guard = train.forgetting
+        replay, probe = general_rows(guard, config.base_dir)
+        probe_before = answer_loss(base.model, base.tokenizer, probe) if guard.probe and probe else None
+        train_records = load_split(dataset, "train")
+        if guard.method == "replay":
+            train_records = replay_mix(train_records, replay, guard.replay_fraction, train.seed)
+        train_rows = to_prompt_completion(train_records)
         val_rows = to_prompt_completion(load_split(dataset, "val"))
         args = sft_config(train, run_dir / "trainer", has_eval=bool(val_rows))
         torch.manual_seed(train.seed)
@@ -231,15 +270,7 @@ def train_sft(
         ]
         if train.early_stopping_patience is not None and val_rows:
             callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
-        trainer = SFTTrainer(
-            model=base.model,
-            args=args,
-            train_dataset=Dataset.from_list(train_rows),
-            eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-            processing_class=base.tokenizer,
-            peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
-            callbacks=callbacks,
-        )
+        trainer = _make_trainer(config, base, train_rows, val_rows, callbacks, args, replay)
         trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
         trainable, total = _count_parameters(trainer.model)
         checkpoint = last_checkpoint(run_dir) if resume is not None else None
@@ -259,13 +290,18 @@ def train_sft(
         tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
         metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
         metrics["global_step"] = trainer.state.global_step
-        if trainer.state.best_model_checkpoint:
-            metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint).name
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
-        (run_dir / "log_history.json").write_text(
-            json.dumps(trainer.state.log_history, indent=2), encoding="utf-8"
-        )
-        plot_loss(trainer.state.log_history, run_dir / "loss.png")
+        if probe_before is not None:
+            probe_after = answer_loss(trainer.model, base.tokenizer, probe)
+            metrics.update(
+                general_loss_base=probe_before,
+                general_loss_after=probe_after,
+                forgetting=probe_after - probe_before,
+            )
+            console.print(
+                f"Forgetting probe ({len(probe)} general rows): answer loss {probe_before:.3f} → "
+                f"{probe_after:.3f} ({probe_after - probe_before:+.3f})"
+            )
+        _write_artifacts(run_dir, trainer.state, metrics)
     except BaseException as exc:
         _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
         raise
@@ -278,6 +314,15 @@ def train_sft(
         model=trainer.model,
         tokenizer=base.tokenizer,
     )
+
+
+def _write_artifacts(run_dir: Path, state: Any, metrics: dict[str, Any]) -> None:
+    """metrics.json, the full log history, and the loss curve."""
+    if state.best_model_checkpoint:
+        metrics["best_checkpoint"] = Path(state.best_model_checkpoint).name
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+    (run_dir / "log_history.json").write_text(json.dumps(state.log_history, indent=2), encoding="utf-8")
+    plot_loss(state.log_history, run_dir / "loss.png")
 
 
 def _tokens_seen_in(history: list[dict[str, Any]]) -> float:
