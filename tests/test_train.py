@@ -248,3 +248,26 @@ def test_penalties_hold_weights_near_the_start_and_forgetting_is_reported(tmp_pa
     for run in (free_run, held_run):
         m = run.version.metrics
         assert m["forgetting"] == pytest.approx(m["general_loss_after"] - m["general_loss_base"])
+
+
+def test_pretrain_on_raw_text_and_objective_kind_mismatch(tmp_path, tiny_model_dir):
+    text = tmp_path / "domain.txt"
+    text.write_text(
+        "\n\n".join(
+            f"Fernwick sensors measure soil moisture every {i} minutes in the garden." for i in range(40)
+        ),
+        encoding="utf-8",
+    )
+    config_path = tmp_path / "tunesmith.yaml"
+    config_path.write_text(
+        f"project: domain\nmodel:\n  id: {tiny_model_dir}\ndata:\n  path: {text}\n"
+        "train:\n  epochs: 1\n  save_strategy: 'no'\n",
+        encoding="utf-8",
+    )
+    refused = runner.invoke(app, ["train", str(config_path)])
+    assert refused.exit_code == 1
+    assert "train.objective=sft needs sft rows, but dataset" in refused.output
+    assert "set train.objective: pretrain" in refused.output
+    outcome = train(load_config(config_path, ["train.objective=pretrain"]))
+    assert outcome.version.metrics["train_loss"] > 0
+    assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").exists()

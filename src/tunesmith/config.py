@@ -170,7 +170,8 @@ class ForgettingConfig(_Section):
 class TrainConfig(_Section):
     """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
 
-    objective: Literal["sft"] = "sft"
+    # sft: chat/instruction rows, loss on the answers; pretrain: raw text (continued pre-training)
+    objective: Literal["sft", "pretrain"] = "sft"
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
     # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
     method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"

@@ -21,6 +21,7 @@ from tunesmith.progress import console
 from tunesmith.registry import get_version, register_version
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
+from tunesmith.train.sft import check_objective
 from tunesmith.workspace import Workspace, open_workspace
 
 DEMO_DATA = "fernwick.jsonl"
@@ -115,6 +116,7 @@ def train(
     check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
     dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset)
     estimate = fit_estimate(config, dataset)
     if not estimate.fits:
         raise DoesNotFitError(estimate.refusal())

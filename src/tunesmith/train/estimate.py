@@ -58,13 +58,17 @@ def estimate_epoch_time(
     from transformers import PrinterCallback
     from trl import SFTTrainer
 
-    from tunesmith.train.sft import lora_config, sft_config, to_prompt_completion
+    from tunesmith.train.sft import lora_config, sft_config, training_rows
 
     records = load_split(dataset, "train", with_meta=True)
     train_tokens = sum(int(r.get("_tokens") or 0) for r in records)
     batch = config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps
     sample = random.Random(0).sample(records, min(len(records), batch * steps))
-    rows = to_prompt_completion([{k: v for k, v in r.items() if not k.startswith("_")} for r in sample])
+    rows = training_rows(
+        config.train.objective,
+        [{k: v for k, v in r.items() if not k.startswith("_")} for r in sample],
+        base.tokenizer,
+    )
     timer = _StepTimer()
     disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:

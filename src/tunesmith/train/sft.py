@@ -129,7 +129,7 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
         "greater_is_better": not train.metric_for_best_model.endswith("loss"),
         "report_to": list(train.report_to),
         "disable_tqdm": True,  # the rich bar replaces it
-        "completion_only_loss": True,
+        "completion_only_loss": train.objective == "sft",
         # Mixed precision where the hardware has it; TRL's bf16 default fails outright on a CPU.
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "use_cpu": not torch.cuda.is_available(),
@@ -148,6 +148,38 @@ def lora_config(train: TrainConfig) -> Any:
 def to_prompt_completion(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Canonical chat records as TRL's conversational prompt/completion rows (loss on the answer)."""
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
+
+
+# The dataset kind each objective trains on.
+OBJECTIVE_KINDS = {"sft": "sft", "pretrain": "text"}
+
+
+def check_objective(objective: str, dataset: DatasetVersion) -> None:
+    """Refuse a dataset whose rows do not fit the objective, naming the objective that would.
+
+    Raises:
+        TrainConfigError: naming both kinds.
+    """
+    kind = dataset.meta.get("kind", "sft")
+    if OBJECTIVE_KINDS[objective] != kind:
+        fitting = [name for name, k in OBJECTIVE_KINDS.items() if k == kind]
+        hint = f"set train.objective: {fitting[0]}" if fitting else f"no objective trains on {kind} rows yet"
+        raise TrainConfigError(
+            f"train.objective={objective} needs {OBJECTIVE_KINDS[objective]} rows, but dataset "
+            f"{dataset.id} holds {kind} rows; {hint}"
+        )
+
+
+def training_rows(objective: str, records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """Rows in the shape TRL's SFTTrainer takes for the objective (chat records become text for pretrain)."""
+    if objective == "sft":
+        return to_prompt_completion(records)
+    return [
+        {"text": r["text"]}
+        if "text" in r
+        else {"text": tokenizer.apply_chat_template(r["messages"], tokenize=False)}
+        for r in records
+    ]
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -248,6 +280,7 @@ def train_sft(
     from tunesmith.train.forgetting import answer_loss, general_rows, replay_mix
     from tunesmith.train.methods import apply_freeze
 
+    check_objective(config.train.objective, dataset)
     run_id, run_dir = _open_run(config, workspace, dataset, kind, resume)
     train = config.train
     try:
@@ -257,8 +290,8 @@ def train_sft(
         train_records = load_split(dataset, "train")
         if guard.method == "replay":
             train_records = replay_mix(train_records, replay, guard.replay_fraction, train.seed)
-        train_rows = to_prompt_completion(train_records)
-        val_rows = to_prompt_completion(load_split(dataset, "val"))
+        train_rows = training_rows(train.objective, train_records, base.tokenizer)
+        val_rows = training_rows(train.objective, load_split(dataset, "val"), base.tokenizer)
         args = sft_config(train, run_dir / "trainer", has_eval=bool(val_rows))
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few hundred rows takes no time; one bar is enough
@@ -291,16 +324,7 @@ def train_sft(
         metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
         metrics["global_step"] = trainer.state.global_step
         if probe_before is not None:
-            probe_after = answer_loss(trainer.model, base.tokenizer, probe)
-            metrics.update(
-                general_loss_base=probe_before,
-                general_loss_after=probe_after,
-                forgetting=probe_after - probe_before,
-            )
-            console.print(
-                f"Forgetting probe ({len(probe)} general rows): answer loss {probe_before:.3f} → "
-                f"{probe_after:.3f} ({probe_after - probe_before:+.3f})"
-            )
+            metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe, probe_before))
         _write_artifacts(run_dir, trainer.state, metrics)
     except BaseException as exc:
         _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
@@ -314,6 +338,20 @@ def train_sft(
         model=trainer.model,
         tokenizer=base.tokenizer,
     )
+
+
+def _forgetting_report(
+    model: Any, tokenizer: Any, probe: list[dict[str, Any]], before: float
+) -> dict[str, float]:
+    """The probe's answer loss after training, against the base model's."""
+    from tunesmith.train.forgetting import answer_loss
+
+    after = answer_loss(model, tokenizer, probe)
+    console.print(
+        f"Forgetting probe ({len(probe)} general rows): answer loss {before:.3f} → {after:.3f} "
+        f"({after - before:+.3f})"
+    )
+    return {"general_loss_base": before, "general_loss_after": after, "forgetting": after - before}
 
 
 def _write_artifacts(run_dir: Path, state: Any, metrics: dict[str, Any]) -> None:
