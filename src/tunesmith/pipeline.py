@@ -21,7 +21,7 @@ from tunesmith.progress import console
 from tunesmith.registry import get_version, register_version
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
-from tunesmith.train.sft import check_objective
+from tunesmith.train.sft import check_objective, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
 
 DEMO_DATA = "fernwick.jsonl"
@@ -120,7 +120,11 @@ def train(
     estimate = fit_estimate(config, dataset)
     if not estimate.fits:
         raise DoesNotFitError(estimate.refusal())
-    return _train_and_register(config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics)
+    outcome = _train_and_register(
+        config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics
+    )
+    assert outcome is not None  # a single process is the main process
+    return outcome
 
 
 def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
@@ -180,7 +184,9 @@ def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None =
     with session(workspace.engine) as s:
         dataset = s.get(DatasetVersion, run.dataset_version_id)
     assert dataset is not None
-    return _train_and_register(run_config, workspace, dataset, kind=run.kind, resume=run_id)
+    outcome = _train_and_register(run_config, workspace, dataset, kind=run.kind, run=run_id, resume=True)
+    assert outcome is not None
+    return outcome
 
 
 def _train_and_register(
@@ -190,9 +196,10 @@ def _train_and_register(
     *,
     kind: str,
     base: Any = None,
-    resume: str | None = None,
+    run: str | None = None,
+    resume: bool = False,
     extra_metrics: dict[str, Any] | None = None,
-) -> TrainOutcome:
+) -> TrainOutcome | None:
     from tunesmith.models import load_causal_lm
     from tunesmith.train import train_sft
     from tunesmith.train.methods import quantization_config
@@ -201,13 +208,15 @@ def _train_and_register(
     base = base or load_causal_lm(
         model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
     )
-    result = train_sft(config, workspace, dataset, base, kind=kind, resume=resume)
+    result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    if not is_main_process():
+        return None  # other ranks of a distributed run only train
     with session(workspace.engine) as s:
-        run = s.get(Run, result.run_id)
-    assert run is not None
+        run_row = s.get(Run, result.run_id)
+    assert run_row is not None
     version = register_version(
         workspace,
-        run,
+        run_row,
         family=config.project,
         weights_dir=result.adapter_dir,
         base_revision=base.base_revision,

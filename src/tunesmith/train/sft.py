@@ -191,16 +191,18 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
 
 
-def _open_run(
-    config: ProjectConfig, workspace: Workspace, dataset: DatasetVersion, kind: str, resume: str | None
+def is_main_process() -> bool:
+    """True on the process that keeps the books (rank 0), and in any single-process run."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def open_run(
+    config: ProjectConfig, workspace: Workspace, dataset: DatasetVersion, kind: str
 ) -> tuple[str, Path]:
+    """Create the run's row (status `running`), folder and resolved config; return its id and folder."""
     resolved = config.resolved()
-    if resume is not None:
-        with session(workspace.engine) as s:
-            run = s.get(Run, resume)
-            assert run is not None
-            run.status, run.error, run.finished_at = "running", None, None
-        return resume, workspace.run_dir(resume)
     run_id = new_run_id()
     run_dir = workspace.run_dir(run_id)
     run_dir.mkdir(parents=True)
@@ -220,6 +222,30 @@ def _open_run(
             )
         )
     return run_id, run_dir
+
+
+def _reopen_run(workspace: Workspace, run_id: str) -> Path:
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        run.status, run.error, run.finished_at = "running", None, None
+    return workspace.run_dir(run_id)
+
+
+def _callbacks(
+    train: TrainConfig, run_id: str, run_dir: Path, workspace: Workspace, has_eval: bool
+) -> list[Any]:
+    from transformers import EarlyStoppingCallback
+
+    from tunesmith.train.callbacks import MetricsCallback, RichProgressCallback
+
+    callbacks: list[Any] = [
+        RichProgressCallback(),
+        MetricsCallback(run_id, run_dir / "metrics.jsonl", workspace.engine),
+    ]
+    if train.early_stopping_patience is not None and has_eval:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
+    return callbacks
 
 
 def _make_trainer(
@@ -256,14 +282,15 @@ def _make_trainer(
     return trainer
 
 
-def train_sft(
+def train_sft(  # noqa: PLR0915 - one run, read top to bottom
     config: ProjectConfig,
     workspace: Workspace,
     dataset: DatasetVersion,
     base: LoadedModel,
     *,
     kind: str = "train",
-    resume: str | None = None,
+    run: str | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Fine-tune `base` on `dataset`'s train split; record the run and save the adapter or weights.
 
@@ -274,19 +301,24 @@ def train_sft(
     """
     import torch
     from datasets.utils.logging import disable_progress_bar
-    from transformers import EarlyStoppingCallback, PrinterCallback
+    from transformers import PrinterCallback
 
-    from tunesmith.train.callbacks import MetricsCallback, RichProgressCallback
     from tunesmith.train.forgetting import answer_loss, general_rows, replay_mix
     from tunesmith.train.methods import apply_freeze
 
     check_objective(config.train.objective, dataset)
-    run_id, run_dir = _open_run(config, workspace, dataset, kind, resume)
+    main = is_main_process()
+    if run is None:
+        run_id, run_dir = open_run(config, workspace, dataset, kind)
+    else:
+        run_id, run_dir = run, (_reopen_run(workspace, run) if main else workspace.run_dir(run))
     train = config.train
     try:
         guard = train.forgetting
         replay, probe = general_rows(guard, config.base_dir)
-        probe_before = answer_loss(base.model, base.tokenizer, probe) if guard.probe and probe else None
+        probe_before = (
+            answer_loss(base.model, base.tokenizer, probe) if guard.probe and probe and main else None
+        )
         train_records = load_split(dataset, "train")
         if guard.method == "replay":
             train_records = replay_mix(train_records, replay, guard.replay_fraction, train.seed)
@@ -297,16 +329,11 @@ def train_sft(
         disable_progress_bar()  # tokenising a few hundred rows takes no time; one bar is enough
         if train.method in ("freeze", "head"):
             apply_freeze(base.model, train)
-        callbacks: list[Any] = [
-            RichProgressCallback(),
-            MetricsCallback(run_id, run_dir / "metrics.jsonl", workspace.engine),
-        ]
-        if train.early_stopping_patience is not None and val_rows:
-            callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
+        callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val_rows))
         trainer = _make_trainer(config, base, train_rows, val_rows, callbacks, args, replay)
         trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
         trainable, total = _count_parameters(trainer.model)
-        checkpoint = last_checkpoint(run_dir) if resume is not None else None
+        checkpoint = last_checkpoint(run_dir) if resume else None
         console.print(
             f"Training {train.method}: {trainable:,} of {total:,} parameters trainable "
             f"({100 * trainable / total:.2f}%), {len(train_rows)} rows, "
@@ -318,18 +345,22 @@ def train_sft(
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
         seconds = time.perf_counter() - started
         weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
-        trainer.save_model(str(weights_dir))
-        base.tokenizer.save_pretrained(str(weights_dir))
+        trainer.save_model(str(weights_dir))  # on the main process only, as the trainer does
+        if main:
+            base.tokenizer.save_pretrained(str(weights_dir))
         tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
         metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
         metrics["global_step"] = trainer.state.global_step
         if probe_before is not None:
             metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe, probe_before))
-        _write_artifacts(run_dir, trainer.state, metrics)
+        if main:
+            _write_artifacts(run_dir, trainer.state, metrics)
     except BaseException as exc:
-        _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
+        if main:
+            _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
         raise
-    _close_run(workspace, run_id, "finished", metrics, None)
+    if main:
+        _close_run(workspace, run_id, "finished", metrics, None)
     return TrainResult(
         run_id=run_id,
         run_dir=run_dir,
