@@ -271,3 +271,33 @@ def test_pretrain_on_raw_text_and_objective_kind_mismatch(tmp_path, tiny_model_d
     outcome = train(load_config(config_path, ["train.objective=pretrain"]))
     assert outcome.version.metrics["train_loss"] > 0
     assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_two_process_ddp_run_on_cpu(tmp_path, tiny_model_dir):
+    """`--num-processes 2` trains with DDP over gloo: each process takes half of every epoch."""
+    config_path = write_demo_project(tmp_path)
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(config_path),
+            "--num-processes",
+            "2",
+            "--set",
+            f"model.id={tiny_model_dir}",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.batch_size=4",
+            "--set",
+            "train.save_strategy=no",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "on 2 processes" in result.output
+    from tunesmith.registry import get_version
+
+    version = get_version(open_workspace(load_config(config_path)), "fernwick-support-v1")
+    assert version.metrics["world_size"] == 2
+    assert version.metrics["global_step"] == 20  # 160 rows / (4 per process x 2 processes)
+    assert (Path(version.path) / "adapter_model.safetensors").exists()

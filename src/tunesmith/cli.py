@@ -347,6 +347,15 @@ def train_cmd(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Check data, memory fit and time per epoch; train nothing.")
     ] = False,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", min=1, help="Processes (GPUs) to train with; >1 runs DDP.")
+    ] = 1,
+    launcher: Annotated[
+        str, typer.Option(help="accelerate (multi-GPU, DeepSpeed, FSDP) or torchrun.")
+    ] = "accelerate",
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="An Accelerate config file (DeepSpeed ZeRO, FSDP), passed through.")
+    ] = None,
 ) -> None:
     """Fine-tune the base model on data.path and register the result as a new version."""
     from tunesmith.data import DataError
@@ -361,6 +370,25 @@ def train_cmd(
     errors = (DataError, ModelNotFoundError, TrainConfigError, MethodError, RegistryError, DoesNotFitError)
     if dry_run:
         _dry_run(cfg, errors)
+        return
+    if num_processes > 1:
+        from tunesmith.pipeline import TrainLaunchError, launch_distributed
+
+        try:
+            version = launch_distributed(
+                cfg,
+                config or Path(CONFIG_FILENAME),
+                list(set_ or []),
+                num_processes,
+                launcher,
+                accelerate_config,
+            )
+        except (*errors, TrainLaunchError) as exc:
+            raise _fail(str(exc)) from None
+        out.print(
+            f"Registered [bold]{version.name}[/bold] from run {version.run_id} on {num_processes} "
+            f"processes. Next: `tunesmith eval {version.name}`"
+        )
         return
     try:
         outcome = resume_run(cfg, resume) if resume else train(cfg)

@@ -14,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from tunesmith.config import CONFIG_FILENAME, ProjectConfig, load_config
 from tunesmith.data import DataError, Prepared, check_rows, load_split, prepare_dataset
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
@@ -161,6 +163,73 @@ def dry_run(
         )
         timing = estimate_epoch_time(config, dataset, base)
     return dataset, estimate, timing
+
+
+def launch_distributed(
+    config: ProjectConfig,
+    config_path: Path,
+    overrides: list[str],
+    num_processes: int,
+    launcher: str = "accelerate",
+    accelerate_config: Path | None = None,
+) -> ModelVersion:
+    """Train with `num_processes` processes (DDP; DeepSpeed or FSDP through an Accelerate config file).
+
+    With CUDA, `accelerate launch` starts the workers; on a CPU, where Accelerate's multi-CPU mode
+    needs MPI, `torch.distributed.run` starts them and the trainer joins them over gloo.
+
+    Raises:
+        TrainLaunchError: when a worker fails; the run is marked failed.
+    """
+    import subprocess
+    import sys
+
+    import torch
+
+    from tunesmith.train.methods import check_method_supported
+    from tunesmith.train.sft import open_run
+
+    check_method_supported(config.train)
+    workspace = open_workspace(config)
+    dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset)
+    run_id, _ = open_run(config, workspace, dataset, "train")
+    worker = ["-m", "tunesmith.train.worker", str(config_path), run_id]
+    for override in overrides:
+        worker += ["--set", override]
+    if launcher == "accelerate" and torch.cuda.is_available():
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+        command += ["--multi_gpu"] if num_processes > 1 else []
+        command += ["--config_file", str(accelerate_config)] if accelerate_config is not None else []
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
+    completed = subprocess.run([*command, *worker], check=False)
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+        version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
+        if completed.returncode != 0 and run is not None and run.status == "running":
+            run.status, run.error = "failed", f"a worker exited with code {completed.returncode}"
+    if completed.returncode != 0 or version is None:
+        raise TrainLaunchError(
+            f"run {run_id}: the distributed workers failed (exit code {completed.returncode}); "
+            f"see the output above. Resume with `tunesmith train --resume {run_id}`."
+        )
+    return version
+
+
+def train_existing_run(config: ProjectConfig, run_id: str) -> TrainOutcome | None:
+    """Train a run that a launcher opened; the main process registers it, the others return None."""
+    workspace = open_workspace(config)
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+        assert run is not None, f"no run {run_id}"
+        dataset = s.get(DatasetVersion, run.dataset_version_id)
+    assert dataset is not None
+    return _train_and_register(config, workspace, dataset, kind=run.kind, run=run_id)
+
+
+class TrainLaunchError(RuntimeError):
+    """A distributed run whose workers failed."""
 
 
 def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None = None) -> TrainOutcome:

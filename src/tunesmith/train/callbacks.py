@@ -37,6 +37,8 @@ class RichProgressCallback(TrainerCallback):
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        if not state.is_world_process_zero:  # one bar per run, not one per process
+            return
         self._progress = make_progress(TextColumn("{task.fields[status]}"))
         self._progress.start()
         self._task = self._progress.add_task(

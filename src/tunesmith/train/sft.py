@@ -334,12 +334,13 @@ def train_sft(  # noqa: PLR0915 - one run, read top to bottom
         trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
         trainable, total = _count_parameters(trainer.model)
         checkpoint = last_checkpoint(run_dir) if resume else None
-        console.print(
-            f"Training {train.method}: {trainable:,} of {total:,} parameters trainable "
-            f"({100 * trainable / total:.2f}%), {len(train_rows)} rows, "
-            f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
-            + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
-        )
+        if main:
+            console.print(
+                f"Training {train.method}: {trainable:,} of {total:,} parameters trainable "
+                f"({100 * trainable / total:.2f}%), {len(train_rows)} rows, "
+                f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
+                + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
+            )
         tokens_before = _tokens_seen(checkpoint)
         started = time.perf_counter()
         output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
@@ -351,6 +352,7 @@ def train_sft(  # noqa: PLR0915 - one run, read top to bottom
         tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
         metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
         metrics["global_step"] = trainer.state.global_step
+        metrics["world_size"] = trainer.args.world_size
         if probe_before is not None:
             metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe, probe_before))
         if main:
