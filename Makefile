@@ -37,6 +37,7 @@ check: setup
 bench: setup
 	$(BIN)/python bench/bench_model_load.py
 	$(BIN)/python bench/data_prep.py
+	$(BIN)/python bench/train_throughput.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
