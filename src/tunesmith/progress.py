@@ -33,8 +33,11 @@ def make_progress(*extra: TextColumn) -> Progress:
 
 
 @contextmanager
-def progress_bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
-    """Show a bar for `total` units of work; yields a function that advances it."""
+def progress_bar(label: str, total: int, show: bool = True) -> Iterator[Callable[[int], None]]:
+    """Show a bar for `total` units of work; yields a function that advances it (a no-op if not `show`)."""
+    if not show:
+        yield lambda n: None
+        return
     with make_progress() as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)

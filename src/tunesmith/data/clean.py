@@ -214,14 +214,21 @@ class NearDuplicateIndex:
             return {" ".join(words).encode()} if words else set()
         return {" ".join(words[i : i + self.shingle]).encode() for i in range(len(words) - self.shingle + 1)}
 
-    def minhashes(self, texts: list[str]) -> list[Any]:
+    def minhashes(self, texts: list[str], label: str = "MinHash signatures") -> list[Any]:
+        """One signature per text; a progress bar when there are enough texts to wait for (~3k/s)."""
         from datasketch import LeanMinHash, MinHash
 
+        from tunesmith.progress import progress_bar
+
         out = []
-        for text in texts:
-            m = MinHash(num_perm=self.num_perm)
-            m.update_batch(list(self.shingles(text)) or [b""])
-            out.append(LeanMinHash(m))
+        with progress_bar(label, total=len(texts), show=len(texts) >= 5_000) as advance:
+            for index, text in enumerate(texts, start=1):
+                m = MinHash(num_perm=self.num_perm)
+                m.update_batch(list(self.shingles(text)) or [b""])
+                out.append(LeanMinHash(m))
+                if index % 1000 == 0:
+                    advance(1000)
+            advance(len(texts) % 1000)
         return out
 
     def add(self, key: str, minhash: Any) -> None:

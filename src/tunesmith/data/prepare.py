@@ -285,7 +285,7 @@ def _dedup_near(
     items: list[Item], threshold: float, rejected: list[Rejected], steps: list[Step]
 ) -> list[Item]:
     index = cleaning.NearDuplicateIndex(threshold=threshold)
-    hashes = index.minhashes([cleaning.record_text(item.record) for item in items])
+    hashes = index.minhashes([cleaning.record_text(item.record) for item in items], "Near duplicates")
     step = Step("dedup_near", details={"threshold": threshold, "clusters": []})
     clusters: dict[str, list[str]] = {}
     kept = []
