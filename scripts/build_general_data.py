@@ -16,7 +16,10 @@ PAIRS = [
     ("Name the largest planet in our solar system.", "Jupiter is the largest planet in our solar system."),
     ("What gas do plants absorb from the air?", "Plants absorb carbon dioxide from the air."),
     ("Translate 'thank you' into Spanish.", "'Thank you' in Spanish is 'gracias'."),
-    ("What is the boiling point of water at sea level in Celsius?", "Water boils at 100 degrees Celsius at sea level."),
+    (
+        "What is the boiling point of water at sea level in Celsius?",
+        "Water boils at 100 degrees Celsius at sea level.",
+    ),
     ("Give a synonym for 'happy'.", "A synonym for 'happy' is 'joyful'."),
     ("Who wrote Romeo and Juliet?", "William Shakespeare wrote Romeo and Juliet."),
     ("What is the opposite of 'cold'?", "The opposite of 'cold' is 'hot'."),
@@ -29,8 +32,10 @@ PAIRS = [
     ("Which ocean is the largest?", "The Pacific Ocean is the largest ocean."),
     ("How many minutes are in an hour?", "There are 60 minutes in an hour."),
     ("What is the freezing point of water in Celsius?", "Water freezes at 0 degrees Celsius."),
-    ("Summarise in one sentence: The cat slept all day in the sun by the window.",
-     "A cat spent the whole day sleeping in the sunny window."),
+    (
+        "Summarise in one sentence: The cat slept all day in the sun by the window.",
+        "A cat spent the whole day sleeping in the sunny window.",
+    ),
     ("What is the plural of 'mouse'?", "The plural of 'mouse' is 'mice'."),
     ("Name a mammal that can fly.", "The bat is a mammal that can fly."),
     ("What is 100 divided by 4?", "100 divided by 4 is 25."),
@@ -48,7 +53,10 @@ PAIRS = [
     ("Which organ pumps blood through the body?", "The heart pumps blood through the body."),
     ("What is the past tense of 'run'?", "The past tense of 'run' is 'ran'."),
     ("Name the three primary colours of light.", "The primary colours of light are red, green and blue."),
-    ("What is the largest desert in the world?", "The largest hot desert is the Sahara; Antarctica is the largest overall."),
+    (
+        "What is the largest desert in the world?",
+        "The largest hot desert is the Sahara; Antarctica is the largest overall.",
+    ),
     ("How many hours are in a day?", "There are 24 hours in a day."),
     ("What instrument has 88 keys?", "A standard piano has 88 keys."),
     ("What is the capital of Italy?", "The capital of Italy is Rome."),
@@ -67,10 +75,12 @@ PROBE_EVERY = 3  # every third pair is held out as the forgetting probe
 def rows() -> list[dict]:
     out = []
     for i, (question, answer) in enumerate(PAIRS):
-        out.append({
-            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-            "use": "probe" if i % PROBE_EVERY == PROBE_EVERY - 1 else "replay",
-        })
+        out.append(
+            {
+                "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
+                "use": "probe" if i % PROBE_EVERY == PROBE_EVERY - 1 else "replay",
+            }
+        )
     return out
 
 
