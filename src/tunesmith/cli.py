@@ -402,7 +402,9 @@ def train_cmd(
         + f", {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
     )
     out.print(
-        f"Next: `tunesmith eval {outcome.version.name}` (base vs this version on the held-out split), "
+        f"Next: `tunesmith eval {outcome.version.name}` ("
+        + ("majority class" if cfg.train.objective in ("classify", "tag") else "base")
+        + " vs this version on the held-out split), "
         f"`tunesmith registry show {outcome.version.name}`"
     )
 

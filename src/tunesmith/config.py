@@ -7,8 +7,9 @@ from the file, the file and line it sits on.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -101,6 +102,8 @@ class DataConfig(_Section):
     system_prompt: str | None = None  # added to chat rows that have no system message
     labels: list[str] | None = None  # allowed labels (classification); others are rejected
     strict: bool = False  # any rejected row fails the preparation
+    # keep a seeded random sample of this many clean rows (a quick run on part of a large set)
+    sample: int | None = Field(None, gt=0)
     contamination: list[str] = Field(default_factory=list)  # eval/benchmark files no row may match
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
@@ -167,11 +170,34 @@ class ForgettingConfig(_Section):
     probe: bool = True  # report the loss change on held-out general rows vs the base model
 
 
+class TaskConfig(_Section):
+    """One task of a `multitask` run: its rows, its share of the mixture, and its instruction template."""
+
+    name: str = Field(min_length=1)
+    data: DataConfig | None = None  # rows prepared like the top-level `data` section
+    dataset: str | None = None  # or an existing dataset version id (`tunesmith data list`)
+    weight: float = Field(1.0, gt=0)  # share of the mixture (normalised over the tasks)
+    start_weight: float | None = Field(None, ge=0)  # schedule linear: the share at the start of the run
+    # Wraps each row's last user message; `{prompt}` stands for the message itself.
+    template: str | None = None
+    system_prompt: str | None = None  # replaces (or adds) the system message of this task's rows
+
+    @model_validator(mode="after")
+    def _one_source(self) -> TaskConfig:
+        if (self.data is None) == (self.dataset is None):
+            raise ValueError("set exactly one of data (a data section) or dataset (a dataset version id)")
+        if self.template is not None and "{prompt}" not in self.template:
+            raise ValueError("template must contain {prompt}, where the row's own message goes")
+        return self
+
+
 class TrainConfig(_Section):
     """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
 
-    # sft: chat/instruction rows, loss on the answers; pretrain: raw text (continued pre-training)
-    objective: Literal["sft", "pretrain"] = "sft"
+    # sft: chat/instruction rows, loss on the answers; pretrain: raw text (continued pre-training);
+    # classify: a label per text (sequence-classification head); tag: a label per word (NER);
+    # multitask: several instruction datasets (train.tasks) mixed by weight, optionally on a schedule
+    objective: Literal["sft", "pretrain", "classify", "tag", "multitask"] = "sft"
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
     # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
     method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"
@@ -205,6 +231,10 @@ class TrainConfig(_Section):
     freeze: FreezeSettings | None = None
     quantization: QuantizationSettings = Field(default_factory=QuantizationSettings)
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    tasks: list[TaskConfig] = Field(default_factory=list)  # multitask: the tasks to mix
+    # multitask: constant keeps each task's weight; linear moves it from start_weight to weight over the run
+    schedule: Literal["constant", "linear"] = "constant"
+    mixture_rows: int | None = Field(None, gt=0)  # multitask: rows per epoch (default: all train rows)
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
     _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))
@@ -213,6 +243,25 @@ class TrainConfig(_Section):
     def _consistent(self) -> TrainConfig:
         if self.method == "freeze" and self.freeze is None:
             raise ValueError("method freeze needs train.freeze.layers or train.freeze.train_top")
+        if self.objective in ("classify", "tag") and self.forgetting.method != "none":
+            raise ValueError(
+                f"forgetting.method {self.forgetting.method} guards generation (sft, pretrain); "
+                f"objective {self.objective} trains a new head, so set forgetting.method: none"
+            )
+        if self.objective == "multitask":
+            if not self.tasks:
+                raise ValueError(
+                    "objective multitask needs train.tasks: a list of {name, data or dataset, weight}"
+                )
+            names = [t.name for t in self.tasks]
+            if len(set(names)) != len(names):
+                raise ValueError(f"train.tasks: task names must differ, got {names}")
+            if self.forgetting.method == "replay":
+                raise ValueError("forgetting.method replay: with multitask, add the general data as a task")
+            if self.schedule == "linear" and all(t.start_weight is None for t in self.tasks):
+                raise ValueError("schedule linear needs a start_weight on at least one task")
+        elif self.tasks:
+            raise ValueError(f"train.tasks is for objective multitask; objective is {self.objective}")
         if self.early_stopping_patience is not None and self.save_strategy == "no":
             raise ValueError("early_stopping_patience needs checkpoints: set save_strategy to steps or epoch")
         return self
@@ -407,6 +456,17 @@ def _apply_override(data: dict[str, Any], override: str) -> ConfigIssue | None:
     parts = key.strip().split(".")
     section: type[BaseModel] | None = ProjectConfig
     for part in parts[:-1]:
+        indexed = re.fullmatch(r"(\w+)\[(\d+)\]", part)
+        if indexed is not None:  # `train.tasks[1].weight=2`: an item of a list of sections
+            name, index = indexed.group(1), int(indexed.group(2))
+            items = node.get(name)
+            if not isinstance(items, list) or index >= len(items) or not isinstance(items[index], dict):
+                count = len(items) if isinstance(items, list) else 0
+                return ConfigIssue(
+                    path=key, message=f"`{name}` has {count} item(s); no item {index}", location="--set"
+                )
+            node, section = items[index], _subsection(section, name)
+            continue
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             return ConfigIssue(path=key, message=f"`{part}` is a value, not a section", location="--set")
@@ -420,9 +480,13 @@ def _apply_override(data: dict[str, Any], override: str) -> ConfigIssue | None:
 
 
 def _subsection(section: type[BaseModel] | None, name: str) -> type[BaseModel] | None:
+    """The section type of field `name` (of its items, for a list; of its value, for an optional one)."""
     field = section.model_fields.get(name) if section is not None else None
     annotation = field.annotation if field is not None else None
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    for candidate in (annotation, *get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _field_names(section: type[BaseModel] | None, name: str) -> list[str]:

@@ -48,9 +48,13 @@ def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> D
     Raises:
         DataError: when `data.path` is unset or unusable, or no training row is left.
     """
+    workspace = workspace or open_workspace(config)
+    if config.train.objective == "multitask":
+        from tunesmith.data.mixture import prepare_mixture
+
+        return prepare_mixture(config, workspace, *_tokenizer_and_context(config))
     if config.data.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
-    workspace = workspace or open_workspace(config)
     tokenizer, context = _tokenizer_and_context(config)
     version, _ = prepare_dataset(
         workspace,
@@ -269,15 +273,31 @@ def _train_and_register(
     resume: bool = False,
     extra_metrics: dict[str, Any] | None = None,
 ) -> TrainOutcome | None:
-    from tunesmith.models import load_causal_lm
+    from tunesmith.models import load_model
     from tunesmith.train import train_sft
+    from tunesmith.train.classify import HEADS, label_names, train_classifier
     from tunesmith.train.methods import quantization_config
 
-    model = config.model
-    base = base or load_causal_lm(
-        model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
-    )
-    result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    model, objective = config.model, config.train.objective
+    if objective in HEADS:
+        labels = label_names(objective, dataset, config.data.labels)
+        base = base or load_model(
+            model.id,
+            model.source,
+            model.revision,
+            model.dtype,
+            quantization_config(config.train),
+            head=HEADS[objective],
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+        )
+        result = train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    else:
+        base = base or load_model(
+            model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
+        )
+        result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     if not is_main_process():
         return None  # other ranks of a distributed run only train
     with session(workspace.engine) as s:
@@ -305,29 +325,52 @@ def _train_and_register(
 
 
 def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any]:
-    """Load a registered version (base model plus its adapter) for generation."""
+    """Load a registered version (base model plus its adapter, or its full weights) with its tokenizer."""
+    import transformers
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from tunesmith.models import load_causal_lm
+    from tunesmith.models import load_model
+    from tunesmith.models.loading import HEADS as AUTO_CLASSES
+    from tunesmith.train.classify import HEADS, read_labels
 
     version = get_version(workspace, ref)
     model_cfg = version.config["model"]
-    if version.method == "lora":
-        base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], model_cfg["dtype"])
+    head, extra = "causal-lm", {}
+    objective = version.config.get("train", {}).get("objective", "sft")
+    if objective in HEADS:
+        labels = read_labels(Path(version.path))
+        head = HEADS[objective]
+        extra = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    if version.method in ("lora", "qlora"):
+        base = load_model(
+            model_cfg["id"],
+            model_cfg["source"],
+            model_cfg["revision"],
+            model_cfg["dtype"],
+            head=head,
+            **extra,
+        )
         return version, PeftModel.from_pretrained(base.model, version.path), base.tokenizer
-    from transformers import AutoTokenizer
-
+    auto_class = getattr(transformers, AUTO_CLASSES[head])
     return (
         version,
-        AutoModelForCausalLM.from_pretrained(version.path),
-        AutoTokenizer.from_pretrained(version.path),
+        auto_class.from_pretrained(version.path),
+        transformers.AutoTokenizer.from_pretrained(version.path),
     )
 
 
 def evaluate_version(config: ProjectConfig, ref: str, workspace: Workspace | None = None) -> list[EvalResult]:
-    """Score the base model and version `ref` on the same held-out items of the version's dataset."""
+    """Score version `ref` on held-out items of its dataset, beside what it should beat.
+
+    A generation version is compared with its base model; a classifier or tagger with the majority
+    class (a new head on the base would only guess).
+    """
     from tunesmith.models import load_causal_lm
+    from tunesmith.train.classify import HEADS
 
     workspace = workspace or open_workspace(config)
     version, model, tokenizer = load_version(workspace, ref)
@@ -339,12 +382,51 @@ def evaluate_version(config: ProjectConfig, ref: str, workspace: Workspace | Non
     items = load_split(dataset, config.eval.split)
     if not items:
         raise DataError(f"dataset {dataset.id} has no {config.eval.split} rows to evaluate on")
+    objective = version.config.get("train", {}).get("objective", "sft")
+    if objective in HEADS:
+        return _evaluate_classifier(version, model, tokenizer, dataset, items, config)
     model_cfg = version.config["model"]
     base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], model_cfg["dtype"])
     return [
         evaluate_model(base.model, base.tokenizer, items, config.eval, label="base"),
         evaluate_model(model, tokenizer, items, config.eval, label=version.name),
     ]
+
+
+def _evaluate_classifier(
+    version: ModelVersion,
+    model: Any,
+    tokenizer: Any,
+    dataset: DatasetVersion,
+    items: list[dict[str, Any]],
+    config: ProjectConfig,
+) -> list[EvalResult]:
+    from collections import Counter
+
+    from tunesmith.train.classify import predict, score
+
+    objective = version.config["train"]["objective"]
+    max_length = version.config["train"]["max_length"]
+    references, predictions = predict(
+        objective, model, tokenizer, items, max_length, config.eval.batch_size, f"Asking {version.name}"
+    )
+    if objective == "classify":
+        majority = Counter(r["label"] for r in load_split(dataset, "train")).most_common(1)[0][0]
+        baseline: list[Any] = [majority] * len(references)
+        label = f"majority ({majority})"
+    else:
+        baseline, label = [["O"] * len(tags) for tags in references], "all O"
+
+    def result(name: str, guesses: list[Any]) -> EvalResult:
+        correct = [float(g == r) for g, r in zip(guesses, references, strict=True)]
+        return EvalResult(
+            label=name,
+            answers=[g if isinstance(g, str) else " ".join(g) for g in guesses],
+            scores=[{"exact_match": c} for c in correct],
+            means=score(objective, references, guesses),
+        )
+
+    return [result(label, baseline), result(version.name, predictions)]
 
 
 @dataclass

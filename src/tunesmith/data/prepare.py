@@ -123,6 +123,12 @@ def check_rows(
         items = _dedup_exact(items, rejected, steps)
     if config.clean.near_dedup:
         items = _dedup_near(items, config.clean.near_threshold, rejected, steps)
+    if config.sample is not None and config.sample < len(items):
+        import random
+
+        kept = sorted(random.Random(config.split.seed).sample(range(len(items)), config.sample))
+        steps.append(Step("sample", removed=len(items) - len(kept), details={"rows": config.sample}))
+        items = [items[i] for i in kept]
     return Prepared(
         kind=kind,
         detection=detection,

@@ -117,6 +117,14 @@ def _resolve_entry(entry: CatalogEntry, source: str, revision: str | None) -> Re
     return ResolvedModel(entry.id, "bundled-gguf", bundled, entry.hub_id)
 
 
+# The transformers auto class that loads a model for each kind of head.
+HEADS = {
+    "causal-lm": "AutoModelForCausalLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+}
+
+
 def load_causal_lm(
     ref: str,
     source: str = "auto",
@@ -131,8 +139,32 @@ def load_causal_lm(
     Raises:
         ModelNotFoundError: when the weights are neither here nor downloadable.
     """
+    return load_model(ref, source, revision, dtype, quantization_config)
+
+
+def load_model(
+    ref: str,
+    source: str = "auto",
+    revision: str | None = None,
+    dtype: str = "float32",
+    quantization_config: Any = None,
+    head: str = "causal-lm",
+    **model_kwargs: Any,
+) -> LoadedModel:
+    """Load a model with the given head (see `HEADS`) and its tokenizer.
+
+    A classification head on a pre-trained body starts from random weights; `model_kwargs` (such
+    as `num_labels`, `id2label`, `label2id`) configure it. The model's pad token is set from the
+    tokenizer's, so batches of uneven rows work on decoders too.
+
+    Raises:
+        ModelNotFoundError: when the weights are neither here nor downloadable.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
+
+    auto_class = getattr(transformers, HEADS[head])
 
     resolved = resolve(ref, source, revision)
     if resolved.origin == "bundled-gguf":
@@ -144,11 +176,12 @@ def load_causal_lm(
         tokenizer = AutoTokenizer.from_pretrained(
             location, revision=resolved.revision if resolved.origin == "hub" else None
         )
-        model = AutoModelForCausalLM.from_pretrained(
+        model = auto_class.from_pretrained(
             location,
             dtype=torch_dtype,
             revision=resolved.revision if resolved.origin == "hub" else None,
             quantization_config=quantization_config,
+            **model_kwargs,
         )
     except OSError as exc:
         if resolved.origin != "hub":
@@ -161,6 +194,8 @@ def load_causal_lm(
         ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if head != "causal-lm" and model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
     return LoadedModel(
         model=model, tokenizer=tokenizer, resolved=resolved, base_revision=_base_revision(resolved, model)
     )

@@ -15,6 +15,11 @@ from tunesmith.progress import make_progress
 from tunesmith.store import RunMetric, session
 
 
+def tokens_seen(logs: dict[str, Any]) -> float:
+    """Tokens trained on so far, as TRL (`num_tokens`) or the Trainer (`num_input_tokens_seen`) logs it."""
+    return float(logs.get("num_tokens", logs.get("num_input_tokens_seen", 0.0)))
+
+
 def memory_mb() -> float:
     """Resident memory of this process, plus GPU memory in use where there is a GPU, in MiB."""
     import psutil
@@ -66,7 +71,7 @@ class RichProgressCallback(TrainerCallback):
         ]
         if "learning_rate" in logs:
             parts.append(f"lr {float(logs['learning_rate']):.1e}")
-        now, tokens = time.perf_counter(), float(logs.get("num_tokens", 0.0))
+        now, tokens = time.perf_counter(), tokens_seen(logs)
         if self._last is not None and tokens > self._last[1]:
             parts.append(f"{(tokens - self._last[1]) / (now - self._last[0]):.0f} tok/s")
         if tokens:

@@ -55,6 +55,14 @@ def decoder_blocks(model: Any) -> Any:
     raise MethodError(f"{model.__class__.__name__}: found no list of {n} transformer blocks to freeze")
 
 
+def head_modules(model: Any) -> list[Any]:
+    """The output head: whatever sits beside the pre-trained body (an LM head, a classifier, a scorer)."""
+    body = getattr(model, model.base_model_prefix, None)
+    if body is None or body is model:
+        return [model.get_output_embeddings()]
+    return [module for name, module in model.named_children() if name != model.base_model_prefix]
+
+
 def apply_freeze(model: Any, train: TrainConfig) -> None:
     """Leave trainable only what `method: freeze` or `method: head` names; everything else is frozen.
 
@@ -64,7 +72,7 @@ def apply_freeze(model: Any, train: TrainConfig) -> None:
     """
     for parameter in model.parameters():
         parameter.requires_grad = False
-    trainable = [model.get_output_embeddings()]
+    trainable = head_modules(model)
     if train.method == "freeze":
         assert train.freeze is not None
         blocks = decoder_blocks(model)
@@ -75,7 +83,9 @@ def apply_freeze(model: Any, train: TrainConfig) -> None:
         )
         trainable += list(blocks)[max(0, first) :]
         trainable += [
-            m for name, m in model.named_modules() if name.endswith("norm") and "layers" not in name
+            m
+            for name, m in model.named_modules()
+            if (name.endswith("norm") and "layers" not in name) or name.endswith("pooler")
         ]
     for module in trainable:
         for parameter in module.parameters():

@@ -82,24 +82,24 @@ def new_run_id() -> str:
     return f"run-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
 
 
-def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
-    """Build TRL's `SFTConfig` from the project's train section.
+def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_class: Any) -> dict[str, Any]:
+    """The `TrainingArguments` fields every objective shares, from the project's train section.
 
     Raises:
-        TrainConfigError: for a key in `train.args` that `SFTConfig` does not have or that the
+        TrainConfigError: for a key in `train.args` that `args_class` does not have or that the
             project config already sets.
     """
     import torch
-    from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig)}
+    known = {f.name for f in dataclasses.fields(args_class)}
     for key in train.args:
         if key in _OWN_FIELDS:
             own = _DERIVED.get(key, f"set it as train.{key} instead")
             raise TrainConfigError(f"train.args.{key}: {own}")
         if key not in known:
             raise TrainConfigError(
-                f"train.args.{key}: not a field of TRL's SFTConfig; see the TRL docs for the fields it takes"
+                f"train.args.{key}: not a field of {args_class.__name__}; "
+                "see the TRL / transformers docs for the fields it takes"
             )
     checkpoints = train.save_strategy
     kwargs: dict[str, Any] = {
@@ -110,14 +110,13 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
         "per_device_train_batch_size": train.per_device_train_batch_size,
         "per_device_eval_batch_size": train.per_device_train_batch_size,
         "gradient_accumulation_steps": train.accumulation_steps,
-        "max_length": train.max_length,
         "lr_scheduler_type": train.lr_scheduler_type,
         "warmup_steps": train.warmup_steps,
         "weight_decay": train.weight_decay,
         "logging_steps": train.logging_steps,
         "seed": train.seed,
-        "activation_checkpointing": train.activation_checkpointing,
         "data_seed": train.seed,
+        "activation_checkpointing": train.activation_checkpointing,
         "save_strategy": checkpoints,
         "save_steps": train.save_steps,
         "save_total_limit": train.save_total_limit,
@@ -129,12 +128,30 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
         "greater_is_better": not train.metric_for_best_model.endswith("loss"),
         "report_to": list(train.report_to),
         "disable_tqdm": True,  # the rich bar replaces it
-        "completion_only_loss": train.objective == "sft",
         # Mixed precision where the hardware has it; TRL's bf16 default fails outright on a CPU.
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
         "use_cpu": not torch.cuda.is_available(),
     }
     kwargs.update(train.args)
+    return kwargs
+
+
+def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
+    """Build TRL's `SFTConfig` from the project's train section.
+
+    Raises:
+        TrainConfigError: for a key in `train.args` that `SFTConfig` does not have or that the
+            project config already sets.
+    """
+    from trl import SFTConfig
+
+    kwargs = trainer_kwargs(train, output_dir, has_eval, SFTConfig)
+    kwargs.setdefault("max_length", train.max_length)
+    kwargs.setdefault("completion_only_loss", train.objective in ("sft", "multitask"))
+    if train.objective == "multitask":
+        # The mixture's train split is the whole run's row stream in schedule order: one pass, in order.
+        kwargs["num_train_epochs"] = 1.0
+        kwargs["train_sampling_strategy"] = "sequential"
     return SFTConfig(**kwargs)
 
 
@@ -151,7 +168,13 @@ def to_prompt_completion(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # The dataset kind each objective trains on.
-OBJECTIVE_KINDS = {"sft": "sft", "pretrain": "text"}
+OBJECTIVE_KINDS = {
+    "sft": "sft",
+    "multitask": "sft",
+    "pretrain": "text",
+    "classify": "classification",
+    "tag": "tagging",
+}
 
 
 def check_objective(objective: str, dataset: DatasetVersion) -> None:
@@ -172,7 +195,7 @@ def check_objective(objective: str, dataset: DatasetVersion) -> None:
 
 def training_rows(objective: str, records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """Rows in the shape TRL's SFTTrainer takes for the objective (chat records become text for pretrain)."""
-    if objective == "sft":
+    if objective in ("sft", "multitask"):
         return to_prompt_completion(records)
     return [
         {"text": r["text"]}
@@ -397,7 +420,9 @@ def _write_artifacts(run_dir: Path, state: Any, metrics: dict[str, Any]) -> None
 
 
 def _tokens_seen_in(history: list[dict[str, Any]]) -> float:
-    seen = [float(h["num_tokens"]) for h in history if "num_tokens" in h]
+    from tunesmith.train.callbacks import tokens_seen
+
+    seen = [tokens_seen(h) for h in history if "num_tokens" in h or "num_input_tokens_seen" in h]
     return seen[-1] if seen else 0.0
 
 

@@ -1,0 +1,408 @@
+"""Classification objectives on transformers' `Trainer`: `classify` (a label per text) and `tag` (a label
+per word, such as named entities).
+
+The head sits on any body: a decoder (SmolLM2, scored at its last real token) or an encoder (MiniLM).
+Labels come from the data. Validation reports accuracy and macro-F1 (`classify`) or entity-level
+seqeval F1 (`tag`); the test split is scored at the end of the run, beside the majority-class
+baseline, and the full report is written to the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import ProjectConfig
+from tunesmith.data import load_split
+from tunesmith.progress import console
+from tunesmith.store import DatasetVersion
+from tunesmith.workspace import Workspace
+
+# The model head each classification objective trains.
+HEADS = {"classify": "sequence-classification", "tag": "token-classification"}
+_PEFT_TASKS = {"classify": "SEQ_CLS", "tag": "TOKEN_CLS"}
+IGNORE = -100  # label of the sub-word pieces and special tokens that carry no label of their own
+LABELS_FILE = "labels.json"
+
+
+def label_names(objective: str, dataset: DatasetVersion, allowed: list[str] | None = None) -> list[str]:
+    """The labels the head predicts: the configured list in its order, else every label in the data.
+
+    Tags put `O` first and then sort by entity type, so `B-PER` sits beside `I-PER`.
+    """
+    if objective == "classify" and allowed:
+        return list(allowed)
+    seen: set[str] = set()
+    for split in ("train", "val", "test"):
+        for record in load_split(dataset, split):
+            if objective == "classify":
+                seen.add(record["label"])
+            else:
+                seen.update(record["tags"])
+    if objective == "classify":
+        return sorted(seen)
+    entity = sorted(seen - {"O"}, key=lambda t: (t.partition("-")[2] or t, t))
+    return ["O", *entity] if "O" in seen else entity
+
+
+def encode(
+    objective: str, records: list[dict[str, Any]], tokenizer: Any, label2id: dict[str, int], max_length: int
+) -> list[dict[str, Any]]:
+    """Token ids and label ids; for `tag`, the first piece of each word carries the word's tag."""
+    if objective == "classify":
+        texts = [r["text"] for r in records]
+        batch = tokenizer(texts, truncation=True, max_length=max_length)
+        return [
+            {"input_ids": ids, "attention_mask": mask, "labels": label2id[r["label"]]}
+            for ids, mask, r in zip(batch["input_ids"], batch["attention_mask"], records, strict=True)
+        ]
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            "train.objective=tag needs a fast tokenizer (it maps pieces back to words); "
+            "pick a model that ships tokenizer.json, such as minilm-l6"
+        )
+    rows = []
+    for r in records:
+        encoding = tokenizer(r["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+        labels, previous = [], None
+        for word in encoding.word_ids():
+            labels.append(IGNORE if word is None or word == previous else label2id[r["tags"][word]])
+            previous = word
+        rows.append(
+            {
+                "input_ids": encoding["input_ids"],
+                "attention_mask": encoding["attention_mask"],
+                "labels": labels,
+            }
+        )
+    return rows
+
+
+def score(objective: str, references: list[Any], predictions: list[Any]) -> dict[str, float]:
+    """Accuracy and F1 for `classify` (label lists); entity-level seqeval scores for `tag` (tag lists)."""
+    if objective == "classify":
+        from sklearn.metrics import accuracy_score, f1_score
+
+        return {
+            "accuracy": float(accuracy_score(references, predictions)),
+            "macro_f1": float(f1_score(references, predictions, average="macro", zero_division=0)),
+            "micro_f1": float(f1_score(references, predictions, average="micro", zero_division=0)),
+        }
+    from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
+
+    return {
+        "precision": float(precision_score(references, predictions, zero_division=0)),
+        "recall": float(recall_score(references, predictions, zero_division=0)),
+        "f1": float(f1_score(references, predictions, zero_division=0)),
+        "accuracy": float(accuracy_score(references, predictions)),
+    }
+
+
+def decode(objective: str, logits: Any, labels: Any, id2label: dict[int, str]) -> tuple[list, list]:
+    """References and predictions as label names, dropping the positions that carry no label."""
+    import numpy as np
+
+    predicted = np.asarray(logits).argmax(-1)
+    labels = np.asarray(labels)
+    if objective == "classify":
+        return [id2label[int(i)] for i in labels], [id2label[int(i)] for i in predicted]
+    references, predictions = [], []
+    for row_labels, row_predicted in zip(labels, predicted, strict=True):
+        keep = row_labels != IGNORE
+        references.append([id2label[int(i)] for i in row_labels[keep]])
+        predictions.append([id2label[int(i)] for i in row_predicted[keep]])
+    return references, predictions
+
+
+def metrics_function(objective: str, id2label: dict[int, str]) -> Any:
+    """`compute_metrics` for the Trainer's evaluations."""
+
+    def compute(prediction: Any) -> dict[str, float]:
+        logits = (
+            prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        )
+        return score(objective, *decode(objective, logits, prediction.label_ids, id2label))
+
+    return compute
+
+
+def predict(
+    objective: str,
+    model: Any,
+    tokenizer: Any,
+    records: list[dict[str, Any]],
+    max_length: int,
+    batch_size: int = 32,
+    label: str = "Predicting",
+) -> tuple[list[Any], list[Any]]:
+    """References and predictions (label names, or tag lists per sentence) for `records`, batched."""
+    import torch
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    from tunesmith.progress import make_progress
+
+    id2label = {int(i): name for i, name in model.config.id2label.items()}
+    rows = encode(objective, records, tokenizer, {n: i for i, n in id2label.items()}, max_length)
+    collate = (
+        DataCollatorWithPadding(tokenizer)
+        if objective == "classify"
+        else DataCollatorForTokenClassification(tokenizer)
+    )
+    device = next(model.parameters()).device
+    references: list[Any] = []
+    predictions: list[Any] = []
+    was_training = model.training
+    model.eval()
+    with make_progress() as progress, torch.no_grad():
+        task = progress.add_task(label, total=len(rows))
+        for start in range(0, len(rows), batch_size):
+            batch = collate(rows[start : start + batch_size])
+            labels = batch.pop("labels")
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+            refs, preds = decode(objective, logits.numpy(), labels.numpy(), id2label)
+            references += refs
+            predictions += preds
+            progress.advance(task, len(labels))
+    model.train(was_training)
+    return references, predictions
+
+
+def test_report(
+    objective: str, references: list[Any], predictions: list[Any], labels: list[str], majority: str
+) -> dict[str, Any]:
+    """Scores, the majority-class baseline, per-class figures and (for `classify`) the confusion matrix."""
+    report: dict[str, Any] = {"rows": len(references), "scores": score(objective, references, predictions)}
+    baseline = (
+        [majority] * len(references)
+        if objective == "classify"
+        else [[majority] * len(tags) for tags in references]
+    )
+    report["majority_class"] = majority
+    report["majority_scores"] = score(objective, references, baseline)
+    if objective == "classify":
+        from sklearn.metrics import classification_report, confusion_matrix
+
+        report["per_class"] = classification_report(
+            references, predictions, labels=labels, output_dict=True, zero_division=0
+        )
+        report["confusion_matrix"] = {
+            "labels": labels,
+            "matrix": confusion_matrix(references, predictions, labels=labels).tolist(),
+        }
+    else:
+        from seqeval.metrics import classification_report
+
+        report["per_class"] = classification_report(
+            references, predictions, output_dict=True, zero_division=0
+        )
+    return json.loads(json.dumps(report, default=float))
+
+
+def _peft_wrap(model: Any, config: ProjectConfig) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    settings = config.train.lora.model_dump()
+    return get_peft_model(model, LoraConfig(task_type=_PEFT_TASKS[config.train.objective], **settings))
+
+
+def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    base: Any,
+    *,
+    kind: str = "train",
+    run: str | None = None,
+    resume: bool = False,
+) -> Any:
+    """Train `base` (loaded with the objective's head and the dataset's labels) on the train split.
+
+    Books are kept as for SFT: a run row opened first and closed `finished` or `failed`, metrics to
+    JSONL and the store, checkpoints for exact resume, the loss curve; plus `test_report.json`.
+    """
+    import torch
+    from datasets import Dataset
+    from transformers import (
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
+
+    from tunesmith.train.methods import apply_freeze
+    from tunesmith.train.sft import (
+        TrainResult,
+        _callbacks,
+        _close_run,
+        _count_parameters,
+        _reopen_run,
+        _tokens_seen,
+        _tokens_seen_in,
+        _write_artifacts,
+        check_objective,
+        is_main_process,
+        last_checkpoint,
+        open_run,
+        trainer_kwargs,
+    )
+
+    objective, train = config.train.objective, config.train
+    check_objective(objective, dataset)
+    main = is_main_process()
+    if run is None:
+        run_id, run_dir = open_run(config, workspace, dataset, kind)
+    else:
+        run_id, run_dir = run, (_reopen_run(workspace, run) if main else workspace.run_dir(run))
+    try:
+        model, tokenizer = base.model, base.tokenizer
+        id2label = {int(i): name for i, name in model.config.id2label.items()}
+        label2id = {name: i for i, name in id2label.items()}
+        train_records = load_split(dataset, "train")
+        rows = {
+            split: encode(objective, records, tokenizer, label2id, train.max_length)
+            for split, records in (("train", train_records), ("val", load_split(dataset, "val")))
+        }
+        has_eval = bool(rows["val"])
+        kwargs = trainer_kwargs(train, run_dir / "trainer", has_eval, TrainingArguments)
+        kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
+        args = TrainingArguments(**kwargs)
+        torch.manual_seed(train.seed)
+        if train.method in ("freeze", "head"):
+            apply_freeze(model, train)
+        elif train.method in ("lora", "qlora"):
+            model = _peft_wrap(model, config)
+        collator = (
+            DataCollatorWithPadding(tokenizer)
+            if objective == "classify"
+            else DataCollatorForTokenClassification(tokenizer)
+        )
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_list(rows["train"]),
+            eval_dataset=Dataset.from_list(rows["val"]) if has_eval else None,
+            processing_class=tokenizer,
+            data_collator=collator,
+            compute_metrics=metrics_function(objective, id2label),
+            callbacks=_callbacks(train, run_id, run_dir, workspace, has_eval=has_eval),
+        )
+        trainer.remove_callback(PrinterCallback)
+        trainable, total = _count_parameters(trainer.model)
+        checkpoint = last_checkpoint(run_dir) if resume else None
+        if main:
+            console.print(
+                f"Training {objective} ({train.method}, {len(id2label)} labels): {trainable:,} of {total:,} "
+                f"parameters trainable ({100 * trainable / total:.2f}%), {len(rows['train'])} rows, "
+                f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
+                + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
+            )
+        tokens_before = _tokens_seen(checkpoint)
+        started = time.perf_counter()
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        seconds = time.perf_counter() - started
+        weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
+        trainer.save_model(str(weights_dir))
+        metrics = _run_metrics(
+            trainer, output, seconds, _tokens_seen_in(trainer.state.log_history) - tokens_before
+        )
+        metrics.update(
+            {"trainable_parameters": trainable, "total_parameters": total, "labels": len(id2label)}
+        )
+        if main:
+            tokenizer.save_pretrained(str(weights_dir))
+            (weights_dir / LABELS_FILE).write_text(
+                json.dumps(
+                    {"objective": objective, "labels": [id2label[i] for i in sorted(id2label)]}, indent=2
+                ),
+                encoding="utf-8",
+            )
+            test_records = load_split(dataset, "test")
+            if test_records:
+                names = [id2label[i] for i in sorted(id2label)]
+                found = predict(
+                    objective,
+                    trainer.model,
+                    tokenizer,
+                    test_records,
+                    train.max_length,
+                    train.per_device_train_batch_size,
+                    "Scoring the test split",
+                )
+                report = test_report(objective, *found, names, _majority(objective, train_records))
+                (run_dir / "test_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+                metrics.update({f"test_{k}": v for k, v in report["scores"].items()})
+                metrics.update({f"majority_{k}": v for k, v in report["majority_scores"].items()})
+                _print_test(objective, report)
+            _write_artifacts(run_dir, trainer.state, metrics)
+    except BaseException as exc:
+        if main:
+            _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
+        raise
+    if main:
+        _close_run(workspace, run_id, "finished", metrics, None)
+    return TrainResult(
+        run_id=run_id,
+        run_dir=run_dir,
+        adapter_dir=weights_dir,
+        metrics=metrics,
+        model=trainer.model,
+        tokenizer=tokenizer,
+    )
+
+
+def _majority(objective: str, records: list[dict[str, Any]]) -> str:
+    if objective == "classify":
+        return Counter(r["label"] for r in records).most_common(1)[0][0]
+    return "O"
+
+
+def _run_metrics(trainer: Any, output: Any, seconds: float, tokens: float) -> dict[str, Any]:
+    history = trainer.state.log_history
+    losses = [h["loss"] for h in history if "loss" in h]
+    metrics: dict[str, Any] = {
+        "train_loss": float(output.training_loss),
+        "first_logged_loss": float(losses[0]) if losses else float("nan"),
+        "last_logged_loss": float(losses[-1]) if losses else float("nan"),
+        "train_seconds": round(seconds, 2),
+        "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
+        "global_step": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
+    }
+    evals = [h for h in history if "eval_loss" in h]
+    if evals:
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in evals[-1].items()
+                if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
+            }
+        )
+    return metrics
+
+
+def _print_test(objective: str, report: dict[str, Any]) -> None:
+    scores = report["scores"]
+    if objective == "classify":
+        baseline = report["majority_scores"]
+        console.print(
+            f"Test ({report['rows']} rows): accuracy {scores['accuracy']:.3f}, "
+            f"macro-F1 {scores['macro_f1']:.3f}; "
+            f"majority class {report['majority_class']!r}: accuracy {baseline['accuracy']:.3f}, "
+            f"macro-F1 {baseline['macro_f1']:.3f}"
+        )
+    else:
+        console.print(
+            f"Test ({report['rows']} sentences): entity F1 {scores['f1']:.3f} "
+            f"(precision {scores['precision']:.3f}, recall {scores['recall']:.3f}), "
+            f"tag accuracy {scores['accuracy']:.3f}; all-'O' baseline: tag accuracy "
+            f"{report['majority_scores']['accuracy']:.3f}"
+        )
+
+
+def read_labels(weights_dir: Path) -> list[str]:
+    """The label names a trained classifier predicts, in head order."""
+    return list(json.loads((weights_dir / LABELS_FILE).read_text(encoding="utf-8"))["labels"])

@@ -1,0 +1,139 @@
+"""`classify` and `tag` objectives on the tiny random Llama: heads, labels from the data, test reports,
+eval against the majority class, LoRA adapters that reload, and refusal of mismatched settings."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import ConfigError, load_config
+from tunesmith.pipeline import evaluate_version, load_version, train
+
+runner = CliRunner()
+
+# Words the tiny tokenizer knows (it was trained on the demo text); each class has its own.
+HARDWARE = ["battery", "waterproof", "sensor", "garden", "charger", "solar"]
+MONEY = ["price", "refund", "invoice", "discount", "shipping", "warranty"]
+FILLER = ["the", "is", "my", "for", "a", "what", "how", "does"]
+
+
+def write_project(tmp_path: Path, model_dir: Path, rows: list[dict], *train_lines: str) -> Path:
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text(
+        f"project: topics\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n"
+        "  clean:\n    near_dedup: false\n"
+        "train:\n  method: full\n  lr: 1e-2\n  epochs: 4\n  batch_size: 8\n  save_strategy: 'no'\n"
+        + "".join(f"  {line}\n" for line in train_lines),
+        encoding="utf-8",
+    )
+    return config
+
+
+def topic_rows(n: int = 160) -> list[dict]:
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        label, words = ("hardware", HARDWARE) if i % 3 else ("billing", MONEY)
+        text = [*rng.sample(FILLER, 3), *rng.sample(words, 2)]
+        rng.shuffle(text)
+        rows.append({"text": " ".join(text) + f" {i}", "label": label})
+    return rows
+
+
+def tag_rows(n: int = 120) -> list[dict]:
+    rng = random.Random(1)
+    rows = []
+    for _ in range(n):
+        tokens = [rng.choice(FILLER + HARDWARE) for _ in range(6)]
+        tags = ["B-PART" if t in HARDWARE else "O" for t in tokens]
+        rows.append({"tokens": tokens, "tags": tags})
+    return rows
+
+
+def test_classify_trains_a_head_reports_the_test_split_and_beats_the_majority(tmp_path, tiny_model_dir):
+    config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify")
+    result = runner.invoke(app, ["train", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert "Training classify (full, 2 labels)" in result.output
+    assert "majority class 'hardware'" in result.output
+    assert "majority class vs this version" in result.output
+    config = load_config(config_path)
+    outcome_dir = next((tmp_path / ".tunesmith" / "runs").iterdir())
+    report = json.loads((outcome_dir / "test_report.json").read_text())
+    assert report["majority_class"] == "hardware"
+    assert report["confusion_matrix"]["labels"] == ["billing", "hardware"]
+    assert sum(map(sum, report["confusion_matrix"]["matrix"])) == report["rows"]
+    assert report["scores"]["accuracy"] > report["majority_scores"]["accuracy"] + 0.2
+    labels = json.loads((outcome_dir / "model" / "labels.json").read_text())
+    assert labels == {"objective": "classify", "labels": ["billing", "hardware"]}
+
+    # The registered version reloads with its head, and eval compares it with the majority class.
+    results = evaluate_version(config, "topics-v1")
+    assert [r.label for r in results] == ["majority (hardware)", "topics-v1"]
+    assert results[1].means["accuracy"] == pytest.approx(report["scores"]["accuracy"])
+    assert set(results[1].answers) <= {"billing", "hardware"}
+    shown = runner.invoke(app, ["eval", "topics-v1", "--config", str(config_path)])
+    assert shown.exit_code == 0 and "macro_f1" in shown.output
+
+
+def test_classify_with_lora_saves_the_head_in_the_adapter(tmp_path, tiny_model_dir):
+    config_path = write_project(
+        tmp_path, tiny_model_dir, topic_rows(), "objective: classify", "method: lora", "lr: 5e-3"
+    )
+    outcome = train(load_config(config_path))
+    assert outcome.version.metrics["trainable_parameters"] < outcome.version.metrics["total_parameters"] / 2
+    adapter = json.loads((outcome.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert adapter["task_type"] == "SEQ_CLS"
+    workspace_version, model, _ = load_version(outcome_workspace(config_path), outcome.version.name)
+    assert workspace_version.method == "lora"
+    assert model.config.id2label == {0: "billing", 1: "hardware"}
+    # the reloaded adapter predicts what the trained one did
+    results = evaluate_version(load_config(config_path), outcome.version.name, outcome_workspace(config_path))
+    assert results[1].means["accuracy"] == pytest.approx(outcome.version.metrics["test_accuracy"])
+
+
+def outcome_workspace(config_path: Path):
+    from tunesmith.workspace import open_workspace
+
+    return open_workspace(load_config(config_path))
+
+
+def test_classify_labels_follow_data_labels_and_head_method_trains_only_the_scorer(tmp_path, tiny_model_dir):
+    config_path = write_project(
+        tmp_path, tiny_model_dir, topic_rows(), "objective: classify", "method: head", "lr: 5e-2"
+    )
+    config = load_config(config_path, ["data.labels=[hardware, billing, other]"])
+    outcome = train(config)
+    assert outcome.version.metrics["labels"] == 3  # the configured list, in its order, with a label unseen
+    assert outcome.model.config.id2label == {0: "hardware", 1: "billing", 2: "other"}
+    trainable = {n.split(".")[0] for n, p in outcome.model.named_parameters() if p.requires_grad}
+    assert trainable == {"score"}
+
+
+def test_tag_scores_entities_with_seqeval(tmp_path, tiny_model_dir):
+    config_path = write_project(tmp_path, tiny_model_dir, tag_rows(), "objective: tag")
+    outcome = train(load_config(config_path))
+    assert outcome.model.config.id2label == {0: "O", 1: "B-PART"}
+    metrics = outcome.version.metrics
+    assert {"test_f1", "test_precision", "test_recall", "test_accuracy", "eval_f1"} <= set(metrics)
+    assert metrics["test_f1"] > 0.5  # the word decides the tag; even a tiny model learns it
+    report = json.loads((outcome.run_dir / "test_report.json").read_text())
+    assert "PART" in report["per_class"]
+    results = evaluate_version(load_config(config_path), outcome.version.name)
+    assert results[0].label == "all O" and results[0].means["f1"] == 0.0
+    assert results[1].means["f1"] == pytest.approx(metrics["test_f1"])
+
+
+def test_objective_and_data_kind_must_match_and_guards_do_not_apply(tmp_path, tiny_model_dir):
+    config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: tag")
+    refused = runner.invoke(app, ["train", str(config_path)])
+    assert refused.exit_code == 1
+    assert "train.objective=tag needs tagging rows" in refused.output
+    assert "set train.objective: classify" in refused.output
+    with pytest.raises(ConfigError, match=r"forgetting\.method replay guards generation"):
+        load_config(config_path, ["train.objective=classify", "train.forgetting.method=replay"])

@@ -1,0 +1,83 @@
+"""`classify` and `tag` on the bundled models and real public data from ../shared/datasets.
+
+Small subsets so the suite stays quick on a 2-core CPU; `bench/train_results.py` runs larger ones.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from tunesmith.config import load_config
+from tunesmith.pipeline import train
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+pytestmark = pytest.mark.slow
+
+
+def dataset(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real datasets live in ../shared/datasets beside the project)")
+    return path
+
+
+def project(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tunesmith.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_sst2_classify_on_smollm2_with_lora_beats_the_majority_class_widely(tmp_path):
+    path = dataset("sst2", "train.tsv")
+    config_path = project(
+        tmp_path,
+        f"""project: sentiment
+data:
+  path: {path}
+  columns: {{text: sentence}}
+  sample: 480
+  split: {{val: 0.1, test: 0.25}}
+train:
+  objective: classify
+  method: lora
+  epochs: 2
+  lr: 5e-4
+  batch_size: 16
+  max_length: 64
+  save_strategy: 'no'
+""",
+    )
+    metrics = train(load_config(config_path)).version.metrics
+    assert metrics["majority_accuracy"] < 0.6
+    assert metrics["test_accuracy"] > metrics["majority_accuracy"] + 0.15, metrics
+    assert metrics["test_macro_f1"] > 0.7, metrics
+
+
+def test_conll2003_tag_on_minilm_reports_seqeval_f1(tmp_path):
+    path = dataset("conll2003", "train.txt")
+    config_path = project(
+        tmp_path,
+        f"""project: ner
+model:
+  id: minilm-l6
+data:
+  path: {path}
+  sample: 800
+  split: {{val: 0.1, test: 0.2}}
+train:
+  objective: tag
+  method: full
+  epochs: 3
+  lr: 3e-4
+  batch_size: 16
+  max_length: 128
+  save_strategy: 'no'
+""",
+    )
+    outcome = train(load_config(config_path))
+    metrics = outcome.version.metrics
+    assert outcome.model.config.id2label[0] == "O"
+    assert set(outcome.model.config.id2label.values()) >= {"B-PER", "I-PER", "B-ORG", "B-LOC", "B-MISC"}
+    assert metrics["test_f1"] > 0.5, metrics
+    assert metrics["test_accuracy"] > metrics["majority_accuracy"], metrics
