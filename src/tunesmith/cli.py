@@ -306,7 +306,7 @@ def data_estimate(
     cfg = _config(config, set_)
     try:
         dataset = prepare_data(cfg)
-        base = load_causal_lm(cfg.model.id, cfg.model.source, cfg.model.revision, cfg.model.dtype)
+        base = load_causal_lm(cfg.model.id, cfg.model.source, cfg.model.revision, cfg.weights_dtype)
     except (DataError, ModelNotFoundError) as exc:
         raise _fail(str(exc)) from None
     estimate = estimate_epoch_time(cfg, dataset, base, steps=max(2, steps))
@@ -440,7 +440,7 @@ def eval_cmd(
         bool, typer.Option("--list-metrics", help="List the registered metrics.")
     ] = False,
 ) -> None:
-    """Score the base model and a version on the same held-out items, side by side."""
+    """Score a version on held-out items beside its base model (a classifier: beside the majority class)."""
     from tunesmith.evaluate import comparison_table, metric_names
 
     if list_metrics:

@@ -115,7 +115,10 @@ class ModelConfig(_Section):
     id: str = "smollm2-135m-instruct"
     source: Literal["auto", "bundled", "hub"] = "auto"
     revision: str | None = None
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # auto: bfloat16 base weights under LoRA adapters (which train in float32) where the hardware
+    # multiplies bfloat16 natively (recent x86 CPUs, CUDA GPUs); float32 otherwise and for every
+    # method that updates the base weights themselves.
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class LoraSettings(_Section):
@@ -221,6 +224,11 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = Field(
         False, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
     )
+    # Batches rows of similar length (shuffled in groups), so little of each batch is padding.
+    group_by_length: bool = True
+    # Packs rows into full max_length sequences without padding (best-fit decreasing; a row never
+    # attends to another). Fastest with FlashAttention on a GPU; on a CPU group_by_length is faster.
+    packing: bool = False
     save_strategy: Literal["no", "steps", "epoch"] = "epoch"  # checkpoints, for --resume
     save_steps: int = Field(100, gt=0)
     save_total_limit: int = Field(2, gt=0)  # checkpoints kept (the best one is always among them)
@@ -243,6 +251,12 @@ class TrainConfig(_Section):
     def _consistent(self) -> TrainConfig:
         if self.method == "freeze" and self.freeze is None:
             raise ValueError("method freeze needs train.freeze.layers or train.freeze.train_top")
+        if self.packing and self.objective in ("classify", "tag"):
+            raise ValueError(f"packing joins rows of text; objective {self.objective} scores each row alone")
+        if self.packing and self.objective == "multitask" and self.schedule == "linear":
+            raise ValueError(
+                "packing reorders rows, which would undo the linear schedule; use group_by_length"
+            )
         if self.objective in ("classify", "tag") and self.forgetting.method != "none":
             raise ValueError(
                 f"forgetting.method {self.forgetting.method} guards generation (sft, pretrain); "
@@ -328,6 +342,18 @@ class ProjectConfig(_Section):
     @property
     def workspace_dir(self) -> Path:
         return self.resolve_path(self.workspace)
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the base weights load in: `model.dtype`, with `auto` decided for this run and machine."""
+        if self.model.dtype != "auto":
+            return self.model.dtype
+        generative = self.train.objective in ("sft", "pretrain", "multitask")
+        if generative and self.train.method in ("lora", "qlora"):
+            from tunesmith.models.loading import native_bf16
+
+            return "bfloat16" if native_bf16() else "float32"
+        return "float32"
 
     @property
     def resolved_store_url(self) -> str:

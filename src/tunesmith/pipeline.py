@@ -163,7 +163,7 @@ def dry_run(
     if estimate.fits and calibrate:
         model = config.model
         base = load_causal_lm(
-            model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
+            model.id, model.source, model.revision, config.weights_dtype, quantization_config(config.train)
         )
         timing = estimate_epoch_time(config, dataset, base)
     return dataset, estimate, timing
@@ -285,7 +285,7 @@ def _train_and_register(
             model.id,
             model.source,
             model.revision,
-            model.dtype,
+            config.weights_dtype,
             quantization_config(config.train),
             head=HEADS[objective],
             num_labels=len(labels),
@@ -295,7 +295,7 @@ def _train_and_register(
         result = train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     else:
         base = base or load_model(
-            model.id, model.source, model.revision, model.dtype, quantization_config(config.train)
+            model.id, model.source, model.revision, config.weights_dtype, quantization_config(config.train)
         )
         result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     if not is_main_process():
@@ -350,7 +350,7 @@ def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any
             model_cfg["id"],
             model_cfg["source"],
             model_cfg["revision"],
-            model_cfg["dtype"],
+            ProjectConfig.model_validate(version.config).weights_dtype,
             head=head,
             **extra,
         )
@@ -386,7 +386,8 @@ def evaluate_version(config: ProjectConfig, ref: str, workspace: Workspace | Non
     if objective in HEADS:
         return _evaluate_classifier(version, model, tokenizer, dataset, items, config)
     model_cfg = version.config["model"]
-    base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], model_cfg["dtype"])
+    dtype = ProjectConfig.model_validate(version.config).weights_dtype
+    base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
     return [
         evaluate_model(base.model, base.tokenizer, items, config.eval, label="base"),
         evaluate_model(model, tokenizer, items, config.eval, label=version.name),
@@ -481,7 +482,7 @@ def quickstart(directory: Path, overrides: list[str] | None = None) -> Quickstar
     items = load_split(dataset, config.eval.split)
 
     console.rule("[bold]2/5 Base model")
-    base = load_causal_lm(config.model.id, config.model.source, config.model.revision, config.model.dtype)
+    base = load_causal_lm(config.model.id, config.model.source, config.model.revision, config.weights_dtype)
     console.print(f"{config.model.id}: {base.resolved.describe()}")
     before = evaluate_model(base.model, base.tokenizer, items, config.eval, label="before")
 

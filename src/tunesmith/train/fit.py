@@ -119,7 +119,7 @@ def estimate_fit(config: ProjectConfig, model_config: Any, sequence_length: int)
 
     train = config.train
     total, trainable = count_parameters(config, model_config)
-    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[config.model.dtype]
+    dtype_bytes = {"float32": 4, "bfloat16": 2, "float16": 2}[config.weights_dtype]
     frozen = total - trainable
     if train.method == "qlora":
         weight_bits = 4 if train.quantization.bits == 4 else 8

@@ -50,6 +50,9 @@ _OWN_FIELDS = {
     "load_best_model_at_end",
     "metric_for_best_model",
     "report_to",
+    "train_sampling_strategy",
+    "group_by_length",
+    "packing",
 }
 
 
@@ -59,6 +62,7 @@ _DERIVED = {
     "eval_steps": "evaluation follows train.save_steps",
     "load_best_model_at_end": "set by train.early_stopping_patience",
     "gradient_checkpointing": "set it as train.activation_checkpointing instead",
+    "train_sampling_strategy": "set train.group_by_length instead",
 }
 
 
@@ -92,14 +96,14 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
     import torch
 
     known = {f.name for f in dataclasses.fields(args_class)}
+    owner = "TRL's SFTConfig" if args_class.__name__ == "SFTConfig" else "transformers' TrainingArguments"
     for key in train.args:
         if key in _OWN_FIELDS:
             own = _DERIVED.get(key, f"set it as train.{key} instead")
             raise TrainConfigError(f"train.args.{key}: {own}")
         if key not in known:
             raise TrainConfigError(
-                f"train.args.{key}: not a field of {args_class.__name__}; "
-                "see the TRL / transformers docs for the fields it takes"
+                f"train.args.{key}: not a field of {owner}; see the {owner.split(maxsplit=1)[0]} docs for the fields it takes"
             )
     checkpoints = train.save_strategy
     kwargs: dict[str, Any] = {
@@ -127,6 +131,7 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
         "metric_for_best_model": train.metric_for_best_model,
         "greater_is_better": not train.metric_for_best_model.endswith("loss"),
         "report_to": list(train.report_to),
+        "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
         "disable_tqdm": True,  # the rich bar replaces it
         # Mixed precision where the hardware has it; TRL's bf16 default fails outright on a CPU.
         "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
@@ -148,6 +153,7 @@ def sft_config(train: TrainConfig, output_dir: Path, has_eval: bool) -> Any:
     kwargs = trainer_kwargs(train, output_dir, has_eval, SFTConfig)
     kwargs.setdefault("max_length", train.max_length)
     kwargs.setdefault("completion_only_loss", train.objective in ("sft", "multitask"))
+    kwargs.setdefault("packing", train.packing)
     if train.objective == "multitask":
         # The mixture's train split is the whole run's row stream in schedule order: one pass, in order.
         kwargs["num_train_epochs"] = 1.0
