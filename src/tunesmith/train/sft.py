@@ -103,7 +103,8 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
             raise TrainConfigError(f"train.args.{key}: {own}")
         if key not in known:
             raise TrainConfigError(
-                f"train.args.{key}: not a field of {owner}; see the {owner.split(maxsplit=1)[0]} docs for the fields it takes"
+                f"train.args.{key}: not a field of {owner}; "
+                f"see the {owner.split(maxsplit=1)[0]} docs for the fields it takes"
             )
     checkpoints = train.save_strategy
     kwargs: dict[str, Any] = {
