@@ -30,11 +30,11 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 RUNS: dict[str, dict[str, Any]] = {
     "sft": {
         "data": "bitext_customer_support/Bitext_Sample_Customer_Support_Training_Dataset.csv",
-        "rows": 640,
+        "rows": 320,
         "settings": [
             "data.columns={prompt: instruction, completion: response}",
             "data.split.val=0.05",
-            "data.split.test=0.075",
+            "data.split.test=0.1",
             "train.epochs=1",
             "train.max_length=384",
             "train.forgetting.probe=false",

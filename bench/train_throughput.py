@@ -75,6 +75,7 @@ config = load_config(None, [
     "data.clean.dedup=false", "data.clean.near_dedup=false", "data.clean.pii=false", "train.epochs=1",
     "train.lr=2e-4", "train.batch_size=8", "train.max_length=512", "train.save_strategy=no",
     "train.forgetting.probe=false",
+    *sys.argv[3:],
 ])
 outcome = train(config)
 m = outcome.version.metrics
@@ -86,9 +87,12 @@ print(json.dumps({"seconds": m["train_seconds"], "tokens": tokens, "train_loss":
 )
 
 
-def run(script: str, shared: Path, rows: int) -> dict:
+def run(script: str, shared: Path, rows: int, extra: list[str] | None = None) -> dict:
     out = subprocess.run(
-        [sys.executable, "-c", script, str(shared), str(rows)], capture_output=True, text=True, check=False
+        [sys.executable, "-c", script, str(shared), str(rows), *(extra or [])],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         sys.exit(out.stderr[-3000:])
@@ -99,13 +103,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=256)
     parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[2] / "shared")
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="SETTINGS",
+        help="another tunesmith row with these comma-separated --set overrides, e.g. model.dtype=float32",
+    )
+    parser.add_argument("--no-plain", action="store_true", help="skip the plain TRL row (the reference)")
     args = parser.parse_args()
     if not (args.shared / "datasets" / "bitext_customer_support").exists():
         sys.exit(f"{args.shared / 'datasets'} has no bitext_customer_support: the benchmark trains on it")
-    results = {
-        "plain TRL + PEFT (library defaults)": run(PLAIN, args.shared, args.rows),
-        "tunesmith (defaults)": run(TUNESMITH, args.shared, args.rows),
-    }
+    results = (
+        {} if args.no_plain else {"plain TRL + PEFT (library defaults)": run(PLAIN, args.shared, args.rows)}
+    )
+    results["tunesmith (defaults)"] = run(TUNESMITH, args.shared, args.rows)
+    for settings in args.also:
+        results[f"tunesmith {settings}"] = run(TUNESMITH, args.shared, args.rows, settings.split(","))
     plain = next(iter(results.values()))
     table = Table(
         title=f"LoRA SFT of SmolLM2-135M on {args.rows} bitext rows, one epoch, same hyperparameters"

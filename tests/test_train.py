@@ -81,6 +81,7 @@ def test_metrics_go_to_jsonl_and_the_store_and_checkpoints_rotate(tmp_path, tiny
         "train.save_strategy=steps",
         "train.save_steps=5",
         "train.save_total_limit=2",
+        "train.report_to=[tensorboard]",
     )
     outcome = train(config)
     lines = [json.loads(x) for x in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -93,6 +94,19 @@ def test_metrics_go_to_jsonl_and_the_store_and_checkpoints_rotate(tmp_path, tiny
         assert [m.step for m in stored] == [e["step"] for e in losses]
     checkpoints = sorted(p.name for p in (outcome.run_dir / "trainer").glob("checkpoint-*"))
     assert len(checkpoints) == 2 and "checkpoint-20" in checkpoints
+    # report_to passes through to the Trainer: TensorBoard event files beside the checkpoints
+    assert list((outcome.run_dir / "trainer" / "runs").rglob("events.out.tfevents.*"))
+
+
+def test_a_reporter_that_is_not_installed_is_named_with_the_install_command(tmp_path, tiny_model_dir):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    config_path, _ = project(tmp_path, tiny_model_dir)
+    result = runner.invoke(app, ["train", str(config_path), "--set", "train.report_to=[wandb]"])
+    assert result.exit_code == 1
+    assert "train.report_to: wandb is not installed; run `pip install wandb`" in result.output
 
 
 def test_effective_batch_sets_accumulation_and_early_stopping_stops(tmp_path, tiny_model_dir):

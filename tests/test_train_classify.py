@@ -137,3 +137,12 @@ def test_objective_and_data_kind_must_match_and_guards_do_not_apply(tmp_path, ti
     assert "set train.objective: classify" in refused.output
     with pytest.raises(ConfigError, match=r"forgetting\.method replay guards generation"):
         load_config(config_path, ["train.objective=classify", "train.forgetting.method=replay"])
+
+
+def test_dry_run_of_a_classifier_calibrates_on_its_own_trainer(tmp_path, tiny_model_dir):
+    config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify")
+    result = runner.invoke(app, ["train", str(config_path), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "It fits" in result.output and "min per epoch" in result.output
+    assert "Dry run: full classify" in result.output
+    assert not (tmp_path / ".tunesmith" / "runs").exists()

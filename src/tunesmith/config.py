@@ -220,9 +220,10 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     logging_steps: int = Field(5, gt=0)
     seed: int = 0
-    # Trades compute for memory: worth it for large models on a GPU, a ~30% slowdown for small ones.
+    # Recomputes activations in the backward pass instead of keeping them: far less memory; on a
+    # CPU, where memory traffic dominates, about as fast (bench/train_throughput.py measures both).
     activation_checkpointing: bool = Field(
-        False, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
+        True, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
     )
     # Batches rows of similar length (shuffled in groups), so little of each batch is padding.
     group_by_length: bool = True

@@ -151,9 +151,8 @@ def dry_run(
     config: ProjectConfig, workspace: Workspace | None = None, calibrate: bool = True
 ) -> tuple[DatasetVersion, FitEstimate, Any]:
     """Everything `train` checks before it starts, and a measured time estimate; nothing is trained."""
-    from tunesmith.models import load_causal_lm
     from tunesmith.train.estimate import estimate_epoch_time
-    from tunesmith.train.methods import check_method_supported, quantization_config
+    from tunesmith.train.methods import check_method_supported
 
     check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
@@ -161,11 +160,7 @@ def dry_run(
     estimate = fit_estimate(config, dataset)
     timing = None
     if estimate.fits and calibrate:
-        model = config.model
-        base = load_causal_lm(
-            model.id, model.source, model.revision, config.weights_dtype, quantization_config(config.train)
-        )
-        timing = estimate_epoch_time(config, dataset, base)
+        timing = estimate_epoch_time(config, dataset, load_base(config, dataset))
     return dataset, estimate, timing
 
 
@@ -262,6 +257,30 @@ def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None =
     return outcome
 
 
+def load_base(config: ProjectConfig, dataset: DatasetVersion) -> Any:
+    """The base model as the objective trains it: an LM, or a body with a new head for the data's labels."""
+    from tunesmith.models import load_model
+    from tunesmith.train.classify import HEADS, label_names
+    from tunesmith.train.methods import quantization_config
+
+    model, objective = config.model, config.train.objective
+    quantization = quantization_config(config.train)
+    if objective not in HEADS:
+        return load_model(model.id, model.source, model.revision, config.weights_dtype, quantization)
+    labels = label_names(objective, dataset, config.data.labels)
+    return load_model(
+        model.id,
+        model.source,
+        model.revision,
+        config.weights_dtype,
+        quantization,
+        head=HEADS[objective],
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+
+
 def _train_and_register(
     config: ProjectConfig,
     workspace: Workspace,
@@ -273,30 +292,13 @@ def _train_and_register(
     resume: bool = False,
     extra_metrics: dict[str, Any] | None = None,
 ) -> TrainOutcome | None:
-    from tunesmith.models import load_model
     from tunesmith.train import train_sft
-    from tunesmith.train.classify import HEADS, label_names, train_classifier
-    from tunesmith.train.methods import quantization_config
+    from tunesmith.train.classify import HEADS, train_classifier
 
-    model, objective = config.model, config.train.objective
-    if objective in HEADS:
-        labels = label_names(objective, dataset, config.data.labels)
-        base = base or load_model(
-            model.id,
-            model.source,
-            model.revision,
-            config.weights_dtype,
-            quantization_config(config.train),
-            head=HEADS[objective],
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-        )
+    base = base or load_base(config, dataset)
+    if config.train.objective in HEADS:
         result = train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     else:
-        base = base or load_model(
-            model.id, model.source, model.revision, config.weights_dtype, quantization_config(config.train)
-        )
         result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     if not is_main_process():
         return None  # other ranks of a distributed run only train

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -194,13 +196,14 @@ def load_model(
         tokenizer = AutoTokenizer.from_pretrained(
             location, revision=resolved.revision if resolved.origin == "hub" else None
         )
-        model = auto_class.from_pretrained(
-            location,
-            dtype=torch_dtype,
-            revision=resolved.revision if resolved.origin == "hub" else None,
-            quantization_config=quantization_config,
-            **model_kwargs,
-        )
+        with _quiet_load():
+            model = auto_class.from_pretrained(
+                location,
+                dtype=torch_dtype,
+                revision=resolved.revision if resolved.origin == "hub" else None,
+                quantization_config=quantization_config,
+                **model_kwargs,
+            )
     except OSError as exc:
         if resolved.origin != "hub":
             raise
@@ -217,6 +220,21 @@ def load_model(
     return LoadedModel(
         model=model, tokenizer=tokenizer, resolved=resolved, base_revision=_base_revision(resolved, model)
     )
+
+
+@contextmanager
+def _quiet_load() -> Iterator[None]:
+    """Load without transformers' per-tensor bar and its report of the (expected) new head weights."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def _convert_bundled(resolved: ResolvedModel) -> ResolvedModel:

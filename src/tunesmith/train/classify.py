@@ -208,6 +208,50 @@ def _peft_wrap(model: Any, config: ProjectConfig) -> Any:
     return get_peft_model(model, LoraConfig(task_type=_PEFT_TASKS[config.train.objective], **settings))
 
 
+def make_trainer(
+    config: ProjectConfig,
+    model: Any,
+    tokenizer: Any,
+    args: Any,
+    rows: dict[str, list[dict[str, Any]]],
+    callbacks: list[Any],
+) -> Any:
+    """The Trainer for `classify`/`tag` with the method applied (frozen body, or LoRA adapters)."""
+    from datasets import Dataset
+    from transformers import (
+        DataCollatorForTokenClassification,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+    )
+
+    from tunesmith.train.methods import apply_freeze
+
+    objective, method = config.train.objective, config.train.method
+    id2label = {int(i): name for i, name in model.config.id2label.items()}
+    if method in ("freeze", "head"):
+        apply_freeze(model, config.train)
+    elif method in ("lora", "qlora"):
+        model = _peft_wrap(model, config)
+    collator = (
+        DataCollatorWithPadding(tokenizer)
+        if objective == "classify"
+        else DataCollatorForTokenClassification(tokenizer)
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows["train"]),
+        eval_dataset=Dataset.from_list(rows["val"]) if rows.get("val") else None,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=metrics_function(objective, id2label),
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
 def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
     config: ProjectConfig,
     workspace: Workspace,
@@ -224,16 +268,8 @@ def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
     JSONL and the store, checkpoints for exact resume, the loss curve; plus `test_report.json`.
     """
     import torch
-    from datasets import Dataset
-    from transformers import (
-        DataCollatorForTokenClassification,
-        DataCollatorWithPadding,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-    )
+    from transformers import TrainingArguments
 
-    from tunesmith.train.methods import apply_freeze
     from tunesmith.train.sft import (
         TrainResult,
         _callbacks,
@@ -269,28 +305,9 @@ def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
         has_eval = bool(rows["val"])
         kwargs = trainer_kwargs(train, run_dir / "trainer", has_eval, TrainingArguments)
         kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
-        args = TrainingArguments(**kwargs)
         torch.manual_seed(train.seed)
-        if train.method in ("freeze", "head"):
-            apply_freeze(model, train)
-        elif train.method in ("lora", "qlora"):
-            model = _peft_wrap(model, config)
-        collator = (
-            DataCollatorWithPadding(tokenizer)
-            if objective == "classify"
-            else DataCollatorForTokenClassification(tokenizer)
-        )
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=Dataset.from_list(rows["train"]),
-            eval_dataset=Dataset.from_list(rows["val"]) if has_eval else None,
-            processing_class=tokenizer,
-            data_collator=collator,
-            compute_metrics=metrics_function(objective, id2label),
-            callbacks=_callbacks(train, run_id, run_dir, workspace, has_eval=has_eval),
-        )
-        trainer.remove_callback(PrinterCallback)
+        callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=has_eval)
+        trainer = make_trainer(config, model, tokenizer, TrainingArguments(**kwargs), rows, callbacks)
         trainable, total = _count_parameters(trainer.model)
         checkpoint = last_checkpoint(run_dir) if resume else None
         if main:

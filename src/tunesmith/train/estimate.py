@@ -53,39 +53,21 @@ def estimate_epoch_time(
     config: ProjectConfig, dataset: DatasetVersion, base: Any, steps: int = 4
 ) -> Estimate:
     """Run `steps` optimizer steps (the first is a warm-up) and extrapolate to one epoch of `dataset`."""
-    from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
-    from transformers import PrinterCallback
-    from trl import SFTTrainer
-
-    from tunesmith.train.sft import lora_config, sft_config, training_rows
 
     records = load_split(dataset, "train", with_meta=True)
-    train_tokens = sum(int(r.get("_tokens") or 0) for r in records)
     batch = config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps
     sample = random.Random(0).sample(records, min(len(records), batch * steps))
-    rows = training_rows(
-        config.train.objective,
-        [{k: v for k, v in r.items() if not k.startswith("_")} for r in sample],
-        base.tokenizer,
-    )
+    clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in sample]
     timer = _StepTimer()
     disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        args = sft_config(config.train, Path(tmp), has_eval=False)
-        args.max_steps, args.logging_steps = steps, steps
-        trainer = SFTTrainer(
-            model=base.model,
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            processing_class=base.tokenizer,
-            peft_config=lora_config(config.train) if config.train.method == "lora" else None,
-            callbacks=[timer],
-        )
-        trainer.remove_callback(PrinterCallback)
-        tokenized: Any = trainer.train_dataset
-        lengths = [len(r["input_ids"]) for r in tokenized]
+        trainer, lengths = _calibration_trainer(config, base, clean, Path(tmp), steps, timer)
         trainer.train()
+    if all(r.get("_tokens") for r in records):
+        train_tokens = sum(int(r["_tokens"]) for r in records)
+    else:  # a mixture's rows carry no measured length: scale up the sample's
+        train_tokens = round(sum(lengths) / max(1, len(lengths)) * len(records))
     measured = list(zip(timer.starts, timer.ends, strict=True))[1:]  # the first step warms caches up
     seconds = sum(end - start for start, end in measured)
     tokens = sum(lengths[batch : batch * steps])
@@ -95,6 +77,45 @@ def estimate_epoch_time(
         tokens_per_second=tokens_per_second,
         train_tokens=train_tokens,
         seconds_per_epoch=train_tokens / tokens_per_second if tokens_per_second else float("inf"),
-        epochs=config.train.num_train_epochs,
+        # a multitask mixture's train split already holds every epoch's rows
+        epochs=1.0 if config.train.objective == "multitask" else config.train.num_train_epochs,
         calibration_steps=steps,
     )
+
+
+def _calibration_trainer(
+    config: ProjectConfig, base: Any, records: list[dict[str, Any]], folder: Path, steps: int, timer: Any
+) -> tuple[Any, list[int]]:
+    """The run's own trainer on `records` for `steps` steps, and the token length of each row."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainingArguments
+    from trl import SFTTrainer
+
+    from tunesmith.train.classify import HEADS, encode, make_trainer
+    from tunesmith.train.lm_head import use_answer_only_head
+    from tunesmith.train.sft import lora_config, sft_config, trainer_kwargs, training_rows
+
+    train = config.train
+    if train.objective in HEADS:
+        kwargs = trainer_kwargs(train, folder, False, TrainingArguments)
+        kwargs.update(max_steps=steps, logging_steps=steps, save_strategy="no", report_to=[])
+        label2id = {name: int(i) for i, name in base.model.config.id2label.items()}
+        rows = encode(train.objective, records, base.tokenizer, label2id, train.max_length)
+        trainer = make_trainer(
+            config, base.model, base.tokenizer, TrainingArguments(**kwargs), {"train": rows}, [timer]
+        )
+        return trainer, [len(r["input_ids"]) for r in rows]
+    args = sft_config(train, folder, has_eval=False)
+    args.max_steps, args.logging_steps, args.report_to = steps, steps, []
+    trainer = SFTTrainer(
+        model=base.model,
+        args=args,
+        train_dataset=Dataset.from_list(training_rows(train.objective, records, base.tokenizer)),
+        processing_class=base.tokenizer,
+        peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
+        callbacks=[timer],
+    )
+    trainer.remove_callback(PrinterCallback)
+    use_answer_only_head(trainer)
+    tokenized: Any = trainer.train_dataset
+    return trainer, [len(r["input_ids"]) for r in tokenized]

@@ -7,6 +7,7 @@ config, add a progress callback, and record the run with everything needed to re
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import secrets
 import time
@@ -105,6 +106,11 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
             raise TrainConfigError(
                 f"train.args.{key}: not a field of {owner}; "
                 f"see the {owner.split(maxsplit=1)[0]} docs for the fields it takes"
+            )
+    for target in train.report_to:
+        if importlib.util.find_spec(target) is None:
+            raise TrainConfigError(
+                f"train.report_to: {target} is not installed; run `pip install {target}` or remove it"
             )
     checkpoints = train.save_strategy
     kwargs: dict[str, Any] = {
@@ -303,10 +309,15 @@ def _make_trainer(
         "peft_config": lora_config(train) if train.method in ("lora", "qlora") else None,
         "callbacks": callbacks,
     }
+    from tunesmith.train.lm_head import use_answer_only_head
+
     if guard.method not in ("ewc", "l2sp"):
-        return SFTTrainer(**common)
+        trainer = SFTTrainer(**common)
+        use_answer_only_head(trainer)
+        return trainer
     strength = guard.ewc_lambda if guard.method == "ewc" else guard.l2sp_alpha
     trainer = PenalizedSFTTrainer(**common, penalty=guard.method, strength=strength)
+    use_answer_only_head(trainer)
     if guard.method == "ewc":
         trainer.estimate_fisher(replay[: guard.fisher_samples], base.tokenizer)
     return trainer
