@@ -143,7 +143,7 @@ def use_answer_only_head(trainer: Any) -> bool:
         log_probs, entropy, is_top1 = AnswerLogProb.apply(picked, head.weight, targets[mask], CHUNK)
 
         def spread(values: torch.Tensor) -> torch.Tensor:
-            # masked_scatter keeps an all-masked micro-batch connected to the graph (a zero loss, not an error)
+            # masked_scatter keeps an all-masked micro-batch in the graph (a zero loss, not an error)
             return values.new_zeros(mask.shape).masked_scatter(mask, values)
 
         log_probs_full = spread(log_probs)
