@@ -5,10 +5,13 @@ import copy
 import pytest
 import torch
 
+from tunesmith.train import lm_head as lm_head_module
 from tunesmith.train.lm_head import CHUNK, AnswerLogProb
 
 
-def test_log_probs_entropy_and_gradients_match_full_logits():
+@pytest.mark.parametrize("keep", [True, False])
+def test_log_probs_entropy_and_gradients_match_full_logits(keep, monkeypatch):
+    monkeypatch.setattr(lm_head_module, "KEEP_LOGITS_BYTES", 2**30 if keep else 0)
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(50, 16, dtype=torch.float64, requires_grad=True)

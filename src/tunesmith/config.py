@@ -225,6 +225,9 @@ class TrainConfig(_Section):
     activation_checkpointing: bool = Field(
         True, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
     )
+    # Checkpoint every n-th block only (the others keep their activations): 1 saves the most memory,
+    # 2 gives back about half of the recomputation for a little more memory.
+    checkpoint_every_n_layers: int = Field(2, ge=1)
     # Batches rows of similar length (shuffled in groups), so little of each batch is padding.
     group_by_length: bool = True
     # Packs rows into full max_length sequences without padding (best-fit decreasing; a row never

@@ -135,11 +135,14 @@ def estimate_fit(config: ProjectConfig, model_config: Any, sequence_length: int)
     vocab = model_config.vocab_size
     mixed = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     scale = 1.0 if mixed or dtype_bytes == 2 else 2.0  # the 16-bit estimate doubles for fp32 activations
+    full_layer = seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
     if train.activation_checkpointing:
-        per_layer = 2 * seq * batch * hidden * scale  # only each block's input is kept
-        activations = layers * per_layer + seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
+        # checkpointed blocks keep only their input; the others (and the one recomputed) keep everything
+        checkpointed = -(-layers // train.checkpoint_every_n_layers)
+        kept_inputs = checkpointed * 2 * seq * batch * hidden * scale
+        activations = kept_inputs + (layers - checkpointed + 1) * full_layer
     else:
-        activations = layers * seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
+        activations = layers * full_layer
     logits = batch * seq * vocab * 4 * 3  # fp32 logits, their softmax, and their gradient
     device, available = available_memory()
     return FitEstimate(

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-CHUNK = 1024  # positions per chunk: bounds the (chunk, vocabulary) logits held at once
+CHUNK = 1024  # positions per chunk: bounds the (chunk, vocabulary) float32 logits held at once
+KEEP_LOGITS_BYTES = 512 * 2**20  # keep the logits for the backward pass up to this size, else recompute
 
 
 class AnswerLogProb(torch.autograd.Function):
@@ -34,9 +35,14 @@ class AnswerLogProb(torch.autograd.Function):
         entropy = hidden.new_empty(n, dtype=torch.float32)
         is_top1 = torch.empty(n, dtype=torch.bool, device=hidden.device)
         log_z = hidden.new_empty(n, dtype=torch.float32)
+        keep = n * weight.shape[0] * weight.element_size() <= KEEP_LOGITS_BYTES
+        kept = []
         for start in range(0, n, chunk):
             end = min(n, start + chunk)
-            z = (hidden[start:end] @ weight.T).float()
+            logits = hidden[start:end] @ weight.T
+            if keep:
+                kept.append(logits)
+            z = logits.float()
             peak = z.amax(-1, keepdim=True)
             e = torch.exp(z - peak)
             total = e.sum(-1)
@@ -46,8 +52,8 @@ class AnswerLogProb(torch.autograd.Function):
             entropy[start:end] = lz - (e * z).sum(-1) / total
             is_top1[start:end] = z.argmax(-1) == target
             log_z[start:end] = lz
-        ctx.save_for_backward(hidden, weight, targets, log_z)
-        ctx.chunk = chunk
+        ctx.save_for_backward(hidden, weight, targets, log_z, *kept)
+        ctx.chunk, ctx.kept = chunk, keep
         ctx.mark_non_differentiable(entropy, is_top1)
         return log_probs, entropy, is_top1
 
@@ -55,14 +61,15 @@ class AnswerLogProb(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, grad_log_probs: torch.Tensor, *_: Any
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
-        hidden, weight, targets, log_z = ctx.saved_tensors
+        hidden, weight, targets, log_z, *kept = ctx.saved_tensors
         want_hidden, want_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_weight else None
-        for start in range(0, hidden.shape[0], ctx.chunk):
+        for index, start in enumerate(range(0, hidden.shape[0], ctx.chunk)):
             end = min(hidden.shape[0], start + ctx.chunk)
             h = hidden[start:end]
-            p = torch.exp((h @ weight.T).float() - log_z[start:end, None])
+            logits = kept[index] if ctx.kept else h @ weight.T
+            p = torch.exp(logits.float() - log_z[start:end, None])
             g = grad_log_probs[start:end].float()
             # d log p_target / dz_j = 1[j = target] - p_j
             grad_z = -g[:, None] * p

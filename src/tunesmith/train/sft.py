@@ -43,6 +43,8 @@ _OWN_FIELDS = {
     "seed",
     "activation_checkpointing",
     "gradient_checkpointing",
+    "activation_checkpointing_kwargs",
+    "gradient_checkpointing_kwargs",
     "save_strategy",
     "save_steps",
     "save_total_limit",
@@ -63,6 +65,8 @@ _DERIVED = {
     "eval_steps": "evaluation follows train.save_steps",
     "load_best_model_at_end": "set by train.early_stopping_patience",
     "gradient_checkpointing": "set it as train.activation_checkpointing instead",
+    "activation_checkpointing_kwargs": "set train.checkpoint_every_n_layers instead",
+    "gradient_checkpointing_kwargs": "set train.checkpoint_every_n_layers instead",
     "train_sampling_strategy": "set train.group_by_length instead",
 }
 
@@ -128,6 +132,7 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
         "seed": train.seed,
         "data_seed": train.seed,
         "activation_checkpointing": train.activation_checkpointing,
+        "activation_checkpointing_kwargs": {"every_n_layers": train.checkpoint_every_n_layers},
         "save_strategy": checkpoints,
         "save_steps": train.save_steps,
         "save_total_limit": train.save_total_limit,
