@@ -138,7 +138,7 @@ def prepare_mixture(
     }
     per_epoch = train.mixture_rows or sum(len(rows) for rows in splits["train"].values())
     total = max(1, round(per_epoch * train.num_train_epochs))
-    recipe = {
+    recipe: dict[str, Any] = {
         "tasks": [
             {**t.model_dump(mode="json", exclude={"data"}), "dataset": sources[t.name].id}
             for t in train.tasks
@@ -170,9 +170,9 @@ def prepare_mixture(
             encoding="utf-8",
         )
     with session(workspace.engine) as s:
-        version = s.get(DatasetVersion, dataset_id)
-        if version is None:
-            version = DatasetVersion(
+        stored = s.get(DatasetVersion, dataset_id)
+        if stored is None:
+            stored = DatasetVersion(
                 id=dataset_id,
                 name=f"{config.project}-mixture",
                 content_hash=digest,
@@ -182,8 +182,8 @@ def prepare_mixture(
                 path=str(target),
                 meta={"kind": "sft", "mixture": recipe, "order": "sequential"},
             )
-            s.add(version)
-    return version
+            s.add(stored)
+    return stored
 
 
 def _write(path: Any, records: list[dict[str, Any]]) -> None:

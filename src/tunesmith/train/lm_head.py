@@ -27,7 +27,7 @@ class AnswerLogProb(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         n = hidden.shape[0]
@@ -58,7 +58,7 @@ class AnswerLogProb(torch.autograd.Function):
         return log_probs, entropy, is_top1
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: Any, grad_log_probs: torch.Tensor, *_: Any
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
         hidden, weight, targets, log_z, *kept = ctx.saved_tensors
