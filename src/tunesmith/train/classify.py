@@ -10,7 +10,6 @@ baseline, and the full report is written to the run folder.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -252,7 +251,7 @@ def make_trainer(
     return trainer
 
 
-def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
+def train_classifier(
     config: ProjectConfig,
     workspace: Workspace,
     dataset: DatasetVersion,
@@ -274,14 +273,11 @@ def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
         TrainResult,
         _callbacks,
         _close_run,
-        _count_parameters,
         _reopen_run,
-        _tokens_seen,
-        _tokens_seen_in,
         _write_artifacts,
         check_objective,
+        fit_and_save,
         is_main_process,
-        last_checkpoint,
         open_run,
         trainer_kwargs,
     )
@@ -308,26 +304,12 @@ def train_classifier(  # noqa: PLR0915 - one run, read top to bottom
         torch.manual_seed(train.seed)
         callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=has_eval)
         trainer = make_trainer(config, model, tokenizer, TrainingArguments(**kwargs), rows, callbacks)
-        trainable, total = _count_parameters(trainer.model)
-        checkpoint = last_checkpoint(run_dir) if resume else None
-        if main:
-            console.print(
-                f"Training {objective} ({train.method}, {len(id2label)} labels): {trainable:,} of {total:,} "
-                f"parameters trainable ({100 * trainable / total:.2f}%), {len(rows['train'])} rows, "
-                f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
-                + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
-            )
-        tokens_before = _tokens_seen(checkpoint)
-        started = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-        seconds = time.perf_counter() - started
-        weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
-        trainer.save_model(str(weights_dir))
-        metrics = _run_metrics(
-            trainer, output, seconds, _tokens_seen_in(trainer.state.log_history) - tokens_before
-        )
+        what = f"{objective} ({train.method}, {len(id2label)} labels)"
+        done = fit_and_save(trainer, run_dir, train, resume, what, len(rows["train"]))
+        weights_dir = done.weights_dir
+        metrics = _run_metrics(trainer, done.output, done.seconds, done.tokens)
         metrics.update(
-            {"trainable_parameters": trainable, "total_parameters": total, "labels": len(id2label)}
+            {"trainable_parameters": done.trainable, "total_parameters": done.total, "labels": len(id2label)}
         )
         if main:
             tokenizer.save_pretrained(str(weights_dir))

@@ -328,7 +328,7 @@ def _make_trainer(
     return trainer
 
 
-def train_sft(  # noqa: PLR0915 - one run, read top to bottom
+def train_sft(
     config: ProjectConfig,
     workspace: Workspace,
     dataset: DatasetVersion,
@@ -378,24 +378,11 @@ def train_sft(  # noqa: PLR0915 - one run, read top to bottom
         callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val_rows))
         trainer = _make_trainer(config, base, train_rows, val_rows, callbacks, args, replay)
         trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
-        trainable, total = _count_parameters(trainer.model)
-        checkpoint = last_checkpoint(run_dir) if resume else None
-        if main:
-            console.print(
-                f"Training {train.method}: {trainable:,} of {total:,} parameters trainable "
-                f"({100 * trainable / total:.2f}%), {len(train_rows)} rows, "
-                f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
-                + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
-            )
-        tokens_before = _tokens_seen(checkpoint)
-        started = time.perf_counter()
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-        seconds = time.perf_counter() - started
-        weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
-        trainer.save_model(str(weights_dir))  # on the main process only, as the trainer does
+        done = fit_and_save(trainer, run_dir, train, resume, train.method, len(train_rows))
+        output, seconds, tokens, weights_dir = done.output, done.seconds, done.tokens, done.weights_dir
+        trainable, total = done.trainable, done.total
         if main:
             base.tokenizer.save_pretrained(str(weights_dir))
-        tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
         metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
         metrics["global_step"] = trainer.state.global_step
         metrics["world_size"] = trainer.args.world_size
@@ -417,6 +404,41 @@ def train_sft(  # noqa: PLR0915 - one run, read top to bottom
         model=trainer.model,
         tokenizer=base.tokenizer,
     )
+
+
+@dataclass
+class Fitted:
+    """What `fit_and_save` measured and where it saved the weights."""
+
+    output: Any
+    seconds: float
+    tokens: float
+    weights_dir: Path
+    trainable: int
+    total: int
+
+
+def fit_and_save(
+    trainer: Any, run_dir: Path, train: TrainConfig, resume: bool, what: str, rows: int
+) -> Fitted:
+    """Train (from the newest complete checkpoint when resuming), then save the adapter or weights."""
+    trainable, total = _count_parameters(trainer.model)
+    checkpoint = last_checkpoint(run_dir) if resume else None
+    if is_main_process():
+        console.print(
+            f"Training {what}: {trainable:,} of {total:,} parameters trainable "
+            f"({100 * trainable / total:.2f}%), {rows} rows, "
+            f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
+            + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
+        )
+    tokens_before = _tokens_seen(checkpoint)
+    started = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    seconds = time.perf_counter() - started
+    weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
+    trainer.save_model(str(weights_dir))  # on the main process only, as the trainer does
+    tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
+    return Fitted(output, seconds, tokens, weights_dir, trainable, total)
 
 
 def _forgetting_report(
