@@ -315,3 +315,11 @@ def test_two_process_ddp_run_on_cpu(tmp_path, tiny_model_dir):
     assert version.metrics["world_size"] == 2
     assert version.metrics["global_step"] == 20  # 160 rows / (4 per process x 2 processes)
     assert (Path(version.path) / "adapter_model.safetensors").exists()
+
+
+def test_packing_joins_rows_into_full_sequences(tmp_path, tiny_model_dir):
+    _, config = project(tmp_path, tiny_model_dir, "train.packing=true", "train.save_strategy=no")
+    packed = train(config).version.metrics
+    # 160 short rows packed into 256-token sequences: far fewer than the 20 steps of batch 8 unpacked
+    assert 0 < packed["global_step"] < 10
+    assert packed["train_loss"] > 0
