@@ -146,3 +146,23 @@ def test_dry_run_of_a_classifier_calibrates_on_its_own_trainer(tmp_path, tiny_mo
     assert "It fits" in result.output and "min per epoch" in result.output
     assert "Dry run: full classify" in result.output
     assert not (tmp_path / ".tunesmith" / "runs").exists()
+
+
+@pytest.mark.parametrize("objective", ["classify", "sft"])
+def test_a_run_that_raises_is_recorded_as_failed_with_its_error(tmp_path, tiny_model_dir, objective):
+    from tunesmith.store import Run, session
+    from tunesmith.train.sft import TrainConfigError
+    from tunesmith.workspace import open_workspace
+
+    if objective == "classify":
+        config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify")
+    else:
+        from tunesmith.pipeline import write_demo_project
+
+        config_path = write_demo_project(tmp_path)
+    config = load_config(config_path, [f"model.id={tiny_model_dir}", "train.args={not_a_field: 1}"])
+    with pytest.raises(TrainConfigError, match="not_a_field"):
+        train(config)
+    with session(open_workspace(config).engine) as s:
+        (run,) = s.query(Run).all()
+        assert run.status == "failed" and "not_a_field" in run.error and run.finished_at is not None

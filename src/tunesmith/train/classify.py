@@ -273,23 +273,21 @@ def train_classifier(
         TrainResult,
         _callbacks,
         _close_run,
-        _reopen_run,
         _write_artifacts,
         check_objective,
+        failing_run,
         fit_and_save,
         is_main_process,
-        open_run,
+        run_metrics,
+        start_run,
         trainer_kwargs,
     )
 
     objective, train = config.train.objective, config.train
     check_objective(objective, dataset)
     main = is_main_process()
-    if run is None:
-        run_id, run_dir = open_run(config, workspace, dataset, kind)
-    else:
-        run_id, run_dir = run, (_reopen_run(workspace, run) if main else workspace.run_dir(run))
-    try:
+    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
+    with failing_run(workspace, run_id):
         model, tokenizer = base.model, base.tokenizer
         id2label = {int(i): name for i, name in model.config.id2label.items()}
         label2id = {name: i for i, name in id2label.items()}
@@ -307,10 +305,7 @@ def train_classifier(
         what = f"{objective} ({train.method}, {len(id2label)} labels)"
         done = fit_and_save(trainer, run_dir, train, resume, what, len(rows["train"]))
         weights_dir = done.weights_dir
-        metrics = _run_metrics(trainer, done.output, done.seconds, done.tokens)
-        metrics.update(
-            {"trainable_parameters": done.trainable, "total_parameters": done.total, "labels": len(id2label)}
-        )
+        metrics = {**run_metrics(trainer, done), "labels": len(id2label)}
         if main:
             tokenizer.save_pretrained(str(weights_dir))
             (weights_dir / LABELS_FILE).write_text(
@@ -337,10 +332,6 @@ def train_classifier(
                 metrics.update({f"majority_{k}": v for k, v in report["majority_scores"].items()})
                 _print_test(objective, report)
             _write_artifacts(run_dir, trainer.state, metrics)
-    except BaseException as exc:
-        if main:
-            _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
-        raise
     if main:
         _close_run(workspace, run_id, "finished", metrics, None)
     return TrainResult(
@@ -357,30 +348,6 @@ def _majority(objective: str, records: list[dict[str, Any]]) -> str:
     if objective == "classify":
         return Counter(r["label"] for r in records).most_common(1)[0][0]
     return "O"
-
-
-def _run_metrics(trainer: Any, output: Any, seconds: float, tokens: float) -> dict[str, Any]:
-    history = trainer.state.log_history
-    losses = [h["loss"] for h in history if "loss" in h]
-    metrics: dict[str, Any] = {
-        "train_loss": float(output.training_loss),
-        "first_logged_loss": float(losses[0]) if losses else float("nan"),
-        "last_logged_loss": float(losses[-1]) if losses else float("nan"),
-        "train_seconds": round(seconds, 2),
-        "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
-        "global_step": trainer.state.global_step,
-        "world_size": trainer.args.world_size,
-    }
-    evals = [h for h in history if "eval_loss" in h]
-    if evals:
-        metrics.update(
-            {
-                k: float(v)
-                for k, v in evals[-1].items()
-                if k.startswith("eval_") and "runtime" not in k and "per_second" not in k
-            }
-        )
-    return metrics
 
 
 def _print_test(objective: str, report: dict[str, Any]) -> None:

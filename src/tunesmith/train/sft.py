@@ -11,6 +11,8 @@ import importlib.util
 import json
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -265,6 +267,26 @@ def open_run(
     return run_id, run_dir
 
 
+def start_run(
+    config: ProjectConfig, workspace: Workspace, dataset: DatasetVersion, kind: str, run: str | None
+) -> tuple[str, Path]:
+    """Open a new run, or reopen `run` (resumed, or opened by a launcher); return its id and folder."""
+    if run is None:
+        return open_run(config, workspace, dataset, kind)
+    return run, (_reopen_run(workspace, run) if is_main_process() else workspace.run_dir(run))
+
+
+@contextmanager
+def failing_run(workspace: Workspace, run_id: str) -> Iterator[None]:
+    """Mark the run `failed`, with the error, when the body raises (on the main process); re-raise."""
+    try:
+        yield
+    except BaseException as exc:
+        if is_main_process():
+            _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
+        raise
+
+
 def _reopen_run(workspace: Workspace, run_id: str) -> Path:
     with session(workspace.engine) as s:
         run = s.get(Run, run_id)
@@ -354,12 +376,9 @@ def train_sft(
 
     check_objective(config.train.objective, dataset)
     main = is_main_process()
-    if run is None:
-        run_id, run_dir = open_run(config, workspace, dataset, kind)
-    else:
-        run_id, run_dir = run, (_reopen_run(workspace, run) if main else workspace.run_dir(run))
+    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     train = config.train
-    try:
+    with failing_run(workspace, run_id):
         guard = train.forgetting
         replay, probe = general_rows(guard, config.base_dir)
         probe_before = (
@@ -379,21 +398,14 @@ def train_sft(
         trainer = _make_trainer(config, base, train_rows, val_rows, callbacks, args, replay)
         trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
         done = fit_and_save(trainer, run_dir, train, resume, train.method, len(train_rows))
-        output, seconds, tokens, weights_dir = done.output, done.seconds, done.tokens, done.weights_dir
-        trainable, total = done.trainable, done.total
+        weights_dir = done.weights_dir
         if main:
             base.tokenizer.save_pretrained(str(weights_dir))
-        metrics = _metrics(trainer.state.log_history, output.training_loss, seconds, tokens, trainable, total)
-        metrics["global_step"] = trainer.state.global_step
-        metrics["world_size"] = trainer.args.world_size
+        metrics = run_metrics(trainer, done)
         if probe_before is not None:
             metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe, probe_before))
         if main:
             _write_artifacts(run_dir, trainer.state, metrics)
-    except BaseException as exc:
-        if main:
-            _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
-        raise
     if main:
         _close_run(workspace, run_id, "finished", metrics, None)
     return TrainResult(
@@ -494,27 +506,31 @@ def _count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
-def _metrics(
-    history: list[dict[str, Any]],
-    train_loss: float,
-    seconds: float,
-    tokens: float,
-    trainable: int,
-    total: int,
-) -> dict[str, Any]:
-    evals = [h["eval_loss"] for h in history if "eval_loss" in h]
+def run_metrics(trainer: Any, done: Fitted) -> dict[str, Any]:
+    """The run's figures: losses, time, throughput, parameters, steps, and the last validation scores."""
+    history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
-        "train_loss": float(train_loss),
+        "train_loss": float(done.output.training_loss),
         "first_logged_loss": float(losses[0]) if losses else float("nan"),
         "last_logged_loss": float(losses[-1]) if losses else float("nan"),
-        "train_seconds": round(seconds, 2),
-        "tokens_per_second": round(tokens / seconds, 1) if seconds else 0.0,
-        "trainable_parameters": trainable,
-        "total_parameters": total,
+        "train_seconds": round(done.seconds, 2),
+        "tokens_per_second": round(done.tokens / done.seconds, 1) if done.seconds else 0.0,
+        "trainable_parameters": done.trainable,
+        "total_parameters": done.total,
+        "global_step": trainer.state.global_step,
+        "world_size": trainer.args.world_size,
     }
+    evals = [h for h in history if "eval_loss" in h]
     if evals:
-        metrics["eval_loss"] = float(evals[-1])
+        timing = ("runtime", "per_second")
+        metrics.update(
+            {
+                k: float(v)
+                for k, v in evals[-1].items()
+                if k.startswith("eval_") and not any(t in k for t in timing)
+            }
+        )
     return metrics
 
 
