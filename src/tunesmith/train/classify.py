@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig
 from tunesmith.data import load_split
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tunesmith.train.sft import TrainResult
 
 # The model head each classification objective trains.
 HEADS = {"classify": "sequence-classification", "tag": "token-classification"}
@@ -260,7 +263,7 @@ def train_classifier(
     kind: str = "train",
     run: str | None = None,
     resume: bool = False,
-) -> Any:
+) -> TrainResult:
     """Train `base` (loaded with the objective's head and the dataset's labels) on the train split.
 
     Books are kept as for SFT: a run row opened first and closed `finished` or `failed`, metrics to
