@@ -10,7 +10,9 @@ from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
-from tunesmith.pipeline import evaluate_version, load_version, train
+from tunesmith.evaluate.runner import run_eval
+from tunesmith.pipeline import train
+from tunesmith.registry.loading import load_version
 
 runner = CliRunner()
 
@@ -73,10 +75,11 @@ def test_classify_trains_a_head_reports_the_test_split_and_beats_the_majority(tm
     assert labels == {"objective": "classify", "labels": ["billing", "hardware"]}
 
     # The registered version reloads with its head, and eval compares it with the majority class.
-    results = evaluate_version(config, "topics-v1")
-    assert [r.label for r in results] == ["majority (hardware)", "topics-v1"]
-    assert results[1].means["accuracy"] == pytest.approx(report["scores"]["accuracy"])
-    assert set(results[1].answers) <= {"billing", "hardware"}
+    results = run_eval(config, "topics-v1").systems
+    assert [r.label for r in results] == ["majority", "topics-v1"]
+    assert set(results[0].outputs) == {"hardware"}
+    assert results[1].scores["accuracy"].value == pytest.approx(report["scores"]["accuracy"])
+    assert set(results[1].outputs) <= {"billing", "hardware"}
     shown = runner.invoke(app, ["eval", "topics-v1", "--config", str(config_path)])
     assert shown.exit_code == 0 and "macro_f1" in shown.output
 
@@ -93,8 +96,8 @@ def test_classify_with_lora_saves_the_head_in_the_adapter(tmp_path, tiny_model_d
     assert workspace_version.method == "lora"
     assert model.config.id2label == {0: "billing", 1: "hardware"}
     # the reloaded adapter predicts what the trained one did
-    results = evaluate_version(load_config(config_path), outcome.version.name, outcome_workspace(config_path))
-    assert results[1].means["accuracy"] == pytest.approx(outcome.version.metrics["test_accuracy"])
+    results = run_eval(load_config(config_path), outcome.version.name, outcome_workspace(config_path)).systems
+    assert results[1].scores["accuracy"].value == pytest.approx(outcome.version.metrics["test_accuracy"])
 
 
 def outcome_workspace(config_path: Path):
@@ -124,9 +127,11 @@ def test_tag_scores_entities_with_seqeval(tmp_path, tiny_model_dir):
     assert metrics["test_f1"] > 0.5  # the word decides the tag; even a tiny model learns it
     report = json.loads((outcome.run_dir / "test_report.json").read_text())
     assert "PART" in report["per_class"]
-    results = evaluate_version(load_config(config_path), outcome.version.name)
-    assert results[0].label == "all O" and results[0].means["f1"] == 0.0
-    assert results[1].means["f1"] == pytest.approx(metrics["test_f1"])
+    result = run_eval(load_config(config_path), outcome.version.name)
+    results = result.systems
+    assert results[0].label == "all O" and results[0].scores["entity_f1"].value == 0.0
+    assert results[1].scores["entity_f1"].value == pytest.approx(metrics["test_f1"])
+    assert "PART" in result.report["tagging"][outcome.version.name]
 
 
 def test_objective_and_data_kind_must_match_and_guards_do_not_apply(tmp_path, tiny_model_dir):

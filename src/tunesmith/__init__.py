@@ -5,13 +5,15 @@ The Python API mirrors the CLI verbs::
     import tunesmith
     config = tunesmith.load_config("tunesmith.yaml", ["train.lr=1e-4"])
     outcome = tunesmith.train(config)
+    report = tunesmith.run_eval(config, outcome.version.name)
 """
 
 from importlib import metadata
 
 from tunesmith.config import ConfigError, ProjectConfig, load_config
 from tunesmith.models import list_models, load_causal_lm, model_info
-from tunesmith.pipeline import evaluate_version, prepare_data, quickstart, train
+from tunesmith.evaluate.runner import run_eval
+from tunesmith.pipeline import prepare_data, quickstart, train
 from tunesmith.workspace import init_project, open_workspace
 
 __version__ = metadata.version("tunesmith")
@@ -20,7 +22,6 @@ __all__ = [
     "ConfigError",
     "ProjectConfig",
     "__version__",
-    "evaluate_version",
     "init_project",
     "list_models",
     "load_causal_lm",
@@ -29,5 +30,6 @@ __all__ = [
     "open_workspace",
     "prepare_data",
     "quickstart",
+    "run_eval",
     "train",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
@@ -433,31 +433,97 @@ def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
 
 @app.command("eval", rich_help_panel="Lifecycle")
 def eval_cmd(
-    version: Annotated[str | None, typer.Argument(help="Version name or id (e.g. my-project-v2).")] = None,
+    version: Annotated[
+        str | None, typer.Argument(help="Version name or id (e.g. my-project-v2), or an alias (candidate).")
+    ] = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated systems to compare with: base, aliases (production, staging...), versions. "
+            "Default: eval.compare (base, production)."
+        ),
+    ] = None,
+    few_shot: Annotated[
+        int | None,
+        typer.Option("--few-shot", help="Also score the base model prompted with K train examples."),
+    ] = None,
+    probe: Annotated[
+        bool | None,
+        typer.Option("--probe/--no-probe", help="Run the forgetting probe (base vs the version)."),
+    ] = None,
+    gate: Annotated[
+        bool, typer.Option("--gate", help="Check eval.gates; exit 3 when one fails (for CI).")
+    ] = False,
     config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
     set_: SetOpt = None,
     list_metrics: Annotated[
-        bool, typer.Option("--list-metrics", help="List the registered metrics.")
+        bool, typer.Option("--list-metrics", help="List the registered metrics by task kind.")
     ] = False,
 ) -> None:
-    """Score a version on held-out items beside its base model (a classifier: beside the majority class)."""
-    from tunesmith.evaluate import comparison_table, metric_names
-
+    """Score a version beside the base model, production and a few-shot prompt, with intervals and tests."""
     if list_metrics:
-        out.print("\n".join(metric_names()))
+        _print_metrics()
         return
     if version is None:
         raise _fail("name a version to evaluate (see `tunesmith registry list`)", 2)
     from tunesmith.data import DataError
-    from tunesmith.pipeline import evaluate_version
+    from tunesmith.evaluate.runner import run_eval
     from tunesmith.registry import RegistryError
 
     cfg = _config(config, set_)
+    if gate and not cfg.eval.gates:
+        raise _fail("--gate: no gates are configured; add them under eval.gates in tunesmith.yaml", 2)
+    refs = [r.strip() for r in compare.split(",") if r.strip()] if compare is not None else None
     try:
-        results = evaluate_version(cfg, version)
+        outcome = run_eval(cfg, version, compare=refs, few_shot=few_shot, probe=probe)
     except (DataError, RegistryError, KeyError) as exc:
-        raise _fail(str(exc)) from None
-    out.print(comparison_table(results, f"{cfg.eval.split} split, {len(results[0].answers)} items"))
+        raise _fail(str(exc).strip("\"'")) from None
+    _print_report(outcome.report)
+    out.print(f"\nReport {outcome.report_id}: {outcome.directory / 'report.html'}")
+    if gate and not outcome.gate_passed:
+        raise typer.Exit(3)
+
+
+def _print_metrics() -> None:
+    from tunesmith.evaluate import get_metric, metric_names
+
+    table = _table("metric", "task", "better", "what it measures")
+    for name in metric_names():
+        metric = get_metric(name)
+        table.add_row(name, metric.kind, "higher" if metric.higher_is_better else "lower", metric.description)
+    out.print(table)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    systems = report["systems"]
+    table = _table("metric", *[s["label"] for s in systems])
+    table.title = (
+        f"{report['task']}: {report['items']} items of {report['dataset_version']} ({report['split']})"
+    )
+    for metric in report["metrics"]:
+        cells = []
+        for s in systems:
+            score = s["scores"].get(metric["name"])
+            cells.append(f"{score['value']:.4g} [{score['low']:.3g}, {score['high']:.3g}]" if score else "-")
+        table.add_row(metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)"), *cells)
+    out.print(table)
+    for note in report["notes"]:
+        out.print(f"[dim]note: {note}[/dim]")
+    for line in report["verdicts"]:
+        colour = "green" if " better " in line else "red" if " worse " in line else "white"
+        out.print(f"[{colour}]{line}[/{colour}]", highlight=False)
+    probe = report.get("probe")
+    if probe and probe["change"]:
+        for name, change in probe["change"].items():
+            delta = change["delta"]
+            out.print(
+                f"forgetting probe {name}: {delta['value']:+.4g} [{delta['low']:+.3g}, {delta['high']:+.3g}] "
+                f"vs base (p={change['p_value']:.3f})",
+                highlight=False,
+            )
+    for row in report["gates"]:
+        mark = "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]"
+        out.print(f"gate {row['kind']} {mark}: {row['detail']}", highlight=False)
 
 
 @registry_app.command("list")

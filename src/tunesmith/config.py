@@ -292,13 +292,82 @@ class TrainConfig(_Section):
         return max(1, -(-self.effective_batch_size // self.per_device_train_batch_size))
 
 
+class ProbeConfig(_Section):
+    """The forgetting probe: general-knowledge multiple choice and general text, base vs candidate."""
+
+    enabled: bool = False  # `tunesmith eval --probe` turns it on for one run
+    questions: str | None = None  # JSONL or CSV of {question, choices, answer}; default: the bundled set
+    text: str | None = None  # JSONL of {text} or chat rows; default: the bundled general conversations
+    scoring: Literal["letter", "choice"] = "letter"  # letter: the MMLU way; choice: the answer text
+    limit: int | None = Field(None, gt=0)  # a seeded sample of this many questions
+
+
+class GateConfig(_Section):
+    """One promotion gate. Which fields are set decides its kind:
+
+    - `metric` with `min` and/or `max`: an absolute threshold on the candidate;
+    - `metric` with `min_improvement` (and `over`, `significant`): better than production (or the
+      system named in `over`) by at least that much, significantly unless `significant: false`;
+    - `max_forgetting` with `metric` `probe_accuracy` or `general_perplexity`: the most the
+      forgetting probe may get worse than the base;
+    - `metric` with `slice` (and `margin`): non-inferiority on every slice of that column: no
+      slice's score may be lower than the reference's by more than `margin` (the interval's
+      lower bound is what counts).
+    """
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    min_improvement: float | None = None
+    over: str = "production"
+    significant: bool = True
+    max_forgetting: float | None = Field(None, ge=0)
+    slice: str | None = None
+    margin: float = Field(0.0, ge=0)
+
+    @property
+    def kind(self) -> str:
+        if self.max_forgetting is not None:
+            return "forgetting"
+        if self.slice is not None:
+            return "slice"
+        if self.min_improvement is not None:
+            return "improvement"
+        return "threshold"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> GateConfig:
+        kinds = [
+            self.max_forgetting is not None,
+            self.slice is not None,
+            self.min_improvement is not None,
+            self.min is not None or self.max is not None,
+        ]
+        if sum(kinds) != 1:
+            raise ValueError(
+                f"gate on {self.metric!r}: set exactly one of min/max, min_improvement, max_forgetting "
+                "or slice (see `tunesmith.yaml` comments for the four kinds)"
+            )
+        if self.max_forgetting is not None and self.metric not in ("probe_accuracy", "general_perplexity"):
+            raise ValueError("max_forgetting gates take metric probe_accuracy or general_perplexity")
+        return self
+
+
 class EvalConfig(_Section):
-    """How answers are generated and scored."""
+    """How answers are generated, scored, compared and gated."""
 
     split: Literal["val", "test"] = "test"
-    metrics: list[str] = Field(default_factory=lambda: ["key_fact", "rouge_l"])
+    metrics: list[str] | None = None  # default: the standard set for the task (`eval --list-metrics`)
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(16, gt=0)
+    seed: int = 0
+    compare: list[str] = Field(default_factory=lambda: ["base", "production"])  # beside the version
+    few_shot: int = Field(0, ge=0)  # also score the base model prompted with k train examples
+    slices: list[str] = Field(default_factory=list)  # columns to score separately (label, language...)
+    bootstrap_resamples: int = Field(1000, ge=100)
+    alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired tests
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    gates: list[GateConfig] = Field(default_factory=list)
 
 
 class ServeConfig(_Section):

@@ -20,7 +20,7 @@ from tunesmith.config import CONFIG_FILENAME, ProjectConfig, load_config
 from tunesmith.data import DataError, Prepared, check_rows, load_split, prepare_dataset
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
 from tunesmith.progress import console
-from tunesmith.registry import get_version, register_version
+from tunesmith.registry import register_version
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
 from tunesmith.train.sft import check_objective, is_main_process
@@ -324,112 +324,6 @@ def _train_and_register(
         model=result.model,
         tokenizer=result.tokenizer,
     )
-
-
-def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any]:
-    """Load a registered version (base model plus its adapter, or its full weights) with its tokenizer."""
-    import transformers
-    from peft import PeftModel
-
-    from tunesmith.models import load_model
-    from tunesmith.models.loading import HEADS as AUTO_CLASSES
-    from tunesmith.train.classify import HEADS, read_labels
-
-    version = get_version(workspace, ref)
-    model_cfg = version.config["model"]
-    head, extra = "causal-lm", {}
-    objective = version.config.get("train", {}).get("objective", "sft")
-    if objective in HEADS:
-        labels = read_labels(Path(version.path))
-        head = HEADS[objective]
-        extra = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {name: i for i, name in enumerate(labels)},
-        }
-    if version.method in ("lora", "qlora"):
-        base = load_model(
-            model_cfg["id"],
-            model_cfg["source"],
-            model_cfg["revision"],
-            ProjectConfig.model_validate(version.config).weights_dtype,
-            head=head,
-            **extra,
-        )
-        return version, PeftModel.from_pretrained(base.model, version.path), base.tokenizer
-    auto_class = getattr(transformers, AUTO_CLASSES[head])
-    return (
-        version,
-        auto_class.from_pretrained(version.path),
-        transformers.AutoTokenizer.from_pretrained(version.path),
-    )
-
-
-def evaluate_version(config: ProjectConfig, ref: str, workspace: Workspace | None = None) -> list[EvalResult]:
-    """Score version `ref` on held-out items of its dataset, beside what it should beat.
-
-    A generation version is compared with its base model; a classifier or tagger with the majority
-    class (a new head on the base would only guess).
-    """
-    from tunesmith.models import load_causal_lm
-    from tunesmith.train.classify import HEADS
-
-    workspace = workspace or open_workspace(config)
-    version, model, tokenizer = load_version(workspace, ref)
-    if version.dataset_version_id is None:
-        raise DataError(f"{version.name} records no dataset version to evaluate on")
-    with session(workspace.engine) as s:
-        dataset = s.get(DatasetVersion, version.dataset_version_id)
-    assert dataset is not None
-    items = load_split(dataset, config.eval.split)
-    if not items:
-        raise DataError(f"dataset {dataset.id} has no {config.eval.split} rows to evaluate on")
-    objective = version.config.get("train", {}).get("objective", "sft")
-    if objective in HEADS:
-        return _evaluate_classifier(version, model, tokenizer, dataset, items, config)
-    model_cfg = version.config["model"]
-    dtype = ProjectConfig.model_validate(version.config).weights_dtype
-    base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
-    return [
-        evaluate_model(base.model, base.tokenizer, items, config.eval, label="base"),
-        evaluate_model(model, tokenizer, items, config.eval, label=version.name),
-    ]
-
-
-def _evaluate_classifier(
-    version: ModelVersion,
-    model: Any,
-    tokenizer: Any,
-    dataset: DatasetVersion,
-    items: list[dict[str, Any]],
-    config: ProjectConfig,
-) -> list[EvalResult]:
-    from collections import Counter
-
-    from tunesmith.train.classify import predict, score
-
-    objective = version.config["train"]["objective"]
-    max_length = version.config["train"]["max_length"]
-    references, predictions = predict(
-        objective, model, tokenizer, items, max_length, config.eval.batch_size, f"Asking {version.name}"
-    )
-    if objective == "classify":
-        majority = Counter(r["label"] for r in load_split(dataset, "train")).most_common(1)[0][0]
-        baseline: list[Any] = [majority] * len(references)
-        label = f"majority ({majority})"
-    else:
-        baseline, label = [["O"] * len(tags) for tags in references], "all O"
-
-    def result(name: str, guesses: list[Any]) -> EvalResult:
-        correct = [float(g == r) for g, r in zip(guesses, references, strict=True)]
-        return EvalResult(
-            label=name,
-            answers=[g if isinstance(g, str) else " ".join(g) for g in guesses],
-            scores=[{"exact_match": c} for c in correct],
-            means=score(objective, references, guesses),
-        )
-
-    return [result(label, baseline), result(version.name, predictions)]
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Evaluation: generation, metrics, and side-by-side comparison of models on the same items."""
+"""Evaluation: generation, task metrics, comparison with intervals and paired tests, gates, reports."""
 
 from tunesmith.evaluate.compare import (
     EvalResult,
@@ -7,15 +7,32 @@ from tunesmith.evaluate.compare import (
     plot_comparison,
     write_answers,
 )
-from tunesmith.evaluate.metrics import get_metric, metric_names, register_metric
+from tunesmith.evaluate.metrics import (
+    DEFAULT_METRICS,
+    Context,
+    Metric,
+    get_metric,
+    metric_names,
+    register_corpus_metric,
+    register_metric,
+)
+from tunesmith.evaluate.stats import Interval, PairedTest, bootstrap_interval, paired_test
 
 __all__ = [
+    "DEFAULT_METRICS",
+    "Context",
     "EvalResult",
+    "Interval",
+    "Metric",
+    "PairedTest",
+    "bootstrap_interval",
     "comparison_table",
     "evaluate_model",
     "get_metric",
     "metric_names",
+    "paired_test",
     "plot_comparison",
+    "register_corpus_metric",
     "register_metric",
     "write_answers",
 ]

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from tunesmith.config import EvalConfig
 from tunesmith.evaluate.generate import generate_answers
-from tunesmith.evaluate.metrics import mean_scores, score_items
+from tunesmith.evaluate.metrics import DEFAULT_METRICS, mean_scores, score_items
 
 
 @dataclass
@@ -36,7 +36,7 @@ def evaluate_model(
         batch_size=config.batch_size,
         label=f"Asking {label}",
     )
-    scores = score_items(answers, items, config.metrics)
+    scores = score_items(answers, items, config.metrics or DEFAULT_METRICS["generation"])
     return EvalResult(label=label, answers=answers, scores=scores, means=mean_scores(scores))
 
 

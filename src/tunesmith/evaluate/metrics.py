@@ -1,50 +1,175 @@
-"""Task metrics: a small registry so users can add their own.
+"""Task metrics: a small registry, one kind of task per metric, computed with the field's libraries.
 
-A metric takes the answer, the reference answer and the item's record, and returns a score in
-[0, 1] for that item; a report is the mean over items.
+Every metric is two functions. `stats` turns each item's answer and reference into a row of
+numbers that add up across items (a score and a count; n-gram matches; true and false positives
+per class; summed negative log-likelihood and token count), and `score` turns the column sums
+into the metric. Adding rows up before scoring is what makes corpus metrics (BLEU, chrF, macro-F1,
+entity F1, perplexity) exact, and what lets bootstrap resampling and paired tests run on a matrix
+product instead of recomputing each metric a thousand times.
+
+Point estimates come from the libraries themselves (`sacrebleu`, `rouge-score`, scikit-learn,
+`seqeval`); the tests check that `score(stats.sum(0))` agrees with them.
+
+Users add a per-item metric with `@register_metric("name")` on `fn(answer, reference, item) ->
+float`, a corpus metric with `register_corpus_metric`, or from another package through the
+`tunesmith.metrics` entry point group (an item function or a `Metric`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Literal
 
-MetricFn = Callable[[str, str, dict[str, Any]], float]
+import numpy as np
 
-_METRICS: dict[str, MetricFn] = {}
+TaskKind = Literal["generation", "classification", "tagging", "lm"]
+ItemFn = Callable[[str, str, dict[str, Any]], float]
+StatsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[dict[str, Any]], "Context"], np.ndarray]
+ScoreFn = Callable[[np.ndarray], float]
+
+ENTRY_POINT_GROUP = "tunesmith.metrics"
+
+DEFAULT_METRICS: dict[str, list[str]] = {
+    "generation": ["exact_match", "key_fact", "rouge_1", "rouge_2", "rouge_l", "bleu", "chrf"],
+    "classification": ["accuracy", "macro_f1", "micro_f1", "macro_precision", "macro_recall"],
+    "tagging": ["entity_f1", "entity_precision", "entity_recall"],
+    "lm": ["perplexity"],
+}
 
 
-def register_metric(name: str) -> Callable[[MetricFn], MetricFn]:
-    """Register `fn` as metric `name`.
+@dataclass(frozen=True)
+class Context:
+    """What a metric may need beyond answers and references: the label set of a classifier."""
+
+    labels: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric of one task kind: per-item statistics that add up, and a score of their sums."""
+
+    name: str
+    kind: TaskKind
+    stats: StatsFn
+    score: ScoreFn
+    higher_is_better: bool = True
+    description: str = ""
+    scale: float = 1.0  # the score's full range: 1 for shares, 100 for BLEU and chrF
+    signature: Callable[[], str] | None = field(default=None, compare=False)
+
+    def compute(
+        self,
+        answers: Sequence[Any],
+        references: Sequence[Any],
+        items: Sequence[dict[str, Any]],
+        context: Context | None = None,
+    ) -> tuple[float, np.ndarray]:
+        """(the metric over all items, the per-item statistics behind it)."""
+        stats = np.asarray(self.stats(answers, references, items, context or Context()), dtype=np.float64)
+        return self.score(stats.sum(axis=0)), stats
+
+
+_METRICS: dict[str, Metric] = {}
+_ENTRY_POINTS = {"loaded": False}
+
+
+def register(metric: Metric) -> Metric:
+    """Add `metric` to the registry.
 
     Raises:
         ValueError: when the name is taken, so a duplicate fails at import time.
     """
+    if metric.name in _METRICS:
+        raise ValueError(
+            f"metric {metric.name!r} is already registered ({_METRICS[metric.name].description})"
+        )
+    _METRICS[metric.name] = metric
+    return metric
 
-    def decorator(fn: MetricFn) -> MetricFn:
-        if name in _METRICS:
-            raise ValueError(f"metric {name!r} is already registered (by {_METRICS[name].__module__})")
-        _METRICS[name] = fn
+
+def register_metric(
+    name: str, *, kind: TaskKind = "generation", higher_is_better: bool = True
+) -> Callable[[ItemFn], ItemFn]:
+    """Register `fn(answer, reference, item) -> float` as a per-item metric; the report shows the mean."""
+
+    def decorator(fn: ItemFn) -> ItemFn:
+        register(item_metric(name, fn, kind=kind, higher_is_better=higher_is_better))
         return fn
 
     return decorator
 
 
-def get_metric(name: str) -> MetricFn:
+def register_corpus_metric(
+    name: str,
+    stats: StatsFn,
+    score: ScoreFn,
+    *,
+    kind: TaskKind = "generation",
+    higher_is_better: bool = True,
+    description: str = "",
+) -> Metric:
+    """Register a metric computed from summed per-item statistics (see the module docstring)."""
+    return register(Metric(name, kind, stats, score, higher_is_better, description))
+
+
+def item_metric(
+    name: str, fn: ItemFn, *, kind: TaskKind = "generation", higher_is_better: bool = True
+) -> Metric:
+    """A Metric whose statistics are (item score, 1): its score is the mean over items."""
+
+    def stats(answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Context):
+        return np.array(
+            [[fn(a, r, i), 1.0] for a, r, i in zip(answers, references, items, strict=True)]
+        ).reshape(-1, 2)
+
+    description = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+    return Metric(name, kind, stats, _mean, higher_is_better, description)
+
+
+def _mean(sums: np.ndarray) -> float:
+    return float(sums[0] / sums[1]) if sums[1] else 0.0
+
+
+def get_metric(name: str) -> Metric:
     """The metric registered as `name`.
 
     Raises:
         KeyError: naming the metrics that exist.
     """
+    _load_entry_points()
     if name not in _METRICS:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(sorted(_METRICS))}")
     return _METRICS[name]
 
 
-def metric_names() -> list[str]:
-    return sorted(_METRICS)
+def metric_names(kind: TaskKind | None = None) -> list[str]:
+    _load_entry_points()
+    return sorted(name for name, m in _METRICS.items() if kind is None or m.kind == kind)
+
+
+def _load_entry_points() -> None:
+    if _ENTRY_POINTS["loaded"]:
+        return
+    _ENTRY_POINTS["loaded"] = True
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        obj = entry.load()
+        if isinstance(obj, Metric):
+            register(obj if obj.name == entry.name else Metric(**{**obj.__dict__, "name": entry.name}))
+        elif callable(obj):
+            register(item_metric(entry.name, obj))
+        else:
+            raise TypeError(
+                f"entry point {entry.name!r} ({entry.value}) in {ENTRY_POINT_GROUP!r} must be a "
+                f"Metric or a function (answer, reference, item) -> float, not {type(obj).__name__}"
+            )
+
+
+# -- generation ---------------------------------------------------------------------------------
 
 
 def normalise(text: str) -> str:
@@ -62,42 +187,200 @@ def exact_match(answer: str, reference: str, item: dict[str, Any]) -> float:
 
 @register_metric("key_fact")
 def key_fact(answer: str, reference: str, item: dict[str, Any]) -> float:
-    """Share of the item's `key_facts` that the answer states (all of them: 1.0).
-
-    Items without `key_facts` fall back to the reference: 1 when it appears in the answer.
-    """
+    """Share of the item's `key_facts` that the answer states (items without them: the reference)."""
     facts = item.get("key_facts") or [reference]
     said = normalise(answer)
     return sum(normalise(fact) in said for fact in facts) / len(facts)
 
 
-@register_metric("rouge_l")
-def rouge_l(answer: str, reference: str, item: dict[str, Any]) -> float:
-    """ROUGE-L F1 between answer and reference (`rouge-score`, with stemming)."""
-    return float(_rouge_scorer().score(reference, answer)["rougeL"].fmeasure)
+_ROUGE: dict[str, Any] = {}
 
 
-_SCORERS: dict[str, Any] = {}
+def _rouge(kind: str) -> ItemFn:
+    def fn(answer: str, reference: str, item: dict[str, Any]) -> float:
+        if "scorer" not in _ROUGE:
+            from rouge_score import rouge_scorer
+
+            _ROUGE["scorer"] = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        return float(_ROUGE["scorer"].score(reference, answer)[kind].fmeasure)
+
+    fn.__doc__ = f"{kind} F1 between answer and reference (`rouge-score`, with stemming), mean over items."
+    return fn
 
 
-def _rouge_scorer() -> Any:
-    if "rougeL" not in _SCORERS:
-        from rouge_score import rouge_scorer
+for _name, _kind in (("rouge_1", "rouge1"), ("rouge_2", "rouge2"), ("rouge_l", "rougeL")):
+    register(item_metric(_name, _rouge(_kind)))
 
-        _SCORERS["rougeL"] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return _SCORERS["rougeL"]
+
+def _sacrebleu_metric(name: str) -> Metric:
+    """BLEU or chrF through sacrebleu's own sufficient statistics (as its paired tests use them)."""
+    cache: dict[str, Any] = {}
+
+    def scorer() -> Any:
+        if "metric" not in cache:
+            from sacrebleu.metrics import BLEU, CHRF
+
+            cache["metric"] = BLEU() if name == "bleu" else CHRF()
+        return cache["metric"]
+
+    def stats(answers: Sequence[Any], references: Sequence[Any], items: Sequence[Any], _: Context):
+        rows = scorer()._extract_corpus_statistics(list(answers), [list(references)])
+        return np.asarray(rows, dtype=np.float64).reshape(len(answers), -1)
+
+    def score(sums: np.ndarray) -> float:
+        as_ints = [round(float(x)) for x in sums]
+        return float(scorer()._compute_score_from_stats(as_ints).score)
+
+    return Metric(
+        name,
+        "generation",
+        stats,
+        score,
+        description=f"corpus {'BLEU' if name == 'bleu' else 'chrF'} (sacrebleu, 0-100)",
+        scale=100.0,
+        signature=lambda: str(scorer().get_signature()),
+    )
+
+
+register(_sacrebleu_metric("bleu"))
+register(_sacrebleu_metric("chrf"))
+
+
+# -- classification -----------------------------------------------------------------------------
+
+
+def _confusion_stats(
+    answers: Sequence[Any], references: Sequence[Any], _: Any, context: Context
+) -> np.ndarray:
+    """Per item: one-hot true positive, false positive and false negative per label, then a 1."""
+    labels = list(context.labels) or sorted({*map(str, references), *map(str, answers)})
+    index = {label: i for i, label in enumerate(labels)}
+    width = len(labels)
+    out = np.zeros((len(answers), 3 * width + 1))
+    out[:, -1] = 1
+    for row, (guess, truth) in enumerate(zip(answers, references, strict=True)):
+        g, t = index.get(str(guess)), index.get(str(truth))
+        if g == t and g is not None:
+            out[row, g] = 1
+            continue
+        if g is not None:
+            out[row, width + g] = 1
+        if t is not None:
+            out[row, 2 * width + t] = 1
+    return out
+
+
+def _per_class(sums: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    tp, fp, fn = np.split(sums[:-1], 3)
+    present = (tp + fp + fn) > 0  # scikit-learn averages over labels seen in the truth or the guesses
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
+        recall = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return precision[present], recall[present], f1[present], tp
+
+
+def _accuracy(sums: np.ndarray) -> float:
+    return float(np.split(sums[:-1], 3)[0].sum() / sums[-1]) if sums[-1] else 0.0
+
+
+def _macro(which: int) -> ScoreFn:
+    def score(sums: np.ndarray) -> float:
+        values = _per_class(sums)[which]
+        return float(values.mean()) if len(values) else 0.0
+
+    return score
+
+
+def _micro_f1(sums: np.ndarray) -> float:
+    tp, fp, fn = (part.sum() for part in np.split(sums[:-1], 3))
+    return float(2 * tp / (2 * tp + fp + fn)) if tp + fp + fn else 0.0
+
+
+for _name, _score, _text in (
+    ("accuracy", _accuracy, "share of items whose predicted label is right (scikit-learn accuracy_score)"),
+    ("macro_precision", _macro(0), "precision per label, averaged over labels"),
+    ("macro_recall", _macro(1), "recall per label, averaged over labels"),
+    ("macro_f1", _macro(2), "F1 per label, averaged over labels (scikit-learn average='macro')"),
+    ("micro_f1", _micro_f1, "F1 over all decisions (scikit-learn average='micro')"),
+):
+    register(Metric(_name, "classification", _confusion_stats, _score, description=_text))
+
+
+# -- tagging ------------------------------------------------------------------------------------
+
+
+def _entity_stats(answers: Sequence[Any], references: Sequence[Any], _: Any, __: Context) -> np.ndarray:
+    """Per sentence: (correct entities, predicted entities, true entities), seqeval's definition."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    out = np.zeros((len(answers), 3))
+    for row, (guess, truth) in enumerate(zip(answers, references, strict=True)):
+        predicted, true = set(get_entities(list(guess))), set(get_entities(list(truth)))
+        out[row] = (len(predicted & true), len(predicted), len(true))
+    return out
+
+
+def _entity_precision(sums: np.ndarray) -> float:
+    return float(sums[0] / sums[1]) if sums[1] else 0.0
+
+
+def _entity_recall(sums: np.ndarray) -> float:
+    return float(sums[0] / sums[2]) if sums[2] else 0.0
+
+
+def _entity_f1(sums: np.ndarray) -> float:
+    return float(2 * sums[0] / (sums[1] + sums[2])) if sums[1] + sums[2] else 0.0
+
+
+for _name, _score in (
+    ("entity_precision", _entity_precision),
+    ("entity_recall", _entity_recall),
+    ("entity_f1", _entity_f1),
+):
+    register(
+        Metric(_name, "tagging", _entity_stats, _score, description=f"{_name.replace('_', ' ')} (seqeval)")
+    )
+
+
+# -- language modelling -------------------------------------------------------------------------
+
+
+def _nll_stats(answers: Sequence[Any], references: Sequence[Any], _: Any, __: Context) -> np.ndarray:
+    """Each 'answer' is (summed negative log-likelihood, token count) of the reference text."""
+    return np.asarray([[float(nll), float(count)] for nll, count in answers]).reshape(-1, 2)
+
+
+def _perplexity(sums: np.ndarray) -> float:
+    return float(math.exp(sums[0] / sums[1])) if sums[1] else float("nan")
+
+
+register(
+    Metric(
+        "perplexity",
+        "lm",
+        _nll_stats,
+        _perplexity,
+        higher_is_better=False,
+        description="exp of the mean negative log-likelihood per token of the held-out text",
+    )
+)
+
+
+# -- helpers ------------------------------------------------------------------------------------
 
 
 def score_items(
     answers: list[str], items: list[dict[str, Any]], metrics: list[str]
 ) -> list[dict[str, float]]:
-    """Score each answer against its item's reference (the last assistant message)."""
-    fns = {name: get_metric(name) for name in metrics}
-    scores = []
-    for answer, item in zip(answers, items, strict=True):
-        reference = item["messages"][-1]["content"]
-        scores.append({name: fn(answer, reference, item) for name, fn in fns.items()})
-    return scores
+    """Per-item scores of each metric (each item's statistics scored on their own)."""
+    references = [item["messages"][-1]["content"] for item in items]
+    columns = {}
+    for name in metrics:
+        metric = get_metric(name)
+        _, stats = metric.compute(answers, references, items)
+        columns[name] = [metric.score(row) for row in stats]
+    return [{name: columns[name][i] for name in metrics} for i in range(len(answers))]
 
 
 def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:

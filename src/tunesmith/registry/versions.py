@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from tunesmith.store import ModelVersion, Run, session
+from tunesmith.store import AliasEvent, ModelVersion, Run, session
 from tunesmith.workspace import Workspace
 
 LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
@@ -65,7 +65,7 @@ def register_version(
             metrics=metrics,
             lineage=lineage,
             path=str(weights_dir),
-            created_by=_who(),
+            created_by=who(),
         )
         s.add(version)
     return version
@@ -144,8 +144,48 @@ def _tokenizer_hash(tokenizer: Any) -> str | None:
     return _sha256_text(backend.to_str()) if backend is not None else None
 
 
-def _who() -> str:
+def who() -> str:
+    """Who is acting: $TUNESMITH_USER, or the login name."""
     try:
         return os.environ.get("TUNESMITH_USER") or getpass.getuser()
     except OSError:
         return "unknown"
+
+
+def alias_target(workspace: Workspace, family: str, alias: str) -> ModelVersion | None:
+    """The version `alias` points at now (its latest move), or None when it was never set or cleared."""
+    with session(workspace.engine) as s:
+        event = s.scalars(
+            select(AliasEvent)
+            .where(AliasEvent.family == family, AliasEvent.alias == alias)
+            .order_by(AliasEvent.id.desc())
+            .limit(1)
+        ).first()
+        if event is None or event.to_version_id is None:
+            return None
+        return s.get(ModelVersion, event.to_version_id)
+
+
+def move_alias(
+    workspace: Workspace,
+    family: str,
+    alias: str,
+    version: ModelVersion | None,
+    *,
+    reason: str = "",
+    gate_report_id: str | None = None,
+) -> AliasEvent:
+    """Point `alias` of `family` at `version` (None clears it), appending one history row."""
+    current = alias_target(workspace, family, alias)
+    with session(workspace.engine) as s:
+        event = AliasEvent(
+            family=family,
+            alias=alias,
+            from_version_id=current.id if current else None,
+            to_version_id=version.id if version else None,
+            actor=who(),
+            reason=reason,
+            gate_report_id=gate_report_id,
+        )
+        s.add(event)
+    return event

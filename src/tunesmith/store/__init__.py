@@ -1,12 +1,13 @@
 """The store: SQLAlchemy tables behind Alembic migrations; SQLite (WAL) by default, any URL at scale."""
 
 from tunesmith.store.engine import open_store, session
-from tunesmith.store.schema import AliasEvent, Base, DatasetVersion, ModelVersion, Run, RunMetric
+from tunesmith.store.schema import AliasEvent, Base, DatasetVersion, EvalReport, ModelVersion, Run, RunMetric
 
 __all__ = [
     "AliasEvent",
     "Base",
     "DatasetVersion",
+    "EvalReport",
     "ModelVersion",
     "Run",
     "RunMetric",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -105,3 +105,25 @@ class RunMetric(Base):
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EvalReport(Base):
+    """One evaluation: systems compared on a dataset split, its files, and whether its gates passed.
+
+    Promotion looks for a passing report of the version it moves.
+    """
+
+    __tablename__ = "eval_reports"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # er-<12 hex>
+    family: Mapped[str] = mapped_column(String(200), index=True)
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    split: Mapped[str] = mapped_column(String(20))
+    task: Mapped[str] = mapped_column(String(40))  # generation, classification, tagging, lm
+    systems: Mapped[list[Any]] = mapped_column(JSON)  # label, ref, version id and scores of each
+    gate_passed: Mapped[bool | None] = mapped_column(Boolean)  # None: no gates were configured
+    gates: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    path: Mapped[str] = mapped_column(Text)  # the folder with report.json and report.html
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,160 @@
+"""Scoring several systems on identical items: intervals, paired tests, verdicts and slices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+
+from tunesmith.evaluate.metrics import Context, Metric, get_metric
+from tunesmith.evaluate.stats import Interval, bootstrap_interval, paired_test
+
+
+@dataclass
+class SystemResult:
+    """One system's outputs on the items and every metric with its bootstrap interval."""
+
+    label: str
+    ref: str  # what the user named: base, an alias, a version name, `base+3shot`
+    version_id: str | None
+    outputs: list[Any]
+    stats: dict[str, np.ndarray] = field(default_factory=dict)
+    scores: dict[str, Interval] = field(default_factory=dict)
+
+    def item_scores(self, metric: Metric, index: int) -> float:
+        return metric.score(self.stats[metric.name][index])
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "ref": self.ref,
+            "version_id": self.version_id,
+            "scores": {name: interval.as_dict() for name, interval in self.scores.items()},
+        }
+
+
+def score_system(
+    result: SystemResult,
+    references: list[Any],
+    items: list[dict[str, Any]],
+    metrics: list[str],
+    *,
+    context: Context | None = None,
+    nll: list[tuple[float, int]] | None = None,
+    resamples: int = 1000,
+    seed: int = 0,
+) -> SystemResult:
+    """Fill in `result.stats` and `result.scores` for `metrics` (perplexity reads `nll`)."""
+    for name in metrics:
+        metric = get_metric(name)
+        if metric.kind == "lm":
+            if nll is None:
+                continue  # a system with no likelihoods (the majority class) has no perplexity
+            _, stats = metric.compute(nll, references, items, context)
+        else:
+            _, stats = metric.compute(result.outputs, references, items, context)
+        result.stats[name] = stats
+        result.scores[name] = bootstrap_interval(stats, metric.score, resamples=resamples, seed=seed)
+    return result
+
+
+def pairwise(
+    systems: list[SystemResult],
+    metrics: list[str],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[dict[str, Any]]:
+    """A paired test for each pair of systems on each metric both have: B compared with A."""
+    rows = []
+    for a, b in combinations(systems, 2):
+        for name in metrics:
+            if name not in a.stats or name not in b.stats:
+                continue
+            metric = get_metric(name)
+            test = paired_test(
+                a.stats[name],
+                b.stats[name],
+                metric.score,
+                higher_is_better=metric.higher_is_better,
+                resamples=resamples,
+                seed=seed,
+                alpha=alpha,
+            )
+            rows.append({"a": a.label, "b": b.label, "metric": name, **test.as_dict()})
+    return rows
+
+
+def verdict_lines(comparisons: list[dict[str, Any]], candidate: str) -> list[str]:
+    """One sentence per metric and opponent: how the candidate stands against it."""
+    lines = []
+    for row in comparisons:
+        if candidate not in (row["a"], row["b"]):
+            continue
+        flip = row["a"] == candidate  # the test is b vs a; say it from the candidate's side
+        other = row["b"] if flip else row["a"]
+        verdict = row["verdict"]
+        if flip and verdict != "no significant difference":
+            verdict = "worse" if verdict == "better" else "better"
+        delta = -row["delta"]["value"] if flip else row["delta"]["value"]
+        lines.append(
+            f"{row['metric']}: {candidate} is {verdict} than {other}"
+            if verdict != "no significant difference"
+            else f"{row['metric']}: no significant difference between {candidate} and {other}"
+        )
+        lines[-1] += f" (Δ {delta:+.4g}, p={row['p_value']:.3f})"
+    return lines
+
+
+def slice_scores(
+    systems: list[SystemResult],
+    items: list[dict[str, Any]],
+    column: str,
+    metrics: list[str],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    min_items: int = 1,
+) -> dict[str, Any]:
+    """Each metric per value of `column` for each system, and the largest gap between slices.
+
+    Items without the column are the `(missing)` slice. A slice's interval comes from resampling
+    its own items.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(str(item.get(column, "(missing)")), []).append(i)
+    slices = {}
+    for value, index in sorted(groups.items()):
+        if len(index) < min_items:
+            continue
+        rows: dict[str, Any] = {"items": len(index), "systems": {}}
+        for system in systems:
+            rows["systems"][system.label] = {
+                name: bootstrap_interval(
+                    system.stats[name][index], get_metric(name).score, resamples=resamples, seed=seed
+                ).as_dict()
+                for name in metrics
+                if name in system.stats
+            }
+        slices[value] = rows
+    gaps: dict[str, dict[str, Any]] = {}
+    for system in systems:
+        for name in metrics:
+            values = {
+                v: s["systems"][system.label][name]["value"]
+                for v, s in slices.items()
+                if name in s["systems"][system.label]
+            }
+            if len(values) < 2:
+                continue
+            best, worst = max(values, key=values.__getitem__), min(values, key=values.__getitem__)
+            gaps.setdefault(system.label, {})[name] = {
+                "gap": values[best] - values[worst],
+                "highest": best,
+                "lowest": worst,
+            }
+    return {"column": column, "slices": slices, "gaps": gaps}

@@ -1,0 +1,169 @@
+"""Promotion gates: thresholds, significant improvement, forgetting limits, per-slice non-inferiority.
+
+Each gate gives a row {gate, kind, passed, detail}; `tunesmith eval --gate` exits non-zero when
+any row fails, and the registry's promote requires a report whose gates all passed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunesmith.config import EvalConfig, GateConfig
+from tunesmith.evaluate.comparison import SystemResult
+from tunesmith.evaluate.metrics import get_metric
+from tunesmith.evaluate.stats import paired_test
+
+
+def check_gates(
+    gates: list[GateConfig],
+    report: dict[str, Any],
+    systems: list[SystemResult],
+    items: list[dict[str, Any]],
+    settings: EvalConfig,
+) -> list[dict[str, Any]]:
+    """Every configured gate, checked against the report of a candidate (the last system)."""
+    rows = []
+    for gate in gates:
+        spec = gate.model_dump(exclude_defaults=True)
+        try:
+            passed, detail = _CHECKS[gate.kind](gate, report, systems, items, settings)
+        except _UncheckedError as exc:
+            passed, detail = False, str(exc)
+        rows.append({"gate": spec, "kind": gate.kind, "passed": passed, "detail": detail})
+    return rows
+
+
+class _UncheckedError(Exception):
+    """A gate that cannot be checked (its metric or reference is missing): it fails, saying why."""
+
+
+def _candidate_metric(gate: GateConfig, systems: list[SystemResult]) -> SystemResult:
+    candidate = systems[-1]
+    if gate.metric not in candidate.scores:
+        raise _UncheckedError(
+            f"metric {gate.metric!r} was not computed (computed: {', '.join(candidate.scores) or 'none'})"
+        )
+    return candidate
+
+
+def _reference(gate: GateConfig, systems: list[SystemResult]) -> tuple[SystemResult, str]:
+    """The system named by `over`, or base (or the majority class) when it is not in the report."""
+    for system in systems[:-1]:
+        if gate.over in (system.ref, system.label):
+            return system, ""
+    for system in systems[:-1]:
+        if system.ref == "base":
+            return system, f"{gate.over} is not in this report; compared with {system.label} instead. "
+    raise _UncheckedError(f"neither {gate.over!r} nor base is in this report to compare with")
+
+
+def _threshold(
+    gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
+):
+    value = _candidate_metric(gate, systems).scores[gate.metric].value
+    problems = []
+    if gate.min is not None and value < gate.min:
+        problems.append(f"below the minimum {gate.min:g}")
+    if gate.max is not None and value > gate.max:
+        problems.append(f"above the maximum {gate.max:g}")
+    bounds = " and ".join(
+        part
+        for part in (
+            f">= {gate.min:g}" if gate.min is not None else "",
+            f"<= {gate.max:g}" if gate.max is not None else "",
+        )
+        if part
+    )
+    return not problems, f"{gate.metric} = {value:.4g} ({'; '.join(problems) or 'within ' + bounds})"
+
+
+def _improvement(
+    gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
+):
+    candidate = _candidate_metric(gate, systems)
+    other, note = _reference(gate, systems)
+    metric = get_metric(gate.metric)
+    if gate.metric not in other.stats:
+        raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
+    test = paired_test(
+        other.stats[gate.metric],
+        candidate.stats[gate.metric],
+        metric.score,
+        higher_is_better=metric.higher_is_better,
+        resamples=settings.bootstrap_resamples,
+        seed=settings.seed,
+        alpha=settings.alpha,
+    )
+    gain = test.delta.value if metric.higher_is_better else -test.delta.value
+    assert gate.min_improvement is not None
+    enough = gain >= gate.min_improvement
+    significant = test.verdict == "better"
+    passed = enough and (significant or not gate.significant)
+    detail = (
+        f"{note}{gate.metric} improves by {gain:+.4g} over {other.label} "
+        f"(needs >= {gate.min_improvement:g}; p={test.p_value:.3f}, {test.verdict})"
+    )
+    if enough and gate.significant and not significant:
+        detail += "; the gain is not significant"
+    return passed, detail
+
+
+def _forgetting(
+    gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
+):
+    probe = report.get("probe")
+    if not probe or gate.metric not in probe.get("change", {}):
+        raise _UncheckedError("the forgetting probe did not run (set eval.probe.enabled or pass --probe)")
+    change = probe["change"][gate.metric]["delta"]["value"]
+    assert gate.max_forgetting is not None
+    if gate.metric == "probe_accuracy":
+        lost = -change
+        return lost <= gate.max_forgetting, (
+            f"probe accuracy changed by {change:+.4g} (at most {gate.max_forgetting:g} may be lost)"
+        )
+    base = probe["systems"]["base"]["general_perplexity"]["value"]
+    rise = change / base if base else 0.0
+    return rise <= gate.max_forgetting, (
+        f"general perplexity changed by {rise:+.1%} (at most +{gate.max_forgetting:.1%} allowed)"
+    )
+
+
+def _slice(gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig):
+    candidate = _candidate_metric(gate, systems)
+    other, note = _reference(gate, systems)
+    metric = get_metric(gate.metric)
+    if gate.metric not in other.stats:
+        raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
+    groups: dict[str, list[int]] = {}
+    assert gate.slice is not None
+    for i, item in enumerate(items):
+        groups.setdefault(str(item.get(gate.slice, "(missing)")), []).append(i)
+    if len(groups) == 1 and "(missing)" in groups:
+        raise _UncheckedError(f"no item has a {gate.slice!r} column")
+    failing, checked = [], []
+    for value, index in sorted(groups.items()):
+        test = paired_test(
+            other.stats[gate.metric][index],
+            candidate.stats[gate.metric][index],
+            metric.score,
+            higher_is_better=metric.higher_is_better,
+            resamples=settings.bootstrap_resamples,
+            seed=settings.seed,
+            alpha=settings.alpha,
+        )
+        worst = test.delta.low if metric.higher_is_better else -test.delta.high
+        checked.append(value)
+        if worst < -gate.margin:
+            failing.append(f"{value} ({test.delta.value:+.3g}, interval down to {worst:+.3g})")
+    if failing:
+        return False, (
+            f"{note}{gate.metric} may be worse than {other.label} by more than {gate.margin:g} on "
+            f"{gate.slice} = {', '.join(failing)}"
+        )
+    return (
+        True,
+        f"{note}{gate.metric} non-inferior to {other.label} on all {len(checked)} {gate.slice} slices",
+    )
+
+
+_CHECKS = {"threshold": _threshold, "improvement": _improvement, "forgetting": _forgetting, "slice": _slice}

@@ -1,0 +1,153 @@
+"""The forgetting probe: did fine-tuning cost the model what it knew before?
+
+Two measures, each on the base model and on the candidate, compared item by item:
+
+- `probe_accuracy`: general-knowledge multiple choice scored by log-likelihood, the MMLU way (the
+  question with lettered choices, then `Answer:`; the letter the model finds likeliest is its
+  answer) or, with `scoring: choice`, by the likelihood per token of each choice's own text;
+- `general_perplexity`: perplexity of answers to general conversations (or plain text).
+
+The bundled questions and conversations are ours; `eval.probe.questions` and `eval.probe.text`
+take a user's files (`../shared/datasets/mmlu_redux/mmlu_redux_all.jsonl` has the same fields).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import ProbeConfig
+from tunesmith.data import DataError
+from tunesmith.evaluate.generate import answer_nll, continuation_nll
+
+LETTERS = "ABCDEFGHIJ"
+
+
+def load_questions(config: ProbeConfig, base_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
+    """Multiple-choice rows {question, choices, answer (index)} from the configured file or the bundled set.
+
+    Raises:
+        DataError: naming the file and line of a row that is not a usable question.
+    """
+    if config.questions is None:
+        source = "bundled probe_questions.jsonl"
+        text = (
+            resources.files("tunesmith").joinpath("demo", "probe_questions.jsonl").read_text(encoding="utf-8")
+        )
+        raw = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        path = Path(config.questions)
+        path = path if path.is_absolute() else base_dir / path
+        source = str(path)
+        if not path.exists():
+            raise DataError(f"eval.probe.questions: {path} does not exist")
+        if path.suffix == ".csv":
+            with path.open(encoding="utf-8", errors="replace", newline="") as handle:
+                raw = [(n, row) for n, row in enumerate(csv.DictReader(handle), 2)]
+        else:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            raw = []
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    raw.append((n, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{source}:{n}: not JSON ({exc.msg})") from None
+    questions = [_question(row, f"{source}:{n}") for n, row in raw]
+    if config.limit is not None and len(questions) > config.limit:
+        questions = random.Random(seed).sample(questions, config.limit)
+    return questions
+
+
+def _question(row: dict[str, Any], where: str) -> dict[str, Any]:
+    choices = row.get("choices")
+    if isinstance(choices, str):  # CSV: a JSON list or `a|b|c|d`
+        choices = json.loads(choices) if choices.startswith("[") else choices.split("|")
+    answer = row.get("answer")
+    if isinstance(answer, str) and answer.strip().upper() in LETTERS and not answer.strip().isdigit():
+        answer = LETTERS.index(answer.strip().upper())
+    try:
+        answer = int(answer)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise DataError(f"{where}: answer must be a choice index or letter, got {answer!r}") from None
+    if not isinstance(choices, list) or len(choices) < 2 or not row.get("question"):
+        raise DataError(f"{where}: a probe question needs `question` and a list of at least two `choices`")
+    if not 0 <= answer < len(choices):
+        raise DataError(f"{where}: answer {answer} is not one of the {len(choices)} choices")
+    return {
+        "question": str(row["question"]),
+        "choices": [str(c) for c in choices],
+        "answer": answer,
+        "subject": str(row.get("subject", "general")),
+    }
+
+
+def load_text(config: ProbeConfig, base_dir: Path) -> list[dict[str, Any]]:
+    """General rows whose likelihood is measured: chat rows ({messages}) or text rows ({text})."""
+    if config.text is None:
+        text = resources.files("tunesmith").joinpath("demo", "general.jsonl").read_text(encoding="utf-8")
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [{"messages": r["messages"]} for r in rows if r.get("use") == "probe"]
+    path = Path(config.text)
+    path = path if path.is_absolute() else base_dir / path
+    if not path.exists():
+        raise DataError(f"eval.probe.text: {path} does not exist")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if "messages" not in row and not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{n}: a probe text row needs `text` or `messages`")
+        rows.append({"messages": row["messages"]} if "messages" in row else {"text": row["text"]})
+    return rows
+
+
+def mc_prompt(question: dict[str, Any]) -> str:
+    lines = [
+        f"The following is a multiple choice question about {question['subject'].replace('_', ' ')}.",
+        "",
+    ]
+    lines.append(question["question"])
+    lines += [f"{LETTERS[i]}. {choice}" for i, choice in enumerate(question["choices"])]
+    lines.append("Answer:")
+    return "\n".join(lines)
+
+
+def answer_questions(
+    model: Any, tokenizer: Any, questions: list[dict[str, Any]], scoring: str, *, batch_size: int = 8
+) -> list[int]:
+    """The index of the choice the model finds likeliest for each question."""
+    pairs, owners = [], []
+    for q_index, question in enumerate(questions):
+        prompt = mc_prompt(question)
+        for c_index, choice in enumerate(question["choices"]):
+            continuation = f" {LETTERS[c_index]}" if scoring == "letter" else f" {choice}"
+            pairs.append((prompt, continuation))
+            owners.append(q_index)
+    nll = continuation_nll(model, tokenizer, pairs, batch_size=batch_size, label="Probe questions")
+    best: dict[int, tuple[float, int]] = {}
+    position = 0
+    for q_index, question in enumerate(questions):
+        scores = []
+        for _ in question["choices"]:
+            total, count = nll[position]
+            scores.append(total / max(count, 1) if scoring == "choice" else total)
+            position += 1
+        best[q_index] = (min(scores), scores.index(min(scores)))
+    return [best[i][1] for i in range(len(questions))]
+
+
+def run_probe(
+    model: Any, tokenizer: Any, questions: list[dict[str, Any]], texts: list[dict[str, Any]], scoring: str
+) -> dict[str, Any]:
+    """The model's probe outputs: chosen answers and the likelihood of each general text."""
+    return {
+        "choices": answer_questions(model, tokenizer, questions, scoring),
+        "nll": answer_nll(model, tokenizer, texts),
+    }

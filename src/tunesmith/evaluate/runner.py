@@ -1,0 +1,561 @@
+"""`tunesmith eval`: score a version beside the base, production and a few-shot prompt, then gate it.
+
+All systems answer the identical items of the candidate's dataset split. Models are loaded one at
+a time and freed, generated answers are cached, and the outcome (every score with its interval,
+the paired tests, slices, the forgetting probe and the gates) is written as `report.json`,
+`report.html` and `answers.jsonl` in the workspace's `reports/ID/`, and recorded in the store.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import random
+import secrets
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.config import ProjectConfig
+from tunesmith.data import DataError, load_split
+from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
+from tunesmith.evaluate.gates import check_gates
+from tunesmith.evaluate.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
+from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_metric
+from tunesmith.evaluate.stats import bootstrap_interval, paired_test
+from tunesmith.progress import console
+from tunesmith.registry.loading import load_row
+from tunesmith.registry.versions import RegistryError, alias_target, get_version, who
+from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
+from tunesmith.workspace import Workspace, atomic_dir
+
+ALIASES = ("candidate", "staging", "production", "shadow")
+CACHE_FORMAT = 1
+
+
+def task_kind(objective: str) -> TaskKind:
+    return {"classify": "classification", "tag": "tagging", "pretrain": "lm"}.get(objective, "generation")  # type: ignore[return-value]
+
+
+@dataclass
+class Subject:
+    """A system to evaluate: the base model, a registered version, or the base prompted with examples."""
+
+    ref: str
+    label: str
+    version: ModelVersion | None = None
+    shots: int = 0
+
+
+@dataclass
+class EvalOutcome:
+    report_id: str
+    directory: Path
+    report: dict[str, Any]
+    systems: list[SystemResult] = field(default_factory=list)
+
+    @property
+    def gate_passed(self) -> bool | None:
+        return self.report["gate_passed"]
+
+
+def resolve_subjects(
+    workspace: Workspace,
+    family: str,
+    candidate: ModelVersion,
+    compare: list[str],
+    *,
+    few_shot: int,
+    explicit: bool,
+) -> tuple[list[Subject], list[str]]:
+    """The systems to score, candidate last, and notes on what was skipped.
+
+    `compare` holds `base`, aliases and version names or ids. An alias that is not set is skipped
+    with a note when it came from the config's defaults, and is an error when the user named it.
+    """
+    subjects: list[Subject] = []
+    notes: list[str] = []
+    seen = {candidate.id}
+    for ref in compare:
+        if ref == "base":
+            subjects.append(Subject("base", "base"))
+            if few_shot:
+                subjects.append(Subject(f"base+{few_shot}shot", f"base {few_shot}-shot", shots=few_shot))
+            continue
+        if ref in ALIASES:
+            version = alias_target(workspace, family, ref)
+            if version is None:
+                if explicit:
+                    raise RegistryError(
+                        f"alias {ref!r} of {family!r} is not set; "
+                        f"`tunesmith registry history {family}` shows its moves"
+                    )
+                notes.append(f"{ref} is not set in {family}: not compared")
+                continue
+        else:
+            version = get_version(workspace, ref)
+        if version.id in seen:
+            notes.append(f"{ref} is {version.name}, already compared")
+            continue
+        seen.add(version.id)
+        label = f"{ref} ({version.name})" if ref in ALIASES else version.name
+        subjects.append(Subject(ref, label, version))
+    if few_shot and not any(s.shots for s in subjects):
+        subjects.insert(0, Subject(f"base+{few_shot}shot", f"base {few_shot}-shot", shots=few_shot))
+    subjects.append(Subject(candidate.name, candidate.name, candidate))
+    return subjects, notes
+
+
+def run_eval(
+    config: ProjectConfig,
+    ref: str,
+    workspace: Workspace | None = None,
+    *,
+    compare: list[str] | None = None,
+    few_shot: int | None = None,
+    probe: bool | None = None,
+) -> EvalOutcome:
+    """Evaluate version (or alias) `ref` against `compare` (default `eval.compare`) and store the report.
+
+    Raises:
+        RegistryError: an unknown version, or an alias the user named that is not set.
+        DataError: a version without a dataset, or an empty split.
+    """
+    from tunesmith.workspace import open_workspace
+
+    workspace = workspace or open_workspace(config)
+    settings = config.eval
+    family = config.project
+    candidate = alias_target(workspace, family, ref) if ref in ALIASES else get_version(workspace, ref)
+    if candidate is None:
+        raise RegistryError(f"alias {ref!r} of {family!r} is not set")
+    family = candidate.family
+    few_shot = settings.few_shot if few_shot is None else few_shot
+    probe = settings.probe.enabled if probe is None else probe
+    objective = candidate.config.get("train", {}).get("objective", "sft")
+    kind = task_kind(objective)
+    if kind != "generation":
+        few_shot = 0  # prompting with examples is for generative models
+    subjects, notes = resolve_subjects(
+        workspace,
+        family,
+        candidate,
+        compare if compare is not None else settings.compare,
+        few_shot=few_shot,
+        explicit=compare is not None,
+    )
+    if candidate.dataset_version_id is None:
+        raise DataError(f"{candidate.name} records no dataset version to evaluate on")
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, candidate.dataset_version_id)
+    assert dataset is not None
+    items = load_split(dataset, settings.split)
+    if not items:
+        raise DataError(f"dataset {dataset.id} has no {settings.split} rows to evaluate on")
+    metrics = list(settings.metrics or DEFAULT_METRICS[kind])
+    if kind == "generation" and settings.metrics is None:
+        metrics.append("perplexity")
+    for name in metrics:
+        get_metric(name)  # an unknown name fails before any model is loaded
+    shots = _shots(dataset, few_shot, settings.seed) if few_shot else []
+    references, context = _references(kind, items, candidate, dataset)
+
+    probe_data = _probe_inputs(config) if probe else None
+    systems: list[SystemResult] = []
+    probe_outputs: dict[str, dict[str, Any]] = {}
+    cache_dir = workspace.root / "eval_cache"
+    for subject in _ordered_for_loading(subjects):
+        result, nll, probed = _run_subject(
+            subject,
+            candidate,
+            kind,
+            items,
+            dataset,
+            config,
+            shots,
+            cache_dir,
+            probe_data if subject.ref == "base" or subject.version is candidate else None,
+        )
+        score_system(
+            result,
+            references,
+            items,
+            metrics,
+            context=context,
+            nll=nll,
+            resamples=settings.bootstrap_resamples,
+            seed=settings.seed,
+        )
+        systems.append(result)
+        if probed is not None:
+            probe_outputs[result.label] = probed
+    systems.sort(key=lambda r: [s.label for s in subjects].index(r.label))
+
+    comparisons = pairwise(
+        systems, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed, alpha=settings.alpha
+    )
+    report: dict[str, Any] = {
+        "id": f"er-{secrets.token_hex(6)}",
+        "family": family,
+        "version": {"id": candidate.id, "name": candidate.name},
+        "candidate": candidate.name,
+        "task": kind,
+        "objective": objective,
+        "dataset_version": dataset.id,
+        "split": settings.split,
+        "items": len(items),
+        "notes": notes,
+        "settings": {
+            "max_new_tokens": settings.max_new_tokens,
+            "decoding": "greedy",
+            "seed": settings.seed,
+            "few_shot": few_shot,
+            "bootstrap_resamples": settings.bootstrap_resamples,
+            "alpha": settings.alpha,
+            "significance_test": "approximate randomization (paired)",
+            "interval": "95% percentile bootstrap",
+        },
+        "metrics": [_metric_info(name) for name in metrics],
+        "systems": [s.summary() for s in systems],
+        "comparisons": comparisons,
+        "verdicts": verdict_lines(comparisons, candidate.name),
+        "slices": [
+            slice_scores(
+                systems, items, column, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed
+            )
+            for column in settings.slices
+        ],
+        "probe": _probe_report(probe_outputs, probe_data, settings, candidate.name) if probe_data else None,
+        "per_item": _per_item(kind, items, references, systems, metrics),
+    }
+    report.update(_task_details(kind, references, systems, context))
+    gates = check_gates(settings.gates, report, systems, items, settings)
+    report["gates"] = gates
+    report["gate_passed"] = all(g["passed"] for g in gates) if gates else None
+    directory = _write_report(workspace, report, systems)
+    with session(workspace.engine) as s:
+        s.add(
+            EvalReport(
+                id=report["id"],
+                family=family,
+                version_id=candidate.id,
+                dataset_version_id=dataset.id,
+                split=settings.split,
+                task=kind,
+                systems=report["systems"],
+                gate_passed=report["gate_passed"],
+                gates=gates,
+                path=str(directory),
+                created_by=who(),
+            )
+        )
+    return EvalOutcome(report["id"], directory, report, systems)
+
+
+def _probe_inputs(config: ProjectConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from tunesmith.evaluate.probe import load_questions, load_text
+
+    probe = config.eval.probe
+    return load_questions(probe, config.base_dir, config.eval.seed), load_text(probe, config.base_dir)
+
+
+def _ordered_for_loading(subjects: list[Subject]) -> list[Subject]:
+    """Few-shot right after base: the base model is loaded once for both."""
+    return sorted(subjects, key=lambda s: 0 if s.version is None else 1)
+
+
+def _shots(dataset: DatasetVersion, k: int, seed: int) -> list[dict[str, Any]]:
+    train = [r for r in load_split(dataset, "train") if "messages" in r]
+    if len(train) < k:
+        raise DataError(f"few-shot k={k} but dataset {dataset.id} has only {len(train)} train rows")
+    return random.Random(seed).sample(train, k)
+
+
+def _references(
+    kind: TaskKind, items: list[dict[str, Any]], candidate: ModelVersion, dataset: DatasetVersion
+) -> tuple[list[Any], Context]:
+    if kind == "classification":
+        from tunesmith.train.classify import read_labels
+
+        labels = tuple(read_labels(Path(candidate.path)))
+        return [str(item["label"]) for item in items], Context(labels=labels)
+    if kind == "tagging":
+        return [list(item["tags"]) for item in items], Context()
+    if kind == "lm":
+        return [item["text"] for item in items], Context()
+    return [item["messages"][-1]["content"] for item in items], Context()
+
+
+def _run_subject(
+    subject: Subject,
+    candidate: ModelVersion,
+    kind: TaskKind,
+    items: list[dict[str, Any]],
+    dataset: DatasetVersion,
+    config: ProjectConfig,
+    shots: list[dict[str, Any]],
+    cache_dir: Path,
+    probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None,
+) -> tuple[SystemResult, list[tuple[float, int]] | None, dict[str, Any] | None]:
+    """Load one subject's model, collect its outputs (and likelihoods, probe answers), free it."""
+    from tunesmith.evaluate.probe import run_probe
+
+    settings = config.eval
+    result = SystemResult(subject.label, subject.ref, subject.version.id if subject.version else None, [])
+    if kind in ("classification", "tagging") and subject.version is None:
+        result.outputs = _majority(kind, dataset, items)
+        result.label = subject.label = "majority" if kind == "classification" else "all O"
+        return result, None, None
+    model, tokenizer, identity = _load(subject, candidate, config)
+    nll = probed = None
+    try:
+        if kind in ("classification", "tagging"):
+            from tunesmith.train.classify import predict
+
+            objective = "classify" if kind == "classification" else "tag"
+            max_length = candidate.config["train"]["max_length"]
+            _, result.outputs = predict(
+                objective, model, tokenizer, items, max_length, settings.batch_size, f"Asking {subject.label}"
+            )
+        elif kind == "lm":
+            nll = answer_nll(model, tokenizer, items, batch_size=max(1, settings.batch_size // 2))
+            result.outputs = ["" for _ in items]
+        else:
+            use_shots = shots if subject.shots else []
+            cache = AnswerCache(
+                cache_path(
+                    cache_dir,
+                    identity,
+                    {
+                        "format": CACHE_FORMAT,
+                        "dataset": dataset.id,
+                        "split": settings.split,
+                        "max_new_tokens": settings.max_new_tokens,
+                        "decoding": "greedy",
+                        "seed": settings.seed,
+                        "shots": [render_prompt(tokenizer, s) for s in use_shots],
+                    },
+                )
+            )
+            result.outputs = generate_answers(
+                model,
+                tokenizer,
+                items,
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=settings.batch_size,
+                label=f"Asking {subject.label}",
+                shots=use_shots,
+                seed=settings.seed,
+                cache=cache,
+            )
+            if cache.hits:
+                console.print(f"{subject.label}: {cache.hits} of {len(items)} answers from the cache")
+            if not subject.shots:
+                nll = answer_nll(model, tokenizer, items, batch_size=max(1, settings.batch_size // 2))
+        if probe_data is not None and kind not in ("classification", "tagging") and not subject.shots:
+            probed = run_probe(model, tokenizer, *probe_data, settings.probe.scoring)
+    finally:
+        del model
+        gc.collect()
+    return result, nll, probed
+
+
+def _load(subject: Subject, candidate: ModelVersion, config: ProjectConfig) -> tuple[Any, Any, str]:
+    """(model, tokenizer, identity for the answer cache) of a subject."""
+    if subject.version is not None:
+        model, tokenizer = load_row(subject.version)
+        return model, tokenizer, f"{subject.version.id}:{subject.version.weights_sha256}"
+    from tunesmith.models import load_causal_lm
+
+    model_cfg = candidate.config["model"]
+    dtype = ProjectConfig.model_validate(candidate.config).weights_dtype
+    base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
+    return base.model, base.tokenizer, f"{model_cfg['id']}@{base.base_revision}:{dtype}"
+
+
+def _majority(kind: TaskKind, dataset: DatasetVersion, items: list[dict[str, Any]]) -> list[Any]:
+    train = load_split(dataset, "train")
+    if kind == "classification":
+        majority = Counter(str(r["label"]) for r in train).most_common(1)[0][0]
+        return [majority] * len(items)
+    return [["O"] * len(item["tags"]) for item in items]
+
+
+def _metric_info(name: str) -> dict[str, Any]:
+    metric = get_metric(name)
+    return {
+        "name": name,
+        "kind": metric.kind,
+        "description": metric.description,
+        "higher_is_better": metric.higher_is_better,
+        "scale": metric.scale,
+        "signature": metric.signature() if metric.signature else None,
+    }
+
+
+def _per_item(
+    kind: TaskKind,
+    items: list[dict[str, Any]],
+    references: list[Any],
+    systems: list[SystemResult],
+    metrics: list[str],
+) -> list[dict[str, Any]]:
+    rows = []
+    for i, item in enumerate(items):
+        if kind == "generation":
+            prompt: Any = item["messages"][-2]["content"]
+        elif kind == "classification":
+            prompt = item["text"]
+        elif kind == "tagging":
+            prompt = " ".join(item["tokens"])
+        else:
+            prompt = item["text"][:200]
+        reference = references[i] if kind != "tagging" else " ".join(references[i])
+        rows.append(
+            {
+                "index": i,
+                "prompt": prompt,
+                "reference": reference if kind != "lm" else "",
+                "outputs": {
+                    s.label: (" ".join(s.outputs[i]) if kind == "tagging" else s.outputs[i]) for s in systems
+                },
+                "scores": {
+                    s.label: {m: s.item_scores(get_metric(m), i) for m in metrics if m in s.stats}
+                    for s in systems
+                },
+            }
+        )
+    return rows
+
+
+def _task_details(
+    kind: TaskKind, references: list[Any], systems: list[SystemResult], context: Context
+) -> dict[str, Any]:
+    """Confusion matrices and per-class figures (classification), per-type (tagging), lengths (generation)."""
+    if kind == "classification":
+        from sklearn.metrics import classification_report, confusion_matrix
+
+        labels = list(context.labels) or sorted(set(references))
+        return {
+            "classification": {
+                "labels": labels,
+                "systems": {
+                    s.label: {
+                        "confusion_matrix": confusion_matrix(references, s.outputs, labels=labels).tolist(),
+                        "per_class": json.loads(
+                            json.dumps(
+                                classification_report(
+                                    references, s.outputs, labels=labels, output_dict=True, zero_division=0
+                                ),
+                                default=float,
+                            )
+                        ),
+                    }
+                    for s in systems
+                },
+            }
+        }
+    if kind == "tagging":
+        from seqeval.metrics import classification_report
+
+        return {
+            "tagging": {
+                s.label: json.loads(
+                    json.dumps(
+                        classification_report(references, s.outputs, output_dict=True, zero_division=0),
+                        default=float,
+                    )
+                )
+                for s in systems
+            }
+        }
+    if kind == "generation":
+        lengths = {"reference": [len(str(r).split()) for r in references]}
+        lengths.update({s.label: [len(str(o).split()) for o in s.outputs] for s in systems})
+        return {
+            "lengths": {
+                label: {
+                    "mean": float(np.mean(values)),
+                    "median": float(np.median(values)),
+                    "p95": float(np.percentile(values, 95)),
+                    "max": int(max(values)),
+                    "values": values,
+                }
+                for label, values in lengths.items()
+            }
+        }
+    return {}
+
+
+def _probe_report(
+    outputs: dict[str, dict[str, Any]],
+    probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    settings: Any,
+    candidate: str,
+) -> dict[str, Any]:
+    """Probe accuracy and general perplexity of base and candidate, and the candidate's change."""
+    questions, texts = probe_data
+    perplexity = get_metric("perplexity")
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for label, out in outputs.items():
+        correct = np.array(
+            [[float(c == q["answer"]), 1.0] for c, q in zip(out["choices"], questions, strict=True)]
+        )
+        stats[label] = {
+            "probe_accuracy": correct,
+            "general_perplexity": perplexity.compute(out["nll"], [], [], None)[1],
+        }
+    scorers = {"probe_accuracy": _share, "general_perplexity": perplexity.score}
+    systems = {
+        label: {
+            name: bootstrap_interval(
+                values, scorers[name], resamples=settings.bootstrap_resamples, seed=settings.seed
+            ).as_dict()
+            for name, values in by_metric.items()
+        }
+        for label, by_metric in stats.items()
+    }
+    comparison = {}
+    if "base" in stats and candidate in stats:
+        for name, scorer in scorers.items():
+            test = paired_test(
+                stats["base"][name],
+                stats[candidate][name],
+                scorer,
+                higher_is_better=name == "probe_accuracy",
+                resamples=settings.bootstrap_resamples,
+                seed=settings.seed,
+                alpha=settings.alpha,
+            )
+            comparison[name] = test.as_dict()
+    subjects = Counter(q["subject"] for q in questions)
+    return {
+        "questions": len(questions),
+        "texts": len(texts),
+        "scoring": settings.probe.scoring,
+        "subjects": dict(subjects),
+        "systems": systems,
+        "change": comparison,  # candidate minus base
+    }
+
+
+def _share(sums: np.ndarray) -> float:
+    return float(sums[0] / sums[1]) if sums[1] else 0.0
+
+
+def _write_report(workspace: Workspace, report: dict[str, Any], systems: list[SystemResult]) -> Path:
+    from tunesmith.evaluate.html import render_html
+
+    target = workspace.root / "reports" / report["id"]
+    with atomic_dir(target) as tmp:
+        (tmp / "report.json").write_text(
+            json.dumps(report, indent=2, ensure_ascii=False, default=float), encoding="utf-8"
+        )
+        with (tmp / "answers.jsonl").open("w", encoding="utf-8") as handle:
+            for row in report["per_item"]:
+                handle.write(json.dumps(row, ensure_ascii=False, default=float) + "\n")
+        (tmp / "report.html").write_text(render_html(report), encoding="utf-8")
+    return target

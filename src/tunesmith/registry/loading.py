@@ -1,0 +1,54 @@
+"""Loading a registered version back: base model plus adapter, or full weights, with its tokenizer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import ProjectConfig
+from tunesmith.registry.versions import get_version
+from tunesmith.store import ModelVersion
+from tunesmith.workspace import Workspace
+
+
+def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any]:
+    """Load a registered version (base model plus its adapter, or its full weights) with its tokenizer."""
+    version = get_version(workspace, ref)
+    return (version, *load_row(version))
+
+
+def load_row(version: ModelVersion) -> tuple[Any, Any]:
+    """(model, tokenizer) of a version record."""
+    import transformers
+    from peft import PeftModel
+
+    from tunesmith.models import load_model
+    from tunesmith.models.loading import HEADS as AUTO_CLASSES
+    from tunesmith.train.classify import HEADS, read_labels
+
+    model_cfg = version.config["model"]
+    head, extra = "causal-lm", {}
+    objective = version.config.get("train", {}).get("objective", "sft")
+    if objective in HEADS:
+        labels = read_labels(Path(version.path))
+        head = HEADS[objective]
+        extra = {
+            "num_labels": len(labels),
+            "id2label": dict(enumerate(labels)),
+            "label2id": {name: i for i, name in enumerate(labels)},
+        }
+    if version.method in ("lora", "qlora"):
+        base = load_model(
+            model_cfg["id"],
+            model_cfg["source"],
+            model_cfg["revision"],
+            ProjectConfig.model_validate(version.config).weights_dtype,
+            head=head,
+            **extra,
+        )
+        return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
+    auto_class = getattr(transformers, AUTO_CLASSES[head])
+    return (
+        auto_class.from_pretrained(version.path),
+        transformers.AutoTokenizer.from_pretrained(version.path),
+    )

@@ -1,0 +1,173 @@
+"""`tunesmith eval` end to end on a tiny model: compare, cache, few-shot, probe, slices, gates, report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import ConfigError, load_config
+from tunesmith.evaluate.runner import run_eval
+from tunesmith.pipeline import train, write_demo_project
+from tunesmith.registry.versions import RegistryError, get_version, move_alias
+from tunesmith.store import EvalReport, session
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+
+
+def project(tmp_path: Path, model_dir: Path, *overrides: str) -> tuple[Path, list[str]]:
+    """The demo project on the tiny model, each row tagged with a region (a column to slice by)."""
+    config_path = write_demo_project(tmp_path)
+    data = tmp_path / "data" / "fernwick.jsonl"
+    rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
+    for row in rows:
+        row["region"] = "north" if sum(map(ord, row["group"])) % 2 else "south"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = [
+        f"model.id={model_dir}",
+        "train.epochs=1",
+        "eval.max_new_tokens=8",
+        "eval.bootstrap_resamples=200",
+        "eval.metrics=null",  # the standard set for generation
+        *overrides,
+    ]
+    return config_path, settings
+
+
+@pytest.fixture
+def trained(tmp_path, tiny_model_dir):
+    config_path, settings = project(tmp_path, tiny_model_dir, "train.method=full", "train.lr=1e-3")
+    config = load_config(config_path, settings)
+    outcome = train(config)
+    return config_path, settings, outcome
+
+
+def test_eval_compares_base_and_version_on_the_same_items_and_stores_the_report(trained):
+    config_path, settings, outcome = trained
+    config = load_config(config_path, [*settings, "eval.slices=[region]"])
+    result = run_eval(config, outcome.version.name)
+    report = result.report
+    assert [s["label"] for s in report["systems"]] == ["base", outcome.version.name]
+    assert report["notes"] == [f"production is not set in {config.project}: not compared"]
+    names = [m["name"] for m in report["metrics"]]
+    assert names == ["exact_match", "key_fact", "rouge_1", "rouge_2", "rouge_l", "bleu", "chrf", "perplexity"]
+    for system in report["systems"]:
+        for name in names:
+            score = system["scores"][name]
+            assert score["low"] <= score["value"] <= score["high"]
+    assert {(c["a"], c["b"]) for c in report["comparisons"]} == {("base", outcome.version.name)}
+    assert len(report["verdicts"]) == len(names)
+    assert next(m for m in report["metrics"] if m["name"] == "bleu")["signature"].startswith("nrefs:1")
+    # every item: prompt, reference, both outputs and per-item scores
+    assert len(report["per_item"]) == report["items"] == 40
+    first = report["per_item"][0]
+    assert set(first["outputs"]) == {"base", outcome.version.name}
+    assert set(first["scores"]["base"]) == set(names)
+    assert report["slices"][0]["column"] == "region"
+    assert set(report["slices"][0]["slices"]) == {"north", "south"}
+    assert report["lengths"]["reference"]["mean"] > 3
+    # files and the store row
+    assert json.loads((result.directory / "report.json").read_text())["id"] == result.report_id
+    html = (result.directory / "report.html").read_text()
+    assert "data:image/png;base64," in html and "Paired tests" in html and "By region" in html
+    assert len((result.directory / "answers.jsonl").read_text().splitlines()) == 40
+    with session(open_workspace(config).engine) as s:
+        row = s.get(EvalReport, result.report_id)
+    assert row is not None and row.version_id == outcome.version.id and row.gate_passed is None
+
+
+def test_answers_are_cached_per_model_and_settings(trained, monkeypatch):
+    from tunesmith.evaluate import generate
+
+    config_path, settings, outcome = trained
+    config = load_config(config_path, settings)
+    first = run_eval(config, outcome.version.name, compare=["base"])
+    calls = []
+    original = generate.AnswerCache.put
+    monkeypatch.setattr(
+        generate.AnswerCache, "put", lambda self, p, a: calls.append(p) or original(self, p, a)
+    )
+    again = run_eval(config, outcome.version.name, compare=["base"])
+    assert calls == []  # nothing generated the second time
+    assert again.report["systems"] == first.report["systems"]
+    longer = load_config(config_path, [*settings, "eval.max_new_tokens=9"])
+    run_eval(longer, outcome.version.name, compare=["base"])
+    assert len(calls) == 80  # other settings: both models answer again
+
+
+def test_compare_with_production_alias_few_shot_and_probe(trained, tmp_path):
+    config_path, settings, outcome = trained
+    config = load_config(config_path, settings)
+    workspace = open_workspace(config)
+    with pytest.raises(RegistryError, match="alias 'production' .* is not set"):
+        run_eval(config, outcome.version.name, compare=["base", "production"])
+    second = train(load_config(config_path, [*settings, "train.lr=5e-3"]))
+    move_alias(workspace, config.project, "production", get_version(workspace, outcome.version.name))
+    result = run_eval(config, second.version.name, few_shot=2, probe=True)
+    labels = [s["label"] for s in result.report["systems"]]
+    assert labels == ["base", "base 2-shot", f"production ({outcome.version.name})", second.version.name]
+    pairs = {(c["a"], c["b"]) for c in result.report["comparisons"]}
+    assert len(pairs) == 6  # every pair of the four systems
+    probe = result.report["probe"]
+    assert probe["questions"] == 40 and probe["texts"] > 0
+    assert set(probe["systems"]) == {"base", second.version.name}
+    assert set(probe["change"]) == {"probe_accuracy", "general_perplexity"}
+
+
+def test_gates_pass_fail_and_exit_code_for_ci(trained):
+    config_path, settings, outcome = trained
+    gates = [
+        "eval.gates=[{metric: rouge_l, min: 0.0}, {metric: perplexity, max: 1.0e9}]",
+    ]
+    passing = runner.invoke(
+        app,
+        ["eval", outcome.version.name, "--gate", "--compare", "base", "--config", str(config_path)]
+        + [arg for s in [*settings, *gates] for arg in ("--set", s)],
+    )
+    assert passing.exit_code == 0, passing.output
+    assert "gate threshold pass" in passing.output and "report.html" in passing.output
+    failing_gates = [
+        "eval.gates=[{metric: rouge_l, min: 0.99}, {metric: rouge_l, min_improvement: 0.5, over: production},"
+        " {metric: key_fact, slice: region, margin: 0.0}, {metric: probe_accuracy, max_forgetting: 0.1}]"
+    ]
+    failing = runner.invoke(
+        app,
+        ["eval", outcome.version.name, "--gate", "--compare", "base", "--config", str(config_path)]
+        + [arg for s in [*settings, *failing_gates] for arg in ("--set", s)],
+    )
+    assert failing.exit_code == 3, failing.output
+    config = load_config(config_path, [*settings, *failing_gates])
+    with session(open_workspace(config).engine) as s:
+        reports = list(s.scalars(select(EvalReport).order_by(EvalReport.created_at)))
+    assert [r.gate_passed for r in reports] == [True, False]
+    rows = reports[-1].gates
+    assert [r["kind"] for r in rows] == ["threshold", "improvement", "slice", "forgetting"]
+    assert not rows[0]["passed"] and "below the minimum" in rows[0]["detail"]
+    assert "production is not in this report; compared with base" in rows[1]["detail"]
+    assert not rows[3]["passed"] and "probe did not run" in rows[3]["detail"]
+    no_gates = runner.invoke(app, ["eval", outcome.version.name, "--gate", "--config", str(config_path)])
+    assert no_gates.exit_code == 2 and "no gates are configured" in no_gates.output
+
+
+def test_gate_config_is_validated():
+    with pytest.raises(ConfigError, match="set exactly one of"):
+        load_config(None, ["eval.gates=[{metric: rouge_l, min: 0.2, min_improvement: 0.1}]"])
+    with pytest.raises(ConfigError, match="max_forgetting gates take"):
+        load_config(None, ["eval.gates=[{metric: rouge_l, max_forgetting: 0.1}]"])
+
+
+def test_list_metrics_and_unknown_metric(trained):
+    config_path, settings, outcome = trained
+    listed = runner.invoke(app, ["eval", "--list-metrics"])
+    assert listed.exit_code == 0 and "entity_f1" in listed.output and "sacrebleu" in listed.output
+    bad = runner.invoke(
+        app,
+        ["eval", outcome.version.name, "--config", str(config_path)]
+        + [arg for s in [*settings, "eval.metrics=[rouge_x]"] for arg in ("--set", s)],
+    )
+    assert bad.exit_code == 1 and "unknown metric 'rouge_x'" in bad.output
