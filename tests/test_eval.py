@@ -104,7 +104,7 @@ def test_compare_with_production_alias_few_shot_and_probe(trained, tmp_path):
     config_path, settings, outcome = trained
     config = load_config(config_path, settings)
     workspace = open_workspace(config)
-    with pytest.raises(RegistryError, match="alias 'production' .* is not set"):
+    with pytest.raises(RegistryError, match=r"alias 'production' .* is not set"):
         run_eval(config, outcome.version.name, compare=["base", "production"])
     second = train(load_config(config_path, [*settings, "train.lr=5e-3"]))
     move_alias(workspace, config.project, "production", get_version(workspace, outcome.version.name))

@@ -112,7 +112,7 @@ def test_registry_takes_item_functions_and_corpus_metrics_and_rejects_duplicates
     )
     with pytest.raises(ValueError, match="already registered"):
         register_metric("test_starts_with_yes")(starts_with_yes)
-    with pytest.raises(KeyError, match="known: .*accuracy"):
+    with pytest.raises(KeyError, match=r"known: .*accuracy"):
         get_metric("no_such_metric")
     for kind, names in DEFAULT_METRICS.items():
         assert all(get_metric(n).kind == kind for n in names)
