@@ -171,3 +171,91 @@ def test_list_metrics_and_unknown_metric(trained):
         + [arg for s in [*settings, "eval.metrics=[rouge_x]"] for arg in ("--set", s)],
     )
     assert bad.exit_code == 1 and "unknown metric 'rouge_x'" in bad.output
+
+
+def calibration_file(tmp_path: Path, agree: bool) -> Path:
+    """Human ratings: answers that state the fact score high (or, when `agree` is false, low)."""
+    rows = []
+    for i, (fact, other) in enumerate([("2017", "1999"), ("Lisbon", "Paris"), ("Tuesday", "Friday")] * 2):
+        reference = f"The answer is {fact}"
+        rows.append(
+            {"prompt": f"q{i}", "reference": reference, "answer": f"It is {fact}", "score": 5 if agree else 1}
+        )
+        rows.append(
+            {
+                "prompt": f"q{i}",
+                "reference": reference,
+                "answer": f"It is {other}",
+                "score": 1 if agree else 5,
+            }
+        )
+    path = tmp_path / f"human-{agree}.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_endpoint_judge_scores_compares_calibrates_and_gates(trained, tmp_path):
+    from judge_server import serve
+
+    config_path, settings, outcome = trained
+    with serve() as (url, app):
+        judge = [
+            "eval.judge.enabled=true",
+            f"eval.judge.endpoint={url}",
+            "eval.judge.model=fair",
+            f"eval.judge.calibration={calibration_file(tmp_path, agree=True)}",
+            "eval.judge.max_items=10",
+            "eval.gates=[{metric: judge_score, min: 1.0}]",
+        ]
+        config = load_config(config_path, [*settings, *judge])
+        result = run_eval(config, outcome.version.name, compare=["base"])
+        report = result.report
+        judged = report["judge"]
+        assert judged["judge"] == f"endpoint:{url}:fair" and judged["steps"].startswith("1. Check")
+        assert judged["calibration"]["spearman"] == pytest.approx(1.0) and judged["calibration"]["calibrated"]
+        for system in report["systems"]:
+            assert 2.0 <= system["scores"]["judge_score"]["value"] <= 5.0
+        assert any(c["metric"] == "judge_score" for c in report["comparisons"])
+        (pair,) = judged["pairwise"]
+        assert pair["win"] + pair["tie"] + pair["loss"] == 10
+        assert report["gate_passed"] is True
+        calls = app.state.calls
+        run_eval(config, outcome.version.name, compare=["base"])
+        assert app.state.calls == calls  # every verdict came from the cache
+
+        # A judge with pure position bias: swapping the order cancels it into ties.
+        biased = load_config(config_path, [*settings, *judge, "eval.judge.model=first"])
+        (pair,) = run_eval(biased, outcome.version.name, compare=["base"]).report["judge"]["pairwise"]
+        assert (pair["win"], pair["tie"], pair["loss"]) == (0, 10, 0)
+
+        # A judge that disagrees with the humans cannot gate.
+        disagreeing = load_config(
+            config_path,
+            [*settings, *judge, f"eval.judge.calibration={calibration_file(tmp_path, agree=False)}"],
+        )
+        report = run_eval(disagreeing, outcome.version.name, compare=["base"]).report
+        assert report["judge"]["calibration"]["calibrated"] is False
+        assert (
+            report["gate_passed"] is False and "agrees too little with humans" in report["gates"][0]["detail"]
+        )
+
+        # A server that refuses logprobs: the judge reads the digit from the reply.
+        plain = load_config(config_path, [*settings, *judge, "eval.judge.model=nologprobs"])
+        report = run_eval(plain, outcome.version.name, compare=["base"]).report
+        assert report["judge"]["calibration"]["calibrated"]
+
+
+def test_local_judge_reads_digit_probabilities(trained):
+    config_path, settings, outcome = trained
+    config = load_config(
+        config_path,
+        [*settings, "eval.judge.enabled=true", "eval.judge.max_items=4", "eval.judge.steps=[Check facts]"],
+    )
+    result = run_eval(config, outcome.version.name, compare=["base"])
+    report = result.report
+    assert report["judge"]["judge"].startswith("local:") and report["judge"]["steps"] == "1. Check facts"
+    assert report["judge"]["calibration"] is None
+    for system in report["systems"]:
+        assert 1.0 <= system["scores"]["judge_score"]["value"] <= 5.0
+    html = (result.directory / "report.html").read_text()
+    assert "LLM judge" in html and "its scores cannot gate" in html

@@ -451,6 +451,9 @@ def eval_cmd(
         bool | None,
         typer.Option("--probe/--no-probe", help="Run the forgetting probe (base vs the version)."),
     ] = None,
+    judge: Annotated[
+        bool | None, typer.Option("--judge/--no-judge", help="Score answers with the LLM judge (eval.judge).")
+    ] = None,
     gate: Annotated[
         bool, typer.Option("--gate", help="Check eval.gates; exit 3 when one fails (for CI).")
     ] = False,
@@ -475,7 +478,7 @@ def eval_cmd(
         raise _fail("--gate: no gates are configured; add them under eval.gates in tunesmith.yaml", 2)
     refs = [r.strip() for r in compare.split(",") if r.strip()] if compare is not None else None
     try:
-        outcome = run_eval(cfg, version, compare=refs, few_shot=few_shot, probe=probe)
+        outcome = run_eval(cfg, version, compare=refs, few_shot=few_shot, probe=probe, judge=judge)
     except (DataError, RegistryError, KeyError) as exc:
         raise _fail(str(exc).strip("\"'")) from None
     _print_report(outcome.report)
@@ -519,6 +522,24 @@ def _print_report(report: dict[str, Any]) -> None:
             out.print(
                 f"forgetting probe {name}: {delta['value']:+.4g} [{delta['low']:+.3g}, {delta['high']:+.3g}] "
                 f"vs base (p={change['p_value']:.3f})",
+                highlight=False,
+            )
+    judged = report.get("judge")
+    if judged:
+        cal = judged["calibration"]
+        if cal:
+            state = "calibrated" if cal["calibrated"] else "NOT calibrated: its scores cannot gate"
+            out.print(
+                f"judge calibration: Spearman {cal['spearman']:.2f}, Kendall {cal['kendall']:.2f} "
+                f"on {cal['scored']} human-labelled rows ({state})",
+                highlight=False,
+            )
+        for pair in judged["pairwise"]:
+            rate = pair["win_rate"]
+            out.print(
+                f"judge pairwise {pair['candidate']} vs {pair['other']}: {pair['win']} wins, "
+                f"{pair['tie']} ties, {pair['loss']} losses; "
+                f"win rate {rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]",
                 highlight=False,
             )
     for row in report["gates"]:

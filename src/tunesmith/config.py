@@ -302,6 +302,25 @@ class ProbeConfig(_Section):
     limit: int | None = Field(None, gt=0)  # a seeded sample of this many questions
 
 
+class JudgeConfig(_Section):
+    """An LLM judge: G-Eval scores 1-5 and pairwise preference, calibrated against human labels."""
+
+    enabled: bool = False  # `tunesmith eval --judge` turns it on for one run
+    endpoint: str | None = None  # an OpenAI-compatible base URL (…/v1); unset: a local model
+    model: str = "base"  # endpoint: its model name; local: `base` or a registered version
+    api_key_env: str | None = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key
+    criteria: str = (
+        "Helpfulness and correctness: the response answers the request accurately and completely, "
+        "agrees with the reference answer when one is given, and invents no facts."
+    )
+    steps: list[str] = Field(default_factory=list)  # evaluation steps; empty: the judge writes them
+    use_reference: bool = True  # show the judge the reference answer
+    pairwise: bool = True  # also ask A-vs-B (both orders) between the version and each other system
+    calibration: str | None = None  # human-labelled {prompt, answer, score 1-5} rows (JSONL or CSV)
+    min_agreement: float = Field(0.5, ge=-1, le=1)  # Spearman's rho needed before judge scores may gate
+    max_items: int | None = Field(None, gt=0)  # judge only the first N items
+
+
 class GateConfig(_Section):
     """One promotion gate. Which fields are set decides its kind:
 
@@ -367,6 +386,7 @@ class EvalConfig(_Section):
     bootstrap_resamples: int = Field(1000, ge=100)
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired tests
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     gates: list[GateConfig] = Field(default_factory=list)
 
 

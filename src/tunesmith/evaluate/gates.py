@@ -26,6 +26,7 @@ def check_gates(
     for gate in gates:
         spec = gate.model_dump(exclude_defaults=True)
         try:
+            _judge_is_trusted(gate, report)
             passed, detail = _CHECKS[gate.kind](gate, report, systems, items, settings)
         except _UncheckedError as exc:
             passed, detail = False, str(exc)
@@ -35,6 +36,22 @@ def check_gates(
 
 class _UncheckedError(Exception):
     """A gate that cannot be checked (its metric or reference is missing): it fails, saying why."""
+
+
+def _judge_is_trusted(gate: GateConfig, report: dict[str, Any]) -> None:
+    """Judge scores gate nothing until the judge has been shown to agree with humans."""
+    if gate.metric != "judge_score":
+        return
+    calibration = (report.get("judge") or {}).get("calibration")
+    if not calibration:
+        raise _UncheckedError(
+            "judge_score may gate only a calibrated judge: set eval.judge.calibration to human-labelled rows"
+        )
+    if not calibration["calibrated"]:
+        raise _UncheckedError(
+            f"the judge agrees too little with humans to gate (Spearman {calibration['spearman']:.2f} < "
+            f"{calibration['min_agreement']:.2f} on {calibration['scored']} rows)"
+        )
 
 
 def _candidate_metric(gate: GateConfig, systems: list[SystemResult]) -> SystemResult:

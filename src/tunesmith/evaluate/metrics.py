@@ -367,6 +367,25 @@ register(
 )
 
 
+# -- judged ------------------------------------------------------------------------------------
+
+
+def _judged(*_: Any) -> np.ndarray:
+    raise ValueError("judge_score comes from the LLM judge: enable eval.judge (or pass --judge)")
+
+
+register(
+    Metric(
+        "judge_score",
+        "generation",
+        _judged,
+        _mean,
+        description="LLM judge G-Eval score 1-5 (probability-weighted), mean over items",
+        scale=5.0,
+    )
+)
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 

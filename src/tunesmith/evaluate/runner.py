@@ -109,6 +109,28 @@ def resolve_subjects(
     return subjects, notes
 
 
+@dataclass
+class EvalPlan:
+    """What one eval run scores: the systems, the items and metrics, and the optional parts."""
+
+    workspace: Workspace
+    candidate: ModelVersion
+    family: str
+    objective: str
+    kind: TaskKind
+    subjects: list[Subject]
+    notes: list[str]
+    dataset: DatasetVersion
+    items: list[dict[str, Any]]
+    references: list[Any]
+    context: Context
+    metrics: list[str]
+    shots: list[dict[str, Any]]
+    few_shot: int
+    probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None
+    judge: bool
+
+
 def run_eval(
     config: ProjectConfig,
     ref: str,
@@ -117,31 +139,115 @@ def run_eval(
     compare: list[str] | None = None,
     few_shot: int | None = None,
     probe: bool | None = None,
+    judge: bool | None = None,
 ) -> EvalOutcome:
     """Evaluate version (or alias) `ref` against `compare` (default `eval.compare`) and store the report.
 
     Raises:
         RegistryError: an unknown version, or an alias the user named that is not set.
-        DataError: a version without a dataset, or an empty split.
+        DataError: a version without a dataset, an empty split, or unusable probe or judge files.
     """
+    plan = plan_eval(config, ref, workspace, compare=compare, few_shot=few_shot, probe=probe, judge=judge)
+    settings = config.eval
+    systems, probe_outputs = _score_subjects(plan, config)
+    judged = _run_judge(plan, config, systems) if plan.judge else None
+    metrics = [*plan.metrics, *(["judge_score"] if judged else [])]
+    comparisons = pairwise(
+        systems, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed, alpha=settings.alpha
+    )
+    report: dict[str, Any] = {
+        "id": f"er-{secrets.token_hex(6)}",
+        "family": plan.family,
+        "version": {"id": plan.candidate.id, "name": plan.candidate.name},
+        "candidate": plan.candidate.name,
+        "task": plan.kind,
+        "objective": plan.objective,
+        "dataset_version": plan.dataset.id,
+        "split": settings.split,
+        "items": len(plan.items),
+        "notes": plan.notes,
+        "settings": {
+            "max_new_tokens": settings.max_new_tokens,
+            "decoding": "greedy",
+            "seed": settings.seed,
+            "few_shot": plan.few_shot,
+            "bootstrap_resamples": settings.bootstrap_resamples,
+            "alpha": settings.alpha,
+            "significance_test": "approximate randomization (paired)",
+            "interval": "95% percentile bootstrap",
+        },
+        "metrics": [_metric_info(name) for name in metrics],
+        "systems": [s.summary() for s in systems],
+        "comparisons": comparisons,
+        "verdicts": verdict_lines(comparisons, plan.candidate.name),
+        "slices": [
+            slice_scores(
+                systems,
+                plan.items,
+                column,
+                metrics,
+                resamples=settings.bootstrap_resamples,
+                seed=settings.seed,
+            )
+            for column in settings.slices
+        ],
+        "probe": _probe_report(probe_outputs, plan.probe_data, settings, plan.candidate.name)
+        if plan.probe_data
+        else None,
+        "judge": judged,
+        "per_item": _per_item(plan.kind, plan.items, plan.references, systems, metrics),
+    }
+    report.update(_task_details(plan.kind, plan.references, systems, plan.context))
+    gates = check_gates(settings.gates, report, systems, plan.items, settings)
+    report["gates"] = gates
+    report["gate_passed"] = all(g["passed"] for g in gates) if gates else None
+    directory = _write_report(plan.workspace, report)
+    with session(plan.workspace.engine) as s:
+        s.add(
+            EvalReport(
+                id=report["id"],
+                family=plan.family,
+                version_id=plan.candidate.id,
+                dataset_version_id=plan.dataset.id,
+                split=settings.split,
+                task=plan.kind,
+                systems=report["systems"],
+                gate_passed=report["gate_passed"],
+                gates=gates,
+                path=str(directory),
+                created_by=who(),
+            )
+        )
+    return EvalOutcome(report["id"], directory, report, systems)
+
+
+def plan_eval(
+    config: ProjectConfig,
+    ref: str,
+    workspace: Workspace | None = None,
+    *,
+    compare: list[str] | None = None,
+    few_shot: int | None = None,
+    probe: bool | None = None,
+    judge: bool | None = None,
+) -> EvalPlan:
+    """Resolve the systems, items and metrics of an eval, failing before any model is loaded."""
     from tunesmith.workspace import open_workspace
 
     workspace = workspace or open_workspace(config)
     settings = config.eval
-    family = config.project
-    candidate = alias_target(workspace, family, ref) if ref in ALIASES else get_version(workspace, ref)
+    candidate = (
+        alias_target(workspace, config.project, ref) if ref in ALIASES else get_version(workspace, ref)
+    )
     if candidate is None:
-        raise RegistryError(f"alias {ref!r} of {family!r} is not set")
-    family = candidate.family
-    few_shot = settings.few_shot if few_shot is None else few_shot
-    probe = settings.probe.enabled if probe is None else probe
+        raise RegistryError(f"alias {ref!r} of {config.project!r} is not set")
     objective = candidate.config.get("train", {}).get("objective", "sft")
     kind = task_kind(objective)
-    if kind != "generation":
-        few_shot = 0  # prompting with examples is for generative models
+    few_shot = (settings.few_shot if few_shot is None else few_shot) if kind == "generation" else 0
+    judge = (settings.judge.enabled if judge is None else judge) and kind == "generation"
     subjects, notes = resolve_subjects(
         workspace,
-        family,
+        candidate.family,
         candidate,
         compare if compare is not None else settings.compare,
         few_shot=few_shot,
@@ -160,31 +266,47 @@ def run_eval(
         metrics.append("perplexity")
     for name in metrics:
         get_metric(name)  # an unknown name fails before any model is loaded
-    shots = _shots(dataset, few_shot, settings.seed) if few_shot else []
-    references, context = _references(kind, items, candidate, dataset)
+    if "judge_score" in metrics:
+        metrics.remove("judge_score")  # the judge adds it
+        if not judge:
+            raise DataError("eval.metrics lists judge_score: enable eval.judge (or pass --judge)")
+    references, context = _references(kind, items, candidate)
+    return EvalPlan(
+        workspace=workspace,
+        candidate=candidate,
+        family=candidate.family,
+        objective=objective,
+        kind=kind,
+        subjects=subjects,
+        notes=notes,
+        dataset=dataset,
+        items=items,
+        references=references,
+        context=context,
+        metrics=metrics,
+        shots=_shots(dataset, few_shot, settings.seed) if few_shot else [],
+        few_shot=few_shot,
+        probe_data=_probe_inputs(config) if (settings.probe.enabled if probe is None else probe) else None,
+        judge=judge,
+    )
 
-    probe_data = _probe_inputs(config) if probe else None
+
+def _score_subjects(
+    plan: EvalPlan, config: ProjectConfig
+) -> tuple[list[SystemResult], dict[str, dict[str, Any]]]:
+    """Every subject's outputs and scores (models loaded one at a time), in the subjects' order."""
+    settings = config.eval
     systems: list[SystemResult] = []
     probe_outputs: dict[str, dict[str, Any]] = {}
-    cache_dir = workspace.root / "eval_cache"
-    for subject in _ordered_for_loading(subjects):
-        result, nll, probed = _run_subject(
-            subject,
-            candidate,
-            kind,
-            items,
-            dataset,
-            config,
-            shots,
-            cache_dir,
-            probe_data if subject.ref == "base" or subject.version is candidate else None,
-        )
+    for subject in _ordered_for_loading(plan.subjects):
+        wants_probe = subject.ref == "base" or subject.version is plan.candidate
+        result, nll, probed = _run_subject(subject, plan, config, plan.probe_data if wants_probe else None)
         score_system(
             result,
-            references,
-            items,
-            metrics,
-            context=context,
+            plan.references,
+            plan.items,
+            plan.metrics,
+            context=plan.context,
             nll=nll,
             resamples=settings.bootstrap_resamples,
             seed=settings.seed,
@@ -192,67 +314,91 @@ def run_eval(
         systems.append(result)
         if probed is not None:
             probe_outputs[result.label] = probed
-    systems.sort(key=lambda r: [s.label for s in subjects].index(r.label))
+    systems.sort(key=lambda r: [s.label for s in plan.subjects].index(r.label))
+    return systems, probe_outputs
 
-    comparisons = pairwise(
-        systems, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed, alpha=settings.alpha
-    )
+
+def _run_judge(plan: EvalPlan, config: ProjectConfig, systems: list[SystemResult]) -> dict[str, Any]:
+    """G-Eval scores for every system (added as metric judge_score), pairwise outcomes, calibration."""
+    from tunesmith.evaluate import judge as judging
+
+    settings = config.eval.judge
+    judge = judging.make_judge(settings, lambda ref: _load_judge_model(ref, plan, config))
+    run = judging.start(settings, judge, plan.workspace.root / "eval_cache")
+    count = min(len(plan.items), settings.max_items or len(plan.items))
+    prompts = [item["messages"][-2]["content"] for item in plan.items[:count]]
+    references = [r if settings.use_reference else None for r in plan.references[:count]]
     report: dict[str, Any] = {
-        "id": f"er-{secrets.token_hex(6)}",
-        "family": family,
-        "version": {"id": candidate.id, "name": candidate.name},
-        "candidate": candidate.name,
-        "task": kind,
-        "objective": objective,
-        "dataset_version": dataset.id,
-        "split": settings.split,
-        "items": len(items),
-        "notes": notes,
-        "settings": {
-            "max_new_tokens": settings.max_new_tokens,
-            "decoding": "greedy",
-            "seed": settings.seed,
-            "few_shot": few_shot,
-            "bootstrap_resamples": settings.bootstrap_resamples,
-            "alpha": settings.alpha,
-            "significance_test": "approximate randomization (paired)",
-            "interval": "95% percentile bootstrap",
-        },
-        "metrics": [_metric_info(name) for name in metrics],
-        "systems": [s.summary() for s in systems],
-        "comparisons": comparisons,
-        "verdicts": verdict_lines(comparisons, candidate.name),
-        "slices": [
-            slice_scores(
-                systems, items, column, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed
-            )
-            for column in settings.slices
-        ],
-        "probe": _probe_report(probe_outputs, probe_data, settings, candidate.name) if probe_data else None,
-        "per_item": _per_item(kind, items, references, systems, metrics),
+        "judge": judge.identity,
+        "criteria": run.criteria,
+        "steps": run.steps,
+        "items": count,
     }
-    report.update(_task_details(kind, references, systems, context))
-    gates = check_gates(settings.gates, report, systems, items, settings)
-    report["gates"] = gates
-    report["gate_passed"] = all(g["passed"] for g in gates) if gates else None
-    directory = _write_report(workspace, report, systems)
-    with session(workspace.engine) as s:
-        s.add(
-            EvalReport(
-                id=report["id"],
-                family=family,
-                version_id=candidate.id,
-                dataset_version_id=dataset.id,
-                split=settings.split,
-                task=kind,
-                systems=report["systems"],
-                gate_passed=report["gate_passed"],
-                gates=gates,
-                path=str(directory),
-                created_by=who(),
-            )
+    if settings.calibration:
+        path = Path(settings.calibration)
+        path = path if path.is_absolute() else config.base_dir / path
+        report["calibration"] = judging.calibrate(run, judging.load_calibration(path), settings.min_agreement)
+    else:
+        report["calibration"] = None
+    score = get_metric("judge_score")
+    for system in systems:
+        scores = judging.score_all(
+            run,
+            [(p, str(a), r) for p, a, r in zip(prompts, system.outputs[:count], references, strict=True)],
+            f"Judging {system.label}",
         )
-    return EvalOutcome(report["id"], directory, report, systems)
+        stats = np.array([[s, 1.0] if s is not None else [0.0, 0.0] for s in scores]).reshape(-1, 2)
+        if count < len(plan.items):  # unjudged items weigh nothing
+            stats = np.vstack([stats, np.zeros((len(plan.items) - count, 2))])
+        system.stats["judge_score"] = stats
+        system.scores["judge_score"] = bootstrap_interval(
+            stats, score.score, resamples=config.eval.bootstrap_resamples, seed=config.eval.seed
+        )
+    report["pairwise"] = []
+    if settings.pairwise and len(systems) > 1:
+        candidate = systems[-1]
+        for other in systems[:-1]:
+            outcomes = judging.compare_all(
+                run,
+                [
+                    (p, str(c), str(o), r)
+                    for p, c, o, r in zip(
+                        prompts, candidate.outputs[:count], other.outputs[:count], references, strict=True
+                    )
+                ],
+                f"Judging {candidate.label} vs {other.label}",
+            )
+            report["pairwise"].append(_pairwise_summary(candidate.label, other.label, outcomes, config))
+    return report
+
+
+def _pairwise_summary(
+    candidate: str, other: str, outcomes: list[str], config: ProjectConfig
+) -> dict[str, Any]:
+    """Win/tie/loss counts and the win rate (ties count half) with its bootstrap interval."""
+    counts = Counter(outcomes)
+    stats = np.array([[{"win": 1.0, "tie": 0.5, "loss": 0.0}[o], 1.0] for o in outcomes]).reshape(-1, 2)
+    interval = bootstrap_interval(
+        stats,
+        get_metric("judge_score").score,
+        resamples=config.eval.bootstrap_resamples,
+        seed=config.eval.seed,
+    )
+    return {
+        "candidate": candidate,
+        "other": other,
+        "win": counts["win"],
+        "tie": counts["tie"],
+        "loss": counts["loss"],
+        "win_rate": interval.as_dict(),
+        "outcomes": outcomes,
+    }
+
+
+def _load_judge_model(ref: str, plan: EvalPlan, config: ProjectConfig) -> tuple[Any, Any, str]:
+    version = None if ref == "base" else get_version(plan.workspace, ref)
+    model, tokenizer, identity = _load(Subject(ref, ref, version), plan.candidate)
+    return model, tokenizer, identity
 
 
 def _probe_inputs(config: ProjectConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -275,7 +421,7 @@ def _shots(dataset: DatasetVersion, k: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _references(
-    kind: TaskKind, items: list[dict[str, Any]], candidate: ModelVersion, dataset: DatasetVersion
+    kind: TaskKind, items: list[dict[str, Any]], candidate: ModelVersion
 ) -> tuple[list[Any], Context]:
     if kind == "classification":
         from tunesmith.train.classify import read_labels
@@ -291,25 +437,22 @@ def _references(
 
 def _run_subject(
     subject: Subject,
-    candidate: ModelVersion,
-    kind: TaskKind,
-    items: list[dict[str, Any]],
-    dataset: DatasetVersion,
+    plan: EvalPlan,
     config: ProjectConfig,
-    shots: list[dict[str, Any]],
-    cache_dir: Path,
     probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None,
 ) -> tuple[SystemResult, list[tuple[float, int]] | None, dict[str, Any] | None]:
     """Load one subject's model, collect its outputs (and likelihoods, probe answers), free it."""
     from tunesmith.evaluate.probe import run_probe
 
     settings = config.eval
+    candidate, kind, items, dataset, shots = plan.candidate, plan.kind, plan.items, plan.dataset, plan.shots
+    cache_dir = plan.workspace.root / "eval_cache"
     result = SystemResult(subject.label, subject.ref, subject.version.id if subject.version else None, [])
     if kind in ("classification", "tagging") and subject.version is None:
         result.outputs = _majority(kind, dataset, items)
         result.label = subject.label = "majority" if kind == "classification" else "all O"
         return result, None, None
-    model, tokenizer, identity = _load(subject, candidate, config)
+    model, tokenizer, identity = _load(subject, candidate)
     nll = probed = None
     try:
         if kind in ("classification", "tagging"):
@@ -363,7 +506,7 @@ def _run_subject(
     return result, nll, probed
 
 
-def _load(subject: Subject, candidate: ModelVersion, config: ProjectConfig) -> tuple[Any, Any, str]:
+def _load(subject: Subject, candidate: ModelVersion) -> tuple[Any, Any, str]:
     """(model, tokenizer, identity for the answer cache) of a subject."""
     if subject.version is not None:
         model, tokenizer = load_row(subject.version)
@@ -546,7 +689,7 @@ def _share(sums: np.ndarray) -> float:
     return float(sums[0] / sums[1]) if sums[1] else 0.0
 
 
-def _write_report(workspace: Workspace, report: dict[str, Any], systems: list[SystemResult]) -> Path:
+def _write_report(workspace: Workspace, report: dict[str, Any]) -> Path:
     from tunesmith.evaluate.html import render_html
 
     target = workspace.root / "reports" / report["id"]
