@@ -259,3 +259,99 @@ def test_local_judge_reads_digit_probabilities(trained):
         assert 1.0 <= system["scores"]["judge_score"]["value"] <= 5.0
     html = (result.directory / "report.html").read_text()
     assert "LLM judge" in html and "its scores cannot gate" in html
+
+
+def filled_sheet(review_dir: Path, rater: str, prefer_candidate: float, path: Path) -> Path:
+    """A rater who prefers the candidate on the first `prefer_candidate` share of pairs, ties after."""
+    import csv
+
+    key = json.loads((review_dir / "key.json").read_text())
+    with (review_dir / "sheet.csv").open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    cut = round(len(rows) * prefer_candidate)
+    for i, row in enumerate(rows):
+        sides = key["pairs"][row["pair_id"]]
+        candidate_side = "1" if sides["1"] == key["candidate"] else "2"
+        row["preference"] = candidate_side if i < cut else "tie"
+        row["rater"] = rater
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_blind_review_export_import_rates_and_agreement(trained, tmp_path):
+    config_path, settings, outcome = trained
+    config = load_config(config_path, settings)
+    result = run_eval(config, outcome.version.name, compare=["base"])
+    args = ["--config", str(config_path)]
+    exported = runner.invoke(app, ["review", "export", result.report_id, "--limit", "20", *args])
+    assert exported.exit_code == 0, exported.output
+    review_dir = result.directory / "review-base"
+    sheet = (review_dir / "sheet.csv").read_text()
+    html = (review_dir / "sheet.html").read_text()
+    for text in (sheet, html):
+        assert outcome.version.name not in text and "base" not in text.lower().replace("database", "")
+    key = json.loads((review_dir / "key.json").read_text())
+    assert len(key["pairs"]) == 20
+    sides = [pair["1"] for pair in key["pairs"].values()]
+    assert 0 < sides.count(outcome.version.name) < 20  # the candidate is not always on one side
+
+    first = filled_sheet(review_dir, "ana", 0.8, tmp_path / "ana.csv")
+    second = filled_sheet(review_dir, "ben", 0.7, tmp_path / "ben.csv")
+    imported = runner.invoke(app, ["review", "import", result.report_id, str(first), str(second), *args])
+    assert imported.exit_code == 0, imported.output
+    assert "Krippendorff's alpha" in imported.output and "Cohen's kappa" in imported.output
+    summary = json.loads((review_dir / "result.json").read_text())
+    assert summary["counts"] == {"win": 16 + 14, "tie": 4 + 6, "loss": 0}
+    assert summary["raters"] == ["ana", "ben"] and summary["pairs"] == 20
+    rate = summary["rates"]["win"]
+    assert rate["value"] == pytest.approx(0.75) and rate["low"] < 0.75 < rate["high"]
+    assert summary["agreement"]["percent_agreement"] == pytest.approx(0.9)
+    assert 0 < summary["agreement"]["krippendorff_alpha"] < 1
+
+    import csv
+
+    with first.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    rows[2]["preference"] = "maybe"  # line 4 of the file
+    broken = tmp_path / "broken.csv"
+    with broken.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    refused = runner.invoke(app, ["review", "import", result.report_id, str(broken), *args])
+    assert refused.exit_code == 1 and "broken.csv:4: preference 'maybe' is not 1, 2 or tie" in refused.output
+
+
+def test_review_sheet_works_in_a_real_browser(trained, tmp_path):
+    import shutil
+
+    from tunesmith.evaluate.review import export_sheet, read_sheets
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (make setup installs it)")
+    from playwright.sync_api import sync_playwright
+
+    config_path, settings, outcome = trained
+    result = run_eval(load_config(config_path, settings), outcome.version.name, compare=["base"])
+    review_dir = export_sheet(result.directory, limit=3)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=["--no-sandbox"])
+        page = browser.new_page()
+        page.goto((review_dir / "sheet.html").as_uri())
+        page.fill("#rater", "cleo")
+        pair_ids = list(json.loads((review_dir / "key.json").read_text())["pairs"])
+        page.check(f"input[name={pair_ids[0]}][value='1']")
+        page.check(f"input[name={pair_ids[1]}][value='tie']")
+        assert page.inner_text("#progress") == "2 of 3 rated"
+        with page.expect_download() as download:
+            page.click("#download")
+        target = tmp_path / "from-browser.csv"
+        download.value.save_as(target)
+        browser.close()
+    ratings = read_sheets(review_dir, [target])
+    assert [(r["pair_id"], r["rater"]) for r in ratings] == [(pair_ids[0], "cleo"), (pair_ids[1], "cleo")]
+    assert ratings[1]["outcome"] == "tie"

@@ -30,7 +30,9 @@ data_app = typer.Typer(help="Prepare and inspect dataset versions.", no_args_is_
 registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
 app.add_typer(models_app, name="models", rich_help_panel="Project")
 app.add_typer(data_app, name="data", rich_help_panel="Lifecycle")
+review_app = typer.Typer(help="Blind human A/B review of an eval report's answers.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
+app.add_typer(review_app, name="review", rich_help_panel="Lifecycle")
 
 out = Console()
 err = Console(stderr=True)
@@ -545,6 +547,88 @@ def _print_report(report: dict[str, Any]) -> None:
     for row in report["gates"]:
         mark = "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]"
         out.print(f"gate {row['kind']} {mark}: {row['detail']}", highlight=False)
+
+
+def _report_dir(config: Path | None, report_id: str) -> Path:
+    from tunesmith.store import EvalReport, session
+    from tunesmith.workspace import open_workspace
+
+    with session(open_workspace(_config(config, None)).engine) as s:
+        row = s.get(EvalReport, report_id)
+    if row is None:
+        raise _fail(
+            f"no eval report {report_id!r}; `tunesmith eval VERSION` prints the id of the one it writes"
+        )
+    return Path(row.path)
+
+
+@review_app.command("export")
+def review_export(
+    report: Annotated[str, typer.Argument(help="Eval report id (er-...).")],
+    against: Annotated[
+        str | None, typer.Option(help="The system to pair the version with (default: the report's first).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many pairs (a random sample).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the pair order and the sides.")] = 0,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Write a blind A/B sheet (HTML page and CSV) with random sides and no model names."""
+    from tunesmith.data import DataError
+    from tunesmith.evaluate.review import export_sheet
+
+    try:
+        target = export_sheet(_report_dir(config, report), against=against, limit=limit, seed=seed)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"Sheet for raters: {target / 'sheet.html'} (or {target / 'sheet.csv'})")
+    out.print(f"Keep {target / 'key.json'} to yourself: it says which side is which.")
+    out.print(f"Then: tunesmith review import {report} FILLED.csv [MORE.csv ...]")
+
+
+@review_app.command("import")
+def review_import(
+    report: Annotated[str, typer.Argument(help="Eval report id (er-...).")],
+    files: Annotated[list[Path], typer.Argument(help="Filled sheets, one per rater or with a rater column.")],
+    against: Annotated[
+        str | None, typer.Option(help="Which exported review (default: the only one).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Read filled sheets: win/tie/loss rates with intervals and inter-rater agreement."""
+    from tunesmith.data import DataError
+    from tunesmith.evaluate.review import import_sheets
+
+    directory = _report_dir(config, report)
+    reviews = sorted(directory.glob("review-*")) if against is None else [directory / f"review-{against}"]
+    if len(reviews) != 1 or not (reviews[0] / "key.json").exists():
+        found = (
+            ", ".join(p.name.removeprefix("review-") for p in sorted(directory.glob("review-*"))) or "none"
+        )
+        raise _fail(f"name the review with --against (exported: {found})")
+    try:
+        result = import_sheets(reviews[0], files)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    rates = result["rates"]
+    out.print(
+        f"{result['candidate']} vs {result['other']}: {result['ratings']} ratings of {result['pairs']} pairs "
+        f"by {len(result['raters'])} rater(s)"
+    )
+    for name in ("win", "tie", "loss", "win_rate_ties_half"):
+        r = rates[name]
+        out.print(f"  {name:<19} {r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]", highlight=False)
+    agreement = result.get("agreement")
+    if agreement:
+        alpha = agreement["krippendorff_alpha"]
+        out.print(
+            f"  agreement: Krippendorff's alpha {alpha:.2f}"
+            if alpha is not None
+            else "  agreement: undefined",
+            highlight=False,
+        )
+        if agreement.get("cohen_kappa") is not None:
+            out.print(f"  Cohen's kappa {agreement['cohen_kappa']:.2f}", highlight=False)
+    out.print(f"Saved {reviews[0] / 'result.json'}")
 
 
 @registry_app.command("list")
