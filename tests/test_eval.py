@@ -355,3 +355,32 @@ def test_review_sheet_works_in_a_real_browser(trained, tmp_path):
     ratings = read_sheets(review_dir, [target])
     assert [(r["pair_id"], r["rater"]) for r in ratings] == [(pair_ids[0], "cleo"), (pair_ids[1], "cleo")]
     assert ratings[1]["outcome"] == "tie"
+
+
+def test_cross_validation_trains_and_scores_each_fold(tmp_path, tiny_model_dir):
+    from tunesmith.registry import list_versions
+    from tunesmith.store import Run
+
+    config_path, settings = project(
+        tmp_path, tiny_model_dir, "train.method=full", "eval.metrics=[rouge_l, key_fact]"
+    )
+    shown = runner.invoke(
+        app, ["eval", "--cv", "3", "--config", str(config_path)] + [a for s in settings for a in ("--set", s)]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "3-fold cross-validation" in shown.output and "±" in shown.output
+    config = load_config(config_path, settings)
+    workspace = open_workspace(config)
+    with session(workspace.engine) as s:
+        report_row = s.scalars(select(EvalReport)).one()
+        runs = list(s.scalars(select(Run).where(Run.kind == "cv")))
+    report = json.loads((Path(report_row.path) / "report.json").read_text())
+    assert report["folds"] == 3 and len(report["per_fold"]) == 3 and len(runs) == 3
+    folds = report["per_fold"]
+    assert len({f["dataset"] for f in folds}) == 3
+    assert sum(f["test_rows"] for f in folds) == folds[0]["train_rows"] + folds[0]["test_rows"]
+    stats = report["summary"]["rouge_l"]
+    assert stats["mean"] == pytest.approx(sum(stats["values"]) / 3)
+    assert list_versions(workspace) == []  # fold models are runs, not versions
+    refused = runner.invoke(app, ["eval", "--cv", "1", "--config", str(config_path)])
+    assert refused.exit_code == 1 and "at least 2 folds" in refused.output

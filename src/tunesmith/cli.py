@@ -459,6 +459,9 @@ def eval_cmd(
     gate: Annotated[
         bool, typer.Option("--gate", help="Check eval.gates; exit 3 when one fails (for CI).")
     ] = False,
+    cv: Annotated[
+        int | None, typer.Option("--cv", help="Cross-validate: train and score on K folds (no VERSION).")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
     set_: SetOpt = None,
     list_metrics: Annotated[
@@ -469,13 +472,16 @@ def eval_cmd(
     if list_metrics:
         _print_metrics()
         return
-    if version is None:
-        raise _fail("name a version to evaluate (see `tunesmith registry list`)", 2)
     from tunesmith.data import DataError
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.registry import RegistryError
 
     cfg = _config(config, set_)
+    if cv is not None:
+        _cross_validate(cfg, cv)
+        return
+    if version is None:
+        raise _fail("name a version to evaluate (see `tunesmith registry list`), or pass --cv K", 2)
     if gate and not cfg.eval.gates:
         raise _fail("--gate: no gates are configured; add them under eval.gates in tunesmith.yaml", 2)
     refs = [r.strip() for r in compare.split(",") if r.strip()] if compare is not None else None
@@ -487,6 +493,24 @@ def eval_cmd(
     out.print(f"\nReport {outcome.report_id}: {outcome.directory / 'report.html'}")
     if gate and not outcome.gate_passed:
         raise typer.Exit(3)
+
+
+def _cross_validate(cfg: Any, folds: int) -> None:
+    from tunesmith.data import DataError
+    from tunesmith.evaluate.cv import cross_validate
+
+    try:
+        report = cross_validate(cfg, folds)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    table = _table("metric", *[f"fold {f['fold']}" for f in report["per_fold"]], "mean ± std")
+    table.title = f"{folds}-fold cross-validation of {report['dataset_version']}"
+    for name, stats in report["summary"].items():
+        table.add_row(
+            name, *[f"{v:.4g}" for v in stats["values"]], f"{stats['mean']:.4g} ± {stats['std']:.2g}"
+        )
+    out.print(table)
+    out.print(f"Report {report['id']}: {report['path']}")
 
 
 def _print_metrics() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.config import ProjectConfig
+from tunesmith.config import EvalConfig, ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
 from tunesmith.evaluate.gates import check_gates
@@ -421,9 +421,10 @@ def _shots(dataset: DatasetVersion, k: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _references(
-    kind: TaskKind, items: list[dict[str, Any]], candidate: ModelVersion
+    kind: TaskKind, items: list[dict[str, Any]], candidate: ModelVersion | None
 ) -> tuple[list[Any], Context]:
     if kind == "classification":
+        assert candidate is not None, "a classifier's labels come from its version"
         from tunesmith.train.classify import read_labels
 
         labels = tuple(read_labels(Path(candidate.path)))
@@ -453,20 +454,10 @@ def _run_subject(
         result.label = subject.label = "majority" if kind == "classification" else "all O"
         return result, None, None
     model, tokenizer, identity = _load(subject, candidate)
-    nll = probed = None
+    probed = None
     try:
-        if kind in ("classification", "tagging"):
-            from tunesmith.train.classify import predict
-
-            objective = "classify" if kind == "classification" else "tag"
-            max_length = candidate.config["train"]["max_length"]
-            _, result.outputs = predict(
-                objective, model, tokenizer, items, max_length, settings.batch_size, f"Asking {subject.label}"
-            )
-        elif kind == "lm":
-            nll = answer_nll(model, tokenizer, items, batch_size=max(1, settings.batch_size // 2))
-            result.outputs = ["" for _ in items]
-        else:
+        cache = None
+        if kind == "generation":
             use_shots = shots if subject.shots else []
             cache = AnswerCache(
                 cache_path(
@@ -483,27 +474,64 @@ def _run_subject(
                     },
                 )
             )
-            result.outputs = generate_answers(
-                model,
-                tokenizer,
-                items,
-                max_new_tokens=settings.max_new_tokens,
-                batch_size=settings.batch_size,
-                label=f"Asking {subject.label}",
-                shots=use_shots,
-                seed=settings.seed,
-                cache=cache,
-            )
-            if cache.hits:
-                console.print(f"{subject.label}: {cache.hits} of {len(items)} answers from the cache")
-            if not subject.shots:
-                nll = answer_nll(model, tokenizer, items, batch_size=max(1, settings.batch_size // 2))
+        result.outputs, nll = model_outputs(
+            kind,
+            model,
+            tokenizer,
+            items,
+            settings,
+            max_length=candidate.config["train"]["max_length"],
+            label=subject.label,
+            shots=shots if subject.shots else [],
+            cache=cache,
+        )
         if probe_data is not None and kind not in ("classification", "tagging") and not subject.shots:
             probed = run_probe(model, tokenizer, *probe_data, settings.probe.scoring)
     finally:
         del model
         gc.collect()
     return result, nll, probed
+
+
+def model_outputs(
+    kind: TaskKind,
+    model: Any,
+    tokenizer: Any,
+    items: list[dict[str, Any]],
+    settings: EvalConfig,
+    *,
+    max_length: int,
+    label: str,
+    shots: list[dict[str, Any]] | None = None,
+    cache: AnswerCache | None = None,
+) -> tuple[list[Any], list[tuple[float, int]] | None]:
+    """A loaded model's outputs on `items` (answers, labels or tag lists) and, for LMs, likelihoods."""
+    if kind in ("classification", "tagging"):
+        from tunesmith.train.classify import predict
+
+        objective = "classify" if kind == "classification" else "tag"
+        _, predicted = predict(
+            objective, model, tokenizer, items, max_length, settings.batch_size, f"Asking {label}"
+        )
+        return predicted, None
+    nll_batch = max(1, settings.batch_size // 2)
+    if kind == "lm":
+        return ["" for _ in items], answer_nll(model, tokenizer, items, batch_size=nll_batch)
+    answers = generate_answers(
+        model,
+        tokenizer,
+        items,
+        max_new_tokens=settings.max_new_tokens,
+        batch_size=settings.batch_size,
+        label=f"Asking {label}",
+        shots=shots or [],
+        seed=settings.seed,
+        cache=cache,
+    )
+    if cache is not None and cache.hits:
+        console.print(f"{label}: {cache.hits} of {len(items)} answers from the cache")
+    nll = None if shots else answer_nll(model, tokenizer, items, batch_size=nll_batch)
+    return answers, nll
 
 
 def _load(subject: Subject, candidate: ModelVersion) -> tuple[Any, Any, str]:

@@ -1,0 +1,210 @@
+"""Cross-validation: train on K-1 folds, score on the held-out fold, K times; mean ± std per metric.
+
+The folds come from the data stage (`data.split.folds`, grouped and stratified like the splits);
+`tunesmith eval --cv K` prepares the data with K folds when the config asks for another number.
+Each fold is its own content-hashed dataset version (train = the other folds, test = this fold),
+so every fold's run is reproducible and resumable like any other. Fold runs are recorded as runs
+of kind `cv`; they are not registered as versions.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from tunesmith.config import ProjectConfig
+from tunesmith.data import DataError, load_split
+from tunesmith.evaluate.comparison import SystemResult, score_system
+from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context
+from tunesmith.progress import console
+from tunesmith.store import DatasetVersion, EvalReport, session
+from tunesmith.workspace import Workspace, atomic_dir
+
+
+def fold_dataset(workspace: Workspace, parent: DatasetVersion, fold: int, folds: int) -> DatasetVersion:
+    """The dataset version whose train split is every fold but `fold` and whose test split is `fold`."""
+    digest = hashlib.sha256(f"{parent.content_hash}:cv:{folds}:{fold}".encode()).hexdigest()
+    dataset_id = f"ds-{digest[:12]}"
+    with session(workspace.engine) as s:
+        existing = s.scalars(select(DatasetVersion).where(DatasetVersion.content_hash == digest)).first()
+        if existing is not None and workspace.dataset_dir(existing.id).exists():
+            return existing
+    rows = load_split(parent, "train", with_meta=True)
+    train = [r for r in rows if r.get("_fold") != fold]
+    test = [r for r in rows if r.get("_fold") == fold]
+    val = load_split(parent, "val", with_meta=True)
+    counts = {"train": len(train), "val": len(val), "test": len(test), "rejected": 0}
+    target = workspace.dataset_dir(dataset_id)
+    with atomic_dir(target) as tmp:
+        for split, records in (("train", train), ("val", val), ("test", test)):
+            _write(tmp / f"{split}.parquet", records, parent)
+        (tmp / "report.json").write_text(
+            json.dumps(
+                {"id": dataset_id, "counts": counts, "cv": {"parent": parent.id, "fold": fold}}, indent=2
+            ),
+            encoding="utf-8",
+        )
+    with session(workspace.engine) as s:
+        stored = s.get(DatasetVersion, dataset_id)
+        if stored is None:
+            stored = DatasetVersion(
+                id=dataset_id,
+                name=f"{parent.name}-fold{fold}of{folds}",
+                content_hash=digest,
+                source=f"fold {fold} of {folds} of {parent.id}",
+                format=parent.format,
+                counts=counts,
+                path=str(target),
+                meta={**parent.meta, "cv": {"parent": parent.id, "fold": fold, "folds": folds}},
+            )
+            s.add(stored)
+    return stored
+
+
+def _write(path: Path, records: list[dict[str, Any]], parent: DatasetVersion) -> None:
+    """Rows with the parent's columns and types (a fold may lack a column no row of it fills)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(Path(parent.path) / "train.parquet")
+    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+
+
+def cross_validate(config: ProjectConfig, folds: int, workspace: Workspace | None = None) -> dict[str, Any]:
+    """Train and score `folds` times; return (and store) per-fold scores and their mean ± std.
+
+    Raises:
+        DataError: fewer than 2 folds, or a fold without rows to train or test on.
+    """
+    from tunesmith.evaluate.runner import task_kind
+    from tunesmith.pipeline import prepare_data
+    from tunesmith.workspace import open_workspace
+
+    if folds < 2:
+        raise DataError("--cv needs at least 2 folds")
+    if config.train.objective == "multitask":
+        raise DataError(
+            "--cv works on one dataset; multitask mixes several (evaluate each task's data instead)"
+        )
+    if config.data.split.folds != folds:
+        split = config.data.split.model_copy(update={"folds": folds})
+        config = config.model_copy(update={"data": config.data.model_copy(update={"split": split})})
+    workspace = workspace or open_workspace(config)
+    parent = prepare_data(config, workspace)
+    kind = task_kind(config.train.objective)
+    metrics = [m for m in config.eval.metrics or DEFAULT_METRICS[kind] if m != "judge_score"]
+    per_fold = []
+    for fold in range(folds):
+        console.rule(f"[bold]Fold {fold + 1}/{folds}")
+        per_fold.append(
+            _run_fold(config, workspace, fold_dataset(workspace, parent, fold, folds), fold, metrics)
+        )
+    names = list(per_fold[0]["scores"])
+    report: dict[str, Any] = {
+        "id": f"er-{secrets.token_hex(6)}",
+        "family": config.project,
+        "task": kind,
+        "cv": True,
+        "folds": folds,
+        "dataset_version": parent.id,
+        "metrics": names,
+        "per_fold": per_fold,
+        "summary": {
+            name: {
+                "mean": float(np.mean([f["scores"][name] for f in per_fold])),
+                "std": float(np.std([f["scores"][name] for f in per_fold], ddof=1)),
+                "values": [f["scores"][name] for f in per_fold],
+            }
+            for name in names
+        },
+    }
+    report["path"] = str(_store(workspace, report, parent))
+    return report
+
+
+def _run_fold(
+    config: ProjectConfig, workspace: Workspace, dataset: DatasetVersion, fold: int, metrics: list[str]
+) -> dict[str, Any]:
+    """Train on the fold's train split, score on its test split; the run is recorded as kind `cv`."""
+    from tunesmith.evaluate.runner import _references, model_outputs, task_kind
+    from tunesmith.pipeline import load_base
+    from tunesmith.train import train_sft
+    from tunesmith.train.classify import HEADS, label_names, train_classifier
+
+    if not dataset.counts["train"] or not dataset.counts["test"]:
+        raise DataError(f"fold {fold} ({dataset.id}) has no rows to train or test on; use fewer folds")
+    kind = task_kind(config.train.objective)
+    base = load_base(config, dataset)
+    if config.train.objective in HEADS:
+        result = train_classifier(config, workspace, dataset, base, kind="cv")
+    else:
+        result = train_sft(config, workspace, dataset, base, kind="cv")
+    items = load_split(dataset, "test")
+    context = Context()
+    if kind == "classification":
+        context = Context(labels=tuple(label_names(config.train.objective, dataset, config.data.labels)))
+        references: list[Any] = [str(item["label"]) for item in items]
+    else:
+        references, _ = _references(kind, items, None)
+    outputs, nll = model_outputs(
+        kind,
+        result.model,
+        result.tokenizer,
+        items,
+        config.eval,
+        max_length=config.train.max_length,
+        label=f"fold {fold}",
+    )
+    system = score_system(
+        SystemResult(f"fold {fold}", "cv", None, outputs),
+        references,
+        items,
+        metrics,
+        context=context,
+        nll=nll,
+        resamples=config.eval.bootstrap_resamples,
+        seed=config.eval.seed,
+    )
+    row = {
+        "fold": fold,
+        "dataset": dataset.id,
+        "run": result.run_id,
+        "train_rows": dataset.counts["train"],
+        "test_rows": len(items),
+        "scores": {name: interval.value for name, interval in system.scores.items()},
+    }
+    del result, base
+    gc.collect()
+    return row
+
+
+def _store(workspace: Workspace, report: dict[str, Any], parent: DatasetVersion) -> Path:
+    from tunesmith.registry.versions import who
+
+    target = workspace.root / "reports" / report["id"]
+    with atomic_dir(target) as tmp:
+        (tmp / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    with session(workspace.engine) as s:
+        s.add(
+            EvalReport(
+                id=report["id"],
+                family=report["family"],
+                version_id=None,
+                dataset_version_id=parent.id,
+                split=f"cv{report['folds']}",
+                task=report["task"],
+                systems=[{"label": f"fold {f['fold']}", "scores": f["scores"]} for f in report["per_fold"]],
+                gate_passed=None,
+                gates=[],
+                path=str(target),
+                created_by=who(),
+            )
+        )
+    return target
