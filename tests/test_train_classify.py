@@ -171,3 +171,41 @@ def test_a_run_that_raises_is_recorded_as_failed_with_its_error(tmp_path, tiny_m
     with session(open_workspace(config).engine) as s:
         (run,) = s.query(Run).all()
         assert run.status == "failed" and "not_a_field" in run.error and run.finished_at is not None
+
+
+def test_classifier_eval_slices_gates_and_cross_validation(tmp_path, tiny_model_dir):
+    from tunesmith.evaluate.cv import cross_validate
+
+    rows = topic_rows(400)  # 40 test rows: enough discordant items for a significant paired test
+    for i, row in enumerate(rows):
+        row["channel"] = "email" if i % 4 else "chat"
+    config_path = write_project(tmp_path, tiny_model_dir, rows, "objective: classify")
+    config = load_config(
+        config_path,
+        [
+            "eval.slices=[channel, label]",
+            "eval.bootstrap_resamples=200",
+            "eval.gates=[{metric: accuracy, min: 0.6}, {metric: macro_f1, min_improvement: 0.1, over: base}]",
+        ],
+    )
+    outcome = train(config)
+    result = run_eval(config, outcome.version.name)
+    report = result.report
+    assert [s["label"] for s in report["systems"]] == ["majority", outcome.version.name]
+    assert report["gate_passed"] is True, report["gates"]
+    assert {s["column"] for s in report["slices"]} == {"channel", "label"}
+    by_label = next(s for s in report["slices"] if s["column"] == "label")
+    assert set(by_label["slices"]) == {"billing", "hardware"}
+    confusion = report["classification"]["systems"][outcome.version.name]["confusion_matrix"]
+    assert sum(map(sum, confusion)) == report["items"]
+    assert "Confusion matrices" in (result.directory / "report.html").read_text()
+
+    cv = cross_validate(load_config(config_path, ["train.epochs=2", "eval.bootstrap_resamples=200"]), 2)
+    assert len(cv["per_fold"]) == 2 and set(cv["summary"]) == {
+        "accuracy",
+        "macro_f1",
+        "micro_f1",
+        "macro_precision",
+        "macro_recall",
+    }
+    assert all(0 <= v <= 1 for v in cv["summary"]["accuracy"]["values"])
