@@ -88,7 +88,8 @@ RUNS: dict[str, dict[str, Any]] = {
 def run(name: str, scale: float) -> dict[str, Any]:
     from tunesmith.config import load_config
     from tunesmith.data import load_split
-    from tunesmith.pipeline import evaluate_version, train
+    from tunesmith.evaluate.runner import run_eval
+    from tunesmith.pipeline import train
     from tunesmith.store import DatasetVersion, session
 
     spec = RUNS[name]
@@ -122,8 +123,8 @@ def run(name: str, scale: float) -> dict[str, Any]:
             answer_loss(outcome.model, outcome.tokenizer, test),
         )
         del base
-        evaluated = evaluate_version(config, outcome.version.name)
-        result["rouge_l"] = (evaluated[0].means["rouge_l"], evaluated[1].means["rouge_l"])
+        evaluated = run_eval(config, outcome.version.name, compare=["base"]).systems
+        result["rouge_l"] = (evaluated[0].scores["rouge_l"].value, evaluated[1].scores["rouge_l"].value)
         result["test_rows"] = len(test)
     result["seconds"] = time.perf_counter() - started
     return result

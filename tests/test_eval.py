@@ -75,6 +75,7 @@ def test_eval_compares_base_and_version_on_the_same_items_and_stores_the_report(
     assert json.loads((result.directory / "report.json").read_text())["id"] == result.report_id
     html = (result.directory / "report.html").read_text()
     assert "data:image/png;base64," in html and "Paired tests" in html and "By region" in html
+    assert "generation eval on 40 items" in html
     assert len((result.directory / "answers.jsonl").read_text().splitlines()) == 40
     with session(open_workspace(config).engine) as s:
         row = s.get(EvalReport, result.report_id)
@@ -258,7 +259,7 @@ def test_local_judge_reads_digit_probabilities(trained):
     for system in report["systems"]:
         assert 1.0 <= system["scores"]["judge_score"]["value"] <= 5.0
     html = (result.directory / "report.html").read_text()
-    assert "LLM judge" in html and "its scores cannot gate" in html
+    assert "LLM judge" in html and "its scores cannot gate" in html and " · 4 items · " in html
 
 
 def filled_sheet(review_dir: Path, rater: str, prefer_candidate: float, path: Path) -> Path:

@@ -298,7 +298,7 @@ class ProbeConfig(_Section):
     enabled: bool = False  # `tunesmith eval --probe` turns it on for one run
     questions: str | None = None  # JSONL or CSV of {question, choices, answer}; default: the bundled set
     text: str | None = None  # JSONL of {text} or chat rows; default: the bundled general conversations
-    scoring: Literal["letter", "choice"] = "letter"  # letter: the MMLU way; choice: the answer text
+    scoring: Literal["choice", "letter"] = "choice"  # choice: each answer's text; letter: MMLU's A-D
     limit: int | None = Field(None, gt=0)  # a seeded sample of this many questions
 
 

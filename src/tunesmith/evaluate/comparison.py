@@ -11,6 +11,8 @@ import numpy as np
 from tunesmith.evaluate.metrics import Context, Metric, get_metric
 from tunesmith.evaluate.stats import Interval, bootstrap_interval, paired_test
 
+GAP_MIN_ITEMS = 5
+
 
 @dataclass
 class SystemResult:
@@ -141,13 +143,15 @@ def slice_scores(
                 if name in system.stats
             }
         slices[value] = rows
+    # Gaps compare slices large enough to mean something (5 items), when there are such slices.
+    sizeable = [v for v, rows in slices.items() if rows["items"] >= GAP_MIN_ITEMS] or list(slices)
     gaps: dict[str, dict[str, Any]] = {}
     for system in systems:
         for name in metrics:
             values = {
-                v: s["systems"][system.label][name]["value"]
-                for v, s in slices.items()
-                if name in s["systems"][system.label]
+                v: slices[v]["systems"][system.label][name]["value"]
+                for v in sizeable
+                if name in slices[v]["systems"][system.label]
             }
             if len(values) < 2:
                 continue
@@ -156,5 +160,6 @@ def slice_scores(
                 "gap": values[best] - values[worst],
                 "highest": best,
                 "lowest": worst,
+                "slices_compared": len(values),
             }
     return {"column": column, "slices": slices, "gaps": gaps}

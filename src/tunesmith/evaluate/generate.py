@@ -231,3 +231,39 @@ def answer_nll(
         else:
             pairs.append(("", str(item["text"])))
     return continuation_nll(model, tokenizer, pairs, batch_size=batch_size, label="Perplexity")
+
+
+def next_token_logprobs(
+    model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    contexts: Sequence[str],
+    token_ids: Sequence[int],
+    *,
+    batch_size: int = 8,
+    label: str = "Scoring",
+) -> list[list[float]]:
+    """Log-probability of each of `token_ids` as the next token after each context: one forward each."""
+    import torch
+
+    order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
+    results: list[list[float]] = [[] for _ in contexts]
+    padding_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # the last position is every row's next token
+    was_training = model.training
+    model.eval()
+    try:
+        with progress_bar(label, total=len(contexts)) as advance, torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                batch = order[start : start + batch_size]
+                encoded = tokenizer(
+                    [contexts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(model.device)
+                logits = model(**encoded).logits[:, -1].float()
+                picked = torch.log_softmax(logits, dim=-1)[:, list(token_ids)]
+                for row, i in enumerate(batch):
+                    results[i] = [float(x) for x in picked[row]]
+                advance(len(batch))
+    finally:
+        tokenizer.padding_side = padding_side
+        model.train(was_training)
+    return results

@@ -78,10 +78,11 @@ def confusion_plot(labels: list[str], matrix: list[list[int]], title: str) -> st
 def slice_plot(slices: dict[str, Any], metric: str) -> str:
     """A metric per slice value, one bar per system, with intervals."""
     plt = _pyplot()
-    values = list(slices["slices"])[:40]
+    # the 20 largest slices, widest first: a plot of hundreds of one-item slices says nothing
+    values = sorted(slices["slices"], key=lambda v: -slices["slices"][v]["items"])[:20]
     systems = list(next(iter(slices["slices"].values()))["systems"]) if values else []
     width = 0.8 / max(1, len(systems))
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(values) * max(1, len(systems))), 3.2))
+    fig, ax = plt.subplots(figsize=(min(14.0, max(5.0, 0.45 * len(values) * max(1, len(systems)))), 3.4))
     for k, system in enumerate(systems):
         scores = [slices["slices"][v]["systems"][system].get(metric) for v in values]
         ys = [s["value"] if s else 0 for s in scores]

@@ -2,9 +2,11 @@
 
 Two measures, each on the base model and on the candidate, compared item by item:
 
-- `probe_accuracy`: general-knowledge multiple choice scored by log-likelihood, the MMLU way (the
-  question with lettered choices, then `Answer:`; the letter the model finds likeliest is its
-  answer) or, with `scoring: choice`, by the likelihood per token of each choice's own text;
+- `probe_accuracy`: general-knowledge multiple choice scored by log-likelihood. `scoring: choice`
+  (the default) asks the question and compares the likelihood of each choice's own text per
+  character (lm-eval's `acc_norm`, which small models handle); `scoring: letter` is MMLU's original
+  format: the lettered choices in the prompt and the likeliest letter after `Answer:` (models
+  under about 1B parameters mostly answer the same letter whatever the question);
 - `general_perplexity`: perplexity of answers to general conversations (or plain text).
 
 The bundled questions and conversations are ours; `eval.probe.questions` and `eval.probe.text`
@@ -22,7 +24,7 @@ from typing import Any
 
 from tunesmith.config import ProbeConfig
 from tunesmith.data import DataError
-from tunesmith.evaluate.generate import answer_nll, continuation_nll
+from tunesmith.evaluate.generate import answer_nll, continuation_nll, next_token_logprobs
 
 LETTERS = "ABCDEFGHIJ"
 
@@ -119,28 +121,50 @@ def mc_prompt(question: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def cloze_prompt(question: dict[str, Any]) -> str:
+    return f"Question: {question['question']}\nAnswer:"
+
+
 def answer_questions(
     model: Any, tokenizer: Any, questions: list[dict[str, Any]], scoring: str, *, batch_size: int = 8
 ) -> list[int]:
     """The index of the choice the model finds likeliest for each question."""
-    pairs, owners = [], []
-    for q_index, question in enumerate(questions):
-        prompt = mc_prompt(question)
+    if scoring == "letter":
+        letters = [tokenizer(f" {letter}", add_special_tokens=False)["input_ids"] for letter in LETTERS]
+        if all(len(ids) == 1 for ids in letters):  # one forward pass per question reads every letter
+            width = max(len(q["choices"]) for q in questions)
+            logprobs = next_token_logprobs(
+                model,
+                tokenizer,
+                [mc_prompt(q) for q in questions],
+                [ids[0] for ids in letters[:width]],
+                batch_size=batch_size,
+                label="Probe questions",
+            )
+            return [_argmax(row[: len(q["choices"])]) for q, row in zip(questions, logprobs, strict=True)]
+    pairs = []
+    for question in questions:
         for c_index, choice in enumerate(question["choices"]):
-            continuation = f" {LETTERS[c_index]}" if scoring == "letter" else f" {choice}"
-            pairs.append((prompt, continuation))
-            owners.append(q_index)
+            if scoring == "letter":
+                pairs.append((mc_prompt(question), f" {LETTERS[c_index]}"))
+            else:
+                pairs.append((cloze_prompt(question), f" {choice}"))
     nll = continuation_nll(model, tokenizer, pairs, batch_size=batch_size, label="Probe questions")
-    best: dict[int, tuple[float, int]] = {}
-    position = 0
-    for q_index, question in enumerate(questions):
+    chosen, position = [], 0
+    for question in questions:
         scores = []
-        for _ in question["choices"]:
-            total, count = nll[position]
-            scores.append(total / max(count, 1) if scoring == "choice" else total)
+        for choice in question["choices"]:
+            total, _ = nll[position]
+            # choice: likelihood per character of the answer text (lm-eval's acc_norm), so long
+            # answers are not penalised for their length
+            scores.append(-total / max(len(choice), 1) if scoring == "choice" else -total)
             position += 1
-        best[q_index] = (min(scores), scores.index(min(scores)))
-    return [best[i][1] for i in range(len(questions))]
+        chosen.append(_argmax(scores))
+    return chosen
+
+
+def _argmax(values: list[float]) -> int:
+    return max(range(len(values)), key=values.__getitem__)
 
 
 def run_probe(
