@@ -15,7 +15,9 @@ take a user's files (`../shared/datasets/mmlu_redux/mmlu_redux_all.jsonl` has th
 
 from __future__ import annotations
 
+import ast
 import csv
+import io
 import json
 import random
 from importlib import resources
@@ -30,46 +32,94 @@ LETTERS = "ABCDEFGHIJ"
 
 
 def load_questions(config: ProbeConfig, base_dir: Path, seed: int = 0) -> list[dict[str, Any]]:
-    """Multiple-choice rows {question, choices, answer (index)} from the configured file or the bundled set.
+    """Multiple-choice rows {question, choices, answer (index), subject}.
+
+    From the bundled set, or `eval.probe.questions`: a JSONL or CSV file, or a folder of them (MMLU
+    style: one CSV per subject, named `mmlu_<subject>.csv`). CSVs may be `,`- or `;`-delimited and
+    in any encoding; `choices` may be a JSON or Python list or `a|b|c`. Rows that MMLU-Redux marks
+    with an error (an `error_type` other than `ok`) are left out: their keys are unreliable.
 
     Raises:
         DataError: naming the file and line of a row that is not a usable question.
     """
     if config.questions is None:
-        source = "bundled probe_questions.jsonl"
         text = (
             resources.files("tunesmith").joinpath("demo", "probe_questions.jsonl").read_text(encoding="utf-8")
         )
-        raw = [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        files = [("bundled probe_questions.jsonl", text, ".jsonl")]
     else:
         path = Path(config.questions)
         path = path if path.is_absolute() else base_dir / path
-        source = str(path)
         if not path.exists():
             raise DataError(f"eval.probe.questions: {path} does not exist")
-        if path.suffix == ".csv":
-            with path.open(encoding="utf-8", errors="replace", newline="") as handle:
-                raw = [(n, row) for n, row in enumerate(csv.DictReader(handle), 2)]
-        else:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-            raw = []
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    raw.append((n, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{source}:{n}: not JSON ({exc.msg})") from None
-    questions = [_question(row, f"{source}:{n}") for n, row in raw]
+        paths = (
+            sorted(p for p in path.iterdir() if p.suffix in (".csv", ".jsonl")) if path.is_dir() else [path]
+        )
+        if not paths:
+            raise DataError(f"eval.probe.questions: {path} holds no .csv or .jsonl files")
+        files = [(str(p), _decode(p), p.suffix) for p in paths]
+    questions = []
+    for source, text, suffix in files:
+        subject = Path(source).stem.removeprefix("mmlu_") if suffix == ".csv" else None
+        for where, row in _rows(source, text, suffix):
+            if str(row.get("error_type") or "ok").strip().lower() != "ok":
+                continue
+            if subject and not row.get("subject"):
+                row["subject"] = subject
+            questions.append(_question(row, where))
+    if not questions:
+        raise DataError(f"eval.probe.questions: no usable question in {config.questions}")
     if config.limit is not None and len(questions) > config.limit:
         questions = random.Random(seed).sample(questions, config.limit)
     return questions
 
 
+def _decode(path: Path) -> str:
+    """A file's text in whatever encoding it was written (a stray byte is not fatal)."""
+    from charset_normalizer import from_bytes
+
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        best = from_bytes(data).best()
+        return str(best) if best is not None else data.decode("utf-8", errors="replace")
+
+
+def _rows(source: str, text: str, suffix: str) -> list[tuple[str, dict[str, Any]]]:
+    if suffix == ".csv":
+        first = text.split("\n", 1)[0]
+        delimiter = ";" if first.count(";") > first.count(",") else ","
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        return [(f"{source}:{reader.line_num}", row) for row in reader]
+    rows = []
+    for n, line in enumerate(text.split("\n"), 1):  # not splitlines: U+2028 may sit inside a string
+        if not line.strip():
+            continue
+        try:
+            rows.append((f"{source}:{n}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{source}:{n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def _choices(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            try:
+                return ast.literal_eval(text)  # MMLU CSVs hold Python lists: ['a', "b's"]
+            except (ValueError, SyntaxError):
+                return None
+    return text.split("|")
+
+
 def _question(row: dict[str, Any], where: str) -> dict[str, Any]:
-    choices = row.get("choices")
-    if isinstance(choices, str):  # CSV: a JSON list or `a|b|c|d`
-        choices = json.loads(choices) if choices.startswith("[") else choices.split("|")
+    choices = _choices(row.get("choices"))
     answer = row.get("answer")
     if isinstance(answer, str) and answer.strip().upper() in LETTERS and not answer.strip().isdigit():
         answer = LETTERS.index(answer.strip().upper())
@@ -85,7 +135,7 @@ def _question(row: dict[str, Any], where: str) -> dict[str, Any]:
         "question": str(row["question"]),
         "choices": [str(c) for c in choices],
         "answer": answer,
-        "subject": str(row.get("subject", "general")),
+        "subject": str(row.get("subject") or "general"),
     }
 
 
