@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
+from tunesmith.data import DataError
 from tunesmith.evaluate.runner import run_eval
 from tunesmith.pipeline import train, write_demo_project
 from tunesmith.registry.versions import RegistryError, get_version, move_alias
@@ -385,3 +386,24 @@ def test_cross_validation_trains_and_scores_each_fold(tmp_path, tiny_model_dir):
     assert list_versions(workspace) == []  # fold models are runs, not versions
     refused = runner.invoke(app, ["eval", "--cv", "1", "--config", str(config_path)])
     assert refused.exit_code == 1 and "at least 2 folds" in refused.output
+
+
+def test_stop_tokens_are_those_training_ends_answers_with(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from tunesmith.evaluate.generate import stop_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert stop_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    tokenizer.eos_token = "<unk>"  # a tokenizer whose eos is not the template's end of turn
+    assert set(stop_token_ids(tokenizer)) == {
+        tokenizer.convert_tokens_to_ids("<unk>"),
+        tokenizer.convert_tokens_to_ids("<|im_end|>"),
+    }
+
+
+def test_metrics_of_another_task_are_refused(trained):
+    config_path, settings, outcome = trained
+    config = load_config(config_path, [*settings, "eval.metrics=[accuracy]"])
+    with pytest.raises(DataError, match="accuracy is a classification metric"):
+        run_eval(config, outcome.version.name)

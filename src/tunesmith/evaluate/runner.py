@@ -24,7 +24,7 @@ from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
 from tunesmith.evaluate.gates import check_gates
 from tunesmith.evaluate.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
-from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_metric
+from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_metric, metric_names
 from tunesmith.evaluate.stats import bootstrap_interval, paired_test
 from tunesmith.progress import console
 from tunesmith.registry.loading import load_row
@@ -264,8 +264,13 @@ def plan_eval(
     metrics = list(settings.metrics or DEFAULT_METRICS[kind])
     if kind == "generation" and settings.metrics is None:
         metrics.append("perplexity")
-    for name in metrics:
-        get_metric(name)  # an unknown name fails before any model is loaded
+    for name in metrics:  # an unknown or mismatched metric fails before any model is loaded
+        metric_kind = get_metric(name).kind
+        if metric_kind != kind and not (kind == "generation" and metric_kind == "lm"):
+            raise DataError(
+                f"eval.metrics: {name} is a {metric_kind} metric and {candidate.name} is a {kind} model; "
+                f"its metrics: {', '.join(metric_names(kind))}"
+            )
     if "judge_score" in metrics:
         metrics.remove("judge_score")  # the judge adds it
         if not judge:
