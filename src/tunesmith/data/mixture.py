@@ -16,12 +16,11 @@ import math
 import random
 from typing import Any
 
-from sqlalchemy import select
-
 from tunesmith.config import ProjectConfig, TaskConfig
 from tunesmith.data.prepare import DataError, get_dataset, load_split, prepare_dataset
-from tunesmith.store import DatasetVersion, session
-from tunesmith.workspace import Workspace, atomic_dir
+from tunesmith.data.versions import find_derived, store_derived
+from tunesmith.store import DatasetVersion
+from tunesmith.workspace import Workspace
 
 PHASES = 10  # a linear schedule changes the shares in this many steps over the run
 SPLITS = ("train", "val", "test")
@@ -150,44 +149,18 @@ def prepare_mixture(
         "seed": train.seed,
     }
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-    with session(workspace.engine) as s:
-        existing = s.scalars(select(DatasetVersion).where(DatasetVersion.content_hash == digest)).first()
-        if existing is not None and workspace.dataset_dir(existing.id).exists():
-            return existing
+    existing = find_derived(workspace, digest)
+    if existing is not None:
+        return existing
     stream = mixture_stream(splits["train"], train.tasks, train.schedule, total, train.seed)
     held_out = {split: [r for t in train.tasks for r in splits[split][t.name]] for split in ("val", "test")}
-    counts = {"train": len(stream), "val": len(held_out["val"]), "test": len(held_out["test"]), "rejected": 0}
-    taken = {t.name: sum(1 for r in stream if r["task"] == t.name) for t in train.tasks}
-    recipe["rows_per_task"] = taken
-    dataset_id = f"ds-{digest[:12]}"
-    target = workspace.dataset_dir(dataset_id)
-    with atomic_dir(target) as tmp:
-        _write(tmp / "train.parquet", stream)
-        for split, records in held_out.items():
-            _write(tmp / f"{split}.parquet", records)
-        (tmp / "report.json").write_text(
-            json.dumps({"id": dataset_id, "kind": "sft", "counts": counts, "mixture": recipe}, indent=2),
-            encoding="utf-8",
-        )
-    with session(workspace.engine) as s:
-        stored = s.get(DatasetVersion, dataset_id)
-        if stored is None:
-            stored = DatasetVersion(
-                id=dataset_id,
-                name=f"{config.project}-mixture",
-                content_hash=digest,
-                source="mixture of " + ", ".join(f"{n} ({v.id})" for n, v in sources.items()),
-                format="chat",
-                counts=counts,
-                path=str(target),
-                meta={"kind": "sft", "mixture": recipe, "order": "sequential"},
-            )
-            s.add(stored)
-    return stored
-
-
-def _write(path: Any, records: list[dict[str, Any]]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.Table.from_pylist(records), path)
+    recipe["rows_per_task"] = {t.name: sum(1 for r in stream if r["task"] == t.name) for t in train.tasks}
+    return store_derived(
+        workspace,
+        digest,
+        {"train": stream, **held_out},
+        name=f"{config.project}-mixture",
+        source="mixture of " + ", ".join(f"{n} ({v.id})" for n, v in sources.items()),
+        format="chat",
+        meta={"kind": "sft", "mixture": recipe, "order": "sequential"},
+    )

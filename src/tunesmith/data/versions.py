@@ -1,14 +1,19 @@
-"""Comparing dataset versions."""
+"""Comparing dataset versions, and storing versions derived from others (mixtures, folds)."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from tunesmith.data.clean import dedup_key, record_text
 from tunesmith.data.prepare import load_split
 from tunesmith.data.split import SPLITS
-from tunesmith.store import DatasetVersion
+from tunesmith.store import DatasetVersion, session
+from tunesmith.workspace import Workspace, atomic_dir
 
 
 def diff_versions(a: DatasetVersion, b: DatasetVersion) -> dict[str, Any]:
@@ -45,3 +50,53 @@ def _changed(a: Any, b: Any, prefix: str = "data") -> dict[str, list[Any]]:
             changes.update(_changed(a.get(key), b.get(key), f"{prefix}.{key}"))
         return changes
     return {} if a == b else {prefix: [a, b]}
+
+
+def find_derived(workspace: Workspace, digest: str) -> DatasetVersion | None:
+    """The stored version with content hash `digest`, if its files are still there."""
+    with session(workspace.engine) as s:
+        existing = s.scalars(select(DatasetVersion).where(DatasetVersion.content_hash == digest)).first()
+    return existing if existing is not None and workspace.dataset_dir(existing.id).exists() else None
+
+
+def store_derived(
+    workspace: Workspace,
+    digest: str,
+    splits: dict[str, list[dict[str, Any]]],
+    *,
+    name: str,
+    source: str,
+    format: str,
+    meta: dict[str, Any],
+    schema: Any = None,
+) -> DatasetVersion:
+    """Write `splits` as a new dataset version `ds-<digest[:12]>` (atomically) and record it.
+
+    `schema` (a pyarrow schema) keeps the parent's column types when a split lacks a column.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    dataset_id = f"ds-{digest[:12]}"
+    counts = {split: len(rows) for split, rows in splits.items()} | {"rejected": 0}
+    target = workspace.dataset_dir(dataset_id)
+    with atomic_dir(target) as tmp:
+        for split, rows in splits.items():
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), Path(tmp) / f"{split}.parquet")
+        report = {"id": dataset_id, "kind": meta.get("kind"), "counts": counts, **meta}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    with session(workspace.engine) as s:
+        stored = s.get(DatasetVersion, dataset_id)
+        if stored is None:
+            stored = DatasetVersion(
+                id=dataset_id,
+                name=name,
+                content_hash=digest,
+                source=source,
+                format=format,
+                counts=counts,
+                path=str(target),
+                meta=meta,
+            )
+            s.add(stored)
+    return stored

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from tunesmith.config import ProjectConfig
 from tunesmith.data import DataError, load_split
@@ -30,51 +29,29 @@ from tunesmith.workspace import Workspace, atomic_dir
 
 def fold_dataset(workspace: Workspace, parent: DatasetVersion, fold: int, folds: int) -> DatasetVersion:
     """The dataset version whose train split is every fold but `fold` and whose test split is `fold`."""
-    digest = hashlib.sha256(f"{parent.content_hash}:cv:{folds}:{fold}".encode()).hexdigest()
-    dataset_id = f"ds-{digest[:12]}"
-    with session(workspace.engine) as s:
-        existing = s.scalars(select(DatasetVersion).where(DatasetVersion.content_hash == digest)).first()
-        if existing is not None and workspace.dataset_dir(existing.id).exists():
-            return existing
-    rows = load_split(parent, "train", with_meta=True)
-    train = [r for r in rows if r.get("_fold") != fold]
-    test = [r for r in rows if r.get("_fold") == fold]
-    val = load_split(parent, "val", with_meta=True)
-    counts = {"train": len(train), "val": len(val), "test": len(test), "rejected": 0}
-    target = workspace.dataset_dir(dataset_id)
-    with atomic_dir(target) as tmp:
-        for split, records in (("train", train), ("val", val), ("test", test)):
-            _write(tmp / f"{split}.parquet", records, parent)
-        (tmp / "report.json").write_text(
-            json.dumps(
-                {"id": dataset_id, "counts": counts, "cv": {"parent": parent.id, "fold": fold}}, indent=2
-            ),
-            encoding="utf-8",
-        )
-    with session(workspace.engine) as s:
-        stored = s.get(DatasetVersion, dataset_id)
-        if stored is None:
-            stored = DatasetVersion(
-                id=dataset_id,
-                name=f"{parent.name}-fold{fold}of{folds}",
-                content_hash=digest,
-                source=f"fold {fold} of {folds} of {parent.id}",
-                format=parent.format,
-                counts=counts,
-                path=str(target),
-                meta={**parent.meta, "cv": {"parent": parent.id, "fold": fold, "folds": folds}},
-            )
-            s.add(stored)
-    return stored
-
-
-def _write(path: Path, records: list[dict[str, Any]], parent: DatasetVersion) -> None:
-    """Rows with the parent's columns and types (a fold may lack a column no row of it fills)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pq.read_schema(Path(parent.path) / "train.parquet")
-    pq.write_table(pa.Table.from_pylist(records, schema=schema), path)
+    from tunesmith.data.versions import find_derived, store_derived
+
+    digest = hashlib.sha256(f"{parent.content_hash}:cv:{folds}:{fold}".encode()).hexdigest()
+    existing = find_derived(workspace, digest)
+    if existing is not None:
+        return existing
+    rows = load_split(parent, "train", with_meta=True)
+    return store_derived(
+        workspace,
+        digest,
+        {
+            "train": [r for r in rows if r.get("_fold") != fold],
+            "val": load_split(parent, "val", with_meta=True),
+            "test": [r for r in rows if r.get("_fold") == fold],
+        },
+        name=f"{parent.name}-fold{fold}of{folds}",
+        source=f"fold {fold} of {folds} of {parent.id}",
+        format=parent.format,
+        meta={**parent.meta, "cv": {"parent": parent.id, "fold": fold, "folds": folds}},
+        schema=pq.read_schema(Path(parent.path) / "train.parquet"),  # a fold may lack a column
+    )
 
 
 def cross_validate(config: ProjectConfig, folds: int, workspace: Workspace | None = None) -> dict[str, Any]:

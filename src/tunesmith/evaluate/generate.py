@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +66,26 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> lis
         if first and first[0] in set(tokenizer.all_special_ids):
             ids.append(first[0])
     return sorted(set(ids))
+
+
+@contextmanager
+def inference(model: Any, tokenizer: Any = None) -> Iterator[None]:
+    """Eval mode, no autograd, and (given a tokenizer) left padding, so every row ends at the last
+    position; all restored afterwards."""
+    import torch
+
+    padding_side = tokenizer.padding_side if tokenizer is not None else None
+    if tokenizer is not None:
+        tokenizer.padding_side = "left"
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+        if tokenizer is not None:
+            tokenizer.padding_side = padding_side
 
 
 class AnswerCache:
@@ -129,12 +150,8 @@ def generate_answers(
     if todo:
         torch.manual_seed(seed)
         stops = stop_token_ids(tokenizer, model)
-        padding_side = tokenizer.padding_side
-        tokenizer.padding_side = "left"  # decoder-only models continue from the right edge
-        was_training = model.training
-        model.eval()
         try:
-            with progress_bar(label, total=len(todo)) as advance, torch.inference_mode():
+            with inference(model, tokenizer), progress_bar(label, total=len(todo)) as advance:
                 for start in range(0, len(todo), batch_size):
                     batch = todo[start : start + batch_size]
                     encoded = tokenizer(
@@ -158,8 +175,6 @@ def generate_answers(
                             cache.put(prompts[i], answer)
                     advance(len(batch))
         finally:
-            tokenizer.padding_side = padding_side
-            model.train(was_training)
             if cache:
                 cache.save()
     return [a or "" for a in answers]
@@ -190,30 +205,25 @@ def continuation_nll(
     order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    was_training = model.training
-    model.eval()
-    try:
-        with progress_bar(label, total=len(rows)) as advance, torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                width = max(len(rows[i][0]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
-                for b, i in enumerate(batch):
-                    seq = rows[i][0]
-                    ids[b, : len(seq)] = torch.tensor(seq)
-                    mask[b, : len(seq)] = 1
-                logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
-                logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-                targets = ids[:, 1:].to(logprobs.device)
-                picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-                for b, i in enumerate(batch):
-                    seq, start_at = rows[i]
-                    span = picked[b, max(start_at - 1, 0) : len(seq) - 1]
-                    results[i] = (float(-span.sum()), int(span.numel()))
-                advance(len(batch))
-    finally:
-        model.train(was_training)
+    with inference(model), progress_bar(label, total=len(rows)) as advance:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(rows[i][0]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, i in enumerate(batch):
+                seq = rows[i][0]
+                ids[b, : len(seq)] = torch.tensor(seq)
+                mask[b, : len(seq)] = 1
+            logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+            logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            targets = ids[:, 1:].to(logprobs.device)
+            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for b, i in enumerate(batch):
+                seq, start_at = rows[i]
+                span = picked[b, max(start_at - 1, 0) : len(seq) - 1]
+                results[i] = (float(-span.sum()), int(span.numel()))
+            advance(len(batch))
     return results
 
 
@@ -247,23 +257,15 @@ def next_token_logprobs(
 
     order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))
     results: list[list[float]] = [[] for _ in contexts]
-    padding_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # the last position is every row's next token
-    was_training = model.training
-    model.eval()
-    try:
-        with progress_bar(label, total=len(contexts)) as advance, torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                batch = order[start : start + batch_size]
-                encoded = tokenizer(
-                    [contexts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
-                ).to(model.device)
-                logits = model(**encoded).logits[:, -1].float()
-                picked = torch.log_softmax(logits, dim=-1)[:, list(token_ids)]
-                for row, i in enumerate(batch):
-                    results[i] = [float(x) for x in picked[row]]
-                advance(len(batch))
-    finally:
-        tokenizer.padding_side = padding_side
-        model.train(was_training)
+    with inference(model, tokenizer), progress_bar(label, total=len(contexts)) as advance:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            encoded = tokenizer(
+                [contexts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            logits = model(**encoded).logits[:, -1].float()
+            picked = torch.log_softmax(logits, dim=-1)[:, list(token_ids)]
+            for row, i in enumerate(batch):
+                results[i] = [float(x) for x in picked[row]]
+            advance(len(batch))
     return results
