@@ -115,6 +115,14 @@ def test_compare_with_production_alias_few_shot_and_probe(trained, tmp_path):
     assert labels == ["base", "base 2-shot", f"production ({outcome.version.name})", second.version.name]
     pairs = {(c["a"], c["b"]) for c in result.report["comparisons"]}
     assert len(pairs) == 6  # every pair of the four systems
+    move_alias(workspace, config.project, "candidate", get_version(workspace, second.version.name))
+    shown = runner.invoke(
+        app,
+        ["eval", "--compare", "base,candidate,production", "--config", str(config_path)]
+        + [a for s in settings for a in ("--set", s)],
+    )
+    assert shown.exit_code == 0, shown.output
+    assert f"production ({outcome.version.name})" in shown.output and second.version.name in shown.output
     probe = result.report["probe"]
     assert probe["questions"] == 40 and probe["texts"] > 0
     assert set(probe["systems"]) == {"base", second.version.name}

@@ -480,11 +480,19 @@ def eval_cmd(
     if cv is not None:
         _cross_validate(cfg, cv)
         return
+    refs = [r.strip() for r in compare.split(",") if r.strip()] if compare is not None else None
+    if version is None and refs and [r for r in refs if r != "base"]:
+        # `--compare base,candidate,production`: the version judged is `candidate` (else the last)
+        version = "candidate" if "candidate" in refs else [r for r in refs if r != "base"][-1]
+        refs = [r for r in refs if r != version]
     if version is None:
-        raise _fail("name a version to evaluate (see `tunesmith registry list`), or pass --cv K", 2)
+        raise _fail(
+            "name a version to evaluate (see `tunesmith registry list`), "
+            "or --compare base,candidate,production, or --cv K",
+            2,
+        )
     if gate and not cfg.eval.gates:
         raise _fail("--gate: no gates are configured; add them under eval.gates in tunesmith.yaml", 2)
-    refs = [r.strip() for r in compare.split(",") if r.strip()] if compare is not None else None
     try:
         outcome = run_eval(cfg, version, compare=refs, few_shot=few_shot, probe=probe, judge=judge)
     except (DataError, RegistryError, KeyError) as exc:
@@ -533,7 +541,9 @@ def _print_report(report: dict[str, Any]) -> None:
         cells = []
         for s in systems:
             score = s["scores"].get(metric["name"])
-            cells.append(f"{score['value']:.4g} [{score['low']:.3g}, {score['high']:.3g}]" if score else "-")
+            cells.append(
+                f"{score['value']:.3g} [dim][{score['low']:.3g}, {score['high']:.3g}][/dim]" if score else "-"
+            )
         table.add_row(metric["name"] + ("" if metric["higher_is_better"] else " (lower is better)"), *cells)
     out.print(table)
     for note in report["notes"]:
