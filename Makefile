@@ -43,6 +43,7 @@ bench: setup
 	$(BIN)/python bench/data_prep.py
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/train_results.py --scale 0.5
+	$(BIN)/python bench/eval_results.py --scale 0.5
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

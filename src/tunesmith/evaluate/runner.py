@@ -36,8 +36,12 @@ ALIASES = ("candidate", "staging", "production", "shadow")
 CACHE_FORMAT = 1
 
 
+TASK_KINDS: dict[str, TaskKind] = {"classify": "classification", "tag": "tagging", "pretrain": "lm"}
+
+
 def task_kind(objective: str) -> TaskKind:
-    return {"classify": "classification", "tag": "tagging", "pretrain": "lm"}.get(objective, "generation")  # type: ignore[return-value]
+    """What a version of this training objective is scored as; sft and multitask are generation."""
+    return TASK_KINDS.get(objective, "generation")
 
 
 @dataclass
@@ -89,10 +93,7 @@ def resolve_subjects(
             version = alias_target(workspace, family, ref)
             if version is None:
                 if explicit:
-                    raise RegistryError(
-                        f"alias {ref!r} of {family!r} is not set; "
-                        f"`tunesmith registry history {family}` shows its moves"
-                    )
+                    raise RegistryError(f"alias {ref!r} of {family!r} is not set: no version was moved to it")
                 notes.append(f"{ref} is not set in {family}: not compared")
                 continue
         else:
@@ -253,6 +254,9 @@ def plan_eval(
         few_shot=few_shot,
         explicit=compare is not None,
     )
+    for subject in subjects:
+        if subject.ref == "base" and kind in ("classification", "tagging"):
+            subject.label = "majority" if kind == "classification" else "all O"  # a new head only guesses
     if candidate.dataset_version_id is None:
         raise DataError(f"{candidate.name} records no dataset version to evaluate on")
     with session(workspace.engine) as s:
@@ -456,7 +460,6 @@ def _run_subject(
     result = SystemResult(subject.label, subject.ref, subject.version.id if subject.version else None, [])
     if kind in ("classification", "tagging") and subject.version is None:
         result.outputs = _majority(kind, dataset, items)
-        result.label = subject.label = "majority" if kind == "classification" else "all O"
         return result, None, None
     model, tokenizer, identity = _load(subject, candidate)
     probed = None
