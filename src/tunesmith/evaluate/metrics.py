@@ -135,6 +135,15 @@ def _mean(sums: np.ndarray) -> float:
     return float(sums[0] / sums[1]) if sums[1] else 0.0
 
 
+def _mean_rows(sums: np.ndarray) -> np.ndarray:
+    """`_mean` of every row of a (resamples x 2) matrix at once."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sums[:, 1] > 0, sums[:, 0] / np.where(sums[:, 1] > 0, sums[:, 1], 1), 0.0)
+
+
+ROW_SCORERS: dict[Callable[..., float], Callable[[np.ndarray], np.ndarray]] = {_mean: _mean_rows}
+
+
 def get_metric(name: str) -> Metric:
     """The metric registered as `name`.
 

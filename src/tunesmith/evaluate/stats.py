@@ -21,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from tunesmith.evaluate.metrics import ScoreFn
+from tunesmith.evaluate.metrics import ROW_SCORERS, ScoreFn
 
 Verdict = Literal["better", "worse", "no significant difference"]
 
@@ -55,6 +55,9 @@ def _resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
 
 
 def _scores(score: ScoreFn, sums: np.ndarray) -> np.ndarray:
+    """`score` of each row of `sums`: at once for means, row by row for other metrics."""
+    if score in ROW_SCORERS:
+        return ROW_SCORERS[score](sums)
     return np.fromiter((score(row) for row in sums), dtype=np.float64, count=len(sums))
 
 
