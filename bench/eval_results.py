@@ -132,7 +132,7 @@ def forgetting(scale: float) -> None:
     rows = int(320 * scale)
     runs = {
         "LoRA (r 16, lr 2e-4, 1 epoch)": ["train.method=lora"],
-        "full (lr 1e-4, 3 epochs)": ["train.method=full", "train.lr=1e-4", "train.epochs=3"],
+        "full (lr 1e-4, 2 epochs)": ["train.method=full", "train.lr=1e-4", "train.epochs=2"],
     }
     table = Table(
         title=f"forgetting: {rows} bitext rows; probe {'mmlu_redux' if MMLU.exists() else 'bundled'}"
