@@ -191,3 +191,48 @@ def test_compare_systems_gives_verdict_lines_and_slice_gaps():
     assert set(sliced["slices"]) == {"north", "south"}
     gap = sliced["gaps"]["v2"]["accuracy"]
     assert gap["highest"] == "north" and gap["lowest"] == "south" and gap["gap"] > 0.4
+
+
+def test_gates_on_a_synthetic_report():
+    from tunesmith.config import EvalConfig
+    from tunesmith.evaluate.gates import check_gates
+
+    truth, weak = labelled(300, accuracy=0.1, seed=7)
+    _, strong = labelled(300, accuracy=0.9, seed=7)
+    items = [{"label": t, "region": "north" if i % 3 else "south"} for i, t in enumerate(truth)]
+    # the candidate is much better overall but worse than production in the south
+    candidate = [s if item["region"] == "north" else "other" for s, item in zip(strong, items, strict=True)]
+    production = [
+        t if item["region"] == "south" else w for t, w, item in zip(truth, weak, items, strict=True)
+    ]
+    systems = [
+        score_system(SystemResult(label, ref, None, outputs), truth, items, ["accuracy"], resamples=200)
+        for label, ref, outputs in (("production (v1)", "production", production), ("v2", "v2", candidate))
+    ]
+    report = {
+        "probe": {
+            "systems": {"base": {"general_perplexity": {"value": 10.0}}},
+            "change": {
+                "probe_accuracy": {"delta": {"value": -0.08}},
+                "general_perplexity": {"delta": {"value": 0.5}},
+            },
+        }
+    }
+    settings = EvalConfig.model_validate(
+        {
+            "bootstrap_resamples": 200,
+            "gates": [
+                {"metric": "accuracy", "min": 0.5},
+                {"metric": "accuracy", "min_improvement": 0.02, "over": "production"},
+                {"metric": "probe_accuracy", "max_forgetting": 0.05},
+                {"metric": "general_perplexity", "max_forgetting": 0.10},
+                {"metric": "accuracy", "slice": "region", "margin": 0.05},
+                {"metric": "macro_f1", "min": 0.1},
+            ],
+        }
+    )
+    rows = check_gates(settings.gates, report, systems, items, settings)
+    assert [r["passed"] for r in rows] == [True, True, False, True, False, False]
+    assert "changed by -0.08" in rows[2]["detail"] and "+5.0%" in rows[3]["detail"]
+    assert "region = south" in rows[4]["detail"] and "north" not in rows[4]["detail"]
+    assert "was not computed" in rows[5]["detail"]
