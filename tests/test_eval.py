@@ -415,3 +415,35 @@ def test_metrics_of_another_task_are_refused(trained):
     config = load_config(config_path, [*settings, "eval.metrics=[accuracy]"])
     with pytest.raises(DataError, match="accuracy is a classification metric"):
         run_eval(config, outcome.version.name)
+
+
+def test_language_model_versions_are_scored_by_perplexity(tmp_path, tiny_model_dir):
+    from conftest import demo_rows
+
+    data = tmp_path / "text.jsonl"
+    texts = sorted({m["content"] for row in demo_rows() for m in row["messages"] if m["role"] != "system"})
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    config = load_config(
+        None,
+        [
+            f"model.id={tiny_model_dir}",
+            f"data.path={data}",
+            "train.objective=pretrain",
+            "train.method=full",
+            "train.lr=5e-3",
+            "train.epochs=2",
+            "eval.bootstrap_resamples=200",
+        ],
+    )
+    outcome = train(config)
+    report = run_eval(config, outcome.version.name, compare=["base"]).report
+    assert report["task"] == "lm" and [m["name"] for m in report["metrics"]] == ["perplexity"]
+    base, tuned = (s["scores"]["perplexity"]["value"] for s in report["systems"])
+    assert tuned < base
+    assert report["verdicts"] == [
+        next(
+            line
+            for line in report["verdicts"]
+            if line.startswith(f"perplexity: {outcome.version.name} is better")
+        )
+    ]
