@@ -51,9 +51,9 @@ def _config(path: Path | None, overrides: list[str] | None) -> ProjectConfig:
 
 def _table(*columns: str) -> Table:
     """A table whose ids and names never wrap, so they can be copied from the terminal."""
-    table = Table(box=box.SIMPLE_HEAD)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     for column in columns:
-        keep_whole = column in ("id", "name", "dataset", "created")
+        keep_whole = column in ("id", "name", "dataset", "created", "aliases")
         table.add_column(column, no_wrap=keep_whole, overflow="ellipsis" if keep_whole else "fold")
     return table
 
@@ -672,20 +672,27 @@ def registry_list(
 ) -> None:
     """Registered versions, newest first."""
     from tunesmith.registry import list_versions
+    from tunesmith.registry.aliases import aliases_of
     from tunesmith.workspace import open_workspace
 
-    table = _table("name", "created", "method", "dataset", "base", "metrics")
-    for v in list_versions(open_workspace(_config(config, None)), family):
-        shown = ", ".join(
-            f"{k} {val:.3f}" for k, val in v.metrics.items() if k.startswith("test_") or k == "eval_loss"
-        )
+    cfg = _config(config, None)
+    workspace = open_workspace(cfg)
+    versions = list_versions(workspace, family)
+    pointed: dict[str, list[str]] = {}
+    for name in {v.family for v in versions}:
+        for alias, target in aliases_of(workspace, name, cfg.registry).items():
+            if target is not None:
+                pointed.setdefault(target.id, []).append(alias)
+    table = _table("name", "aliases", "created", "method", "dataset", "val loss")
+    for v in versions:
+        loss = v.metrics.get("eval_loss")
         table.add_row(
             v.name,
-            f"{v.created_at:%Y-%m-%d %H:%M}",
+            ", ".join(pointed.get(v.id, [])) or "-",
+            f"{v.created_at:%m-%d %H:%M}",
             v.method,
             v.dataset_version_id or "-",
-            v.base_model,
-            shown,
+            f"{loss:.3f}" if isinstance(loss, float) else "-",
         )
     out.print(table)
 
@@ -699,10 +706,13 @@ def registry_show(
     import yaml
 
     from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import aliases_of, approvals, eval_reports
     from tunesmith.workspace import open_workspace
 
+    cfg = _config(config, None)
+    workspace = open_workspace(cfg)
     try:
-        v = get_version(open_workspace(_config(config, None)), version)
+        v = get_version(workspace, version)
     except RegistryError as exc:
         raise _fail(str(exc)) from None
     record = {
@@ -720,11 +730,144 @@ def registry_show(
         "artifacts": v.path,
         "created_by": v.created_by,
         "created_at": v.created_at.isoformat(),
+        "aliases": [
+            a
+            for a, target in aliases_of(workspace, v.family, cfg.registry).items()
+            if target and target.id == v.id
+        ],
         "metrics": v.metrics,
+        "eval_reports": [
+            {
+                "id": r.id,
+                "gates": {None: "none", True: "passed", False: "failed"}[r.gate_passed],
+                "compared": [system["label"] for system in r.systems],
+                "at": r.created_at.isoformat(),
+                "path": r.path,
+            }
+            for r in eval_reports(workspace, v)
+        ],
+        "approvals": [
+            {"by": a.approver, "note": a.note, "at": a.at.isoformat()} for a in approvals(workspace, v)
+        ],
         "lineage": v.lineage,
         "config": v.config,
     }
-    out.print(yaml.safe_dump(record, sort_keys=False, allow_unicode=True), markup=False, highlight=False)
+    out.print(
+        yaml.safe_dump(record, sort_keys=False, allow_unicode=True),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@registry_app.command("history")
+def registry_history(
+    family: Annotated[str | None, typer.Argument(help="Model family (default: the project's).")] = None,
+    alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Every alias move of a family, newest first: from, to, who, when, why, gate report."""
+    from tunesmith.registry import list_versions
+    from tunesmith.registry.aliases import aliases_of, describe, history
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, None)
+    workspace = open_workspace(cfg)
+    family = family or cfg.project
+    names = {v.id: v.name for v in list_versions(workspace, family)}
+    now = aliases_of(workspace, family, cfg.registry)
+    for alias_name, target in now.items():
+        out.print(f"{alias_name} → {target.name if target else '-'}", highlight=False)
+    events = history(workspace, family, alias)
+    out.print(f"\n{len(events)} moves, newest first:" if events else "\nNo alias has been moved yet.")
+    for event in events:
+        row = describe(event, names)
+        gate = f", gate report {row['gate_report']}" if row["gate_report"] != "-" else ""
+        why = f": {row['why']}" if row["why"] else ""
+        out.print(
+            f"{row['at']}  {row['alias']}  {row['from']} → {row['to']}  "
+            f"{row['action']} by {row['by']}{gate}{why}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    to: Annotated[str, typer.Option("--to", help="The alias to move (production, staging, ...).")],
+    force: Annotated[bool, typer.Option(help="Skip the gate and approval checks (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Move an alias to a version; production needs a passing gate report against the current one."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import promote
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, None)
+    workspace = open_workspace(cfg)
+    try:
+        target = get_version(workspace, version)
+        event = promote(workspace, cfg.registry, target, to, force=force, reason=reason)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    how = (
+        " (forced)"
+        if event.forced
+        else f" (gate report {event.gate_report_id})"
+        if event.gate_report_id
+        else ""
+    )
+    out.print(f"{target.family}: {to} → {target.name}{how}", highlight=False)
+
+
+@registry_app.command("approve")
+def registry_approve(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    by: Annotated[str, typer.Option("--by", help="Who approves (not the one who trained it).")],
+    note: Annotated[str, typer.Option(help="What was checked.")] = "",
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Record an approval of a version for production (required when registry.require_approval is on)."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import approve
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(_config(config, None))
+    try:
+        target = get_version(workspace, version)
+        approve(workspace, target, by, note)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{by} approved {target.name}.", highlight=False)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    family: Annotated[str | None, typer.Argument(help="Model family (default: the project's).")] = None,
+    alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
+    reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Point production back at the version it replaced, in one command."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import rollback
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, None)
+    workspace = open_workspace(cfg)
+    family = family or cfg.project
+    try:
+        event = rollback(workspace, family, alias=alias, reason=reason)
+        assert event.to_version_id is not None and event.from_version_id is not None
+        now, before = (
+            get_version(workspace, event.to_version_id),
+            get_version(workspace, event.from_version_id),
+        )
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"{family}: {alias} → {now.name} (was {before.name})", highlight=False)
 
 
 def _later(stage: str, issue_topic: str) -> None:

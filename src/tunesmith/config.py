@@ -397,6 +397,22 @@ class ServeConfig(_Section):
     port: int = Field(8000, gt=0, lt=65536)
 
 
+class RegistryConfig(_Section):
+    """Aliases and the rules for moving them."""
+
+    aliases: list[str] = Field(default_factory=lambda: ["candidate", "staging", "production", "shadow"])
+    gated: list[str] = Field(default_factory=lambda: ["production"])  # need a passing eval gate report
+    require_approval: bool = False  # production also needs an approval by someone who did not train it
+
+    @field_validator("aliases", "gated")
+    @classmethod
+    def _alias_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[a-z][a-z0-9_-]{0,99}", name):
+                raise ValueError(f"alias {name!r}: use lower-case letters, digits, - and _")
+        return names
+
+
 class MonitorConfig(_Section):
     """Production monitoring settings."""
 
@@ -413,6 +429,7 @@ class ProjectConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
 

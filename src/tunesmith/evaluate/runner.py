@@ -32,7 +32,6 @@ from tunesmith.registry.versions import RegistryError, alias_target, get_version
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
 from tunesmith.workspace import Workspace, atomic_dir
 
-ALIASES = ("candidate", "staging", "production", "shadow")
 CACHE_FORMAT = 1
 
 
@@ -74,6 +73,7 @@ def resolve_subjects(
     *,
     few_shot: int,
     explicit: bool,
+    aliases: list[str],
 ) -> tuple[list[Subject], list[str]]:
     """The systems to score, candidate last, and notes on what was skipped.
 
@@ -89,7 +89,7 @@ def resolve_subjects(
             if few_shot:
                 subjects.append(Subject(f"base+{few_shot}shot", f"base {few_shot}-shot", shots=few_shot))
             continue
-        if ref in ALIASES:
+        if ref in aliases:
             version = alias_target(workspace, family, ref)
             if version is None:
                 if explicit:
@@ -102,7 +102,7 @@ def resolve_subjects(
             notes.append(f"{ref} is {version.name}, already compared")
             continue
         seen.add(version.id)
-        label = f"{ref} ({version.name})" if ref in ALIASES else version.name
+        label = f"{ref} ({version.name})" if ref in aliases else version.name
         subjects.append(Subject(ref, label, version))
     if few_shot and not any(s.shots for s in subjects):
         subjects.insert(0, Subject(f"base+{few_shot}shot", f"base {few_shot}-shot", shots=few_shot))
@@ -237,8 +237,9 @@ def plan_eval(
 
     workspace = workspace or open_workspace(config)
     settings = config.eval
+    aliases = config.registry.aliases
     candidate = (
-        alias_target(workspace, config.project, ref) if ref in ALIASES else get_version(workspace, ref)
+        alias_target(workspace, config.project, ref) if ref in aliases else get_version(workspace, ref)
     )
     if candidate is None:
         raise RegistryError(f"alias {ref!r} of {config.project!r} is not set")
@@ -253,6 +254,7 @@ def plan_eval(
         compare if compare is not None else settings.compare,
         few_shot=few_shot,
         explicit=compare is not None,
+        aliases=aliases,
     )
     for subject in subjects:
         if subject.ref == "base" and kind in ("classification", "tagging"):

@@ -174,8 +174,13 @@ def move_alias(
     *,
     reason: str = "",
     gate_report_id: str | None = None,
+    action: str = "move",
+    forced: bool = False,
 ) -> AliasEvent:
-    """Point `alias` of `family` at `version` (None clears it), appending one history row."""
+    """Point `alias` of `family` at `version` (None clears it), appending one history row.
+
+    This is the bare move; `tunesmith.registry.aliases.promote` applies the gates first.
+    """
     current = alias_target(workspace, family, alias)
     with session(workspace.engine) as s:
         event = AliasEvent(
@@ -186,6 +191,8 @@ def move_alias(
             actor=who(),
             reason=reason,
             gate_report_id=gate_report_id,
+            action=action,
+            forced=forced,
         )
         s.add(event)
     return event

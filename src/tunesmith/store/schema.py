@@ -90,6 +90,8 @@ class AliasEvent(Base):
     actor: Mapped[str] = mapped_column(String(200))
     reason: Mapped[str] = mapped_column(Text, default="")
     gate_report_id: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(20), default="move")  # move, promote, rollback
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)  # promoted past failing or missing gates
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -127,3 +129,15 @@ class EvalReport(Base):
     path: Mapped[str] = mapped_column(Text)  # the folder with report.json and report.html
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Approval(Base):
+    """Someone's recorded approval of a version for production (governance: not its trainer)."""
+
+    __tablename__ = "approvals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    approver: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str] = mapped_column(Text, default="")
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,183 @@
+"""Aliases: named pointers (candidate, staging, production, shadow, your own) with append-only history.
+
+Moving `production` (and any alias in `registry.gated`) is a promotion: it needs a passing gate
+report of `tunesmith eval --gate` for the version, made against the version production points at
+now, and, with `registry.require_approval`, an approval by someone other than the version's
+trainer. `--force` skips those checks and says so in the history row, with the reason required.
+A rollback points production back at the version it replaced.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from tunesmith.config import RegistryConfig
+from tunesmith.registry.versions import RegistryError, alias_target, move_alias
+from tunesmith.store import AliasEvent, Approval, EvalReport, ModelVersion, session
+from tunesmith.workspace import Workspace
+
+
+class PromotionError(RegistryError):
+    """A move the rules refuse: its message says what to run first."""
+
+
+def check_alias(config: RegistryConfig, alias: str) -> None:
+    if alias not in config.aliases:
+        known = ", ".join(config.aliases)
+        raise RegistryError(
+            f"unknown alias {alias!r}; the aliases are {known} (add yours under registry.aliases)"
+        )
+
+
+def history(workspace: Workspace, family: str, alias: str | None = None) -> list[AliasEvent]:
+    """Every move of the family's aliases (or of one), newest first."""
+    query = select(AliasEvent).where(AliasEvent.family == family).order_by(AliasEvent.id.desc())
+    if alias is not None:
+        query = query.where(AliasEvent.alias == alias)
+    with session(workspace.engine) as s:
+        return list(s.scalars(query))
+
+
+def aliases_of(workspace: Workspace, family: str, config: RegistryConfig) -> dict[str, ModelVersion | None]:
+    """Where each alias of the family points now."""
+    return {alias: alias_target(workspace, family, alias) for alias in config.aliases}
+
+
+def passing_report(
+    workspace: Workspace, version: ModelVersion, against: ModelVersion | None
+) -> EvalReport | None:
+    """The newest eval report whose gates passed for `version`, with `against` among its systems."""
+    with session(workspace.engine) as s:
+        reports = s.scalars(
+            select(EvalReport)
+            .where(EvalReport.version_id == version.id, EvalReport.gate_passed.is_(True))
+            .order_by(EvalReport.created_at.desc())
+        )
+        for report in reports:
+            compared = {system.get("version_id") for system in report.systems}
+            if against is None or against.id in compared:
+                return report
+    return None
+
+
+def eval_reports(workspace: Workspace, version: ModelVersion) -> list[EvalReport]:
+    """The version's eval reports, newest first."""
+    with session(workspace.engine) as s:
+        return list(
+            s.scalars(
+                select(EvalReport)
+                .where(EvalReport.version_id == version.id)
+                .order_by(EvalReport.created_at.desc())
+            )
+        )
+
+
+def approve(workspace: Workspace, version: ModelVersion, approver: str, note: str) -> Approval:
+    """Record `approver`'s approval of `version`.
+
+    Raises:
+        PromotionError: when the approver is the one who trained the version.
+    """
+    if approver == version.created_by:
+        raise PromotionError(f"{approver} trained {version.name}; an approval must come from someone else")
+    with session(workspace.engine) as s:
+        approval = Approval(version_id=version.id, approver=approver, note=note)
+        s.add(approval)
+    return approval
+
+
+def approvals(workspace: Workspace, version: ModelVersion) -> list[Approval]:
+    with session(workspace.engine) as s:
+        return list(s.scalars(select(Approval).where(Approval.version_id == version.id)))
+
+
+def promote(
+    workspace: Workspace,
+    config: RegistryConfig,
+    version: ModelVersion,
+    alias: str,
+    *,
+    force: bool = False,
+    reason: str = "",
+) -> AliasEvent:
+    """Point `alias` of the version's family at `version`, if the rules allow it (see the module doc).
+
+    Raises:
+        PromotionError: no passing gate report against the current production, or no approval;
+            or `force` without a reason.
+    """
+    check_alias(config, alias)
+    current = alias_target(workspace, version.family, alias)
+    if current is not None and current.id == version.id:
+        raise PromotionError(f"{alias} already points at {version.name}")
+    if force:
+        if not reason.strip():
+            raise PromotionError("--force needs --reason: the history records why the rules were skipped")
+        return move_alias(
+            workspace, version.family, alias, version, reason=reason, action="promote", forced=True
+        )
+    report = None
+    if alias in config.gated:
+        production = alias_target(workspace, version.family, "production")
+        against = production if production is not None and production.id != version.id else None
+        report = passing_report(workspace, version, against)
+        if report is None:
+            compare = "base,production" if against is not None else "base"
+            raise PromotionError(
+                f"{version.name} has no passing gate report"
+                + (f" against production ({against.name})" if against else "")
+                + f"; run `tunesmith eval {version.name} --compare {compare} --gate` (with eval.gates set), "
+                "or promote with --force --reason"
+            )
+    if alias == "production" and config.require_approval:
+        others = [a for a in approvals(workspace, version) if a.approver != version.created_by]
+        if not others:
+            raise PromotionError(
+                f"registry.require_approval is on and {version.name} has no approval by someone other than "
+                f"{version.created_by}; `tunesmith registry approve {version.name} --by NAME --note ...`"
+            )
+    return move_alias(
+        workspace,
+        version.family,
+        alias,
+        version,
+        reason=reason,
+        gate_report_id=report.id if report else None,
+        action="promote",
+    )
+
+
+def rollback(workspace: Workspace, family: str, *, alias: str = "production", reason: str = "") -> AliasEvent:
+    """Point `alias` back at the version its latest move replaced.
+
+    Raises:
+        RegistryError: when the alias was never moved, or nothing came before.
+    """
+    events = history(workspace, family, alias)
+    if not events:
+        raise RegistryError(f"{alias} of {family} was never set; nothing to roll back")
+    latest = events[0]
+    if latest.from_version_id is None:
+        raise RegistryError(
+            f"{alias} of {family} had no version before the current one; nothing to roll back to"
+        )
+    with session(workspace.engine) as s:
+        previous = s.get(ModelVersion, latest.from_version_id)
+    assert previous is not None
+    return move_alias(workspace, family, alias, previous, reason=reason or "rollback", action="rollback")
+
+
+def describe(event: AliasEvent, names: dict[str, str]) -> dict[str, Any]:
+    """A history row for display: version names instead of ids."""
+    return {
+        "at": event.at.strftime("%Y-%m-%d %H:%M:%S"),
+        "alias": event.alias,
+        "from": names.get(event.from_version_id or "", "-"),
+        "to": names.get(event.to_version_id or "", "-"),
+        "action": event.action + (" (forced)" if event.forced else ""),
+        "by": event.actor,
+        "why": event.reason,
+        "gate_report": event.gate_report_id or "-",
+    }

@@ -1,0 +1,129 @@
+"""Aliases with append-only history, gated promotion, approvals and rollback, through the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.pipeline import train, write_demo_project
+from tunesmith.registry.aliases import history
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+
+
+def setup_project(tmp_path: Path, model_dir: Path, *extra: str) -> tuple[Path, list[str]]:
+    config_path = write_demo_project(tmp_path)
+    settings = [
+        f"model.id={model_dir}",
+        "train.method=full",
+        "train.epochs=1",
+        "eval.max_new_tokens=4",
+        "eval.bootstrap_resamples=100",
+        "eval.metrics=[rouge_l]",
+        "eval.gates=[{metric: rouge_l, min: 0.0}]",
+        *extra,
+    ]
+    return config_path, settings
+
+
+def cli(config_path: Path, settings: list[str], *args: str):
+    return runner.invoke(
+        app, [*args, "--config", str(config_path)] + [a for s in settings for a in ("--set", s)]
+    )
+
+
+def registry(config_path: Path, *args: str):
+    return runner.invoke(app, ["registry", *args, "--config", str(config_path)])
+
+
+def test_promotion_needs_a_passing_gate_report_against_production_and_rollback_undoes_it(
+    tmp_path, tiny_model_dir
+):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    config = load_config(config_path, settings)
+    first = train(config).version.name
+
+    refused = registry(config_path, "promote", first, "--to", "production")
+    assert refused.exit_code == 1
+    assert f"no passing gate report; run `tunesmith eval {first} --compare base --gate`" in refused.output
+    no_reason = registry(config_path, "promote", first, "--to", "production", "--force")
+    assert no_reason.exit_code == 1 and "--force needs --reason" in no_reason.output
+
+    assert cli(config_path, settings, "eval", first, "--compare", "base", "--gate").exit_code == 0
+    promoted = registry(config_path, "promote", first, "--to", "production", "--reason", "first release")
+    assert promoted.exit_code == 0, promoted.output
+    assert "gate report er-" in promoted.output
+
+    second = train(config).version.name
+    assert cli(config_path, settings, "eval", second, "--compare", "base", "--gate").exit_code == 0
+    refused = registry(config_path, "promote", second, "--to", "production")
+    assert refused.exit_code == 1 and f"against production ({first})" in refused.output
+    assert cli(config_path, settings, "eval", second, "--compare", "base,production", "--gate").exit_code == 0
+    assert registry(config_path, "promote", second, "--to", "production").exit_code == 0
+    assert registry(config_path, "promote", second, "--to", "staging").exit_code == 0  # not gated
+
+    rolled = registry(config_path, "rollback", "--reason", "complaints about tone")
+    assert rolled.exit_code == 0 and f"production → {first} (was {second})" in rolled.output
+
+    workspace = open_workspace(config)
+    events = history(workspace, config.project)
+    assert [(e.alias, e.action) for e in events] == [
+        ("production", "rollback"),
+        ("staging", "promote"),
+        ("production", "promote"),
+        ("production", "promote"),
+    ]
+    assert events[0].reason == "complaints about tone" and events[-1].reason == "first release"
+    assert all(e.actor == "tester" and not e.forced for e in events)
+    assert events[1].gate_report_id is None and events[2].gate_report_id.startswith("er-")
+
+    shown = registry(config_path, "history")
+    assert shown.exit_code == 0 and f"production → {first}" in shown.output and "rollback" in shown.output
+    listed = registry(config_path, "list")
+    assert "production" in listed.output and "staging" in listed.output
+    record = yaml.safe_load(registry(config_path, "show", second).output)
+    assert record["aliases"] == ["staging"]
+    assert [r["gates"] for r in record["eval_reports"]] == ["passed", "passed"]
+    assert any(f"production ({first})" in r["compared"] for r in record["eval_reports"])
+
+
+def test_forced_promotion_is_recorded_and_approval_must_come_from_someone_else(tmp_path, tiny_model_dir):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    config = load_config(config_path, settings)
+    first = train(config).version.name
+    forced = registry(config_path, "promote", first, "--to", "production", "--force", "--reason", "hotfix")
+    assert forced.exit_code == 0 and "(forced)" in forced.output
+
+    config_path.write_text(
+        config_path.read_text()
+        + "\nregistry:\n  require_approval: true\n  aliases: [candidate, production, canary]\n"
+    )
+    second = train(load_config(config_path, settings)).version.name
+    assert cli(config_path, settings, "eval", second, "--compare", "base,production", "--gate").exit_code == 0
+    refused = registry(config_path, "promote", second, "--to", "production")
+    assert refused.exit_code == 1 and "has no approval by someone other than tester" in refused.output
+    own = registry(config_path, "approve", second, "--by", "tester", "--note", "looks fine")
+    assert own.exit_code == 1 and "an approval must come from someone else" in own.output
+    assert (
+        registry(config_path, "approve", second, "--by", "alice", "--note", "read 50 answers").exit_code == 0
+    )
+    assert registry(config_path, "promote", second, "--to", "production").exit_code == 0
+    assert registry(config_path, "promote", second, "--to", "canary").exit_code == 0  # a user's own alias
+    unknown = registry(config_path, "promote", second, "--to", "shadow")
+    assert unknown.exit_code == 1 and "unknown alias 'shadow'" in unknown.output
+
+    events = history(open_workspace(load_config(config_path)), "fernwick-support")
+    assert [(e.alias, e.forced) for e in reversed(events)] == [
+        ("production", True),
+        ("production", False),
+        ("canary", False),
+    ]
+    record = yaml.safe_load(registry(config_path, "show", second).output)
+    assert record["approvals"][0]["by"] == "alice"
+    assert json.dumps(record["aliases"]) == '["production", "canary"]'
