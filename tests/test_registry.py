@@ -72,7 +72,9 @@ def test_promotion_needs_a_passing_gate_report_against_production_and_rollback_u
     assert rolled.exit_code == 0 and f"production → {first} (was {second})" in rolled.output
 
     workspace = open_workspace(config)
-    events = history(workspace, config.project)
+    registered = [e for e in history(workspace, config.project) if e.action == "register"]
+    assert {e.alias for e in registered} == {"candidate"} and len(registered) == 2
+    events = [e for e in history(workspace, config.project) if e.action != "register"]
     assert [(e.alias, e.action) for e in events] == [
         ("production", "rollback"),
         ("staging", "promote"),
@@ -88,7 +90,7 @@ def test_promotion_needs_a_passing_gate_report_against_production_and_rollback_u
     listed = registry(config_path, "list")
     assert "production" in listed.output and "staging" in listed.output
     record = yaml.safe_load(registry(config_path, "show", second).output)
-    assert record["aliases"] == ["staging"]
+    assert record["aliases"] == ["candidate", "staging"]
     assert [r["gates"] for r in record["eval_reports"]] == ["passed", "passed"]
     assert any(f"production ({first})" in r["compared"] for r in record["eval_reports"])
 
@@ -118,7 +120,11 @@ def test_forced_promotion_is_recorded_and_approval_must_come_from_someone_else(t
     unknown = registry(config_path, "promote", second, "--to", "shadow")
     assert unknown.exit_code == 1 and "unknown alias 'shadow'" in unknown.output
 
-    events = history(open_workspace(load_config(config_path)), "fernwick-support")
+    events = [
+        e
+        for e in history(open_workspace(load_config(config_path)), "fernwick-support")
+        if e.alias != "candidate"
+    ]
     assert [(e.alias, e.forced) for e in reversed(events)] == [
         ("production", True),
         ("production", False),
@@ -126,4 +132,40 @@ def test_forced_promotion_is_recorded_and_approval_must_come_from_someone_else(t
     ]
     record = yaml.safe_load(registry(config_path, "show", second).output)
     assert record["approvals"][0]["by"] == "alice"
-    assert json.dumps(record["aliases"]) == '["production", "canary"]'
+    assert record["aliases"] == ["candidate", "production", "canary"]
+
+
+def test_diff_card_and_reproduce(tmp_path, tiny_model_dir):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir, "data.licence=cc-by-4.0")
+    first = train(load_config(config_path, settings)).version.name
+    second = train(load_config(config_path, [*settings, "train.lr=5e-3", "data.sample=150"])).version.name
+
+    before = registry(config_path, "diff", first, second)
+    assert before.exit_code == 0, before.output
+    assert (
+        "train.learning_rate: 0.001 → 0.005" in before.output and "data.sample: None → 150" in before.output
+    )
+    assert "Data: ds-" in before.output and "rows (" in before.output
+    assert f"tunesmith eval {second} --compare {first}" in before.output  # no shared report yet
+    assert cli(config_path, settings, "eval", second, "--compare", first).exit_code == 0
+    after = registry(config_path, "diff", first, second)
+    assert "Metrics (report er-" in after.output and "rouge_l:" in after.output and "p=" in after.output
+
+    card_path = tmp_path / "card.md"
+    assert registry(config_path, "card", second, "--output", str(card_path)).exit_code == 0
+    card = card_path.read_text()
+    for text in (
+        f"# {second}",
+        "licence not recorded",
+        "Licence: cc-by-4.0",
+        "Learning rate 0.005",
+        "| rouge_l |",
+        "## Forgetting",
+        "Weights sha256",
+        "Intended use",
+    ):
+        assert text in card, text
+
+    reproduced = registry(config_path, "reproduce", first)
+    assert reproduced.exit_code == 0, reproduced.output
+    assert f"matches {first} within 2%" in reproduced.output and "eval_loss" in reproduced.output

@@ -870,6 +870,106 @@ def registry_rollback(
     out.print(f"{family}: {alias} → {now.name} (was {before.name})", highlight=False)
 
 
+@registry_app.command("diff")
+def registry_diff(
+    a: Annotated[str, typer.Argument(help="The older version.")],
+    b: Annotated[str, typer.Argument(help="The newer version.")],
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Two versions side by side: config keys that differ, data changes, metric deltas with intervals."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.lifecycle import diff
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(_config(config, None))
+    try:
+        result = diff(workspace, get_version(workspace, a), get_version(workspace, b))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"[bold]{result['a']} → {result['b']}[/bold]")
+    for field, (x, y) in result.get("record", {}).items():
+        out.print(f"  {field}: {x} → {y}", highlight=False)
+    out.print("Config:" if result["config"] else "Config: identical")
+    for key, (x, y) in result["config"].items():
+        out.print(f"  {key}: {x!r} → {y!r}", highlight=False, markup=False)
+    data = result.get("data", {})
+    if "same" in data:
+        out.print(f"Data: the same dataset version ({data['same']})")
+    else:
+        out.print(f"Data: {data['a']} → {data['b']}")
+        for split, entry in data["splits"].items():
+            out.print(f"  {split}: +{entry['added']} −{entry['removed']} rows ({entry['kept']} kept)")
+    metrics = result["metrics"]
+    if metrics["report"]:
+        out.print(f"Metrics (report {metrics['report']}, {metrics['items']} items, b − a):")
+        for row in metrics["deltas"]:
+            interval = f"[{row['low']:+.3g}, {row['high']:+.3g}]"
+            out.print(
+                f"  {row['metric']}: {row['delta']:+.4g} {interval} p={row['p_value']:.3f}", highlight=False
+            )
+    else:
+        out.print(f"Metrics (as recorded; {metrics['note']}):", soft_wrap=True)
+        for row in metrics["deltas"]:
+            out.print(
+                f"  {row['metric']}: {row['a']:.4g} → {row['b']:.4g} ({row['delta']:+.4g})", highlight=False
+            )
+
+
+@registry_app.command("card")
+def registry_card(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    output: Annotated[Path | None, typer.Option(help="Write the card here (default: print it).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """A Markdown model card: base and licence, data, method, metrics with intervals, forgetting, lineage."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.lifecycle import model_card
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(_config(config, None))
+    try:
+        card = model_card(workspace, get_version(workspace, version))
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    if output is None:
+        out.print(card, markup=False, highlight=False, soft_wrap=True)
+    else:
+        output.write_text(card, encoding="utf-8")
+        out.print(f"Wrote {output}")
+
+
+@registry_app.command("reproduce")
+def registry_reproduce(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    tolerance: Annotated[float, typer.Option(help="Largest relative difference that still matches.")] = 0.02,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Train again from the version's record and check its metrics match; exit 1 when they do not."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.lifecycle import reproduce
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(_config(config, None))
+    try:
+        result = reproduce(workspace, get_version(workspace, version), tolerance)
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    table = _table("metric", "recorded", "reproduced", "difference", "match")
+    for row in result["metrics"]:
+        table.add_row(
+            row["metric"],
+            f"{row['recorded']:.6g}",
+            f"{row['reproduced']:.6g}",
+            f"{row['relative_difference']:.2%}",
+            "yes" if row["match"] else "[red]no[/red]",
+        )
+    out.print(table)
+    verdict = "matches" if result["matches"] else "does NOT match"
+    out.print(f"Run {result['run']} {verdict} {version} within {tolerance:.0%}.")
+    if not result["matches"]:
+        raise typer.Exit(1)
+
+
 def _later(stage: str, issue_topic: str) -> None:
     err.print(f"`tunesmith {stage}` is not available yet in this version: {issue_topic}. Nothing was run.")
     raise typer.Exit(2)

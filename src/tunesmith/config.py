@@ -97,6 +97,7 @@ class DataConfig(_Section):
     """Where the rows come from, and how they are read, cleaned and split."""
 
     path: str | None = None  # file, folder, glob, saved HF dataset folder, or HF hub id
+    licence: str | None = None  # the data's licence, for the model card (e.g. cc-by-4.0)
     format: DataFormat = "auto"
     columns: dict[str, str] = Field(default_factory=dict)  # canonical field -> source column
     system_prompt: str | None = None  # added to chat rows that have no system message
@@ -403,6 +404,8 @@ class RegistryConfig(_Section):
     aliases: list[str] = Field(default_factory=lambda: ["candidate", "staging", "production", "shadow"])
     gated: list[str] = Field(default_factory=lambda: ["production"])  # need a passing eval gate report
     require_approval: bool = False  # production also needs an approval by someone who did not train it
+    intended_use: str = ""  # for the model card: what the versions are for
+    limitations: str = ""  # for the model card: what they must not be used for, known failure modes
 
     @field_validator("aliases", "gated")
     @classmethod

@@ -21,6 +21,7 @@ from tunesmith.data import DataError, Prepared, check_rows, load_split, prepare_
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
 from tunesmith.progress import console
 from tunesmith.registry import register_version
+from tunesmith.registry.versions import move_alias
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
 from tunesmith.train.sft import check_objective, is_main_process
@@ -316,6 +317,15 @@ def _train_and_register(
         metrics={**result.metrics, **(extra_metrics or {})},
         tokenizer=result.tokenizer,
     )
+    if "candidate" in config.registry.aliases:  # the newest version is the one to evaluate next
+        move_alias(
+            workspace,
+            version.family,
+            "candidate",
+            version,
+            reason=f"trained in {result.run_id}",
+            action="register",
+        )
     return TrainOutcome(
         dataset=dataset,
         run_id=result.run_id,

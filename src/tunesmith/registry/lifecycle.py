@@ -1,0 +1,270 @@
+"""What the registry tells about versions: diffs, model cards, and reproduction from the record."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from sqlalchemy import select
+
+from tunesmith.config import ProjectConfig
+from tunesmith.registry.versions import RegistryError
+from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
+from tunesmith.workspace import Workspace
+
+NOT_COMPARABLE = ("runtime", "per_second", "flos", "memory", "seconds", "tokens_per")
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 1e-4}}` as `{"train.lr": 1e-4}`."""
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(flatten(inner, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: value}
+
+
+def shared_report(workspace: Workspace, a: ModelVersion, b: ModelVersion) -> EvalReport | None:
+    """The newest eval report that scored both versions on the same items."""
+    with session(workspace.engine) as s:
+        reports = s.scalars(select(EvalReport).order_by(EvalReport.created_at.desc()))
+        for report in reports:
+            ids = {system.get("version_id") for system in report.systems}
+            if a.id in ids and b.id in ids:
+                return report
+    return None
+
+
+def diff(workspace: Workspace, a: ModelVersion, b: ModelVersion) -> dict[str, Any]:
+    """Config keys that differ, dataset changes, and metric deltas (with intervals when an eval
+    report compared the two)."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.data.versions import diff_versions
+
+    config_a, config_b = flatten(a.config), flatten(b.config)
+    changed = {
+        key: [config_a.get(key), config_b.get(key)]
+        for key in sorted(set(config_a) | set(config_b))
+        if config_a.get(key) != config_b.get(key)
+    }
+    result: dict[str, Any] = {"a": a.name, "b": b.name, "config": changed}
+    for field in ("base_model", "base_revision", "method", "seed"):
+        if getattr(a, field) != getattr(b, field):
+            result.setdefault("record", {})[field] = [getattr(a, field), getattr(b, field)]
+    if a.dataset_version_id != b.dataset_version_id and a.dataset_version_id and b.dataset_version_id:
+        with session(workspace.engine) as s:
+            data_a, data_b = (
+                s.get(DatasetVersion, a.dataset_version_id),
+                s.get(DatasetVersion, b.dataset_version_id),
+            )
+        if data_a is not None and data_b is not None:
+            result["data"] = diff_versions(data_a, data_b)
+    else:
+        result["data"] = {"same": a.dataset_version_id}
+    report = shared_report(workspace, a, b)
+    if report is not None:
+        full = json.loads((Path(report.path) / "report.json").read_text(encoding="utf-8"))
+        labels = {system["version_id"]: system["label"] for system in full["systems"]}
+        pair = {labels[a.id], labels[b.id]}
+        rows = []
+        for row in full["comparisons"]:
+            if {row["a"], row["b"]} != pair:
+                continue
+            sign = 1 if row["b"] == labels[b.id] else -1  # always b minus a
+            delta = row["delta"]
+            low, high = sorted((sign * delta["low"], sign * delta["high"]))
+            rows.append(
+                {
+                    "metric": row["metric"],
+                    "delta": sign * delta["value"],
+                    "low": low,
+                    "high": high,
+                    "p_value": row["p_value"],
+                }
+            )
+        result["metrics"] = {"report": report.id, "items": full["items"], "deltas": rows}
+    else:
+        numbers = {
+            key: [a.metrics[key], b.metrics[key]]
+            for key in sorted(set(a.metrics) & set(b.metrics))
+            if _is_number(a.metrics[key])
+            and _is_number(b.metrics[key])
+            and a.metrics[key] != b.metrics[key]
+            and not any(word in key for word in NOT_COMPARABLE)
+        }
+        result["metrics"] = {
+            "report": None,
+            "note": f"for intervals run `tunesmith eval {b.name} --compare {a.name}`",
+            "deltas": [{"metric": k, "a": x, "b": y, "delta": y - x} for k, (x, y) in numbers.items()],
+        }
+    return result
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def reproduce(workspace: Workspace, version: ModelVersion, tolerance: float = 0.02) -> dict[str, Any]:
+    """Train again from the version's record (its resolved config, dataset version and seed) and
+    compare the run's metrics with the recorded ones, each within `tolerance` (relative).
+
+    The new run is recorded (kind `reproduce`) but not registered.
+
+    Raises:
+        RegistryError: when the version's dataset version is no longer in the workspace.
+    """
+    from tunesmith.pipeline import load_base
+    from tunesmith.train import train_sft
+    from tunesmith.train.classify import HEADS, train_classifier
+
+    if version.dataset_version_id is None:
+        raise RegistryError(f"{version.name} records no dataset version; it cannot be reproduced")
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, version.dataset_version_id)
+    if dataset is None or not workspace.dataset_dir(dataset.id).exists():
+        raise RegistryError(
+            f"dataset version {version.dataset_version_id} of {version.name} is not in this workspace"
+        )
+    config = ProjectConfig.model_validate(version.config)
+    base = load_base(config, dataset)
+    trainer = train_classifier if config.train.objective in HEADS else train_sft
+    result = trainer(config, workspace, dataset, base, kind="reproduce")
+    rows = []
+    for key in sorted(set(version.metrics) & set(result.metrics)):
+        recorded, again = version.metrics[key], result.metrics[key]
+        if not (_is_number(recorded) and _is_number(again)) or any(word in key for word in NOT_COMPARABLE):
+            continue
+        scale = max(abs(recorded), 1e-12)
+        rows.append(
+            {
+                "metric": key,
+                "recorded": recorded,
+                "reproduced": again,
+                "relative_difference": abs(again - recorded) / scale,
+                "match": abs(again - recorded) <= tolerance * scale,
+            }
+        )
+    return {
+        "version": version.name,
+        "run": result.run_id,
+        "tolerance": tolerance,
+        "metrics": rows,
+        "matches": bool(rows) and all(r["match"] for r in rows),
+    }
+
+
+def model_card(workspace: Workspace, version: ModelVersion) -> str:
+    """A Markdown model card from the version's record and its newest eval report."""
+    import json
+    from pathlib import Path
+
+    from tunesmith.models import model_info
+    from tunesmith.registry.aliases import eval_reports
+
+    config = ProjectConfig.model_validate(version.config)
+    try:
+        base_licence = model_info(config.model.id, config.model.source, config.model.revision).licence
+    except Exception:  # an unreachable hub model: the card says it is unknown
+        base_licence = None
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, version.dataset_version_id) if version.dataset_version_id else None
+    reports = eval_reports(workspace, version)
+    full = json.loads((Path(reports[0].path) / "report.json").read_text()) if reports else None
+    train = config.train
+    lines = [
+        f"# {version.name}",
+        "",
+        f"Fine-tuned from `{version.base_model}` (revision `{version.base_revision or 'unknown'}`, "
+        f"licence {base_licence or 'not recorded'}) "
+        f"with tunesmith {version.lineage['libraries'].get('tunesmith', '?')}.",
+        "",
+        "## Intended use and limitations",
+        "",
+        config.registry.intended_use or "_Not stated: set `registry.intended_use` in tunesmith.yaml._",
+        "",
+        config.registry.limitations
+        or "_Not stated: set `registry.limitations`. A small fine-tune inherits its base model's "
+        "limitations and knows only what its data taught it._",
+        "",
+        "## Training data",
+        "",
+    ]
+    if dataset is not None:
+        counts = ", ".join(f"{k} {v}" for k, v in dataset.counts.items())
+        lines += [
+            f"- Dataset version `{dataset.id}` from `{dataset.source}` ({dataset.format}): {counts}",
+            f"- Licence: {config.data.licence or 'not recorded (set `data.licence`)'}",
+        ]
+    else:
+        lines.append("- No dataset version recorded.")
+    lines += [
+        "",
+        "## Method and hyperparameters",
+        "",
+        f"- Objective `{train.objective}`, method `{version.method}`, seed {version.seed}",
+        f"- Learning rate {train.learning_rate:g}, {train.num_train_epochs:g} epochs, batch "
+        f"{train.per_device_train_batch_size} x {train.gradient_accumulation_steps} accumulation, "
+        f"max length {train.max_length}",
+    ]
+    if version.method in ("lora", "qlora"):
+        lora = train.lora
+        lines.append(f"- LoRA r {lora.r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}")
+    lines += ["", "## Evaluation", "", *_card_eval(version, full), "", "## Forgetting", ""]
+    lines += _card_forgetting(version, full)
+    lineage = version.lineage
+    lines += [
+        "",
+        "## Lineage",
+        "",
+        f"- Version `{version.id}`, run `{version.run_id}`, parent `{version.parent_id or '-'}`",
+        f"- Weights sha256 `{version.weights_sha256}`",
+        f"- Chat template sha256 `{lineage.get('chat_template_sha256')}`, EOS `{lineage.get('eos_token')}`",
+        "- Libraries: " + ", ".join(f"{k} {v}" for k, v in lineage.get("libraries", {}).items()),
+        f"- Created by {version.created_by} at {version.created_at:%Y-%m-%d %H:%M} UTC",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _card_eval(version: ModelVersion, full: dict[str, Any] | None) -> list[str]:
+    if full is None:
+        return [f"_No eval report yet: run `tunesmith eval {version.name}`._"]
+    lines = [
+        f"Report `{full['id']}` on {full['items']} items of `{full['dataset_version']}` "
+        f"({full['split']}); 95% bootstrap intervals.",
+        "",
+        "| metric | " + " | ".join(s["label"] for s in full["systems"]) + " |",
+        "|---|" + "---|" * len(full["systems"]),
+    ]
+    for metric in full["metrics"]:
+        cells = []
+        for system in full["systems"]:
+            score = system["scores"].get(metric["name"])
+            cells.append(f"{score['value']:.3g} [{score['low']:.3g}, {score['high']:.3g}]" if score else "–")
+        lines.append(f"| {metric['name']} | " + " | ".join(cells) + " |")
+    lines += ["", *[f"- {line}" for line in full["verdicts"]]]
+    if full.get("gates"):
+        lines.append(f"- Gates: {'passed' if full['gate_passed'] else 'FAILED'}")
+    return lines
+
+
+def _card_forgetting(version: ModelVersion, full: dict[str, Any] | None) -> list[str]:
+    probe = full.get("probe") if full else None
+    if probe and probe.get("change"):
+        lines = []
+        for name, change in probe["change"].items():
+            d = change["delta"]
+            lines.append(
+                f"- {name}: {d['value']:+.3g} [{d['low']:+.3g}, {d['high']:+.3g}] "
+                f"against the base (p={change['p_value']:.3f})"
+            )
+        return lines
+    if "forgetting" in version.metrics:
+        return [
+            f"- Loss on general conversations: {version.metrics['general_loss_base']:.3f} before, "
+            f"{version.metrics['general_loss_after']:.3f} after training"
+        ]
+    return [f"_Not measured: run `tunesmith eval {version.name} --probe`._"]
