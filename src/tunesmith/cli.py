@@ -53,8 +53,13 @@ def _table(*columns: str) -> Table:
     """A table whose ids and names never wrap, so they can be copied from the terminal."""
     table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
     for column in columns:
-        keep_whole = column in ("id", "name", "dataset", "created", "aliases")
-        table.add_column(column, no_wrap=keep_whole, overflow="ellipsis" if keep_whole else "fold")
+        keep_whole = column in ("id", "name")
+        table.add_column(
+            column,
+            no_wrap=keep_whole,
+            overflow="ellipsis" if keep_whole else "fold",
+            min_width=10 if column in ("aliases", "created") else None,
+        )
     return table
 
 
