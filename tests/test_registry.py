@@ -169,3 +169,47 @@ def test_diff_card_and_reproduce(tmp_path, tiny_model_dir):
     reproduced = registry(config_path, "reproduce", first)
     assert reproduced.exit_code == 0, reproduced.output
     assert f"matches {first} within 2%" in reproduced.output and "eval_loss" in reproduced.output
+
+
+def test_export_adapter_and_merged_with_parity(tmp_path, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.registry import get_version
+    from tunesmith.registry.export import _parity
+
+    config_path, settings = setup_project(tmp_path, tiny_model_dir, "train.method=lora", "train.lr=1e-2")
+    config = load_config(config_path, settings)
+    name = train(config).version.name
+
+    adapter = registry(
+        config_path, "export", name, "--format", "adapter", "--output", str(tmp_path / "adapter")
+    )
+    assert adapter.exit_code == 0, adapter.output
+    assert "5/5 prompts gave identical tokens" in adapter.output
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
+    assert (tmp_path / "adapter" / "tokenizer_config.json").exists()
+
+    merged = registry(config_path, "export", name, "--output", str(tmp_path / "merged"))
+    assert merged.exit_code == 0, merged.output
+    assert "5/5 prompts gave identical tokens" in merged.output and "round-trips: True" in merged.output
+    folder = tmp_path / "merged"
+    parity = json.loads((folder / "parity.json").read_text())
+    assert parity["passed"] and parity["token_agreement"] == 1.0
+    model = AutoModelForCausalLM.from_pretrained(folder)  # a plain model: no PEFT needed
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert not hasattr(model, "peft_config") and "<|im_end|>" in tokenizer.chat_template
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    eos = model.generation_config.eos_token_id
+    assert im_end in (eos if isinstance(eos, list) else [eos])
+    modelfile = (folder / "Modelfile").read_text()
+    assert "FROM ." in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+    # a tokenizer whose template was changed fails the check, and says so
+    tokenizer.chat_template = tokenizer.chat_template.replace("<|im_start|>", "<|start|>")
+    version = get_version(open_workspace(config), name)
+    report = _parity(version, [[1]], [[1]], AutoTokenizer.from_pretrained(folder), tokenizer, model)
+    assert not report["passed"] and "the exported chat template is not the version's" in report["problems"]
+
+    full = train(load_config(config_path, [*settings, "train.method=full"])).version.name
+    refused = registry(config_path, "export", full, "--format", "adapter")
+    assert refused.exit_code == 1 and "has no adapter; use merged" in refused.output

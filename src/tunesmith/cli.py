@@ -975,6 +975,41 @@ def registry_reproduce(
         raise typer.Exit(1)
 
 
+@registry_app.command("export")
+def registry_export(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    format_: Annotated[
+        str,
+        typer.Option(
+            "--format", help="adapter (PEFT) or merged (full model, safetensors, Ollama Modelfile)."
+        ),
+    ] = "merged",
+    output: Annotated[
+        Path | None, typer.Option(help="Folder to write (default: exports/ in the workspace).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Export a version as an adapter or a merged model, with a parity check against the version."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.export import export_version
+    from tunesmith.workspace import open_workspace
+
+    if format_ not in ("adapter", "merged"):
+        raise _fail(f"--format {format_!r}: use adapter or merged", 2)
+    workspace = open_workspace(_config(config, None))
+    try:
+        target, report = export_version(workspace, get_version(workspace, version), format_, output)  # type: ignore[arg-type]
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"Exported {version} ({format_}) to {target}")
+    out.print(
+        f"Parity: {report['identical_tokens']}/{report['prompts']} prompts gave identical tokens, "
+        f"{report['answers_ending_at_a_stop_token']} ended at a stop token {report['stop_tokens']}, "
+        f"chat template round-trips: {report['chat_template_round_trips']}",
+        highlight=False,
+    )
+
+
 def _later(stage: str, issue_topic: str) -> None:
     err.print(f"`tunesmith {stage}` is not available yet in this version: {issue_topic}. Nothing was run.")
     raise typer.Exit(2)

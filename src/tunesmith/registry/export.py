@@ -1,0 +1,215 @@
+"""Export a version as a PEFT adapter or a merged model, and prove the export behaves like the version.
+
+Every export ends with a parity check, written to `parity.json` beside the files:
+
+- tokens: greedy answers of the exported artefact to a fixed prompt set are the same tokens as
+  the registered version's (both in float32, so the comparison is of the weights, not of rounding);
+- stop: the exported generation config stops at the chat template's end-of-turn token and the
+  tokenizer's end-of-sequence token, as training taught;
+- template: the exported tokenizer's chat template is the version's (same sha256) and renders a
+  conversation to the same text.
+
+A merged export also gets an Ollama `Modelfile` (Ollama imports safetensors of Llama-family models
+directly). The export is written to a temporary folder and moved into place only once complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Literal
+
+from tunesmith.registry.versions import RegistryError
+from tunesmith.store import ModelVersion
+from tunesmith.workspace import Workspace, atomic_dir
+
+ExportFormat = Literal["adapter", "merged"]
+
+PARITY_PROMPTS = [
+    "What can you help me with?",
+    "Explain in one sentence what a refund is.",
+    "List three colours.",
+    "How do I reset my password?",
+    "Say hello in French.",
+]
+
+CHATML_MODELFILE_TEMPLATE = (
+    '"""{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}'
+    "{{ if .Prompt }}<|im_start|>user\n{{ .Prompt }}<|im_end|>\n{{ end }}"
+    '<|im_start|>assistant\n{{ .Response }}<|im_end|>\n"""'
+)
+
+
+class ExportError(RegistryError):
+    """An export that cannot be made, or whose parity check failed."""
+
+
+def export_version(
+    workspace: Workspace,
+    version: ModelVersion,
+    fmt: ExportFormat,
+    output: Path | None = None,
+    *,
+    max_new_tokens: int = 24,
+) -> tuple[Path, dict[str, Any]]:
+    """Write `version` as `fmt` to `output` (default `exports/NAME-FMT/` in the workspace).
+
+    Returns the folder and the parity report.
+
+    Raises:
+        ExportError: an adapter export of a version that has no adapter, or a failed parity check
+            (the files are kept, so the failure can be inspected, and the report says what differs).
+    """
+    from tunesmith.evaluate.generate import stop_token_ids
+    from tunesmith.registry.loading import load_row
+
+    if version.config.get("train", {}).get("objective", "sft") not in ("sft", "pretrain", "multitask"):
+        raise ExportError(f"{version.name} is a classifier; export covers generative versions")
+    if fmt == "adapter" and version.method not in ("lora", "qlora"):
+        raise ExportError(
+            f"{version.name} was trained with method {version.method}: it has no adapter; use merged"
+        )
+    target = output or workspace.root / "exports" / f"{version.name}-{fmt}"
+    model, tokenizer = load_row(version)
+    model = model.float()
+    with atomic_dir(target) as tmp:
+        if fmt == "adapter":
+            for item in Path(version.path).iterdir():
+                if item.is_file():
+                    shutil.copy2(item, tmp / item.name)
+        else:
+            merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+            merged.generation_config.eos_token_id = stop_token_ids(tokenizer, merged)
+            merged.generation_config.pad_token_id = tokenizer.pad_token_id
+            merged.save_pretrained(tmp, safe_serialization=True)
+            _write_modelfile(tmp, tokenizer, version)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "tunesmith-export.json").write_text(
+            json.dumps(
+                {
+                    "version": version.name,
+                    "version_id": version.id,
+                    "format": fmt,
+                    "base_model": version.base_model,
+                    "base_revision": version.base_revision,
+                    "weights_sha256": version.weights_sha256,
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
+    del model
+    reference_model, reference_tokenizer = load_row(version)
+    reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
+    exported_model, exported_tokenizer = _load_export(target, fmt, version)
+    exported = _answers(exported_model.float(), exported_tokenizer, max_new_tokens)
+    report = _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, exported_model)
+    (target / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if not report["passed"]:
+        raise ExportError(f"the {fmt} export of {version.name} failed its parity check: {report['problems']}")
+    return target, report
+
+
+def _load_export(target: Path, fmt: ExportFormat, version: ModelVersion) -> tuple[Any, Any]:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunesmith.config import ProjectConfig
+    from tunesmith.models import load_model
+
+    tokenizer = AutoTokenizer.from_pretrained(target)
+    if fmt == "merged":
+        return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
+    model_cfg = version.config["model"]
+    base = load_model(
+        model_cfg["id"],
+        model_cfg["source"],
+        model_cfg["revision"],
+        ProjectConfig.model_validate(version.config).weights_dtype,
+    )
+    return PeftModel.from_pretrained(base.model, target), tokenizer
+
+
+def _answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
+    """Greedy new tokens for each parity prompt, one at a time (no padding to differ)."""
+    from tunesmith.evaluate.generate import inference, stop_token_ids
+
+    stops = stop_token_ids(tokenizer, model)
+    out = []
+    with inference(model):
+        for prompt in PARITY_PROMPTS:
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+            generated = model.generate(
+                **ids,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            out.append([int(t) for t in generated[0, ids["input_ids"].shape[1] :]])
+    return out
+
+
+def _parity(
+    version: ModelVersion,
+    reference: list[list[int]],
+    exported: list[list[int]],
+    reference_tokenizer: Any,
+    exported_tokenizer: Any,
+    exported_model: Any,
+) -> dict[str, Any]:
+    from tunesmith.evaluate.generate import stop_token_ids
+
+    same = [a == b for a, b in zip(reference, exported, strict=True)]
+    problems = []
+    if not all(same):
+        problems.append(f"{same.count(False)} of {len(same)} prompts gave other tokens")
+    expected_stops = set(stop_token_ids(reference_tokenizer))
+    exported_stops = set(stop_token_ids(exported_tokenizer, exported_model))
+    if not expected_stops <= exported_stops:
+        problems.append(f"stop tokens {sorted(expected_stops - exported_stops)} are missing from the export")
+    template = exported_tokenizer.chat_template or ""
+    template_sha = hashlib.sha256(template.encode()).hexdigest()
+    conversation = [
+        {"role": "system", "content": "You are helpful."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello! How can I help?"},
+    ]
+    rendered_same = reference_tokenizer.apply_chat_template(
+        conversation, tokenize=False
+    ) == exported_tokenizer.apply_chat_template(conversation, tokenize=False)
+    if template_sha != version.lineage.get("chat_template_sha256"):
+        problems.append("the exported chat template is not the version's")
+    if not rendered_same:
+        problems.append("the chat template renders a conversation differently")
+    stopped = [bool(tokens) and tokens[-1] in expected_stops for tokens in exported]
+    return {
+        "prompts": len(PARITY_PROMPTS),
+        "identical_tokens": sum(same),
+        "token_agreement": sum(same) / len(same),
+        "stop_tokens": sorted(exported_stops),
+        "answers_ending_at_a_stop_token": sum(stopped),
+        "chat_template_sha256": template_sha,
+        "chat_template_round_trips": rendered_same,
+        "problems": problems,
+        "passed": not problems,
+    }
+
+
+def _write_modelfile(directory: Path, tokenizer: Any, version: ModelVersion) -> None:
+    """An Ollama Modelfile for the merged safetensors, with the template and stop token spelled out."""
+    template = tokenizer.chat_template or ""
+    lines = [f"# Ollama: `ollama create {version.name} -f Modelfile` in this folder", "FROM ."]
+    if "<|im_start|>" in template:
+        lines += [f"TEMPLATE {CHATML_MODELFILE_TEMPLATE}", 'PARAMETER stop "<|im_end|>"']
+    else:
+        lines.append("# The chat template is not ChatML: Ollama reads it from tokenizer_config.json.")
+    if tokenizer.eos_token:
+        lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
+    lines.append("PARAMETER temperature 0")
+    (directory / "Modelfile").write_text("\n".join(dict.fromkeys(lines)) + "\n", encoding="utf-8")
