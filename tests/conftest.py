@@ -70,3 +70,64 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("TUNESMITH_DB_URL", raising=False)
     monkeypatch.setenv("TUNESMITH_USER", "tester")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A real PostgreSQL server on 127.0.0.1 for this test session (Debian `postgresql` binaries).
+
+    Yields a function that creates an empty database and returns its SQLAlchemy URL. Runs the
+    server as the `postgres` user when the tests run as root (PostgreSQL refuses root).
+    """
+    import os
+    import shutil
+    import socket
+    import subprocess
+
+    found = sorted(map(str, Path("/usr/lib/postgresql").glob("*/bin/initdb"))) or [
+        shutil.which("initdb") or ""
+    ]
+    initdb = found[-1]
+    if not initdb or not Path(initdb).exists():
+        pytest.skip("PostgreSQL server binaries are not installed (make setup installs Debian postgresql)")
+    pytest.importorskip("psycopg", reason="psycopg is not installed (the postgres extra)")
+    import tempfile
+
+    bindir = Path(initdb).parent
+    # not under pytest's tmp folder: that one is private to root, and the server runs as postgres
+    root = Path(tempfile.mkdtemp(prefix="tunesmith-pg-"))
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def run(*args: str) -> None:
+        subprocess.run([*prefix, *args], check=True, capture_output=True, text=True, timeout=120)
+
+    run(str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tunesmith", "--no-sync")
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(root / "log"), "-w", "start")
+    count = {"n": 0}
+
+    def new_database() -> str:
+        count["n"] += 1
+        name = f"tunesmith_test_{count['n']}"
+        run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tunesmith", name)
+        return f"postgresql+psycopg://tunesmith@127.0.0.1:{port}/{name}"
+
+    try:
+        yield new_database
+    finally:
+        subprocess.run(
+            [*prefix, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "stop"],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        shutil.rmtree(root, ignore_errors=True)

@@ -1,0 +1,62 @@
+"""The store and the registry flow on a real PostgreSQL server (started on loopback by a fixture)."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.pipeline import train, write_demo_project
+from tunesmith.registry.aliases import history
+from tunesmith.store import EvalReport, session
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+
+
+def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, postgres_server, monkeypatch):
+    url = postgres_server()
+    monkeypatch.setenv("TUNESMITH_DB_URL", url)
+    config_path = write_demo_project(tmp_path)
+    settings = [
+        f"model.id={tiny_model_dir}",
+        "train.method=full",
+        "train.epochs=1",
+        "eval.max_new_tokens=4",
+        "eval.bootstrap_resamples=100",
+        "eval.metrics=[rouge_l]",
+        "eval.gates=[{metric: rouge_l, min: 0.0}]",
+    ]
+    config = load_config(config_path, settings)
+    workspace = open_workspace(config)
+    assert workspace.engine.dialect.name == "postgresql"
+    with create_engine(url).connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
+
+    first = train(config).version.name
+    second = train(config).version.name
+    args = ["--config", str(config_path), *[a for s in settings for a in ("--set", s)]]
+    assert runner.invoke(app, ["eval", first, "--compare", "base", "--gate", *args]).exit_code == 0
+    assert (
+        runner.invoke(
+            app, ["registry", "promote", first, "--to", "production", "--config", str(config_path)]
+        ).exit_code
+        == 0
+    )
+    assert (
+        runner.invoke(app, ["eval", second, "--compare", "base,production", "--gate", *args]).exit_code == 0
+    )
+    assert (
+        runner.invoke(
+            app, ["registry", "promote", second, "--to", "production", "--config", str(config_path)]
+        ).exit_code
+        == 0
+    )
+    rolled = runner.invoke(app, ["registry", "rollback", "--config", str(config_path)])
+    assert rolled.exit_code == 0 and f"production → {first}" in rolled.output
+
+    moves = [(e.alias, e.action) for e in history(workspace, config.project) if e.alias == "production"]
+    assert moves == [("production", "rollback"), ("production", "promote"), ("production", "promote")]
+    with session(workspace.engine) as s:
+        assert s.query(EvalReport).filter(EvalReport.gate_passed.is_(True)).count() == 2
