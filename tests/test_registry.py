@@ -213,3 +213,27 @@ def test_export_adapter_and_merged_with_parity(tmp_path, tiny_model_dir):
     full = train(load_config(config_path, [*settings, "train.method=full"])).version.name
     refused = registry(config_path, "export", full, "--format", "adapter")
     assert refused.exit_code == 1 and "has no adapter; use merged" in refused.output
+
+
+def test_push_says_what_is_missing_offline(tmp_path, tiny_model_dir, monkeypatch):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    name = train(load_config(config_path, settings)).version.name
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))  # no stored login
+    no_token = registry(config_path, "push", name, "--to", "hf", "--repo", "me/bot")
+    assert no_token.exit_code == 1 and "no Hugging Face token: set HF_TOKEN" in no_token.output
+    monkeypatch.setenv("HF_TOKEN", "hf_not_a_real_token")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    offline = registry(config_path, "push", name, "--to", "hf", "--repo", "me/bot")
+    assert offline.exit_code == 1 and "HF_HUB_OFFLINE is set" in offline.output
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    unreachable = registry(config_path, "push", name, "--to", "hf", "--repo", "me/bot")
+    assert unreachable.exit_code == 1 and "could not reach the Hugging Face Hub" in unreachable.output
+    assert (
+        tmp_path / ".tunesmith" / "exports" / f"{name}-merged" / "README.md"
+    ).exists()  # exported with its card
+    mlflow = registry(config_path, "push", name, "--to", "mlflow", "--tracking-uri", "http://127.0.0.1:9")
+    assert mlflow.exit_code == 1
+    assert "pip install mlflow" in mlflow.output or "did not take" in mlflow.output
+    assert registry(config_path, "push", name, "--to", "hf").exit_code == 2

@@ -1010,6 +1010,46 @@ def registry_export(
     )
 
 
+@registry_app.command("push")
+def registry_push(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    to: Annotated[
+        str, typer.Option("--to", help="hf (the Hugging Face Hub) or mlflow (an MLflow registry).")
+    ],
+    repo: Annotated[str | None, typer.Option(help="hf: the repository, owner/name.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="mlflow: the tracking server URI.")] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="adapter or merged (default: adapter for LoRA versions).")
+    ] = None,
+    public: Annotated[bool, typer.Option(help="hf: make a new repository public.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Push a version (exported, with its model card) to the Hugging Face Hub or an MLflow registry."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.sync import log_to_mlflow, push_to_hub
+    from tunesmith.workspace import open_workspace
+
+    if to not in ("hf", "mlflow"):
+        raise _fail(f"--to {to!r}: use hf or mlflow", 2)
+    if to == "hf" and not repo:
+        raise _fail("--to hf needs --repo OWNER/NAME", 2)
+    workspace = open_workspace(_config(config, None))
+    try:
+        target = get_version(workspace, version)
+        if to == "hf":
+            assert repo is not None
+            url = push_to_hub(workspace, target, repo, private=not public, fmt=format_)
+            out.print(f"Pushed {target.name} to {url}")
+        else:
+            logged = log_to_mlflow(workspace, target, tracking_uri, fmt=format_)
+            out.print(
+                f"Logged {target.name} as MLflow run {logged['run_id']}, "
+                f"model {logged['model']} version {logged['model_version']}"
+            )
+    except RegistryError as exc:
+        raise _fail(str(exc)) from None
+
+
 def _later(stage: str, issue_topic: str) -> None:
     err.print(f"`tunesmith {stage}` is not available yet in this version: {issue_topic}. Nothing was run.")
     raise typer.Exit(2)
