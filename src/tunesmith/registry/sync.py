@@ -86,7 +86,7 @@ def log_to_mlflow(
     try:
         import mlflow
     except ImportError:
-        raise SyncError("logging to MLflow needs the mlflow package: pip install mlflow") from None
+        raise SyncError("logging to MLflow needs the mlflow package: pip install mlflow-skinny") from None
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
         raise SyncError("no MLflow tracking server: pass --tracking-uri or set MLFLOW_TRACKING_URI")
@@ -105,7 +105,17 @@ def log_to_mlflow(
             )
             mlflow.set_tags({"tunesmith.version": version.name, "tunesmith.version_id": version.id})
             mlflow.log_artifacts(str(folder), artifact_path="model")
-        registered = mlflow.register_model(f"runs:/{run.info.run_id}/model", version.family)
+        # the files are logged as artifacts, not as an MLflow-flavoured model: register their folder
+        client = mlflow.MlflowClient()
+        if not client.search_registered_models(filter_string=f"name = '{version.family}'"):
+            client.create_registered_model(version.family)
+        registered = client.create_model_version(
+            version.family,
+            source=f"{run.info.artifact_uri}/model",
+            run_id=run.info.run_id,
+            tags={"tunesmith.version": version.name},
+            description=f"{version.name} ({version.id}) from tunesmith",
+        )
     except Exception as exc:  # mlflow raises its own and requests' errors
         raise SyncError(f"MLflow at {uri} did not take {version.name}: {exc}") from None
     return {"run_id": run.info.run_id, "model": version.family, "model_version": registered.version}
