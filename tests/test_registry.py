@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -255,3 +256,32 @@ def test_push_to_a_real_mlflow_registry(tmp_path, tiny_model_dir):
     assert run.data.params["train.method"] == "full" and "train_loss" in run.data.metrics
     files = {f.path for f in client.list_artifacts(run.info.run_id, "model")}
     assert {"model/README.md", "model/model.safetensors", "model/parity.json"} <= files
+
+
+@pytest.mark.slow
+def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
+    config_path = write_demo_project(tmp_path)
+    settings = ["train.method=lora", "train.max_steps=3", "train.forgetting.probe=false"]
+    name = train(load_config(config_path, settings)).version.name
+    for quant in ("f16", "q8_0"):
+        exported = registry(config_path, "export", name, "--format", "gguf", "--quant", quant)
+        assert exported.exit_code == 0, exported.output
+        folder = tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-{quant}"
+        parity = json.loads((folder / "parity.json").read_text())
+        assert parity["passed"] and parity["token_agreement"] >= 0.9, parity
+        assert parity["gguf_chat_template_sha256"] == parity["chat_template_sha256"]
+        assert (folder / f"{name}-{quant}.gguf").exists() and not (folder / "merged").exists()
+        assert f"FROM ./{name}-{quant}.gguf" in (folder / "Modelfile").read_text()
+    sizes = {
+        q: (tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-{q}" / f"{name}-{q}.gguf").stat().st_size
+        for q in ("f16", "q8_0")
+    }
+    assert sizes["q8_0"] < 0.6 * sizes["f16"]
+
+
+def test_gguf_export_refuses_what_it_cannot_write(tmp_path, tiny_model_dir):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    name = train(load_config(config_path, settings)).version.name
+    refused = registry(config_path, "export", name, "--format", "gguf")
+    assert refused.exit_code == 1 and "GGUF export of" in refused.output  # a word-level tokenizer is not BPE
+    assert registry(config_path, "export", name, "--format", "gguf", "--quant", "q4").exit_code == 2

@@ -980,10 +980,9 @@ def registry_export(
     version: Annotated[str, typer.Argument(help="Version name or id.")],
     format_: Annotated[
         str,
-        typer.Option(
-            "--format", help="adapter (PEFT) or merged (full model, safetensors, Ollama Modelfile)."
-        ),
+        typer.Option("--format", help="adapter (PEFT), merged (safetensors) or gguf (llama.cpp, Ollama)."),
     ] = "merged",
+    quant: Annotated[str, typer.Option(help="gguf: f16 or q8_0.")] = "q8_0",
     output: Annotated[
         Path | None, typer.Option(help="Folder to write (default: exports/ in the workspace).")
     ] = None,
@@ -994,16 +993,25 @@ def registry_export(
     from tunesmith.registry.export import export_version
     from tunesmith.workspace import open_workspace
 
-    if format_ not in ("adapter", "merged"):
-        raise _fail(f"--format {format_!r}: use adapter or merged", 2)
+    if format_ not in ("adapter", "merged", "gguf"):
+        raise _fail(f"--format {format_!r}: use adapter, merged or gguf", 2)
+    if quant not in ("f16", "q8_0"):
+        raise _fail(f"--quant {quant!r}: use f16 or q8_0", 2)
     workspace = open_workspace(_config(config, None))
     try:
-        target, report = export_version(workspace, get_version(workspace, version), format_, output)  # type: ignore[arg-type]
+        target, report = export_version(
+            workspace,
+            get_version(workspace, version),
+            format_,  # type: ignore[arg-type]
+            output,
+            quant=quant,
+        )
     except RegistryError as exc:
         raise _fail(str(exc)) from None
     out.print(f"Exported {version} ({format_}) to {target}")
     out.print(
-        f"Parity: {report['identical_tokens']}/{report['prompts']} prompts gave identical tokens, "
+        f"Parity: {report['identical_tokens']}/{report['prompts']} prompts gave identical tokens "
+        f"(token agreement {report['token_agreement']:.1%}), "
         f"{report['answers_ending_at_a_stop_token']} ended at a stop token {report['stop_tokens']}, "
         f"chat template round-trips: {report['chat_template_round_trips']}",
         highlight=False,

@@ -25,7 +25,8 @@ from tunesmith.registry.versions import RegistryError
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace, atomic_dir
 
-ExportFormat = Literal["adapter", "merged"]
+ExportFormat = Literal["adapter", "merged", "gguf"]
+GGUF_MIN_AGREEMENT = 0.9  # top-1 agreement below this means a broken conversion, not rounding
 
 PARITY_PROMPTS = [
     "What can you help me with?",
@@ -52,9 +53,12 @@ def export_version(
     fmt: ExportFormat,
     output: Path | None = None,
     *,
+    quant: str = "q8_0",
     max_new_tokens: int = 24,
 ) -> tuple[Path, dict[str, Any]]:
     """Write `version` as `fmt` to `output` (default `exports/NAME-FMT/` in the workspace).
+
+    `gguf` writes one `NAME-QUANT.gguf` (`quant`: f16 or q8_0) with an Ollama Modelfile.
 
     Returns the folder and the parity report.
 
@@ -71,7 +75,8 @@ def export_version(
         raise ExportError(
             f"{version.name} was trained with method {version.method}: it has no adapter; use merged"
         )
-    target = output or workspace.root / "exports" / f"{version.name}-{fmt}"
+    suffix = f"gguf-{quant}" if fmt == "gguf" else fmt
+    target = output or workspace.root / "exports" / f"{version.name}-{suffix}"
     model, tokenizer = load_row(version)
     model = model.float()
     with atomic_dir(target) as tmp:
@@ -83,15 +88,28 @@ def export_version(
             merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
             merged.generation_config.eos_token_id = stop_token_ids(tokenizer, merged)
             merged.generation_config.pad_token_id = tokenizer.pad_token_id
-            merged.save_pretrained(tmp, safe_serialization=True)
-            _write_modelfile(tmp, tokenizer, version)
+            folder = tmp / "merged" if fmt == "gguf" else tmp
+            merged.save_pretrained(folder, safe_serialization=True)
+            if fmt == "gguf":
+                from tunesmith.registry.gguf_export import write_gguf
+
+                tokenizer.save_pretrained(folder)
+                gguf_file = f"{version.name}-{quant}.gguf"
+                try:
+                    write_gguf(folder, tmp / gguf_file, quant, version.name)  # type: ignore[arg-type]
+                except (ValueError, FileNotFoundError) as exc:  # another architecture or tokenizer kind
+                    raise ExportError(f"GGUF export of {version.name}: {exc}") from None
+                shutil.rmtree(folder)
+                _write_modelfile(tmp, tokenizer, version, source=f"./{gguf_file}")
+            else:
+                _write_modelfile(tmp, tokenizer, version)
         tokenizer.save_pretrained(tmp)
         (tmp / "tunesmith-export.json").write_text(
             json.dumps(
                 {
                     "version": version.name,
                     "version_id": version.id,
-                    "format": fmt,
+                    "format": suffix,
                     "base_model": version.base_model,
                     "base_revision": version.base_revision,
                     "weights_sha256": version.weights_sha256,
@@ -104,8 +122,13 @@ def export_version(
     reference_model, reference_tokenizer = load_row(version)
     reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
     exported_model, exported_tokenizer = _load_export(target, fmt, version)
-    exported = _answers(exported_model.float(), exported_tokenizer, max_new_tokens)
+    if fmt != "gguf":  # a model read from GGUF is already float32, and refuses .float()
+        exported_model = exported_model.float()
+    exported = _answers(exported_model, exported_tokenizer, max_new_tokens)
     report = _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, exported_model)
+    if fmt == "gguf":
+        report["token_agreement"] = _forced_agreement(exported_model, reference_tokenizer, reference)
+        _gguf_parity(report, target, version)
     (target / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if not report["passed"]:
         raise ExportError(f"the {fmt} export of {version.name} failed its parity check: {report['problems']}")
@@ -120,6 +143,11 @@ def _load_export(target: Path, fmt: ExportFormat, version: ModelVersion) -> tupl
     from tunesmith.models import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(target)
+    if fmt == "gguf":
+        (gguf_file,) = target.glob("*.gguf")
+        return AutoModelForCausalLM.from_pretrained(
+            target, gguf_file=gguf_file.name, dtype="float32"
+        ), tokenizer
     if fmt == "merged":
         return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
     model_cfg = version.config["model"]
@@ -201,10 +229,59 @@ def _parity(
     }
 
 
-def _write_modelfile(directory: Path, tokenizer: Any, version: ModelVersion) -> None:
-    """An Ollama Modelfile for the merged safetensors, with the template and stop token spelled out."""
+def _forced_agreement(model: Any, tokenizer: Any, reference: list[list[int]]) -> float:
+    """Share of the version's answer tokens that `model` also ranks first, fed the same prefix.
+
+    Free-running greedy answers of a lossy copy drift apart after the first near-tie; fed the
+    version's own answer, every position is compared on equal terms (top-1 agreement).
+    """
+    import torch
+
+    from tunesmith.evaluate.generate import inference
+
+    same = total = 0
+    with inference(model):
+        for prompt, answer in zip(PARITY_PROMPTS, reference, strict=True):
+            if not answer:
+                continue
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids = torch.tensor([prompt_ids + answer], device=model.device)
+            predicted = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].argmax(-1).tolist()
+            same += sum(p == t for p, t in zip(predicted, answer, strict=True))
+            total += len(answer)
+    return same / total if total else 0.0
+
+
+def _gguf_parity(report: dict[str, Any], target: Path, version: ModelVersion) -> None:
+    """GGUF is lossy (f16, q8_0): the top-1 agreement rate replaces identical answers; the template
+    embedded in the file must be the version's."""
+    import gguf
+
+    (gguf_file,) = target.glob("*.gguf")
+    field = gguf.GGUFReader(gguf_file).get_field("tokenizer.chat_template")
+    embedded = field.contents() if field is not None else ""
+    embedded_sha = hashlib.sha256(str(embedded).encode()).hexdigest()
+    problems = [p for p in report["problems"] if "gave other tokens" not in p]
+    if embedded_sha != version.lineage.get("chat_template_sha256"):
+        problems.append("the chat template inside the GGUF file is not the version's")
+    if report["token_agreement"] < GGUF_MIN_AGREEMENT:
+        problems.append(
+            f"the GGUF model ranks first only {report['token_agreement']:.0%} of the version's answer tokens "
+            f"(at least {GGUF_MIN_AGREEMENT:.0%} expected of a faithful conversion)"
+        )
+    report.update(
+        {"gguf_file": gguf_file.name, "gguf_chat_template_sha256": embedded_sha, "problems": problems}
+    )
+    report["passed"] = not problems
+
+
+def _write_modelfile(directory: Path, tokenizer: Any, version: ModelVersion, source: str = ".") -> None:
+    """An Ollama Modelfile for the export, with the template and stop token spelled out."""
     template = tokenizer.chat_template or ""
-    lines = [f"# Ollama: `ollama create {version.name} -f Modelfile` in this folder", "FROM ."]
+    lines = [f"# Ollama: `ollama create {version.name} -f Modelfile` in this folder", f"FROM {source}"]
     if "<|im_start|>" in template:
         lines += [f"TEMPLATE {CHATML_MODELFILE_TEMPLATE}", 'PARAMETER stop "<|im_end|>"']
     else:
