@@ -988,7 +988,7 @@ def registry_export(
     ] = None,
     config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
 ) -> None:
-    """Export a version as an adapter or a merged model, with a parity check against the version."""
+    """Export a version as an adapter, a merged model or GGUF, with a parity check against the version."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.export import export_version
     from tunesmith.workspace import open_workspace
