@@ -5,9 +5,10 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
+from test_registry import setup_project
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import train
 from tunesmith.registry.aliases import history
 from tunesmith.store import EvalReport, session
 from tunesmith.workspace import open_workspace
@@ -18,16 +19,7 @@ runner = CliRunner()
 def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, postgres_server, monkeypatch):
     url = postgres_server()
     monkeypatch.setenv("TUNESMITH_DB_URL", url)
-    config_path = write_demo_project(tmp_path)
-    settings = [
-        f"model.id={tiny_model_dir}",
-        "train.method=full",
-        "train.epochs=1",
-        "eval.max_new_tokens=4",
-        "eval.bootstrap_resamples=100",
-        "eval.metrics=[rouge_l]",
-        "eval.gates=[{metric: rouge_l, min: 0.0}]",
-    ]
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
     config = load_config(config_path, settings)
     workspace = open_workspace(config)
     assert workspace.engine.dialect.name == "postgresql"
