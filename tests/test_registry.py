@@ -285,3 +285,28 @@ def test_gguf_export_refuses_what_it_cannot_write(tmp_path, tiny_model_dir):
     refused = registry(config_path, "export", name, "--format", "gguf")
     assert refused.exit_code == 1 and "GGUF export of" in refused.output  # a word-level tokenizer is not BPE
     assert registry(config_path, "export", name, "--format", "gguf", "--quant", "q4").exit_code == 2
+
+
+def test_incremental_fine_tune_from_a_registered_version(tmp_path, tiny_model_dir):
+    from tunesmith.registry import get_version
+    from tunesmith.registry.loading import load_version
+
+    config_path, settings = setup_project(tmp_path, tiny_model_dir, "train.method=lora", "train.lr=1e-2")
+    config = load_config(config_path, settings)
+    parent = train(config).version
+    child = train(load_config(config_path, [*settings, f"train.init_from={parent.name}"])).version
+    workspace = open_workspace(config)
+    assert get_version(workspace, child.name).parent_id == parent.id
+    record = yaml.safe_load(registry(config_path, "show", child.name).output)
+    assert record["parent"] == parent.id
+    # the child's adapter loads onto its parent; eval and export find the chain
+    _, model, _ = load_version(workspace, child.name)
+    assert hasattr(model, "peft_config")
+    assert cli(config_path, settings, "eval", child.name, "--compare", f"base,{parent.name}").exit_code == 0
+    merged = registry(config_path, "export", child.name, "--output", str(tmp_path / "child-merged"))
+    assert merged.exit_code == 0 and "5/5 prompts gave identical tokens" in merged.output
+    from tunesmith.registry import RegistryError
+
+    wrong = load_config(config_path, [*settings, "train.init_from=no-such-version"])
+    with pytest.raises(RegistryError, match="no model version 'no-such-version'"):
+        train(wrong)

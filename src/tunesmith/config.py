@@ -205,6 +205,9 @@ class TrainConfig(_Section):
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
     # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
     method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"
+    # a registered version (name or id) to start from instead of the bare base model: an incremental
+    # fine-tune, recorded as that version's child
+    init_from: str | None = None
     num_train_epochs: float = Field(3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "epochs"))
     max_steps: int = -1  # > 0 overrides the epochs
     learning_rate: float = Field(2e-4, gt=0, validation_alias=AliasChoices("learning_rate", "lr"))

@@ -21,7 +21,7 @@ from tunesmith.data import DataError, Prepared, check_rows, load_split, prepare_
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
 from tunesmith.progress import console
 from tunesmith.registry import register_version
-from tunesmith.registry.versions import move_alias
+from tunesmith.registry.versions import get_version, move_alias
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
 from tunesmith.train.sft import check_objective, is_main_process
@@ -258,12 +258,17 @@ def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None =
     return outcome
 
 
-def load_base(config: ProjectConfig, dataset: DatasetVersion) -> Any:
-    """The base model as the objective trains it: an LM, or a body with a new head for the data's labels."""
+def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspace | None = None) -> Any:
+    """The base model as the objective trains it: an LM, or a body with a new head for the data's labels.
+
+    With `train.init_from`, the weights are that registered version's (its adapter merged in).
+    """
     from tunesmith.models import load_model
     from tunesmith.train.classify import HEADS, label_names
     from tunesmith.train.methods import quantization_config
 
+    if config.train.init_from:
+        return _load_parent(config, workspace or open_workspace(config))
     model, objective = config.model, config.train.objective
     quantization = quantization_config(config.train)
     if objective not in HEADS:
@@ -282,6 +287,39 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion) -> Any:
     )
 
 
+def _load_parent(config: ProjectConfig, workspace: Workspace) -> Any:
+    """The version named by `train.init_from`, merged into plain weights, as a LoadedModel."""
+    import torch
+
+    from tunesmith.models.loading import LoadedModel, resolve
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.loading import load_row
+
+    assert config.train.init_from is not None
+    parent = get_version(workspace, config.train.init_from)
+    if parent.base_model != config.model.id:
+        raise RegistryError(
+            f"train.init_from: {parent.name} was fine-tuned from {parent.base_model}, "
+            f"not from model.id {config.model.id}; set model.id to match"
+        )
+    if parent.config.get("train", {}).get("objective", "sft") != config.train.objective:
+        raise RegistryError(
+            f"train.init_from: {parent.name} has another objective than {config.train.objective}"
+        )
+    model, tokenizer = load_row(parent, workspace)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model = (
+        model.to(getattr(torch, config.weights_dtype))
+        if config.train.method in ("lora", "qlora")
+        else model.float()
+    )
+    resolved = resolve(config.model.id, config.model.source, config.model.revision)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, resolved=resolved, base_revision=parent.base_revision
+    )
+
+
 def _train_and_register(
     config: ProjectConfig,
     workspace: Workspace,
@@ -296,7 +334,7 @@ def _train_and_register(
     from tunesmith.train import train_sft
     from tunesmith.train.classify import HEADS, train_classifier
 
-    base = base or load_base(config, dataset)
+    base = base or load_base(config, dataset, workspace)
     if config.train.objective in HEADS:
         result = train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     else:
@@ -316,6 +354,7 @@ def _train_and_register(
         seed=config.train.seed,
         metrics={**result.metrics, **(extra_metrics or {})},
         tokenizer=result.tokenizer,
+        parent_id=get_version(workspace, config.train.init_from).id if config.train.init_from else None,
     )
     if "candidate" in config.registry.aliases:  # the newest version is the one to evaluate next
         move_alias(

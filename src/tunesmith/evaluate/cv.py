@@ -118,7 +118,7 @@ def _run_fold(
     if not dataset.counts["train"] or not dataset.counts["test"]:
         raise DataError(f"fold {fold} ({dataset.id}) has no rows to train or test on; use fewer folds")
     kind = task_kind(config.train.objective)
-    base = load_base(config, dataset)
+    base = load_base(config, dataset, workspace)
     if config.train.objective in HEADS:
         result = train_classifier(config, workspace, dataset, base, kind="cv")
     else:

@@ -408,7 +408,7 @@ def _pairwise_summary(
 
 def _load_judge_model(ref: str, plan: EvalPlan, config: ProjectConfig) -> tuple[Any, Any, str]:
     version = None if ref == "base" else get_version(plan.workspace, ref)
-    model, tokenizer, identity = _load(Subject(ref, ref, version), plan.candidate)
+    model, tokenizer, identity = _load(Subject(ref, ref, version), plan.candidate, plan.workspace)
     return model, tokenizer, identity
 
 
@@ -463,7 +463,7 @@ def _run_subject(
     if kind in ("classification", "tagging") and subject.version is None:
         result.outputs = _majority(kind, dataset, items)
         return result, None, None
-    model, tokenizer, identity = _load(subject, candidate)
+    model, tokenizer, identity = _load(subject, candidate, plan.workspace)
     probed = None
     try:
         cache = None
@@ -544,10 +544,10 @@ def model_outputs(
     return answers, nll
 
 
-def _load(subject: Subject, candidate: ModelVersion) -> tuple[Any, Any, str]:
+def _load(subject: Subject, candidate: ModelVersion, workspace: Workspace) -> tuple[Any, Any, str]:
     """(model, tokenizer, identity for the answer cache) of a subject."""
     if subject.version is not None:
-        model, tokenizer = load_row(subject.version)
+        model, tokenizer = load_row(subject.version, workspace)
         return model, tokenizer, f"{subject.version.id}:{subject.version.weights_sha256}"
     from tunesmith.models import load_causal_lm
 

@@ -77,7 +77,7 @@ def export_version(
         )
     suffix = f"gguf-{quant}" if fmt == "gguf" else fmt
     target = output or workspace.root / "exports" / f"{version.name}-{suffix}"
-    model, tokenizer = load_row(version)
+    model, tokenizer = load_row(version, workspace)
     model = model.float()
     with atomic_dir(target) as tmp:
         if fmt == "adapter":
@@ -113,15 +113,16 @@ def export_version(
                     "base_model": version.base_model,
                     "base_revision": version.base_revision,
                     "weights_sha256": version.weights_sha256,
+                    "parent_version": version.parent_id,  # an adapter export needs its parent merged in
                 },
                 indent=2,
             ),
             encoding="utf-8",
         )
     del model
-    reference_model, reference_tokenizer = load_row(version)
+    reference_model, reference_tokenizer = load_row(version, workspace)
     reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
-    exported_model, exported_tokenizer = _load_export(target, fmt, version)
+    exported_model, exported_tokenizer = _load_export(target, fmt, version, workspace)
     if fmt != "gguf":  # a model read from GGUF is already float32, and refuses .float()
         exported_model = exported_model.float()
     exported = _answers(exported_model, exported_tokenizer, max_new_tokens)
@@ -135,7 +136,9 @@ def export_version(
     return target, report
 
 
-def _load_export(target: Path, fmt: ExportFormat, version: ModelVersion) -> tuple[Any, Any]:
+def _load_export(
+    target: Path, fmt: ExportFormat, version: ModelVersion, workspace: Workspace
+) -> tuple[Any, Any]:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -150,13 +153,18 @@ def _load_export(target: Path, fmt: ExportFormat, version: ModelVersion) -> tupl
         ), tokenizer
     if fmt == "merged":
         return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
+    dtype = ProjectConfig.model_validate(version.config).weights_dtype
+    if version.parent_id is not None:  # the adapter sits on its parent version, merged
+        import torch
+
+        from tunesmith.registry.loading import load_row
+        from tunesmith.registry.versions import get_version
+
+        parent, _ = load_row(get_version(workspace, version.parent_id), workspace)
+        parent = parent.merge_and_unload() if hasattr(parent, "merge_and_unload") else parent
+        return PeftModel.from_pretrained(parent.to(getattr(torch, dtype)), target), tokenizer
     model_cfg = version.config["model"]
-    base = load_model(
-        model_cfg["id"],
-        model_cfg["source"],
-        model_cfg["revision"],
-        ProjectConfig.model_validate(version.config).weights_dtype,
-    )
+    base = load_model(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
     return PeftModel.from_pretrained(base.model, target), tokenizer
 
 

@@ -129,7 +129,7 @@ def reproduce(workspace: Workspace, version: ModelVersion, tolerance: float = 0.
             f"dataset version {version.dataset_version_id} of {version.name} is not in this workspace"
         )
     config = ProjectConfig.model_validate(version.config)
-    base = load_base(config, dataset)
+    base = load_base(config, dataset, workspace)
     trainer = train_classifier if config.train.objective in HEADS else train_sft
     result = trainer(config, workspace, dataset, base, kind="reproduce")
     rows = []

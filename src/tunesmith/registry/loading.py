@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ProjectConfig
-from tunesmith.registry.versions import get_version
+from tunesmith.registry.versions import RegistryError, get_version
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -14,11 +14,16 @@ from tunesmith.workspace import Workspace
 def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any]:
     """Load a registered version (base model plus its adapter, or its full weights) with its tokenizer."""
     version = get_version(workspace, ref)
-    return (version, *load_row(version))
+    return (version, *load_row(version, workspace))
 
 
-def load_row(version: ModelVersion) -> tuple[Any, Any]:
-    """(model, tokenizer) of a version record."""
+def load_row(version: ModelVersion, workspace: Workspace | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a version record.
+
+    An adapter trained on top of another version (`train.init_from`) is loaded onto its parent,
+    itself loaded the same way and merged; that needs the workspace to find the parent.
+    """
+    import torch
     import transformers
     from peft import PeftModel
 
@@ -37,6 +42,16 @@ def load_row(version: ModelVersion) -> tuple[Any, Any]:
             "id2label": dict(enumerate(labels)),
             "label2id": {name: i for i, name in enumerate(labels)},
         }
+    if version.method in ("lora", "qlora") and version.parent_id is not None:
+        if workspace is None:
+            raise RegistryError(
+                f"{version.name} was trained on top of another version; loading it needs the workspace"
+            )
+        parent_model, tokenizer = load_row(get_version(workspace, version.parent_id), workspace)
+        if hasattr(parent_model, "merge_and_unload"):
+            parent_model = parent_model.merge_and_unload()
+        dtype = ProjectConfig.model_validate(version.config).weights_dtype
+        return PeftModel.from_pretrained(parent_model.to(getattr(torch, dtype)), version.path), tokenizer
     if version.method in ("lora", "qlora"):
         base = load_model(
             model_cfg["id"],
