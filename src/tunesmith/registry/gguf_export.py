@@ -4,9 +4,11 @@ The merged model's tensors are renamed with gguf's own tensor map, the query and
 permuted the way llama.cpp's converter does, and the BPE vocabulary, merges, special tokens and
 chat template written from the tokenizer files by gguf's vocab helpers. `f16` keeps matrices in
 half precision; `q8_0` quantises them with gguf's reference Q8_0 quantiser. Norms stay float32.
+llama.cpp picks its pre-tokenizer by name: catalogue models carry theirs (SmolLM2: `smollm`, as in
+its bundled GGUF); other models get `default`.
 
 The parity check loads the file back with transformers (which reads GGUF and reverses the
-permutation) and states the share of prompts whose greedy tokens match the version's.
+permutation) and measures how many of the version's answer tokens it also ranks first.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ def _permute(weights: np.ndarray, n_head: int) -> np.ndarray:
     )
 
 
-def write_gguf(merged_dir: Path, target: Path, qtype: GgufType, name: str) -> Path:
+def write_gguf(merged_dir: Path, target: Path, qtype: GgufType, name: str, pre: str = "default") -> Path:
     """Write `merged_dir` (a saved Llama-architecture model with its tokenizer) as one GGUF file.
 
     Raises:
@@ -48,7 +50,7 @@ def write_gguf(merged_dir: Path, target: Path, qtype: GgufType, name: str) -> Pa
     n_kv = config.get("num_key_value_heads", n_head)
     writer = gguf.GGUFWriter(str(target), gguf.MODEL_ARCH_NAMES[arch])
     _metadata(writer, config, qtype, name)
-    _vocabulary(writer, merged_dir)
+    _vocabulary(writer, merged_dir, pre)
     names = gguf.get_tensor_name_map(arch, n_layers)
     tensors: dict[str, Any] = {}
     for file in sorted(merged_dir.glob("*.safetensors")):
@@ -95,7 +97,7 @@ def _metadata(writer: Any, config: dict[str, Any], qtype: GgufType, name: str) -
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
 
 
-def _vocabulary(writer: Any, merged_dir: Path) -> None:
+def _vocabulary(writer: Any, merged_dir: Path, pre: str) -> None:
     """BPE tokens, merges, special tokens and the chat template, from the tokenizer files."""
     import gguf
 
@@ -105,7 +107,7 @@ def _vocabulary(writer: Any, merged_dir: Path) -> None:
         tokens.append(text)
         toktypes.append(toktype)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
+    writer.add_tokenizer_pre(pre)  # llama.cpp splits text before BPE by this name
     writer.add_vocab_size(len(tokens))
     writer.add_token_list(tokens)
     writer.add_token_types(toktypes)
