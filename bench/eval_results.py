@@ -27,18 +27,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-BITEXT = "bitext_customer_support/Bitext_Sample_Customer_Support_Training_Dataset.csv"
+sys.path.insert(0, str(Path(__file__).parent))
+from train_results import RUNS, SHARED  # the same bitext subset and settings as the training results
+
+BITEXT = RUNS["sft"]["data"]
 MMLU = SHARED / "mmlu_redux" / "mmlu_redux_all.jsonl"
 BITEXT_SETTINGS = [
-    "data.columns={prompt: instruction, completion: response}",
-    "data.split.val=0.05",
-    "data.split.test=0.1",
-    "train.epochs=1",
-    "train.max_length=384",
-    "train.forgetting.probe=false",
+    *(s for s in RUNS["sft"]["settings"] if not s.startswith("eval.metrics")),
     "train.save_strategy=no",
-    "eval.max_new_tokens=160",
     "eval.metrics=[rouge_1, rouge_2, rouge_l, bleu, chrf, perplexity]",
 ]
 console = Console(width=170)

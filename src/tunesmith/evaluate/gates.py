@@ -74,6 +74,31 @@ def _reference(gate: GateConfig, systems: list[SystemResult]) -> tuple[SystemRes
     raise _UncheckedError(f"neither {gate.over!r} nor base is in this report to compare with")
 
 
+def _against_reference(
+    gate: GateConfig, systems: list[SystemResult], settings: EvalConfig
+) -> tuple[SystemResult, str, Any]:
+    """(reference system, note on a fallback, paired test of the candidate against it on some items)."""
+    candidate = _candidate_metric(gate, systems)
+    other, note = _reference(gate, systems)
+    if gate.metric not in other.stats:
+        raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
+    metric = get_metric(gate.metric)
+
+    def compare(index: list[int] | None) -> Any:
+        rows = slice(None) if index is None else index
+        return paired_test(
+            other.stats[gate.metric][rows],
+            candidate.stats[gate.metric][rows],
+            metric.score,
+            higher_is_better=metric.higher_is_better,
+            resamples=settings.bootstrap_resamples,
+            seed=settings.seed,
+            alpha=settings.alpha,
+        )
+
+    return other, note, compare
+
+
 def _threshold(
     gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
 ):
@@ -97,20 +122,9 @@ def _threshold(
 def _improvement(
     gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
 ):
-    candidate = _candidate_metric(gate, systems)
-    other, note = _reference(gate, systems)
+    other, note, compare = _against_reference(gate, systems, settings)
     metric = get_metric(gate.metric)
-    if gate.metric not in other.stats:
-        raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
-    test = paired_test(
-        other.stats[gate.metric],
-        candidate.stats[gate.metric],
-        metric.score,
-        higher_is_better=metric.higher_is_better,
-        resamples=settings.bootstrap_resamples,
-        seed=settings.seed,
-        alpha=settings.alpha,
-    )
+    test = compare(None)
     gain = test.delta.value if metric.higher_is_better else -test.delta.value
     assert gate.min_improvement is not None
     enough = gain >= gate.min_improvement
@@ -146,11 +160,8 @@ def _forgetting(
 
 
 def _slice(gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig):
-    candidate = _candidate_metric(gate, systems)
-    other, note = _reference(gate, systems)
+    other, note, compare = _against_reference(gate, systems, settings)
     metric = get_metric(gate.metric)
-    if gate.metric not in other.stats:
-        raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
     groups: dict[str, list[int]] = {}
     assert gate.slice is not None
     for i, item in enumerate(items):
@@ -159,15 +170,7 @@ def _slice(gate: GateConfig, report: dict, systems: list[SystemResult], items: l
         raise _UncheckedError(f"no item has a {gate.slice!r} column")
     failing, checked = [], []
     for value, index in sorted(groups.items()):
-        test = paired_test(
-            other.stats[gate.metric][index],
-            candidate.stats[gate.metric][index],
-            metric.score,
-            higher_is_better=metric.higher_is_better,
-            resamples=settings.bootstrap_resamples,
-            seed=settings.seed,
-            alpha=settings.alpha,
-        )
+        test = compare(index)
         worst = test.delta.low if metric.higher_is_better else -test.delta.high
         checked.append(value)
         if worst < -gate.margin:
