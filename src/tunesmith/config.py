@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import (
@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 CONFIG_FILENAME = "tunesmith.yaml"
+SectionT = TypeVar("SectionT", bound=BaseModel)
 DB_URL_ENV = "TUNESMITH_DB_URL"
 
 
@@ -394,11 +395,100 @@ class EvalConfig(_Section):
     gates: list[GateConfig] = Field(default_factory=list)
 
 
+class CanarySplit(_Section):
+    """A share of a route's traffic sent to another version."""
+
+    to: str = Field(min_length=1)  # a version (support-v8) or an alias (support@candidate)
+    percent: float = Field(gt=0, le=100)
+
+
+class TargetRule(_Section):
+    """Requests that match go to `to`: every listed header must match, and the caller be in a group."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    to: str = Field(min_length=1)
+    headers: dict[str, str] = Field(default_factory=dict)  # header name -> exact value
+    groups: list[str] = Field(default_factory=list)  # user groups of the caller's API key
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> TargetRule:
+        if not self.headers and not self.groups:
+            raise ValueError(f"rule {self.name!r} matches every request; give it `headers` or `groups`")
+        return self
+
+
+RolloutStep = Literal["shadow", "internal"] | float
+
+
+class RolloutPlan(_Section):
+    """How `tunesmith serve rollout start` moves a version through a route, one step at a time."""
+
+    steps: list[RolloutStep] = Field(default_factory=lambda: ["shadow", "internal", 5.0, 25.0, 100.0])
+    hold_minutes: float = Field(60.0, gt=0)  # each step's gates must hold this long before the next
+    internal_groups: list[str] = Field(default_factory=lambda: ["internal"])  # who the `internal` step serves
+    gates: list[str] = Field(default_factory=lambda: ["error_rate", "latency"])  # registered rollout gates
+    max_error_rate: float = Field(0.02, ge=0, le=1)  # error_rate: share of the version's requests failing
+    max_latency_ratio: float = Field(1.5, gt=0)  # latency: its p95 over the primary's p95
+    min_requests: int = Field(20, ge=0)  # a step with fewer requests waits instead of advancing
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, steps: list[Any]) -> list[Any]:
+        percents = [s for s in steps if not isinstance(s, str)]
+        if not steps or not percents or percents[-1] != 100:
+            raise ValueError("a rollout ends at 100 (all traffic), e.g. [shadow, internal, 5, 25, 100]")
+        if any(not 0 < p <= 100 for p in percents) or percents != sorted(percents):
+            raise ValueError("percentages must rise, each in (0, 100]")
+        return steps
+
+
+class RouteConfig(_Section):
+    """Traffic policy for one model name that clients ask for."""
+
+    model: str = Field(min_length=1)  # family@alias, family (its production alias), or a version
+    canary: list[CanarySplit] = Field(default_factory=list)
+    shadow: str | None = None  # a version or alias that answers a mirror of each request, never returned
+    shadow_percent: float = Field(100.0, gt=0, le=100)  # share of requests mirrored
+    rules: list[TargetRule] = Field(default_factory=list)  # checked in order, before the canary
+    sticky: str = "user"  # what keeps a caller on one side: `user` (the request's user field) or a header
+    rollout: RolloutPlan = Field(default_factory=RolloutPlan)
+
+    @field_validator("canary")
+    @classmethod
+    def _canary_total(cls, splits: list[CanarySplit]) -> list[CanarySplit]:
+        if sum(s.percent for s in splits) > 100:
+            raise ValueError("canary percentages add up to more than 100")
+        return splits
+
+
 class ServeConfig(_Section):
-    """Where `tunesmith serve` listens."""
+    """`tunesmith serve`: where it listens, what it loads, how it routes and what it allows."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
+    backend: str = "transformers"  # transformers, llamacpp, vllm (`tunesmith serve --list-backends`)
+    models: list[str] = Field(default_factory=list)  # loaded and warmed up at start; default: production aliases
+    routes: list[RouteConfig] = Field(default_factory=list)
+    runtime_config: str | None = None  # YAML of per-model system prompts, defaults and stops; hot-reloaded
+    max_batch_size: int = Field(8, gt=0)  # sequences generated together
+    batch_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill
+    max_queue: int = Field(64, gt=0)  # waiting sequences before new requests get 429
+    max_tokens: int = Field(1024, gt=0)  # the most `max_tokens` a request may ask for
+    default_max_tokens: int = Field(256, gt=0)
+    max_n: int = Field(8, gt=0)
+    max_request_bytes: int = Field(1_000_000, gt=0)
+    poll_seconds: float = Field(1.0, gt=0)  # how often alias moves, keys, the runtime config and rollouts are read
+    require_keys: bool = False  # refuse to start without an API key (otherwise no keys: open, with a warning)
+    log_requests: bool = True  # write every request and answer to the store (monitoring reads it)
+
+    @model_validator(mode="after")
+    def _unique_routes(self) -> ServeConfig:
+        names = [r.model for r in self.routes]
+        if len(names) != len(set(names)):
+            raise ValueError("two routes serve the same model name")
+        if self.default_max_tokens > self.max_tokens:
+            raise ValueError("default_max_tokens is above max_tokens")
+        return self
 
 
 class RegistryConfig(_Section):
@@ -521,28 +611,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data: dict[str, Any] = {}
     lines: dict[tuple[str, ...], int] = {}
     if file.exists():
-        text = file.read_text(encoding="utf-8")
-        try:
-            loaded = yaml.safe_load(text)
-            lines = _line_numbers(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
-            raise ConfigError(
-                [ConfigIssue(path="(file)", message=f"not valid YAML: {exc}", location=where)], source
-            ) from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(
-                [
-                    ConfigIssue(
-                        path="(file)",
-                        message="the top level must be a mapping of sections",
-                        location=f"{file}:1",
-                    )
-                ],
-                source,
-            )
-        data = loaded or {}
+        data, lines = _read_yaml(file)
     elif path is not None:
         raise ConfigError(
             [ConfigIssue(path="(file)", message="no such file; create one with `tunesmith init`")], source
@@ -557,20 +626,60 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         config = ProjectConfig.model_validate(data).with_base_dir(base_dir)
     except ValidationError as exc:
-        for error in exc.errors():
-            keys = tuple(str(part) for part in error["loc"])
-            line = _nearest_line(lines, keys)
-            issues.append(
-                ConfigIssue(
-                    path=".".join(keys) or "(root)",
-                    message=_describe(error),
-                    location=f"{file}:{line}" if line is not None else None,
-                )
-            )
-        raise ConfigError(issues, source) from None
+        raise ConfigError(issues + _issues(exc, file, lines), source) from None
     if issues:
         raise ConfigError(issues, source)
     return config
+
+
+def load_section_file(path: Path, section: type[SectionT]) -> SectionT:
+    """Load a YAML file that holds one section type (e.g. the server's runtime config).
+
+    Raises:
+        ConfigError: every problem with its field path and file:line.
+    """
+    if not path.exists():
+        raise ConfigError([ConfigIssue(path="(file)", message="no such file")], str(path))
+    data, lines = _read_yaml(path)
+    try:
+        return section.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_issues(exc, path, lines), str(path)) from None
+
+
+def _read_yaml(file: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """A YAML mapping and the line of each key path in it."""
+    text = file.read_text(encoding="utf-8")
+    try:
+        loaded = yaml.safe_load(text)
+        lines = _line_numbers(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{file}:{mark.line + 1}" if mark is not None else str(file)
+        raise ConfigError(
+            [ConfigIssue(path="(file)", message=f"not valid YAML: {exc}", location=where)], str(file)
+        ) from exc
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(
+            [ConfigIssue(path="(file)", message="the top level must be a mapping", location=f"{file}:1")],
+            str(file),
+        )
+    return loaded or {}, lines
+
+
+def _issues(exc: ValidationError, file: Path, lines: dict[tuple[str, ...], int]) -> list[ConfigIssue]:
+    issues = []
+    for error in exc.errors():
+        keys = tuple(str(part) for part in error["loc"])
+        line = _nearest_line(lines, keys)
+        issues.append(
+            ConfigIssue(
+                path=".".join(keys) or "(root)",
+                message=_describe(error),
+                location=f"{file}:{line}" if line is not None else None,
+            )
+        )
+    return issues
 
 
 def _describe(error: Any) -> str:

@@ -101,6 +101,7 @@ def promote(
     *,
     force: bool = False,
     reason: str = "",
+    actor: str | None = None,
 ) -> AliasEvent:
     """Point `alias` of the version's family at `version`, if the rules allow it (see the module doc).
 
@@ -116,7 +117,7 @@ def promote(
         if not reason.strip():
             raise PromotionError("--force needs --reason: the history records why the rules were skipped")
         return move_alias(
-            workspace, version.family, alias, version, reason=reason, action="promote", forced=True
+            workspace, version.family, alias, version, reason=reason, action="promote", forced=True, actor=actor
         )
     report = None
     if alias in config.gated:
@@ -146,10 +147,13 @@ def promote(
         reason=reason,
         gate_report_id=report.id if report else None,
         action="promote",
+        actor=actor,
     )
 
 
-def rollback(workspace: Workspace, family: str, *, alias: str = "production", reason: str = "") -> AliasEvent:
+def rollback(
+    workspace: Workspace, family: str, *, alias: str = "production", reason: str = "", actor: str | None = None
+) -> AliasEvent:
     """Point `alias` back at the version its latest move replaced.
 
     Raises:
@@ -166,7 +170,9 @@ def rollback(workspace: Workspace, family: str, *, alias: str = "production", re
     with session(workspace.engine) as s:
         previous = s.get(ModelVersion, latest.from_version_id)
     assert previous is not None
-    return move_alias(workspace, family, alias, previous, reason=reason or "rollback", action="rollback")
+    return move_alias(
+        workspace, family, alias, previous, reason=reason or "rollback", action="rollback", actor=actor
+    )
 
 
 def describe(event: AliasEvent, names: dict[str, str]) -> dict[str, Any]:

@@ -176,6 +176,7 @@ def move_alias(
     gate_report_id: str | None = None,
     action: str = "move",
     forced: bool = False,
+    actor: str | None = None,
 ) -> AliasEvent:
     """Point `alias` of `family` at `version` (None clears it), appending one history row.
 
@@ -188,7 +189,7 @@ def move_alias(
             alias=alias,
             from_version_id=current.id if current else None,
             to_version_id=version.id if version else None,
-            actor=who(),
+            actor=actor or who(),
             reason=reason,
             gate_report_id=gate_report_id,
             action=action,

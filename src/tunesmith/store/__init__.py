@@ -3,22 +3,28 @@
 from tunesmith.store.engine import open_store, session
 from tunesmith.store.schema import (
     AliasEvent,
+    ApiKey,
     Approval,
     Base,
     DatasetVersion,
     EvalReport,
     ModelVersion,
+    RequestLog,
+    Rollout,
     Run,
     RunMetric,
 )
 
 __all__ = [
     "AliasEvent",
+    "ApiKey",
     "Approval",
     "Base",
     "DatasetVersion",
     "EvalReport",
     "ModelVersion",
+    "RequestLog",
+    "Rollout",
     "Run",
     "RunMetric",
     "open_store",

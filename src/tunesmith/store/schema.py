@@ -141,3 +141,65 @@ class Approval(Base):
     approver: Mapped[str] = mapped_column(String(200))
     note: Mapped[str] = mapped_column(Text, default="")
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RequestLog(Base):
+    """One served request and its answer (or a shadow's answer to a mirrored request)."""
+
+    __tablename__ = "request_logs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # req-<uuid hex>
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    endpoint: Mapped[str] = mapped_column(String(40))  # chat, completion
+    requested_model: Mapped[str] = mapped_column(String(300))  # as the client named it
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    route: Mapped[str] = mapped_column(String(100))  # primary, canary, rule:NAME, rollout, shadow
+    shadow_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the mirrored request
+    prompt: Mapped[Any] = mapped_column(JSON)  # the messages, or the prompt text
+    output: Mapped[list[Any]] = mapped_column(JSON)  # one text per choice
+    finish_reasons: Mapped[list[Any]] = mapped_column(JSON)
+    params: Mapped[dict[str, Any]] = mapped_column(JSON)  # max_tokens, temperature, top_p, seed, stop, n
+    status: Mapped[int] = mapped_column(Integer)  # HTTP status of the answer
+    error: Mapped[str | None] = mapped_column(Text)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_ms: Mapped[float | None] = mapped_column(Float)
+    tokens_in: Mapped[int | None] = mapped_column(Integer)
+    tokens_out: Mapped[int | None] = mapped_column(Integer)
+    user: Mapped[str | None] = mapped_column(String(200))
+    session: Mapped[str | None] = mapped_column(String(200))
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # metadata, user agent
+
+
+class ApiKey(Base):
+    """An API key of the server: only its SHA-256 is stored; revoked keys stay for the record."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # key-<8 hex>
+    name: Mapped[str] = mapped_column(String(200))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(20))  # the first characters, to recognise it in lists
+    scopes: Mapped[list[Any]] = mapped_column(JSON)  # inference, admin
+    user_group: Mapped[str | None] = mapped_column(String(100))  # internal, beta...: for targeting rules
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Rollout(Base):
+    """A version's way through a route's traffic plan (shadow, internal, 5%, ...), one step at a time."""
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # ro-<8 hex>
+    route: Mapped[str] = mapped_column(String(300), index=True)  # the model name the route serves
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"))
+    steps: Mapped[list[Any]] = mapped_column(JSON)  # "shadow", "internal", or a percentage
+    step: Mapped[int] = mapped_column(Integer)  # index into steps
+    status: Mapped[str] = mapped_column(String(20))  # running, completed, rolled_back, aborted, blocked
+    hold_seconds: Mapped[float] = mapped_column(Float)  # how long each step's gates must hold
+    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # {at, step, event, reasons}
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

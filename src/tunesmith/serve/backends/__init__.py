@@ -1,0 +1,80 @@
+"""Serving backends: what turns a prompt's token ids into tokens, behind one small interface.
+
+`transformers` (the default) batches concurrent requests on one base model that carries every
+served adapter; `llamacpp` runs a version's GGUF export on CPU; `vllm` runs on a GPU with
+multi-LoRA. Outside packages add a backend with `register_backend` or the `tunesmith.backends`
+entry point group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from tunesmith.serve.backends.base import (
+    Backend,
+    BackendError,
+    Finished,
+    GenerationJob,
+    Overloaded,
+    SamplingParams,
+    TextDelta,
+)
+
+ENTRY_POINT_GROUP = "tunesmith.backends"
+BackendFactory = Callable[..., Backend]
+_BACKENDS: dict[str, BackendFactory] = {}
+_ENTRY_POINTS = {"loaded": False}
+
+
+def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
+    """Register a backend factory `(workspace, serve_config) -> Backend` under `name`."""
+
+    def decorator(factory: BackendFactory) -> BackendFactory:
+        if name in _BACKENDS:
+            raise ValueError(f"serving backend {name!r} is already registered")
+        _BACKENDS[name] = factory
+        return factory
+
+    return decorator
+
+
+def backend_names() -> list[str]:
+    _load_builtin_and_entry_points()
+    return sorted(_BACKENDS)
+
+
+def create_backend(name: str, *args: Any, **kwargs: Any) -> Backend:
+    """A new backend of kind `name` (see `backend_names`)."""
+    _load_builtin_and_entry_points()
+    if name not in _BACKENDS:
+        raise BackendError(f"unknown serving backend {name!r}; known: {', '.join(backend_names())}")
+    return _BACKENDS[name](*args, **kwargs)
+
+
+def _load_builtin_and_entry_points() -> None:
+    if _ENTRY_POINTS["loaded"]:
+        return
+    _ENTRY_POINTS["loaded"] = True
+    from tunesmith.serve.backends import llamacpp_backend, transformers_backend, vllm_backend
+
+    register_backend("transformers")(transformers_backend.TransformersBackend)
+    register_backend("llamacpp")(llamacpp_backend.LlamaCppBackend)
+    register_backend("vllm")(vllm_backend.VllmBackend)
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        register_backend(entry.name)(entry.load())
+
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "Finished",
+    "GenerationJob",
+    "Overloaded",
+    "SamplingParams",
+    "TextDelta",
+    "backend_names",
+    "create_backend",
+    "register_backend",
+]

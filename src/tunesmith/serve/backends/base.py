@@ -1,0 +1,178 @@
+"""What every backend shares: the job a request becomes, the events it streams back, stop handling."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tunesmith.store import ModelVersion
+
+
+class BackendError(Exception):
+    """A backend cannot load or run a version; the message says why and what to do."""
+
+
+class Overloaded(Exception):
+    """The queue is full; the caller should retry after `retry_after` seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"the server is at capacity; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one choice is decoded. Temperature 0 is greedy."""
+
+    max_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    index: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    index: int
+    finish_reason: str  # stop (end of turn or a stop sequence), length, cancelled
+    tokens: int
+
+
+@dataclass
+class Choice:
+    """One sequence being decoded: its tokens, its text so far and how much of it was delivered."""
+
+    index: int
+    params: SamplingParams
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    sent: int = 0
+    finish_reason: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def advance(self, token: int, decode: Callable[[list[int]], str], eos: set[int]) -> str:
+        """Take one generated token; return the text that may be delivered now.
+
+        Text that could still turn into a stop sequence (and a half-decoded character) is held
+        back until the next token settles it; a stop sequence itself is never delivered.
+        """
+        if token in eos:
+            self.finish_reason = "stop"
+            return self.flush()
+        self.tokens.append(token)
+        self.text = decode(self.tokens)
+        cut = min((i for i in (self.text.find(s) for s in self.params.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.text = self.text[:cut]
+            self.finish_reason = "stop"
+            return self.flush()
+        if len(self.tokens) >= self.params.max_tokens:
+            self.finish_reason = "length"
+            return self.flush()
+        hold = max((len(s) - 1 for s in self.params.stop), default=0)
+        safe = len(self.text) - hold - (1 if self.text.endswith("\ufffd") else 0)
+        if safe <= self.sent:
+            return ""
+        delta, self.sent = self.text[self.sent : safe], safe
+        return delta
+
+    def flush(self) -> str:
+        delta, self.sent = self.text[self.sent :], len(self.text)
+        return delta
+
+
+class GenerationJob:
+    """One request's choices on one version; events reach the request's asyncio loop.
+
+    A backend thread calls `emit`; the request's coroutine reads `events`. `cancel` (the client
+    went away) makes the backend stop decoding the job's choices at the next token.
+    """
+
+    def __init__(
+        self,
+        version_id: str,
+        prompt_ids: list[int],
+        params: list[SamplingParams],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self.version_id = version_id
+        self.prompt_ids = prompt_ids
+        self.choices = [Choice(i, p) for i, p in enumerate(params)]
+        self.loop = loop
+        self.events: asyncio.Queue[TextDelta | Finished | BaseException] = asyncio.Queue()
+        self.cancelled = threading.Event()
+        self.sync_result: threading.Event | None = None if loop is not None else threading.Event()
+        self.error: BaseException | None = None
+
+    def emit(self, event: TextDelta | Finished | BaseException) -> None:
+        if isinstance(event, BaseException):
+            self.error = event
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        if self.sync_result is not None and (
+            isinstance(event, BaseException) or all(c.done for c in self.choices)
+        ):
+            self.sync_result.set()
+
+    def deliver(self, choice: Choice, delta: str) -> None:
+        if delta:
+            self.emit(TextDelta(choice.index, delta))
+        if choice.done:
+            self.emit(Finished(choice.index, choice.finish_reason or "stop", len(choice.tokens)))
+
+    def fail(self, exc: BaseException) -> None:
+        for choice in self.choices:
+            if not choice.done:
+                choice.finish_reason = "error"
+        self.emit(exc)
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def wait(self, timeout: float | None = None) -> list[str]:
+        """Block until done (a job made without a loop, such as a warm-up probe); the texts."""
+        assert self.sync_result is not None
+        if not self.sync_result.wait(timeout):
+            raise BackendError(f"no answer within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return [c.text for c in self.choices]
+
+
+class Backend(Protocol):
+    """A serving backend. `load` must warm the version up before returning (it raises on failure)."""
+
+    name: str
+
+    def start(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def load(self, version: ModelVersion) -> None: ...
+
+    def retire(self, version_id: str) -> None:
+        """Drop a version once its in-flight jobs are done."""
+
+    def loaded(self) -> set[str]: ...
+
+    def tokenizer(self, version_id: str) -> Any:
+        """The version's tokenizer: chat template and token counts."""
+
+    def context_length(self, version_id: str) -> int: ...
+
+    def submit(self, job: GenerationJob) -> None:
+        """Queue a job. Raises `Overloaded` when the queue is full."""
+
+    def queue_depth(self) -> int: ...

@@ -1,0 +1,406 @@
+"""The default backend: transformers on CPU or GPU, concurrent requests decoded in one batch.
+
+Every LoRA version trained on the same base shares one copy of that base in memory: each adapter
+is loaded onto it under the version's id, and a batch may mix versions (PEFT's mixed-adapter
+batches pick each row's adapter). Full fine-tunes, and adapters trained on top of another version,
+get a model of their own.
+
+Sampling happens per row (its own temperature, top-p and seeded generator), so a request's answer
+does not depend on what it was batched with, apart from floating-point noise of padding.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunesmith.config import ProjectConfig, ServeConfig
+from tunesmith.serve.backends.base import BackendError, GenerationJob, Overloaded, SamplingParams
+from tunesmith.store import ModelVersion
+from tunesmith.workspace import Workspace
+
+log = logging.getLogger("tunesmith.serve")
+
+WARMUP_PROMPT = [{"role": "user", "content": "Hello"}]
+
+
+@dataclass
+class _Group:
+    """One model in memory and the versions it serves (adapter name = version id; None: the model itself)."""
+
+    model: Any
+    tokenizer: Any
+    eos: set[int]
+    peft: bool
+    context_length: int
+    versions: set[str] = field(default_factory=set)
+
+
+class TransformersBackend:
+    name = "transformers"
+
+    def __init__(self, workspace: Workspace, config: ServeConfig) -> None:
+        self.workspace = workspace
+        self.max_batch_size = config.max_batch_size
+        self.batch_wait = config.batch_wait_ms / 1000
+        self.max_queue = config.max_queue
+        self._groups: dict[str, _Group] = {}
+        self._group_of: dict[str, str] = {}  # version id -> group key
+        self._queue: collections.deque[GenerationJob] = collections.deque()
+        self._tasks: collections.deque[tuple[Any, Future[Any]]] = collections.deque()
+        self._active: collections.Counter[str] = collections.Counter()  # queued or running jobs per version
+        self._retired: set[str] = set()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._load_lock = threading.Lock()
+        self.batch_seconds = 1.0  # running mean of one batch's time: the Retry-After estimate
+        self.on_batch: Any = None  # called with the number of sequences of each batch (metrics)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name="tunesmith-batcher", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def loaded(self) -> set[str]:
+        return set(self._group_of)
+
+    def tokenizer(self, version_id: str) -> Any:
+        return self._groups[self._group_of[version_id]].tokenizer
+
+    def context_length(self, version_id: str) -> int:
+        return self._groups[self._group_of[version_id]].context_length
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return sum(len(job.choices) for job in self._queue)
+
+    # --- loading ---------------------------------------------------------------------------
+
+    def load(self, version: ModelVersion) -> None:
+        """Load `version` (onto its shared base when it is a LoRA adapter), then warm it up."""
+        with self._load_lock:
+            if version.id in self._group_of:
+                self._retired.discard(version.id)
+                return
+            objective = version.config.get("train", {}).get("objective", "sft")
+            if objective not in ("sft", "pretrain", "multitask"):
+                raise BackendError(
+                    f"{version.name} is a {objective} model; the server answers with generative versions only"
+                )
+            shared = version.method in ("lora", "qlora") and version.parent_id is None
+            key = _base_key(version) if shared else f"version:{version.id}"
+            if key not in self._groups:
+                self._groups[key] = self._new_group(version, shared)
+            group = self._groups[key]
+            if shared:
+                self._run_exclusive(lambda: _attach_adapter(group, version)).result()
+            group.versions.add(version.id)
+            self._group_of[version.id] = key
+        try:
+            self.warm_up(version.id)
+        except Exception:
+            self._drop(version.id)
+            raise
+
+    def warm_up(self, version_id: str, timeout: float = 300.0) -> None:
+        """Generate a few tokens through the batcher: proof that the version answers."""
+        tokenizer = self.tokenizer(version_id)
+        prompt = _chat_ids(tokenizer, WARMUP_PROMPT)
+        job = GenerationJob(version_id, prompt, [SamplingParams(max_tokens=2, temperature=0.0)])
+        self.submit(job, force=True)
+        job.wait(timeout)
+
+    def retire(self, version_id: str) -> None:
+        with self._cond:
+            self._retired.add(version_id)
+            self._cond.notify_all()
+
+    def _new_group(self, version: ModelVersion, shared: bool) -> _Group:
+        import torch
+
+        from tunesmith.evaluate.generate import stop_token_ids
+        from tunesmith.models import load_model
+        from tunesmith.registry.loading import load_row
+
+        if shared:
+            model_cfg = version.config["model"]
+            dtype = ProjectConfig.model_validate(version.config).weights_dtype
+            loaded = load_model(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
+            model, tokenizer = loaded.model, loaded.tokenizer
+        else:
+            model, tokenizer = load_row(version, self.workspace)
+            if hasattr(model, "merge_and_unload"):
+                model = model.merge_and_unload()
+        if torch.cuda.is_available():
+            model = model.to("cuda")
+        model.eval()
+        length = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
+        return _Group(
+            model=model,
+            tokenizer=tokenizer,
+            eos=set(stop_token_ids(tokenizer, model)),
+            peft=False,
+            context_length=int(min(length, 1_000_000)),
+        )
+
+    def _drop(self, version_id: str) -> None:
+        """Remove a version now (the worker thread calls this when nothing of it is in flight)."""
+        key = self._group_of.pop(version_id, None)
+        self._retired.discard(version_id)
+        if key is None:
+            return
+        group = self._groups[key]
+        group.versions.discard(version_id)
+        if group.peft and version_id in group.model.peft_config and len(group.model.peft_config) > 1:
+            group.model.delete_adapter(version_id)
+        if not group.versions:
+            del self._groups[key]
+        log.info("unloaded %s", version_id)
+
+    def _run_exclusive(self, fn: Any) -> Future[Any]:
+        """Run `fn` on the worker thread between batches (nothing generates meanwhile)."""
+        future: Future[Any] = Future()
+        with self._cond:
+            self._tasks.append((fn, future))
+            self._cond.notify_all()
+        return future
+
+    # --- requests --------------------------------------------------------------------------
+
+    def submit(self, job: GenerationJob, *, force: bool = False) -> None:
+        with self._cond:
+            if job.version_id not in self._group_of:
+                raise BackendError(f"version {job.version_id} is not loaded")
+            waiting = sum(len(j.choices) for j in self._queue)
+            if not force and waiting + len(job.choices) > self.max_queue:
+                batches = waiting / self.max_batch_size + 1
+                raise Overloaded(retry_after=max(1, round(batches * self.batch_seconds)))
+            self._queue.append(job)
+            self._active[job.version_id] += 1
+            self._cond.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._queue or self._tasks or self._stopping or self._idle_retired()):
+                    self._cond.wait(timeout=1.0)
+                if self._stopping:
+                    for job in self._queue:
+                        job.fail(BackendError("the server is shutting down"))
+                    self._queue.clear()
+                    return
+                tasks = list(self._tasks)
+                self._tasks.clear()
+            for fn, future in tasks:
+                try:
+                    future.set_result(fn())
+                except Exception as exc:
+                    future.set_exception(exc)
+            with self._cond:
+                for version_id in self._idle_retired():
+                    self._drop(version_id)
+            if not self._queue:
+                continue
+            if self.batch_wait and sum(len(j.choices) for j in self._queue) < self.max_batch_size:
+                time.sleep(self.batch_wait)  # let concurrent requests join the batch
+            jobs = self._take_batch()
+            if jobs:
+                self._run(jobs)
+
+    def _idle_retired(self) -> list[str]:
+        return [v for v in self._retired if self._active[v] == 0 and v in self._group_of]
+
+    def _take_batch(self) -> list[GenerationJob]:
+        """The oldest job and the next ones on the same model, up to `max_batch_size` sequences."""
+        with self._cond:
+            first = self._queue[0]
+            key = self._group_of[first.version_id]
+            jobs: list[GenerationJob] = []
+            rows = 0
+            for job in list(self._queue):
+                if self._group_of.get(job.version_id) != key:
+                    continue
+                if jobs and rows + len(job.choices) > self.max_batch_size:
+                    break
+                self._queue.remove(job)
+                if job.cancelled.is_set():
+                    self._active[job.version_id] -= 1
+                    continue
+                jobs.append(job)
+                rows += len(job.choices)
+            return jobs
+
+    def _run(self, jobs: list[GenerationJob]) -> None:
+        started = time.perf_counter()
+        group = self._groups[self._group_of[jobs[0].version_id]]
+        try:
+            _generate(group, jobs)
+        except Exception as exc:  # one bad batch must not stop the server
+            log.exception("generation failed for %d request(s)", len(jobs))
+            for job in jobs:
+                job.fail(BackendError(f"generation failed: {exc}"))
+        finally:
+            elapsed = time.perf_counter() - started
+            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * elapsed
+            if self.on_batch is not None:
+                self.on_batch(sum(len(j.choices) for j in jobs))
+            with self._cond:
+                for job in jobs:
+                    self._active[job.version_id] -= 1
+                self._cond.notify_all()
+
+
+def _base_key(version: ModelVersion) -> str:
+    model = version.config["model"]
+    dtype = ProjectConfig.model_validate(version.config).weights_dtype
+    return f"base:{model['id']}@{model.get('revision') or ''}:{dtype}"
+
+
+def _attach_adapter(group: _Group, version: ModelVersion) -> None:
+    from peft import PeftModel
+
+    if not group.peft:
+        group.model = PeftModel.from_pretrained(group.model, version.path, adapter_name=version.id)
+        group.peft = True
+    else:
+        group.model.load_adapter(version.path, adapter_name=version.id)
+    group.model.eval()
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, Any]]) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(str(text), add_special_tokens=False)["input_ids"])
+
+
+def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
+    """Decode every choice of `jobs` in one `generate` call."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+    rows = [(job, choice) for job in jobs for choice in job.choices]
+    tokenizer, model = group.tokenizer, group.model
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(group.eos)
+    width = max(len(job.prompt_ids) for job, _ in rows)
+    input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (job, _) in enumerate(rows):
+        input_ids[i, width - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
+        mask[i, width - len(job.prompt_ids) :] = 1
+    device = next(model.parameters()).device
+    extra: dict[str, Any] = {}
+    if group.peft:
+        extra["adapter_names"] = [job.version_id for job, _ in rows]
+    settings = GenerationConfig(
+        max_new_tokens=max(choice.params.max_tokens for _, choice in rows),
+        do_sample=False,
+        eos_token_id=sorted(group.eos),
+        pad_token_id=pad,
+    )
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=mask.to(device),
+            generation_config=settings,
+            logits_processor=LogitsProcessorList([_RowSampler(rows)]),
+            stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
+            streamer=_RowStreamer(rows, tokenizer, group.eos),
+            **extra,
+        )
+    for job, choice in rows:  # generation ended (every row done, or the longest limit reached)
+        if not choice.done:
+            choice.finish_reason = "length"
+            job.deliver(choice, choice.flush())
+
+
+class _RowSampler:
+    """Each row's next token by its own temperature, top-p and generator; greedy decoding then takes it."""
+
+    def __init__(self, rows: list[tuple[GenerationJob, Any]]) -> None:
+        import torch
+
+        self.rows = rows
+        self.generators: list[Any] = []
+        for _, choice in rows:
+            generator = None
+            if choice.params.temperature > 0:
+                generator = torch.Generator()
+                if choice.params.seed is not None:
+                    generator.manual_seed(choice.params.seed + choice.index)
+                else:
+                    generator.seed()
+            self.generators.append(generator)
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        chosen = torch.full_like(scores, float("-inf"))
+        for i, (_, choice) in enumerate(self.rows):
+            row = scores[i].float()
+            if choice.params.temperature <= 0 or self.generators[i] is None:
+                token = int(torch.argmax(row))
+            else:
+                probs = torch.softmax(row / choice.params.temperature, dim=-1)
+                if choice.params.top_p < 1.0:
+                    sorted_probs, order = torch.sort(probs, descending=True)
+                    keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < choice.params.top_p
+                    probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+                token = int(torch.multinomial(probs.cpu(), 1, generator=self.generators[i]))
+            chosen[i, token] = 0.0
+        return chosen
+
+
+class _RowStreamer:
+    """Receives each step's tokens from `generate` and hands every row's new text to its request."""
+
+    def __init__(self, rows: list[tuple[GenerationJob, Any]], tokenizer: Any, eos: set[int]) -> None:
+        self.rows = rows
+        self.eos = eos
+        self.prompt_seen = False
+        self.decode = lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # generate() first passes the prompts
+            self.prompt_seen = True
+            return
+        tokens = value.tolist()
+        for (job, choice), token in zip(self.rows, tokens, strict=True):
+            if choice.done:
+                continue
+            if job.cancelled.is_set():
+                choice.finish_reason = "cancelled"
+                job.deliver(choice, "")
+                continue
+            job.deliver(choice, choice.advance(int(token), self.decode, self.eos))
+
+    def end(self) -> None:
+        pass
+
+
+class _RowsDone:
+    """Stops each row as soon as its own request is satisfied (its stop, its length, or cancelled)."""
+
+    def __init__(self, rows: list[tuple[GenerationJob, Any]]) -> None:
+        self.rows = rows
+
+    def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+        import torch
+
+        return torch.tensor(
+            [choice.done or job.cancelled.is_set() for job, choice in self.rows],
+            dtype=torch.bool,
+            device=input_ids.device,
+        )

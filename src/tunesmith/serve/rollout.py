@@ -1,0 +1,260 @@
+"""Rollouts: a version moves through a route's plan (shadow → internal → 5% → 25% → 100%) one step at a time.
+
+A step advances when its hold time has passed with every gate holding; any gate failing rolls the
+rollout back (traffic returns to the route's primary at once). After the last step the version is
+promoted to the route's alias through the registry, so the eval gates apply there too.
+
+Gates are functions registered by name (`register_rollout_gate`); the plan lists the ones it
+uses. The built-in ones read the request log: `error_rate` and `latency` (p95 against the
+primary's). Monitoring adds score, drift and feedback gates the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import or_, select
+
+from tunesmith.config import RegistryConfig, RolloutPlan, RouteConfig, ServeConfig
+from tunesmith.registry.versions import RegistryError, who
+from tunesmith.store import ModelVersion, RequestLog, Rollout, session
+from tunesmith.store.schema import utcnow
+from tunesmith.workspace import Workspace
+
+log = logging.getLogger("tunesmith.serve")
+
+
+@dataclass(frozen=True)
+class GateContext:
+    workspace: Workspace
+    rollout: Rollout
+    plan: RolloutPlan
+    primary_version_id: str | None
+    since: datetime
+
+
+@dataclass(frozen=True)
+class GateResult:
+    name: str
+    passed: bool | None  # None: not enough traffic yet to tell
+    detail: str
+
+
+GateFn = Callable[[GateContext], GateResult]
+_GATES: dict[str, GateFn] = {}
+
+
+def register_rollout_gate(name: str) -> Callable[[GateFn], GateFn]:
+    """Register `fn(GateContext) -> GateResult` as a rollout gate plans can name."""
+
+    def decorator(fn: GateFn) -> GateFn:
+        if name in _GATES:
+            raise ValueError(f"rollout gate {name!r} is already registered")
+        _GATES[name] = fn
+        return fn
+
+    return decorator
+
+
+def gate_names() -> list[str]:
+    return sorted(_GATES)
+
+
+def _rows(ctx: GateContext, version_id: str | None, *, shadow: bool) -> list[RequestLog]:
+    if version_id is None:
+        return []
+    with session(ctx.workspace.engine) as s:
+        query = select(RequestLog).where(RequestLog.version_id == version_id, RequestLog.at >= ctx.since)
+        if not shadow:
+            query = query.where(RequestLog.route != "shadow")
+        return list(s.scalars(query))
+
+
+@register_rollout_gate("error_rate")
+def error_rate_gate(ctx: GateContext) -> GateResult:
+    rows = _rows(ctx, ctx.rollout.version_id, shadow=True)
+    if len(rows) < ctx.plan.min_requests:
+        return GateResult("error_rate", None, f"{len(rows)} of {ctx.plan.min_requests} requests so far")
+    failed = sum(1 for r in rows if r.status >= 500)
+    rate = failed / len(rows)
+    return GateResult(
+        "error_rate",
+        rate <= ctx.plan.max_error_rate,
+        f"{rate:.1%} of {len(rows)} requests failed (limit {ctx.plan.max_error_rate:.1%})",
+    )
+
+
+@register_rollout_gate("latency")
+def latency_gate(ctx: GateContext) -> GateResult:
+    import numpy as np
+
+    mine = [r.latency_ms for r in _rows(ctx, ctx.rollout.version_id, shadow=True) if r.latency_ms is not None]
+    theirs = [r.latency_ms for r in _rows(ctx, ctx.primary_version_id, shadow=False) if r.latency_ms is not None]
+    if len(mine) < ctx.plan.min_requests:
+        return GateResult("latency", None, f"{len(mine)} of {ctx.plan.min_requests} requests so far")
+    if not theirs:
+        return GateResult("latency", True, "no primary traffic in the window to compare with")
+    ratio = float(np.percentile(mine, 95)) / max(float(np.percentile(theirs, 95)), 1e-9)
+    return GateResult(
+        "latency", ratio <= ctx.plan.max_latency_ratio, f"p95 {ratio:.2f}x the primary's (limit {ctx.plan.max_latency_ratio}x)"
+    )
+
+
+def route_of(config: ServeConfig, model: str) -> RouteConfig:
+    for route in config.routes:
+        if route.model == model:
+            return route
+    raise RegistryError(
+        f"no route serves {model!r}; add it under serve.routes (known: "
+        + (", ".join(r.model for r in config.routes) or "none")
+        + ")"
+    )
+
+
+def start_rollout(workspace: Workspace, config: ServeConfig, route_model: str, version: ModelVersion) -> Rollout:
+    """Start moving `version` through the plan of the route serving `route_model`."""
+    route = route_of(config, route_model)
+    if "@" not in route.model:
+        raise RegistryError(
+            f"route {route.model!r} names a version; a rollout ends by moving an alias, so roll out on family@alias"
+        )
+    family = route.model.split("@", 1)[0]
+    if version.family != family:
+        raise RegistryError(f"{version.name} is of family {version.family}, the route serves {family}")
+    with session(workspace.engine) as s:
+        running = s.scalars(select(Rollout).where(Rollout.route == route.model, Rollout.status == "running")).first()
+        if running is not None:
+            raise RegistryError(f"rollout {running.id} is already running on {route.model}; abort it first")
+        now = utcnow()
+        rollout = Rollout(
+            id=f"ro-{secrets.token_hex(4)}",
+            route=route.model,
+            version_id=version.id,
+            steps=list(route.rollout.steps),
+            step=0,
+            status="running",
+            hold_seconds=route.rollout.hold_minutes * 60,
+            step_started_at=now,
+            history=[{"at": now.isoformat(), "step": route.rollout.steps[0], "event": "start", "by": who()}],
+            created_by=who(),
+            created_at=now,
+        )
+        s.add(rollout)
+    return rollout
+
+
+def list_rollouts(workspace: Workspace, *, running_only: bool = False) -> list[Rollout]:
+    with session(workspace.engine) as s:
+        query = select(Rollout).order_by(Rollout.created_at.desc())
+        if running_only:
+            query = query.where(Rollout.status == "running")
+        return list(s.scalars(query))
+
+
+def abort_rollout(workspace: Workspace, ref: str, reason: str = "") -> Rollout:
+    """Stop a running rollout (by id or route); traffic returns to the primary."""
+    with session(workspace.engine) as s:
+        rollout = s.scalars(
+            select(Rollout).where(or_(Rollout.id == ref, Rollout.route == ref), Rollout.status == "running")
+        ).first()
+        if rollout is None:
+            raise RegistryError(f"no running rollout {ref!r}; see `tunesmith serve rollout status`")
+        _record(rollout, "aborted", "abort", [reason or "aborted by " + who()])
+    return rollout
+
+
+def _record(rollout: Rollout, status: str, event: str, reasons: list[str]) -> None:
+    rollout.status = status
+    rollout.history = [
+        *rollout.history,
+        {"at": utcnow().isoformat(), "step": rollout.steps[min(rollout.step, len(rollout.steps) - 1)],
+         "event": event, "reasons": reasons},
+    ]
+
+
+def tick(
+    workspace: Workspace,
+    config: ServeConfig,
+    registry: RegistryConfig,
+    primary_of: Callable[[str], str | None],
+    now: datetime | None = None,
+) -> list[tuple[Rollout, str]]:
+    """Check every running rollout's gates once: advance, complete, roll back or wait. Returns what changed."""
+    from tunesmith.registry.aliases import PromotionError, promote
+
+    now = now or datetime.now(UTC)
+    changed: list[tuple[Rollout, str]] = []
+    for rollout in list_rollouts(workspace, running_only=True):
+        try:
+            plan = route_of(config, rollout.route).rollout
+        except RegistryError:
+            plan = RolloutPlan()
+        since = _aware(rollout.step_started_at)
+        ctx = GateContext(workspace, rollout, plan, primary_of(rollout.route), since)
+        results = [_GATES[name](ctx) for name in plan.gates if name in _GATES]
+        missing = [name for name in plan.gates if name not in _GATES]
+        failed = [r for r in results if r.passed is False]
+        held = (now - since).total_seconds() >= rollout.hold_seconds
+        if missing:
+            status, event = "rolled_back", "rollback"
+            reasons = [f"unknown gate {m!r} (known: {', '.join(gate_names())})" for m in missing]
+        elif failed:
+            status, event, reasons = "rolled_back", "rollback", [f"{r.name}: {r.detail}" for r in failed]
+        elif held and all(r.passed for r in results):
+            reasons = [f"{r.name}: {r.detail}" for r in results]
+            status, event = "running", "advance"
+            if rollout.step + 1 == len(rollout.steps):
+                version = _version(workspace, rollout.version_id)
+                alias = rollout.route.split("@", 1)[1]
+                try:
+                    promote(workspace, registry, version, alias, reason=f"rollout {rollout.id} completed")
+                    status, event = "completed", "complete"
+                    reasons.append(f"{version.name} promoted to {alias}")
+                except (PromotionError, RegistryError) as exc:
+                    status, event = "blocked", "blocked"
+                    reasons.append(str(exc))
+        else:
+            continue
+        with session(workspace.engine) as s:
+            row = s.get(Rollout, rollout.id)
+            assert row is not None
+            _record(row, status, event, reasons)
+            if event == "advance":
+                row.step += 1
+                row.step_started_at = now
+        changed.append((row, event))
+        log.info("rollout %s on %s: %s %s", row.id, row.route, event, "; ".join(reasons))
+    return changed
+
+
+def _version(workspace: Workspace, version_id: str) -> ModelVersion:
+    with session(workspace.engine) as s:
+        version = s.get(ModelVersion, version_id)
+    assert version is not None
+    return version
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def describe(rollout: Rollout, names: dict[str, str]) -> dict[str, Any]:
+    step = rollout.steps[min(rollout.step, len(rollout.steps) - 1)]
+    return {
+        "id": rollout.id,
+        "route": rollout.route,
+        "version": names.get(rollout.version_id, rollout.version_id),
+        "status": rollout.status,
+        "step": f"{rollout.step + 1}/{len(rollout.steps)}: {_step_label(step)}",
+        "since": _aware(rollout.step_started_at).strftime("%Y-%m-%d %H:%M:%S"),
+        "history": rollout.history,
+    }
+
+
+def _step_label(step: Any) -> str:
+    return step if isinstance(step, str) else f"{step:g}%"

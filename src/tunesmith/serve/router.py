@@ -1,0 +1,268 @@
+"""Which version answers a request: model names to versions (following alias moves), and traffic policies.
+
+`ModelTable` keeps every name a client has used (a version `support-v7`, an alias
+`support@production`, or a bare family meaning its production alias) bound to a loaded version.
+When an alias moves, the new version is loaded and warmed up first; only then does the name point
+at it, and the old version is dropped once its in-flight requests are done. A version that fails
+to load leaves the old one serving, and is not tried again until the alias moves again.
+
+`Router` applies a route's policy (`serve.routes`): targeting rules, a running rollout, canary
+splits, then the primary; and picks a shadow to mirror the request to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from sqlalchemy import func, select
+
+from tunesmith.config import RouteConfig, ServeConfig
+from tunesmith.registry.versions import alias_target
+from tunesmith.serve.backends import Backend
+from tunesmith.serve.keys import Caller
+from tunesmith.store import AliasEvent, ModelVersion, Rollout, session
+from tunesmith.workspace import Workspace
+
+log = logging.getLogger("tunesmith.serve")
+
+
+class ModelNotFound(LookupError):
+    """No registered version answers to the name; the message lists what does."""
+
+
+class ModelTable:
+    def __init__(self, workspace: Workspace, backend: Backend) -> None:
+        self.workspace = workspace
+        self.backend = backend
+        self._refs: dict[str, ModelVersion] = {}
+        self._failed: dict[str, str] = {}  # name -> version id that failed to load for it
+        self._locks: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+        self._last_event: int | None = self._latest_event()
+        self.on_swap: Callable[[str, str, str], None] | None = None  # (name, version name, result)
+
+    # --- names -----------------------------------------------------------------------------
+
+    def canonical(self, name: str) -> str:
+        """`family@alias` and version names as they are; a bare family is its production alias."""
+        if "@" in name or name in self._refs or self._version_named(name) is not None:
+            return name
+        return f"{name}@production"
+
+    def names(self) -> dict[str, ModelVersion]:
+        with self._lock:
+            return dict(self._refs)
+
+    def in_use(self) -> set[str]:
+        with self._lock:
+            return {v.id for v in self._refs.values()}
+
+    def ensure(self, name: str) -> ModelVersion:
+        """The loaded version `name` points at, loading (and warming up) on first use."""
+        name = self.canonical(name)
+        with self._lock:
+            if name in self._refs:
+                return self._refs[name]
+            lock = self._locks.setdefault(name, threading.Lock())
+        with lock:  # one load per name, however many requests arrive at once
+            with self._lock:
+                if name in self._refs:
+                    return self._refs[name]
+            version = self.lookup(name)
+            self.backend.load(version)
+            with self._lock:
+                self._refs[name] = version
+            log.info("serving %s as %s", version.name, name)
+            return version
+
+    def lookup(self, name: str) -> ModelVersion:
+        """The version a name points at in the registry now (nothing is loaded)."""
+        if "@" in name:
+            family, alias = name.split("@", 1)
+            version = alias_target(self.workspace, family, alias)
+            if version is None:
+                raise ModelNotFound(
+                    f"the model `{name}` does not exist: alias {alias} of {family} is not set"
+                    + self._known_hint()
+                )
+            return version
+        version = self._version_named(name)
+        if version is None:
+            raise ModelNotFound(f"the model `{name}` does not exist" + self._known_hint())
+        return version
+
+    def _version_named(self, name: str) -> ModelVersion | None:
+        with session(self.workspace.engine) as s:
+            return s.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+
+    def _known_hint(self) -> str:
+        with session(self.workspace.engine) as s:
+            names = list(s.scalars(select(ModelVersion.name).order_by(ModelVersion.created_at.desc()).limit(5)))
+        return f"; registered versions include {', '.join(names)}" if names else "; nothing is registered yet"
+
+    # --- following the registry ------------------------------------------------------------
+
+    def _latest_event(self) -> int | None:
+        with session(self.workspace.engine) as s:
+            return s.scalar(select(func.max(AliasEvent.id)))
+
+    def refresh(self, *, force: bool = False) -> list[tuple[str, str, str]]:
+        """Follow alias moves since the last call: (name, version name, `swapped` or `failed`) for each."""
+        latest = self._latest_event()
+        if latest == self._last_event and not force:
+            return []
+        self._last_event = latest
+        changes = []
+        for name, current in self.names().items():
+            if "@" not in name:
+                continue
+            try:
+                target = self.lookup(name)
+            except ModelNotFound:
+                log.warning("%s is no longer set; %s keeps serving it until it is", name, current.name)
+                continue
+            if target.id == current.id or self._failed.get(name) == target.id:
+                continue
+            changes.append(self._swap(name, current, target))
+        return changes
+
+    def _swap(self, name: str, old: ModelVersion, new: ModelVersion) -> tuple[str, str, str]:
+        try:
+            self.backend.load(new)  # loads and warms up; requests keep going to `old` meanwhile
+        except Exception as exc:
+            self._failed[name] = new.id
+            log.error("could not load %s for %s (%s); %s keeps serving", new.name, name, exc, old.name)
+            result = (name, new.name, "failed")
+        else:
+            with self._lock:
+                self._refs[name] = new
+                self._failed.pop(name, None)
+            log.info("%s now serves %s (was %s)", name, new.name, old.name)
+            if old.id not in self.in_use():
+                self.backend.retire(old.id)  # dropped once its in-flight requests finish
+            result = (name, new.name, "swapped")
+        if self.on_swap is not None:
+            self.on_swap(*result)
+        return result
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where a request goes: the version that answers, the policy that chose it, and a shadow."""
+
+    version: ModelVersion
+    route: str  # primary, canary, rule:NAME, rollout:STEP
+    shadow: ModelVersion | None = None
+
+
+class Router:
+    def __init__(self, config: ServeConfig, table: ModelTable) -> None:
+        self.routes = {route.model: route for route in config.routes}
+        self.table = table
+        self._rollouts: dict[str, Rollout] = {}
+        self._lock = threading.Lock()
+
+    def preload(self, models: list[str]) -> None:
+        """Load every name the routes and `models` use, so the first requests do not wait."""
+        for name in [*models, *self.routes]:
+            self.table.ensure(name)
+        for route in self.routes.values():
+            for target in [*(c.to for c in route.canary), *(r.to for r in route.rules)]:
+                self.table.ensure(target)
+            if route.shadow:
+                self.table.ensure(route.shadow)
+
+    def refresh_rollouts(self) -> None:
+        """Re-read the running rollouts; their versions are loaded before traffic reaches them."""
+        with session(self.table.workspace.engine) as s:
+            running = {r.route: r for r in s.scalars(select(Rollout).where(Rollout.status == "running"))}
+        for rollout in running.values():
+            with session(self.table.workspace.engine) as s:
+                version = s.get(ModelVersion, rollout.version_id)
+            if version is not None:
+                self.table.ensure(version.name)
+        with self._lock:
+            self._rollouts = running
+
+    def rollout(self, route: str) -> Rollout | None:
+        with self._lock:
+            return self._rollouts.get(route)
+
+    def route_for(self, requested: str) -> RouteConfig | None:
+        return self.routes.get(requested) or self.routes.get(self.table.canonical(requested))
+
+    def decide(self, requested: str, caller: Caller, user: str | None, headers: Mapping[str, str]) -> Decision:
+        route = self.route_for(requested)
+        if route is None:
+            return Decision(self.table.ensure(requested), "primary")
+        key = user if route.sticky == "user" else headers.get(route.sticky.lower())
+        if route.sticky == "user" and not key:
+            key = headers.get("x-session-id")
+        bucket = _bucket(route.model, key)
+        chosen: Decision | None = None
+        for rule in route.rules:
+            if _matches(rule.headers, headers) and (not rule.groups or caller.group in rule.groups):
+                chosen = Decision(self.table.ensure(rule.to), f"rule:{rule.name}")
+                break
+        shadow_name: str | None = None
+        rollout = self.rollout(route.model)
+        if chosen is None and rollout is not None:
+            chosen, shadow_name = self._rollout_step(rollout, route, caller, bucket)
+        if chosen is None:
+            edge = 0.0
+            for split in route.canary:
+                edge += split.percent
+                if bucket < edge:
+                    chosen = Decision(self.table.ensure(split.to), "canary")
+                    break
+        if chosen is None:
+            chosen = Decision(self.table.ensure(route.model), "primary")
+        if shadow_name is None and route.shadow and random.random() * 100 < route.shadow_percent:
+            shadow_name = route.shadow
+        if shadow_name is not None:
+            shadow = self.table.ensure(shadow_name)
+            if shadow.id != chosen.version.id:
+                chosen = Decision(chosen.version, chosen.route, shadow)
+        return chosen
+
+    def _rollout_step(
+        self, rollout: Rollout, route: RouteConfig, caller: Caller, bucket: float
+    ) -> tuple[Decision | None, str | None]:
+        with session(self.table.workspace.engine) as s:
+            version = s.get(ModelVersion, rollout.version_id)
+        if version is None:
+            return None, None
+        reached = rollout.steps[: rollout.step + 1]
+        current = reached[-1]
+        if current == "shadow":
+            return None, version.name
+        if "internal" in reached and caller.group in route.rollout.internal_groups:
+            return Decision(self.table.ensure(version.name), "rollout:internal"), None
+        percents = [s for s in reached if not isinstance(s, str)]
+        if percents and bucket < percents[-1]:
+            return Decision(self.table.ensure(version.name), f"rollout:{percents[-1]:g}%"), None
+        return None, None
+
+
+def _matches(expected: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+    return all(headers.get(k.lower()) == v for k, v in expected.items())
+
+
+def _bucket(salt: str, key: str | None) -> float:
+    """A caller's place in [0, 100): the same key always lands in the same place (sticky splits)."""
+    if not key:
+        return random.random() * 100
+    digest = hashlib.sha256(f"{salt}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
+
+
+def primary_version_id(table: ModelTable, route: str) -> str | None:
+    try:
+        return table.ensure(route).id
+    except Exception:
+        return None
+

@@ -1,0 +1,169 @@
+"""OpenAI-shaped request models and the error shape, with the size limits every request is held to.
+
+Fields the server does not implement (tools, logprobs, response formats other than text) are
+refused with a 400 naming the field, rather than silently ignored; other unknown fields are
+ignored, as OpenAI-compatible servers do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_TEXT = 200_000  # characters in one message or prompt
+MAX_MESSAGES = 512
+UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "audio", "prediction")
+
+
+class ApiError(Exception):
+    """An error answered in OpenAI's shape: {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"message": message, "type": type, "param": param, "code": code}}
+        self.headers = headers or {}
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    type: Literal["text"]
+    text: str = Field(max_length=MAX_TEXT)
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = Field(None, max_length=MAX_TEXT)
+    name: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(part.text for part in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    include_usage: bool = False
+
+
+class _Sampling(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, max_length=300)
+    max_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    n: int = Field(1, ge=1, le=128)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0, lt=2**63)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = Field(None, max_length=200)
+    metadata: dict[str, str] | None = None
+    logprobs: bool | int | None = None
+    response_format: dict[str, Any] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, stop: str | list[str] | None) -> list[str]:
+        stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if len(stops) > 4 or any(not s or len(s) > 200 for s in stops):
+            raise ValueError("stop takes up to 4 non-empty sequences of up to 200 characters")
+        return stops
+
+    @model_validator(mode="after")
+    def _refuse_unsupported(self) -> _Sampling:
+        extra = self.model_extra or {}
+        for name in UNSUPPORTED:
+            if extra.get(name) not in (None, [], {}):
+                raise ValueError(f"`{name}` is not supported by this server")
+        if self.logprobs:
+            raise ValueError("`logprobs` is not supported by this server")
+        if self.response_format and self.response_format.get("type", "text") != "text":
+            raise ValueError("only response_format {type: text} is supported")
+        return self
+
+    @property
+    def stops(self) -> list[str]:
+        return list(self.stop or [])  # type: ignore[arg-type]
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] = Field(max_length=MAX_TEXT)
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompts(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and not 1 <= len(prompt) <= 64:
+            raise ValueError("prompt takes 1 to 64 strings")
+        if isinstance(prompt, list) and any(len(p) > MAX_TEXT for p in prompt):
+            raise ValueError(f"each prompt is at most {MAX_TEXT} characters")
+        return prompt
+
+    @model_validator(mode="after")
+    def _no_echo(self) -> CompletionRequest:
+        if self.echo or self.suffix:
+            raise ValueError("`echo` and `suffix` are not supported by this server")
+        return self
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_tokens
+
+    @property
+    def prompts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
+
+
+class AliasMove(BaseModel):
+    """Body of POST /admin/promote."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str = Field(min_length=1)
+    alias: str = Field(min_length=1)
+    reason: str = ""
+    force: bool = False
+
+
+class AliasRollback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    family: str = Field(min_length=1)
+    alias: str = "production"
+    reason: str = ""
+
+
+class RolloutStart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    route: str = Field(min_length=1)
+    version: str = Field(min_length=1)
