@@ -111,3 +111,270 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
         assert rows[0].output == [answer.choices[0].message.content]
         assert rows[0].prompt == QUESTION and rows[0].route == "primary" and rows[0].ttft_ms is not None
         assert rows[0].tokens_out == answer.usage.completion_tokens
+
+
+def cli(project: dict, *args: str):
+    return runner.invoke(app, [*args, "--config", str(project["path"])])
+
+
+def test_alias_moves_swap_without_restart_and_a_failed_load_keeps_the_old_version(project):
+    family, first, second = project["family"], project["first"], project["second"]
+    with running(config_of(project)) as (url, server):
+        api = client(url)
+
+        def served() -> str:
+            raw = api.chat.completions.with_raw_response.create(model=family, messages=QUESTION, max_tokens=2)
+            return raw.headers["x-tunesmith-version"]
+
+        assert served() == first
+        stream = api.completions.create(model=family, prompt="The library", max_tokens=64, temperature=0, stream=True)
+        head = next(iter(stream))
+        promoted = httpx.post(
+            f"{url}/admin/promote", json={"version": second, "alias": "production", "force": True, "reason": "swap test"}
+        )
+        assert promoted.status_code == 200, promoted.text
+        assert promoted.json()["swaps"] == [{"model": f"{family}@production", "version": second, "result": "swapped"}]
+        rest = list(stream)
+        assert {c.model for c in [head, *rest]} == {first}  # the in-flight request finished on the old version
+        assert served() == second
+
+        rolled = cli(project, "registry", "rollback", family, "--reason", "back")
+        assert rolled.exit_code == 0, rolled.output
+        wait_for(lambda: served() == first)  # the CLI moved the alias; the server followed within a poll
+
+        adapter = Path(get_version(server.workspace, second).path) / "adapter_model.safetensors"
+        good = adapter.read_bytes()
+        wait_for(lambda: server.table.refresh(force=True) is not None and len(server.backend.loaded()) == 1)
+        try:
+            adapter.write_bytes(b"not a safetensors file")
+            moved = httpx.post(
+                f"{url}/admin/promote", json={"version": second, "alias": "production", "force": True, "reason": "broken"}
+            )
+            assert moved.json()["swaps"][0]["result"] == "failed"
+            assert served() == first
+            assert metric(url, "tunesmith_model_swaps_total", result="failed") == 1
+        finally:
+            adapter.write_bytes(good)
+            rollback = httpx.post(f"{url}/admin/rollback", json={"family": family, "reason": "restore"})
+            assert rollback.status_code == 200
+
+
+def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_returned(project):
+    family, first, second = project["family"], project["first"], project["second"]
+    route = (
+        f"serve.routes=[{{model: '{family}@production', canary: [{{to: {second}, percent: 50}}], "
+        f"shadow: {second}, rules: [{{name: beta, to: {second}, headers: {{x-beta: '1'}}}}]}}]"
+    )
+    with running(config_of(project, route)) as (url, server):
+        api = client(url)
+        seen: dict[str, set[str]] = {}
+        shadowed: list[str] = []
+        for round_ in range(2):
+            for user in range(16):
+                raw = api.chat.completions.with_raw_response.create(
+                    model=f"{family}@production", messages=QUESTION, max_tokens=2, user=f"user-{user}"
+                )
+                version = raw.headers["x-tunesmith-version"]
+                seen.setdefault(f"user-{user}", set()).add(version)
+                assert raw.headers["x-tunesmith-route"] == ("canary" if version == second else "primary")
+                if version == first:
+                    assert raw.headers["x-tunesmith-shadow"] == second
+                    shadowed.append(raw.headers["x-request-id"])
+                else:
+                    assert "x-tunesmith-shadow" not in raw.headers
+        assert all(len(v) == 1 for v in seen.values())  # sticky per user
+        assert {next(iter(v)) for v in seen.values()} == {first, second}
+        beta = api.chat.completions.with_raw_response.create(
+            model=f"{family}@production", messages=QUESTION, max_tokens=2, user="user-0", extra_headers={"x-beta": "1"}
+        )
+        assert beta.headers["x-tunesmith-version"] == second and beta.headers["x-tunesmith-route"] == "rule:beta"
+
+        wait_for(lambda: metric(url, "tunesmith_shadow_requests_total", version=second, status="200") == len(shadowed))
+        server.request_log.flush()
+        with session(server.workspace.engine) as s:
+            shadows = list(s.query(RequestLog).filter(RequestLog.route == "shadow"))
+        assert sorted(r.shadow_of for r in shadows) == sorted(shadowed)
+        assert {r.version_id for r in shadows} == {get_version(server.workspace, second).id}
+        assert metric(url, "tunesmith_requests_total", route="canary") > 0
+
+
+def test_concurrent_requests_for_two_adapters_are_batched_and_answer_as_alone(project):
+    first, second = project["first"], project["second"]
+    prompts = [f"Question {i}: when does the library open?" for i in range(8)]
+    with running(config_of(project, "serve.batch_wait_ms=100")) as (url, server):
+        api = client(url)
+
+        def ask(i: int) -> str:
+            answer = api.completions.create(model=[first, second][i % 2], prompt=prompts[i], max_tokens=8, temperature=0)
+            return answer.choices[0].text
+
+        alone = [ask(i) for i in range(8)]
+        batches_before = metric(url, "tunesmith_batch_sequences_count")
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(ask, range(8)))
+        batches = metric(url, "tunesmith_batch_sequences_count") - batches_before
+        assert together == alone
+        assert batches < 8  # some requests shared a batch (of both adapters on one base)
+        assert len(server.backend._groups) == 1
+
+
+def test_runtime_config_reloads_on_edit_and_a_bad_edit_keeps_the_old_settings(project, tmp_path):
+    family = project["family"]
+    runtime = tmp_path / "serve.yaml"
+    runtime.write_text(f"models:\n  {family}:\n    system_prompt: You are Fern.\n    max_tokens: 3\n", encoding="utf-8")
+    with running(config_of(project, f"serve.runtime_config={runtime}")) as (url, server):
+        api = client(url)
+
+        def system_prompt() -> str:
+            answer = api.chat.completions.with_raw_response.create(model=family, messages=QUESTION)
+            server.request_log.flush()
+            with session(server.workspace.engine) as s:
+                row = s.get(RequestLog, answer.headers["x-request-id"])
+            assert answer.parse().usage.completion_tokens <= 3
+            return row.prompt[0]["content"]
+
+        assert system_prompt() == "You are Fern."
+        runtime.write_text(f"models:\n  {family}:\n    temperature: 5\n", encoding="utf-8")
+        refused = httpx.post(f"{url}/admin/reload")
+        assert refused.status_code == 400 and "temperature" in refused.json()["error"]["message"]
+        assert "serve.yaml:3" in refused.json()["error"]["message"]
+        assert system_prompt() == "You are Fern."  # the old settings keep serving
+        runtime.write_text(
+            f"models:\n  {family}:\n    system_prompt: You are Wick.\n    max_tokens: 3\n", encoding="utf-8"
+        )
+        wait_for(lambda: system_prompt() == "You are Wick.")  # picked up from the file, no restart
+        assert metric(url, "tunesmith_config_reloads_total", result="rejected") >= 1
+
+
+def test_api_keys_scopes_groups_and_revocation(project):
+    family, second = project["family"], project["second"]
+    created = cli(project, "serve", "keys", "create", "ops", "--admin")
+    internal = cli(project, "serve", "keys", "create", "tester", "--group", "internal")
+    assert created.exit_code == 0 and internal.exit_code == 0
+    admin_key, user_key = created.stdout.strip().splitlines()[-1], internal.stdout.strip().splitlines()[-1]
+    route = f"serve.routes=[{{model: {family}, rules: [{{name: staff, to: {second}, groups: [internal]}}]}}]"
+    try:
+        with running(config_of(project, route)) as (url, server):
+            with pytest.raises(openai.AuthenticationError):
+                client(url, "wrong").models.list()
+            no_key = httpx.get(f"{url}/v1/models")
+            assert no_key.status_code == 401 and no_key.json()["error"]["code"] == "invalid_api_key"
+            raw = client(url, user_key).chat.completions.with_raw_response.create(
+                model=family, messages=QUESTION, max_tokens=2
+            )
+            assert raw.headers["x-tunesmith-version"] == second and raw.headers["x-tunesmith-route"] == "rule:staff"
+            forbidden = httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {user_key}"})
+            assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
+            allowed = httpx.get(f"{url}/admin/status", headers={"authorization": f"Bearer {admin_key}"})
+            assert allowed.status_code == 200 and allowed.json()["backend"] == "transformers"
+
+            database = Path(server.workspace.root / "tunesmith.db").read_bytes()
+            assert user_key.encode() not in database and admin_key.encode() not in database
+            assert cli(project, "serve", "keys", "revoke", "tester").exit_code == 0
+            wait_for(lambda: httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {user_key}"}).status_code == 401)
+            server.request_log.flush()
+            with session(server.workspace.engine) as s:
+                assert s.get(RequestLog, raw.headers["x-request-id"]).api_key_id.startswith("key-")
+    finally:
+        cli(project, "serve", "keys", "revoke", "ops")
+    listed = cli(project, "serve", "keys", "list")
+    assert "ops" in listed.stdout and "tester" in listed.stdout and admin_key not in listed.stdout
+
+
+def test_overload_answers_429_with_retry_after_and_oversized_bodies_413(project):
+    family = project["family"]
+    settings = ("serve.max_queue=2", "serve.max_batch_size=1", "serve.batch_wait_ms=0", "serve.max_request_bytes=20000")
+    with running(config_of(project, *settings)) as (url, server):
+
+        def post(i: int) -> httpx.Response:
+            body = {"model": family, "prompt": f"Tell me about the library {i}", "max_tokens": 200, "temperature": 1.0}
+            return httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(post, range(24)))
+        statuses = [a.status_code for a in answers]
+        assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses
+        refused = next(a for a in answers if a.status_code == 429)
+        assert int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["type"] == "rate_limit_error"
+        big = httpx.post(f"{url}/v1/completions", json={"model": family, "prompt": "x" * 30000})
+        assert big.status_code == 413
+        server.request_log.flush()
+        answered = [a.headers["x-request-id"] for a in answers if a.status_code == 200]
+        with session(server.workspace.engine) as s:
+            logged = s.query(RequestLog).filter(RequestLog.id.in_(answered)).count()
+        assert logged == len(answered)
+        assert metric(url, "tunesmith_rejected_requests_total", reason="overloaded") == statuses.count(429)
+
+
+def test_a_rollout_advances_step_by_step_and_completes_by_promoting(project):
+    from tunesmith.registry.aliases import history
+
+    family, first, second = project["family"], project["first"], project["second"]
+    route = (
+        f"serve.routes=[{{model: '{family}@production', rollout: {{steps: [shadow, 50, 100], "
+        "hold_minutes: 0.005, min_requests: 2, max_latency_ratio: 100}}]"
+    )
+    settings = (route, "registry.gated=[]")
+    started = runner.invoke(
+        app, ["serve", "rollout", "start", second, "--route", f"{family}@production", "--config", str(project["path"]),
+              *[a for s in [*project["settings"], *settings] for a in ("--set", s)]],
+    )
+    assert started.exit_code == 0, started.output
+    with running(config_of(project, *settings)) as (url, server):
+        api = client(url)
+        routes_seen: set[str] = set()
+
+        def done() -> bool:
+            for user in range(6):
+                raw = api.chat.completions.with_raw_response.create(
+                    model=f"{family}@production", messages=QUESTION, max_tokens=2, user=f"u{user}"
+                )
+                routes_seen.add(raw.headers["x-tunesmith-route"])
+                if "x-tunesmith-shadow" in raw.headers:
+                    routes_seen.add("shadowed")
+            return _rollout(server).status == "completed"
+
+        wait_for(done, timeout=90, every=0.05)
+        assert {"shadowed", "rollout:50%"} <= routes_seen
+        moves = history(server.workspace, family, "production")
+        assert moves[0].reason.startswith("rollout ") and moves[0].action == "promote"
+        wait_for(lambda: api.chat.completions.with_raw_response.create(
+            model=f"{family}@production", messages=QUESTION, max_tokens=2
+        ).headers["x-tunesmith-version"] == second)
+        events = [h["event"] for h in _rollout(server).history]
+        shown = cli(project, "serve", "rollout", "status")
+        assert _rollout(server).id in shown.stdout and "complete" in shown.stdout
+        assert events == ["start", "advance", "advance", "complete"]
+        assert metric(url, "tunesmith_rollout_events_total", event="complete") == 1
+    promote(open_workspace(config_of(project)), config_of(project).registry, get_version(
+        open_workspace(config_of(project)), first), "production", force=True, reason="restore")
+
+
+def _rollout(server):  # noqa: ANN001, ANN202
+    from tunesmith.serve.rollout import list_rollouts
+
+    return list_rollouts(server.workspace)[0]
+
+
+def test_a_rollout_whose_gate_fails_is_rolled_back(project):
+    from tunesmith.serve.rollout import GateResult, list_rollouts, register_rollout_gate
+
+    @register_rollout_gate("test_quality_drop")
+    def quality_drop(ctx) -> GateResult:  # noqa: ANN001
+        return GateResult("test_quality_drop", False, "mean score 0.2 below 0.5")
+
+    family, second = project["family"], project["second"]
+    route = (
+        f"serve.routes=[{{model: '{family}@production', rollout: {{steps: [10, 100], hold_minutes: 60, "
+        "gates: [error_rate, test_quality_drop]}}]"
+    )
+    with running(config_of(project, route)) as (url, server):
+        started = httpx.post(f"{url}/admin/rollouts", json={"route": f"{family}@production", "version": second})
+        assert started.status_code == 200, started.text
+        wait_for(lambda: list_rollouts(server.workspace)[0].status == "rolled_back")
+        last = list_rollouts(server.workspace)[0].history[-1]
+        assert last["event"] == "rollback" and "mean score 0.2 below 0.5" in last["reasons"][0]
+        raw = client(url).chat.completions.with_raw_response.create(
+            model=f"{family}@production", messages=QUESTION, max_tokens=2, user="anyone"
+        )
+        assert raw.headers["x-tunesmith-route"] == "primary"

@@ -197,3 +197,9 @@ def move_alias(
         )
         s.add(event)
     return event
+
+
+def version_names(workspace: Workspace) -> dict[str, str]:
+    """Every version's name by id: for showing history rows and rollouts."""
+    with session(workspace.engine) as s:
+        return {vid: name for vid, name in s.execute(select(ModelVersion.id, ModelVersion.name))}

@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from tunesmith.config import ConfigError, ProjectConfig
 from tunesmith.registry.aliases import PromotionError, describe, promote, rollback
-from tunesmith.registry.versions import RegistryError, get_version
+from tunesmith.registry.versions import RegistryError, get_version, version_names
 from tunesmith.serve import rollout as rollouts
 from tunesmith.serve.backends import Backend, BackendError, Finished, GenerationJob, Overloaded, SamplingParams, TextDelta, create_backend
 from tunesmith.serve.keys import Caller, KeyRing
@@ -686,14 +686,12 @@ async def _alias_change(server: Server, move: Any) -> dict[str, Any]:
     except RegistryError as exc:
         raise ApiError(404 if "no version" in str(exc) or "unknown" in str(exc) else 409, str(exc)) from None
     changes = await asyncio.to_thread(server.table.refresh, force=True)
-    with session(server.workspace.engine) as s:
-        names = dict(s.execute(select(ModelVersion.id, ModelVersion.name)).tuples().all())
+    names = version_names(server.workspace)
     return {"event": describe(event, names), "swaps": [{"model": m, "version": v, "result": r} for m, v, r in changes]}
 
 
 def _rollout_list(server: Server) -> list[dict[str, Any]]:
-    with session(server.workspace.engine) as s:
-        names = dict(s.execute(select(ModelVersion.id, ModelVersion.name)).tuples().all())
+    names = version_names(server.workspace)
     return [rollouts.describe(r, names) for r in rollouts.list_rollouts(server.workspace)]
 
 
