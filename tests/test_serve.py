@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import json
 from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the openai package ships with
@@ -11,12 +10,13 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from serve_helpers import metric, running, wait_for
+from serve_helpers import metric, wait_for
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import train, write_demo_project
 from tunesmith.registry.aliases import promote
 from tunesmith.registry.versions import get_version
+from tunesmith.serve import serve_in_background as running
 from tunesmith.store import RequestLog, session
 from tunesmith.workspace import open_workspace
 
@@ -33,8 +33,16 @@ def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> d
     first = train(load_config(config_path, settings)).version
     second = train(load_config(config_path, [*settings, "train.seed=1", "train.lr=1e-1"])).version
     workspace = open_workspace(load_config(config_path, settings))
-    promote(workspace, load_config(config_path, settings).registry, first, "production", force=True, reason="test")
-    return {"path": config_path, "settings": settings, "first": first.name, "second": second.name, "family": first.family}
+    promote(
+        workspace, load_config(config_path, settings).registry, first, "production", force=True, reason="test"
+    )
+    return {
+        "path": config_path,
+        "settings": settings,
+        "first": first.name,
+        "second": second.name,
+        "family": first.family,
+    }
 
 
 def config_of(project: dict, *extra: str):
@@ -60,16 +68,24 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
 
         chunks = list(
             api.chat.completions.create(
-                model=f"{family}@production", messages=QUESTION, max_tokens=6, temperature=0, stream=True,
+                model=f"{family}@production",
+                messages=QUESTION,
+                max_tokens=6,
+                temperature=0,
+                stream=True,
                 stream_options={"include_usage": True},
             )
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert streamed == answer.choices[0].message.content
         assert chunks[-1].usage.completion_tokens == answer.usage.completion_tokens
-        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == answer.choices[0].finish_reason
+        assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == answer.choices[
+            0
+        ].finish_reason
 
-        by_version = api.chat.completions.create(model=project["first"], messages=QUESTION, max_tokens=6, temperature=0)
+        by_version = api.chat.completions.create(
+            model=project["first"], messages=QUESTION, max_tokens=6, temperature=0
+        )
         by_family = api.chat.completions.create(model=family, messages=QUESTION, max_tokens=6, temperature=0)
         assert by_version.choices[0].message.content == by_family.choices[0].message.content == streamed
 
@@ -82,9 +98,15 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
         assert [c.index for c in sampled.choices] == [0, 1, 2]
         assert [c.message.content for c in sampled.choices] == [c.message.content for c in again.choices]
 
-        completion = api.completions.create(model=family, prompt=["The library", "Opening hours"], max_tokens=4, temperature=0)
+        completion = api.completions.create(
+            model=family, prompt=["The library", "Opening hours"], max_tokens=4, temperature=0
+        )
         assert [c.index for c in completion.choices] == [0, 1] and completion.object == "text_completion"
-        stream = list(api.completions.create(model=family, prompt="The library", max_tokens=4, temperature=0, stream=True))
+        stream = list(
+            api.completions.create(
+                model=family, prompt="The library", max_tokens=4, temperature=0, stream=True
+            )
+        )
         assert "".join(c.choices[0].text for c in stream) == completion.choices[0].text
 
         ids = {m.id for m in api.models.list().data}
@@ -96,10 +118,13 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
             api.chat.completions.create(model=family, messages=QUESTION, max_tokens=10**5)
         with pytest.raises(openai.BadRequestError, match="tools"):
             api.chat.completions.create(
-                model=family, messages=QUESTION,
+                model=family,
+                messages=QUESTION,
                 tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
             )
-        bad = httpx.post(f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        bad = httpx.post(
+            f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
         assert httpx.get(f"{url}/health").json() == {"status": "ok"}
         assert httpx.get(f"{url}/ready").json()["models"][f"{family}@production"] == project["first"]
@@ -127,15 +152,22 @@ def test_alias_moves_swap_without_restart_and_a_failed_load_keeps_the_old_versio
             return raw.headers["x-tunesmith-version"]
 
         assert served() == first
-        stream = api.completions.create(model=family, prompt="The library", max_tokens=64, temperature=0, stream=True)
+        stream = api.completions.create(
+            model=family, prompt="The library", max_tokens=64, temperature=0, stream=True
+        )
         head = next(iter(stream))
         promoted = httpx.post(
-            f"{url}/admin/promote", json={"version": second, "alias": "production", "force": True, "reason": "swap test"}
+            f"{url}/admin/promote",
+            json={"version": second, "alias": "production", "force": True, "reason": "swap test"},
         )
         assert promoted.status_code == 200, promoted.text
-        assert promoted.json()["swaps"] == [{"model": f"{family}@production", "version": second, "result": "swapped"}]
+        assert promoted.json()["swaps"] == [
+            {"model": f"{family}@production", "version": second, "result": "swapped"}
+        ]
         rest = list(stream)
-        assert {c.model for c in [head, *rest]} == {first}  # the in-flight request finished on the old version
+        assert {c.model for c in [head, *rest]} == {
+            first
+        }  # the in-flight request finished on the old version
         assert served() == second
 
         rolled = cli(project, "registry", "rollback", family, "--reason", "back")
@@ -148,7 +180,8 @@ def test_alias_moves_swap_without_restart_and_a_failed_load_keeps_the_old_versio
         try:
             adapter.write_bytes(b"not a safetensors file")
             moved = httpx.post(
-                f"{url}/admin/promote", json={"version": second, "alias": "production", "force": True, "reason": "broken"}
+                f"{url}/admin/promote",
+                json={"version": second, "alias": "production", "force": True, "reason": "broken"},
             )
             assert moved.json()["swaps"][0]["result"] == "failed"
             assert served() == first
@@ -169,7 +202,7 @@ def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_ret
         api = client(url)
         seen: dict[str, set[str]] = {}
         shadowed: list[str] = []
-        for round_ in range(2):
+        for _ in range(2):
             for user in range(16):
                 raw = api.chat.completions.with_raw_response.create(
                     model=f"{family}@production", messages=QUESTION, max_tokens=2, user=f"user-{user}"
@@ -185,11 +218,21 @@ def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_ret
         assert all(len(v) == 1 for v in seen.values())  # sticky per user
         assert {next(iter(v)) for v in seen.values()} == {first, second}
         beta = api.chat.completions.with_raw_response.create(
-            model=f"{family}@production", messages=QUESTION, max_tokens=2, user="user-0", extra_headers={"x-beta": "1"}
+            model=f"{family}@production",
+            messages=QUESTION,
+            max_tokens=2,
+            user="user-0",
+            extra_headers={"x-beta": "1"},
         )
-        assert beta.headers["x-tunesmith-version"] == second and beta.headers["x-tunesmith-route"] == "rule:beta"
+        assert (
+            beta.headers["x-tunesmith-version"] == second and beta.headers["x-tunesmith-route"] == "rule:beta"
+        )
 
-        wait_for(lambda: metric(url, "tunesmith_shadow_requests_total", version=second, status="200") == len(shadowed))
+        wait_for(
+            lambda: (
+                metric(url, "tunesmith_shadow_requests_total", version=second, status="200") == len(shadowed)
+            )
+        )
         server.request_log.flush()
         with session(server.workspace.engine) as s:
             shadows = list(s.query(RequestLog).filter(RequestLog.route == "shadow"))
@@ -205,7 +248,9 @@ def test_concurrent_requests_for_two_adapters_are_batched_and_answer_as_alone(pr
         api = client(url)
 
         def ask(i: int) -> str:
-            answer = api.completions.create(model=[first, second][i % 2], prompt=prompts[i], max_tokens=8, temperature=0)
+            answer = api.completions.create(
+                model=[first, second][i % 2], prompt=prompts[i], max_tokens=8, temperature=0
+            )
             return answer.choices[0].text
 
         alone = [ask(i) for i in range(8)]
@@ -221,7 +266,9 @@ def test_concurrent_requests_for_two_adapters_are_batched_and_answer_as_alone(pr
 def test_runtime_config_reloads_on_edit_and_a_bad_edit_keeps_the_old_settings(project, tmp_path):
     family = project["family"]
     runtime = tmp_path / "serve.yaml"
-    runtime.write_text(f"models:\n  {family}:\n    system_prompt: You are Fern.\n    max_tokens: 3\n", encoding="utf-8")
+    runtime.write_text(
+        f"models:\n  {family}:\n    system_prompt: You are Fern.\n    max_tokens: 3\n", encoding="utf-8"
+    )
     with running(config_of(project, f"serve.runtime_config={runtime}")) as (url, server):
         api = client(url)
 
@@ -262,7 +309,10 @@ def test_api_keys_scopes_groups_and_revocation(project):
             raw = client(url, user_key).chat.completions.with_raw_response.create(
                 model=family, messages=QUESTION, max_tokens=2
             )
-            assert raw.headers["x-tunesmith-version"] == second and raw.headers["x-tunesmith-route"] == "rule:staff"
+            assert (
+                raw.headers["x-tunesmith-version"] == second
+                and raw.headers["x-tunesmith-route"] == "rule:staff"
+            )
             forbidden = httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {user_key}"})
             assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
             allowed = httpx.get(f"{url}/admin/status", headers={"authorization": f"Bearer {admin_key}"})
@@ -271,7 +321,12 @@ def test_api_keys_scopes_groups_and_revocation(project):
             database = Path(server.workspace.root / "tunesmith.db").read_bytes()
             assert user_key.encode() not in database and admin_key.encode() not in database
             assert cli(project, "serve", "keys", "revoke", "tester").exit_code == 0
-            wait_for(lambda: httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {user_key}"}).status_code == 401)
+            wait_for(
+                lambda: (
+                    httpx.get(f"{url}/v1/models", headers={"authorization": f"Bearer {user_key}"}).status_code
+                    == 401
+                )
+            )
             server.request_log.flush()
             with session(server.workspace.engine) as s:
                 assert s.get(RequestLog, raw.headers["x-request-id"]).api_key_id.startswith("key-")
@@ -283,11 +338,21 @@ def test_api_keys_scopes_groups_and_revocation(project):
 
 def test_overload_answers_429_with_retry_after_and_oversized_bodies_413(project):
     family = project["family"]
-    settings = ("serve.max_queue=2", "serve.max_batch_size=1", "serve.batch_wait_ms=0", "serve.max_request_bytes=20000")
+    settings = (
+        "serve.max_queue=2",
+        "serve.max_batch_size=1",
+        "serve.batch_wait_ms=0",
+        "serve.max_request_bytes=20000",
+    )
     with running(config_of(project, *settings)) as (url, server):
 
         def post(i: int) -> httpx.Response:
-            body = {"model": family, "prompt": f"Tell me about the library {i}", "max_tokens": 200, "temperature": 1.0}
+            body = {
+                "model": family,
+                "prompt": f"Tell me about the library {i}",
+                "max_tokens": 200,
+                "temperature": 1.0,
+            }
             return httpx.post(f"{url}/v1/completions", json=body, timeout=120)
 
         with concurrent.futures.ThreadPoolExecutor(12) as pool:
@@ -295,7 +360,9 @@ def test_overload_answers_429_with_retry_after_and_oversized_bodies_413(project)
         statuses = [a.status_code for a in answers]
         assert set(statuses) <= {200, 429} and 429 in statuses and 200 in statuses
         refused = next(a for a in answers if a.status_code == 429)
-        assert int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["type"] == "rate_limit_error"
+        assert (
+            int(refused.headers["retry-after"]) >= 1 and refused.json()["error"]["type"] == "rate_limit_error"
+        )
         big = httpx.post(f"{url}/v1/completions", json={"model": family, "prompt": "x" * 30000})
         assert big.status_code == 413
         server.request_log.flush()
@@ -316,8 +383,18 @@ def test_a_rollout_advances_step_by_step_and_completes_by_promoting(project):
     )
     settings = (route, "registry.gated=[]")
     started = runner.invoke(
-        app, ["serve", "rollout", "start", second, "--route", f"{family}@production", "--config", str(project["path"]),
-              *[a for s in [*project["settings"], *settings] for a in ("--set", s)]],
+        app,
+        [
+            "serve",
+            "rollout",
+            "start",
+            second,
+            "--route",
+            f"{family}@production",
+            "--config",
+            str(project["path"]),
+            *[a for s in [*project["settings"], *settings] for a in ("--set", s)],
+        ],
     )
     assert started.exit_code == 0, started.output
     with running(config_of(project, *settings)) as (url, server):
@@ -338,19 +415,30 @@ def test_a_rollout_advances_step_by_step_and_completes_by_promoting(project):
         assert {"shadowed", "rollout:50%"} <= routes_seen
         moves = history(server.workspace, family, "production")
         assert moves[0].reason.startswith("rollout ") and moves[0].action == "promote"
-        wait_for(lambda: api.chat.completions.with_raw_response.create(
-            model=f"{family}@production", messages=QUESTION, max_tokens=2
-        ).headers["x-tunesmith-version"] == second)
+        wait_for(
+            lambda: (
+                api.chat.completions.with_raw_response.create(
+                    model=f"{family}@production", messages=QUESTION, max_tokens=2
+                ).headers["x-tunesmith-version"]
+                == second
+            )
+        )
         events = [h["event"] for h in _rollout(server).history]
         shown = cli(project, "serve", "rollout", "status")
         assert _rollout(server).id in shown.stdout and "complete" in shown.stdout
         assert events == ["start", "advance", "advance", "complete"]
         assert metric(url, "tunesmith_rollout_events_total", event="complete") == 1
-    promote(open_workspace(config_of(project)), config_of(project).registry, get_version(
-        open_workspace(config_of(project)), first), "production", force=True, reason="restore")
+    promote(
+        open_workspace(config_of(project)),
+        config_of(project).registry,
+        get_version(open_workspace(config_of(project)), first),
+        "production",
+        force=True,
+        reason="restore",
+    )
 
 
-def _rollout(server):  # noqa: ANN001, ANN202
+def _rollout(server):
     from tunesmith.serve.rollout import list_rollouts
 
     return list_rollouts(server.workspace)[0]
@@ -360,7 +448,7 @@ def test_a_rollout_whose_gate_fails_is_rolled_back(project):
     from tunesmith.serve.rollout import GateResult, list_rollouts, register_rollout_gate
 
     @register_rollout_gate("test_quality_drop")
-    def quality_drop(ctx) -> GateResult:  # noqa: ANN001
+    def quality_drop(ctx) -> GateResult:
         return GateResult("test_quality_drop", False, "mean score 0.2 below 0.5")
 
     family, second = project["family"], project["second"]
@@ -369,7 +457,9 @@ def test_a_rollout_whose_gate_fails_is_rolled_back(project):
         "gates: [error_rate, test_quality_drop]}}]"
     )
     with running(config_of(project, route)) as (url, server):
-        started = httpx.post(f"{url}/admin/rollouts", json={"route": f"{family}@production", "version": second})
+        started = httpx.post(
+            f"{url}/admin/rollouts", json={"route": f"{family}@production", "version": second}
+        )
         assert started.status_code == 200, started.text
         wait_for(lambda: list_rollouts(server.workspace)[0].status == "rolled_back")
         last = list_rollouts(server.workspace)[0].history[-1]
@@ -378,3 +468,55 @@ def test_a_rollout_whose_gate_fails_is_rolled_back(project):
             model=f"{family}@production", messages=QUESTION, max_tokens=2, user="anyone"
         )
         assert raw.headers["x-tunesmith-route"] == "primary"
+
+
+def test_optional_backends_that_cannot_run_here_say_what_is_missing(project):
+    import importlib.util
+
+    import torch
+
+    if importlib.util.find_spec("llama_cpp") is None:
+        result = cli(project, "serve", "--backend", "llamacpp")
+        assert result.exit_code == 1 and "pip install 'tunesmith[llamacpp]'" in result.output
+    if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
+        result = cli(project, "serve", "--backend", "vllm")
+        assert result.exit_code == 1 and "vllm backend needs" in result.output
+    unknown = cli(project, "serve", "--backend", "tgi")
+    assert unknown.exit_code == 1 and "known: llamacpp, transformers, vllm" in unknown.output
+
+
+@pytest.mark.slow
+def test_the_llamacpp_backend_serves_the_gguf_export_through_the_same_api(tmp_path):
+    pytest.importorskip(
+        "llama_cpp", reason="llama-cpp-python is not installed (pip install 'tunesmith[llamacpp]')"
+    )
+    config_path = write_demo_project(tmp_path)
+    settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
+    version = train(load_config(config_path, settings)).version
+    config = load_config(config_path, [*settings, "serve.backend=llamacpp", f"serve.models=[{version.name}]"])
+    with running(config) as (url, server):
+        api = client(url)
+        answer = api.chat.completions.create(
+            model=version.name, messages=QUESTION, max_tokens=8, temperature=0
+        )
+        chunks = api.chat.completions.create(
+            model=version.name, messages=QUESTION, max_tokens=8, temperature=0, stream=True
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert answer.model == version.name and streamed == answer.choices[0].message.content
+        assert answer.choices[0].message.content.strip()
+        parity = server.workspace.root / "exports" / f"{version.name}-gguf-q8_0" / "parity.json"
+        assert json.loads(parity.read_text())["passed"]
+
+
+@pytest.mark.slow
+def test_the_vllm_backend_serves_lora_versions_on_a_gpu(project):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("the vllm backend needs a CUDA GPU")
+    pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'tunesmith[vllm]')")
+    with running(config_of(project, "serve.backend=vllm")) as (url, _):
+        api = client(url)
+        for name in (project["first"], project["second"]):
+            answer = api.chat.completions.create(model=name, messages=QUESTION, max_tokens=8, temperature=0)
+            assert answer.model == name

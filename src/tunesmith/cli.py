@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_config
@@ -64,7 +65,7 @@ def _table(*columns: str) -> Table:
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
-    err.print("[red]error:[/red]", message, soft_wrap=True, highlight=False)
+    err.print("[red]error:[/red]", escape(message), soft_wrap=True, highlight=False)
     return typer.Exit(code)
 
 
@@ -1064,8 +1065,12 @@ def _later(stage: str, issue_topic: str) -> None:
 
 
 serve_app = typer.Typer(invoke_without_command=True)
-keys_app = typer.Typer(help="API keys of the server: create (shown once), list, revoke.", no_args_is_help=True)
-rollout_app = typer.Typer(help="Move a version through a route's rollout plan, one gated step at a time.", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys of the server: create (shown once), list, revoke.", no_args_is_help=True
+)
+rollout_app = typer.Typer(
+    help="Move a version through a route's rollout plan, one gated step at a time.", no_args_is_help=True
+)
 app.add_typer(serve_app, name="serve", rich_help_panel="Lifecycle")
 serve_app.add_typer(keys_app, name="keys")
 serve_app.add_typer(rollout_app, name="rollout")
@@ -1083,7 +1088,9 @@ def serve(
         list[str] | None, typer.Option("--model", help="Load this version or alias at start (repeatable).")
     ] = None,
     backend: Annotated[str | None, typer.Option(help="transformers, llamacpp or vllm.")] = None,
-    list_backends: Annotated[bool, typer.Option("--list-backends", help="List the serving backends.")] = False,
+    list_backends: Annotated[
+        bool, typer.Option("--list-backends", help="List the serving backends.")
+    ] = False,
 ) -> None:
     """OpenAI-compatible server over the registry: models by version or alias, canary, shadow, hot swap."""
     if ctx.invoked_subcommand is not None:
@@ -1112,7 +1119,9 @@ def serve(
 def keys_create(
     name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
     admin: Annotated[bool, typer.Option(help="Also allow alias moves, config reloads and rollouts.")] = False,
-    group: Annotated[str | None, typer.Option(help="User group for targeting rules (internal, beta...).")] = None,
+    group: Annotated[
+        str | None, typer.Option(help="User group for targeting rules (internal, beta...).")
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a key; the secret is printed once and only its SHA-256 is stored."""
@@ -1120,7 +1129,10 @@ def keys_create(
     from tunesmith.workspace import open_workspace
 
     key, secret = create_key(open_workspace(_config(config, None)), name, admin=admin, group=group)
-    err.print(f"{key.id} ({', '.join(key.scopes)}{', group ' + group if group else ''}); store it now, it is not shown again:")
+    err.print(
+        f"{key.id} ({', '.join(key.scopes)}{', group ' + group if group else ''}); "
+        "store it now, it is not shown again:"
+    )
     out.print(secret, highlight=False)
 
 
@@ -1133,8 +1145,13 @@ def keys_list(config: ConfigOpt = None) -> None:
     table = _table("id", "name", "prefix", "scopes", "group", "created", "revoked")
     for key in list_keys(open_workspace(_config(config, None))):
         table.add_row(
-            key.id, key.name, key.prefix + "…", ", ".join(key.scopes), key.user_group or "",
-            key.created_at.strftime("%Y-%m-%d %H:%M"), key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
+            key.id,
+            key.name,
+            key.prefix + "…",
+            ", ".join(key.scopes),
+            key.user_group or "",
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
         )
     out.print(table)
 
@@ -1163,7 +1180,7 @@ def rollout_start(
     config: ConfigOpt = None,
     set_: SetOpt = None,
 ) -> None:
-    """Start a rollout; the running server advances it when the step's gates hold, and rolls it back when not."""
+    """Start a rollout; the server advances it while the step's gates hold and rolls it back when not."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.serve.rollout import describe, start_rollout
     from tunesmith.workspace import open_workspace
@@ -1193,7 +1210,12 @@ def rollout_status(config: ConfigOpt = None) -> None:
         info = describe(row, names)
         last = info["history"][-1]
         table.add_row(
-            info["id"], info["version"], info["route"], info["step"], info["status"], info["since"],
+            info["id"],
+            info["version"],
+            info["route"],
+            info["step"],
+            info["status"],
+            info["since"],
             f"{last['event']}: {'; '.join(last.get('reasons', []))}".rstrip(": "),
         )
     out.print(table)

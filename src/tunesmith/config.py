@@ -418,12 +418,13 @@ class TargetRule(_Section):
 
 
 RolloutStep = Literal["shadow", "internal"] | float
+DEFAULT_ROLLOUT: tuple[RolloutStep, ...] = ("shadow", "internal", 5.0, 25.0, 100.0)
 
 
 class RolloutPlan(_Section):
     """How `tunesmith serve rollout start` moves a version through a route, one step at a time."""
 
-    steps: list[RolloutStep] = Field(default_factory=lambda: ["shadow", "internal", 5.0, 25.0, 100.0])
+    steps: list[RolloutStep] = Field(default_factory=lambda: list(DEFAULT_ROLLOUT))
     hold_minutes: float = Field(60.0, gt=0)  # each step's gates must hold this long before the next
     internal_groups: list[str] = Field(default_factory=lambda: ["internal"])  # who the `internal` step serves
     gates: list[str] = Field(default_factory=lambda: ["error_rate", "latency"])  # registered rollout gates
@@ -467,7 +468,9 @@ class ServeConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     backend: str = "transformers"  # transformers, llamacpp, vllm (`tunesmith serve --list-backends`)
-    models: list[str] = Field(default_factory=list)  # loaded and warmed up at start; default: production aliases
+    models: list[str] = Field(
+        default_factory=list
+    )  # loaded and warmed up at start; default: production aliases
     routes: list[RouteConfig] = Field(default_factory=list)
     runtime_config: str | None = None  # YAML of per-model system prompts, defaults and stops; hot-reloaded
     max_batch_size: int = Field(8, gt=0)  # sequences generated together
@@ -477,7 +480,9 @@ class ServeConfig(_Section):
     default_max_tokens: int = Field(256, gt=0)
     max_n: int = Field(8, gt=0)
     max_request_bytes: int = Field(1_000_000, gt=0)
-    poll_seconds: float = Field(1.0, gt=0)  # how often alias moves, keys, the runtime config and rollouts are read
+    poll_seconds: float = Field(
+        1.0, gt=0
+    )  # how often alias moves, keys, the runtime config and rollouts are read
     require_keys: bool = False  # refuse to start without an API key (otherwise no keys: open, with a warning)
     log_requests: bool = True  # write every request and answer to the store (monitoring reads it)
 

@@ -117,7 +117,14 @@ def promote(
         if not reason.strip():
             raise PromotionError("--force needs --reason: the history records why the rules were skipped")
         return move_alias(
-            workspace, version.family, alias, version, reason=reason, action="promote", forced=True, actor=actor
+            workspace,
+            version.family,
+            alias,
+            version,
+            reason=reason,
+            action="promote",
+            forced=True,
+            actor=actor,
         )
     report = None
     if alias in config.gated:
@@ -152,7 +159,12 @@ def promote(
 
 
 def rollback(
-    workspace: Workspace, family: str, *, alias: str = "production", reason: str = "", actor: str | None = None
+    workspace: Workspace,
+    family: str,
+    *,
+    alias: str = "production",
+    reason: str = "",
+    actor: str | None = None,
 ) -> AliasEvent:
     """Point `alias` back at the version its latest move replaced.
 

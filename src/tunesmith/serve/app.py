@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -28,11 +28,20 @@ from tunesmith.config import ConfigError, ProjectConfig
 from tunesmith.registry.aliases import PromotionError, describe, promote, rollback
 from tunesmith.registry.versions import RegistryError, get_version, version_names
 from tunesmith.serve import rollout as rollouts
-from tunesmith.serve.backends import Backend, BackendError, Finished, GenerationJob, Overloaded, SamplingParams, TextDelta, create_backend
+from tunesmith.serve.backends import (
+    Backend,
+    BackendError,
+    Finished,
+    GenerationJob,
+    OverloadedError,
+    SamplingParams,
+    TextDelta,
+    create_backend,
+)
 from tunesmith.serve.keys import Caller, KeyRing
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.requestlog import RequestLogWriter
-from tunesmith.serve.router import Decision, ModelNotFound, ModelTable, Router
+from tunesmith.serve.router import Decision, ModelTable, Router, UnknownModelError
 from tunesmith.serve.runtime import ModelSettings, RuntimeConfig
 from tunesmith.serve.schemas import (
     AliasMove,
@@ -52,7 +61,9 @@ log = logging.getLogger("tunesmith.serve")
 class Server:
     """Everything one running server holds: backend, names, routes, keys, runtime config, log, metrics."""
 
-    def __init__(self, config: ProjectConfig, workspace: Workspace | None = None, backend: Backend | None = None) -> None:
+    def __init__(
+        self, config: ProjectConfig, workspace: Workspace | None = None, backend: Backend | None = None
+    ) -> None:
         self.config = config
         self.serve = config.serve
         self.workspace = workspace or open_workspace(config)
@@ -69,17 +80,23 @@ class Server:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._background: set[asyncio.Task[Any]] = set()
-        self.table.on_swap = lambda name, version, result: self.metrics.swaps.labels(name, version, result).inc()
+        self.table.on_swap = lambda name, version, result: self.metrics.swaps.labels(
+            name, version, result
+        ).inc()
         self.backend.on_batch = self.metrics.batch.observe  # type: ignore[attr-defined]
         if self.serve.require_keys and self.keys.open:
-            raise RegistryError("serve.require_keys is on and there is no active key; `tunesmith serve keys create NAME`")
+            raise RegistryError(
+                "serve.require_keys is on and there is no active key; `tunesmith serve keys create NAME`"
+            )
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the backend and the log writer; load the served models in the background (see /ready)."""
         if self.keys.open:
-            log.warning("no API keys: anyone who can reach this server may call it (`tunesmith serve keys create`)")
+            log.warning(
+                "no API keys: anyone who can reach this server may call it (`tunesmith serve keys create`)"
+            )
         self.backend.start()
         if self.request_log is not None:
             self.request_log.start()
@@ -108,7 +125,10 @@ class Server:
             return
         self.ready = True
         self.metrics.loaded.set(len(self.backend.loaded()))
-        log.info("ready: %s", ", ".join(f"{n} -> {v.name}" for n, v in self.table.names().items()) or "no models yet")
+        log.info(
+            "ready: %s",
+            ", ".join(f"{n} -> {v.name}" for n, v in self.table.names().items()) or "no models yet",
+        )
         self._spawn(self._follow, "tunesmith-follow")
 
     def _follow(self) -> None:
@@ -150,27 +170,46 @@ class Server:
         headers = {k.lower(): v for k, v in request.headers.items()}
         try:
             decision = await asyncio.to_thread(self.router.decide, body.model, caller, body.user, headers)
-        except ModelNotFound as exc:
+        except UnknownModelError as exc:
             raise ApiError(404, str(exc), param="model", code="model_not_found") from None
         except (BackendError, RegistryError) as exc:
-            raise ApiError(503, f"the model `{body.model}` cannot be served: {exc}", type="server_error") from None
+            raise ApiError(
+                503, f"the model `{body.model}` cannot be served: {exc}", type="server_error"
+            ) from None
         version = decision.version
         settings = self.runtime.settings.for_request(body.model, version)
         prompt, prompt_ids = self._encode(body, version, settings)
         params = self._params(body, settings, max(len(ids) for ids in prompt_ids), version)
-        jobs = [GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop()) for ids in prompt_ids]
+        jobs = [
+            GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop())
+            for ids in prompt_ids
+        ]
         try:
             for job in jobs:
                 self.backend.submit(job)
-        except Overloaded as exc:
+        except OverloadedError as exc:
             for job in jobs:
                 job.cancel()
             self.metrics.rejected.labels("overloaded").inc()
             raise ApiError(
-                429, str(exc), type="rate_limit_error", code="overloaded", headers={"Retry-After": str(exc.retry_after)}
+                429,
+                str(exc),
+                type="rate_limit_error",
+                code="overloaded",
+                headers={"Retry-After": str(exc.retry_after)},
             ) from None
         self.metrics.queue.set(self.backend.queue_depth())
-        trace = _Trace(request_id, started, body, caller, headers, decision, prompt, sum(len(i) for i in prompt_ids) * body.n, chat)
+        trace = _Trace(
+            request_id,
+            started,
+            body,
+            caller,
+            headers,
+            decision,
+            prompt,
+            sum(len(i) for i in prompt_ids) * body.n,
+            chat,
+        )
         response_headers = {
             "x-request-id": request_id,
             "x-tunesmith-version": version.name,
@@ -186,7 +225,12 @@ class Server:
         created = int(time.time())
         if chat:
             choices: list[dict[str, Any]] = [
-                {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": t},
+                    "finish_reason": r,
+                    "logprobs": None,
+                }
                 for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
             ]
         else:
@@ -211,26 +255,41 @@ class Server:
         tokenizer = self.backend.tokenizer(version.id)
         if isinstance(body, ChatCompletionRequest):
             messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in body.messages
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
             ]
             if settings.system_prompt and messages[0]["role"] != "system":
                 messages.insert(0, {"role": "system", "content": settings.system_prompt})
             try:
                 text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             except Exception as exc:  # the template refuses the conversation (roles out of order...)
-                raise ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages") from None
+                raise ApiError(
+                    400, f"the model's chat template refused these messages: {exc}", param="messages"
+                ) from None
             return messages, [list(tokenizer(str(text), add_special_tokens=False)["input_ids"])]
-        return body.prompt, [list(tokenizer(p)["input_ids"]) or [tokenizer.eos_token_id] for p in body.prompts]
+        return body.prompt, [
+            list(tokenizer(p)["input_ids"]) or [tokenizer.eos_token_id] for p in body.prompts
+        ]
 
     def _params(
-        self, body: ChatCompletionRequest | CompletionRequest, settings: ModelSettings, prompt_tokens: int, version: ModelVersion
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        settings: ModelSettings,
+        prompt_tokens: int,
+        version: ModelVersion,
     ) -> SamplingParams:
         limit = self.serve.max_tokens
         max_tokens = body.requested_max_tokens or settings.max_tokens or self.serve.default_max_tokens
         if max_tokens > limit:
-            raise ApiError(400, f"max_tokens is too large: {max_tokens}. This server allows at most {limit}.", param="max_tokens")
+            raise ApiError(
+                400,
+                f"max_tokens is too large: {max_tokens}. This server allows at most {limit}.",
+                param="max_tokens",
+            )
         if body.n > self.serve.max_n:
-            raise ApiError(400, f"n is too large: {body.n}. This server allows at most {self.serve.max_n}.", param="n")
+            raise ApiError(
+                400, f"n is too large: {body.n}. This server allows at most {self.serve.max_n}.", param="n"
+            )
         context = self.backend.context_length(version.id)
         if prompt_tokens + max_tokens > context:
             raise ApiError(
@@ -243,13 +302,17 @@ class Server:
             )
         return SamplingParams(
             max_tokens=max_tokens,
-            temperature=body.temperature if body.temperature is not None else (settings.temperature if settings.temperature is not None else 1.0),
+            temperature=body.temperature
+            if body.temperature is not None
+            else (settings.temperature if settings.temperature is not None else 1.0),
             top_p=body.top_p if body.top_p is not None else (settings.top_p or 1.0),
             seed=body.seed,
             stop=tuple(dict.fromkeys([*body.stops, *(settings.stop or [])])),
         )
 
-    async def _events(self, jobs: list[GenerationJob], trace: _Trace) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
+    async def _events(
+        self, jobs: list[GenerationJob], trace: _Trace
+    ) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
         """Every job's events as (choice index across jobs, event) until all choices finish."""
         n = len(jobs[0].choices)
         merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
@@ -315,7 +378,12 @@ class Server:
                 delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
                 if text:
                     delta["content"] = text
-                choice: dict[str, Any] = {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+                choice: dict[str, Any] = {
+                    "index": index,
+                    "delta": delta,
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
             else:
                 choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
             return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
@@ -335,11 +403,19 @@ class Server:
                     yield chunk(index, None, event.finish_reason)
             options = trace.body.stream_options
             if options is not None and options.include_usage:
-                yield f"data: {json.dumps({**base, 'choices': [], 'usage': _usage(trace.tokens_in, tokens)})}\n\n"
+                usage: dict[str, Any] = {**base, "choices": [], "usage": _usage(trace.tokens_in, tokens)}
+                yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
         except BackendError as exc:
             status, error = 500, str(exc)
-            body = {"error": {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}}
+            body = {
+                "error": {
+                    "message": f"generation failed: {exc}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
             yield f"data: {json.dumps(body)}\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             status, error = 499, "client closed the connection"
@@ -347,7 +423,15 @@ class Server:
         finally:
             self._finish(trace, status, texts, reasons, tokens, error)
 
-    def _finish(self, trace: _Trace, status: int, texts: list[str], reasons: list[str], tokens: int, error: str | None = None) -> None:
+    def _finish(
+        self,
+        trace: _Trace,
+        status: int,
+        texts: list[str],
+        reasons: list[str],
+        tokens: int,
+        error: str | None = None,
+    ) -> None:
         """Record the answer: metrics now, the request log row off the request path, then the shadow."""
         elapsed = time.perf_counter() - trace.started
         version = trace.decision.version
@@ -358,16 +442,39 @@ class Server:
         self.metrics.tokens.labels(version.name, "prompt").inc(trace.tokens_in)
         self.metrics.tokens.labels(version.name, "completion").inc(tokens)
         self.metrics.queue.set(self.backend.queue_depth())
-        self._log(trace, version, trace.decision.route, status, texts, reasons, tokens, elapsed, error, shadow_of=None)
+        self._log(
+            trace,
+            version,
+            trace.decision.route,
+            status,
+            texts,
+            reasons,
+            tokens,
+            elapsed,
+            error,
+            shadow_of=None,
+        )
         if trace.decision.shadow is not None and status == 200:
             task = asyncio.get_running_loop().create_task(self._shadow(trace))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
     def _log(
-        self, trace: _Trace, version: ModelVersion, route: str, status: int, texts: list[str], reasons: list[str],
-        tokens: int, elapsed: float, error: str | None, *, shadow_of: str | None, request_id: str | None = None,
-        first_token: float | None = None, started: float | None = None,
+        self,
+        trace: _Trace,
+        version: ModelVersion,
+        route: str,
+        status: int,
+        texts: list[str],
+        reasons: list[str],
+        tokens: int,
+        elapsed: float,
+        error: str | None,
+        *,
+        shadow_of: str | None,
+        request_id: str | None = None,
+        first_token: float | None = None,
+        started: float | None = None,
     ) -> None:
         if self.request_log is None:
             return
@@ -387,8 +494,13 @@ class Server:
                 "output": texts,
                 "finish_reasons": reasons,
                 "params": {
-                    "max_tokens": body.requested_max_tokens, "temperature": body.temperature, "top_p": body.top_p,
-                    "n": body.n, "seed": body.seed, "stop": body.stops, "stream": body.stream,
+                    "max_tokens": body.requested_max_tokens,
+                    "temperature": body.temperature,
+                    "top_p": body.top_p,
+                    "n": body.n,
+                    "seed": body.seed,
+                    "stop": body.stops,
+                    "stream": body.stream,
                 },
                 "status": status,
                 "error": error,
@@ -402,7 +514,8 @@ class Server:
                 "client": {
                     "metadata": body.metadata or {},
                     "user_agent": trace.headers.get("user-agent"),
-                    "client_request_id": trace.headers.get("x-client-request-id") or trace.headers.get("x-request-id"),
+                    "client_request_id": trace.headers.get("x-client-request-id")
+                    or trace.headers.get("x-request-id"),
                 },
             }
         )
@@ -416,15 +529,25 @@ class Server:
             return
         started = time.perf_counter()
         shadow_trace = _Trace(
-            f"req-{uuid.uuid4().hex}", started, trace.body, trace.caller, trace.headers,
-            Decision(shadow, "shadow"), trace.prompt, 0, trace.chat,
+            f"req-{uuid.uuid4().hex}",
+            started,
+            trace.body,
+            trace.caller,
+            trace.headers,
+            Decision(shadow, "shadow"),
+            trace.prompt,
+            0,
+            trace.chat,
         )
         try:
             settings = self.runtime.settings.for_request(trace.body.model, shadow)
             _, prompt_ids = self._encode(trace.body, shadow, settings)
             params = self._params(trace.body, settings, max(len(i) for i in prompt_ids), shadow)
             shadow_trace.tokens_in = sum(len(i) for i in prompt_ids) * trace.body.n
-            jobs = [GenerationJob(shadow.id, ids, [params] * trace.body.n, asyncio.get_running_loop()) for ids in prompt_ids]
+            jobs = [
+                GenerationJob(shadow.id, ids, [params] * trace.body.n, asyncio.get_running_loop())
+                for ids in prompt_ids
+            ]
             for job in jobs:
                 self.backend.submit(job)
             count = sum(len(j.choices) for j in jobs)
@@ -435,15 +558,25 @@ class Server:
                 else:
                     reasons[index], tokens = event.finish_reason, tokens + event.tokens
             status, error = 200, None
-        except Overloaded:
+        except OverloadedError:
             self.metrics.shadow.labels(shadow.name, "dropped").inc()
             return
         except Exception as exc:
             status, error, texts, reasons, tokens = 500, str(exc), [], [], 0
         self.metrics.shadow.labels(shadow.name, str(status)).inc()
         self._log(
-            shadow_trace, shadow, "shadow", status, texts, reasons, tokens, time.perf_counter() - started, error,
-            shadow_of=trace.request_id, request_id=shadow_trace.request_id, first_token=shadow_trace.first_token,
+            shadow_trace,
+            shadow,
+            "shadow",
+            status,
+            texts,
+            reasons,
+            tokens,
+            time.perf_counter() - started,
+            error,
+            shadow_of=trace.request_id,
+            request_id=shadow_trace.request_id,
+            first_token=shadow_trace.first_token,
             started=started,
         )
 
@@ -476,11 +609,25 @@ class _Trace:
     """What the answer of one request needs to be logged."""
 
     def __init__(
-        self, request_id: str, started: float, body: Any, caller: Caller, headers: dict[str, str],
-        decision: Decision, prompt: Any, tokens_in: int, chat: bool,
+        self,
+        request_id: str,
+        started: float,
+        body: Any,
+        caller: Caller,
+        headers: dict[str, str],
+        decision: Decision,
+        prompt: Any,
+        tokens_in: int,
+        chat: bool,
     ) -> None:
         self.request_id, self.started, self.body, self.caller = request_id, started, body, caller
-        self.headers, self.decision, self.prompt, self.tokens_in, self.chat = headers, decision, prompt, tokens_in, chat
+        self.headers, self.decision, self.prompt, self.tokens_in, self.chat = (
+            headers,
+            decision,
+            prompt,
+            tokens_in,
+            chat,
+        )
         self.first_token: float | None = None
 
 
@@ -500,7 +647,7 @@ def default_models(workspace: Workspace) -> list[str]:
 # --- the app -------------------------------------------------------------------------------
 
 
-def create_app(server: Server) -> FastAPI:
+def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function per route)
     """The FastAPI app of `server`; its lifespan starts and stops the server."""
 
     @asynccontextmanager
@@ -511,7 +658,9 @@ def create_app(server: Server) -> FastAPI:
         finally:
             await asyncio.to_thread(server.stop)
 
-    app = FastAPI(title="tunesmith", summary="OpenAI-compatible API over the tunesmith registry", lifespan=lifespan)
+    app = FastAPI(
+        title="tunesmith", summary="OpenAI-compatible API over the tunesmith registry", lifespan=lifespan
+    )
     app.state.server = server
 
     @app.exception_handler(ApiError)
@@ -521,30 +670,42 @@ def create_app(server: Server) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse(ApiError(500, f"internal error: {exc}", type="server_error").body, status_code=500)
+        return JSONResponse(
+            ApiError(500, f"internal error: {exc}", type="server_error").body, status_code=500
+        )
 
     def caller(request: Request) -> Caller:
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
         who = server.keys.authenticate(token)
         if who is None:
-            message = "Incorrect API key provided." if token else "Missing API key: send `Authorization: Bearer KEY`."
+            message = (
+                "Incorrect API key provided."
+                if token
+                else "Missing API key: send `Authorization: Bearer KEY`."
+            )
             raise ApiError(401, message, code="invalid_api_key")
         return who
 
-    def admin(who: Caller = Depends(caller)) -> Caller:  # noqa: B008
+    def admin(who: Caller = Depends(caller)) -> Caller:
         if not who.admin:
-            raise ApiError(403, f"the key {who.name!r} has no admin scope", type="permission_error", code="forbidden")
+            raise ApiError(
+                403, f"the key {who.name!r} has no admin scope", type="permission_error", code="forbidden"
+            )
         return who
 
     async def parse(request: Request, model: type[BaseModel]) -> Any:
         declared = request.headers.get("content-length")
         limit = server.serve.max_request_bytes
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise ApiError(413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large")
+            raise ApiError(
+                413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large"
+            )
         raw = await request.body()
         if len(raw) > limit:
-            raise ApiError(413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large")
+            raise ApiError(
+                413, f"the request body is over the server's limit of {limit} bytes", code="request_too_large"
+            )
         try:
             data = json.loads(raw or b"null")
         except ValueError as exc:
@@ -560,17 +721,17 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(400, f"{where}: {message}" if where else message, param=where) from None
 
     @app.post("/v1/chat/completions", response_model=None)
-    async def chat_completions(request: Request, who: Caller = Depends(caller)) -> Response:  # noqa: B008
+    async def chat_completions(request: Request, who: Caller = Depends(caller)) -> Response:
         _require_ready(server)
         return await server.answer(request, await parse(request, ChatCompletionRequest), who)
 
     @app.post("/v1/completions", response_model=None)
-    async def completions(request: Request, who: Caller = Depends(caller)) -> Response:  # noqa: B008
+    async def completions(request: Request, who: Caller = Depends(caller)) -> Response:
         _require_ready(server)
         return await server.answer(request, await parse(request, CompletionRequest), who)
 
     @app.get("/v1/models")
-    async def models(_: Caller = Depends(caller)) -> dict[str, Any]:  # noqa: B008
+    async def models(_: Caller = Depends(caller)) -> dict[str, Any]:
         return {"object": "list", "data": await asyncio.to_thread(server.model_list)}
 
     @app.get("/health")
@@ -583,7 +744,9 @@ def create_app(server: Server) -> FastAPI:
         if server.ready:
             return JSONResponse({"status": "ready", "models": names})
         status = "failed" if server.startup_error else "loading"
-        return JSONResponse({"status": status, "error": server.startup_error, "models": names}, status_code=503)
+        return JSONResponse(
+            {"status": status, "error": server.startup_error, "models": names}, status_code=503
+        )
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -593,42 +756,53 @@ def create_app(server: Server) -> FastAPI:
         return PlainTextResponse(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/admin/promote")
-    async def admin_promote(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_promote(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:
         move = await parse(request, AliasMove)
 
         def run() -> AliasEvent:
             version = get_version(server.workspace, move.version)
             return promote(
-                server.workspace, server.config.registry, version, move.alias,
-                force=move.force, reason=move.reason, actor=f"api:{who.name}",
+                server.workspace,
+                server.config.registry,
+                version,
+                move.alias,
+                force=move.force,
+                reason=move.reason,
+                actor=f"api:{who.name}",
             )
 
         return await _alias_change(server, run)
 
     @app.post("/admin/rollback")
-    async def admin_rollback(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_rollback(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:
         move = await parse(request, AliasRollback)
         return await _alias_change(
             server,
-            lambda: rollback(server.workspace, move.family, alias=move.alias, reason=move.reason, actor=f"api:{who.name}"),
+            lambda: rollback(
+                server.workspace, move.family, alias=move.alias, reason=move.reason, actor=f"api:{who.name}"
+            ),
         )
 
     @app.post("/admin/reload")
-    async def admin_reload(_: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_reload(_: Caller = Depends(admin)) -> dict[str, Any]:
         try:
             settings = server.runtime.reload()
         except ConfigError as exc:
             server.metrics.reloads.labels("rejected").inc()
-            raise ApiError(400, f"runtime config rejected; the previous settings keep serving: {exc}", code="invalid_config") from None
+            raise ApiError(
+                400,
+                f"runtime config rejected; the previous settings keep serving: {exc}",
+                code="invalid_config",
+            ) from None
         server.metrics.reloads.labels("ok").inc()
         return {"status": "reloaded", "models": sorted(settings.models)}
 
     @app.get("/admin/rollouts")
-    async def admin_rollouts(_: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_rollouts(_: Caller = Depends(admin)) -> dict[str, Any]:
         return {"data": await asyncio.to_thread(_rollout_list, server)}
 
     @app.post("/admin/rollouts")
-    async def admin_rollout_start(request: Request, _: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_rollout_start(request: Request, _: Caller = Depends(admin)) -> dict[str, Any]:
         start = await parse(request, RolloutStart)
 
         def run() -> dict[str, Any]:
@@ -643,9 +817,11 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(409, str(exc), code="conflict") from None
 
     @app.post("/admin/rollouts/{rollout_id}/abort")
-    async def admin_rollout_abort(rollout_id: str, who: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_rollout_abort(rollout_id: str, who: Caller = Depends(admin)) -> dict[str, Any]:
         def run() -> dict[str, Any]:
-            row = rollouts.abort_rollout(server.workspace, rollout_id, f"aborted through the API by {who.name}")
+            row = rollouts.abort_rollout(
+                server.workspace, rollout_id, f"aborted through the API by {who.name}"
+            )
             server.router.refresh_rollouts()
             return rollouts.describe(row, {})
 
@@ -655,7 +831,7 @@ def create_app(server: Server) -> FastAPI:
             raise ApiError(404, str(exc), code="not_found") from None
 
     @app.get("/admin/status")
-    async def admin_status(_: Caller = Depends(admin)) -> dict[str, Any]:  # noqa: B008
+    async def admin_status(_: Caller = Depends(admin)) -> dict[str, Any]:
         return {
             "backend": server.backend.name,
             "ready": server.ready,
@@ -672,8 +848,11 @@ def create_app(server: Server) -> FastAPI:
 def _require_ready(server: Server) -> None:
     if not server.ready:
         raise ApiError(
-            503, server.startup_error or "the server is still loading its models; see GET /ready",
-            type="server_error", code="not_ready", headers={"Retry-After": "5"},
+            503,
+            server.startup_error or "the server is still loading its models; see GET /ready",
+            type="server_error",
+            code="not_ready",
+            headers={"Retry-After": "5"},
         )
 
 
@@ -687,7 +866,10 @@ async def _alias_change(server: Server, move: Any) -> dict[str, Any]:
         raise ApiError(404 if "no version" in str(exc) or "unknown" in str(exc) else 409, str(exc)) from None
     changes = await asyncio.to_thread(server.table.refresh, force=True)
     names = version_names(server.workspace)
-    return {"event": describe(event, names), "swaps": [{"model": m, "version": v, "result": r} for m, v, r in changes]}
+    return {
+        "event": describe(event, names),
+        "swaps": [{"model": m, "version": v, "result": r} for m, v, r in changes],
+    }
 
 
 def _rollout_list(server: Server) -> list[dict[str, Any]]:
@@ -706,8 +888,32 @@ def run_server(config: ProjectConfig, *, host: str | None = None, port: int | No
     )
 
 
-def iter_sse(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
-    """Parse `data:` lines of a server-sent event stream (tests and the benchmark read streams with it)."""
-    for line in lines:
-        if line.startswith("data: ") and line != "data: [DONE]":
-            yield json.loads(line[6:])
+@contextmanager
+def serve_in_background(config: ProjectConfig, *, timeout: float = 300.0) -> Iterator[tuple[str, Server]]:
+    """(base URL, server) of a server under uvicorn on a free 127.0.0.1 port, ready, until the block ends.
+
+    For tests, benchmarks and notebooks; `tunesmith serve` is the way to run one for real.
+    """
+    import socket
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = Server(config)
+    runner = uvicorn.Server(
+        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=runner.run, name="tunesmith-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (runner.started and (server.ready or server.startup_error)):
+        time.sleep(0.05)
+    try:
+        if not server.ready:
+            raise RegistryError(f"the server did not become ready: {server.startup_error or 'timed out'}")
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=60)

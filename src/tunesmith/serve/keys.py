@@ -59,10 +59,12 @@ def revoke_key(workspace: Workspace, ref: str) -> ApiKey:
         active = [k for k in matches if k.revoked_at is None]
         if not active:
             raise RegistryError(
-                f"no active key {ref!r}" + ("; it is already revoked" if matches else "; see `tunesmith serve keys list`")
+                f"no active key {ref!r}"
+                + ("; it is already revoked" if matches else "; see `tunesmith serve keys list`")
             )
         if len(active) > 1:
-            raise RegistryError(f"{len(active)} active keys are named {ref!r}; revoke by id ({', '.join(k.id for k in active)})")
+            ids = ", ".join(k.id for k in active)
+            raise RegistryError(f"{len(active)} active keys are named {ref!r}; revoke by id ({ids})")
         active[0].revoked_at = utcnow()
         return active[0]
 

@@ -1,4 +1,4 @@
-"""The request log: every answered request (and every shadow answer) written to the store off the request path.
+"""The request log: every answered request and shadow answer, written to the store off the request path.
 
 Requests put a row on an in-memory queue and return; one thread writes the rows in batches. A
 failed write keeps the rows and retries, and closing the writer drains what is left, so a clean

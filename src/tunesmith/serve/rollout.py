@@ -94,14 +94,18 @@ def latency_gate(ctx: GateContext) -> GateResult:
     import numpy as np
 
     mine = [r.latency_ms for r in _rows(ctx, ctx.rollout.version_id, shadow=True) if r.latency_ms is not None]
-    theirs = [r.latency_ms for r in _rows(ctx, ctx.primary_version_id, shadow=False) if r.latency_ms is not None]
+    theirs = [
+        r.latency_ms for r in _rows(ctx, ctx.primary_version_id, shadow=False) if r.latency_ms is not None
+    ]
     if len(mine) < ctx.plan.min_requests:
         return GateResult("latency", None, f"{len(mine)} of {ctx.plan.min_requests} requests so far")
     if not theirs:
         return GateResult("latency", True, "no primary traffic in the window to compare with")
     ratio = float(np.percentile(mine, 95)) / max(float(np.percentile(theirs, 95)), 1e-9)
     return GateResult(
-        "latency", ratio <= ctx.plan.max_latency_ratio, f"p95 {ratio:.2f}x the primary's (limit {ctx.plan.max_latency_ratio}x)"
+        "latency",
+        ratio <= ctx.plan.max_latency_ratio,
+        f"p95 {ratio:.2f}x the primary's (limit {ctx.plan.max_latency_ratio}x)",
     )
 
 
@@ -116,18 +120,22 @@ def route_of(config: ServeConfig, model: str) -> RouteConfig:
     )
 
 
-def start_rollout(workspace: Workspace, config: ServeConfig, route_model: str, version: ModelVersion) -> Rollout:
+def start_rollout(
+    workspace: Workspace, config: ServeConfig, route_model: str, version: ModelVersion
+) -> Rollout:
     """Start moving `version` through the plan of the route serving `route_model`."""
     route = route_of(config, route_model)
     if "@" not in route.model:
         raise RegistryError(
-            f"route {route.model!r} names a version; a rollout ends by moving an alias, so roll out on family@alias"
+            f"route {route.model!r} names a version; a rollout ends by moving an alias: use family@alias"
         )
     family = route.model.split("@", 1)[0]
     if version.family != family:
         raise RegistryError(f"{version.name} is of family {version.family}, the route serves {family}")
     with session(workspace.engine) as s:
-        running = s.scalars(select(Rollout).where(Rollout.route == route.model, Rollout.status == "running")).first()
+        running = s.scalars(
+            select(Rollout).where(Rollout.route == route.model, Rollout.status == "running")
+        ).first()
         if running is not None:
             raise RegistryError(f"rollout {running.id} is already running on {route.model}; abort it first")
         now = utcnow()
@@ -172,8 +180,12 @@ def _record(rollout: Rollout, status: str, event: str, reasons: list[str]) -> No
     rollout.status = status
     rollout.history = [
         *rollout.history,
-        {"at": utcnow().isoformat(), "step": rollout.steps[min(rollout.step, len(rollout.steps) - 1)],
-         "event": event, "reasons": reasons},
+        {
+            "at": utcnow().isoformat(),
+            "step": rollout.steps[min(rollout.step, len(rollout.steps) - 1)],
+            "event": event,
+            "reasons": reasons,
+        },
     ]
 
 
@@ -184,7 +196,7 @@ def tick(
     primary_of: Callable[[str], str | None],
     now: datetime | None = None,
 ) -> list[tuple[Rollout, str]]:
-    """Check every running rollout's gates once: advance, complete, roll back or wait. Returns what changed."""
+    """Check each running rollout's gates once: advance, complete, roll back or wait; returns the changes."""
     from tunesmith.registry.aliases import PromotionError, promote
 
     now = now or datetime.now(UTC)

@@ -18,6 +18,7 @@ import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+
 from sqlalchemy import func, select
 
 from tunesmith.config import RouteConfig, ServeConfig
@@ -30,7 +31,7 @@ from tunesmith.workspace import Workspace
 log = logging.getLogger("tunesmith.serve")
 
 
-class ModelNotFound(LookupError):
+class UnknownModelError(LookupError):
     """No registered version answers to the name; the message lists what does."""
 
 
@@ -85,14 +86,14 @@ class ModelTable:
             family, alias = name.split("@", 1)
             version = alias_target(self.workspace, family, alias)
             if version is None:
-                raise ModelNotFound(
+                raise UnknownModelError(
                     f"the model `{name}` does not exist: alias {alias} of {family} is not set"
                     + self._known_hint()
                 )
             return version
         version = self._version_named(name)
         if version is None:
-            raise ModelNotFound(f"the model `{name}` does not exist" + self._known_hint())
+            raise UnknownModelError(f"the model `{name}` does not exist" + self._known_hint())
         return version
 
     def _version_named(self, name: str) -> ModelVersion | None:
@@ -101,7 +102,9 @@ class ModelTable:
 
     def _known_hint(self) -> str:
         with session(self.workspace.engine) as s:
-            names = list(s.scalars(select(ModelVersion.name).order_by(ModelVersion.created_at.desc()).limit(5)))
+            names = list(
+                s.scalars(select(ModelVersion.name).order_by(ModelVersion.created_at.desc()).limit(5))
+            )
         return f"; registered versions include {', '.join(names)}" if names else "; nothing is registered yet"
 
     # --- following the registry ------------------------------------------------------------
@@ -122,7 +125,7 @@ class ModelTable:
                 continue
             try:
                 target = self.lookup(name)
-            except ModelNotFound:
+            except UnknownModelError:
                 log.warning("%s is no longer set; %s keeps serving it until it is", name, current.name)
                 continue
             if target.id == current.id or self._failed.get(name) == target.id:
@@ -195,7 +198,9 @@ class Router:
     def route_for(self, requested: str) -> RouteConfig | None:
         return self.routes.get(requested) or self.routes.get(self.table.canonical(requested))
 
-    def decide(self, requested: str, caller: Caller, user: str | None, headers: Mapping[str, str]) -> Decision:
+    def decide(
+        self, requested: str, caller: Caller, user: str | None, headers: Mapping[str, str]
+    ) -> Decision:
         route = self.route_for(requested)
         if route is None:
             return Decision(self.table.ensure(requested), "primary")
@@ -265,4 +270,3 @@ def primary_version_id(table: ModelTable, route: str) -> str | None:
         return table.ensure(route).id
     except Exception:
         return None
-

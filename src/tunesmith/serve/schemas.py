@@ -102,7 +102,7 @@ class _Sampling(BaseModel):
 
     @property
     def stops(self) -> list[str]:
-        return list(self.stop or [])  # type: ignore[arg-type]
+        return list(self.stop or [])
 
 
 class ChatCompletionRequest(_Sampling):

@@ -17,7 +17,7 @@ from tunesmith.serve.backends.base import (
     BackendError,
     Finished,
     GenerationJob,
-    Overloaded,
+    OverloadedError,
     SamplingParams,
     TextDelta,
 )
@@ -71,7 +71,7 @@ __all__ = [
     "BackendError",
     "Finished",
     "GenerationJob",
-    "Overloaded",
+    "OverloadedError",
     "SamplingParams",
     "TextDelta",
     "backend_names",

@@ -15,7 +15,7 @@ class BackendError(Exception):
     """A backend cannot load or run a version; the message says why and what to do."""
 
 
-class Overloaded(Exception):
+class OverloadedError(Exception):
     """The queue is full; the caller should retry after `retry_after` seconds."""
 
     def __init__(self, retry_after: int) -> None:
@@ -173,6 +173,6 @@ class Backend(Protocol):
     def context_length(self, version_id: str) -> int: ...
 
     def submit(self, job: GenerationJob) -> None:
-        """Queue a job. Raises `Overloaded` when the queue is full."""
+        """Queue a job. Raises `OverloadedError` when the queue is full."""
 
     def queue_depth(self) -> int: ...

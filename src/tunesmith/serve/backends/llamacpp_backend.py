@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, Overloaded, SamplingParams
+from tunesmith.serve.backends.base import BackendError, GenerationJob, OverloadedError, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -109,7 +109,7 @@ class LlamaCppBackend:
                 raise BackendError(f"version {job.version_id} is not loaded")
             waiting = sum(len(j.choices) for j in self._queue)
             if not force and waiting + len(job.choices) > self.max_queue:
-                raise Overloaded(retry_after=max(1, waiting))
+                raise OverloadedError(retry_after=max(1, waiting))
             self._queue.append(job)
             self._active[job.version_id] += 1
             self._cond.notify_all()

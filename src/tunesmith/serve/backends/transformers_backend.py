@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunesmith.config import ProjectConfig, ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, Overloaded, SamplingParams
+from tunesmith.serve.backends.base import BackendError, GenerationJob, OverloadedError, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -136,6 +136,7 @@ class TransformersBackend:
         from tunesmith.models import load_model
         from tunesmith.registry.loading import load_row
 
+        model: Any
         if shared:
             model_cfg = version.config["model"]
             dtype = ProjectConfig.model_validate(version.config).weights_dtype
@@ -146,7 +147,7 @@ class TransformersBackend:
             if hasattr(model, "merge_and_unload"):
                 model = model.merge_and_unload()
         if torch.cuda.is_available():
-            model = model.to("cuda")
+            model = model.to(torch.device("cuda"))
         model.eval()
         length = getattr(model.config, "max_position_embeddings", None) or tokenizer.model_max_length
         return _Group(
@@ -188,7 +189,7 @@ class TransformersBackend:
             waiting = sum(len(j.choices) for j in self._queue)
             if not force and waiting + len(job.choices) > self.max_queue:
                 batches = waiting / self.max_batch_size + 1
-                raise Overloaded(retry_after=max(1, round(batches * self.batch_seconds)))
+                raise OverloadedError(retry_after=max(1, round(batches * self.batch_seconds)))
             self._queue.append(job)
             self._active[job.version_id] += 1
             self._cond.notify_all()

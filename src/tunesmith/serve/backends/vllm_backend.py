@@ -14,7 +14,7 @@ import threading
 from typing import Any
 
 from tunesmith.config import ProjectConfig, ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, Overloaded, SamplingParams
+from tunesmith.serve.backends.base import BackendError, GenerationJob, OverloadedError, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -29,7 +29,9 @@ class VllmBackend:
             import torch
             import vllm  # noqa: F401
         except ImportError:
-            raise BackendError("the vllm backend needs vLLM: pip install 'tunesmith[vllm]' (Linux, CUDA)") from None
+            raise BackendError(
+                "the vllm backend needs vLLM: pip install 'tunesmith[vllm]' (Linux, CUDA)"
+            ) from None
         if not torch.cuda.is_available():
             raise BackendError("the vllm backend needs a CUDA GPU; use backend transformers or llamacpp")
         self.workspace = workspace
@@ -100,10 +102,12 @@ class VllmBackend:
             self._eos = set(stop_token_ids(self._tokenizer))
         elif key != self._engine_key:
             raise BackendError(
-                f"{version.name} needs another base than the one this vLLM server holds ({self._engine_key}); "
+                f"{version.name} needs another base than this vLLM server holds ({self._engine_key}); "
                 "run one server per base model"
             )
-        self._loras[version.id] = LoRARequest(version.name, len(self._loras) + 1, version.path) if lora else None
+        self._loras[version.id] = (
+            LoRARequest(version.name, len(self._loras) + 1, version.path) if lora else None
+        )
         job = GenerationJob(version.id, self._tokenizer("Hello")["input_ids"], [SamplingParams(2, 0.0)])
         self.submit(job, force=True)
         try:
@@ -121,7 +125,7 @@ class VllmBackend:
                 raise BackendError(f"version {job.version_id} is not loaded")
             waiting = sum(len(j.choices) for j in self._queue)
             if not force and waiting + len(job.choices) > self.max_queue:
-                raise Overloaded(retry_after=1)
+                raise OverloadedError(retry_after=1)
             self._queue.append(job)
             self._cond.notify_all()
 

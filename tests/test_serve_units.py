@@ -1,0 +1,86 @@
+"""Serving pieces on toy inputs: stop sequences while streaming, sticky buckets, config checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from tunesmith.config import ConfigError, load_config
+from tunesmith.serve.backends.base import Choice, SamplingParams
+from tunesmith.serve.router import _bucket
+from tunesmith.serve.runtime import ModelSettings, RuntimeSettings
+
+VOCAB = {1: "Hel", 2: "lo", 3: " ST", 4: "OP", 5: " more", 6: " S", 7: "é"[:1], 9: "<eos>"}
+
+
+def decode(ids: list[int]) -> str:
+    return "".join(VOCAB[i] for i in ids)
+
+
+def stream(tokens: list[int], **params) -> tuple[list[str], Choice]:
+    choice = Choice(0, SamplingParams(max_tokens=params.pop("max_tokens", 50), **params))
+    deltas = []
+    for token in tokens:
+        deltas.append(choice.advance(token, decode, eos={9}))
+        if choice.done:
+            break
+    return deltas, choice
+
+
+def test_a_stop_sequence_split_across_tokens_is_held_back_and_never_sent():
+    deltas, choice = stream([1, 2, 3, 4, 5], stop=("STOP",))
+    assert "".join(deltas) == "Hello " and choice.finish_reason == "stop"
+    assert deltas == ["", "He", "llo", " "]  # the last 3 characters wait: they might begin "STOP"
+
+
+def test_a_false_alarm_is_released_and_eos_and_length_finish():
+    deltas, choice = stream([1, 2, 6, 5, 9], stop=("STOP",))
+    assert "".join(deltas) == "Hello S more" and choice.finish_reason == "stop"
+    deltas, choice = stream([1, 2, 5, 5], max_tokens=3)
+    assert "".join(deltas) == "Hello more" and choice.finish_reason == "length" and len(choice.tokens) == 3
+
+
+def test_buckets_are_sticky_and_evenly_spread():
+    assert _bucket("r", "alice") == _bucket("r", "alice")
+    assert _bucket("r", "alice") != _bucket("other-route", "alice")
+    share = sum(_bucket("r", f"user-{i}") < 25 for i in range(10_000)) / 10_000
+    assert 0.23 < share < 0.27
+
+
+def test_runtime_settings_most_specific_name_wins():
+    settings = RuntimeSettings(
+        models={
+            "*": ModelSettings(max_tokens=100, temperature=0.7),
+            "bot": ModelSettings(system_prompt="You help.", temperature=0.2),
+            "bot@canary": ModelSettings(stop=["\nUser:"]),
+        }
+    )
+
+    class Version:
+        family, name = "bot", "bot-v3"
+
+    merged = settings.for_request("bot@canary", Version())  # type: ignore[arg-type]
+    assert merged == ModelSettings(
+        system_prompt="You help.", temperature=0.2, max_tokens=100, stop=["\nUser:"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            "serve.routes=[{model: a@production, canary: [{to: a-v1, percent: 60}, {to: a-v2, percent: 50}]}]",
+            "add up to more than 100",
+        ),
+        (
+            "serve.routes=[{model: a@production, rules: [{name: everyone, to: a-v2}]}]",
+            "matches every request",
+        ),
+        ("serve.routes=[{model: a@production, rollout: {steps: [shadow, 50]}}]", "ends at 100"),
+        ("serve.routes=[{model: a@production, rollout: {steps: [50, 5, 100]}}]", "must rise"),
+        ("serve.routes=[{model: a}, {model: a}]", "same model name"),
+        ("serve.default_max_tokens=4096", "above max_tokens"),
+    ],
+)
+def test_serve_config_mistakes_are_caught_before_anything_runs(setting, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [setting])
