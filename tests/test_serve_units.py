@@ -68,7 +68,7 @@ def test_runtime_settings_most_specific_name_wins():
     ("setting", "message"),
     [
         (
-            "serve.routes=[{model: a@production, canary: [{to: a-v1, percent: 60}, {to: a-v2, percent: 50}]}]",
+            "serve.routes=[{model: a@production, canary: [{to: a-v1, percent: 60}, {to: b, percent: 50}]}]",
             "add up to more than 100",
         ),
         (
