@@ -303,8 +303,12 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
         mask[i, width - len(job.prompt_ids) :] = 1
     device = next(model.parameters()).device
     extra: dict[str, Any] = {}
-    if group.peft:
-        extra["adapter_names"] = [job.version_id for job, _ in rows]
+    adapters = [job.version_id for job, _ in rows]
+    if group.peft and len(set(adapters)) > 1:
+        extra["adapter_names"] = adapters  # a mixed batch: each row through its own adapter
+    elif group.peft and model.active_adapter != adapters[0]:
+        model.set_adapter(adapters[0])  # one adapter: the plain forward pass, without per-row routing
+    processors = [_RowSampler(rows)] if any(c.params.temperature > 0 for _, c in rows) else []
     settings = GenerationConfig(
         max_new_tokens=max(choice.params.max_tokens for _, choice in rows),
         do_sample=False,
@@ -316,7 +320,7 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             generation_config=settings,
-            logits_processor=LogitsProcessorList([_RowSampler(rows)]),
+            logits_processor=LogitsProcessorList(processors),  # none: every row is greedy
             stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
             streamer=_RowStreamer(rows, tokenizer, group.eos),
             **extra,
