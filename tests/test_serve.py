@@ -521,3 +521,65 @@ def test_the_vllm_backend_serves_lora_versions_on_a_gpu(project):
         for name in (project["first"], project["second"]):
             answer = api.chat.completions.create(model=name, messages=QUESTION, max_tokens=8, temperature=0)
             assert answer.model == name
+
+
+def test_pickled_weights_in_a_version_folder_are_refused(project):
+    family, second = project["family"], project["second"]
+    with running(config_of(project)) as (url, server):
+        folder = Path(get_version(server.workspace, second).path)
+        pickled = folder / "adapter_model.bin"
+        pickled.write_bytes(b"\x80\x04K\x01.")  # a pickle; loading it could run code
+        try:
+            with pytest.raises(openai.APIStatusError) as refused:
+                client(url).chat.completions.create(model=second, messages=QUESTION, max_tokens=2)
+            assert refused.value.status_code == 503 and "safetensors only" in refused.value.message
+        finally:
+            pickled.unlink()
+        assert second in {m.id for m in client(url).models.list().data}
+        assert family + "@production" in {m.id for m in client(url).models.list().data}
+
+
+def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutdown(project, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "tunesmith.cli",
+        "serve",
+        "--config",
+        str(project["path"]),
+        "--port",
+        str(port),
+    ]
+    command += [a for s in project["settings"] for a in ("--set", s)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(f"{url}/ready").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_for(ready, timeout=120, every=0.2)
+        answer = client(url).chat.completions.create(
+            model=project["family"], messages=QUESTION, max_tokens=3, metadata={"ticket": "T-1"}
+        )
+        assert answer.model == project["first"]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "no API keys" in output and "ready:" in output
+    with session(open_workspace(config_of(project)).engine) as s:
+        row = s.query(RequestLog).filter(RequestLog.id == "req-" + answer.id.removeprefix("chatcmpl-")).one()
+    assert row.client["metadata"] == {"ticket": "T-1"} and os.path.exists(project["path"])

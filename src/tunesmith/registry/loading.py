@@ -64,6 +64,6 @@ def load_row(version: ModelVersion, workspace: Workspace | None = None) -> tuple
         return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
     auto_class = getattr(transformers, AUTO_CLASSES[head])
     return (
-        auto_class.from_pretrained(version.path),
+        auto_class.from_pretrained(version.path, use_safetensors=True),
         transformers.AutoTokenizer.from_pretrained(version.path),
     )

@@ -17,6 +17,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ProjectConfig, ServeConfig
@@ -27,6 +28,7 @@ from tunesmith.workspace import Workspace
 log = logging.getLogger("tunesmith.serve")
 
 WARMUP_PROMPT = [{"role": "user", "content": "Hello"}]
+PICKLED_WEIGHTS = ("adapter_model*.bin", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 
 @dataclass
@@ -96,6 +98,7 @@ class TransformersBackend:
             if version.id in self._group_of:
                 self._retired.discard(version.id)
                 return
+            _safetensors_only(Path(version.path))
             objective = version.config.get("train", {}).get("objective", "sft")
             if objective not in ("sft", "pretrain", "multitask"):
                 raise BackendError(
@@ -263,6 +266,16 @@ class TransformersBackend:
                 for job in jobs:
                     self._active[job.version_id] -= 1
                 self._cond.notify_all()
+
+
+def _safetensors_only(folder: Path) -> None:
+    """Refuse a version folder with pickled weights: loading those can run arbitrary code."""
+    pickled = sorted({p.name for pattern in PICKLED_WEIGHTS for p in folder.glob(pattern)})
+    if pickled:
+        raise BackendError(
+            f"{folder} holds pickled weights ({', '.join(pickled)}); the server loads safetensors only. "
+            "Re-save them with safetensors (save_pretrained(..., safe_serialization=True))."
+        )
 
 
 def _base_key(version: ModelVersion) -> str:
