@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -176,3 +177,105 @@ class Backend(Protocol):
         """Queue a job. Raises `OverloadedError` when the queue is full."""
 
     def queue_depth(self) -> int: ...
+
+
+class QueuedBackend:
+    """The bounded job queue and worker thread that the built-in backends share.
+
+    Subclasses implement `loaded()` and `_work()` (take jobs from `_queue` under `_cond` until
+    `_stopping`); `submit` refuses work beyond `max_queue` waiting sequences with `OverloadedError`.
+    """
+
+    name = "queued"
+
+    def __init__(self, max_queue: int, batch_size: int = 1) -> None:
+        self.max_queue = max_queue
+        self.batch_size = batch_size
+        self._queue: collections.deque[GenerationJob] = collections.deque()
+        self._cond = threading.Condition()
+        self._active: collections.Counter[str] = collections.Counter()  # queued or running jobs per version
+        self._retired: set[str] = set()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self.batch_seconds = 1.0  # running mean of one batch's time: the Retry-After estimate
+        self.on_batch: Callable[[int], None] | None = None  # called with each batch's sequence count
+
+    def loaded(self) -> set[str]:
+        raise NotImplementedError
+
+    def _work(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._work, name=f"tunesmith-{self.name}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return sum(len(job.choices) for job in self._queue)
+
+    def retire(self, version_id: str) -> None:
+        with self._cond:
+            self._retired.add(version_id)
+            self._cond.notify_all()
+
+    def submit(self, job: GenerationJob, *, force: bool = False) -> None:
+        """Queue a job; `force` (warm-up probes) skips the queue limit."""
+        with self._cond:
+            if job.version_id not in self.loaded():
+                raise BackendError(f"version {job.version_id} is not loaded")
+            waiting = sum(len(j.choices) for j in self._queue)
+            if not force and waiting + len(job.choices) > self.max_queue:
+                batches = waiting / self.batch_size + 1
+                raise OverloadedError(retry_after=max(1, round(batches * self.batch_seconds)))
+            self._queue.append(job)
+            self._active[job.version_id] += 1
+            self._cond.notify_all()
+
+    def _drop(self, version_id: str) -> None:
+        """Free a retired version (called on the worker thread once nothing of it is in flight)."""
+        raise NotImplementedError
+
+    def _wait_for_jobs(self, take: int | None = None) -> list[GenerationJob] | None:
+        """Block until jobs are queued; take up to `take` (None: all), oldest first. None: stopping.
+
+        Retired versions with nothing in flight are dropped while the worker waits.
+        """
+        with self._cond:
+            while True:
+                for version_id in self._idle_retired():
+                    self._drop(version_id)
+                if self._queue or self._stopping:
+                    break
+                self._cond.wait(timeout=1.0)
+            if self._stopping:
+                self._fail_queued()
+                return None
+            count = len(self._queue) if take is None else min(take, len(self._queue))
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _idle_retired(self) -> list[str]:
+        """Retired versions with nothing queued or running: safe to drop now."""
+        return [v for v in self._retired if self._active[v] == 0 and v in self.loaded()]
+
+    def _fail_queued(self) -> None:
+        for job in self._queue:
+            job.fail(BackendError("the server is shutting down"))
+        self._queue.clear()
+
+    def _done(self, jobs: list[GenerationJob], elapsed: float) -> None:
+        """Book a finished batch: the Retry-After estimate, metrics, and in-flight counts."""
+        self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * elapsed
+        if self.on_batch is not None:
+            self.on_batch(sum(len(j.choices) for j in jobs))
+        with self._cond:
+            for job in jobs:
+                self._active[job.version_id] -= 1
+            self._cond.notify_all()

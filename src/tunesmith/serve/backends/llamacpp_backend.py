@@ -8,15 +8,14 @@ its full CPU, which on small machines beats batching.
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
-import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, OverloadedError, SamplingParams
+from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -24,7 +23,7 @@ log = logging.getLogger("tunesmith.serve")
 QUANT = "q8_0"
 
 
-class LlamaCppBackend:
+class LlamaCppBackend(QueuedBackend):
     name = "llamacpp"
 
     def __init__(self, workspace: Workspace, config: ServeConfig) -> None:
@@ -34,27 +33,9 @@ class LlamaCppBackend:
             raise BackendError(
                 "the llamacpp backend needs llama-cpp-python: pip install 'tunesmith[llamacpp]'"
             ) from None
+        super().__init__(config.max_queue)
         self.workspace = workspace
-        self.max_queue = config.max_queue
         self._models: dict[str, tuple[Any, Any, set[int]]] = {}  # version id -> (Llama, tokenizer, eos)
-        self._queue: collections.deque[GenerationJob] = collections.deque()
-        self._cond = threading.Condition()
-        self._retired: set[str] = set()
-        self._active: collections.Counter[str] = collections.Counter()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.on_batch: Any = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="tunesmith-llamacpp", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def loaded(self) -> set[str]:
         return set(self._models)
@@ -64,10 +45,6 @@ class LlamaCppBackend:
 
     def context_length(self, version_id: str) -> int:
         return int(self._models[version_id][0].n_ctx())
-
-    def queue_depth(self) -> int:
-        with self._cond:
-            return sum(len(j.choices) for j in self._queue)
 
     def load(self, version: ModelVersion) -> None:
         from llama_cpp import Llama
@@ -98,45 +75,21 @@ class LlamaCppBackend:
             self._models.pop(version.id, None)
             raise
 
-    def retire(self, version_id: str) -> None:
-        with self._cond:
-            self._retired.add(version_id)
-            self._cond.notify_all()
-
-    def submit(self, job: GenerationJob, *, force: bool = False) -> None:
-        with self._cond:
-            if job.version_id not in self._models:
-                raise BackendError(f"version {job.version_id} is not loaded")
-            waiting = sum(len(j.choices) for j in self._queue)
-            if not force and waiting + len(job.choices) > self.max_queue:
-                raise OverloadedError(retry_after=max(1, waiting))
-            self._queue.append(job)
-            self._active[job.version_id] += 1
-            self._cond.notify_all()
+    def _drop(self, version_id: str) -> None:
+        self._models.pop(version_id, None)
+        self._retired.discard(version_id)
 
     def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait(timeout=1.0)
-                    for version_id in [v for v in self._retired if self._active[v] == 0]:
-                        self._models.pop(version_id, None)
-                        self._retired.discard(version_id)
-                if self._stopping:
-                    for job in self._queue:
-                        job.fail(BackendError("the server is shutting down"))
-                    return
-                job = self._queue.popleft()
+        while (jobs := self._wait_for_jobs(take=1)) is not None:
+            job = jobs[0]
+            started = time.perf_counter()
             try:
                 self._decode(job)
             except Exception as exc:
                 log.exception("llama.cpp generation failed")
                 job.fail(BackendError(f"generation failed: {exc}"))
             finally:
-                if self.on_batch is not None:
-                    self.on_batch(len(job.choices))
-                with self._cond:
-                    self._active[job.version_id] -= 1
+                self._done(jobs, time.perf_counter() - started)
 
     def _decode(self, job: GenerationJob) -> None:
         llm, tokenizer, eos = self._models[job.version_id]

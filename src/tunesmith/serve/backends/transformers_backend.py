@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ProjectConfig, ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, OverloadedError, SamplingParams
+from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -43,39 +43,18 @@ class _Group:
     versions: set[str] = field(default_factory=set)
 
 
-class TransformersBackend:
+class TransformersBackend(QueuedBackend):
     name = "transformers"
 
     def __init__(self, workspace: Workspace, config: ServeConfig) -> None:
+        super().__init__(config.max_queue, config.max_batch_size)
         self.workspace = workspace
         self.max_batch_size = config.max_batch_size
         self.batch_wait = config.batch_wait_ms / 1000
-        self.max_queue = config.max_queue
         self._groups: dict[str, _Group] = {}
         self._group_of: dict[str, str] = {}  # version id -> group key
-        self._queue: collections.deque[GenerationJob] = collections.deque()
         self._tasks: collections.deque[tuple[Any, Future[Any]]] = collections.deque()
-        self._active: collections.Counter[str] = collections.Counter()  # queued or running jobs per version
-        self._retired: set[str] = set()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         self._load_lock = threading.Lock()
-        self.batch_seconds = 1.0  # running mean of one batch's time: the Retry-After estimate
-        self.on_batch: Any = None  # called with the number of sequences of each batch (metrics)
-
-    # --- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="tunesmith-batcher", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def loaded(self) -> set[str]:
         return set(self._group_of)
@@ -85,10 +64,6 @@ class TransformersBackend:
 
     def context_length(self, version_id: str) -> int:
         return self._groups[self._group_of[version_id]].context_length
-
-    def queue_depth(self) -> int:
-        with self._cond:
-            return sum(len(job.choices) for job in self._queue)
 
     # --- loading ---------------------------------------------------------------------------
 
@@ -109,14 +84,19 @@ class TransformersBackend:
             if key not in self._groups:
                 self._groups[key] = self._new_group(version, shared)
             group = self._groups[key]
-            if shared:
-                self._run_exclusive(lambda: _attach_adapter(group, version)).result()
+            try:
+                if shared:
+                    self._run_exclusive(lambda: _attach_adapter(group, version)).result()
+            except Exception:
+                if not group.versions:  # a base loaded for this version alone
+                    del self._groups[key]
+                raise
             group.versions.add(version.id)
             self._group_of[version.id] = key
         try:
             self.warm_up(version.id)
         except Exception:
-            self._drop(version.id)
+            self._run_exclusive(lambda: self._drop(version.id)).result()
             raise
 
     def warm_up(self, version_id: str, timeout: float = 300.0) -> None:
@@ -126,11 +106,6 @@ class TransformersBackend:
         job = GenerationJob(version_id, prompt, [SamplingParams(max_tokens=2, temperature=0.0)])
         self.submit(job, force=True)
         job.wait(timeout)
-
-    def retire(self, version_id: str) -> None:
-        with self._cond:
-            self._retired.add(version_id)
-            self._cond.notify_all()
 
     def _new_group(self, version: ModelVersion, shared: bool) -> _Group:
         import torch
@@ -185,27 +160,13 @@ class TransformersBackend:
 
     # --- requests --------------------------------------------------------------------------
 
-    def submit(self, job: GenerationJob, *, force: bool = False) -> None:
-        with self._cond:
-            if job.version_id not in self._group_of:
-                raise BackendError(f"version {job.version_id} is not loaded")
-            waiting = sum(len(j.choices) for j in self._queue)
-            if not force and waiting + len(job.choices) > self.max_queue:
-                batches = waiting / self.max_batch_size + 1
-                raise OverloadedError(retry_after=max(1, round(batches * self.batch_seconds)))
-            self._queue.append(job)
-            self._active[job.version_id] += 1
-            self._cond.notify_all()
-
     def _work(self) -> None:
         while True:
             with self._cond:
                 while not (self._queue or self._tasks or self._stopping or self._idle_retired()):
                     self._cond.wait(timeout=1.0)
                 if self._stopping:
-                    for job in self._queue:
-                        job.fail(BackendError("the server is shutting down"))
-                    self._queue.clear()
+                    self._fail_queued()
                     return
                 tasks = list(self._tasks)
                 self._tasks.clear()
@@ -224,9 +185,6 @@ class TransformersBackend:
             jobs = self._take_batch()
             if jobs:
                 self._run(jobs)
-
-    def _idle_retired(self) -> list[str]:
-        return [v for v in self._retired if self._active[v] == 0 and v in self._group_of]
 
     def _take_batch(self) -> list[GenerationJob]:
         """The oldest job and the next ones on the same model, up to `max_batch_size` sequences."""
@@ -258,14 +216,7 @@ class TransformersBackend:
             for job in jobs:
                 job.fail(BackendError(f"generation failed: {exc}"))
         finally:
-            elapsed = time.perf_counter() - started
-            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * elapsed
-            if self.on_batch is not None:
-                self.on_batch(sum(len(j.choices) for j in jobs))
-            with self._cond:
-                for job in jobs:
-                    self._active[job.version_id] -= 1
-                self._cond.notify_all()
+            self._done(jobs, time.perf_counter() - started)
 
 
 def _safetensors_only(folder: Path) -> None:

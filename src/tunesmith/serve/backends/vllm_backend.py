@@ -8,20 +8,19 @@ Queued jobs are handed to the engine together; each job's text arrives when its 
 
 from __future__ import annotations
 
-import collections
 import logging
-import threading
+import time
 from typing import Any
 
 from tunesmith.config import ProjectConfig, ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, OverloadedError, SamplingParams
+from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.serve")
 
 
-class VllmBackend:
+class VllmBackend(QueuedBackend):
     name = "vllm"
 
     def __init__(self, workspace: Workspace, config: ServeConfig) -> None:
@@ -34,30 +33,13 @@ class VllmBackend:
             ) from None
         if not torch.cuda.is_available():
             raise BackendError("the vllm backend needs a CUDA GPU; use backend transformers or llamacpp")
+        super().__init__(config.max_queue, config.max_batch_size)
         self.workspace = workspace
-        self.max_queue = config.max_queue
-        self.max_batch_size = config.max_batch_size
         self._engine: Any = None
         self._engine_key: str | None = None
         self._tokenizer: Any = None
         self._eos: set[int] = set()
         self._loras: dict[str, Any] = {}  # version id -> LoRARequest (None: the engine's own weights)
-        self._queue: collections.deque[GenerationJob] = collections.deque()
-        self._cond = threading.Condition()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-        self.on_batch: Any = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._work, name="tunesmith-vllm", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=60)
 
     def loaded(self) -> set[str]:
         return set(self._loras)
@@ -67,10 +49,6 @@ class VllmBackend:
 
     def context_length(self, version_id: str) -> int:
         return int(self._engine.llm_engine.model_config.max_model_len)
-
-    def queue_depth(self) -> int:
-        with self._cond:
-            return sum(len(j.choices) for j in self._queue)
 
     def load(self, version: ModelVersion) -> None:
         from transformers import AutoTokenizer
@@ -116,32 +94,20 @@ class VllmBackend:
             self._loras.pop(version.id, None)
             raise
 
-    def retire(self, version_id: str) -> None:
+    def _drop(self, version_id: str) -> None:
         self._loras.pop(version_id, None)
-
-    def submit(self, job: GenerationJob, *, force: bool = False) -> None:
-        with self._cond:
-            if job.version_id not in self._loras:
-                raise BackendError(f"version {job.version_id} is not loaded")
-            waiting = sum(len(j.choices) for j in self._queue)
-            if not force and waiting + len(job.choices) > self.max_queue:
-                raise OverloadedError(retry_after=1)
-            self._queue.append(job)
-            self._cond.notify_all()
+        self._retired.discard(version_id)
 
     def _work(self) -> None:
         from vllm import SamplingParams as VllmParams
         from vllm.inputs import TokensPrompt
 
-        while True:
-            with self._cond:
-                while not self._queue and not self._stopping:
-                    self._cond.wait(timeout=1.0)
-                if self._stopping:
-                    return
-                jobs = list(self._queue)
-                self._queue.clear()
+        while (jobs := self._wait_for_jobs()) is not None:
+            started = time.perf_counter()
             rows = [(job, choice) for job in jobs for choice in job.choices if not job.cancelled.is_set()]
+            if not rows:
+                self._done(jobs, 0.0)
+                continue
             try:
                 outputs = self._engine.generate(
                     [TokensPrompt(prompt_token_ids=job.prompt_ids) for job, _ in rows],
@@ -171,8 +137,7 @@ class VllmBackend:
                 log.exception("vLLM generation failed")
                 for job in jobs:
                     job.fail(BackendError(f"generation failed: {exc}"))
-            if self.on_batch is not None:
-                self.on_batch(len(rows))
+            self._done(jobs, time.perf_counter() - started)
 
     def _decode(self, ids: list[int]) -> str:
         return str(self._tokenizer.decode(ids, skip_special_tokens=True))
