@@ -582,3 +582,28 @@ def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutd
     with session(open_workspace(config_of(project)).engine) as s:
         row = s.query(RequestLog).filter(RequestLog.id == "req-" + answer.id.removeprefix("chatcmpl-")).one()
     assert row.client["metadata"] == {"ticket": "T-1"} and row.version_id is not None
+
+
+def test_a_client_that_goes_away_mid_stream_stops_its_decoding_and_is_logged(project):
+    family = project["family"]
+    with running(config_of(project)) as (url, server):
+        body = {"model": family, "prompt": "The library", "max_tokens": 240, "temperature": 1.0}
+        seed = next(  # a seed whose answer runs to the limit when nobody stops it
+            seed
+            for seed in range(20)
+            if client(url).completions.create(**body, seed=seed).choices[0].finish_reason == "length"
+        )
+        body |= {"seed": seed, "stream": True}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
+            request_id = response.headers["x-request-id"]
+            next(response.iter_lines())
+        wait_for(lambda: server.backend.queue_depth() == 0 and not any(server.backend._active.values()))
+        server.request_log.flush()
+
+        def row() -> RequestLog | None:
+            server.request_log.flush()
+            with session(server.workspace.engine) as s:
+                return s.get(RequestLog, request_id)
+
+        logged = wait_for(row)
+        assert logged.status == 499 and logged.tokens_out < 240

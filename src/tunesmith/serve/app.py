@@ -419,6 +419,7 @@ class Server:
             yield f"data: {json.dumps(body)}\n\n"
         except (asyncio.CancelledError, GeneratorExit):
             status, error = 499, "client closed the connection"
+            tokens = sum(len(c.tokens) for job in jobs for c in job.choices)  # decoded before it stopped
             raise
         finally:
             self._finish(trace, status, texts, reasons, tokens, error)

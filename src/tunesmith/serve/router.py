@@ -41,6 +41,7 @@ class ModelTable:
         self.backend = backend
         self._refs: dict[str, ModelVersion] = {}
         self._failed: dict[str, str] = {}  # name -> version id that failed to load for it
+        self._canonical: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._last_event: int | None = self._latest_event()
@@ -50,9 +51,11 @@ class ModelTable:
 
     def canonical(self, name: str) -> str:
         """`family@alias` and version names as they are; a bare family is its production alias."""
-        if "@" in name or name in self._refs or self._version_named(name) is not None:
+        if "@" in name or name in self._refs:
             return name
-        return f"{name}@production"
+        if name not in self._canonical:  # a name's kind never changes: versions are never renamed
+            self._canonical[name] = name if self._version_named(name) is not None else f"{name}@production"
+        return self._canonical[name]
 
     def names(self) -> dict[str, ModelVersion]:
         with self._lock:
@@ -166,7 +169,7 @@ class Router:
     def __init__(self, config: ServeConfig, table: ModelTable) -> None:
         self.routes = {route.model: route for route in config.routes}
         self.table = table
-        self._rollouts: dict[str, Rollout] = {}
+        self._rollouts: dict[str, tuple[Rollout, ModelVersion]] = {}
         self._lock = threading.Lock()
 
     def preload(self, models: list[str]) -> None:
@@ -182,16 +185,17 @@ class Router:
     def refresh_rollouts(self) -> None:
         """Re-read the running rollouts; their versions are loaded before traffic reaches them."""
         with session(self.table.workspace.engine) as s:
-            running = {r.route: r for r in s.scalars(select(Rollout).where(Rollout.status == "running"))}
-        for rollout in running.values():
+            running = list(s.scalars(select(Rollout).where(Rollout.status == "running")))
+        active = {}
+        for rollout in running:
             with session(self.table.workspace.engine) as s:
                 version = s.get(ModelVersion, rollout.version_id)
             if version is not None:
-                self.table.ensure(version.name)
+                active[rollout.route] = (rollout, self.table.ensure(version.name))
         with self._lock:
-            self._rollouts = running
+            self._rollouts = active
 
-    def rollout(self, route: str) -> Rollout | None:
+    def rollout(self, route: str) -> tuple[Rollout, ModelVersion] | None:
         with self._lock:
             return self._rollouts.get(route)
 
@@ -214,9 +218,9 @@ class Router:
                 chosen = Decision(self.table.ensure(rule.to), f"rule:{rule.name}")
                 break
         shadow_name: str | None = None
-        rollout = self.rollout(route.model)
-        if chosen is None and rollout is not None:
-            chosen, shadow_name = self._rollout_step(rollout, route, caller, bucket)
+        running = self.rollout(route.model)
+        if chosen is None and running is not None:
+            chosen, shadow_name = self._rollout_step(*running, route, caller, bucket)
         if chosen is None:
             edge = 0.0
             for split in route.canary:
@@ -235,21 +239,16 @@ class Router:
         return chosen
 
     def _rollout_step(
-        self, rollout: Rollout, route: RouteConfig, caller: Caller, bucket: float
+        self, rollout: Rollout, version: ModelVersion, route: RouteConfig, caller: Caller, bucket: float
     ) -> tuple[Decision | None, str | None]:
-        with session(self.table.workspace.engine) as s:
-            version = s.get(ModelVersion, rollout.version_id)
-        if version is None:
-            return None, None
         reached = rollout.steps[: rollout.step + 1]
-        current = reached[-1]
-        if current == "shadow":
+        if reached[-1] == "shadow":
             return None, version.name
         if "internal" in reached and caller.group in route.rollout.internal_groups:
-            return Decision(self.table.ensure(version.name), "rollout:internal"), None
+            return Decision(version, "rollout:internal"), None
         percents = [s for s in reached if not isinstance(s, str)]
         if percents and bucket < percents[-1]:
-            return Decision(self.table.ensure(version.name), f"rollout:{percents[-1]:g}%"), None
+            return Decision(version, f"rollout:{percents[-1]:g}%"), None
         return None, None
 
 
@@ -263,10 +262,3 @@ def _bucket(salt: str, key: str | None) -> float:
         return random.random() * 100
     digest = hashlib.sha256(f"{salt}\0{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 * 100
-
-
-def primary_version_id(table: ModelTable, route: str) -> str | None:
-    try:
-        return table.ensure(route).id
-    except Exception:
-        return None
