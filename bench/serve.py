@@ -7,7 +7,8 @@ under a real uvicorn on 127.0.0.1 and called through the official `openai` clien
 - `batched`: the default transformers backend (`serve.max_batch_size=8`), which decodes concurrent
   requests together;
 - `per-request`: `serve.max_batch_size=1`, i.e. one `model.generate` call per request, one after
-  another: what a plain "call generate in the handler" server does.
+  another: what a plain "call generate in the handler" server does;
+- `llamacpp` (when llama-cpp-python is installed): the version's q8_0 GGUF export on llama.cpp.
 
 Decoding is greedy, so both servers write the same tokens and the comparison is of serving only.
 
@@ -20,6 +21,7 @@ the batched server's throughput over the per-request one at the same concurrency
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import tempfile
@@ -126,8 +128,11 @@ def main() -> None:
     console.print("Training a short LoRA version of the bundled model to serve…")
     config_path, model = make_project()
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    for mode, batch in (("per-request", 1), ("batched", 8)):
-        config = load_config(config_path, [f"serve.max_batch_size={batch}", "serve.batch_wait_ms=5"])
+    modes = [("per-request", ["serve.max_batch_size=1"]), ("batched", ["serve.max_batch_size=8"])]
+    if importlib.util.find_spec("llama_cpp") is not None:
+        modes.append(("llamacpp", ["serve.backend=llamacpp"]))
+    for mode, settings in modes:
+        config = load_config(config_path, [*settings, "serve.batch_wait_ms=5"])
         with serve_in_background(config) as (url, _):
             for clients in levels:
                 console.print(f"{mode}: {clients} client(s)…")

@@ -110,6 +110,7 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
         )
         assert "".join(c.choices[0].text for c in stream) == completion.choices[0].text
 
+        assert api.models.retrieve(f"{family}@production").version == project["first"]
         ids = {m.id for m in api.models.list().data}
         assert {f"{family}@production", project["first"], project["second"]} <= ids
 
@@ -607,3 +608,17 @@ def test_a_client_that_goes_away_mid_stream_stops_its_decoding_and_is_logged(pro
 
         logged = wait_for(row)
         assert logged.status == 499 and logged.tokens_out < 240
+
+
+def test_refused_requests_are_logged_with_their_status_and_reason(project):
+    with running(config_of(project)) as (url, server):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client(url).chat.completions.create(model=project["family"], messages=QUESTION, max_tokens=10**5)
+        with pytest.raises(openai.NotFoundError):
+            client(url).chat.completions.create(model="ghost-v1", messages=QUESTION)
+        server.request_log.flush()
+        with session(server.workspace.engine) as s:
+            rows = {r.status: r for r in s.query(RequestLog).filter(RequestLog.status.in_([400, 404]))}
+        assert rows[400].version_id == get_version(server.workspace, project["first"]).id
+        assert rows[400].error == refused.value.body["message"] and rows[400].output == []
+        assert rows[404].version_id is None and rows[404].route == "refused" and "ghost-v1" in rows[404].error

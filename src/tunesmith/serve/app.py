@@ -2,8 +2,8 @@
 follows the registry (alias moves, API keys, the runtime config file, rollouts) while it runs.
 
 Routes: `POST /v1/chat/completions`, `POST /v1/completions` (both with `stream`), `GET /v1/models`,
-`GET /health`, `GET /ready`, `GET /metrics`; admin (admin-scope key): `POST /admin/promote`,
-`POST /admin/rollback`, `POST /admin/reload`, `GET|POST /admin/rollouts`,
+`GET /v1/models/{id}`, `GET /health`, `GET /ready`, `GET /metrics`; admin (admin-scope key):
+`POST /admin/promote`, `POST /admin/rollback`, `POST /admin/reload`, `GET|POST /admin/rollouts`,
 `POST /admin/rollouts/{id}/abort`, `GET /admin/status`.
 """
 
@@ -164,10 +164,54 @@ class Server:
     async def answer(
         self, request: Request, body: ChatCompletionRequest | CompletionRequest, caller: Caller
     ) -> Response:
+        """Route, generate and answer one request; a refusal (4xx, 503) is logged before it is raised."""
         started = time.perf_counter()
         request_id = f"req-{uuid.uuid4().hex}"
-        chat = isinstance(body, ChatCompletionRequest)
         headers = {k.lower(): v for k, v in request.headers.items()}
+        decision: list[Decision] = []
+        try:
+            return await self._answer(request_id, started, body, caller, headers, decision)
+        except ApiError as exc:
+            trace = _Trace(
+                request_id,
+                started,
+                body,
+                caller,
+                headers,
+                decision[0] if decision else None,
+                _prompt_of(body),
+                0,
+                isinstance(body, ChatCompletionRequest),
+            )
+            version = decision[0].version if decision else None
+            route = decision[0].route if decision else "refused"
+            self.metrics.requests.labels(
+                body.model, version.name if version else "", route, str(exc.status)
+            ).inc()
+            self._log(
+                trace,
+                version,
+                route,
+                exc.status,
+                [],
+                [],
+                0,
+                time.perf_counter() - started,
+                exc.body["error"]["message"],
+                shadow_of=None,
+            )
+            raise
+
+    async def _answer(
+        self,
+        request_id: str,
+        started: float,
+        body: ChatCompletionRequest | CompletionRequest,
+        caller: Caller,
+        headers: dict[str, str],
+        decided: list[Decision],
+    ) -> Response:
+        chat = isinstance(body, ChatCompletionRequest)
         try:
             decision = await asyncio.to_thread(self.router.decide, body.model, caller, body.user, headers)
         except UnknownModelError as exc:
@@ -176,6 +220,7 @@ class Server:
             raise ApiError(
                 503, f"the model `{body.model}` cannot be served: {exc}", type="server_error"
             ) from None
+        decided.append(decision)
         version = decision.version
         settings = self.runtime.settings.for_request(body.model, version)
         prompt, prompt_ids = self._encode(body, version, settings)
@@ -369,8 +414,8 @@ class Server:
             "id": ("chatcmpl-" if chat else "cmpl-") + trace.request_id[4:],
             "object": "chat.completion.chunk" if chat else "text_completion",
             "created": created,
-            "model": trace.decision.version.name,
-            "system_fingerprint": f"fp_{trace.decision.version.weights_sha256[:12]}",
+            "model": trace.routed.version.name,
+            "system_fingerprint": f"fp_{trace.routed.version.weights_sha256[:12]}",
         }
 
         def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
@@ -435,9 +480,9 @@ class Server:
     ) -> None:
         """Record the answer: metrics now, the request log row off the request path, then the shadow."""
         elapsed = time.perf_counter() - trace.started
-        version = trace.decision.version
-        self.metrics.requests.labels(trace.body.model, version.name, trace.decision.route, str(status)).inc()
-        self.metrics.latency.labels(version.name, trace.decision.route).observe(elapsed)
+        version = trace.routed.version
+        self.metrics.requests.labels(trace.body.model, version.name, trace.routed.route, str(status)).inc()
+        self.metrics.latency.labels(version.name, trace.routed.route).observe(elapsed)
         if trace.first_token is not None:
             self.metrics.ttft.labels(version.name).observe(trace.first_token - trace.started)
         self.metrics.tokens.labels(version.name, "prompt").inc(trace.tokens_in)
@@ -446,7 +491,7 @@ class Server:
         self._log(
             trace,
             version,
-            trace.decision.route,
+            trace.routed.route,
             status,
             texts,
             reasons,
@@ -455,7 +500,7 @@ class Server:
             error,
             shadow_of=None,
         )
-        if trace.decision.shadow is not None and status == 200:
+        if trace.routed.shadow is not None and status == 200:
             task = asyncio.get_running_loop().create_task(self._shadow(trace))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
@@ -463,7 +508,7 @@ class Server:
     def _log(
         self,
         trace: _Trace,
-        version: ModelVersion,
+        version: ModelVersion | None,
         route: str,
         status: int,
         texts: list[str],
@@ -488,7 +533,7 @@ class Server:
                 "at": utcnow(),
                 "endpoint": "chat" if trace.chat else "completion",
                 "requested_model": body.model,
-                "version_id": version.id,
+                "version_id": version.id if version is not None else None,
                 "route": route,
                 "shadow_of": shadow_of,
                 "prompt": trace.prompt,
@@ -523,7 +568,7 @@ class Server:
 
     async def _shadow(self, trace: _Trace) -> None:
         """Answer a mirror of the request on the shadow version: logged, counted, never returned."""
-        shadow = trace.decision.shadow
+        shadow = trace.routed.shadow
         assert shadow is not None
         if self.backend.queue_depth() > self.serve.max_queue // 2:
             self.metrics.shadow.labels(shadow.name, "dropped").inc()  # callers come first
@@ -616,7 +661,7 @@ class _Trace:
         body: Any,
         caller: Caller,
         headers: dict[str, str],
-        decision: Decision,
+        decision: Decision | None,
         prompt: Any,
         tokens_in: int,
         chat: bool,
@@ -630,6 +675,18 @@ class _Trace:
             chat,
         )
         self.first_token: float | None = None
+
+    @property
+    def routed(self) -> Decision:
+        """The routing decision of an answered request (refused requests may have none)."""
+        assert self.decision is not None
+        return self.decision
+
+
+def _prompt_of(body: ChatCompletionRequest | CompletionRequest) -> Any:
+    if isinstance(body, ChatCompletionRequest):
+        return [{"role": m.role, "content": m.text()} for m in body.messages]
+    return body.prompt
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -734,6 +791,13 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
     @app.get("/v1/models")
     async def models(_: Caller = Depends(caller)) -> dict[str, Any]:
         return {"object": "list", "data": await asyncio.to_thread(server.model_list)}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str, _: Caller = Depends(caller)) -> dict[str, Any]:
+        for entry in await asyncio.to_thread(server.model_list):
+            if entry["id"] == model_id:
+                return entry
+        raise ApiError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
 
     @app.get("/health")
     async def health() -> dict[str, str]:
