@@ -131,3 +131,25 @@ def postgres_server():
             check=False,
         )
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def serve_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
+    """Two LoRA versions of the tiny model; the first in production, the second the candidate.
+
+    Tests that move aliases put production back on the first version when they are done.
+    """
+    from tunesmith.config import load_config
+    from tunesmith.pipeline import train, write_demo_project
+    from tunesmith.registry.aliases import promote
+    from tunesmith.workspace import open_workspace
+
+    root = tmp_path_factory.mktemp("serve-project")
+    config_path = write_demo_project(root)
+    settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1", "train.lr=5e-2"]
+    first = train(load_config(config_path, settings)).version
+    second = train(load_config(config_path, [*settings, "train.seed=1", "train.lr=1e-1"])).version
+    config = load_config(config_path, settings)
+    promote(open_workspace(config), config.registry, first, "production", force=True, reason="test")
+    names = {"first": first.name, "second": second.name, "family": first.family}
+    return {"path": config_path, "settings": settings, **names}

@@ -53,7 +53,7 @@ def test_readme_cli_reference_matches_help():
     assert not missing, "README CLI reference is out of date; update these lines:\n" + "\n".join(missing)
 
 
-@pytest.mark.parametrize("verb", ["monitor", "ui"])
+@pytest.mark.parametrize("verb", ["ui"])
 def test_planned_verbs_say_so_and_do_nothing(verb):
     result = invoke(verb)
     assert result.exit_code == 2

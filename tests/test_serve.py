@@ -25,25 +25,9 @@ runner = CliRunner()
 QUESTION = [{"role": "user", "content": "When does the Fernwick library open?"}]
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict:
-    """Two LoRA versions of the tiny model; the first in production, the second the candidate."""
-    root = tmp_path_factory.mktemp("serve-project")
-    config_path = write_demo_project(root)
-    settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1", "train.lr=5e-2"]
-    first = train(load_config(config_path, settings)).version
-    second = train(load_config(config_path, [*settings, "train.seed=1", "train.lr=1e-1"])).version
-    workspace = open_workspace(load_config(config_path, settings))
-    promote(
-        workspace, load_config(config_path, settings).registry, first, "production", force=True, reason="test"
-    )
-    return {
-        "path": config_path,
-        "settings": settings,
-        "first": first.name,
-        "second": second.name,
-        "family": first.family,
-    }
+@pytest.fixture
+def project(serve_project: dict) -> dict:
+    return serve_project
 
 
 def config_of(project: dict, *extra: str):

@@ -18,7 +18,7 @@ def test_init_writes_a_valid_commented_config_and_a_migrated_sqlite_store(tmp_pa
     assert db.exists()
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0005",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0006",)
     assert {"dataset_versions", "runs", "model_versions", "alias_history", "run_metrics"} <= tables
     assert config.workspace_dir == tmp_path / "proj" / ".tunesmith"
 

@@ -24,7 +24,7 @@ def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, po
     workspace = open_workspace(config)
     assert workspace.engine.dialect.name == "postgresql"
     with create_engine(url).connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0005"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0006"
 
     first = train(config).version.name
     second = train(config).version.name

@@ -1239,10 +1239,89 @@ def rollout_abort(
     out.print(f"{row.id} aborted", highlight=False)
 
 
-@app.command(rich_help_panel="Lifecycle")
-def monitor() -> None:
-    """(Not yet available.) Production scoring, drift and alerts."""
-    _later("monitor", "production monitoring is planned")
+monitor_app = typer.Typer(
+    help="Production monitoring: drift of served prompts, online scores.", no_args_is_help=True
+)
+app.add_typer(monitor_app, name="monitor", rich_help_panel="Lifecycle")
+
+
+@monitor_app.command("drift")
+def monitor_drift(
+    model: Annotated[str, typer.Argument(help="A version, family@alias or family (its production alias).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Recent prompts of a served version against its training data: MMD, classifier AUC, PSI, words."""
+    import json
+
+    from tunesmith.monitor.drift import DriftError, drift_for_version
+    from tunesmith.registry import RegistryError
+    from tunesmith.registry.versions import alias_target, get_version
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, set_)
+    workspace = open_workspace(cfg)
+    try:
+        if "@" in model:
+            family, alias = model.split("@", 1)
+            version = alias_target(workspace, family, alias)
+            if version is None:
+                raise RegistryError(f"alias {alias} of {family} is not set")
+        else:
+            try:
+                version = get_version(workspace, model)
+            except RegistryError:
+                version = alias_target(workspace, model, "production")
+                if version is None:
+                    raise
+        report = drift_for_version(workspace, version, cfg.monitor.drift)
+    except (RegistryError, DriftError) as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        out.print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False), soft_wrap=True, highlight=False)
+        raise typer.Exit(3 if report.drifted else 0)
+    limits = cfg.monitor.drift
+    out.print(
+        f"{report.version}: {report.current} recent prompts against {report.reference} training prompts "
+        f"of {report.dataset}",
+        highlight=False,
+    )
+    table = _table("check", "value", "threshold", "verdict")
+    table.add_row(
+        "embedding MMD p-value",
+        f"{report.mmd_p:.3f} (MMD {report.mmd:.4f})",
+        f"< {limits.alpha}",
+        "drift" if report.mmd_p < limits.alpha else "ok",
+    )
+    table.add_row(
+        "classifier AUC",
+        f"{report.auc:.2f}",
+        f"> {limits.max_auc}",
+        "drift" if report.auc > limits.max_auc else "ok",
+    )
+    for name, value in report.psi.items():
+        table.add_row(
+            f"PSI {name}", f"{value:.2f}", f"> {limits.max_psi}", "drift" if value > limits.max_psi else "ok"
+        )
+    out.print(table)
+    out.print(
+        "more frequent now: " + ", ".join(w for w, _ in report.words_current), highlight=False, soft_wrap=True
+    )
+    out.print(
+        "more frequent in training: " + ", ".join(w for w, _ in report.words_reference),
+        highlight=False,
+        soft_wrap=True,
+    )
+    out.print("least like the training data:", highlight=False)
+    for text in report.examples:
+        out.print(f"  - {text[:160]}", highlight=False, soft_wrap=True)
+    out.print(
+        "DRIFT: " + "; ".join(report.reasons) if report.drifted else "no drift",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(3 if report.drifted else 0)
 
 
 @app.command(rich_help_panel="Lifecycle")

@@ -514,10 +514,29 @@ class RegistryConfig(_Section):
         return names
 
 
+class DriftConfig(_Section):
+    """When `tunesmith monitor drift` calls recent prompts drifted from the served version's training data."""
+
+    window: int = Field(500, gt=0)  # the most recent requests compared
+    min_requests: int = Field(30, gt=1)  # fewer, and there is not enough to tell
+    alpha: float = Field(0.01, gt=0, lt=1)  # MMD permutation test significance level
+    max_auc: float = Field(0.75, gt=0.5, le=1)  # classifier two-sample AUC above this: drift
+    max_psi: float = Field(0.25, gt=0)  # population stability index of a descriptor above this: drift
+    permutations: int = Field(200, ge=50)
+
+
 class MonitorConfig(_Section):
-    """Production monitoring settings."""
+    """Production monitoring: online scorers, drift thresholds."""
 
     sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of requests scored online
+    scorers: list[str] = Field(
+        default_factory=lambda: ["empty", "truncated", "refusal", "toxicity", "relevance", "length", "pii"]
+    )
+    reference_metrics: list[str] = Field(
+        default_factory=lambda: ["rouge_l", "chrf"]
+    )  # vs a user's correction
+    toxicity_words: str | None = None  # a file of words and phrases, one per line; default: the bundled list
+    drift: DriftConfig = Field(default_factory=DriftConfig)
 
 
 class ProjectConfig(_Section):

@@ -506,4 +506,6 @@ def print_quickstart(result: QuickstartResult) -> None:
     console.print(f"  tunesmith registry show {version.name}")
     console.print(f"  tunesmith eval {version.name}")
     console.print("  tunesmith train --set train.lr=5e-4   # train again with other settings")
-    console.print(f"  tunesmith serve --model {version.family}@candidate   # an OpenAI-compatible API on :8000")
+    console.print(
+        f"  tunesmith serve --model {version.family}@candidate   # an OpenAI-compatible API on :8000"
+    )

@@ -142,6 +142,7 @@ HEADS = {
     "causal-lm": "AutoModelForCausalLM",
     "sequence-classification": "AutoModelForSequenceClassification",
     "token-classification": "AutoModelForTokenClassification",
+    "feature-extraction": "AutoModel",  # sentence embeddings (MiniLM): monitoring's relevance and drift
 }
 
 

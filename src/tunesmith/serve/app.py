@@ -25,6 +25,8 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from tunesmith.config import ConfigError, ProjectConfig
+from tunesmith.monitor.feedback import FeedbackError, FeedbackIn, record_feedback
+from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words
 from tunesmith.registry.aliases import PromotionError, describe, promote, rollback
 from tunesmith.registry.versions import RegistryError, get_version, version_names
 from tunesmith.serve import rollout as rollouts
@@ -74,6 +76,13 @@ class Server:
         runtime_path = config.resolve_path(self.serve.runtime_config) if self.serve.runtime_config else None
         self.runtime = RuntimeConfig(runtime_path)
         self.request_log = RequestLogWriter(self.workspace) if self.serve.log_requests else None
+        monitor = config.monitor
+        words = config.resolve_path(monitor.toxicity_words) if monitor.toxicity_words else None
+        self.scorer = (
+            OnlineScorer(self.workspace, monitor.scorers, monitor.sample_rate, load_toxic_words(words))
+            if self.request_log is not None and monitor.scorers and monitor.sample_rate > 0
+            else None
+        )
         self.metrics = ServeMetrics()
         self.ready = False
         self.startup_error: str | None = None
@@ -100,6 +109,8 @@ class Server:
         self.backend.start()
         if self.request_log is not None:
             self.request_log.start()
+        if self.scorer is not None:
+            self.scorer.start()
         self._spawn(self._preload, "tunesmith-preload")
 
     def stop(self) -> None:
@@ -109,6 +120,8 @@ class Server:
         self.backend.close()
         if self.request_log is not None:
             self.request_log.close()
+        if self.scorer is not None:
+            self.scorer.close()
 
     def _spawn(self, target: Any, name: str) -> None:
         thread = threading.Thread(target=target, name=name, daemon=True)
@@ -527,44 +540,45 @@ class Server:
         first = first_token if shadow_of else trace.first_token
         begin = started if started is not None else trace.started
         body = trace.body
-        self.request_log.put(
-            {
-                "id": request_id or trace.request_id,
-                "at": utcnow(),
-                "endpoint": "chat" if trace.chat else "completion",
-                "requested_model": body.model,
-                "version_id": version.id if version is not None else None,
-                "route": route,
-                "shadow_of": shadow_of,
-                "prompt": trace.prompt,
-                "output": texts,
-                "finish_reasons": reasons,
-                "params": {
-                    "max_tokens": body.requested_max_tokens,
-                    "temperature": body.temperature,
-                    "top_p": body.top_p,
-                    "n": body.n,
-                    "seed": body.seed,
-                    "stop": body.stops,
-                    "stream": body.stream,
-                },
-                "status": status,
-                "error": error,
-                "latency_ms": round(elapsed * 1000, 3),
-                "ttft_ms": round((first - begin) * 1000, 3) if first is not None else None,
-                "tokens_in": trace.tokens_in,
-                "tokens_out": tokens,
-                "user": body.user,
-                "session": trace.headers.get("x-session-id"),
-                "api_key_id": trace.caller.key_id,
-                "client": {
-                    "metadata": body.metadata or {},
-                    "user_agent": trace.headers.get("user-agent"),
-                    "client_request_id": trace.headers.get("x-client-request-id")
-                    or trace.headers.get("x-request-id"),
-                },
-            }
-        )
+        row = {
+            "id": request_id or trace.request_id,
+            "at": utcnow(),
+            "endpoint": "chat" if trace.chat else "completion",
+            "requested_model": body.model,
+            "version_id": version.id if version is not None else None,
+            "route": route,
+            "shadow_of": shadow_of,
+            "prompt": trace.prompt,
+            "output": texts,
+            "finish_reasons": reasons,
+            "params": {
+                "max_tokens": body.requested_max_tokens,
+                "temperature": body.temperature,
+                "top_p": body.top_p,
+                "n": body.n,
+                "seed": body.seed,
+                "stop": body.stops,
+                "stream": body.stream,
+            },
+            "status": status,
+            "error": error,
+            "latency_ms": round(elapsed * 1000, 3),
+            "ttft_ms": round((first - begin) * 1000, 3) if first is not None else None,
+            "tokens_in": trace.tokens_in,
+            "tokens_out": tokens,
+            "user": body.user,
+            "session": trace.headers.get("x-session-id"),
+            "api_key_id": trace.caller.key_id,
+            "client": {
+                "metadata": body.metadata or {},
+                "user_agent": trace.headers.get("user-agent"),
+                "client_request_id": trace.headers.get("x-client-request-id")
+                or trace.headers.get("x-request-id"),
+            },
+        }
+        self.request_log.put(row)
+        if self.scorer is not None and status == 200:
+            self.scorer.offer(row)
 
     async def _shadow(self, trace: _Trace) -> None:
         """Answer a mirror of the request on the shadow version: logged, counted, never returned."""
@@ -683,6 +697,16 @@ class _Trace:
         return self.decision
 
 
+def _feedback_kind(row: Any) -> str:
+    if row.preference is not None:
+        return "preference"
+    if row.correction:
+        return "correction"
+    if row.rating is not None:
+        return f"rating_{row.scale}"
+    return "comment"
+
+
 def _prompt_of(body: ChatCompletionRequest | CompletionRequest) -> Any:
     if isinstance(body, ChatCompletionRequest):
         return [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -798,6 +822,22 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
             if entry["id"] == model_id:
                 return entry
         raise ApiError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
+
+    @app.post("/v1/feedback")
+    async def feedback(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
+        body = await parse(request, FeedbackIn)
+        try:
+            row = await asyncio.to_thread(
+                record_feedback,
+                server.workspace,
+                body,
+                api_key_id=who.key_id,
+                reference_metrics=server.config.monitor.reference_metrics,
+            )
+        except FeedbackError as exc:
+            raise ApiError(404 if "no request" in str(exc) else 400, str(exc), param="request_id") from None
+        server.metrics.feedback.labels(row.version_id or "", _feedback_kind(row)).inc()
+        return {"object": "feedback", "id": row.id, "request_id": row.request_id, "status": "recorded"}
 
     @app.get("/health")
     async def health() -> dict[str, str]:

@@ -203,3 +203,35 @@ class Rollout(Base):
     history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # {at, step, event, reasons}
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RequestScore(Base):
+    """One online score of one served request (the same scorers as offline eval where they apply)."""
+
+    __tablename__ = "request_scores"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class Feedback(Base):
+    """What a user said about an answer: a rating, a comment, a corrected answer, or a preference."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), index=True)
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    choice: Mapped[int] = mapped_column(Integer, default=0)  # which of the request's n answers
+    rating: Mapped[float | None] = mapped_column(Float)  # thumbs: 1 up, 0 down; stars: 1-5
+    scale: Mapped[str | None] = mapped_column(String(20))  # thumbs, stars
+    comment: Mapped[str | None] = mapped_column(Text)
+    correction: Mapped[str | None] = mapped_column(Text)  # the answer it should have given
+    preference: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {chosen, rejected} texts
+    user: Mapped[str | None] = mapped_column(String(200))
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

@@ -1,0 +1,1 @@
+"""The monitor stage: online scores of served answers, feedback, drift against training data."""

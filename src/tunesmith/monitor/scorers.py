@@ -1,0 +1,260 @@
+"""Online scorers: numbers about each served answer, stored per request and version.
+
+Reference-free scorers run on every sampled answer: `empty`, `truncated`, `refusal`, `toxicity`
+(a word list; yours with `monitor.toxicity_words`), `relevance` (cosine similarity of the prompt's
+and the answer's MiniLM embeddings), `length` (words) and `pii` (personal data found by the data
+stage's patterns). Where a reference exists — a user's corrected answer — the offline eval metrics
+score the answer against it (`reference_<metric>`), with the very same code as `tunesmith eval`.
+Outside packages add scorers with `register_scorer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import re
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tunesmith.store import RequestScore, session
+from tunesmith.store.schema import utcnow
+from tunesmith.workspace import Workspace
+
+log = logging.getLogger("tunesmith.monitor")
+
+ScoreFn = Callable[[str, str, dict[str, Any], "ScoringContext"], float | None]
+
+REFUSAL = re.compile(
+    r"\b(i(?:'m| am) (?:sorry|afraid)\b.{0,40}\b(?:can(?:not|'t)|unable|not able)"
+    r"|i can(?:not|'t) (?:help|assist|answer|provide|do that)"
+    r"|i(?:'m| am) (?:unable|not able) to|as an ai\b|i won't be able to)",
+    re.IGNORECASE,
+)
+DEFAULT_SCORERS = ["empty", "truncated", "refusal", "toxicity", "relevance", "length", "pii"]
+
+
+@dataclass
+class ScoringContext:
+    """What scorers share: the embedder (loaded on first use) and the toxic word list."""
+
+    toxic_words: frozenset[str]
+    embedder: Any = None
+
+    def embed(self, texts: list[str]) -> Any:
+        if self.embedder is None:
+            from tunesmith.monitor.embed import Embedder
+
+            self.embedder = Embedder()
+        return self.embedder.encode(texts)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    name: str
+    fn: ScoreFn
+    description: str
+
+
+_SCORERS: dict[str, Scorer] = {}
+
+
+def register_scorer(name: str, description: str = "") -> Callable[[ScoreFn], ScoreFn]:
+    """Register `fn(prompt, answer, row, context) -> float | None` (None: does not apply) as a scorer."""
+
+    def decorator(fn: ScoreFn) -> ScoreFn:
+        if name in _SCORERS:
+            raise ValueError(f"scorer {name!r} is already registered")
+        _SCORERS[name] = Scorer(name, fn, description or (fn.__doc__ or name).strip().splitlines()[0])
+        return fn
+
+    return decorator
+
+
+def scorer_names() -> list[str]:
+    return sorted(_SCORERS)
+
+
+def get_scorer(name: str) -> Scorer:
+    if name not in _SCORERS:
+        raise KeyError(f"unknown scorer {name!r}; known: {', '.join(scorer_names())}")
+    return _SCORERS[name]
+
+
+def load_toxic_words(path: Path | None = None) -> frozenset[str]:
+    text = (
+        path.read_text(encoding="utf-8")
+        if path is not None
+        else resources.files("tunesmith").joinpath("monitor", "toxic_words.txt").read_text(encoding="utf-8")
+    )
+    return frozenset(w.strip().lower() for w in text.split("\n") if w.strip() and not w.startswith("#"))
+
+
+@register_scorer("empty")
+def empty(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
+    """1 when the answer has no text."""
+    return float(not answer.strip())
+
+
+@register_scorer("truncated")
+def truncated(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
+    """1 when the answer stopped at its token limit, not at its end."""
+    return float("length" in (row.get("finish_reasons") or []))
+
+
+@register_scorer("refusal")
+def refusal(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
+    """1 when the answer declines ("I'm sorry, but I can't...")."""
+    return float(bool(REFUSAL.search(answer)))
+
+
+@register_scorer("toxicity")
+def toxicity(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
+    """1 when the answer uses a word or phrase of the toxic word list."""
+    text = answer.lower()
+    words = set(re.findall(r"[a-z']+", text))
+    phrases = (w for w in ctx.toxic_words if " " in w)
+    return float(
+        bool(words & ctx.toxic_words) or any(re.search(rf"\b{re.escape(p)}\b", text) for p in phrases)
+    )
+
+
+@register_scorer("relevance")
+def relevance(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float | None:
+    """Cosine similarity of the prompt's and the answer's MiniLM embeddings (-1 to 1)."""
+    if not prompt.strip() or not answer.strip():
+        return None
+    vectors = ctx.embed([prompt, answer])
+    return float(vectors[0] @ vectors[1])
+
+
+@register_scorer("length")
+def length(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
+    """Words in the answer."""
+    return float(len(answer.split()))
+
+
+@register_scorer("pii")
+def pii(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
+    """Pieces of personal data (emails, phones, cards, IBANs, IPs...) in the answer."""
+    from tunesmith.data.clean import scrub_pii
+
+    counts: Counter[str] = Counter()
+    scrub_pii(answer, counts)
+    return float(sum(counts.values()))
+
+
+def prompt_of(row: dict[str, Any]) -> str:
+    """The last user turn of a chat request, or the completion prompt."""
+    prompt = row.get("prompt")
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+        return str(users[-1]) if users else ""
+    if isinstance(prompt, list):
+        return str(prompt[0]) if prompt else ""
+    return str(prompt or "")
+
+
+def score_row(row: dict[str, Any], names: list[str], ctx: ScoringContext) -> list[RequestScore]:
+    """Every named scorer on every answer of a logged request (choice 0 when there are several)."""
+    answers = row.get("output") or []
+    if not answers or row.get("status", 200) != 200:
+        return []
+    prompt, answer = prompt_of(row), str(answers[0])
+    scores = []
+    for name in names:
+        try:
+            value = get_scorer(name).fn(prompt, answer, row, ctx)
+        except Exception:  # a scorer's bug must not lose the others' scores
+            log.exception("scorer %s failed on %s", name, row.get("id"))
+            continue
+        if value is not None:
+            scores.append(
+                RequestScore(
+                    request_id=row["id"],
+                    version_id=row.get("version_id"),
+                    name=name,
+                    value=value,
+                    at=utcnow(),
+                )
+            )
+    return scores
+
+
+def reference_scores(
+    request_id: str, version_id: str | None, answer: str, reference: str, metrics: list[str]
+) -> list[RequestScore]:
+    """Offline eval metrics of an answer against a reference (a user's correction): `reference_<metric>`."""
+    from tunesmith.evaluate.metrics import get_metric
+
+    scores = []
+    for name in metrics:
+        metric = get_metric(name)
+        value, _ = metric.compute([answer], [reference], [{}])
+        scores.append(
+            RequestScore(
+                request_id=request_id,
+                version_id=version_id,
+                name=f"reference_{name}",
+                value=float(value),
+                at=utcnow(),
+            )
+        )
+    return scores
+
+
+class OnlineScorer:
+    """Scores a sample of served requests in a background thread and writes the scores to the store."""
+
+    def __init__(
+        self, workspace: Workspace, names: list[str], sample_rate: float, toxic_words: frozenset[str]
+    ) -> None:
+        for name in names:
+            get_scorer(name)  # an unknown name fails at start, not per request
+        self.workspace = workspace
+        self.names = names
+        self.sample_rate = sample_rate
+        self.ctx = ScoringContext(toxic_words)
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="tunesmith-scorer", daemon=True)
+        self.scored = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def offer(self, row: dict[str, Any]) -> None:
+        """Score `row` with probability `sample_rate` (off the request path)."""
+        if self.names and random.random() < self.sample_rate:
+            self._queue.put(row)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _work(self) -> None:
+        while True:
+            row = self._queue.get()
+            try:
+                if row is None:
+                    return
+                scores = score_row(row, self.names, self.ctx)
+                if scores:
+                    with session(self.workspace.engine) as s:
+                        s.add_all(scores)
+                    self.scored += 1
+            except Exception:
+                log.exception("scoring request %s failed", (row or {}).get("id"))
+            finally:
+                self._queue.task_done()

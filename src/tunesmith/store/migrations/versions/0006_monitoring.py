@@ -1,0 +1,46 @@
+"""Monitoring: online scores of served requests, and feedback on them.
+
+Revision ID: 0006
+Revises: 0005
+Create Date: 2026-11-21
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0006"
+down_revision = "0005"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "request_scores",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(64), nullable=False, index=True),
+        sa.Column("version_id", sa.String(64), sa.ForeignKey("model_versions.id"), index=True),
+        sa.Column("name", sa.String(100), nullable=False),
+        sa.Column("value", sa.Float, nullable=False),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    )
+    op.create_table(
+        "feedback",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("request_id", sa.String(64), nullable=False, index=True),
+        sa.Column("version_id", sa.String(64), sa.ForeignKey("model_versions.id"), index=True),
+        sa.Column("choice", sa.Integer, nullable=False),
+        sa.Column("rating", sa.Float),
+        sa.Column("scale", sa.String(20)),
+        sa.Column("comment", sa.Text),
+        sa.Column("correction", sa.Text),
+        sa.Column("preference", sa.JSON),
+        sa.Column("user", sa.String(200)),
+        sa.Column("api_key_id", sa.String(64)),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("feedback")
+    op.drop_table("request_scores")

@@ -1,0 +1,191 @@
+"""Monitoring: online scorers, feedback through the server, drift against the training data."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import httpx2  # the HTTP client the openai package ships with
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from serve_helpers import metric
+from tunesmith.cli import app
+from tunesmith.config import DriftConfig, load_config
+from tunesmith.monitor.drift import measure_drift, population_stability
+from tunesmith.monitor.scorers import ScoringContext, get_scorer, load_toxic_words, score_row
+from tunesmith.serve import serve_in_background as running
+from tunesmith.store import Feedback, RequestScore, session
+
+runner = CliRunner()
+httpx = httpx2.Client(timeout=60)
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def config_of(project: dict, *extra: str):
+    return load_config(project["path"], [*project["settings"], "serve.poll_seconds=0.2", *extra])
+
+
+def score(name: str, answer: str, prompt: str = "Where is the library?", **row) -> float | None:
+    ctx = ScoringContext(load_toxic_words())
+    return get_scorer(name).fn(prompt, answer, row, ctx)
+
+
+def test_reference_free_scorers_on_written_examples():
+    assert score("empty", "  ") == 1 and score("empty", "It is on Elm Street.") == 0
+    assert score("truncated", "It is on", finish_reasons=["length"]) == 1
+    assert score("refusal", "I'm sorry, but I can't help with that request.") == 1
+    assert score("refusal", "As an AI, I have no opinion.") == 1
+    assert score("refusal", "Sorry for the wait: the library is on Elm Street.") == 0
+    assert score("toxicity", "Only an idiot would ask that.") == 1
+    assert score("toxicity", "Shut up and read the sign.") == 1
+    assert score("toxicity", "The shutters open at nine.") == 0
+    assert score("pii", "Write to ana@example.org or call +44 20 7946 0958.") == 2
+    assert score("length", "Open from nine to five.") == 5
+    assert score("relevance", "") is None
+    on_topic = score("relevance", "The library is on Elm Street, next to the bakery.")
+    off_topic = score("relevance", "Bananas are rich in potassium.")
+    assert on_topic > off_topic + 0.2
+
+
+def test_a_broken_scorer_does_not_lose_the_others():
+    from tunesmith.monitor.scorers import register_scorer
+
+    @register_scorer("test_broken")
+    def broken(prompt, answer, row, ctx):
+        raise RuntimeError("bug")
+
+    row = {"id": "req-1", "output": ["fine"], "prompt": "q", "status": 200}
+    names = [s.name for s in score_row(row, ["test_broken", "length", "empty"], ScoringContext(frozenset()))]
+    assert names == ["length", "empty"]
+
+
+def test_served_answers_are_scored_online_and_feedback_is_stored_against_them(serve_project):
+    family = serve_project["family"]
+    with running(config_of(serve_project)) as (url, server):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = api.chat.completions.create(
+            model=family,
+            messages=[{"role": "user", "content": "When does the library open?"}],
+            max_tokens=6,
+            n=2,
+            temperature=1.0,
+            seed=1,
+        )
+        thumbs = httpx.post(
+            f"{url}/v1/feedback", json={"request_id": answer.id, "rating": "down", "comment": "vague"}
+        )
+        assert thumbs.status_code == 200, thumbs.text
+        corrected = httpx.post(
+            f"{url}/v1/feedback", json={"request_id": answer.id, "correction": "The library opens at nine."}
+        )
+        preferred = httpx.post(
+            f"{url}/v1/feedback", json={"request_id": answer.id, "preference": {"chosen": 1, "rejected": 0}}
+        )
+        stars = httpx.post(f"{url}/v1/feedback", json={"request_id": answer.id, "rating": 4})
+        assert corrected.status_code == preferred.status_code == stars.status_code == 200
+        missing = httpx.post(f"{url}/v1/feedback", json={"request_id": "req-nothing", "rating": 5})
+        assert missing.status_code == 404 and missing.json()["error"]["param"] == "request_id"
+        bad = httpx.post(f"{url}/v1/feedback", json={"request_id": answer.id, "rating": 9})
+        assert bad.status_code == 400 and "1 to 5" in bad.json()["error"]["message"]
+        empty = httpx.post(f"{url}/v1/feedback", json={"request_id": answer.id})
+        assert empty.status_code == 400
+        assert metric(url, "tunesmith_feedback_total", kind="rating_thumbs") == 1
+
+        server.scorer.flush()
+        request_id = "req-" + answer.id.removeprefix("chatcmpl-")
+        with session(server.workspace.engine) as s:
+            scores = {
+                r.name: r.value for r in s.query(RequestScore).filter(RequestScore.request_id == request_id)
+            }
+            feedback = list(s.query(Feedback).filter(Feedback.request_id == request_id).order_by(Feedback.id))
+        assert {"empty", "truncated", "refusal", "toxicity", "relevance", "length", "pii"} <= set(scores)
+        assert {"reference_rouge_l", "reference_chrf"} <= set(
+            scores
+        )  # the eval metrics, against the correction
+        assert [f.rating for f in feedback] == [0.0, None, None, 4.0]
+        assert [f.scale for f in feedback] == ["thumbs", None, None, "stars"]
+        assert feedback[2].preference == {
+            "chosen": answer.choices[1].message.content,
+            "rejected": answer.choices[0].message.content,
+        }
+        assert all(f.version_id == feedback[0].version_id is not None for f in feedback)
+
+
+def test_population_stability_index_is_zero_for_the_same_sample_and_large_for_a_shift():
+    rng = random.Random(0)
+    same = [rng.gauss(10, 3) for _ in range(500)]
+    assert population_stability(same, same) < 0.01
+    assert population_stability(same, [v + 6 for v in same]) > 1.0
+    assert population_stability([0.0] * 90 + [1.0] * 10, [0.0] * 50 + [1.0] * 50, binary=True) > 0.25
+
+
+def _bitext_instructions() -> list[str]:
+    path = SHARED / "bitext_customer_support" / "Bitext_Sample_Customer_Support_Training_Dataset.csv"
+    if not path.exists():
+        pytest.skip(f"{path} is not here (real third-party data stays in ../shared/datasets)")
+    with path.open(encoding="utf-8") as handle:
+        rows = [r["instruction"] for r in csv.DictReader(handle)]
+    random.Random(0).shuffle(rows)
+    return rows
+
+
+def test_drift_is_found_for_a_shifted_real_dataset_and_not_for_the_same_distribution():
+    bitext = _bitext_instructions()
+    gsm8k = SHARED / "gsm8k" / "test.jsonl"
+    if not gsm8k.exists():
+        pytest.skip(f"{gsm8k} is not here")
+    questions = [
+        json.loads(line)["question"] for line in gsm8k.read_text(encoding="utf-8").split("\n")[:150] if line
+    ]
+    config = DriftConfig(permutations=100)
+    same = measure_drift(bitext[:300], bitext[300:450], config)
+    shifted = measure_drift(bitext[:300], questions, config)
+    assert not same.drifted, same.reasons
+    assert same.auc < 0.65 and same.mmd_p > 0.05
+    assert shifted.drifted and shifted.auc > 0.95 and shifted.mmd_p < 0.01
+    assert shifted.psi["length"] > 0.25
+    assert {"many", "how"} & {w for w, _ in shifted.words_current}
+
+
+def test_monitor_drift_compares_served_prompts_with_the_versions_training_data(serve_project):
+    from tunesmith.config import load_config as load
+    from tunesmith.data.clean import prompt_text
+    from tunesmith.data.prepare import load_split
+    from tunesmith.registry.versions import alias_target
+    from tunesmith.store import DatasetVersion
+    from tunesmith.workspace import open_workspace
+
+    family = serve_project["family"]
+    workspace = open_workspace(load(serve_project["path"], serve_project["settings"]))
+    version = alias_target(workspace, family, "production")
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, version.dataset_version_id)
+    trained = [prompt_text(r) for r in load_split(dataset, "train")]
+    arithmetic = [
+        f"A train leaves at {h}:00 going {v} km/h. How many kilometres has it gone after {t} hours?"
+        for h, v, t in zip(range(30), range(40, 100, 2), range(2, 32), strict=False)
+    ]
+    cli = ["monitor", "drift", family, "--config", str(serve_project["path"])]
+    cli += [a for s in [*serve_project["settings"], "monitor.drift.permutations=100"] for a in ("--set", s)]
+    with running(config_of(serve_project, "monitor.sample_rate=0")) as (url, server):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def ask(prompts: list[str]) -> None:
+            for prompt in prompts:
+                api.chat.completions.create(
+                    model=family, messages=[{"role": "user", "content": prompt}], max_tokens=1
+                )
+            server.request_log.flush()
+
+        ask(random.Random(1).sample(trained, 40))
+        calm = runner.invoke(app, cli)
+        assert calm.exit_code == 0, calm.output
+        assert "no drift" in calm.output and "classifier AUC" in calm.output
+        ask(arithmetic)
+        shifted = runner.invoke(app, cli)
+        assert shifted.exit_code == 3, shifted.output
+        assert "DRIFT" in shifted.output and "PSI length" in shifted.output
