@@ -12,7 +12,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from serve_helpers import metric
+from serve_helpers import metric, wait_for, webhook_receiver
 from tunesmith.cli import app
 from tunesmith.config import DriftConfig, load_config
 from tunesmith.monitor.drift import measure_drift, population_stability
@@ -189,3 +189,77 @@ def test_monitor_drift_compares_served_prompts_with_the_versions_training_data(s
         shifted = runner.invoke(app, cli)
         assert shifted.exit_code == 3, shifted.output
         assert "DRIFT" in shifted.output and "PSI length" in shifted.output
+
+
+def test_alerts_fire_to_a_webhook_and_roll_back_the_alias(serve_project):
+    from tunesmith.registry.aliases import history, promote
+    from tunesmith.registry.versions import get_version
+    from tunesmith.store import AlertEvent
+    from tunesmith.workspace import open_workspace
+
+    family, first, second = serve_project["family"], serve_project["first"], serve_project["second"]
+    config = config_of(serve_project)
+    workspace = open_workspace(config)
+    promote(
+        workspace,
+        config.registry,
+        get_version(workspace, second),
+        "production",
+        force=True,
+        reason="alert test",
+    )
+    with webhook_receiver() as (hook, received):
+        rules = (
+            f"monitor.alerts=[{{name: slow, metric: p95_latency_ms, threshold: 0, min_requests: 3, "
+            f"channels: [log, webhook], webhook: '{hook}'}}, "
+            f"{{name: unhappy, metric: negative_feedback_rate, threshold: 0.5, min_requests: 2, "
+            f"model: '{family}@production', action: rollback, channels: [webhook], webhook: '{hook}'}}]"
+        )
+        with running(config_of(serve_project, rules, "monitor.alert_interval_seconds=0.3")) as (url, _):
+            api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            ids = [
+                api.chat.completions.create(
+                    model=family, messages=[{"role": "user", "content": "Hours?"}], max_tokens=2
+                ).id
+                for _ in range(3)
+            ]
+            wait_for(lambda: any(r["rule"] == "slow" for r in received))
+            assert (
+                api.chat.completions.with_raw_response.create(
+                    model=family, messages=[{"role": "user", "content": "Hours?"}], max_tokens=2
+                ).headers["x-tunesmith-version"]
+                == second
+            )
+            for request_id in ids[:2]:
+                assert (
+                    httpx.post(
+                        f"{url}/v1/feedback", json={"request_id": request_id, "rating": "down"}
+                    ).status_code
+                    == 200
+                )
+            wait_for(lambda: any(r["rule"] == "unhappy" for r in received))
+            wait_for(
+                lambda: (
+                    api.chat.completions.with_raw_response.create(
+                        model=family, messages=[{"role": "user", "content": "Hours?"}], max_tokens=2
+                    ).headers["x-tunesmith-version"]
+                    == first
+                )
+            )  # the server followed the rollback without a restart
+            assert metric(url, "tunesmith_alerts_total", rule="unhappy") == 1
+    unhappy = next(r for r in received if r["rule"] == "unhappy")
+    assert (
+        unhappy["version"] == second and f"rolled {family}@production back to {first}" in unhappy["message"]
+    )
+    latest = history(workspace, family, "production")[0]
+    assert (
+        latest.action == "rollback"
+        and latest.actor == "tunesmith-monitor"
+        and "alert unhappy" in latest.reason
+    )
+    with session(workspace.engine) as s:
+        events = list(s.query(AlertEvent).order_by(AlertEvent.id))
+    assert [e.rule for e in events].count("unhappy") == 1  # cooldown: fired once
+    assert next(e for e in events if e.rule == "slow").channels == {"log": "sent", "webhook": "sent"}
+    listed = runner.invoke(app, ["monitor", "alerts", "--no-check", "--config", str(serve_project["path"])])
+    assert listed.exit_code == 0 and "unhappy" in listed.output

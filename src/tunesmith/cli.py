@@ -1245,6 +1245,40 @@ monitor_app = typer.Typer(
 app.add_typer(monitor_app, name="monitor", rich_help_panel="Lifecycle")
 
 
+@monitor_app.command("alerts")
+def monitor_alerts(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    check: Annotated[
+        bool, typer.Option(help="Evaluate the rules now (a running server does every minute).")
+    ] = True,
+) -> None:
+    """Evaluate monitor.alerts now (send, roll back) and list the alerts that fired, newest first."""
+    from tunesmith.monitor.alerts import check_alerts, recent_alerts
+    from tunesmith.registry.versions import version_names
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, set_)
+    workspace = open_workspace(cfg)
+    if check:
+        if not cfg.monitor.alerts:
+            err.print("no rules under monitor.alerts; nothing to check")
+        fired = check_alerts(workspace, cfg.monitor, cfg.registry)
+        out.print(f"{len(fired)} alert(s) fired now", highlight=False)
+    names = version_names(workspace)
+    table = _table("at", "rule", "version", "message", "sent", "action")
+    for alert in recent_alerts(workspace):
+        table.add_row(
+            alert.at.strftime("%Y-%m-%d %H:%M:%S"),
+            alert.rule,
+            names.get(alert.version_id or "", "-"),
+            alert.message,
+            ", ".join(f"{k}: {v}" for k, v in alert.channels.items()),
+            alert.action or "",
+        )
+    out.print(table)
+
+
 @monitor_app.command("drift")
 def monitor_drift(
     model: Annotated[str, typer.Argument(help="A version, family@alias or family (its production alias).")],

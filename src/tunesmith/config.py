@@ -525,6 +525,35 @@ class DriftConfig(_Section):
     permutations: int = Field(200, ge=50)
 
 
+class AlertRule(_Section):
+    """A condition on a served version over a time window, where to say it, and what to do."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    # p95_latency_ms, error_rate, negative_feedback_rate, requests, score:NAME (a scorer's mean),
+    # drift_auc, drift_psi (the largest descriptor PSI), drift_mmd_p
+    metric: str = Field(
+        pattern=r"^(p95_latency_ms|error_rate|negative_feedback_rate|requests|drift_auc|drift_psi"
+        r"|drift_mmd_p|score:[a-z0-9_]+)$"
+    )
+    op: Literal[">", ">=", "<", "<="] = ">"
+    threshold: float
+    window_minutes: float = Field(15.0, gt=0)
+    model: str | None = None  # family@alias or a version; unset: every version with traffic in the window
+    min_requests: int = Field(20, ge=1)  # fewer in the window: the rule stays quiet
+    channels: list[str] = Field(default_factory=lambda: ["log"])  # log, webhook
+    webhook: str | None = None  # the URL the webhook channel posts to
+    action: Literal["none", "rollback"] = "none"  # rollback: move `model`'s alias back, in its history
+    cooldown_minutes: float = Field(30.0, ge=0)  # quiet time after firing for the same version
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AlertRule:
+        if "webhook" in self.channels and not self.webhook:
+            raise ValueError(f"alert {self.name!r} sends to a webhook but has no `webhook` URL")
+        if self.action == "rollback" and (self.model is None or "@" not in self.model):
+            raise ValueError(f"alert {self.name!r} rolls back: set `model` to the family@alias to move back")
+        return self
+
+
 class MonitorConfig(_Section):
     """Production monitoring: online scorers, drift thresholds."""
 
@@ -537,6 +566,8 @@ class MonitorConfig(_Section):
     )  # vs a user's correction
     toxicity_words: str | None = None  # a file of words and phrases, one per line; default: the bundled list
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    alerts: list[AlertRule] = Field(default_factory=list)
+    alert_interval_seconds: float = Field(60.0, gt=0)  # how often a running server checks the rules
 
 
 class ProjectConfig(_Section):

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
 from tunesmith.config import ConfigError, ProjectConfig
+from tunesmith.monitor.alerts import check_alerts
 from tunesmith.monitor.feedback import FeedbackError, FeedbackIn, record_feedback
 from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words
 from tunesmith.registry.aliases import PromotionError, describe, promote, rollback
@@ -86,6 +87,7 @@ class Server:
         self.metrics = ServeMetrics()
         self.ready = False
         self.startup_error: str | None = None
+        self._next_alert_check = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -163,7 +165,11 @@ class Server:
         for row, event in rollouts.tick(self.workspace, self.serve, self.config.registry, self._primary_of):
             self.metrics.rollouts.labels(row.route, event).inc()
         self.router.refresh_rollouts()
-        self.table.refresh()  # a completed rollout moved its alias
+        if self.config.monitor.alerts and time.monotonic() >= self._next_alert_check:
+            self._next_alert_check = time.monotonic() + self.config.monitor.alert_interval_seconds
+            for alert in check_alerts(self.workspace, self.config.monitor, self.config.registry):
+                self.metrics.alerts.labels(alert.rule).inc()
+        self.table.refresh()  # a completed rollout, or an alert's rollback, moved an alias
         self.metrics.loaded.set(len(self.backend.loaded()))
 
     def _primary_of(self, route: str) -> str | None:

@@ -2,6 +2,7 @@
 
 from tunesmith.store.engine import open_store, session
 from tunesmith.store.schema import (
+    AlertEvent,
     AliasEvent,
     ApiKey,
     Approval,
@@ -18,6 +19,7 @@ from tunesmith.store.schema import (
 )
 
 __all__ = [
+    "AlertEvent",
     "AliasEvent",
     "ApiKey",
     "Approval",

@@ -235,3 +235,21 @@ class Feedback(Base):
     user: Mapped[str | None] = mapped_column(String(200))
     api_key_id: Mapped[str | None] = mapped_column(String(64))
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+class AlertEvent(Base):
+    """An alert rule that fired: the value against its threshold, where it was sent, what was done."""
+
+    __tablename__ = "alert_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    rule: Mapped[str] = mapped_column(String(200), index=True)
+    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    metric: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    window_minutes: Mapped[float] = mapped_column(Float)
+    message: Mapped[str] = mapped_column(Text)
+    channels: Mapped[dict[str, Any]] = mapped_column(JSON)  # channel -> "sent" or the error
+    action: Mapped[str | None] = mapped_column(Text)  # e.g. "rolled back production to fernwick-v2"
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)

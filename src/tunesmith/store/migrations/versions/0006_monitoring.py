@@ -1,4 +1,4 @@
-"""Monitoring: online scores of served requests, and feedback on them.
+"""Monitoring: online scores of served requests, feedback on them, and fired alerts.
 
 Revision ID: 0006
 Revises: 0005
@@ -40,7 +40,23 @@ def upgrade() -> None:
         sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
     )
 
+    op.create_table(
+        "alert_events",
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("rule", sa.String(200), nullable=False, index=True),
+        sa.Column("version_id", sa.String(64), sa.ForeignKey("model_versions.id"), index=True),
+        sa.Column("metric", sa.String(100), nullable=False),
+        sa.Column("value", sa.Float, nullable=False),
+        sa.Column("threshold", sa.Float, nullable=False),
+        sa.Column("window_minutes", sa.Float, nullable=False),
+        sa.Column("message", sa.Text, nullable=False),
+        sa.Column("channels", sa.JSON, nullable=False),
+        sa.Column("action", sa.Text),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False, index=True),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("alert_events")
     op.drop_table("feedback")
     op.drop_table("request_scores")
