@@ -263,3 +263,43 @@ def test_alerts_fire_to_a_webhook_and_roll_back_the_alias(serve_project):
     assert next(e for e in events if e.rule == "slow").channels == {"log": "sent", "webhook": "sent"}
     listed = runner.invoke(app, ["monitor", "alerts", "--no-check", "--config", str(serve_project["path"])])
     assert listed.exit_code == 0 and "unhappy" in listed.output
+
+
+def test_monitor_report_writes_time_series_per_version_with_alerts(serve_project, tmp_path):
+    family = serve_project["family"]
+    with running(config_of(serve_project)) as (url, server):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        for i in range(4):
+            answer = api.chat.completions.create(
+                model=family, messages=[{"role": "user", "content": f"Question {i}?"}], max_tokens=3
+            )
+        httpx.post(f"{url}/v1/feedback", json={"request_id": answer.id, "rating": 2})
+        server.scorer.flush()
+    page = tmp_path / "monitor.html"
+    result = runner.invoke(
+        app,
+        [
+            "monitor",
+            "report",
+            "--output",
+            str(page),
+            "--config",
+            str(serve_project["path"]),
+            *[a for s in serve_project["settings"] for a in ("--set", s)],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    html = page.read_text(encoding="utf-8")
+    assert serve_project["first"] in html and "p95 ms" in html and "relevance" in html
+    for title in (
+        "traffic (requests per bucket)",
+        "p95 latency (ms)",
+        "negative feedback share",
+        "mean relevance",
+    ):
+        assert f'alt="{title}"' in html
+    assert html.count("data:image/png;base64,") >= 5
+    bad = runner.invoke(
+        app, ["monitor", "report", "--since", "yesterday", "--config", str(serve_project["path"])]
+    )
+    assert bad.exit_code == 2 and "24h" in bad.output

@@ -1279,6 +1279,33 @@ def monitor_alerts(
     out.print(table)
 
 
+@monitor_app.command("report")
+def monitor_report(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    since: Annotated[str, typer.Option(help="How far back: 30m, 24h, 7d.")] = "24h",
+    output: Annotated[
+        Path | None, typer.Option(help="The HTML file (default: reports/monitor-TIME.html).")
+    ] = None,
+    drift: Annotated[bool, typer.Option(help="Also measure each version's drift (loads MiniLM).")] = False,
+) -> None:
+    """An HTML page per served version over time: traffic, latency, scores, feedback, drift, alerts."""
+    from datetime import UTC, datetime
+
+    from tunesmith.monitor.report import parse_since, write_report
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, set_)
+    workspace = open_workspace(cfg)
+    try:
+        window = parse_since(since)
+    except ValueError as exc:
+        raise _fail(str(exc), 2) from None
+    target = output or workspace.root / "reports" / f"monitor-{datetime.now(UTC):%Y%m%d-%H%M%S}.html"
+    path = write_report(workspace, cfg.monitor, target, since=window, drift=drift)
+    out.print(f"wrote {path}", highlight=False, soft_wrap=True)
+
+
 @monitor_app.command("drift")
 def monitor_drift(
     model: Annotated[str, typer.Argument(help="A version, family@alias or family (its production alias).")],
