@@ -17,6 +17,7 @@ VERBS = [
     "registry",
     "serve",
     "monitor",
+    "improve",
     "ui",
     "quickstart",
 ]

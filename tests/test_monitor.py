@@ -303,3 +303,85 @@ def test_monitor_report_writes_time_series_per_version_with_alerts(serve_project
         app, ["monitor", "report", "--since", "yesterday", "--config", str(serve_project["path"])]
     )
     assert bad.exit_code == 2 and "24h" in bad.output
+
+
+def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
+    from tunesmith.data.prepare import load_split
+    from tunesmith.registry.aliases import history
+    from tunesmith.registry.versions import alias_target
+    from tunesmith.store import DatasetVersion
+    from tunesmith.workspace import open_workspace
+
+    family = serve_project["family"]
+    workspace = open_workspace(config_of(serve_project))
+    production = alias_target(workspace, family, "production")
+    with session(workspace.engine) as s:
+        judged_on = s.get(DatasetVersion, production.dataset_version_id)
+    held_out = load_split(judged_on, "test")[0]["messages"][-2]["content"]  # a test question of production
+    questions = [
+        "Can I bring my dog?",
+        "Is there parking?",
+        "Do you sell coffee?",
+        held_out,
+        "Where do I return books?",
+    ]
+    with running(config_of(serve_project)) as (url, _):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+
+        def ask(question: str, **extra) -> str:
+            return api.chat.completions.create(
+                model=family, messages=[{"role": "user", "content": question}], max_tokens=4, **extra
+            ).id
+
+        for question in questions:
+            reply = ask(question)
+            correction = f"Fernwick staff answer: {question.lower()} Yes, at the front desk."
+            assert httpx.post(
+                f"{url}/v1/feedback", json={"request_id": reply, "correction": correction}
+            ).is_success
+        pair = ask("What are the opening hours?", n=2, temperature=1.0, seed=3)
+        httpx.post(
+            f"{url}/v1/feedback", json={"request_id": pair, "preference": {"chosen": 1, "rejected": 0}}
+        )
+        liked, disliked = (
+            ask("Tell me a joke", temperature=1.0, seed=1),
+            ask("Tell me a joke", temperature=1.0, seed=2),
+        )
+        httpx.post(f"{url}/v1/feedback", json={"request_id": liked, "rating": "up"})
+        httpx.post(f"{url}/v1/feedback", json={"request_id": disliked, "rating": "down"})
+    settings = [
+        *serve_project["settings"],
+        "eval.max_new_tokens=4",
+        "eval.bootstrap_resamples=100",
+        "eval.metrics=[rouge_l]",
+        "eval.gates=[{metric: rouge_l, min: 0.0}]",
+    ]
+    result = runner.invoke(
+        app,
+        [
+            "improve",
+            "--since",
+            "1h",
+            "--config",
+            str(serve_project["path"]),
+            *[a for s in settings for a in ("--set", s)],
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "5 SFT row(s)" in result.output and "shadow →" in result.output
+
+    shadow = alias_target(workspace, family, "shadow")
+    assert shadow is not None and shadow.parent_id == production.id
+    assert alias_target(workspace, family, "production").id == production.id  # never straight to production
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, shadow.dataset_version_id)
+    assert dataset.counts["train"] == 4  # the correction of a test question was taken out (contamination)
+    assert (
+        len(dataset.meta["lineage"]["requests"]) >= 5
+        and dataset.meta["lineage"]["version"] == production.name
+    )
+    preferences = [json.loads(line) for line in (Path(dataset.source).parent / "preferences.jsonl").open()]
+    assert len(preferences) >= 5 + 1 + 1  # corrections, the explicit preference, the good-vs-bad pair
+    assert any(p["chosen"] != p["rejected"] and "joke" in p["prompt"][0]["content"] for p in preferences)
+    moved = history(workspace, family, "shadow")[0]
+    assert moved.gate_report_id is not None and moved.action == "promote"

@@ -1385,6 +1385,67 @@ def monitor_drift(
     raise typer.Exit(3 if report.drifted else 0)
 
 
+@app.command("improve", rich_help_panel="Lifecycle")
+def improve_cmd(
+    model: Annotated[
+        str | None, typer.Argument(help="The served version (default: the project's production).")
+    ] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    since: Annotated[str | None, typer.Option(help="Only requests this recent: 30m, 24h, 7d.")] = None,
+    where: Annotated[
+        list[str] | None, typer.Option("--where", help="A score condition, e.g. relevance<0.3 (repeatable).")
+    ] = None,
+    feedback: Annotated[
+        str, typer.Option(help="Feedback kinds to learn from.")
+    ] = "correction,preference,rating",
+    limit: Annotated[int | None, typer.Option(help="At most this many rows of each kind.")] = None,
+    train: Annotated[
+        bool, typer.Option(help="Fine-tune, evaluate and gate (--no-train: datasets only).")
+    ] = True,
+) -> None:
+    """Production feedback to a dataset, an incremental fine-tune, an eval against production, and shadow."""
+    from tunesmith.data import DataError
+    from tunesmith.monitor.improve import ImproveError, Selection, improve
+    from tunesmith.monitor.report import parse_since
+    from tunesmith.registry import RegistryError
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, set_)
+    workspace = open_workspace(cfg)
+    try:
+        selection = Selection(
+            model=model or f"{cfg.project}@production",
+            since=parse_since(since) if since else None,
+            where=list(where or []),
+            feedback=tuple(k.strip() for k in feedback.split(",") if k.strip()),
+            limit=limit,
+        )
+        result = improve(cfg, workspace, selection, train=train)
+    except (ImproveError, RegistryError, DataError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    out.print(
+        f"{result.production.name}: {len(result.requests)} request(s) with feedback → "
+        f"{result.sft_rows} SFT row(s), {result.dpo_rows} preference pair(s) in {result.folder}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if result.dataset is not None:
+        counts = result.dataset.counts
+        out.print(f"dataset {result.dataset.id}: {counts}", highlight=False, soft_wrap=True)
+    if result.version is not None:
+        out.print(f"trained {result.version.name} from {result.production.name}", highlight=False)
+    if result.report is not None:
+        _print_report(result.report)
+    if result.shadow and result.version is not None:
+        out.print(
+            f"shadow → {result.version.name} (gate report {result.report['id'] if result.report else ''})",
+            highlight=False,
+        )
+    for note in result.notes:
+        err.print(note, highlight=False, soft_wrap=True)
+
+
 @app.command(rich_help_panel="Lifecycle")
 def ui() -> None:
     """(Not yet available.) The web app over the same store."""

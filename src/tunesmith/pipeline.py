@@ -41,7 +41,9 @@ def _tokenizer_and_context(config: ProjectConfig) -> tuple[Any, int | None]:
     )
 
 
-def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> DatasetVersion:
+def prepare_data(
+    config: ProjectConfig, workspace: Workspace | None = None, *, lineage: dict[str, Any] | None = None
+) -> DatasetVersion:
     """Turn `data.path` into a stored dataset version (the same rows and options give the same version).
 
     Token lengths are counted with the configured model's tokenizer, against its context window.
@@ -65,6 +67,7 @@ def prepare_data(config: ProjectConfig, workspace: Workspace | None = None) -> D
         max_tokens=context,
         truncate_at=config.train.max_length,
         model_id=config.model.id,
+        lineage=lineage,
     )
     return version
 

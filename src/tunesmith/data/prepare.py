@@ -447,10 +447,12 @@ def prepare_dataset(
     truncate_at: int | None = None,
     name: str | None = None,
     model_id: str | None = None,
+    lineage: dict[str, Any] | None = None,
 ) -> tuple[DatasetVersion, Prepared]:
     """Run every step on `config.path` and store the result as an immutable dataset version.
 
     Returns the existing version when the same rows were prepared with the same options before.
+    `lineage` (where the rows came from, e.g. the served requests behind them) goes in its meta.
 
     Raises:
         DataError: when the source is unusable, no training row is left, or `data.strict` is set
@@ -524,6 +526,7 @@ def prepare_dataset(
                         k: report[k] for k in ("detection", "steps", "stats", "rejected_by_reason", "notes")
                     },
                     "data_config": config.model_dump(mode="json"),
+                    **({"lineage": lineage} if lineage else {}),
                 },
             )
             s.add(version)

@@ -141,14 +141,20 @@ def run_eval(
     few_shot: int | None = None,
     probe: bool | None = None,
     judge: bool | None = None,
+    dataset: str | None = None,
 ) -> EvalOutcome:
     """Evaluate version (or alias) `ref` against `compare` (default `eval.compare`) and store the report.
+
+    `dataset` evaluates on another dataset version's split than the candidate's own (an incremental
+    fine-tune on production feedback is judged on the test split production was judged on).
 
     Raises:
         RegistryError: an unknown version, or an alias the user named that is not set.
         DataError: a version without a dataset, an empty split, or unusable probe or judge files.
     """
-    plan = plan_eval(config, ref, workspace, compare=compare, few_shot=few_shot, probe=probe, judge=judge)
+    plan = plan_eval(
+        config, ref, workspace, compare=compare, few_shot=few_shot, probe=probe, judge=judge, dataset=dataset
+    )
     settings = config.eval
     systems, probe_outputs = _score_subjects(plan, config)
     judged = _run_judge(plan, config, systems) if plan.judge else None
@@ -231,6 +237,7 @@ def plan_eval(
     few_shot: int | None = None,
     probe: bool | None = None,
     judge: bool | None = None,
+    dataset: str | None = None,
 ) -> EvalPlan:
     """Resolve the systems, items and metrics of an eval, failing before any model is loaded."""
     from tunesmith.workspace import open_workspace
@@ -259,14 +266,16 @@ def plan_eval(
     for subject in subjects:
         if subject.ref == "base" and kind in ("classification", "tagging"):
             subject.label = "majority" if kind == "classification" else "all O"  # a new head only guesses
-    if candidate.dataset_version_id is None:
+    dataset_id = dataset or candidate.dataset_version_id
+    if dataset_id is None:
         raise DataError(f"{candidate.name} records no dataset version to evaluate on")
     with session(workspace.engine) as s:
-        dataset = s.get(DatasetVersion, candidate.dataset_version_id)
-    assert dataset is not None
-    items = load_split(dataset, settings.split)
+        data = s.get(DatasetVersion, dataset_id)
+    if data is None:
+        raise DataError(f"no dataset version {dataset_id}; see `tunesmith data list`")
+    items = load_split(data, settings.split)
     if not items:
-        raise DataError(f"dataset {dataset.id} has no {settings.split} rows to evaluate on")
+        raise DataError(f"dataset {data.id} has no {settings.split} rows to evaluate on")
     metrics = list(settings.metrics or DEFAULT_METRICS[kind])
     if kind == "generation" and settings.metrics is None:
         metrics.append("perplexity")
@@ -290,12 +299,12 @@ def plan_eval(
         kind=kind,
         subjects=subjects,
         notes=notes,
-        dataset=dataset,
+        dataset=data,
         items=items,
         references=references,
         context=context,
         metrics=metrics,
-        shots=_shots(dataset, few_shot, settings.seed) if few_shot else [],
+        shots=_shots(data, few_shot, settings.seed) if few_shot else [],
         few_shot=few_shot,
         probe_data=_probe_inputs(config) if (settings.probe.enabled if probe is None else probe) else None,
         judge=judge,

@@ -1,0 +1,278 @@
+"""`tunesmith improve`: production requests and their feedback → a new dataset → a gated candidate in shadow.
+
+1. Select the served version's requests by time, score conditions and feedback kind.
+2. Corrections become SFT rows (the request's conversation, the corrected answer); preferences,
+   corrections (corrected over original) and good-vs-bad answers to the same prompt become DPO
+   pairs (`preferences.jsonl`, for preference training).
+3. The SFT rows go through the data stage — dedup, PII scrub, and decontamination against the
+   test split production is judged on — into a dataset version whose lineage names the requests.
+4. An incremental fine-tune starts from the production version (`train.init_from`).
+5. The new version is evaluated against production on production's test split, with `eval.gates`.
+6. Only a passing gate report moves the `shadow` alias to it; never production.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tunesmith.config import ProjectConfig
+from tunesmith.registry.versions import RegistryError, alias_target, get_version, move_alias
+from tunesmith.store import DatasetVersion, Feedback, ModelVersion, RequestLog, RequestScore, session
+from tunesmith.workspace import Workspace
+
+CONDITION = re.compile(r"^([a-z0-9_]+)\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)$")
+
+
+class ImproveError(ValueError):
+    """Nothing to improve from, or a filter that cannot be read: the message says which."""
+
+
+@dataclass
+class Selection:
+    """Which requests `improve` learns from."""
+
+    model: str  # family@alias, family, or a version
+    since: timedelta | None = None
+    where: list[str] = field(default_factory=list)  # score conditions such as "relevance<0.3"
+    feedback: tuple[str, ...] = ("correction", "preference", "rating")
+    limit: int | None = None
+
+
+@dataclass
+class ImproveOutcome:
+    folder: Path
+    production: ModelVersion
+    requests: list[str]
+    sft_rows: int
+    dpo_rows: int
+    dataset: DatasetVersion | None = None
+    version: ModelVersion | None = None
+    report: dict[str, Any] | None = None
+    shadow: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_condition(text: str) -> tuple[str, str, float]:
+    match = CONDITION.match(text.replace(" ", ""))
+    if match is None:
+        raise ImproveError(f"--where {text!r}: write SCORE<VALUE, e.g. relevance<0.3 or refusal>=1")
+    return match.group(1), match.group(2), float(match.group(3))
+
+
+def resolve_model(workspace: Workspace, model: str) -> ModelVersion:
+    if "@" in model:
+        family, alias = model.split("@", 1)
+        version = alias_target(workspace, family, alias)
+        if version is None:
+            raise RegistryError(f"alias {alias} of {family} is not set")
+        return version
+    try:
+        return get_version(workspace, model)
+    except RegistryError:
+        version = alias_target(workspace, model, "production")
+        if version is None:
+            raise
+        return version
+
+
+def select_examples(
+    workspace: Workspace, production: ModelVersion, selection: Selection
+) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(request ids used, SFT rows, DPO rows) from the version's logged requests and their feedback."""
+    from tunesmith.monitor.alerts import OPS
+
+    conditions = [parse_condition(c) for c in selection.where]
+    with session(workspace.engine) as s:
+        query = select(RequestLog).where(
+            RequestLog.version_id == production.id, RequestLog.status == 200, RequestLog.route != "shadow"
+        )
+        if selection.since is not None:
+            query = query.where(RequestLog.at >= datetime.now(UTC) - selection.since)
+        requests = {r.id: r for r in s.scalars(query.order_by(RequestLog.at))}
+        feedback = list(
+            s.scalars(select(Feedback).where(Feedback.request_id.in_(requests)).order_by(Feedback.id))
+        )
+        scores: dict[str, dict[str, float]] = {}
+        for score in s.scalars(select(RequestScore).where(RequestScore.request_id.in_(requests))):
+            scores.setdefault(score.request_id, {})[score.name] = score.value
+    if conditions:
+        requests = {
+            rid: r
+            for rid, r in requests.items()
+            if all(
+                name in scores.get(rid, {}) and OPS[op](scores[rid][name], value)
+                for name, op, value in conditions
+            )
+        }
+    sft: list[dict[str, Any]] = []
+    dpo: list[dict[str, Any]] = []
+    rated: dict[str, list[tuple[float, str, str]]] = {}  # prompt key -> (goodness, answer, request id)
+    used: list[str] = []
+    for item in feedback:
+        request = requests.get(item.request_id)
+        if request is None or not request.output:
+            continue
+        _learn(item, request, selection.feedback, sft, dpo, rated)
+        if request.id not in used:
+            used.append(request.id)
+    for key, answers in rated.items():  # good-vs-bad answers to the same conversation
+        goods = [a for a in answers if a[0] == 1.0]
+        bads = [a for a in answers if a[0] == 0.0]
+        for (_, chosen, chosen_id), (_, rejected, rejected_id) in zip(goods, bads, strict=False):
+            if chosen != rejected:
+                dpo.append(
+                    {
+                        "prompt": json.loads(key),
+                        "chosen": chosen,
+                        "rejected": rejected,
+                        "origin": {"request_ids": [chosen_id, rejected_id]},
+                    }
+                )
+    if selection.limit is not None:
+        sft, dpo = sft[: selection.limit], dpo[: selection.limit]
+    return used, sft, dpo
+
+
+def _learn(
+    item: Feedback,
+    request: RequestLog,
+    kinds: tuple[str, ...],
+    sft: list[dict[str, Any]],
+    dpo: list[dict[str, Any]],
+    rated: dict[str, list[tuple[float, str, str]]],
+) -> None:
+    """Add what one piece of feedback teaches: an SFT row, DPO pairs, or a rated answer."""
+    messages = _messages(request.prompt)
+    answer = str(request.output[min(item.choice, len(request.output) - 1)])
+    origin = {"request_id": request.id, "feedback_id": item.id}
+    if item.correction and "correction" in kinds:
+        sft.append(
+            {"messages": [*messages, {"role": "assistant", "content": item.correction}], "origin": origin}
+        )
+        dpo.append({"prompt": messages, "chosen": item.correction, "rejected": answer, "origin": origin})
+    if item.preference and "preference" in kinds:
+        dpo.append({"prompt": messages, **item.preference, "origin": origin})
+    if item.rating is not None and "rating" in kinds:
+        good = item.rating >= (4 if item.scale == "stars" else 0.5)
+        bad = item.rating <= (2 if item.scale == "stars" else 0.5) and not good
+        if good or bad:
+            rated.setdefault(json.dumps(messages, sort_keys=True), []).append(
+                (float(good), answer, request.id)
+            )
+
+
+def _messages(prompt: Any) -> list[dict[str, str]]:
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    text = prompt[0] if isinstance(prompt, list) else prompt
+    return [{"role": "user", "content": str(text)}]
+
+
+def improve(
+    config: ProjectConfig,
+    workspace: Workspace,
+    selection: Selection,
+    *,
+    train: bool = True,
+) -> ImproveOutcome:
+    """Run the loop (see the module doc); with `train=False` stop after writing the datasets."""
+    from tunesmith.data.prepare import load_split
+    from tunesmith.evaluate.runner import run_eval
+    from tunesmith.pipeline import prepare_data
+    from tunesmith.pipeline import train as train_version
+
+    production = resolve_model(workspace, selection.model)
+    used, sft, dpo = select_examples(workspace, production, selection)
+    folder = workspace.root / "improve" / f"imp-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    folder.mkdir(parents=True)
+    _write_jsonl(folder / "sft.jsonl", [{"messages": r["messages"]} for r in sft])
+    _write_jsonl(folder / "preferences.jsonl", [{k: v for k, v in r.items() if k != "origin"} for r in dpo])
+    lineage = {
+        "source": "production",
+        "version": production.name,
+        "requests": used,
+        "rows": [r["origin"] for r in sft],
+        "selection": {
+            "model": selection.model,
+            "since": str(selection.since or ""),
+            "where": selection.where,
+        },
+    }
+    (folder / "lineage.json").write_text(
+        json.dumps({**lineage, "preference_rows": [r["origin"] for r in dpo]}, indent=2)
+    )
+    outcome = ImproveOutcome(folder, production, used, len(sft), len(dpo))
+    if not sft:
+        outcome.notes.append(
+            "no corrections among the selected requests, so no SFT rows: nothing to fine-tune on"
+            + (
+                f"; {len(dpo)} preference pair(s) are in preferences.jsonl for preference training"
+                if dpo
+                else ""
+            )
+        )
+        return outcome
+    eval_dataset = production.dataset_version_id
+    contamination = [*config.data.contamination]
+    if eval_dataset is not None:
+        with session(workspace.engine) as s:
+            judged_on = s.get(DatasetVersion, eval_dataset)
+        if judged_on is not None:
+            held_out = load_split(judged_on, config.eval.split)
+            _write_jsonl(folder / "eval_split.jsonl", held_out)
+            contamination.append(str(folder / "eval_split.jsonl"))
+    improved = config.model_copy(deep=True)
+    improved.data = improved.data.model_copy(
+        update={
+            "path": str(folder / "sft.jsonl"),
+            "format": "chat",
+            "contamination": contamination,
+            "split": improved.data.split.model_copy(update={"val": 0.0, "test": 0.0}),
+        }
+    )
+    improved.train = improved.train.model_copy(update={"init_from": production.name})
+    improved.with_base_dir(config.base_dir)
+    outcome.dataset = prepare_data(improved, workspace, lineage=lineage)
+    if not train:
+        return outcome
+    trained = train_version(improved, workspace)
+    outcome.version = trained.version
+    evaluated = run_eval(
+        improved, trained.version.name, workspace, compare=["base", production.name], dataset=eval_dataset
+    )
+    outcome.report = evaluated.report
+    if evaluated.report.get("gate_passed"):
+        move_alias(
+            workspace,
+            production.family,
+            "shadow",
+            trained.version,
+            reason=f"improve from {production.name} feedback",
+            gate_report_id=evaluated.report["id"],
+            action="promote",
+        )
+        outcome.shadow = True
+    else:
+        outcome.notes.append(
+            "the gates did not pass (or none are set under eval.gates), so shadow was not moved: "
+            + "; ".join(
+                f"{g.get('gate')}: {g.get('detail')}"
+                for g in evaluated.report.get("gates", [])
+                if not g.get("passed")
+            )
+        )
+    return outcome
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    partial = path.with_name(f".{path.name}.tmp")
+    partial.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    partial.replace(path)
