@@ -118,10 +118,10 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
 
         server.request_log.flush()
         with session(server.workspace.engine) as s:
-            rows = list(s.query(RequestLog).order_by(RequestLog.at))
-        assert rows[0].output == [answer.choices[0].message.content]
-        assert rows[0].prompt == QUESTION and rows[0].route == "primary" and rows[0].ttft_ms is not None
-        assert rows[0].tokens_out == answer.usage.completion_tokens
+            row = s.get(RequestLog, raw.headers["x-request-id"])
+        assert row.output == [answer.choices[0].message.content]
+        assert row.prompt == QUESTION and row.route == "primary" and row.ttft_ms is not None
+        assert row.tokens_out == answer.usage.completion_tokens
 
 
 def cli(project: dict, *args: str):

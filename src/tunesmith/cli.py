@@ -1240,7 +1240,7 @@ def rollout_abort(
 
 
 monitor_app = typer.Typer(
-    help="Production monitoring: drift of served prompts, online scores.", no_args_is_help=True
+    help="Production monitoring: alerts, drift of served prompts, reports over time.", no_args_is_help=True
 )
 app.add_typer(monitor_app, name="monitor", rich_help_panel="Lifecycle")
 
