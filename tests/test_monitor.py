@@ -387,3 +387,29 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
     assert any(p["chosen"] != p["rejected"] and "joke" in p["prompt"][0]["content"] for p in preferences)
     moved = history(workspace, family, "shadow")[0]
     assert moved.gate_report_id is not None and moved.action == "promote"
+
+
+def test_a_sample_of_answers_gets_an_online_judge_score(serve_project):
+    from judge_server import serve as judge_endpoint
+
+    family = serve_project["family"]
+    with judge_endpoint() as (judge_url, judge_app):
+        settings = (
+            f"monitor.judge={{endpoint: '{judge_url}', model: fair, steps: [Check the facts.]}}",
+            "monitor.judge_sample_rate=1.0",
+            "monitor.scorers=[length]",
+        )
+        with running(config_of(serve_project, *settings)) as (url, server):
+            api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+            answer = api.chat.completions.create(
+                model=family, messages=[{"role": "user", "content": "Opening hours?"}], max_tokens=4
+            )
+            server.scorer.flush()
+            with session(server.workspace.engine) as s:
+                request_id = "req-" + answer.id.removeprefix("chatcmpl-")
+                scores = {
+                    r.name: r.value
+                    for r in s.query(RequestScore).filter(RequestScore.request_id == request_id)
+                }
+    assert set(scores) == {"length", "judge"} and 1 <= scores["judge"] <= 5
+    assert judge_app.state.calls >= 1

@@ -1111,7 +1111,7 @@ def serve(
     cfg = _config(config, overrides)
     try:
         run_server(cfg, host=host, port=port)
-    except (RegistryError, BackendError) as exc:
+    except (RegistryError, BackendError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
 

@@ -566,6 +566,10 @@ class MonitorConfig(_Section):
     )  # vs a user's correction
     toxicity_words: str | None = None  # a file of words and phrases, one per line; default: the bundled list
     drift: DriftConfig = Field(default_factory=DriftConfig)
+    judge: JudgeConfig = Field(
+        default_factory=JudgeConfig
+    )  # an endpoint judge (`judge.endpoint`) for online use
+    judge_sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of scored answers also given a judge score
     alerts: list[AlertRule] = Field(default_factory=list)
     alert_interval_seconds: float = Field(60.0, gt=0)  # how often a running server checks the rules
 

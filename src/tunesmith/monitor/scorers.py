@@ -41,10 +41,12 @@ DEFAULT_SCORERS = ["empty", "truncated", "refusal", "toxicity", "relevance", "le
 
 @dataclass
 class ScoringContext:
-    """What scorers share: the embedder (loaded on first use) and the toxic word list."""
+    """What scorers share: the embedder (loaded on first use), the toxic word list, the judge."""
 
     toxic_words: frozenset[str]
     embedder: Any = None
+    judge: Any = None  # a started `tunesmith.evaluate.judge.JudgeRun`, when monitor.judge is on
+    judge_sample_rate: float = 0.0
 
     def embed(self, texts: list[str]) -> Any:
         if self.embedder is None:
@@ -149,6 +151,24 @@ def pii(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> f
     return float(sum(counts.values()))
 
 
+@register_scorer("judge")
+def judge(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float | None:
+    """The judge's G-Eval score 1-5 (monitor.judge), on a `monitor.judge_sample_rate` share of answers."""
+    if ctx.judge is None or random.random() >= ctx.judge_sample_rate or not answer.strip():
+        return None
+    return ctx.judge.score(prompt, answer, None)
+
+
+def start_judge(workspace: Workspace, config: Any) -> Any:
+    """The online judge of `monitor.judge`: an OpenAI-compatible endpoint (a local model would compete
+    with serving for the machine), its verdicts cached in the workspace."""
+    from tunesmith.evaluate.judge import make_judge, start
+
+    if not config.endpoint:
+        raise ValueError("monitor.judge needs judge.endpoint (an OpenAI-compatible URL) for online scoring")
+    return start(config, make_judge(config, None), workspace.root / "eval_cache" / "judge")
+
+
 def prompt_of(row: dict[str, Any]) -> str:
     """The last user turn of a chat request, or the completion prompt."""
     prompt = row.get("prompt")
@@ -212,14 +232,20 @@ class OnlineScorer:
     """Scores a sample of served requests in a background thread and writes the scores to the store."""
 
     def __init__(
-        self, workspace: Workspace, names: list[str], sample_rate: float, toxic_words: frozenset[str]
+        self,
+        workspace: Workspace,
+        names: list[str],
+        sample_rate: float,
+        toxic_words: frozenset[str],
+        judge: Any = None,
+        judge_sample_rate: float = 0.0,
     ) -> None:
         for name in names:
             get_scorer(name)  # an unknown name fails at start, not per request
         self.workspace = workspace
-        self.names = names
+        self.names = [*names, *(["judge"] if judge is not None and "judge" not in names else [])]
         self.sample_rate = sample_rate
-        self.ctx = ScoringContext(toxic_words)
+        self.ctx = ScoringContext(toxic_words, judge=judge, judge_sample_rate=judge_sample_rate)
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="tunesmith-scorer", daemon=True)
         self.scored = 0

@@ -27,7 +27,7 @@ from sqlalchemy import select
 from tunesmith.config import ConfigError, ProjectConfig
 from tunesmith.monitor.alerts import check_alerts
 from tunesmith.monitor.feedback import FeedbackError, FeedbackIn, record_feedback
-from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words
+from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words, start_judge
 from tunesmith.registry.aliases import PromotionError, describe, promote, rollback
 from tunesmith.registry.versions import RegistryError, get_version, version_names
 from tunesmith.serve import rollout as rollouts
@@ -79,8 +79,16 @@ class Server:
         self.request_log = RequestLogWriter(self.workspace) if self.serve.log_requests else None
         monitor = config.monitor
         words = config.resolve_path(monitor.toxicity_words) if monitor.toxicity_words else None
+        online_judge = start_judge(self.workspace, monitor.judge) if monitor.judge_sample_rate > 0 else None
         self.scorer = (
-            OnlineScorer(self.workspace, monitor.scorers, monitor.sample_rate, load_toxic_words(words))
+            OnlineScorer(
+                self.workspace,
+                monitor.scorers,
+                monitor.sample_rate,
+                load_toxic_words(words),
+                judge=online_judge,
+                judge_sample_rate=monitor.judge_sample_rate,
+            )
             if self.request_log is not None and monitor.scorers and monitor.sample_rate > 0
             else None
         )
