@@ -300,6 +300,22 @@ def test_monitor_report_writes_time_series_per_version_with_alerts(serve_project
     ):
         assert f'alt="{title}"' in html
     assert html.count("data:image/png;base64,") >= 5
+    with_drift = runner.invoke(
+        app,
+        [
+            "monitor",
+            "report",
+            "--drift",
+            "--output",
+            str(page),
+            "--config",
+            str(serve_project["path"]),
+            *[a for s in serve_project["settings"] for a in ("--set", s)],
+        ],
+    )
+    assert with_drift.exit_code == 0, with_drift.output
+    html = page.read_text(encoding="utf-8")
+    assert 'alt="similarity of prompts to training prompts"' in html and "Drift against" in html
     bad = runner.invoke(
         app, ["monitor", "report", "--since", "yesterday", "--config", str(serve_project["path"])]
     )

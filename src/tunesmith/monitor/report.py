@@ -136,6 +136,7 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         "p95 latency (ms)": ("latency", lambda v: float(np.percentile(v, 95))),
         "error rate": ("errors", lambda v: float(np.mean(v))),
         "negative feedback share": ("feedback", lambda v: float(np.mean(v))),
+        "similarity of prompts to training prompts": ("similarity", lambda v: float(np.mean(v))),
     }
     for key in sorted({k for v in series.values() for k in v if k.startswith("score:")}):
         panels[f"mean {key[6:]}"] = (key, lambda v: float(np.mean(v)))
@@ -174,6 +175,8 @@ def write_report(
     data = collect(workspace, start, now)
     score_names, rows = summary_rows(data["summary"])
     drift_rows = _drift_rows(workspace, monitor, [r["version"] for r in rows]) if drift else []
+    if drift:
+        _similarity_series(workspace, data, start)
     alerts = [a for a in recent_alerts(workspace, limit=200) if _aware(a.at) >= start]
     names = version_names(workspace)
     env = Environment(loader=PackageLoader("tunesmith", "monitor"), autoescape=True)
@@ -200,6 +203,42 @@ def write_report(
     partial.write_text(html, encoding="utf-8")
     partial.replace(output)  # a reader never sees half a page
     return output
+
+
+def _similarity_series(workspace: Workspace, data: dict[str, Any], since: datetime) -> None:
+    """Add, per version, the mean MiniLM cosine similarity of each bucket's prompts to the centroid of
+    its training prompts: drift over time (it falls as prompts move away from what was trained)."""
+    from tunesmith.monitor.drift import DriftError, reference_texts
+    from tunesmith.monitor.embed import Embedder
+    from tunesmith.monitor.scorers import prompt_of
+
+    embedder: Embedder | None = None
+    edges = data["edges"]
+    width = edges[1] - edges[0]
+    for name in list(data["series"]):
+        with session(workspace.engine) as s:
+            version = s.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+            if version is None:
+                continue
+            rows = s.execute(
+                select(RequestLog.at, RequestLog.prompt)
+                .where(RequestLog.version_id == version.id, RequestLog.at >= since, RequestLog.status == 200)
+                .order_by(RequestLog.at.desc())
+                .limit(2000)
+            ).all()
+        try:
+            _, reference, _ = reference_texts(workspace, version)
+        except DriftError:
+            continue
+        if not rows or not reference:
+            continue
+        embedder = embedder or Embedder()
+        centre = embedder.encode(reference[:500]).mean(axis=0)
+        centre /= np.linalg.norm(centre) or 1.0
+        similarity = embedder.encode([prompt_of({"prompt": p}) for _, p in rows]) @ centre
+        for (at, _), value in zip(rows, similarity, strict=True):
+            b = min(BUCKETS - 1, max(0, int((_aware(at) - since) / width)))
+            data["series"][name]["similarity"][b].append(float(value))
 
 
 def _drift_rows(workspace: Workspace, monitor: MonitorConfig, versions: list[str]) -> list[dict[str, Any]]:
