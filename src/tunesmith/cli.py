@@ -1318,24 +1318,13 @@ def monitor_drift(
 
     from tunesmith.monitor.drift import DriftError, drift_for_version
     from tunesmith.registry import RegistryError
-    from tunesmith.registry.versions import alias_target, get_version
+    from tunesmith.registry.versions import resolve_name
     from tunesmith.workspace import open_workspace
 
     cfg = _config(config, set_)
     workspace = open_workspace(cfg)
     try:
-        if "@" in model:
-            family, alias = model.split("@", 1)
-            version = alias_target(workspace, family, alias)
-            if version is None:
-                raise RegistryError(f"alias {alias} of {family} is not set")
-        else:
-            try:
-                version = get_version(workspace, model)
-            except RegistryError:
-                version = alias_target(workspace, model, "production")
-                if version is None:
-                    raise
+        version = resolve_name(workspace, model)
         report = drift_for_version(workspace, version, cfg.monitor.drift)
     except (RegistryError, DriftError) as exc:
         raise _fail(str(exc)) from None

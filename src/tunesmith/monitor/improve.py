@@ -24,7 +24,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tunesmith.config import ProjectConfig
-from tunesmith.registry.versions import RegistryError, alias_target, get_version, move_alias
+from tunesmith.registry.versions import move_alias, resolve_name
 from tunesmith.store import DatasetVersion, Feedback, ModelVersion, RequestLog, RequestScore, session
 from tunesmith.workspace import Workspace
 
@@ -65,22 +65,6 @@ def parse_condition(text: str) -> tuple[str, str, float]:
     if match is None:
         raise ImproveError(f"--where {text!r}: write SCORE<VALUE, e.g. relevance<0.3 or refusal>=1")
     return match.group(1), match.group(2), float(match.group(3))
-
-
-def resolve_model(workspace: Workspace, model: str) -> ModelVersion:
-    if "@" in model:
-        family, alias = model.split("@", 1)
-        version = alias_target(workspace, family, alias)
-        if version is None:
-            raise RegistryError(f"alias {alias} of {family} is not set")
-        return version
-    try:
-        return get_version(workspace, model)
-    except RegistryError:
-        version = alias_target(workspace, model, "production")
-        if version is None:
-            raise
-        return version
 
 
 def select_examples(
@@ -189,7 +173,7 @@ def improve(
     from tunesmith.pipeline import prepare_data
     from tunesmith.pipeline import train as train_version
 
-    production = resolve_model(workspace, selection.model)
+    production = resolve_name(workspace, selection.model)
     used, sft, dpo = select_examples(workspace, production, selection)
     folder = workspace.root / "improve" / f"imp-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     folder.mkdir(parents=True)

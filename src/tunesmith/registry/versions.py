@@ -203,3 +203,25 @@ def version_names(workspace: Workspace) -> dict[str, str]:
     """Every version's name by id: for showing history rows and rollouts."""
     with session(workspace.engine) as s:
         return {vid: name for vid, name in s.execute(select(ModelVersion.id, ModelVersion.name))}
+
+
+def resolve_name(workspace: Workspace, name: str) -> ModelVersion:
+    """The version a served name means now: `family@alias`, a version name or id, or a bare family
+    (its production alias).
+
+    Raises:
+        RegistryError: the alias is not set, or nothing answers to the name.
+    """
+    if "@" in name:
+        family, alias = name.split("@", 1)
+        version = alias_target(workspace, family, alias)
+        if version is None:
+            raise RegistryError(f"alias {alias} of {family} is not set")
+        return version
+    try:
+        return get_version(workspace, name)
+    except RegistryError:
+        version = alias_target(workspace, name, "production")
+        if version is None:
+            raise
+        return version
