@@ -401,6 +401,29 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
     preferences = [json.loads(line) for line in (Path(dataset.source).parent / "preferences.jsonl").open()]
     assert len(preferences) >= 5 + 1 + 1  # corrections, the explicit preference, the good-vs-bad pair
     assert any(p["chosen"] != p["rejected"] and "joke" in p["prompt"][0]["content"] for p in preferences)
+    pairs = re.search(r"preference dataset (ds-\w+)", result.output)
+    with session(workspace.engine) as s:
+        stored = s.get(DatasetVersion, pairs.group(1))
+    assert stored.format == "preference" and stored.meta["lineage"]["version"] == production.name
+    assert stored.counts["train"] < len(preferences)  # the pair on a test question was decontaminated
+    clustered = runner.invoke(
+        app,
+        [
+            "improve",
+            "--since",
+            "1h",
+            "--drift-cluster",
+            "--no-train",
+            "--config",
+            str(serve_project["path"]),
+            *[a for s in settings for a in ("--set", s)],
+        ],
+    )
+    assert clustered.exit_code == 0, clustered.output
+    narrowed = int(
+        re.search(r"(\d+) request\(s\) with feedback", clustered.output.replace("\n", " ")).group(1)
+    )
+    assert 0 < narrowed < len(dataset.meta["lineage"]["requests"])
     moved = history(workspace, family, "shadow")[0]
     assert moved.gate_report_id is not None and moved.action == "promote"
 
@@ -429,3 +452,19 @@ def test_a_sample_of_answers_gets_an_online_judge_score(serve_project):
                 }
     assert set(scores) == {"length", "judge"} and 1 <= scores["judge"] <= 5
     assert judge_app.state.calls >= 1
+
+
+def test_drift_clusters_single_out_the_prompts_least_like_training():
+    from conftest import demo_rows
+    from tunesmith.monitor.drift import drift_clusters
+
+    trained = [row["messages"][-2]["content"] for row in demo_rows()]
+    familiar = trained[:24]
+    strange = [
+        f"What is {a} times {b}, and is the result a prime number?"
+        for a, b in zip(range(3, 15), range(7, 19), strict=True)
+    ]
+    labels, similarity = drift_clusters(trained[24:], familiar + strange, clusters=4)
+    drifted = min(range(len(similarity)), key=similarity.__getitem__)
+    members = [i for i, label in enumerate(labels) if label == drifted]
+    assert members and all(i >= len(familiar) for i in members)  # only arithmetic in the drifted cluster

@@ -1389,6 +1389,9 @@ def improve_cmd(
         str, typer.Option(help="Feedback kinds to learn from.")
     ] = "correction,preference,rating",
     limit: Annotated[int | None, typer.Option(help="At most this many rows of each kind.")] = None,
+    drift_cluster: Annotated[
+        bool, typer.Option(help="Only the cluster of requests least like the training data.")
+    ] = False,
     train: Annotated[
         bool, typer.Option(help="Fine-tune, evaluate and gate (--no-train: datasets only).")
     ] = True,
@@ -1409,6 +1412,7 @@ def improve_cmd(
             where=list(where or []),
             feedback=tuple(k.strip() for k in feedback.split(",") if k.strip()),
             limit=limit,
+            drift_cluster=drift_cluster,
         )
         result = improve(cfg, workspace, selection, train=train)
     except (ImproveError, RegistryError, DataError, ValueError) as exc:
@@ -1419,9 +1423,9 @@ def improve_cmd(
         highlight=False,
         soft_wrap=True,
     )
-    if result.dataset is not None:
-        counts = result.dataset.counts
-        out.print(f"dataset {result.dataset.id}: {counts}", highlight=False, soft_wrap=True)
+    for label, dataset in (("SFT", result.dataset), ("preference", result.preference_dataset)):
+        if dataset is not None:
+            out.print(f"{label} dataset {dataset.id}: {dataset.counts}", highlight=False, soft_wrap=True)
     if result.version is not None:
         out.print(f"trained {result.version.name} from {result.production.name}", highlight=False)
     if result.report is not None:

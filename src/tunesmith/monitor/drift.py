@@ -279,3 +279,40 @@ def distinctive_words(
     return [(w, round(s, 2)) for w, s in reversed(ranked[-top:]) if s > 0], [
         (w, round(-s, 2)) for w, s in ranked[:top] if s < 0
     ]
+
+
+def drift_clusters(
+    reference_prompts: list[str],
+    current_prompts: list[str],
+    *,
+    clusters: int = 6,
+    embedder: Any = None,
+    seed: int = 0,
+) -> tuple[list[int], list[float]]:
+    """Group recent prompts (k-means on MiniLM embeddings) and say how unlike the training data each group is.
+
+    Returns each prompt's cluster and, per cluster, the mean similarity of its prompts to their
+    nearest training prompt: the lowest is the drifted cluster, the one to learn from first.
+    """
+    from sklearn.cluster import KMeans
+
+    if embedder is None:
+        from tunesmith.monitor.embed import Embedder
+
+        embedder = Embedder()
+    rng = np.random.default_rng(seed)
+    if len(reference_prompts) > MAX_REFERENCE:
+        reference_prompts = [
+            reference_prompts[i] for i in rng.choice(len(reference_prompts), MAX_REFERENCE, replace=False)
+        ]
+    ref = embedder.encode(reference_prompts)
+    cur = embedder.encode(current_prompts)
+    k = max(1, min(clusters, len(current_prompts) // 3))
+    labels = (
+        KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(cur)
+        if k > 1
+        else np.zeros(len(cur), int)
+    )
+    nearest = (cur @ ref.T).max(axis=1)
+    similarity = [float(nearest[labels == c].mean()) for c in range(k)]
+    return [int(c) for c in labels], similarity

@@ -3,8 +3,8 @@
 1. Select the served version's requests by time, score conditions and feedback kind.
 2. Corrections become SFT rows (the request's conversation, the corrected answer); preferences,
    corrections (corrected over original) and good-vs-bad answers to the same prompt become DPO
-   pairs (`preferences.jsonl`, for preference training).
-3. The SFT rows go through the data stage — dedup, PII scrub, and decontamination against the
+   pairs, stored as a preference dataset version for preference training.
+3. Both go through the data stage — dedup, PII scrub, and decontamination against the
    test split production is judged on — into a dataset version whose lineage names the requests.
 4. An incremental fine-tune starts from the production version (`train.init_from`).
 5. The new version is evaluated against production on production's test split, with `eval.gates`.
@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from tunesmith.config import ProjectConfig
@@ -44,6 +45,7 @@ class Selection:
     where: list[str] = field(default_factory=list)  # score conditions such as "relevance<0.3"
     feedback: tuple[str, ...] = ("correction", "preference", "rating")
     limit: int | None = None
+    drift_cluster: bool = False  # only the cluster of requests least like the training data
 
 
 @dataclass
@@ -54,6 +56,7 @@ class ImproveOutcome:
     sft_rows: int
     dpo_rows: int
     dataset: DatasetVersion | None = None
+    preference_dataset: DatasetVersion | None = None
     version: ModelVersion | None = None
     report: dict[str, Any] | None = None
     shadow: bool = False
@@ -87,6 +90,8 @@ def select_examples(
         scores: dict[str, dict[str, float]] = {}
         for score in s.scalars(select(RequestScore).where(RequestScore.request_id.in_(requests))):
             scores.setdefault(score.request_id, {})[score.name] = score.value
+    if selection.drift_cluster:
+        requests = _least_like_training(workspace, production, requests)
     if conditions:
         requests = {
             rid: r
@@ -123,6 +128,22 @@ def select_examples(
     if selection.limit is not None:
         sft, dpo = sft[: selection.limit], dpo[: selection.limit]
     return used, sft, dpo
+
+
+def _least_like_training(
+    workspace: Workspace, production: ModelVersion, requests: dict[str, RequestLog]
+) -> dict[str, RequestLog]:
+    """The requests in the k-means cluster of prompts least like the version's training prompts."""
+    from tunesmith.monitor.drift import drift_clusters, reference_texts
+    from tunesmith.monitor.scorers import prompt_of
+
+    if len(requests) < 3:
+        return requests
+    _, reference, _ = reference_texts(workspace, production)
+    ids = list(requests)
+    labels, similarity = drift_clusters(reference, [prompt_of({"prompt": requests[i].prompt}) for i in ids])
+    drifted = int(np.argmin(similarity))
+    return {i: requests[i] for i, label in zip(ids, labels, strict=True) if label == drifted}
 
 
 def _learn(
@@ -188,42 +209,33 @@ def improve(
             "model": selection.model,
             "since": str(selection.since or ""),
             "where": selection.where,
+            "drift_cluster": selection.drift_cluster,
         },
     }
     (folder / "lineage.json").write_text(
         json.dumps({**lineage, "preference_rows": [r["origin"] for r in dpo]}, indent=2)
     )
     outcome = ImproveOutcome(folder, production, used, len(sft), len(dpo))
-    if not sft:
-        outcome.notes.append(
-            "no corrections among the selected requests, so no SFT rows: nothing to fine-tune on"
-            + (
-                f"; {len(dpo)} preference pair(s) are in preferences.jsonl for preference training"
-                if dpo
-                else ""
-            )
-        )
-        return outcome
-    eval_dataset = production.dataset_version_id
     contamination = [*config.data.contamination]
+    eval_dataset = production.dataset_version_id
     if eval_dataset is not None:
         with session(workspace.engine) as s:
             judged_on = s.get(DatasetVersion, eval_dataset)
         if judged_on is not None:
-            held_out = load_split(judged_on, config.eval.split)
-            _write_jsonl(folder / "eval_split.jsonl", held_out)
+            _write_jsonl(folder / "eval_split.jsonl", load_split(judged_on, config.eval.split))
             contamination.append(str(folder / "eval_split.jsonl"))
-    improved = config.model_copy(deep=True)
-    improved.data = improved.data.model_copy(
-        update={
-            "path": str(folder / "sft.jsonl"),
-            "format": "chat",
-            "contamination": contamination,
-            "split": improved.data.split.model_copy(update={"val": 0.0, "test": 0.0}),
-        }
-    )
+    if dpo:
+        pairs = _derived(config, folder / "preferences.jsonl", "preference", contamination)
+        origins = [r["origin"] for r in dpo]
+        outcome.preference_dataset = prepare_data(pairs, workspace, lineage={**lineage, "rows": origins})
+    if not sft:
+        outcome.notes.append(
+            "no corrections among the selected requests, so no SFT rows: nothing to fine-tune on"
+            + (f"; the {len(dpo)} preference pair(s) are for preference training" if dpo else "")
+        )
+        return outcome
+    improved = _derived(config, folder / "sft.jsonl", "chat", contamination)
     improved.train = improved.train.model_copy(update={"init_from": production.name})
-    improved.with_base_dir(config.base_dir)
     outcome.dataset = prepare_data(improved, workspace, lineage=lineage)
     if not train:
         return outcome
@@ -254,6 +266,20 @@ def improve(
             )
         )
     return outcome
+
+
+def _derived(config: ProjectConfig, path: Path, fmt: str, contamination: list[str]) -> ProjectConfig:
+    """The project config with `data` pointed at production-derived rows: all train, decontaminated."""
+    derived = config.model_copy(deep=True)
+    derived.data = derived.data.model_copy(
+        update={
+            "path": str(path),
+            "format": fmt,
+            "contamination": contamination,
+            "split": derived.data.split.model_copy(update={"val": 0.0, "test": 0.0}),
+        }
+    )
+    return derived.with_base_dir(config.base_dir)
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
