@@ -124,8 +124,13 @@ def check_alerts(
     monitor: MonitorConfig,
     registry: RegistryConfig,
     now: datetime | None = None,
+    *,
+    embedder: Any = None,
 ) -> list[AlertEvent]:
-    """Evaluate every rule once; fire (record, send, act) the ones that hold. Returns what fired."""
+    """Evaluate every rule once; fire (record, send, act) the ones that hold. Returns what fired.
+
+    Drift rules embed prompts; pass a loaded `embedder` to reuse it across checks.
+    """
     now = now or datetime.now(UTC)
     fired = []
     for rule in monitor.alerts:
@@ -133,7 +138,7 @@ def check_alerts(
         for version in _versions(workspace, rule, since):
             if _cooling(workspace, rule, version, now):
                 continue
-            drift = _drift(workspace, rule, version, monitor)
+            drift = _drift(workspace, rule, version, monitor, embedder)
             value, support = measure(workspace, rule, version, since, drift)
             if value is None or support < rule.min_requests or not OPS[rule.op](value, rule.threshold):
                 continue
@@ -167,13 +172,15 @@ def _cooling(workspace: Workspace, rule: AlertRule, version: ModelVersion, now: 
     return now - last < timedelta(minutes=rule.cooldown_minutes)
 
 
-def _drift(workspace: Workspace, rule: AlertRule, version: ModelVersion, monitor: MonitorConfig) -> Any:
+def _drift(
+    workspace: Workspace, rule: AlertRule, version: ModelVersion, monitor: MonitorConfig, embedder: Any
+) -> Any:
     if not rule.metric.startswith("drift_"):
         return None
     from tunesmith.monitor.drift import DriftError, drift_for_version
 
     try:
-        return drift_for_version(workspace, version, monitor.drift)
+        return drift_for_version(workspace, version, monitor.drift, embedder=embedder)
     except DriftError as exc:
         log.info("alert %s: no drift figure for %s (%s)", rule.name, version.name, exc)
         return None

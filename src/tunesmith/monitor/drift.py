@@ -163,12 +163,19 @@ def measure_drift(
     return report
 
 
-def drift_for_version(workspace: Workspace, version: ModelVersion, config: DriftConfig) -> DriftReport:
+def drift_for_version(
+    workspace: Workspace, version: ModelVersion, config: DriftConfig, *, embedder: Any = None
+) -> DriftReport:
     """Drift of the version's recent prompts against its own training data."""
     dataset, ref_prompts, ref_answers = reference_texts(workspace, version)
     cur_prompts, cur_answers = recent_texts(workspace, version, config.window)
     report = measure_drift(
-        ref_prompts, cur_prompts, config, reference_answers=ref_answers, current_answers=cur_answers
+        ref_prompts,
+        cur_prompts,
+        config,
+        reference_answers=ref_answers,
+        current_answers=cur_answers,
+        embedder=embedder,
     )
     report.version, report.dataset = version.name, dataset.id
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +21,13 @@ class Embedder:
         self.model: Any = loaded.model.eval()
         self.tokenizer: Any = loaded.tokenizer
         self.max_length = max_length
+        self._lock = threading.Lock()  # a fast tokenizer refuses concurrent calls ("Already borrowed")
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         import torch
 
         out = []
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             for start in range(0, len(texts), batch_size):
                 batch = [t or " " for t in texts[start : start + batch_size]]
                 encoded = self.tokenizer(

@@ -175,7 +175,15 @@ class Server:
         self.router.refresh_rollouts()
         if self.config.monitor.alerts and time.monotonic() >= self._next_alert_check:
             self._next_alert_check = time.monotonic() + self.config.monitor.alert_interval_seconds
-            for alert in check_alerts(self.workspace, self.config.monitor, self.config.registry):
+            embedder = self.scorer.ctx if self.scorer is not None else None
+            if embedder is not None and any(
+                r.metric.startswith("drift_") for r in self.config.monitor.alerts
+            ):
+                embedder.embed([""])  # load the scorers' MiniLM once; drift rules share it
+            shared = embedder.embedder if embedder is not None else None
+            for alert in check_alerts(
+                self.workspace, self.config.monitor, self.config.registry, embedder=shared
+            ):
                 self.metrics.alerts.labels(alert.rule).inc()
         self.table.refresh()  # a completed rollout, or an alert's rollback, moved an alias
         self.metrics.loaded.set(len(self.backend.loaded()))
