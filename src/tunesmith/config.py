@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 CONFIG_FILENAME = "tunesmith.yaml"
+GENERATIVE_OBJECTIVES = ("sft", "pretrain", "multitask")  # objectives whose versions are causal LMs
 SectionT = TypeVar("SectionT", bound=BaseModel)
 DB_URL_ENV = "TUNESMITH_DB_URL"
 
@@ -613,7 +614,7 @@ class ProjectConfig(_Section):
         """The dtype the base weights load in: `model.dtype`, with `auto` decided for this run and machine."""
         if self.model.dtype != "auto":
             return self.model.dtype
-        generative = self.train.objective in ("sft", "pretrain", "multitask")
+        generative = self.train.objective in GENERATIVE_OBJECTIVES
         if generative and self.train.method in ("lora", "qlora"):
             from tunesmith.models.loading import native_bf16
 

@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith.config import GENERATIVE_OBJECTIVES
 from tunesmith.registry.versions import RegistryError
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace, atomic_dir
@@ -69,7 +70,7 @@ def export_version(
     from tunesmith.evaluate.generate import stop_token_ids
     from tunesmith.registry.loading import load_row
 
-    if version.config.get("train", {}).get("objective", "sft") not in ("sft", "pretrain", "multitask"):
+    if version.config.get("train", {}).get("objective", "sft") not in GENERATIVE_OBJECTIVES:
         raise ExportError(f"{version.name} is a classifier; export covers generative versions")
     if fmt == "adapter" and version.method not in ("lora", "qlora"):
         raise ExportError(

@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 
-from tunesmith.config import ConfigError, ProjectConfig
+from tunesmith.config import GENERATIVE_OBJECTIVES, ConfigError, ProjectConfig
 from tunesmith.monitor.alerts import check_alerts
 from tunesmith.monitor.feedback import FeedbackError, FeedbackIn, record_feedback
 from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words, start_judge
@@ -672,7 +672,7 @@ class Server:
         for route in self.router.routes:
             listed.setdefault(route, names.get(self.table.canonical(route)))  # type: ignore[arg-type]
         for version in versions:
-            if version.config.get("train", {}).get("objective", "sft") in ("sft", "pretrain", "multitask"):
+            if version.config.get("train", {}).get("objective", "sft") in GENERATIVE_OBJECTIVES:
                 listed.setdefault(version.name, version)
         return [
             {

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import ProjectConfig, ServeConfig
+from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, ServeConfig
 from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
@@ -75,7 +75,7 @@ class TransformersBackend(QueuedBackend):
                 return
             _safetensors_only(Path(version.path))
             objective = version.config.get("train", {}).get("objective", "sft")
-            if objective not in ("sft", "pretrain", "multitask"):
+            if objective not in GENERATIVE_OBJECTIVES:
                 raise BackendError(
                     f"{version.name} is a {objective} model; the server answers with generative versions only"
                 )
