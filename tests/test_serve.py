@@ -467,6 +467,12 @@ def test_optional_backends_that_cannot_run_here_say_what_is_missing(project):
     if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
         result = cli(project, "serve", "--backend", "vllm")
         assert result.exit_code == 1 and "vllm backend needs" in result.output
+    broken = Path(project["path"]).parent / "broken-runtime.yaml"
+    broken.write_text("models:\n  '*':\n    temperature: hot\n", encoding="utf-8")
+    refused = runner.invoke(
+        app, ["serve", "--config", str(project["path"]), "--set", f"serve.runtime_config={broken}"]
+    )
+    assert refused.exit_code == 2 and "broken-runtime.yaml:3" in refused.output
     unknown = cli(project, "serve", "--backend", "tgi")
     assert unknown.exit_code == 1 and "known: llamacpp, transformers, vllm" in unknown.output
 

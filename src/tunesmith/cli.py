@@ -1111,6 +1111,8 @@ def serve(
     cfg = _config(config, overrides)
     try:
         run_server(cfg, host=host, port=port)
+    except ConfigError as exc:  # the runtime config file
+        raise _fail(str(exc), 2) from None
     except (RegistryError, BackendError, ValueError) as exc:
         raise _fail(str(exc)) from None
 
