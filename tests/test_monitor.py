@@ -171,7 +171,8 @@ def test_monitor_drift_compares_served_prompts_with_the_versions_training_data(s
         for h, v, t in zip(range(30), range(40, 100, 2), range(2, 32), strict=False)
     ]
     cli = ["monitor", "drift", family, "--config", str(serve_project["path"])]
-    cli += [a for s in [*serve_project["settings"], "monitor.drift.permutations=100"] for a in ("--set", s)]
+    drift = ["monitor.drift.permutations=100", "monitor.drift.window=40"]  # only this test's requests
+    cli += [a for s in [*serve_project["settings"], *drift] for a in ("--set", s)]
     with running(config_of(serve_project, "monitor.sample_rate=0")) as (url, server):
         api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
 
@@ -423,7 +424,12 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
     narrowed = int(
         re.search(r"(\d+) request\(s\) with feedback", clustered.output.replace("\n", " ")).group(1)
     )
-    assert 0 < narrowed < len(dataset.meta["lineage"]["requests"])
+    assert narrowed < len(
+        dataset.meta["lineage"]["requests"]
+    )  # one cluster of them (which, depends on the log)
+    run_name = re.search(r"imp-\d{8}-\d{6}-[0-9a-f]{4}", clustered.output.replace("\n", "")).group(0)
+    folder = workspace.root / "improve" / run_name
+    assert json.loads((folder / "lineage.json").read_text())["selection"]["drift_cluster"] is True
     moved = history(workspace, family, "shadow")[0]
     assert moved.gate_report_id is not None and moved.action == "promote"
 

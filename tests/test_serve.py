@@ -102,6 +102,10 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
             api.chat.completions.create(model="nobody@production", messages=QUESTION)
         with pytest.raises(openai.BadRequestError, match="max_tokens is too large"):
             api.chat.completions.create(model=family, messages=QUESTION, max_tokens=10**5)
+        with pytest.raises(openai.BadRequestError, match="maximum context length is 256 tokens"):
+            api.chat.completions.create(model=family, messages=QUESTION, max_tokens=250)
+        unbounded = api.chat.completions.create(model=family, messages=QUESTION)  # default fits the window
+        assert unbounded.usage.prompt_tokens + unbounded.usage.completion_tokens <= 256
         with pytest.raises(openai.BadRequestError, match="tools"):
             api.chat.completions.create(
                 model=family,

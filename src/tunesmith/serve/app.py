@@ -371,6 +371,8 @@ class Server:
                 400, f"n is too large: {body.n}. This server allows at most {self.serve.max_n}.", param="n"
             )
         context = self.backend.context_length(version.id)
+        if not body.requested_max_tokens and prompt_tokens < context:
+            max_tokens = min(max_tokens, context - prompt_tokens)  # a default never overflows the window
         if prompt_tokens + max_tokens > context:
             raise ApiError(
                 400,
