@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -179,11 +180,11 @@ class Backend(Protocol):
     def queue_depth(self) -> int: ...
 
 
-class QueuedBackend:
+class QueuedBackend(ABC):
     """The bounded job queue and worker thread that the built-in backends share.
 
-    Subclasses implement `loaded()` and `_work()` (take jobs from `_queue` under `_cond` until
-    `_stopping`); `submit` refuses work beyond `max_queue` waiting sequences with `OverloadedError`.
+    Subclasses implement `loaded()`, `_work()` and `_drop()`; `submit` refuses work beyond
+    `max_queue` waiting sequences with `OverloadedError`.
     """
 
     name = "queued"
@@ -200,11 +201,13 @@ class QueuedBackend:
         self.batch_seconds = 1.0  # running mean of one batch's time: the Retry-After estimate
         self.on_batch: Callable[[int], None] | None = None  # called with each batch's sequence count
 
+    @abstractmethod
     def loaded(self) -> set[str]:
-        raise NotImplementedError
+        """Ids of the versions this backend holds now."""
 
+    @abstractmethod
     def _work(self) -> None:
-        raise NotImplementedError
+        """The worker loop: take jobs (`_wait_for_jobs`) and decode them until stopping."""
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._work, name=f"tunesmith-{self.name}", daemon=True)
@@ -239,9 +242,9 @@ class QueuedBackend:
             self._active[job.version_id] += 1
             self._cond.notify_all()
 
+    @abstractmethod
     def _drop(self, version_id: str) -> None:
         """Free a retired version (called on the worker thread once nothing of it is in flight)."""
-        raise NotImplementedError
 
     def _wait_for_jobs(self, take: int | None = None) -> list[GenerationJob] | None:
         """Block until jobs are queued; take up to `take` (None: all), oldest first. None: stopping.
