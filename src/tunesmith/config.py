@@ -24,7 +24,28 @@ from pydantic import (
 )
 
 CONFIG_FILENAME = "tunesmith.yaml"
-GENERATIVE_OBJECTIVES = ("sft", "pretrain", "multitask")  # objectives whose versions are causal LMs
+# objectives whose versions are causal LMs
+GENERATIVE_OBJECTIVES = ("sft", "pretrain", "multitask", "dpo", "rl")
+# The losses `train.preference.loss_type` takes: TRL DPOTrainer's own (a list combines them, weighted
+# by loss_weights), and three that run on their own TRL trainers.
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+SEPARATE_PREFERENCE_LOSSES = ("kto", "orpo", "simpo")  # KTOTrainer, ORPOTrainer, CPOTrainer(simpo)
 SectionT = TypeVar("SectionT", bound=BaseModel)
 DB_URL_ENV = "TUNESMITH_DB_URL"
 
@@ -90,6 +111,7 @@ DataFormat = Literal[
     "text_label",
     "preference",
     "ranking",
+    "feedback",
     "text",
     "tagging",
 ]
@@ -197,13 +219,111 @@ class TaskConfig(_Section):
         return self
 
 
+class PreferenceSettings(_Section):
+    """Preference optimisation (`objective: dpo`): which loss, and how far it may pull from the reference."""
+
+    # sigmoid (DPO), ipo, hinge, robust, ... (every DPOTrainer loss; a list combines them), or:
+    # kto (thumbs-up/down rows, or pairs split into them), orpo and simpo (no reference model at all)
+    loss_type: str | list[str] = "sigmoid"
+    loss_weights: list[float] | None = None  # one weight per loss of a list
+    beta: float = Field(0.1, gt=0)  # strength of the pull towards the reference (DPO/KTO), or ORPO's λ
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)  # robust/cDPO: share of pairs taken as mislabelled
+    simpo_gamma: float = Field(0.5, ge=0.0)  # simpo: the target reward margin
+    desirable_weight: float = Field(1.0, gt=0)  # kto: weight of thumbs-up rows
+    undesirable_weight: float = Field(1.0, gt=0)  # kto: weight of thumbs-down rows
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, value: str | list[str]) -> str | list[str]:
+        names = [value] if isinstance(value, str) else value
+        if not names:
+            raise ValueError("loss_type: name at least one loss")
+        for name in names:
+            if name not in DPO_LOSSES + SEPARATE_PREFERENCE_LOSSES:
+                known = ", ".join(DPO_LOSSES + SEPARATE_PREFERENCE_LOSSES)
+                raise ValueError(f"loss_type {name!r} is unknown; use one of {known}")
+        separate = [n for n in names if n in SEPARATE_PREFERENCE_LOSSES]
+        if separate and len(names) > 1:
+            raise ValueError(f"loss_type {separate[0]} runs on its own trainer and cannot be combined")
+        return value
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> PreferenceSettings:
+        if self.loss_weights is not None:
+            count = 1 if isinstance(self.loss_type, str) else len(self.loss_type)
+            if len(self.loss_weights) != count:
+                raise ValueError(
+                    f"loss_weights: give one weight per loss ({count}), not {len(self.loss_weights)}"
+                )
+        return self
+
+    @property
+    def trainer(self) -> str:
+        """The TRL trainer the loss runs on: dpo, kto, orpo or simpo."""
+        return (
+            self.loss_type
+            if isinstance(self.loss_type, str) and self.loss_type in SEPARATE_PREFERENCE_LOSSES
+            else "dpo"
+        )
+
+
+Checker = Literal["numeric_match", "exact_match", "contains", "answer_format"]
+
+
+class RewardSpec(_Section):
+    """One reward of an RL run: a reward-model version, a Python function, or a built-in checker."""
+
+    model: str | None = None  # a registered reward-model version (objective reward), by name or id
+    # "package.module:function" or "path/to/file.py:function", called as TRL calls reward functions:
+    # f(prompts, completions, **columns) -> list[float]
+    function: str | None = None
+    # numeric_match: the answer's last number equals the reference's (after "####" when present);
+    # exact_match / contains: the reference text, normalised; answer_format: ends in a final-answer line
+    checker: Checker | None = None
+    weight: float = 1.0
+    name: str | None = None  # shown in the logs; default: the model, function or checker name
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSpec:
+        if sum(x is not None for x in (self.model, self.function, self.checker)) != 1:
+            raise ValueError("set exactly one of model, function or checker")
+        if self.function is not None and ":" not in self.function:
+            raise ValueError(f"function {self.function!r}: write it as module:function or file.py:function")
+        return self
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        source = self.model or self.checker or str(self.function).rsplit(":", 1)[-1]
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", source)
+
+
+class RLSettings(_Section):
+    """Online RL (`objective: rl`): sample answers, score them, and move towards the better ones."""
+
+    algorithm: Literal["grpo", "rloo"] = "grpo"  # TRL's GRPOTrainer or RLOOTrainer
+    rewards: list[RewardSpec] = Field(default_factory=list)
+    num_generations: int = Field(4, ge=2)  # answers sampled per prompt (the group they are compared in)
+    max_completion_length: int = Field(128, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    beta: float = Field(0.04, ge=0)  # the KL leash to the reference model (0: none, and no reference kept)
+    epsilon: float = Field(0.2, gt=0)  # the ratio clip of the surrogate objective
+    # optimisation passes over each batch of samples; above 1 the policy moves away from the sampling
+    # policy within a batch, and the clip starts to bite
+    num_iterations: int = Field(1, ge=1)
+
+
 class TrainConfig(_Section):
     """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
 
     # sft: chat/instruction rows, loss on the answers; pretrain: raw text (continued pre-training);
     # classify: a label per text (sequence-classification head); tag: a label per word (NER);
-    # multitask: several instruction datasets (train.tasks) mixed by weight, optionally on a schedule
-    objective: Literal["sft", "pretrain", "classify", "tag", "multitask"] = "sft"
+    # multitask: several instruction datasets (train.tasks) mixed by weight, optionally on a schedule;
+    # reward: a reward model from preference pairs or rankings; dpo: preference optimisation of the
+    # LM (train.preference); rl: online RL against rewards (train.rl)
+    objective: Literal["sft", "pretrain", "classify", "tag", "multitask", "reward", "dpo", "rl"] = "sft"
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
     # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
     method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"
@@ -253,6 +373,8 @@ class TrainConfig(_Section):
     # multitask: constant keeps each task's weight; linear moves it from start_weight to weight over the run
     schedule: Literal["constant", "linear"] = "constant"
     mixture_rows: int | None = Field(None, gt=0)  # multitask: rows per epoch (default: all train rows)
+    preference: PreferenceSettings = Field(default_factory=PreferenceSettings)  # objective dpo
+    rl: RLSettings = Field(default_factory=RLSettings)  # objective rl
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
     _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))
@@ -286,9 +408,25 @@ class TrainConfig(_Section):
                 raise ValueError("schedule linear needs a start_weight on at least one task")
         elif self.tasks:
             raise ValueError(f"train.tasks is for objective multitask; objective is {self.objective}")
+        self._check_preference_objectives()
         if self.early_stopping_patience is not None and self.save_strategy == "no":
             raise ValueError("early_stopping_patience needs checkpoints: set save_strategy to steps or epoch")
         return self
+
+    def _check_preference_objectives(self) -> None:
+        if self.objective == "rl" and not self.rl.rewards:
+            raise ValueError(
+                "objective rl needs train.rl.rewards: a list of {model | function | checker, weight}"
+            )
+        if self.packing and self.objective in ("reward", "dpo", "rl"):
+            raise ValueError(f"packing joins rows of text; objective {self.objective} scores whole answers")
+        if self.objective == "reward" and self.forgetting.method != "none":
+            raise ValueError("objective reward trains a scoring head: set forgetting.method: none")
+        if self.objective in ("dpo", "rl") and self.forgetting.method != "none":
+            raise ValueError(
+                f"forgetting.method {self.forgetting.method} guards SFT runs; objective {self.objective} "
+                f"already pulls towards its reference (train.preference.beta / train.rl.beta)"
+            )
 
     @property
     def accumulation_steps(self) -> int:

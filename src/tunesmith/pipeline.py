@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunesmith.config import CONFIG_FILENAME, ProjectConfig, load_config
+from tunesmith.config import CONFIG_FILENAME, GENERATIVE_OBJECTIVES, ProjectConfig, load_config
 from tunesmith.data import DataError, Prepared, check_rows, load_split, prepare_dataset
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
 from tunesmith.progress import console
@@ -126,7 +126,7 @@ def train(
     check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
     dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset)
+    check_objective(config.train.objective, dataset, config.train)
     estimate = fit_estimate(config, dataset)
     if not estimate.fits:
         raise DoesNotFitError(estimate.refusal())
@@ -195,7 +195,7 @@ def launch_distributed(
     check_method_supported(config.train)
     workspace = open_workspace(config)
     dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset)
+    check_objective(config.train.objective, dataset, config.train)
     run_id, _ = open_run(config, workspace, dataset, "train")
     worker = ["-m", "tunesmith.train.worker", str(config_path), run_id]
     for override in overrides:
@@ -274,6 +274,16 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspa
         return _load_parent(config, workspace or open_workspace(config))
     model, objective = config.model, config.train.objective
     quantization = quantization_config(config.train)
+    if objective == "reward":  # one score per answer
+        return load_model(
+            model.id,
+            model.source,
+            model.revision,
+            config.weights_dtype,
+            quantization,
+            head="sequence-classification",
+            num_labels=1,
+        )
     if objective not in HEADS:
         return load_model(model.id, model.source, model.revision, config.weights_dtype, quantization)
     labels = label_names(objective, dataset, config.data.labels)
@@ -305,9 +315,14 @@ def _load_parent(config: ProjectConfig, workspace: Workspace) -> Any:
             f"train.init_from: {parent.name} was fine-tuned from {parent.base_model}, "
             f"not from model.id {config.model.id}; set model.id to match"
         )
-    if parent.config.get("train", {}).get("objective", "sft") != config.train.objective:
+    parent_objective = parent.config.get("train", {}).get("objective", "sft")
+    both_generate = (
+        parent_objective in GENERATIVE_OBJECTIVES and config.train.objective in GENERATIVE_OBJECTIVES
+    )
+    if parent_objective != config.train.objective and not both_generate:
         raise RegistryError(
-            f"train.init_from: {parent.name} has another objective than {config.train.objective}"
+            f"train.init_from: {parent.name} is a {parent_objective} version; objective "
+            f"{config.train.objective} cannot start from it"
         )
     model, tokenizer = load_row(parent, workspace)
     if hasattr(model, "merge_and_unload"):
@@ -336,10 +351,16 @@ def _train_and_register(
 ) -> TrainOutcome | None:
     from tunesmith.train import train_sft
     from tunesmith.train.classify import HEADS, train_classifier
+    from tunesmith.train.preference import train_preference
+    from tunesmith.train.rl import train_rl
 
     base = base or load_base(config, dataset, workspace)
     if config.train.objective in HEADS:
         result = train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    elif config.train.objective in ("reward", "dpo"):
+        result = train_preference(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    elif config.train.objective == "rl":
+        result = train_rl(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     else:
         result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     if not is_main_process():

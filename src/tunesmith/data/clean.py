@@ -142,7 +142,7 @@ def map_texts(record: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any
     out = dict(record)
     if "messages" in out:
         out["messages"] = [{**m, "content": fn(m["content"])} for m in out["messages"]]
-    for key in ("text", "prompt", "chosen", "rejected"):
+    for key in ("text", "prompt", "chosen", "rejected", "completion"):
         value = out.get(key)
         if isinstance(value, str):
             out[key] = fn(value)
@@ -169,7 +169,7 @@ def record_text(record: dict[str, Any]) -> str:
         return _flatten(record["messages"])
     if "tokens" in record:
         return " ".join(record["tokens"])
-    parts = [_flatten(record.get(key)) for key in ("prompt", "chosen", "rejected", "text")]
+    parts = [_flatten(record.get(key)) for key in ("prompt", "chosen", "rejected", "completion", "text")]
     return "\n".join(p for p in parts if p)
 
 

@@ -6,6 +6,7 @@ Canonical records (metadata fields a row carries, such as `group` or `key_facts`
 - `classification`: `{"text": str, "label": str}`
 - `preference`: `{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages,
   ["margin": float]}`
+- `unpaired`: `{"prompt": str | messages, "completion": str | messages, "label": bool}` (thumbs up/down)
 - `text`: `{"text": str}` (continued pre-training)
 - `tagging`: `{"tokens": [str, ...], "tags": [str, ...]}`
 """
@@ -190,6 +191,25 @@ def _preference(row: dict[str, Any]) -> dict[str, Any]:
     return {**record, **_meta(row, ("prompt", "chosen", "rejected"))}
 
 
+_THUMBS = {
+    "true": True, "1": True, "up": True, "good": True, "yes": True, "desirable": True, "+1": True,
+    "false": False, "0": False, "down": False, "bad": False, "no": False, "undesirable": False, "-1": False,
+}  # fmt: skip
+
+
+def _unpaired(row: dict[str, Any]) -> dict[str, Any]:
+    """One answer with a thumbs-up or thumbs-down (KTO's unpaired preference rows)."""
+    label = row.get("label")
+    if not isinstance(label, bool):
+        label = _THUMBS.get(str(label).strip().casefold()) if isinstance(label, (str, int)) else None
+    if label is None:
+        raise RowError(
+            f"label: expected true/false (or up/down, good/bad, 1/0), got {_short(row.get('label'))}"
+        )
+    record = {"prompt": _side(row, "prompt"), "completion": _side(row, "completion"), "label": label}
+    return {**record, **_meta(row, ("prompt", "completion", "label"))}
+
+
 def split_shared_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:
     """Split two full transcripts into their shared prompt and the two different answers.
 
@@ -332,6 +352,14 @@ FORMATS: dict[str, FormatSpec] = {
             ("ranks", "scores"),
             _ranking,
             "a prompt with ranked responses (expanded to pairs)",
+        ),
+        FormatSpec(
+            "feedback",
+            "unpaired",
+            ("prompt", "completion", "label"),
+            (),
+            _unpaired,
+            "one answer with a thumbs-up/down label (KTO)",
         ),
         FormatSpec("text", "text", ("text",), (), _raw_text, "raw text for continued pre-training"),
         FormatSpec(

@@ -176,6 +176,9 @@ def _convert_rows(
             step.removed += 1
             continue
         records = expand_rankings(record) if fmt == "ranking" else [record]
+        if fmt == "ranking":  # the pairs of one ranking stay in one split (as a group, unless it has one)
+            for each in records:
+                each.setdefault(config.split.group_field, f"ranking:{location}")
         step.changed += len(records) - 1
         for index, each in enumerate(records):
             items.append(
@@ -235,6 +238,10 @@ def render_for_length(record: dict[str, Any], kind: str, tokenizer: Any) -> str:
         prompt = cleaning.record_text({"prompt": record["prompt"]})
         longer = max((cleaning.record_text({"text": record[k]}) for k in ("chosen", "rejected")), key=len)
         return prompt + longer
+    if kind == "unpaired":
+        return cleaning.record_text({"prompt": record["prompt"]}) + cleaning.record_text(
+            {"text": record["completion"]}
+        )
     if kind == "tagging":
         return " ".join(record["tokens"])
     return str(record["text"])

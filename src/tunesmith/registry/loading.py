@@ -32,9 +32,11 @@ def load_row(version: ModelVersion, workspace: Workspace | None = None) -> tuple
     from tunesmith.train.classify import HEADS, read_labels
 
     model_cfg = version.config["model"]
-    head, extra = "causal-lm", {}
+    head, extra = "causal-lm", dict[str, Any]()
     objective = version.config.get("train", {}).get("objective", "sft")
-    if objective in HEADS:
+    if objective == "reward":
+        head, extra = "sequence-classification", {"num_labels": 1}
+    elif objective in HEADS:
         labels = read_labels(Path(version.path))
         head = HEADS[objective]
         extra = {

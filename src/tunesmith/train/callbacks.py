@@ -30,6 +30,17 @@ def memory_mb() -> float:
     return (rss + gpu) / 2**20
 
 
+# What the bar shows of each log, when present: losses, and the RL and preference figures.
+_SHOWN = (
+    ("loss", "loss"),
+    ("eval_loss", "val"),
+    ("reward", "reward"),
+    ("kl", "kl"),
+    ("rewards/accuracies", "acc"),
+    ("accuracy", "acc"),
+)
+
+
 class RichProgressCallback(TrainerCallback):
     """One bar over all optimizer steps, with loss, learning rate, tokens/s and memory."""
 
@@ -66,9 +77,7 @@ class RichProgressCallback(TrainerCallback):
     ) -> None:
         if self._progress is None or self._task is None or not logs:
             return
-        parts = [
-            f"{name} {logs[key]:.3f}" for key, name in (("loss", "loss"), ("eval_loss", "val")) if key in logs
-        ]
+        parts = [f"{name} {logs[key]:.3f}" for key, name in _SHOWN if key in logs]
         if "learning_rate" in logs:
             parts.append(f"lr {float(logs['learning_rate']):.1e}")
         now, tokens = time.perf_counter(), tokens_seen(logs)

@@ -103,7 +103,8 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
     import torch
 
     known = {f.name for f in dataclasses.fields(args_class)}
-    owner = "TRL's SFTConfig" if args_class.__name__ == "SFTConfig" else "transformers' TrainingArguments"
+    name = args_class.__name__
+    owner = f"TRL's {name}" if name != "TrainingArguments" else "transformers' TrainingArguments"
     for key in train.args:
         if key in _OWN_FIELDS:
             own = _DERIVED.get(key, f"set it as train.{key} instead")
@@ -194,16 +195,29 @@ OBJECTIVE_KINDS = {
     "pretrain": "text",
     "classify": "classification",
     "tag": "tagging",
+    "reward": "preference",
+    "dpo": "preference",
+    "rl": "sft",
 }
 
 
-def check_objective(objective: str, dataset: DatasetVersion) -> None:
+def check_objective(objective: str, dataset: DatasetVersion, train: TrainConfig | None = None) -> None:
     """Refuse a dataset whose rows do not fit the objective, naming the objective that would.
+
+    KTO (`objective: dpo` with `preference.loss_type: kto`) also takes thumbs-up/down rows.
 
     Raises:
         TrainConfigError: naming both kinds.
     """
     kind = dataset.meta.get("kind", "sft")
+    kto = train is not None and train.preference.trainer == "kto"
+    if kind == "unpaired" and objective == "dpo" and not kto:
+        raise TrainConfigError(
+            f"dataset {dataset.id} holds thumbs-up/down rows, which only KTO learns from; "
+            f"set train.preference.loss_type: kto"
+        )
+    if kind == "unpaired" and kto:
+        return
     if OBJECTIVE_KINDS[objective] != kind:
         fitting = [name for name, k in OBJECTIVE_KINDS.items() if k == kind]
         hint = f"set train.objective: {fitting[0]}" if fitting else f"no objective trains on {kind} rows yet"

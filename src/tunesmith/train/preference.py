@@ -1,0 +1,364 @@
+"""Preference learning on TRL: reward models (`objective: reward`) and preference optimisation of the
+LM itself (`objective: dpo`: DPO and every loss of TRL's DPOTrainer, KTO, ORPO and SimPO).
+
+Rows are the data stage's preference pairs (ranked lists arrive already expanded to pairs, with the
+score gap as `margin`) or, for KTO, thumbs-up/down rows. Both become conversations, so training
+sees the chat template that serving will use. A human/assistant transcript (`\\n\\nHuman: ...
+\\n\\nAssistant: ...`) is split into its turns.
+
+With LoRA the reference model is the same network with its adapter switched off (TRL does this when
+no reference model is passed), so DPO and KTO keep one copy of the weights in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.config import ProjectConfig, TrainConfig
+from tunesmith.data import load_split
+from tunesmith.progress import console
+from tunesmith.store import DatasetVersion
+from tunesmith.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tunesmith.models import LoadedModel
+    from tunesmith.train.sft import TrainResult
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|User|System):[ \t]?", re.IGNORECASE)
+_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "system": "system"}
+
+
+def transcript_messages(text: str) -> list[dict[str, str]]:
+    """A `Human:`/`Assistant:` transcript as chat messages; any other text is one user message.
+
+    The empty assistant turn a prompt ends with (`...\\n\\nAssistant:`) is dropped.
+    """
+    marks = list(_TURN.finditer(text))
+    if not marks:
+        return [{"role": "user", "content": text.strip()}]
+    messages = []
+    for mark, following in zip(marks, [*marks[1:], None], strict=True):
+        content = text[mark.end() : following.start() if following else len(text)].strip()
+        messages.append({"role": _ROLES[mark.group(1).lower()], "content": content})
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    return messages
+
+
+def as_messages(value: str | list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """A prompt (`role` user) or an answer (`role` assistant) as a list of chat messages."""
+    if isinstance(value, list):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    if role == "user":
+        return transcript_messages(value)
+    return [{"role": "assistant", "content": value.strip()}]
+
+
+def _split_shared_turns(
+    chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two full conversations as their shared leading turns and the two differing endings."""
+    n = 0
+    while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+        n += 1
+    return chosen[:n], chosen[n:], rejected[n:]
+
+
+def preference_rows(records: list[dict[str, Any]], margin: bool = False) -> list[dict[str, Any]]:
+    """Preference records as TRL's conversational prompt/chosen/rejected rows (with `margin` if asked)."""
+    rows = []
+    for record in records:
+        prompt = as_messages(record["prompt"], "user") if record["prompt"] else []
+        chosen, rejected = (
+            as_messages(record["chosen"], "assistant"),
+            as_messages(record["rejected"], "assistant"),
+        )
+        if not prompt:
+            prompt, chosen, rejected = _split_shared_turns(chosen, rejected)
+        row: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        if margin:
+            row["margin"] = float(record.get("margin", 0.0))
+        rows.append(row)
+    return rows
+
+
+def unpaired_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Thumbs-up/down rows for KTO; preference pairs are split into one good and one bad answer."""
+    rows = []
+    for record in records:
+        if "completion" in record:
+            prompt = as_messages(record["prompt"], "user")
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "completion": as_messages(record["completion"], "assistant"),
+                    "label": bool(record["label"]),
+                }
+            )
+            continue
+        (pair,) = preference_rows([record])
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
+        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+    return rows
+
+
+def _config(args_class: Any, train: TrainConfig, output_dir: Path, has_eval: bool, **extra: Any) -> Any:
+    from tunesmith.train.sft import trainer_kwargs
+
+    kwargs = trainer_kwargs(train, output_dir, has_eval, args_class)
+    kwargs.setdefault("max_length", train.max_length)
+    kwargs["train_sampling_strategy"] = "random"  # pairs have no single length to group by
+    if args_class.__name__ != "RewardConfig":
+        # These trainers hand the kwargs to torch's checkpoint, which does not know every_n_layers.
+        kwargs.pop("activation_checkpointing_kwargs", None)
+    for key, value in extra.items():
+        if key == "train_sampling_strategy" or key not in train.args:
+            kwargs[key] = value
+    return args_class(**kwargs)
+
+
+def reward_trainer(
+    train: TrainConfig, base: LoadedModel, rows: list[dict], val: list[dict], run_dir: Path, callbacks: list
+) -> Any:
+    """TRL's RewardTrainer on a one-output sequence-classification model (the pad token set)."""
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import RewardConfig, RewardTrainer
+
+    args = _config(RewardConfig, train, run_dir / "trainer", bool(val))
+    lora = (
+        LoraConfig(task_type="SEQ_CLS", **train.lora.model_dump())
+        if train.method in ("lora", "qlora")
+        else None
+    )
+    return RewardTrainer(
+        model=base.model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(val) if val else None,
+        processing_class=base.tokenizer,
+        peft_config=lora,
+        callbacks=callbacks,
+    )
+
+
+def dpo_trainer(
+    train: TrainConfig, base: LoadedModel, rows: list[dict], val: list[dict], run_dir: Path, callbacks: list
+) -> Any:
+    """The TRL trainer for `train.preference`: DPOTrainer, KTOTrainer, ORPOTrainer, or CPOTrainer (SimPO)."""
+    from datasets import Dataset
+
+    from tunesmith.train.sft import lora_config
+
+    pref = train.preference
+    out, has_eval = run_dir / "trainer", bool(val)
+    common: dict[str, Any] = {
+        "model": base.model,
+        "train_dataset": Dataset.from_list(rows),
+        "eval_dataset": Dataset.from_list(val) if val else None,
+        "processing_class": base.tokenizer,
+        "peft_config": lora_config(train) if train.method in ("lora", "qlora") else None,
+        "callbacks": callbacks,
+    }
+    if pref.trainer == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        args = _config(
+            KTOConfig,
+            train,
+            out,
+            has_eval,
+            beta=pref.beta,
+            # the KL estimate pairs each row with its neighbour in a fixed order (rows are shuffled at split)
+            train_sampling_strategy="sequential",
+            desirable_weight=pref.desirable_weight,
+            undesirable_weight=pref.undesirable_weight,
+        )
+        return KTOTrainer(args=args, **common)
+    if pref.trainer == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        return ORPOTrainer(args=_config(ORPOConfig, train, out, has_eval, beta=pref.beta), **common)
+    if pref.trainer == "simpo":
+        from trl.experimental.cpo import CPOConfig, CPOTrainer
+
+        args = _config(
+            CPOConfig,
+            train,
+            out,
+            has_eval,
+            loss_type="simpo",
+            cpo_alpha=0.0,  # pure SimPO: no behaviour-cloning term
+            beta=pref.beta,
+            simpo_gamma=pref.simpo_gamma,
+            label_smoothing=pref.label_smoothing,
+        )
+        return CPOTrainer(args=args, **common)
+    from trl import DPOConfig, DPOTrainer
+
+    losses = [pref.loss_type] if isinstance(pref.loss_type, str) else list(pref.loss_type)
+    args = _config(
+        DPOConfig,
+        train,
+        out,
+        has_eval,
+        beta=pref.beta,
+        loss_type=losses,
+        loss_weights=pref.loss_weights,
+        label_smoothing=pref.label_smoothing,
+    )
+    return DPOTrainer(ref_model=None, args=args, **common)
+
+
+def train_preference(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    base: LoadedModel,
+    *,
+    kind: str = "train",
+    run: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Train a reward model (`objective: reward`) or optimise the LM on preferences (`objective: dpo`).
+
+    A reward model is scored at the end on the test split's pairs: the share of pairs whose chosen
+    answer it rates above the rejected one, with a 95% interval, written to `reward_report.json`.
+    """
+    import torch
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import PrinterCallback
+
+    from tunesmith.train.sft import (
+        TrainResult,
+        _callbacks,
+        _close_run,
+        _forgetting_report,
+        _write_artifacts,
+        check_objective,
+        failing_run,
+        fit_and_save,
+        is_main_process,
+        run_metrics,
+        start_run,
+    )
+
+    check_objective(config.train.objective, dataset, config.train)
+    train = config.train
+    main = is_main_process()
+    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
+    with failing_run(workspace, run_id):
+        reward = train.objective == "reward"
+        kto = not reward and train.preference.trainer == "kto"
+        records = {split: load_split(dataset, split) for split in ("train", "val")}
+        if kto:
+            rows, val = unpaired_rows(records["train"]), unpaired_rows(records["val"])
+        else:
+            rows, val = (preference_rows(records[s], margin=reward) for s in ("train", "val"))
+        _warn_too_long(rows, base.tokenizer, train.max_length)
+        probe_rows = _probe(config) if not reward and train.forgetting.probe and main else []
+        probe_before = _probe_loss(base, probe_rows)
+        torch.manual_seed(train.seed)
+        disable_progress_bar()
+        callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val))
+        make = reward_trainer if reward else dpo_trainer
+        trainer = make(train, base, rows, val, run_dir, callbacks)
+        trainer.remove_callback(PrinterCallback)
+        what = f"{train.method} {'reward model' if reward else train.preference.trainer.upper()}"
+        done = fit_and_save(trainer, run_dir, train, resume, what, len(rows))
+        if main:
+            base.tokenizer.save_pretrained(str(done.weights_dir))
+        metrics = run_metrics(trainer, done)
+        if reward and main:
+            metrics.update(_reward_test_report(trainer.model, base.tokenizer, dataset, train, run_dir))
+        if probe_before is not None:
+            metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe_rows, probe_before))
+        if main:
+            _write_artifacts(run_dir, trainer.state, metrics)
+    if main:
+        _close_run(workspace, run_id, "finished", metrics, None)
+    return TrainResult(
+        run_id=run_id,
+        run_dir=run_dir,
+        adapter_dir=done.weights_dir,
+        metrics=metrics,
+        model=trainer.model,
+        tokenizer=base.tokenizer,
+    )
+
+
+def _probe(config: ProjectConfig) -> list[dict[str, Any]]:
+    from tunesmith.train.forgetting import general_rows
+
+    return general_rows(config.train.forgetting, config.base_dir)[1]
+
+
+def _probe_loss(base: LoadedModel, probe: list[dict[str, Any]]) -> float | None:
+    from tunesmith.train.forgetting import answer_loss
+
+    return answer_loss(base.model, base.tokenizer, probe) if probe else None
+
+
+def _warn_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> None:
+    """Say how many rows TRL will leave out (or cut) because they exceed train.max_length."""
+    keys = ("chosen", "rejected") if rows and "chosen" in rows[0] else ("completion",)
+    over = 0
+    for row in rows:
+        longest = max(
+            len(
+                tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True, return_dict=True)[
+                    "input_ids"
+                ]
+            )
+            for k in keys
+        )
+        over += longest > max_length
+    if over:
+        console.print(
+            f"[yellow]{over} of {len(rows)} rows are longer than train.max_length={max_length} tokens; "
+            f"the trainer truncates or leaves them out. Raise train.max_length to keep them whole.[/yellow]"
+        )
+
+
+def _token_count(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
+    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+
+
+def _reward_test_report(
+    model: Any, tokenizer: Any, dataset: DatasetVersion, train: TrainConfig, run_dir: Path
+) -> dict[str, Any]:
+    """Pairwise accuracy of the trained reward model on the test split's pairs, with a 95% interval."""
+    from tunesmith.evaluate.stats import wilson_interval
+    from tunesmith.train.rewards import score_conversations
+
+    pairs = preference_rows(load_split(dataset, "test"))
+    if not pairs:
+        return {}
+    chosen = score_conversations(
+        model, tokenizer, [p["prompt"] + p["chosen"] for p in pairs], train.max_length, label="Scoring chosen"
+    )
+    rejected = score_conversations(
+        model,
+        tokenizer,
+        [p["prompt"] + p["rejected"] for p in pairs],
+        train.max_length,
+        label="Scoring rejected",
+    )
+    wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    low, high = wilson_interval(wins, len(pairs))
+    margins = [c - r for c, r in zip(chosen, rejected, strict=True)]
+    report: dict[str, Any] = {
+        "test_pairs": len(pairs),
+        "test_pairwise_accuracy": wins / len(pairs),
+        "test_pairwise_accuracy_ci": [low, high],
+        "test_mean_margin": sum(margins) / len(margins),
+    }
+    (run_dir / "reward_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    console.print(
+        f"Reward model on {len(pairs)} held-out pairs: pairwise accuracy "
+        f"{100 * report['test_pairwise_accuracy']:.1f}% (95% CI {100 * low:.1f}-{100 * high:.1f}%)"
+    )
+    return report

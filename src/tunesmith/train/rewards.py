@@ -1,0 +1,235 @@
+"""Rewards: a trained reward model's scores, answer checkers, and user reward functions.
+
+All three share TRL's reward-function shape, `f(prompts, completions, **columns) -> list[float]`, so
+one list of them drives an RL run, and a reward model also scores answers in eval and monitoring.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.config import RewardSpec
+
+if TYPE_CHECKING:
+    from tunesmith.workspace import Workspace
+
+RewardFn = Callable[..., list[float]]
+
+
+class RewardError(ValueError):
+    """A reward that cannot be used: the message names the setting and what to do."""
+
+
+def score_conversations(
+    model: Any,
+    tokenizer: Any,
+    conversations: Sequence[list[dict[str, Any]]],
+    max_length: int = 1024,
+    batch_size: int = 8,
+    label: str | None = None,
+) -> list[float]:
+    """A reward model's score of each conversation (chat template applied, as in training).
+
+    Conversations longer than `max_length` tokens keep their end: the answer being scored.
+    """
+    import torch
+
+    from tunesmith.progress import progress_bar
+
+    encoded = []
+    for conversation in conversations:
+        ids = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True)["input_ids"]
+        encoded.append(list(ids)[-max_length:])
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
+    scores = [0.0] * len(encoded)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    with progress_bar(label or "Scoring", len(encoded), show=label is not None) as advance, torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(encoded[i]) for i in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
+                mask[row, : len(encoded[i])] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            for row, i in enumerate(batch):
+                scores[i] = float(logits[row, 0])
+            advance(len(batch))
+    model.train(was_training)
+    return scores
+
+
+class RewardModel:
+    """A registered reward-model version, loaded once, scoring (prompt, answer) pairs; thread-safe."""
+
+    def __init__(self, workspace: Workspace, ref: str, max_length: int | None = None) -> None:
+        from tunesmith.registry import get_version
+        from tunesmith.registry.loading import load_row
+
+        version = get_version(workspace, ref)
+        objective = version.config.get("train", {}).get("objective", "sft")
+        if objective != "reward":
+            raise RewardError(
+                f"{version.name} is a {objective} version, not a reward model; train one with "
+                f"train.objective: reward on preference pairs"
+            )
+        self.version = version
+        self.model, self.tokenizer = load_row(version, workspace)
+        self.max_length = max_length or int(version.config.get("train", {}).get("max_length", 1024))
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return str(self.version.name)
+
+    def score(
+        self,
+        prompts: Sequence[str | list[dict[str, Any]]],
+        answers: Sequence[str | list[dict[str, Any]]],
+        label: str | None = None,
+    ) -> list[float]:
+        """The reward of each answer to its prompt (a string, or chat messages)."""
+        from tunesmith.train.preference import as_messages
+
+        conversations = [
+            as_messages(p, "user") + as_messages(a, "assistant")
+            for p, a in zip(prompts, answers, strict=True)
+        ]
+        with self._lock:
+            return score_conversations(
+                self.model, self.tokenizer, conversations, self.max_length, label=label
+            )
+
+    def as_reward_function(self) -> RewardFn:
+        def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
+            return self.score(prompts, [_completion_text(c) for c in completions])
+
+        reward.__name__ = self.name
+        return reward
+
+
+# --- checkers ------------------------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_FINAL = re.compile(r"(?:####|answer is|answer:)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+
+
+def final_number(text: str) -> float | None:
+    """The answer's number: after `####` or "the answer is" when present, else the last number."""
+    final = _FINAL.findall(text)
+    found = final[-1] if final else (_NUMBER.findall(text) or [None])[-1]
+    if found is None:
+        return None
+    try:
+        return float(found.replace(",", ""))
+    except ValueError:
+        return None
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
+
+
+def numeric_match(answer: str, reference: str) -> float:
+    expected, got = final_number(reference), final_number(answer)
+    return float(expected is not None and got is not None and abs(expected - got) < 1e-6)
+
+
+def exact_match(answer: str, reference: str) -> float:
+    return float(_normal(answer) == _normal(reference))
+
+
+def contains(answer: str, reference: str) -> float:
+    return float(bool(_normal(reference)) and _normal(reference) in _normal(answer))
+
+
+def answer_format(answer: str, reference: str) -> float:
+    """1 when the answer closes with a final-answer line (`#### 42`, "The answer is 42"), else 0."""
+    last = answer.strip().splitlines()[-1] if answer.strip() else ""
+    return float(bool(_FINAL.search(last)))
+
+
+CHECKERS: dict[str, Callable[[str, str], float]] = {
+    "numeric_match": numeric_match,
+    "exact_match": exact_match,
+    "contains": contains,
+    "answer_format": answer_format,
+}
+
+
+def _completion_text(completion: Any) -> str:
+    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
+        return "".join(str(m.get("content", "")) for m in completion)
+    return str(completion)
+
+
+def checker_function(name: str) -> RewardFn:
+    """A checker as a TRL reward function; it reads the row's `reference` column."""
+    check = CHECKERS[name]
+
+    def reward(prompts: list[Any], completions: list[Any], reference: list[str], **_: Any) -> list[float]:
+        return [check(_completion_text(c), ref) for c, ref in zip(completions, reference, strict=True)]
+
+    reward.__name__ = name
+    return reward
+
+
+def load_function(spec: str, base_dir: Path) -> RewardFn:
+    """`module:function` (importable) or `path/to/file.py:function` (relative to the config's folder)."""
+    target, _, name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target) if Path(target).is_absolute() else base_dir / target
+        if not path.is_file():
+            raise RewardError(f"train.rl.rewards: function file {path} does not exist")
+        module_name = f"tunesmith_reward_{path.stem}"
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        assert loader is not None and loader.loader is not None
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[module_name] = module
+        loader.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as exc:
+            raise RewardError(f"train.rl.rewards: cannot import {target!r} ({exc})") from exc
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise RewardError(f"train.rl.rewards: {spec} is not a function in {target}")
+    return fn
+
+
+def reward_functions(
+    specs: list[RewardSpec], workspace: Workspace, base_dir: Path
+) -> tuple[list[RewardFn], list[float]]:
+    """The configured rewards as TRL reward functions, named for the logs, and their weights."""
+    functions: list[RewardFn] = []
+    for spec in specs:
+        if spec.model is not None:
+            fn = RewardModel(workspace, spec.model).as_reward_function()
+        elif spec.checker is not None:
+            fn = checker_function(spec.checker)
+        else:
+            assert spec.function is not None
+            fn = _named(load_function(spec.function, base_dir), spec.label)
+        fn.__name__ = spec.label
+        functions.append(fn)
+    return functions, [spec.weight for spec in specs]
+
+
+def _named(fn: RewardFn, name: str) -> RewardFn:
+    def reward(*args: Any, **kwargs: Any) -> list[float]:
+        return [float(x) if x is not None else float("nan") for x in fn(*args, **kwargs)]
+
+    reward.__name__ = name
+    return reward

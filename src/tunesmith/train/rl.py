@@ -1,0 +1,206 @@
+"""Online RL (`objective: rl`) on TRL's GRPOTrainer or RLOOTrainer.
+
+Each step samples `num_generations` answers per prompt from the policy, scores them with the
+configured rewards (a reward-model version, Python functions, checkers against the row's reference
+answer), and moves the policy towards the answers that beat their group, with the probability
+ratio clipped to `1 ± epsilon` and a KL penalty of weight `beta` to the reference (the starting
+weights; with LoRA, the same network with its adapter off). Reward (per reward function), KL,
+clip fractions and answer lengths are logged every step to `metrics.jsonl`, and plotted.
+
+Rows are the data stage's SFT rows: the conversation up to the last answer is the prompt, and the
+last answer is the `reference` the checkers compare against (gsm8k's `#### 72`, for instance).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.config import ProjectConfig, TrainConfig
+from tunesmith.data import load_split
+from tunesmith.store import DatasetVersion
+from tunesmith.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tunesmith.models import LoadedModel
+    from tunesmith.train.sft import TrainResult
+
+
+def rl_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """SFT records as RL prompts: the conversation before the last answer, and that answer as reference."""
+    return [
+        {"prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+        for r in records
+        if r["messages"][-1]["role"] == "assistant"
+    ]
+
+
+def rl_config(train: TrainConfig, output_dir: Path, has_eval: bool, weights: list[float]) -> Any:
+    """TRL's GRPOConfig or RLOOConfig from the project's train section.
+
+    Raises:
+        TrainConfigError: when a batch of answers cannot hold whole groups of `num_generations`.
+    """
+    from trl import GRPOConfig, RLOOConfig
+
+    from tunesmith.train.sft import TrainConfigError, trainer_kwargs
+
+    rl = train.rl
+    batch = train.per_device_train_batch_size * train.accumulation_steps
+    if batch % rl.num_generations:
+        raise TrainConfigError(
+            f"train.rl.num_generations={rl.num_generations} must divide the answers per optimizer step "
+            f"(batch_size x accumulation = {batch}); set train.batch_size to a multiple of it"
+        )
+    args_class = GRPOConfig if rl.algorithm == "grpo" else RLOOConfig
+    kwargs = trainer_kwargs(train, output_dir, has_eval, args_class)
+    kwargs.update(
+        num_generations=rl.num_generations,
+        max_completion_length=rl.max_completion_length,
+        temperature=rl.temperature,
+        top_p=rl.top_p,
+        beta=rl.beta,
+        epsilon=rl.epsilon,
+        num_iterations=rl.num_iterations,
+        reward_weights=weights,
+        train_sampling_strategy="random",  # prompts have no answers yet to group by length
+        logging_steps=1,  # reward, KL and clip fraction at every step
+    )
+    kwargs.pop(
+        "activation_checkpointing_kwargs", None
+    )  # TRL hands these to torch, which lacks every_n_layers
+    kwargs.update(train.args)  # what the user set there wins
+    if has_eval:
+        kwargs.setdefault("num_generations_eval", rl.num_generations)
+    return args_class(**kwargs)
+
+
+def train_rl(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    base: LoadedModel,
+    *,
+    kind: str = "train",
+    run: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """Optimise the policy `base` against `train.rl.rewards`; record the run, save the adapter or weights."""
+    import torch
+    from datasets import Dataset
+    from datasets.utils.logging import disable_progress_bar
+    from transformers import PrinterCallback
+    from trl import GRPOTrainer, RLOOTrainer
+
+    from tunesmith.train.rewards import reward_functions
+    from tunesmith.train.sft import (
+        TrainResult,
+        _callbacks,
+        _close_run,
+        _forgetting_report,
+        _write_artifacts,
+        check_objective,
+        failing_run,
+        fit_and_save,
+        is_main_process,
+        lora_config,
+        run_metrics,
+        start_run,
+    )
+
+    train = config.train
+    check_objective(train.objective, dataset, train)
+    main = is_main_process()
+    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
+    with failing_run(workspace, run_id):
+        functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
+        rows, val = rl_rows(load_split(dataset, "train")), rl_rows(load_split(dataset, "val"))
+        args = rl_config(train, run_dir / "trainer", bool(val), weights)
+        from tunesmith.train.preference import _probe, _probe_loss
+
+        probe_rows = _probe(config) if train.forgetting.probe and main else []
+        probe_before = _probe_loss(base, probe_rows)
+        torch.manual_seed(train.seed)
+        disable_progress_bar()
+        trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
+        if base.tokenizer.padding_side != "left":
+            base.tokenizer.padding_side = "left"  # generation pads on the left
+        trainer = trainer_class(
+            model=base.model,
+            reward_funcs=list[Any](functions),
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            eval_dataset=Dataset.from_list(val) if val else None,
+            processing_class=base.tokenizer,
+            peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
+            callbacks=_callbacks(train, run_id, run_dir, workspace, has_eval=bool(val)),
+        )
+        trainer.remove_callback(PrinterCallback)
+        what = f"{train.method} {train.rl.algorithm.upper()} ({len(functions)} rewards)"
+        done = fit_and_save(trainer, run_dir, train, resume, what, len(rows))
+        if main:
+            base.tokenizer.save_pretrained(str(done.weights_dir))
+        metrics = run_metrics(trainer, done)
+        metrics.update(reward_trend(trainer.state.log_history))
+        if probe_before is not None:
+            metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe_rows, probe_before))
+        if main:
+            _write_artifacts(run_dir, trainer.state, metrics)
+            plot_rl(trainer.state.log_history, run_dir / "rewards.png")
+    if main:
+        _close_run(workspace, run_id, "finished", metrics, None)
+    return TrainResult(
+        run_id=run_id,
+        run_dir=run_dir,
+        adapter_dir=done.weights_dir,
+        metrics=metrics,
+        model=trainer.model,
+        tokenizer=base.tokenizer,
+    )
+
+
+def reward_trend(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Mean reward over the first and the last quarter of the steps, and the last KL and clip fraction."""
+    steps = [h for h in history if "reward" in h and "eval_reward" not in h]
+    if not steps:
+        return {}
+    quarter = max(1, len(steps) // 4)
+    first = sum(h["reward"] for h in steps[:quarter]) / quarter
+    last = sum(h["reward"] for h in steps[-quarter:]) / quarter
+    trend = {"reward_first_quarter": first, "reward_last_quarter": last, "reward_gain": last - first}
+    for key, name in (("kl", "kl_last"), ("clip_ratio/region_mean", "clip_fraction_last")):
+        values = [h[key] for h in steps if key in h]
+        if values:
+            trend[name] = float(values[-1])
+    return trend
+
+
+def plot_rl(history: list[dict[str, Any]], path: Path) -> None:
+    """Reward per function, KL to the reference, and the clip fraction, per step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h for h in history if "reward" in h]
+    if not steps:
+        return
+    per_function = sorted({k for h in steps for k in h if k.startswith("rewards/") and k.endswith("/mean")})
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), dpi=110)
+    x = [h["step"] for h in steps]
+    axes[0].plot(x, [h["reward"] for h in steps], label="reward (weighted)", linewidth=2)
+    for key in per_function:
+        axes[0].plot(x, [h.get(key, float("nan")) for h in steps], label=key.split("/")[1], alpha=0.7)
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("mean reward")
+    axes[0].legend(fontsize=7)
+    axes[0].grid(alpha=0.3)
+    for key, label in (("kl", "KL to reference"), ("clip_ratio/region_mean", "clip fraction")):
+        if any(key in h for h in steps):
+            axes[1].plot(x, [h.get(key, float("nan")) for h in steps], label=label)
+    axes[1].set_xlabel("step")
+    axes[1].legend(fontsize=7)
+    axes[1].grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
