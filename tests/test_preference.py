@@ -5,9 +5,9 @@ import random
 from pathlib import Path
 
 import pytest
-from conftest import demo_rows
 from sqlalchemy import select
 
+from conftest import demo_rows
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import load_split
 from tunesmith.pipeline import train, write_demo_project
@@ -143,11 +143,11 @@ def test_preference_optimisation_trains_an_lm_with_each_trainer(tmp_path, tiny_m
 
 def test_thumbs_rows_need_kto_and_bad_losses_are_named(tmp_path, tiny_model_dir):
     config = project(tmp_path, tiny_model_dir, preference_data(tmp_path, "thumbs"), "train.objective=dpo")
-    with pytest.raises(ValueError, match="only KTO learns from; set train.preference.loss_type: kto"):
+    with pytest.raises(ValueError, match=r"only KTO learns from; set train\.preference\.loss_type: kto"):
         train(config)
     with pytest.raises(ConfigError, match=r"train\.preference\.loss_type.*'dop' is unknown"):
         project(tmp_path, tiny_model_dir, Path("x"), "train.preference.loss_type=dop")
-    with pytest.raises(ConfigError, match="objective rl needs train.rl.rewards"):
+    with pytest.raises(ConfigError, match=r"objective rl needs train\.rl\.rewards"):
         project(tmp_path, tiny_model_dir, Path("x"), "train.objective=rl")
 
 
@@ -159,7 +159,7 @@ def test_numeric_checker_reads_gsm8k_answers():
 
 
 def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_model_dir):
-    """GRPO with a checker and a user function file, on the demo's chat rows (their answers are references)."""
+    """GRPO with a checker and a user's function file, on the demo's chat rows (answers are references)."""
     (tmp_path / "brevity.py").write_text(
         "def brevity(prompts, completions, reference, **kw):\n"
         "    return [1.0 / (1 + len(str(c))) for c in completions]\n"
