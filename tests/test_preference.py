@@ -205,3 +205,28 @@ def test_rl_refuses_groups_that_do_not_fit_the_batch(tmp_path, tiny_model_dir):
     )
     with pytest.raises(TrainConfigError, match="num_generations=2 must divide"):
         train(config)
+
+
+def test_eval_scores_a_dpo_version_against_its_start_by_reward_model_task_metrics_and_probe(
+    tmp_path, tiny_model_dir
+):
+    """Win rate by the reward model, the task metrics on the preferred answers, the forgetting probe."""
+    from tunesmith.evaluate.runner import run_eval
+
+    pairs = preference_data(tmp_path, "pairs")
+    reward = train(project(tmp_path, tiny_model_dir, pairs, "train.objective=reward", "train.max_steps=10"))
+    config = project(
+        tmp_path, tiny_model_dir, pairs, "train.objective=dpo", "train.max_steps=4", "eval.max_new_tokens=6"
+    )
+    aligned = train(config).version
+    outcome = run_eval(config, aligned.name, compare=["base"], probe=True, reward_model=reward.version.name)
+    report = outcome.report
+    assert [s["label"] for s in report["systems"]] == ["base", aligned.name]
+    assert "reward" in report["systems"][-1]["scores"] and "key_fact" in report["systems"][-1]["scores"]
+    (pair,) = report["reward_model"]["pairwise"]
+    assert pair["other"] == "base" and pair["win"] + pair["tie"] + pair["loss"] == report["items"]
+    assert pair["win_rate"]["low"] <= pair["win_rate"]["value"] <= pair["win_rate"]["high"]
+    assert report["probe"] is not None
+    assert "Reward model" in (outcome.directory / "report.html").read_text()
+    with pytest.raises(Exception, match="is a reward model"):
+        run_eval(config, reward.version.name)

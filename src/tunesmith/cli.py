@@ -462,6 +462,14 @@ def eval_cmd(
     judge: Annotated[
         bool | None, typer.Option("--judge/--no-judge", help="Score answers with the LLM judge (eval.judge).")
     ] = None,
+    reward_model: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-model",
+            help="Score every system's answers with this reward-model version (eval.reward_model), "
+            "with the version's win rate against each.",
+        ),
+    ] = None,
     gate: Annotated[
         bool, typer.Option("--gate", help="Check eval.gates; exit 3 when one fails (for CI).")
     ] = False,
@@ -500,7 +508,9 @@ def eval_cmd(
     if gate and not cfg.eval.gates:
         raise _fail("--gate: no gates are configured; add them under eval.gates in tunesmith.yaml", 2)
     try:
-        outcome = run_eval(cfg, version, compare=refs, few_shot=few_shot, probe=probe, judge=judge)
+        outcome = run_eval(
+            cfg, version, compare=refs, few_shot=few_shot, probe=probe, judge=judge, reward_model=reward_model
+        )
     except (DataError, RegistryError, KeyError) as exc:
         raise _fail(str(exc).strip("\"'")) from None
     _print_report(outcome.report)
@@ -584,6 +594,15 @@ def _print_report(report: dict[str, Any]) -> None:
                 f"win rate {rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]",
                 highlight=False,
             )
+    rewarded = report.get("reward_model") or {}
+    for pair in rewarded.get("pairwise", []):
+        rate = pair["win_rate"]
+        out.print(
+            f"reward model {rewarded['model']}: {pair['candidate']} vs {pair['other']}: {pair['win']} wins, "
+            f"{pair['tie']} ties, {pair['loss']} losses; "
+            f"win rate {rate['value']:.2f} [{rate['low']:.2f}, {rate['high']:.2f}]",
+            highlight=False,
+        )
     for row in report["gates"]:
         mark = "[green]pass[/green]" if row["passed"] else "[red]FAIL[/red]"
         out.print(f"gate {row['kind']} {mark}: {row['detail']}", highlight=False)

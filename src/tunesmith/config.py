@@ -531,6 +531,9 @@ class EvalConfig(_Section):
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired tests
     probe: ProbeConfig = Field(default_factory=ProbeConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
+    # a registered reward model (objective reward): scores every system's answers (metric `reward`)
+    # and gives the version's win rate against each other system
+    reward_model: str | None = None
     gates: list[GateConfig] = Field(default_factory=list)
 
 

@@ -395,6 +395,21 @@ register(
 )
 
 
+def _rewarded(*_: Any) -> np.ndarray:
+    raise ValueError("reward comes from a reward model: set eval.reward_model (or pass --reward-model)")
+
+
+register(
+    Metric(
+        "reward",
+        "generation",
+        _rewarded,
+        _mean,
+        description="score of a trained reward model (eval.reward_model), mean over items",
+    )
+)
+
+
 # -- helpers ------------------------------------------------------------------------------------
 
 

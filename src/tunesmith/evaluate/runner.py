@@ -130,6 +130,7 @@ class EvalPlan:
     few_shot: int
     probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None
     judge: bool
+    reward_model: str | None = None
 
 
 def run_eval(
@@ -142,6 +143,7 @@ def run_eval(
     probe: bool | None = None,
     judge: bool | None = None,
     dataset: str | None = None,
+    reward_model: str | None = None,
 ) -> EvalOutcome:
     """Evaluate version (or alias) `ref` against `compare` (default `eval.compare`) and store the report.
 
@@ -153,12 +155,21 @@ def run_eval(
         DataError: a version without a dataset, an empty split, or unusable probe or judge files.
     """
     plan = plan_eval(
-        config, ref, workspace, compare=compare, few_shot=few_shot, probe=probe, judge=judge, dataset=dataset
+        config,
+        ref,
+        workspace,
+        compare=compare,
+        few_shot=few_shot,
+        probe=probe,
+        judge=judge,
+        dataset=dataset,
+        reward_model=reward_model,
     )
     settings = config.eval
     systems, probe_outputs = _score_subjects(plan, config)
     judged = _run_judge(plan, config, systems) if plan.judge else None
-    metrics = [*plan.metrics, *(["judge_score"] if judged else [])]
+    rewarded = _run_reward_model(plan, config, systems) if plan.reward_model else None
+    metrics = [*plan.metrics, *(["judge_score"] if judged else []), *(["reward"] if rewarded else [])]
     comparisons = pairwise(
         systems, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed, alpha=settings.alpha
     )
@@ -202,6 +213,7 @@ def run_eval(
         if plan.probe_data
         else None,
         "judge": judged,
+        "reward_model": rewarded,
         "per_item": _per_item(plan.kind, plan.items, plan.references, systems, metrics),
     }
     report.update(_task_details(plan.kind, plan.references, systems, plan.context))
@@ -238,6 +250,7 @@ def plan_eval(
     probe: bool | None = None,
     judge: bool | None = None,
     dataset: str | None = None,
+    reward_model: str | None = None,
 ) -> EvalPlan:
     """Resolve the systems, items and metrics of an eval, failing before any model is loaded."""
     from tunesmith.workspace import open_workspace
@@ -251,6 +264,13 @@ def plan_eval(
     if candidate is None:
         raise RegistryError(f"alias {ref!r} of {config.project!r} is not set")
     objective = candidate.config.get("train", {}).get("objective", "sft")
+    if objective == "reward":
+        accuracy = candidate.metrics.get("test_pairwise_accuracy")
+        raise DataError(
+            f"{candidate.name} is a reward model: its held-out pairwise accuracy is "
+            + (f"{accuracy:.3f}" if accuracy is not None else "in its metrics")
+            + f"; evaluate generators with it through eval.reward_model: {candidate.name}"
+        )
     kind = task_kind(objective)
     few_shot = (settings.few_shot if few_shot is None else few_shot) if kind == "generation" else 0
     judge = (settings.judge.enabled if judge is None else judge) and kind == "generation"
@@ -273,7 +293,7 @@ def plan_eval(
         data = s.get(DatasetVersion, dataset_id)
     if data is None:
         raise DataError(f"no dataset version {dataset_id}; see `tunesmith data list`")
-    items = load_split(data, settings.split)
+    items = eval_items(load_split(data, settings.split), data.meta.get("kind", "sft"))
     if not items:
         raise DataError(f"dataset {data.id} has no {settings.split} rows to evaluate on")
     metrics = list(settings.metrics or DEFAULT_METRICS[kind])
@@ -286,6 +306,7 @@ def plan_eval(
                 f"eval.metrics: {name} is a {metric_kind} metric and {candidate.name} is a {kind} model; "
                 f"its metrics: {', '.join(metric_names(kind))}"
             )
+    reward_ref = _reward_model_ref(workspace, (reward_model or settings.reward_model), kind, metrics)
     if "judge_score" in metrics:
         metrics.remove("judge_score")  # the judge adds it
         if not judge:
@@ -308,7 +329,84 @@ def plan_eval(
         few_shot=few_shot,
         probe_data=_probe_inputs(config) if (settings.probe.enabled if probe is None else probe) else None,
         judge=judge,
+        reward_model=reward_ref,
     )
+
+
+def _reward_model_ref(
+    workspace: Workspace, ref: str | None, kind: TaskKind, metrics: list[str]
+) -> str | None:
+    """The reward model that scores this eval (checked before any model loads); `reward` leaves `metrics`."""
+    ref = ref if kind == "generation" else None
+    if ref is not None:
+        reward_version = get_version(workspace, ref)  # an unknown name fails here
+        if reward_version.config.get("train", {}).get("objective") != "reward":
+            raise DataError(
+                f"eval.reward_model: {reward_version.name} is not a reward model (objective reward)"
+            )
+    if "reward" in metrics:
+        metrics.remove("reward")  # the reward model adds it
+        if ref is None:
+            raise DataError("eval.metrics lists reward: set eval.reward_model (or pass --reward-model)")
+    return ref
+
+
+def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """Rows as eval items: preference rows become chat rows whose reference answer is the chosen one.
+
+    A DPO version is evaluated on its own test pairs: it answers each prompt, and the task metrics
+    compare its answer with the preferred one. Thumbs-up rows count the same way; thumbs-down are
+    left out (there is no good answer to compare with).
+    """
+    if kind not in ("preference", "unpaired"):
+        return records
+    from tunesmith.train.preference import as_messages, preference_rows
+
+    items = []
+    for record in records:
+        meta = {k: v for k, v in record.items() if k not in ("prompt", "chosen", "rejected", "completion")}
+        if kind == "unpaired":
+            if not record["label"]:
+                continue
+            messages = as_messages(record["prompt"], "user") + as_messages(record["completion"], "assistant")
+        else:
+            (row,) = preference_rows([record])
+            messages = row["prompt"] + row["chosen"][-1:]
+        items.append({**meta, "messages": messages})
+    return items
+
+
+def _run_reward_model(plan: EvalPlan, config: ProjectConfig, systems: list[SystemResult]) -> dict[str, Any]:
+    """Every system's answers scored by the reward model (metric `reward`), and the version's win rate
+    against each other system: the share of items where its answer scores higher (ties count half)."""
+    from tunesmith.train.rewards import RewardModel
+
+    assert plan.reward_model is not None
+    scorer = RewardModel(plan.workspace, plan.reward_model)
+    prompts = [item["messages"][:-1] for item in plan.items]
+    rewards: dict[str, list[float]] = {}
+    metric = get_metric("reward")
+    settings = config.eval
+    for system in systems:
+        scores = scorer.score(
+            prompts, [str(a) for a in system.outputs], label=f"Reward model on {system.label}"
+        )
+        rewards[system.label] = scores
+        system.stats["reward"] = np.array([[s, 1.0] for s in scores]).reshape(-1, 2)
+        system.scores["reward"] = bootstrap_interval(
+            system.stats["reward"], metric.score, resamples=settings.bootstrap_resamples, seed=settings.seed
+        )
+    del scorer
+    gc.collect()
+    pairs = []
+    candidate = systems[-1]
+    for other in systems[:-1]:
+        outcomes = [
+            "win" if c > o else "loss" if c < o else "tie"
+            for c, o in zip(rewards[candidate.label], rewards[other.label], strict=True)
+        ]
+        pairs.append(_pairwise_summary(candidate.label, other.label, outcomes, config))
+    return {"model": plan.reward_model, "pairwise": pairs, "scores": rewards}
 
 
 def _score_subjects(
