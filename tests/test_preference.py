@@ -230,3 +230,16 @@ def test_eval_scores_a_dpo_version_against_its_start_by_reward_model_task_metric
     assert "Reward model" in (outcome.directory / "report.html").read_text()
     with pytest.raises(Exception, match="is a reward model"):
         run_eval(config, reward.version.name)
+
+    # The same reward model scores served answers online (monitor.reward_model).
+    from tunesmith.monitor.scorers import ScoringContext, score_row
+
+    ctx = ScoringContext(frozenset(), reward_model=RewardModel(open_workspace(config), reward.version.name))
+    row = {
+        "id": "req-1",
+        "version_id": aligned.id,
+        "prompt": [{"role": "user", "content": "When was Fernwick Labs founded?"}],
+        "output": ["Fernwick Labs was founded in 2017."],
+    }
+    (score,) = score_row(row, ["reward"], ctx)
+    assert score.name == "reward" and isinstance(score.value, float)

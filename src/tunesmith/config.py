@@ -712,6 +712,7 @@ class MonitorConfig(_Section):
         default_factory=JudgeConfig
     )  # an endpoint judge (`judge.endpoint`) for online use
     judge_sample_rate: float = Field(0.0, ge=0.0, le=1.0)  # share of scored answers also given a judge score
+    reward_model: str | None = None  # a reward-model version that scores every sampled answer (`reward`)
     alerts: list[AlertRule] = Field(default_factory=list)
     alert_interval_seconds: float = Field(60.0, gt=0)  # how often a running server checks the rules
 

@@ -47,6 +47,9 @@ class ScoringContext:
     embedder: Any = None
     judge: Any = None  # a started `tunesmith.evaluate.judge.JudgeRun`, when monitor.judge is on
     judge_sample_rate: float = 0.0
+    reward_model: Any = (
+        None  # a loaded `tunesmith.train.rewards.RewardModel`, when monitor.reward_model is set
+    )
 
     def embed(self, texts: list[str]) -> Any:
         if self.embedder is None:
@@ -159,6 +162,17 @@ def judge(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) ->
     return ctx.judge.score(prompt, answer, None)
 
 
+@register_scorer("reward")
+def reward(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float | None:
+    """The reward model's score of the answer (monitor.reward_model), given the whole conversation."""
+    if ctx.reward_model is None or not answer.strip():
+        return None
+    conversation = row.get("prompt")
+    chat = isinstance(conversation, list) and conversation and isinstance(conversation[0], dict)
+    (score,) = ctx.reward_model.score([conversation if chat else prompt], [answer])
+    return float(score)
+
+
 def start_judge(workspace: Workspace, config: Any) -> Any:
     """The online judge of `monitor.judge`: an OpenAI-compatible endpoint (a local model would compete
     with serving for the machine), its verdicts cached in the workspace."""
@@ -239,13 +253,21 @@ class OnlineScorer:
         toxic_words: frozenset[str],
         judge: Any = None,
         judge_sample_rate: float = 0.0,
+        reward_model: Any = None,
     ) -> None:
         for name in names:
             get_scorer(name)  # an unknown name fails at start, not per request
         self.workspace = workspace
-        self.names = [*names, *(["judge"] if judge is not None and "judge" not in names else [])]
+        added = [
+            name
+            for name, on in (("judge", judge), ("reward", reward_model))
+            if on is not None and name not in names
+        ]
+        self.names = [*names, *added]
         self.sample_rate = sample_rate
-        self.ctx = ScoringContext(toxic_words, judge=judge, judge_sample_rate=judge_sample_rate)
+        self.ctx = ScoringContext(
+            toxic_words, judge=judge, judge_sample_rate=judge_sample_rate, reward_model=reward_model
+        )
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="tunesmith-scorer", daemon=True)
         self.scored = 0

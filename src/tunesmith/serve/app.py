@@ -88,6 +88,7 @@ class Server:
                 load_toxic_words(words),
                 judge=online_judge,
                 judge_sample_rate=monitor.judge_sample_rate,
+                reward_model=_reward_model(self.workspace, monitor.reward_model),
             )
             if self.request_log is not None and monitor.scorers and monitor.sample_rate > 0
             else None
@@ -751,6 +752,15 @@ def default_models(workspace: Workspace) -> list[str]:
 
 
 # --- the app -------------------------------------------------------------------------------
+
+
+def _reward_model(workspace: Any, ref: str | None) -> Any:
+    """The reward model that scores served answers online (monitor.reward_model), loaded at start."""
+    if ref is None:
+        return None
+    from tunesmith.train.rewards import RewardModel
+
+    return RewardModel(workspace, ref)
 
 
 def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function per route)
