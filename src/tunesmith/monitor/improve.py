@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import secrets
@@ -70,10 +71,9 @@ def parse_condition(text: str) -> tuple[str, str, float]:
     return match.group(1), match.group(2), float(match.group(3))
 
 
-def select_examples(
-    workspace: Workspace, production: ModelVersion, selection: Selection
-) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(request ids used, SFT rows, DPO rows) from the version's logged requests and their feedback."""
+def select_requests(workspace: Workspace, production: ModelVersion, selection: Selection) -> list[RequestLog]:
+    """The version's answered requests (not shadow ones) that pass the selection's time, score and
+    drift filters, oldest first."""
     from tunesmith.monitor.alerts import OPS
 
     conditions = [parse_condition(c) for c in selection.where]
@@ -84,12 +84,10 @@ def select_examples(
         if selection.since is not None:
             query = query.where(RequestLog.at >= datetime.now(UTC) - selection.since)
         requests = {r.id: r for r in s.scalars(query.order_by(RequestLog.at))}
-        feedback = list(
-            s.scalars(select(Feedback).where(Feedback.request_id.in_(requests)).order_by(Feedback.id))
-        )
         scores: dict[str, dict[str, float]] = {}
-        for score in s.scalars(select(RequestScore).where(RequestScore.request_id.in_(requests))):
-            scores.setdefault(score.request_id, {})[score.name] = score.value
+        if conditions:
+            for score in s.scalars(select(RequestScore).where(RequestScore.request_id.in_(requests))):
+                scores.setdefault(score.request_id, {})[score.name] = score.value
     if selection.drift_cluster:
         requests = _least_like_training(workspace, production, requests)
     if conditions:
@@ -101,6 +99,20 @@ def select_examples(
                 for name, op, value in conditions
             )
         }
+    chosen = list(requests.values())
+    return chosen[-selection.limit :] if selection.limit else chosen
+
+
+def select_examples(
+    workspace: Workspace, production: ModelVersion, selection: Selection
+) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(request ids used, SFT rows, DPO rows) from the version's logged requests and their feedback."""
+    unlimited = dataclasses.replace(selection, limit=None)  # the limit counts rows, not requests
+    requests = {r.id: r for r in select_requests(workspace, production, unlimited)}
+    with session(workspace.engine) as s:
+        feedback = list(
+            s.scalars(select(Feedback).where(Feedback.request_id.in_(requests)).order_by(Feedback.id))
+        )
     sft: list[dict[str, Any]] = []
     dpo: list[dict[str, Any]] = []
     rated: dict[str, list[tuple[float, str, str]]] = {}  # prompt key -> (goodness, answer, request id)
