@@ -177,9 +177,10 @@ def main() -> None:
     parser.add_argument("--workspace", type=Path, default=None)
     args = parser.parse_args()
     wanted = args.only.split(",")
-    missing = [p for p in ((HH,) if {"reward", "dpo"} & set(wanted) else ()) + ((GSM8K,) if "rl" in wanted else ())]
-    if any(not p.exists() for p in missing):
-        sys.exit(f"needs {', '.join(str(p) for p in missing if not p.exists())} (../shared/datasets)")
+    needed = ([HH] if {"reward", "dpo"} & set(wanted) else []) + ([GSM8K] if "rl" in wanted else [])
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        sys.exit(f"needs {', '.join(missing)} (../shared/datasets)")
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="tunesmith-prefs-")) / "ws"
     results: list[dict[str, Any]] = []
     reward_version = None
