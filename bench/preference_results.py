@@ -48,7 +48,7 @@ def config(workspace: Path, *settings: str) -> Any:
     return load_config(None, ["project=prefs", f"workspace={workspace}", *settings])
 
 
-HH_DATA = [f"data.path={HH}", "data.split.val=0.05", "data.split.test=0.1", "data.split.seed=0"]
+HH_DATA = [f"data.path={HH}", "data.split.val=0.05", "data.split.test=0.08", "data.split.seed=0"]
 
 
 def run_reward(workspace: Path, scale: float) -> dict[str, Any]:
@@ -59,10 +59,10 @@ def run_reward(workspace: Path, scale: float) -> dict[str, Any]:
         *HH_DATA,
         "train.objective=reward",
         "train.epochs=1",
-        f"train.max_steps={max(10, int(200 * scale))}",
+        f"train.max_steps={max(10, int(80 * scale))}",
         "train.batch_size=8",
         "train.lr=2e-4",
-        "train.max_length=320",
+        "train.max_length=256",
         "train.save_strategy=no",
     )
     started = time.perf_counter()
@@ -91,10 +91,10 @@ def run_dpo(workspace: Path, scale: float, reward_version: str) -> dict[str, Any
         "train.preference.loss_type=sigmoid",
         "train.preference.beta=0.1",
         "train.epochs=1",
-        f"train.max_steps={max(10, int(150 * scale))}",
+        f"train.max_steps={max(10, int(60 * scale))}",
         "train.batch_size=4",
         "train.lr=2e-4",
-        "train.max_length=320",
+        "train.max_length=256",
         "train.save_strategy=no",
         "eval.max_new_tokens=64",
         "eval.metrics=[rouge_l, perplexity]",
@@ -123,7 +123,7 @@ def run_dpo(workspace: Path, scale: float, reward_version: str) -> dict[str, Any
 def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
     from tunesmith.pipeline import train
 
-    steps = max(6, int(40 * scale))
+    steps = max(6, int(30 * scale))
     cfg = config(
         workspace,
         f"data.path={GSM8K}",
@@ -175,24 +175,33 @@ def main() -> None:
     parser.add_argument("--only", default="reward,dpo,rl")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--workspace", type=Path, default=None)
+    parser.add_argument("--reward-model", default=None, help="for dpo alone: a reward version in --workspace")
     args = parser.parse_args()
     wanted = args.only.split(",")
     needed = ([HH] if {"reward", "dpo"} & set(wanted) else []) + ([GSM8K] if "rl" in wanted else [])
     missing = [str(p) for p in needed if not p.exists()]
     if missing:
         sys.exit(f"needs {', '.join(missing)} (../shared/datasets)")
+    if "dpo" in wanted and "reward" not in wanted and args.reward_model is None:
+        sys.exit("dpo is judged by a reward model: run `reward` with it, or name one with --reward-model")
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="tunesmith-prefs-")) / "ws"
+    out = workspace.parent / "results.json"
     results: list[dict[str, Any]] = []
-    reward_version = None
-    if "reward" in wanted:
-        results.append(run_reward(workspace, args.scale))
-        reward_version = results[-1]["version"]
-    if "dpo" in wanted:
-        if reward_version is None:
-            sys.exit("dpo is judged by the reward model of `reward`: run them together (--only reward,dpo)")
-        results.append(run_dpo(workspace, args.scale, reward_version))
-    if "rl" in wanted:
-        results.append(run_rl(workspace, args.scale))
+    reward_version = args.reward_model
+    for part in ("rl", "reward", "dpo"):  # the quickest first
+        if part not in wanted:
+            continue
+        if part == "rl":
+            results.append(run_rl(workspace, args.scale))
+        elif part == "reward":
+            results.append(run_reward(workspace, args.scale))
+            reward_version = results[-1]["version"]
+        else:
+            assert reward_version is not None
+            results.append(run_dpo(workspace, args.scale, reward_version))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+        console.print(f"{results[-1]['run']}: {results[-1]['result']}", highlight=False)
     table = Table(title=f"Preference learning and RL on real data (CPU, scale {args.scale})")
     table.add_column("run")
     table.add_column("result")
@@ -200,8 +209,6 @@ def main() -> None:
     for row in results:
         table.add_row(row["run"], row["result"], f"{row['minutes']:.1f}")
     console.print(table)
-    out = workspace.parent / "results.json"
-    out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     console.print(f"results: {out}")
 
 
