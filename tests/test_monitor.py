@@ -433,6 +433,26 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
     moved = history(workspace, family, "shadow")[0]
     assert moved.gate_report_id is not None and moved.action == "promote"
 
+    # The preference pairs train DPO from production instead, gated the same way.
+    optimised = runner.invoke(
+        app,
+        [
+            "improve",
+            "--since",
+            "1h",
+            "--objective",
+            "dpo",
+            "--config",
+            str(serve_project["path"]),
+            *[a for s in [*settings, "train.max_steps=2"] for a in ("--set", s)],
+        ],
+    )
+    assert optimised.exit_code == 0, optimised.output
+    shadow = alias_target(workspace, family, "shadow")
+    assert shadow.config["train"]["objective"] == "dpo" and shadow.parent_id == production.id
+    with session(workspace.engine) as s:
+        assert s.get(DatasetVersion, shadow.dataset_version_id).format == "preference"
+
 
 def test_a_sample_of_answers_gets_an_online_judge_score(serve_project):
     from judge_server import serve as judge_endpoint

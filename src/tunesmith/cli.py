@@ -1416,6 +1416,9 @@ def improve_cmd(
     train: Annotated[
         bool, typer.Option(help="Fine-tune, evaluate and gate (--no-train: datasets only).")
     ] = True,
+    objective: Annotated[
+        str, typer.Option(help="sft: fine-tune on the corrections; dpo: optimise on the preference pairs.")
+    ] = "sft",
 ) -> None:
     """Production feedback to a dataset, an incremental fine-tune, an eval against production, and shadow."""
     from tunesmith.data import DataError
@@ -1435,7 +1438,7 @@ def improve_cmd(
             limit=limit,
             drift_cluster=drift_cluster,
         )
-        result = improve(cfg, workspace, selection, train=train)
+        result = improve(cfg, workspace, selection, train=train, objective=objective)
     except (ImproveError, RegistryError, DataError, ValueError) as exc:
         raise _fail(str(exc)) from None
     out.print(

@@ -199,8 +199,15 @@ def improve(
     selection: Selection,
     *,
     train: bool = True,
+    objective: str = "sft",
 ) -> ImproveOutcome:
-    """Run the loop (see the module doc); with `train=False` stop after writing the datasets."""
+    """Run the loop (see the module doc); with `train=False` stop after writing the datasets.
+
+    `objective` `sft` fine-tunes on the corrections; `dpo` optimises on the preference pairs
+    (train.preference decides the loss), both starting from the production version.
+    """
+    if objective not in ("sft", "dpo"):
+        raise ImproveError(f"objective {objective!r}: improve trains sft (on corrections) or dpo (on pairs)")
     from tunesmith.data.prepare import load_split
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.pipeline import prepare_data
@@ -236,19 +243,26 @@ def improve(
         if judged_on is not None:
             _write_jsonl(folder / "eval_split.jsonl", load_split(judged_on, config.eval.split))
             contamination.append(str(folder / "eval_split.jsonl"))
+    pairs = _derived(config, folder / "preferences.jsonl", "preference", contamination)
     if dpo:
-        pairs = _derived(config, folder / "preferences.jsonl", "preference", contamination)
         origins = [r["origin"] for r in dpo]
+        pairs.train = pairs.train.model_copy(update={"init_from": production.name, "objective": "dpo"})
         outcome.preference_dataset = prepare_data(pairs, workspace, lineage={**lineage, "rows": origins})
-    if not sft:
-        outcome.notes.append(
-            "no corrections among the selected requests, so no SFT rows: nothing to fine-tune on"
-            + (f"; the {len(dpo)} preference pair(s) are for preference training" if dpo else "")
-        )
-        return outcome
     improved = _derived(config, folder / "sft.jsonl", "chat", contamination)
     improved.train = improved.train.model_copy(update={"init_from": production.name})
-    outcome.dataset = prepare_data(improved, workspace, lineage=lineage)
+    if sft:
+        outcome.dataset = prepare_data(improved, workspace, lineage=lineage)
+    if objective == "dpo":
+        if not dpo:
+            outcome.notes.append("no preference pairs among the selected requests: nothing to optimise on")
+            return outcome
+        improved = pairs
+    elif not sft:
+        outcome.notes.append(
+            "no corrections among the selected requests, so no SFT rows: nothing to fine-tune on"
+            + (f"; train on the {len(dpo)} preference pair(s) with --objective dpo" if dpo else "")
+        )
+        return outcome
     if not train:
         return outcome
     trained = train_version(improved, workspace)
