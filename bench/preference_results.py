@@ -36,8 +36,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 HH = SHARED / "hh_rlhf_harmless_base" / "test.jsonl.gz"
 GSM8K = SHARED / "gsm8k" / "train.jsonl"
 GSM8K_SYSTEM = (
-    "Solve the math problem step by step, briefly. Then give the final answer on its own line as "
-    "'#### <number>'."
+    "Solve the math problem in at most three short sentences. Then write the final answer on its own "
+    "line as '#### <number>'."
 )
 console = Console(width=150)
 
@@ -134,9 +134,9 @@ def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
         "data.split.test=0",
         "train.objective=rl",
         'train.rl.rewards=[{"checker": "numeric_match"}, {"checker": "answer_format", "weight": 0.5}]',
-        "train.rl.num_generations=4",
-        "train.rl.max_completion_length=160",
-        "train.rl.temperature=0.9",
+        "train.rl.num_generations=8",
+        "train.rl.max_completion_length=128",
+        "train.rl.temperature=1.0",
         "train.batch_size=8",
         f"train.max_steps={steps}",
         "train.lr=1e-4",
@@ -159,7 +159,7 @@ def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
         for key in ("rewards/numeric_match/mean", "rewards/answer_format/mean")
     }
     return {
-        "run": f"GRPO (LoRA) of SmolLM2-135M on gsm8k, {steps} steps x 2 prompts x 4 answers",
+        "run": f"GRPO (LoRA) of SmolLM2-135M on gsm8k, {steps} steps x 1 prompt x 8 answers",
         "version": outcome.version.name,
         "result": f"mean reward {m['reward_first_quarter']:.3f} (first quarter) → "
         f"{m['reward_last_quarter']:.3f} (last quarter); "

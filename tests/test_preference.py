@@ -243,3 +243,39 @@ def test_eval_scores_a_dpo_version_against_its_start_by_reward_model_task_metric
     }
     (score,) = score_row(row, ["reward"], ctx)
     assert score.name == "reward" and isinstance(score.value, float)
+
+
+@pytest.mark.parametrize(("method", "separate_reference"), [("lora", False), ("full", True)])
+def test_lora_dpo_uses_the_adapterless_network_as_reference_and_full_keeps_a_copy(
+    tmp_path, tiny_model_dir, method, separate_reference
+):
+    from tunesmith.models import load_causal_lm
+    from tunesmith.train.preference import dpo_trainer
+
+    config = project(tmp_path, tiny_model_dir, preference_data(tmp_path, "pairs"), f"train.method={method}")
+    rows = preference_rows([{"prompt": "Q?", "chosen": "good", "rejected": "bad"}] * 4)
+    trainer = dpo_trainer(config.train, load_causal_lm(str(tiny_model_dir)), rows, [], tmp_path, [])
+    assert (trainer.ref_model is not None) is separate_reference
+
+
+def test_rloo_runs_with_a_reward_model_as_its_reward(tmp_path, tiny_model_dir):
+    pairs = preference_data(tmp_path, "pairs")
+    reward = train(project(tmp_path, tiny_model_dir, pairs, "train.objective=reward", "train.max_steps=2"))
+    data = write_rows(tmp_path / "qa.jsonl", demo_rows()[:24])
+    config = project(
+        tmp_path,
+        tiny_model_dir,
+        data,
+        "train.objective=rl",
+        "train.rl.algorithm=rloo",
+        f'train.rl.rewards=[{{"model": "{reward.version.name}"}}]',
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.rl.num_generations=2",
+        "train.rl.max_completion_length=6",
+        "data.split.val=0",
+    )
+    outcome = train(config)
+    assert outcome.version.config["train"]["rl"]["algorithm"] == "rloo"
+    logged = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any(f"rewards/{reward.version.name}/mean" in r for r in logged)
