@@ -262,8 +262,9 @@ def test_push_to_a_real_mlflow_registry(tmp_path, tiny_model_dir):
 def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
     config_path = write_demo_project(tmp_path)
     settings = ["train.method=lora", "train.max_steps=3", "train.forgetting.probe=false"]
-    name = train(load_config(config_path, settings)).version.name
-    for quant in ("f16", "q8_0"):
+    version = train(load_config(config_path, settings)).version
+    name = version.name
+    for quant in ("q8_0",):  # what serving uses; f16 takes the same path without quantising
         exported = registry(config_path, "export", name, "--format", "gguf", "--quant", quant)
         assert exported.exit_code == 0, exported.output
         folder = tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-{quant}"
@@ -276,11 +277,10 @@ def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
 
         reader = gguf.GGUFReader(folder / f"{name}-{quant}.gguf")
         assert reader.get_field("tokenizer.ggml.pre").contents() == "smollm"  # as llama.cpp names it
-    sizes = {
-        q: (tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-{q}" / f"{name}-{q}.gguf").stat().st_size
-        for q in ("f16", "q8_0")
-    }
-    assert sizes["q8_0"] < 0.6 * sizes["f16"]
+    size = (tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-q8_0" / f"{name}-q8_0.gguf").stat().st_size
+    assert (
+        size < 0.3 * 4 * version.metrics["total_parameters"]
+    )  # about one byte per weight, against four in float32
 
 
 def test_gguf_export_refuses_what_it_cannot_write(tmp_path, tiny_model_dir):
