@@ -230,19 +230,13 @@ def train_preference(
     """
     import torch
     from datasets.utils.logging import disable_progress_bar
-    from transformers import PrinterCallback
 
     from tunesmith.train.sft import (
-        TrainResult,
         _callbacks,
-        _close_run,
-        _forgetting_report,
-        _write_artifacts,
         check_objective,
+        conclude_run,
         failing_run,
-        fit_and_save,
         is_main_process,
-        run_metrics,
         start_run,
     )
 
@@ -266,28 +260,25 @@ def train_preference(
         callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val))
         make = reward_trainer if reward else dpo_trainer
         trainer = make(train, base, rows, val, run_dir, callbacks)
-        trainer.remove_callback(PrinterCallback)
-        what = f"{train.method} {'reward model' if reward else train.preference.trainer.upper()}"
-        done = fit_and_save(trainer, run_dir, train, resume, what, len(rows))
-        if main:
-            base.tokenizer.save_pretrained(str(done.weights_dir))
-        metrics = run_metrics(trainer, done)
-        if reward and main:
-            metrics.update(_reward_test_report(trainer.model, base.tokenizer, dataset, train, run_dir))
-        if probe_before is not None:
-            metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe_rows, probe_before))
-        if main:
-            _write_artifacts(run_dir, trainer.state, metrics)
-    if main:
-        _close_run(workspace, run_id, "finished", metrics, None)
-    return TrainResult(
-        run_id=run_id,
-        run_dir=run_dir,
-        adapter_dir=done.weights_dir,
-        metrics=metrics,
-        model=trainer.model,
-        tokenizer=base.tokenizer,
-    )
+
+        def test_report(trainer: Any, run_dir: Path) -> dict[str, Any]:
+            return (
+                _reward_test_report(trainer.model, base.tokenizer, dataset, train, run_dir) if reward else {}
+            )
+
+        return conclude_run(
+            trainer,
+            workspace,
+            run_id,
+            run_dir,
+            train,
+            base.tokenizer,
+            resume=resume,
+            what=f"{train.method} {'reward model' if reward else train.preference.trainer.upper()}",
+            rows=len(rows),
+            probe=(probe_rows, probe_before),
+            extra=test_report,
+        )
 
 
 def _probe(config: ProjectConfig) -> list[dict[str, Any]]:

@@ -89,22 +89,17 @@ def train_rl(
     import torch
     from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
-    from transformers import PrinterCallback
     from trl import GRPOTrainer, RLOOTrainer
 
+    from tunesmith.train.preference import _probe, _probe_loss
     from tunesmith.train.rewards import reward_functions
     from tunesmith.train.sft import (
-        TrainResult,
         _callbacks,
-        _close_run,
-        _forgetting_report,
-        _write_artifacts,
         check_objective,
+        conclude_run,
         failing_run,
-        fit_and_save,
         is_main_process,
         lora_config,
-        run_metrics,
         start_run,
     )
 
@@ -116,15 +111,12 @@ def train_rl(
         functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
         rows, val = rl_rows(load_split(dataset, "train")), rl_rows(load_split(dataset, "val"))
         args = rl_config(train, run_dir / "trainer", bool(val), weights)
-        from tunesmith.train.preference import _probe, _probe_loss
-
         probe_rows = _probe(config) if train.forgetting.probe and main else []
         probe_before = _probe_loss(base, probe_rows)
         torch.manual_seed(train.seed)
         disable_progress_bar()
         trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
-        if base.tokenizer.padding_side != "left":
-            base.tokenizer.padding_side = "left"  # generation pads on the left
+        base.tokenizer.padding_side = "left"  # generation pads on the left
         trainer = trainer_class(
             model=base.model,
             reward_funcs=list[Any](functions),
@@ -135,28 +127,24 @@ def train_rl(
             peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
             callbacks=_callbacks(train, run_id, run_dir, workspace, has_eval=bool(val)),
         )
-        trainer.remove_callback(PrinterCallback)
-        what = f"{train.method} {train.rl.algorithm.upper()} ({len(functions)} rewards)"
-        done = fit_and_save(trainer, run_dir, train, resume, what, len(rows))
-        if main:
-            base.tokenizer.save_pretrained(str(done.weights_dir))
-        metrics = run_metrics(trainer, done)
-        metrics.update(reward_trend(trainer.state.log_history))
-        if probe_before is not None:
-            metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe_rows, probe_before))
-        if main:
-            _write_artifacts(run_dir, trainer.state, metrics)
+
+        def trend(trainer: Any, run_dir: Path) -> dict[str, float]:
             plot_rl(trainer.state.log_history, run_dir / "rewards.png")
-    if main:
-        _close_run(workspace, run_id, "finished", metrics, None)
-    return TrainResult(
-        run_id=run_id,
-        run_dir=run_dir,
-        adapter_dir=done.weights_dir,
-        metrics=metrics,
-        model=trainer.model,
-        tokenizer=base.tokenizer,
-    )
+            return reward_trend(trainer.state.log_history)
+
+        return conclude_run(
+            trainer,
+            workspace,
+            run_id,
+            run_dir,
+            train,
+            base.tokenizer,
+            resume=resume,
+            what=f"{train.method} {train.rl.algorithm.upper()} ({len(functions)} rewards)",
+            rows=len(rows),
+            probe=(probe_rows, probe_before),
+            extra=trend,
+        )
 
 
 def reward_trend(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -432,6 +432,51 @@ def train_sft(
     )
 
 
+def conclude_run(
+    trainer: Any,
+    workspace: Workspace,
+    run_id: str,
+    run_dir: Path,
+    train: TrainConfig,
+    tokenizer: Any,
+    *,
+    resume: bool,
+    what: str,
+    rows: int,
+    probe: tuple[list[dict[str, Any]], float | None] = ([], None),
+    extra: Any = None,
+) -> TrainResult:
+    """Train, save the weights and tokenizer, measure, write the run's artifacts and close it.
+
+    `probe` is the forgetting probe's rows and the base model's loss on them (None: no probe);
+    `extra(trainer, run_dir)` adds objective-specific metrics (and files) on the main process.
+    """
+    from transformers import PrinterCallback
+
+    main = is_main_process()
+    trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
+    done = fit_and_save(trainer, run_dir, train, resume, what, rows)
+    if main:
+        tokenizer.save_pretrained(str(done.weights_dir))
+    metrics = run_metrics(trainer, done)
+    if extra is not None and main:
+        metrics.update(extra(trainer, run_dir))
+    probe_rows, before = probe
+    if before is not None:
+        metrics.update(_forgetting_report(trainer.model, tokenizer, probe_rows, before))
+    if main:
+        _write_artifacts(run_dir, trainer.state, metrics)
+        _close_run(workspace, run_id, "finished", metrics, None)
+    return TrainResult(
+        run_id=run_id,
+        run_dir=run_dir,
+        adapter_dir=done.weights_dir,
+        metrics=metrics,
+        model=trainer.model,
+        tokenizer=tokenizer,
+    )
+
+
 @dataclass
 class Fitted:
     """What `fit_and_save` measured and where it saved the weights."""
