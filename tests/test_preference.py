@@ -95,7 +95,12 @@ def test_a_reward_model_trains_on_pairs_or_rankings_reports_held_out_accuracy_an
     tmp_path, tiny_model_dir, shape
 ):
     config = project(
-        tmp_path, tiny_model_dir, preference_data(tmp_path, shape), "train.objective=reward", "train.lr=5e-3"
+        tmp_path,
+        tiny_model_dir,
+        preference_data(tmp_path, shape),
+        "train.objective=reward",
+        "train.lr=5e-3",
+        "train.max_steps=20",
     )
     outcome = train(config)
     metrics = outcome.version.metrics
