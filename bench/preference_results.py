@@ -123,7 +123,7 @@ def run_dpo(workspace: Path, scale: float, reward_version: str) -> dict[str, Any
 def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
     from tunesmith.pipeline import train
 
-    steps = max(6, int(30 * scale))
+    steps = max(6, int(40 * scale))
     cfg = config(
         workspace,
         f"data.path={GSM8K}",
@@ -136,10 +136,11 @@ def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
         'train.rl.rewards=[{"checker": "numeric_match"}, {"checker": "answer_format", "weight": 0.5}]',
         "train.rl.num_generations=8",
         "train.rl.max_completion_length=128",
-        "train.rl.temperature=1.0",
+        "train.rl.temperature=0.7",
+        "train.rl.beta=0.02",
         "train.batch_size=8",
         f"train.max_steps={steps}",
-        "train.lr=1e-4",
+        "train.lr=5e-4",
         "train.save_strategy=no",
         "train.forgetting.probe=false",
     )

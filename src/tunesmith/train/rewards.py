@@ -122,7 +122,7 @@ class RewardModel:
 # --- checkers ------------------------------------------------------------------------------------
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_FINAL = re.compile(r"(?:####|answer is|answer:)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
+_FINAL = re.compile(r"(?:####|answer is|answer:|answer =)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
 
 
 def final_number(text: str) -> float | None:
