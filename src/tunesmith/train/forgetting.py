@@ -33,6 +33,16 @@ def general_rows(
     return replay, probe
 
 
+def probe_baseline(
+    config: ForgettingConfig, base_dir: Path, model: Any, tokenizer: Any, enabled: bool = True
+) -> tuple[list[dict[str, Any]], float | None]:
+    """The forgetting probe's rows and the starting model's answer loss on them; ([], None) when off."""
+    if not (enabled and config.probe):
+        return [], None
+    probe = general_rows(config, base_dir)[1]
+    return probe, answer_loss(model, tokenizer, probe) if probe else None
+
+
 def replay_mix(
     train_rows: list[dict[str, Any]], replay: list[dict[str, Any]], fraction: float, seed: int
 ) -> list[dict[str, Any]]:

@@ -231,6 +231,7 @@ def train_preference(
     import torch
     from datasets.utils.logging import disable_progress_bar
 
+    from tunesmith.train.forgetting import probe_baseline
     from tunesmith.train.sft import (
         _callbacks,
         check_objective,
@@ -253,8 +254,9 @@ def train_preference(
         else:
             rows, val = (preference_rows(records[s], margin=reward) for s in ("train", "val"))
         _warn_too_long(rows, base.tokenizer, train.max_length)
-        probe_rows = _probe(config) if not reward and train.forgetting.probe and main else []
-        probe_before = _probe_loss(base, probe_rows)
+        probe = probe_baseline(
+            train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=not reward and main
+        )
         torch.manual_seed(train.seed)
         disable_progress_bar()
         callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val))
@@ -276,21 +278,9 @@ def train_preference(
             resume=resume,
             what=f"{train.method} {'reward model' if reward else train.preference.trainer.upper()}",
             rows=len(rows),
-            probe=(probe_rows, probe_before),
+            probe=probe,
             extra=test_report,
         )
-
-
-def _probe(config: ProjectConfig) -> list[dict[str, Any]]:
-    from tunesmith.train.forgetting import general_rows
-
-    return general_rows(config.train.forgetting, config.base_dir)[1]
-
-
-def _probe_loss(base: LoadedModel, probe: list[dict[str, Any]]) -> float | None:
-    from tunesmith.train.forgetting import answer_loss
-
-    return answer_loss(base.model, base.tokenizer, probe) if probe else None
 
 
 def _warn_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> None:

@@ -91,7 +91,7 @@ def train_rl(
     from datasets.utils.logging import disable_progress_bar
     from trl import GRPOTrainer, RLOOTrainer
 
-    from tunesmith.train.preference import _probe, _probe_loss
+    from tunesmith.train.forgetting import probe_baseline
     from tunesmith.train.rewards import reward_functions
     from tunesmith.train.sft import (
         _callbacks,
@@ -111,8 +111,7 @@ def train_rl(
         functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
         rows, val = rl_rows(load_split(dataset, "train")), rl_rows(load_split(dataset, "val"))
         args = rl_config(train, run_dir / "trainer", bool(val), weights)
-        probe_rows = _probe(config) if train.forgetting.probe and main else []
-        probe_before = _probe_loss(base, probe_rows)
+        probe = probe_baseline(train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=main)
         torch.manual_seed(train.seed)
         disable_progress_bar()
         trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
@@ -142,7 +141,7 @@ def train_rl(
             resume=resume,
             what=f"{train.method} {train.rl.algorithm.upper()} ({len(functions)} rewards)",
             rows=len(rows),
-            probe=(probe_rows, probe_before),
+            probe=probe,
             extra=trend,
         )
 
