@@ -83,12 +83,12 @@ def make_app() -> FastAPI:
 
 
 @contextmanager
-def serve() -> Iterator[tuple[str, FastAPI]]:
-    """(base URL ending in /v1, the app) of a server running until the block ends."""
+def serve(app: FastAPI | None = None) -> Iterator[tuple[str, FastAPI]]:
+    """(base URL ending in /v1, the app) of a server running until the block ends (the judge by default)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = make_app()
+    app = app or make_app()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -17,6 +17,7 @@ from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_c
 if TYPE_CHECKING:
     from tunesmith.data.prepare import Prepared
     from tunesmith.store import DatasetVersion
+    from tunesmith.synth import SynthResult
 
 app = typer.Typer(
     help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
@@ -182,6 +183,14 @@ def _print_steps(prepared: Prepared) -> None:
             )
 
 
+def _brief(value: Any) -> str:
+    """A lineage value in a few words: documents by path, lists by their first items."""
+    if isinstance(value, list):
+        items = [v.get("path", v) if isinstance(v, dict) else v for v in value]
+        return ", ".join(map(str, items[:4])) + (f" (+{len(items) - 4})" if len(items) > 4 else "")
+    return str(value)
+
+
 def _print_version(version: DatasetVersion) -> None:
     """A dataset version's steps and per-split statistics, as `data prepare` and `data show` print them."""
     report = version.meta.get("report", {})
@@ -190,6 +199,12 @@ def _print_version(version: DatasetVersion) -> None:
         f"{version.source}",
         soft_wrap=True,
     )
+    lineage = version.meta.get("lineage")
+    if lineage:
+        shown = {
+            k: v for k, v in lineage.items() if v not in (None, [], {}) and k not in ("filters", "classes")
+        }
+        out.print("Lineage: " + ", ".join(f"{k}={_brief(v)}" for k, v in shown.items()), soft_wrap=True)
     table = _table("step", "changed", "removed")
     for step in report.get("steps", []):
         table.add_row(step["name"], str(step["changed"]), str(step["removed"]))
@@ -343,6 +358,140 @@ def data_list(config: ConfigArg = None) -> None:
             f"{v.created_at:%Y-%m-%d %H:%M}",
         )
     out.print(table)
+
+
+TeacherEndpointOpt = Annotated[
+    str | None, typer.Option("--teacher-endpoint", help="OpenAI-compatible base URL (…/v1) of the teacher.")
+]
+TeacherModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--teacher-model", help="The endpoint's model name; locally `base` or a registered version."
+    ),
+]
+
+
+def _teacher_overrides(set_: list[str] | None, endpoint: str | None, model: str | None) -> list[str]:
+    overrides = list(set_ or [])
+    if endpoint:
+        overrides.append(f"synth.teacher.endpoint={endpoint}")
+    if model:
+        overrides.append(f"synth.teacher.model={model}")
+    return overrides
+
+
+def _print_synth(result: SynthResult) -> None:
+    for note in result.notes:
+        out.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
+    out.print(
+        f"Teacher {result.teacher}, prompt {result.prompt_version}: {result.requests} replies → "
+        f"{result.candidates} candidate rows → {result.kept} kept",
+        soft_wrap=True,
+        highlight=False,
+    )
+    table = _table("filter", "removed", "changed", "details")
+    for step in result.steps:
+        details = ", ".join(f"{k}={v}" for k, v in step.details.items() if k != "classes")
+        table.add_row(step.name, str(step.removed), str(step.changed), details)
+    out.print(table)
+    if result.classes:
+        classes = _table("label", "before", "added", "after", "target")
+        for label, entry in result.classes.items():
+            classes.add_row(label, *(str(entry[k]) for k in ("before", "added", "after", "target")))
+        out.print(classes)
+    out.print(f"Run folder: {result.folder} (synthetic.jsonl, rejected.jsonl with reasons, report.json)")
+    if result.version is not None:
+        counts = result.version.counts
+        out.print(
+            f"Dataset version [bold]{result.version.id}[/bold]: {counts['train']} train, "
+            f"{counts['val']} val, {counts['test']} test, {counts['rejected']} rejected by the data stage "
+            f"→ {result.version.path}"
+        )
+
+
+@data_app.command("synth")
+def data_synth(
+    source: Annotated[
+        str, typer.Option("--from", help="Documents: a file, folder or glob of .txt/.md/.html/.pdf.")
+    ],
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    into: Annotated[
+        str | None, typer.Option(help="Add the synthetic rows to this dataset version (its splits kept).")
+    ] = None,
+    teacher_endpoint: TeacherEndpointOpt = None,
+    teacher_model: TeacherModelOpt = None,
+    pairs: Annotated[
+        int | None, typer.Option(help="Pairs asked for per chunk (synth.pairs_per_chunk).")
+    ] = None,
+    max_chunks: Annotated[int | None, typer.Option(help="Use a seeded sample of this many chunks.")] = None,
+    judge: Annotated[
+        bool, typer.Option(help="Also have eval.judge check each answer against its passage.")
+    ] = False,
+) -> None:
+    """Question/answer pairs grounded in domain documents, written by a teacher, filtered, versioned."""
+    from tunesmith.data import DataError
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.synth import TeacherError, synthesize
+    from tunesmith.synth.prompts import PromptError
+    from tunesmith.workspace import open_workspace
+
+    overrides = _teacher_overrides(set_, teacher_endpoint, teacher_model)
+    overrides += [f"synth.pairs_per_chunk={pairs}"] if pairs else []
+    overrides += [f"synth.max_chunks={max_chunks}"] if max_chunks else []
+    overrides += ["synth.judge=true"] if judge else []
+    cfg = _config(config, overrides)
+    try:
+        result = synthesize(cfg, open_workspace(cfg), source, into=into)
+    except (DataError, ModelNotFoundError, TeacherError, PromptError) as exc:
+        raise _fail(str(exc)) from None
+    _print_synth(result)
+
+
+@data_app.command("augment")
+def data_augment(
+    dataset: Annotated[
+        str | None, typer.Argument(help="Dataset version to augment (default: prepare data.path).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    set_: SetOpt = None,
+    paraphrases: Annotated[
+        int | None, typer.Option(help="Paraphrases per train row (synth.paraphrases).")
+    ] = None,
+    balance: Annotated[
+        bool, typer.Option(help="Classification: top every label up to the largest label's count.")
+    ] = False,
+    target: Annotated[int | None, typer.Option(help="With --balance: rows wanted per label.")] = None,
+    max_rows: Annotated[
+        int | None, typer.Option(help="Paraphrase a seeded sample of this many rows.")
+    ] = None,
+    teacher_endpoint: TeacherEndpointOpt = None,
+    teacher_model: TeacherModelOpt = None,
+) -> None:
+    """Paraphrases of a dataset version's train rows (label-preserving), optionally evening out labels."""
+    from tunesmith.data import DataError, get_dataset
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.pipeline import prepare_data
+    from tunesmith.synth import TeacherError, augment
+    from tunesmith.workspace import open_workspace
+
+    cfg = _config(config, _teacher_overrides(set_, teacher_endpoint, teacher_model))
+    workspace = open_workspace(cfg)
+    try:
+        parent = get_dataset(workspace, dataset) if dataset else prepare_data(cfg, workspace)
+        result = augment(
+            cfg,
+            workspace,
+            parent,
+            paraphrases=paraphrases,
+            balance=balance or target is not None,
+            target=target,
+            max_rows=max_rows,
+        )
+    except (DataError, ModelNotFoundError, TeacherError) as exc:
+        raise _fail(str(exc)) from None
+    out.print(f"Augmenting {parent.id} ({parent.counts.get('train', 0)} train rows)")
+    _print_synth(result)
 
 
 @app.command("train", rich_help_panel="Lifecycle")

@@ -71,6 +71,9 @@ class SplitConfig(_Section):
     folds: int = Field(0, ge=0)  # k >= 2 also assigns the train rows to k cross-validation folds
     # A val/test row with an exact or near twin in train: drop it (to rejected.jsonl), or move it to train.
     leakage: Literal["remove", "reassign", "off"] = "remove"
+    # Rows tagged `origin: synthetic` (`tunesmith data synth` / `augment`): `train` keeps them out of
+    # validation and test, so metrics are measured on real rows only; `any` splits them like the rest.
+    synthetic: Literal["train", "any"] = "train"
 
     _leakage_off = field_validator("leakage", mode="before")(lambda v: _yaml_word(v, "off"))
 
@@ -132,6 +135,52 @@ class DataConfig(_Section):
     contamination: list[str] = Field(default_factory=list)  # eval/benchmark files no row may match
     clean: CleanConfig = Field(default_factory=CleanConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
+
+
+class TeacherConfig(_Section):
+    """The model that writes synthetic rows: an OpenAI-compatible endpoint, or a local model."""
+
+    endpoint: str | None = None  # an OpenAI-compatible base URL (…/v1), `tunesmith serve` included
+    model: str = "base"  # endpoint: its model name; local: `base` or a registered version
+    api_key_env: str | None = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, gt=0)  # per teacher reply
+    concurrency: int = Field(4, gt=0)  # endpoint: requests in flight at once
+    batch_size: int = Field(4, gt=0)  # local: prompts generated together
+    seed: int = 0
+
+
+class SynthConfig(_Section):
+    """Synthetic rows from documents (`tunesmith data synth`) and paraphrases (`tunesmith data augment`)."""
+
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    style: Literal["qa", "instruction"] = "qa"  # question/answer pairs, or instruction/response pairs
+    # A prompt template file of your own, with {passage}, {title} and {n}; its hash is its version.
+    prompt: str | None = None
+    chunk_tokens: int = Field(320, ge=32)  # chunk size in tokens of the teacher-side tokenizer
+    chunk_overlap: int = Field(32, ge=0)
+    pairs_per_chunk: int = Field(3, gt=0)  # pairs asked for in each teacher reply
+    samples_per_chunk: int = Field(1, gt=0)  # teacher replies per chunk (sampled: more variety)
+    max_chunks: int | None = Field(None, gt=0)  # a seeded sample of this many chunks
+    # length and format checks, in words
+    min_question_words: int = Field(3, ge=1)
+    max_question_words: int = Field(120, gt=0)
+    min_answer_words: int = Field(2, ge=1)
+    max_answer_words: int = Field(400, gt=0)
+    # groundedness: the answer's MiniLM cosine similarity to the closest passage sentences
+    min_grounding: float = Field(0.5, ge=-1.0, le=1.0)
+    # names and numbers in an answer that its passage (and question) never mention are invented
+    check_specifics: bool = True
+    judge: bool = False  # also ask eval.judge whether each answer is supported by its passage
+    min_judge_score: float = Field(3.5, ge=1.0, le=5.0)
+    # dedup against existing data: dataset version ids or files that no synthetic row may repeat
+    against: list[str] = Field(default_factory=list)
+    near_threshold: float = Field(0.8, gt=0.0, le=1.0)  # MinHash Jaccard on word 3-grams
+    # augmentation
+    paraphrases: int = Field(2, gt=0)  # paraphrases asked for per row
+    # a paraphrase must stay this close (MiniLM cosine) to its original, so meaning and label hold
+    min_similarity: float = Field(0.7, ge=-1.0, le=1.0)
 
 
 class ModelConfig(_Section):
@@ -730,6 +779,7 @@ class ProjectConfig(_Section):
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # relative paths start here
 

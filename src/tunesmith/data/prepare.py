@@ -92,7 +92,7 @@ class Prepared:
 
 def _short_reason(reason: str) -> str:
     """A reason without the row-specific parts, so that equal problems count together."""
-    for stop in (", got", " (", " of ", " is an ", ": matches"):
+    for stop in (", got", " (", " of ", " is an ", " is a ", ": matches"):
         reason = reason.split(stop, 1)[0]
     return re.sub(r"\d+", "N", re.sub(r"\[\d+\]", "[i]", reason))[:80]
 
@@ -327,6 +327,8 @@ def _dedup_near(
 
 def split_rows(prepared: Prepared, config: DataConfig, base_dir: Path | None = None) -> Prepared:
     """Assign splits and folds, then remove leakage across splits and contamination by eval files."""
+    if config.split.synthetic == "train":
+        _synthetic_to_train(prepared)
     assign_splits(prepared.items, config.split)
     if config.split.leakage != "off":
         _check_leakage(prepared, config)
@@ -336,33 +338,73 @@ def split_rows(prepared: Prepared, config: DataConfig, base_dir: Path | None = N
     return prepared
 
 
+def is_synthetic(record: dict[str, Any]) -> bool:
+    """A row a teacher model wrote (`tunesmith data synth` / `augment`), not one people wrote."""
+    return record.get("origin") == "synthetic"
+
+
+def _synthetic_to_train(prepared: Prepared) -> None:
+    """Synthetic rows train but are never measured on: validation and test stay real."""
+    synthetic = [item for item in prepared.items if is_synthetic(item.record)]
+    if not synthetic:
+        return
+    moved = [item for item in synthetic if item.split in ("val", "test")]
+    for item in synthetic:
+        item.split = "train"
+    prepared.steps.append(
+        Step(
+            "synthetic",
+            changed=len(moved),
+            details={"rows": len(synthetic), "policy": "train only", "moved_from_held_out": len(moved)},
+        )
+    )
+
+
 def _check_leakage(prepared: Prepared, config: DataConfig) -> None:
-    """A val/test row whose input equals (or nearly equals) a train row's input is a leak."""
+    """A val/test row whose input equals (or nearly equals) a train row's input is a leak.
+
+    When the train twin is synthetic, the synthetic row goes instead: held-out rows are real data and
+    keep the metrics honest, a teacher's copy of one is the row to lose.
+    """
     train = prepared.split_items("train")
+    by_location = {item.location: item for item in train}
     index = cleaning.NearDuplicateIndex(threshold=config.clean.near_threshold)
-    exact: dict[str, str] = {}
+    exact: dict[str, list[str]] = {}
     for item, minhash in zip(
         train, index.minhashes([cleaning.prompt_text(i.record) for i in train]), strict=True
     ):
-        exact.setdefault(cleaning.dedup_key(cleaning.prompt_text(item.record)), item.location)
+        exact.setdefault(cleaning.dedup_key(cleaning.prompt_text(item.record)), []).append(item.location)
         index.add(item.location, minhash)
     held_out = [item for item in prepared.items if item.split in ("val", "test")]
     prompts = [cleaning.prompt_text(i.record) for i in held_out]
     step = Step("leakage", details={"action": config.split.leakage, "twins": []})
     leaked: set[int] = set()
     for item, prompt, minhash in zip(held_out, prompts, index.minhashes(prompts), strict=True):
-        twin = exact.get(cleaning.dedup_key(prompt))
-        reason = f"exact twin of train row {twin}" if twin else None
-        if twin is None:
-            near = index.query(minhash)
-            if near:
-                twin, reason = (
-                    near[0][0],
-                    f"near twin (similarity {near[0][1]:.2f}) of train row {near[0][0]}",
+        twins = [(location, "an exact twin") for location in exact.get(cleaning.dedup_key(prompt), [])]
+        seen = {location for location, _ in twins}
+        twins += [
+            (location, f"a near twin (similarity {similarity:.2f})")
+            for location, similarity in index.query(minhash)
+            if location not in seen
+        ]
+        real = [(loc, how) for loc, how in twins if not is_synthetic(by_location[loc].record)]
+        for location, how in twins:
+            twin = by_location[location]
+            if is_synthetic(twin.record) and id(twin) not in leaked:
+                leaked.add(id(twin))
+                prepared.rejected.append(
+                    Rejected(
+                        twin.location,
+                        f"leakage: synthetic train row is {how} of {item.split} row {item.location}",
+                        twin.record,
+                        step="leakage",
+                    )
                 )
-        if twin is None or reason is None:
+                step.removed += 1
+        if not real:
             continue
-        step.details["twins"].append({"row": item.location, "split": item.split, "train_row": twin})
+        twin_location, how = real[0]
+        step.details["twins"].append({"row": item.location, "split": item.split, "train_row": twin_location})
         if config.split.leakage == "reassign":
             item.split = "train"
             step.changed += 1
@@ -370,7 +412,10 @@ def _check_leakage(prepared: Prepared, config: DataConfig) -> None:
             leaked.add(id(item))
             prepared.rejected.append(
                 Rejected(
-                    item.location, f"leakage: {item.split} row is an {reason}", item.record, step="leakage"
+                    item.location,
+                    f"leakage: {item.split} row is {how} of train row {twin_location}",
+                    item.record,
+                    step="leakage",
                 )
             )
             step.removed += 1
@@ -564,7 +609,10 @@ def write_split(path: Path, items: list[Item]) -> None:
         {**item.record, "_location": item.location, "_fold": item.fold, "_tokens": item.tokens}
         for item in items
     ]
-    pq.write_table(pa.Table.from_pylist(rows), path)
+    # Column by column over every row: rows may differ in their metadata fields (a synthetic row's
+    # `origin`), and a table built from the rows alone takes its columns from the first one.
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.table({key: [row.get(key) for row in rows] for key in columns}), path)
 
 
 def load_split(version: DatasetVersion, split: str, *, with_meta: bool = False) -> list[dict[str, Any]]:

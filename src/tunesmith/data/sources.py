@@ -142,7 +142,7 @@ def _read_bytes(path: Path) -> bytes:
     return gzip.decompress(data) if path.suffix == ".gz" else data
 
 
-def _decode(path: Path, data: bytes, result: ReadResult) -> str:
+def decode_text(path: Path, data: bytes, result: ReadResult) -> str:
     """UTF-8 (with or without BOM); otherwise the most likely encoding, noted in the result."""
     try:
         return data.decode("utf-8-sig")
@@ -170,7 +170,7 @@ def _likely_encoding(matches: Any) -> str:
 
 def _read_jsonl(path: Path) -> ReadResult:
     result = ReadResult()
-    text = _decode(path, _read_bytes(path), result)
+    text = decode_text(path, _read_bytes(path), result)
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -191,7 +191,7 @@ def _read_jsonl(path: Path) -> ReadResult:
 
 def _read_json(path: Path) -> ReadResult:
     result = ReadResult()
-    text = _decode(path, _read_bytes(path), result)
+    text = decode_text(path, _read_bytes(path), result)
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -217,7 +217,7 @@ def _read_json(path: Path) -> ReadResult:
 
 def _read_delimited(path: Path) -> ReadResult:
     result = ReadResult()
-    text = _decode(path, _read_bytes(path), result)
+    text = decode_text(path, _read_bytes(path), result)
     default = "\t" if _suffix(path) == ".tsv" else ","
     delimiter = _sniff_delimiter(text, default)
     if delimiter != default:
@@ -272,7 +272,7 @@ def _read_conll(path: Path) -> ReadResult:
     """CoNLL columns: one token per line, the first column the token and the last its tag;
     sentences end at a blank line; `-DOCSTART-` lines are skipped."""
     result = ReadResult()
-    text = _decode(path, _read_bytes(path), result)
+    text = decode_text(path, _read_bytes(path), result)
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
@@ -301,7 +301,7 @@ _TAG = re.compile(r"^(O|[BIESLU]-\S+)$")
 def _read_txt(path: Path) -> ReadResult:
     """Plain text: CoNLL columns when the lines look like `token ... TAG`, else one row per paragraph."""
     probe = ReadResult()
-    text = _decode(path, _read_bytes(path), probe)
+    text = decode_text(path, _read_bytes(path), probe)
     lines = [
         line.split() for line in text.splitlines()[:400] if line.strip() and not line.startswith("-DOCSTART-")
     ]

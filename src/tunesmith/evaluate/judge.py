@@ -194,6 +194,7 @@ class JudgeRun:
     criteria: str
     steps: str
     cache: AnswerCache
+    reference_label: str = "Reference answer"  # what the reference is called in the prompt ("Passage")
 
     def _cached(self, key: str, compute: Any) -> Any:
         hit = self.cache.get(key)
@@ -209,7 +210,7 @@ class JudgeRun:
             criteria=self.criteria,
             steps=self.steps,
             prompt=prompt,
-            reference=f"\nReference answer:\n{reference}\n" if reference else "",
+            reference=f"\n{self.reference_label}:\n{reference}\n" if reference else "",
             answer=answer,
         )
 
@@ -227,7 +228,7 @@ class JudgeRun:
         text = PAIR_PROMPT.format(
             criteria=self.criteria,
             prompt=prompt,
-            reference=f"\nReference answer:\n{reference}\n" if reference else "",
+            reference=f"\n{self.reference_label}:\n{reference}\n" if reference else "",
             first=first,
             second=second,
         )
