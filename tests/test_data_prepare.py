@@ -156,6 +156,38 @@ def test_leakage_twins_are_removed_or_reassigned(tmp_path):
     assert len(moved.split_items("train")) == 2 and not moved.rejected
 
 
+def test_synthetic_rows_stay_in_train_and_lose_to_a_held_out_twin(tmp_path):
+    real = [chat(f"real question number {i} about subject {i * 3}", f"r{i}") for i in range(20)]
+    synthetic = [
+        chat(f"teacher question {i} on matter {i * 5} here", f"s{i}", origin="synthetic") for i in range(10)
+    ]
+    synthetic[0]["split"] = "test"  # a synthetic row that claims a held-out split is moved to train
+    path = write_jsonl(tmp_path / "rows.jsonl", real + synthetic)
+    config = cfg(split={"val": 0.2, "test": 0.2})
+    prepared = split_rows(check_rows(config, str(path)), config)
+    held_out = prepared.split_items("val") + prepared.split_items("test")
+    assert held_out and all(i.record.get("origin") != "synthetic" for i in held_out)
+    assert len(held_out) == 8  # the shares are taken of the real rows
+    step = next(s for s in prepared.steps if s.name == "synthetic")
+    assert step.details["rows"] == 10 and step.changed == 1
+
+    # A synthetic train row that twins a test row goes; the real test row stays.
+    test_row = prepared.split_items("test")[0].record
+    twin = {**test_row, "origin": "synthetic"}
+    twin["messages"] = [{**test_row["messages"][0]}, {"role": "assistant", "content": "other"}]
+    labelled = [{**r, "split": "train"} for r in real[:2]]
+    rows = [*labelled, {**test_row, "split": "test"}, twin]
+    path = write_jsonl(tmp_path / "twins.jsonl", rows)
+    checked = split_rows(check_rows(config, str(path)), config)
+    assert [i.record for i in checked.split_items("test")] == [test_row]
+    (lost,) = checked.rejected
+    assert lost.step == "leakage" and lost.reason.startswith("leakage: synthetic train row is an exact twin")
+
+    config.split.synthetic = "any"
+    anywhere = split_rows(check_rows(config, str(tmp_path / "rows.jsonl")), config)
+    assert any(i.record.get("origin") == "synthetic" for i in anywhere.split_items("test"))
+
+
 def test_contamination_against_an_eval_file(tmp_path):
     bench = write_jsonl(
         tmp_path / "bench.jsonl", [{"question": "What is the capital of Norway?", "answer": "Oslo"}]

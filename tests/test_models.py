@@ -94,3 +94,24 @@ def test_bundled_model_converts_once_then_loads_from_the_cache(tmp_path, monkeyp
         first.model.state_dict().items(), second.model.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_models_loaded_on_several_threads_at_once_come_up_whole(tiny_model_dir):
+    """Loads on two threads at once used to leave transformers' init switches set wrong for good, so
+    every later model came up with an untied head on the meta device. Loads now take turns."""
+    import threading
+
+    from tunesmith.models.loading import load_model
+
+    def work():
+        for _ in range(3):
+            load_model(str(tiny_model_dir))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    model = load_model(str(tiny_model_dir)).model
+    assert not [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    assert model.lm_head.weight is model.model.embed_tokens.weight

@@ -353,3 +353,31 @@ def test_smollm2_writes_a_small_grounded_set_from_documents(tmp_path, docs):
     version = get_dataset(workspace, _latest(workspace))
     rows = load_split(version, "train")
     assert rows and all(r["origin"] == "synthetic" and r["synthetic"]["grounding"] >= 0.5 for r in rows)
+
+
+def test_tunesmith_serve_is_a_teacher_like_any_endpoint(serve_project, tmp_path, docs):
+    """A registered version served by `tunesmith serve` writes the replies; the tiny model's are noise,
+    so every one is rejected by the format filter, with its reply written out, and the run says so."""
+    from tunesmith.serve import serve_in_background
+    from tunesmith.store import RequestLog, session
+
+    served = load_config(serve_project["path"], [*serve_project["settings"], "serve.poll_seconds=0.2"])
+    with serve_in_background(served) as (url, _):
+        config_path, settings = project(
+            tmp_path, Path(served.model.id), f"{url}/v1", f"synth.teacher.model={serve_project['family']}"
+        )
+        settings.append("synth.teacher.max_tokens=12")
+        result = cli(config_path, settings, "synth", "--from", str(docs / "bridge-faq.txt"))
+    assert result.exit_code == 1 and "no synthetic row passed the filters" in result.output
+    workspace = open_workspace(load_config(config_path, settings))
+    (folder,) = (workspace.root / "synth").glob("syn-doc-*")
+    report = json.loads((folder / "report.json").read_text())
+    assert report["teacher"] == f"endpoint:{url}/v1:{serve_project['family']}"
+    (rejected,) = jsonl(folder / "rejected.jsonl")
+    assert rejected["step"] == "format" and rejected["row"]["chunk"] == "bridge-faq.txt#0"
+    with session(open_workspace(served).engine) as s:
+        logged = [
+            r.prompt
+            for r in s.query(RequestLog).filter(RequestLog.requested_model == serve_project["family"])
+        ]
+    assert any("Below is a passage" in json.dumps(p) for p in logged)  # logged like any request

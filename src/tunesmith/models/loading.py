@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -163,6 +164,13 @@ def load_causal_lm(
     return load_model(ref, source, revision, dtype, quantization_config)
 
 
+# Loading a model in transformers flips process-wide switches (weight init off, empty-weight
+# creation on) and sets them back afterwards; two loads on two threads (a server loading a
+# version while its scorer loads an encoder) can leave them set wrong for good, and every
+# later model comes up with untied, uninitialised weights. One load at a time.
+LOAD_LOCK = threading.RLock()
+
+
 def load_model(
     ref: str,
     source: str = "auto",
@@ -181,6 +189,19 @@ def load_model(
     Raises:
         ModelNotFoundError: when the weights are neither here nor downloadable.
     """
+    with LOAD_LOCK:
+        return _load_model(ref, source, revision, dtype, quantization_config, head, **model_kwargs)
+
+
+def _load_model(
+    ref: str,
+    source: str,
+    revision: str | None,
+    dtype: str,
+    quantization_config: Any,
+    head: str,
+    **model_kwargs: Any,
+) -> LoadedModel:
     import torch
     import transformers
     from transformers import AutoTokenizer

@@ -147,13 +147,17 @@ def _load_export(
     from tunesmith.models import load_model
 
     tokenizer = AutoTokenizer.from_pretrained(target)
+    from tunesmith.models.loading import LOAD_LOCK
+
     if fmt == "gguf":
         (gguf_file,) = target.glob("*.gguf")
-        return AutoModelForCausalLM.from_pretrained(
-            target, gguf_file=gguf_file.name, dtype="float32"
-        ), tokenizer
+        with LOAD_LOCK:
+            return AutoModelForCausalLM.from_pretrained(
+                target, gguf_file=gguf_file.name, dtype="float32"
+            ), tokenizer
     if fmt == "merged":
-        return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
+        with LOAD_LOCK:
+            return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
     dtype = ProjectConfig.model_validate(version.config).weights_dtype
     if version.parent_id is not None:  # the adapter sits on its parent version, merged
         import torch

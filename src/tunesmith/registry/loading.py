@@ -23,6 +23,13 @@ def load_row(version: ModelVersion, workspace: Workspace | None = None) -> tuple
     An adapter trained on top of another version (`train.init_from`) is loaded onto its parent,
     itself loaded the same way and merged; that needs the workspace to find the parent.
     """
+    from tunesmith.models.loading import LOAD_LOCK
+
+    with LOAD_LOCK:  # one load at a time in the process, as for base models
+        return _load_row(version, workspace)
+
+
+def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, Any]:
     import torch
     import transformers
     from peft import PeftModel

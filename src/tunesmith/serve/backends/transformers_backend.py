@@ -238,11 +238,14 @@ def _base_key(version: ModelVersion) -> str:
 def _attach_adapter(group: _Group, version: ModelVersion) -> None:
     from peft import PeftModel
 
-    if not group.peft:
-        group.model = PeftModel.from_pretrained(group.model, version.path, adapter_name=version.id)
-        group.peft = True
-    else:
-        group.model.load_adapter(version.path, adapter_name=version.id)
+    from tunesmith.models.loading import LOAD_LOCK
+
+    with LOAD_LOCK:  # one load at a time in the process (see LOAD_LOCK)
+        if not group.peft:
+            group.model = PeftModel.from_pretrained(group.model, version.path, adapter_name=version.id)
+            group.peft = True
+        else:
+            group.model.load_adapter(version.path, adapter_name=version.id)
     group.model.eval()
 
 
