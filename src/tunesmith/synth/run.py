@@ -216,32 +216,18 @@ def synthesize(
     rejected: list[Rejected] = []
     steps: list[Step] = []
     candidates = _pair_candidates(requests, replies, prompt, teacher, run_id, rejected, steps)
-    generated = len(candidates)
-    kept = filters.check_lengths(candidates, settings, rejected, steps)
-    filters.scrub(kept, config.data.clean, steps)
     against = ([parent.id] if parent else []) + settings.against
-    kept = filters.dedup(
-        kept, existing_rows(workspace, config, against), settings.near_threshold, rejected, steps
-    )
+    kept = _screen(candidates, config, workspace, against, rejected, steps)
     encode = encode or _encoder()
     kept = filters.check_grounding(kept, encode, settings, rejected, steps)
     if settings.judge and kept:
         kept = filters.check_with_judge(
             kept, _judge_run(config, workspace), settings.min_judge_score, rejected, steps
         )
-    rows = [_finish(c) for c in kept]
     result = SynthResult(
-        run_id,
-        workspace.root / "synth" / run_id,
-        "documents",
-        teacher.identity,
-        prompt.version,
-        len(requests),
-        generated,
-        len(rows),
-        steps,
-        notes=notes,
-    )
+        run_id, workspace.root / "synth" / run_id, "documents", teacher.identity, prompt.version,
+        len(requests), len(candidates), len(kept), steps, notes=notes,
+    )  # fmt: skip
     lineage = {
         "source": "synth",
         "method": "documents",
@@ -256,9 +242,7 @@ def synthesize(
         "into": parent.id if parent else None,
         "against": settings.against,
     }
-    _write_run(result, chunks, rows, rejected, lineage)
-    result.version = _store(config, workspace, result, rows, parent, "chat", lineage)
-    return result
+    return _conclude(config, workspace, result, kept, rejected, chunks, parent, "chat", lineage)
 
 
 def _title(document_title: str, chunk: Chunk) -> str:
@@ -313,6 +297,23 @@ def _pair_candidates(
     step.details["pairs"] = len(out)
     steps.append(step)
     return out
+
+
+def _screen(
+    candidates: list[filters.Candidate],
+    config: ProjectConfig,
+    workspace: Workspace,
+    against: list[str],
+    rejected: list[Rejected],
+    steps: list[Step],
+    *,
+    paraphrases: bool = False,
+) -> list[filters.Candidate]:
+    """The filters every synthetic row goes through: length, the PII scrub, dedup against `against`."""
+    kept = filters.check_lengths(candidates, config.synth, rejected, steps, paraphrases=paraphrases)
+    filters.scrub(kept, config.data.clean, steps)
+    existing = existing_rows(workspace, config, against)
+    return filters.dedup(kept, existing, config.synth.near_threshold, rejected, steps)
 
 
 def _finish(candidate: filters.Candidate) -> dict[str, Any]:
@@ -379,35 +380,17 @@ def augment(
     rejected: list[Rejected] = []
     steps: list[Step] = []
     candidates = _paraphrase_candidates(plan.rows, replies, teacher, run_id, rejected, steps)
-    generated = len(candidates)
-    kept = filters.check_lengths(candidates, settings, rejected, steps, paraphrases=True)
-    filters.scrub(kept, config.data.clean, steps)
-    kept = filters.dedup(
-        kept,
-        existing_rows(workspace, config, [dataset.id, *settings.against]),
-        settings.near_threshold,
-        rejected,
-        steps,
-    )
+    against = [dataset.id, *settings.against]
+    kept = _screen(candidates, config, workspace, against, rejected, steps, paraphrases=True)
     encode = encode or _encoder()
     kept = filters.check_meaning(kept, encode, settings.min_similarity, rejected, steps)
     classes = None
     if plan.targets:
         kept, classes = _balance(kept, train, plan.targets, rejected, steps)
-    rows = [_finish(c) for c in kept]
     result = SynthResult(
-        run_id,
-        workspace.root / "synth" / run_id,
-        "paraphrase",
-        teacher.identity,
-        PARAPHRASE_VERSION,
-        len(requests),
-        generated,
-        len(rows),
-        steps,
-        notes=notes,
-        classes=classes,
-    )
+        run_id, workspace.root / "synth" / run_id, "paraphrase", teacher.identity, PARAPHRASE_VERSION,
+        len(requests), len(candidates), len(kept), steps, notes=notes, classes=classes,
+    )  # fmt: skip
     lineage = {
         "source": "synth",
         "method": "paraphrase",
@@ -418,10 +401,8 @@ def augment(
         "balance": bool(plan.targets),
         "classes": classes,
     }
-    _write_run(result, [], rows, rejected, lineage)
     fmt = "chat" if kind == "sft" else "text_label"
-    result.version = _store(config, workspace, result, rows, dataset, fmt, lineage)
-    return result
+    return _conclude(config, workspace, result, kept, rejected, [], dataset, fmt, lineage)
 
 
 @dataclass
@@ -535,6 +516,24 @@ def _balance(
 
 
 # --- writing ---------------------------------------------------------------------------------
+
+
+def _conclude(
+    config: ProjectConfig,
+    workspace: Workspace,
+    result: SynthResult,
+    kept: list[filters.Candidate],
+    rejected: list[Rejected],
+    chunks: list[Chunk],
+    parent: DatasetVersion | None,
+    fmt: str,
+    lineage: dict[str, Any],
+) -> SynthResult:
+    """Write the run's folder, then store the rows as a dataset version (through the data stage)."""
+    rows = [_finish(c) for c in kept]
+    _write_run(result, chunks, rows, rejected, lineage)
+    result.version = _store(config, workspace, result, rows, parent, fmt, lineage)
+    return result
 
 
 def _write_run(
