@@ -19,11 +19,13 @@ from typer.testing import CliRunner
 
 from judge_server import serve
 from synth_helpers import make_app, write_pdf
+from tunesmith import pipeline
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.data import get_dataset, load_split
 from tunesmith.data.sources import SourceError
 from tunesmith.pipeline import prepare_data, write_demo_project
+from tunesmith.registry.lifecycle import model_card
 from tunesmith.synth.documents import chunk_documents, read_documents
 from tunesmith.synth.filters import invented_specifics
 from tunesmith.synth.prompts import PromptError, pair_prompt, parse_pairs, parse_paraphrases
@@ -211,6 +213,16 @@ def test_synthetic_rows_join_a_real_dataset_in_train_only(tmp_path, tiny_model_d
     assert synthetic and len(train) == parent.counts["train"] + len(synthetic)
     steps = {s["name"]: s for s in version.meta["report"]["steps"]}
     assert steps["synthetic"]["details"]["rows"] == len(synthetic)
+    assert f"Train on it: tunesmith train --set data.path={version.id}" in result.output
+
+    # Training on the stored version uses it as it is, and the model card says what is synthetic.
+    trained = pipeline.train(
+        load_config(config_path, [*settings, f"data.path={version.id}", "train.max_steps=1"])
+    )
+    assert trained.version.dataset_version_id == version.id
+    card = model_card(open_workspace(config), trained.version)
+    assert f"- Synthetic: {len(synthetic)} pairs from documents, written by `endpoint:{url}:grounded`" in card
+    assert "validation and test rows are all real" in card
 
     (tmp_path / "labels.jsonl").write_text(
         "".join(

@@ -407,6 +407,7 @@ def _print_synth(result: SynthResult) -> None:
             f"{counts['val']} val, {counts['test']} test, {counts['rejected']} rejected by the data stage "
             f"→ {result.version.path}"
         )
+        out.print(f"Train on it: tunesmith train --set data.path={result.version.id}", highlight=False)
 
 
 @data_app.command("synth")

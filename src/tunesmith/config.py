@@ -123,7 +123,8 @@ DataFormat = Literal[
 class DataConfig(_Section):
     """Where the rows come from, and how they are read, cleaned and split."""
 
-    path: str | None = None  # file, folder, glob, saved HF dataset folder, or HF hub id
+    # file, folder, glob, saved HF dataset folder, HF hub id, or a stored dataset version id (ds-…)
+    path: str | None = None
     licence: str | None = None  # the data's licence, for the model card (e.g. cc-by-4.0)
     format: DataFormat = "auto"
     columns: dict[str, str] = Field(default_factory=dict)  # canonical field -> source column

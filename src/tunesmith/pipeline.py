@@ -58,6 +58,9 @@ def prepare_data(
         return prepare_mixture(config, workspace, *_tokenizer_and_context(config))
     if config.data.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
+    stored = _stored_version(config, workspace)
+    if stored is not None:
+        return stored
     tokenizer, context = _tokenizer_and_context(config)
     version, _ = prepare_dataset(
         workspace,
@@ -70,6 +73,16 @@ def prepare_data(
         lineage=lineage,
     )
     return version
+
+
+def _stored_version(config: ProjectConfig, workspace: Workspace) -> DatasetVersion | None:
+    """The stored version `data.path` names (`ds-…`, e.g. from `data synth`), unless a file has that name."""
+    from tunesmith.data import get_dataset
+
+    path = config.data.path or ""
+    if not path.startswith("ds-") or config.resolve_path(path).exists():
+        return None
+    return get_dataset(workspace, path)
 
 
 def validate_data(config: ProjectConfig, workspace: Workspace | None = None) -> tuple[Prepared, Path]:

@@ -198,6 +198,24 @@ def model_card(workspace: Workspace, version: ModelVersion) -> str:
             f"- Dataset version `{dataset.id}` from `{dataset.source}` ({dataset.format}): {counts}",
             f"- Licence: {config.data.licence or 'not recorded (set `data.licence`)'}",
         ]
+        lineage = dataset.meta.get("lineage") or {}
+        if lineage.get("source") == "synth":
+            what = (
+                "paraphrases of train rows"
+                if lineage.get("method") == "paraphrase"
+                else "pairs from documents"
+            )
+            split = dataset.meta.get("data_config", {}).get("split", {})
+            where = (
+                "validation and test rows are all real"
+                if split.get("synthetic", "train") == "train"
+                else "synthetic rows may be in validation and test too"
+            )
+            lines.append(
+                f"- Synthetic: {lineage.get('synthetic_rows', '?')} {what}, written by "
+                f"`{lineage.get('teacher')}` (prompt `{lineage.get('prompt_version')}`, run "
+                f"`{lineage.get('run')}`); {where}"
+            )
     else:
         lines.append("- No dataset version recorded.")
     lines += [
