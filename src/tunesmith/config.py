@@ -184,6 +184,67 @@ class SynthConfig(_Section):
     min_similarity: float = Field(0.7, ge=-1.0, le=1.0)
 
 
+class ParamRange(_Section):
+    """One searched setting: `choices`, or a range `low`..`high` (with `log` scale or a `step`)."""
+
+    choices: list[Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None  # ints when low, high and step are whole numbers
+    grid_points: int = Field(3, ge=2)  # how many values of a range the grid strategy tries
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamRange:
+        if self.choices is not None:
+            if not self.choices:
+                raise ValueError("choices: give at least one value")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give `choices: [...]`, or a range with `low` and `high`")
+        if self.low >= self.high:
+            raise ValueError(f"low ({self.low}) must be below high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError("a log-scale range needs low > 0")
+        return self
+
+
+class LearningCurveSettings(_Section):
+    """Train on growing shares of the train split, all scored on the same split, and fit a power law."""
+
+    fractions: list[float] = Field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    seeds: int = Field(1, ge=1)  # runs per fraction, each on another seeded subset
+
+    @field_validator("fractions")
+    @classmethod
+    def _shares(cls, value: list[float]) -> list[float]:
+        if len(value) < 3 or any(not 0 < f <= 1 for f in value):
+            raise ValueError("give at least three shares between 0 and 1, e.g. [0.1, 0.25, 0.5, 1.0]")
+        return sorted(set(value))
+
+
+class SweepConfig(_Section):
+    """Hyperparameter search (`tunesmith sweep`): a space, a strategy, an objective and a budget."""
+
+    strategy: Literal["tpe", "random", "grid"] = "tpe"
+    # any metric the trials report on the validation split: eval_loss, or an eval metric
+    # (rouge_l, key_fact, accuracy, macro_f1, ...); the test split is kept for the final comparison
+    objective: str = "eval_loss"
+    direction: Literal["auto", "minimize", "maximize"] = "auto"  # auto: minimise losses, maximise the rest
+    # dotted config fields, e.g. {train.lr: {low: 1e-5, high: 1e-3, log: true}, train.lora.r:
+    # {choices: [8, 16, 32]}}; empty: sensible ranges for the configured method
+    space: dict[str, ParamRange] = Field(default_factory=dict)
+    trials: int | None = Field(8, gt=0)  # budget: trials (in this process)
+    timeout_minutes: float | None = Field(None, gt=0)  # budget: wall time
+    max_tokens: int | None = Field(None, gt=0)  # budget: training tokens over all trials
+    prune: bool = True  # stop trials whose validation scores trail the median of earlier trials
+    startup_trials: int = Field(3, ge=0)  # trials that are never pruned (and TPE's random start)
+    study: str | None = None  # study name; default <project>-sweep
+    storage: str | None = None  # optuna storage URL shared by workers; default the project's store
+    seed: int = 0
+    learning_curve: LearningCurveSettings = Field(default_factory=LearningCurveSettings)
+
+
 class ModelConfig(_Section):
     """The base model: a catalogue id, a Hugging Face hub id, or a local folder."""
 
@@ -781,6 +842,7 @@ class ProjectConfig(_Section):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # relative paths start here
 

@@ -351,33 +351,39 @@ def _load_parent(config: ProjectConfig, workspace: Workspace) -> Any:
     )
 
 
-def _train_and_register(
+def train_run(
     config: ProjectConfig,
     workspace: Workspace,
     dataset: DatasetVersion,
+    base: Any,
     *,
     kind: str,
-    base: Any = None,
     run: str | None = None,
     resume: bool = False,
-    extra_metrics: dict[str, Any] | None = None,
-) -> TrainOutcome | None:
+) -> Any:
+    """One training run for the configured objective, recorded in the store; nothing is registered."""
     from tunesmith.train import train_sft
     from tunesmith.train.classify import HEADS, train_classifier
     from tunesmith.train.preference import train_preference
     from tunesmith.train.rl import train_rl
 
-    base = base or load_base(config, dataset, workspace)
     if config.train.objective in HEADS:
-        result = train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
-    elif config.train.objective in ("reward", "dpo"):
-        result = train_preference(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
-    elif config.train.objective == "rl":
-        result = train_rl(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
-    else:
-        result = train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
-    if not is_main_process():
-        return None  # other ranks of a distributed run only train
+        return train_classifier(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    if config.train.objective in ("reward", "dpo"):
+        return train_preference(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    if config.train.objective == "rl":
+        return train_rl(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    return train_sft(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+
+
+def register_trained(
+    config: ProjectConfig,
+    workspace: Workspace,
+    result: Any,
+    base_revision: str | None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Register a finished run's weights as the project's next version, and make it the candidate."""
     with session(workspace.engine) as s:
         run_row = s.get(Run, result.run_id)
     assert run_row is not None
@@ -386,7 +392,7 @@ def _train_and_register(
         run_row,
         family=config.project,
         weights_dir=result.adapter_dir,
-        base_revision=base.base_revision,
+        base_revision=base_revision,
         method=config.train.method,
         seed=config.train.seed,
         metrics={**result.metrics, **(extra_metrics or {})},
@@ -402,6 +408,25 @@ def _train_and_register(
             reason=f"trained in {result.run_id}",
             action="register",
         )
+    return version
+
+
+def _train_and_register(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    *,
+    kind: str,
+    base: Any = None,
+    run: str | None = None,
+    resume: bool = False,
+    extra_metrics: dict[str, Any] | None = None,
+) -> TrainOutcome | None:
+    base = base or load_base(config, dataset, workspace)
+    result = train_run(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    if not is_main_process():
+        return None  # other ranks of a distributed run only train
+    version = register_trained(config, workspace, result, base.base_revision, extra_metrics)
     return TrainOutcome(
         dataset=dataset,
         run_id=result.run_id,

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +130,20 @@ class MetricsCallback(TrainerCallback):
                 )
                 for name, value in values.items()
             )
+
+
+_EXTRA: ContextVar[tuple[Any, ...]] = ContextVar("tunesmith_extra_callbacks", default=())
+
+
+@contextmanager
+def extra_callbacks(*callbacks: Any) -> Iterator[None]:
+    """Add trainer callbacks to every run started inside the block (a sweep's pruning callback)."""
+    token = _EXTRA.set(_EXTRA.get() + callbacks)
+    try:
+        yield
+    finally:
+        _EXTRA.reset(token)
+
+
+def added_callbacks() -> list[Any]:
+    return list(_EXTRA.get())

@@ -314,11 +314,12 @@ def _callbacks(
 ) -> list[Any]:
     from transformers import EarlyStoppingCallback
 
-    from tunesmith.train.callbacks import MetricsCallback, RichProgressCallback
+    from tunesmith.train.callbacks import MetricsCallback, RichProgressCallback, added_callbacks
 
     callbacks: list[Any] = [
         RichProgressCallback(),
         MetricsCallback(run_id, run_dir / "metrics.jsonl", workspace.engine),
+        *added_callbacks(),
     ]
     if train.early_stopping_patience is not None and has_eval:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
@@ -575,6 +576,7 @@ def run_metrics(trainer: Any, done: Fitted) -> dict[str, Any]:
         "last_logged_loss": float(losses[-1]) if losses else float("nan"),
         "train_seconds": round(done.seconds, 2),
         "tokens_per_second": round(done.tokens / done.seconds, 1) if done.seconds else 0.0,
+        "train_tokens": int(done.tokens),
         "trainable_parameters": done.trainable,
         "total_parameters": done.total,
         "global_step": trainer.state.global_step,

@@ -1,0 +1,142 @@
+"""Sweeps and learning curves: real trials on CPU, every trial a run, the best one registered."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import ParamRange, load_config
+from tunesmith.store import ModelVersion, Run, session
+from tunesmith.sweep.curve import fit_power_law, predict
+from tunesmith.sweep.search import direction_of, grid_values, space_size, storage_url
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def test_spaces_grids_directions_and_storage():
+    assert grid_values(ParamRange(low=1e-4, high=1e-2, log=True)) == [1e-4, 1e-3, 1e-2]
+    assert grid_values(ParamRange(low=1, high=3, step=1)) == [1, 2, 3]
+    assert grid_values(ParamRange(choices=["a", "b"])) == ["a", "b"]
+    space = {
+        "train.lr": ParamRange(low=1e-4, high=1e-2, log=True),
+        "train.lora.r": ParamRange(choices=[8, 16]),
+    }
+    assert math.isinf(space_size(space, "tpe")) and space_size(space, "grid") == 6
+    with pytest.raises(ValueError, match="low"):
+        ParamRange(low=2, high=1)
+    config = load_config(None, ["sweep.objective=rouge_l"])
+    assert direction_of(config) == "maximize"
+    assert direction_of(load_config(None, ["sweep.objective=eval_loss"])) == "minimize"
+    url, _ = storage_url(config, None)  # beside the project's SQLite store, never inside it
+    assert url.endswith("tunesmith-sweeps.db") and url != config.resolved_store_url
+
+
+def test_a_power_law_is_fitted_and_extrapolated():
+    rows = [50, 100, 200, 400]
+    values = [0.9 - 2.0 * n**-0.5 for n in rows]  # a score that rises towards 0.9
+    fit = fit_power_law(rows, values, "maximize")
+    assert fit is not None and abs(fit["a"] - 0.9) < 0.01 and abs(fit["c"] - 0.5) < 0.05
+    assert predict(fit, 800) > predict(fit, 400)
+
+
+def sst2_project(tmp_path: Path, *sweep: str) -> Path:
+    path = SHARED / "sst2" / "train.tsv"
+    if not path.exists():
+        pytest.skip(f"{path} is absent (real datasets live in ../shared/datasets beside the project)")
+    config_path = tmp_path / "tunesmith.yaml"
+    config_path.write_text(
+        f"""project: sentiment
+model: {{id: minilm-l6}}
+data:
+  path: {path}
+  columns: {{text: sentence}}
+  sample: 160
+  split: {{val: 0.2, test: 0.25}}
+train:
+  objective: classify
+  method: freeze
+  freeze: {{train_top: 2}}
+  epochs: 1
+  batch_size: 16
+  max_length: 40
+  save_strategy: 'no'
+sweep:
+  objective: accuracy
+  startup_trials: 1
+""",
+        encoding="utf-8",
+    )
+    return config_path
+
+
+@pytest.mark.slow
+def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path):
+    config_path = sst2_project(tmp_path)
+    space = "sweep.space={train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}, train.epochs: {choices: [1, 2]}}"
+    result = runner.invoke(
+        app, ["sweep", "--config", str(config_path), "--trials", "2", "--set", space, "--strategy", "random"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "warning" in result.output and "sparsely" in result.output  # 2 trials for a continuous space
+    config = load_config(config_path)
+    workspace = open_workspace(config)
+    with session(workspace.engine) as s:
+        runs = s.query(Run).filter(Run.kind == "sweep").all()
+        versions = s.query(ModelVersion).all()
+    assert len(runs) == 2 and all(r.metrics["sweep_study"] == "sentiment-sweep" for r in runs)
+    assert {r.status for r in runs} <= {"finished", "pruned"}
+    (best,) = versions  # only the best trial becomes a version
+    finished = [r for r in runs if r.status == "finished"]
+    assert best.metrics["eval_accuracy"] == max(r.metrics["eval_accuracy"] for r in finished)
+    assert "registered as sentiment-v1" in result.output
+
+    shown = runner.invoke(app, ["sweep", "show", "--config", str(config_path)])
+    assert shown.exit_code == 0, shown.output
+    assert "maximize accuracy" in shown.output and best.run_id[:12] in shown.output
+    plots = workspace.root / "sweeps" / "sentiment-sweep"
+    assert (plots / "optimization_history.png").stat().st_size > 10_000
+    assert (plots / "parallel_coordinate.png").exists()
+
+    # A second worker joins the same study and adds its trials to it.
+    more = runner.invoke(
+        app, ["sweep", "--config", str(config_path), "--trials", "1", "--set", space, "--no-register"]
+    )
+    assert more.exit_code == 0, more.output
+    from tunesmith.sweep import open_study
+
+    assert len(open_study(config, create=False).trials) == 3
+
+
+@pytest.mark.slow
+def test_learning_curve_on_sst2_fits_a_power_law_and_predicts_doubling(tmp_path):
+    config_path = sst2_project(tmp_path)
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            "--config",
+            str(config_path),
+            "--learning-curve",
+            "--set",
+            "sweep.learning_curve.fractions=[0.25, 0.5, 1.0]",
+            "--set",
+            "train.lr=1e-3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.output and "train rows" in result.output
+    (folder,) = (open_workspace(load_config(config_path)).root / "sweeps").glob("curve-*")
+    curve = json.loads((folder / "curve.json").read_text())
+    assert [p["fraction"] for p in curve["points"]] == [0.25, 0.5, 1.0]
+    rows = [p["rows"] for p in curve["points"]]
+    assert rows == sorted(rows) and rows[-1] == curve["full_rows"]
+    if curve["fit"] is not None:
+        assert "doubling the data" in result.output and curve["doubling_gain"] is not None
+    else:
+        assert "did not fit" in result.output
+    assert (folder / "learning_curve.png").stat().st_size > 10_000
