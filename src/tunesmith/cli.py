@@ -1498,9 +1498,9 @@ def _print_study(study: Any, cfg: ProjectConfig, storage: str | None) -> None:
     rows = trial_rows(study)
     params = sorted({k for r in rows for k in r["params"]})
     headers = [k.removeprefix("train.") for k in params]
-    table = _table("trial", "state", cfg.sweep.objective, *headers, "tokens", "seconds", "run")
-    for column in table.columns:
-        column.no_wrap = column.header in ("state", "run")
+    table = _table("trial", "state", cfg.sweep.objective, *headers, "tokens", "run")
+    for column in table.columns:  # numbers whole; the run id may fold
+        column.no_wrap, column.overflow = column.header != "run", "fold"
     for r in rows:
         table.add_row(
             str(r["trial"]),
@@ -1508,7 +1508,6 @@ def _print_study(study: Any, cfg: ProjectConfig, storage: str | None) -> None:
             f"{r['value']:.4f}" if r["value"] is not None else "",
             *(_short_value(r["params"].get(k)) for k in params),
             f"{r['tokens']:,}" if r["tokens"] else "",
-            f"{r['seconds']:.0f}" if r["seconds"] else "",
             r["run"] or "",
         )
     out.print(

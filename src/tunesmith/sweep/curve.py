@@ -190,6 +190,7 @@ def plot_curve(curve: LearningCurve, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     ax.scatter([p.rows for p in curve.points], [p.value for p in curve.points], label="measured", zorder=3)
@@ -198,8 +199,15 @@ def plot_curve(curve: LearningCurve, path: Path) -> None:
         ax.plot(xs, [predict(curve.fit, x) for x in xs], label="power-law fit")
         ax.axvline(curve.full_rows, color="grey", linestyle=":", linewidth=1)
         gain = curve.doubling_gain or 0.0
-        ax.annotate(f"2x data: {gain:+.3f}", (2 * curve.full_rows, predict(curve.fit, 2 * curve.full_rows)))
+        ax.annotate(
+            f"2x data: {gain:+.3f}",
+            (2 * curve.full_rows, predict(curve.fit, 2 * curve.full_rows)),
+            ha="right",
+            va="bottom",
+        )
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
     ax.set_xlabel("train rows")
     ax.set_ylabel(f"test {curve.metric}")
     ax.set_title("Learning curve")
