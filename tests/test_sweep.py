@@ -140,3 +140,62 @@ def test_learning_curve_on_sst2_fits_a_power_law_and_predicts_doubling(tmp_path)
     else:
         assert "did not fit" in result.output
     assert (folder / "learning_curve.png").stat().st_size > 10_000
+
+
+def test_grid_sweep_on_a_generated_metric_and_a_loss_learning_curve(tmp_path, tiny_model_dir):
+    """A generative objective is scored on the validation answers after each trial; the curve's loss
+    is the answer loss on the test split."""
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.sweep import learning_curve, run_sweep
+
+    config_path = write_demo_project(tmp_path)
+    settings = [
+        f"model.id={tiny_model_dir}",
+        "train.method=lora",
+        "train.save_strategy=no",
+        "train.epochs=1",
+        "eval.max_new_tokens=8",
+        "sweep.strategy=grid",
+        "sweep.objective=rouge_l",
+        "sweep.trials=null",  # the grid decides: every combination once
+        "sweep.space={train.lr: {choices: [1.0e-3, 5.0e-2]}}",
+    ]
+    result = run_sweep(config_path, settings)
+    trials = result.study.trials
+    assert len(trials) == 2 and result.direction == "maximize"
+    assert {t.params["train.lr"] for t in trials} == {1e-3, 5e-2}
+    assert all("rouge_l" in t.user_attrs["scores"] for t in trials if t.value is not None)
+    assert (
+        result.version is not None and result.version.metrics["sweep_trial"] == result.study.best_trial.number
+    )
+
+    config = load_config(
+        config_path,
+        [*settings, "sweep.objective=eval_loss", "sweep.learning_curve.fractions=[0.3, 0.6, 1.0]"],
+    )
+    curve = learning_curve(config, open_workspace(config))
+    assert [p.fraction for p in curve.points] == [0.3, 0.6, 1.0] and curve.direction == "minimize"
+    assert all(p.value > 0 for p in curve.points)
+    assert (curve.folder / "learning_curve.png").exists()
+
+
+def test_the_project_postgresql_store_holds_a_study_in_its_own_schema(tmp_path, postgres_server, monkeypatch):
+    import optuna
+    from sqlalchemy import create_engine, text
+
+    from tunesmith.sweep import open_study
+
+    url = postgres_server()
+    monkeypatch.setenv("TUNESMITH_DB_URL", url)
+    config = load_config(
+        None, [f"workspace={tmp_path / 'ws'}", "sweep.space={train.lr: {low: 1.0e-4, high: 1.0e-2}}"]
+    )
+    open_workspace(config)  # the store's own tables and migrations
+    study = open_study(config)
+    study.optimize(lambda trial: trial.suggest_float("x", 0, 1), n_trials=3)
+    again = open_study(config, create=False)  # a second worker finds the same study
+    assert len(again.trials) == 3 and again.best_value == min(t.value for t in study.trials)
+    with create_engine(url).connect() as conn:
+        assert conn.execute(text("select version_num from public.alembic_version")).scalar() == "0006"
+        assert conn.execute(text("select count(*) from tunesmith_sweeps.trials")).scalar() == 3
+    assert optuna.__version__
