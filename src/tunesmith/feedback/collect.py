@@ -292,7 +292,7 @@ def open_session(workspace: Workspace, session_id: str) -> Session:
     """
     root = workspace.root / "feedback"
     if session_id == "latest":
-        found = sorted(p for p in root.glob("fb-*") if (p / "session.json").exists()) if root.exists() else []
+        found = _session_folders(root)
         if not found:
             raise FeedbackError(
                 "no feedback session yet; start one with `tunesmith feedback collect VERSION`"
@@ -311,14 +311,23 @@ def open_session(workspace: Workspace, session_id: str) -> Session:
     return Session(folder, meta, items)
 
 
+def _session_folders(root: Path) -> list[Path]:
+    """Session folders, oldest first by their recorded creation time (ids of one second tie)."""
+
+    def created(folder: Path) -> tuple[str, str]:
+        meta = json.loads((folder / "session.json").read_text(encoding="utf-8"))
+        return str(meta.get("created", "")), folder.name
+
+    folders = [p for p in root.glob("fb-*") if (p / "session.json").exists()] if root.exists() else []
+    return sorted(folders, key=created)
+
+
 def list_sessions(workspace: Workspace) -> list[dict[str, Any]]:
-    root = workspace.root / "feedback"
     sessions = []
-    for folder in sorted(root.glob("fb-*")) if root.exists() else []:
-        if (folder / "session.json").exists():
-            session = open_session(workspace, folder.name)
-            reviewed = {r["item"] for r in session.reviews() if not r.get("skip")}
-            sessions.append({**session.meta, "reviewed": len(reviewed), "folder": str(folder)})
+    for folder in _session_folders(workspace.root / "feedback"):
+        session = open_session(workspace, folder.name)
+        reviewed = {r["item"] for r in session.reviews() if not r.get("skip")}
+        sessions.append({**session.meta, "reviewed": len(reviewed), "folder": str(folder)})
     return sessions
 
 
