@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,7 +114,7 @@ def test_value(config: ProjectConfig, result: Any, dataset: DatasetVersion, metr
 
 def fit_power_law(rows: list[int], values: list[float], direction: str) -> dict[str, float] | None:
     """a, b, c of value = a + b * n^-c (b > 0 for a falling loss, b < 0 for a rising score)."""
-    from scipy.optimize import curve_fit
+    from scipy.optimize import OptimizeWarning, curve_fit
 
     n, y = np.asarray(rows, dtype=float), np.asarray(values, dtype=float)
     if len(set(rows)) < 3:
@@ -125,9 +126,11 @@ def fit_power_law(rows: list[int], values: list[float], direction: str) -> dict[
 
     start = (float(y[-1]), abs(float(y[0] - y[-1])) * float(n[0]) ** 0.5 + 1e-6, 0.5)
     try:
-        params, _ = curve_fit(
-            law, n, y, p0=start, bounds=([-np.inf, 0, 0], [np.inf, np.inf, 3]), maxfev=20000
-        )
+        with warnings.catch_warnings():  # three or four points leave the covariance unknown: expected
+            warnings.simplefilter("ignore", OptimizeWarning)
+            params, _ = curve_fit(
+                law, n, y, p0=start, bounds=([-np.inf, 0, 0], [np.inf, np.inf, 3]), maxfev=20000
+            )
     except (RuntimeError, ValueError):
         return None
     a, b, c = (float(v) for v in params)
