@@ -89,6 +89,8 @@ def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path
         runs = s.query(Run).filter(Run.kind == "sweep").all()
         versions = s.query(ModelVersion).all()
     assert len(runs) == 2 and all(r.metrics["sweep_study"] == "sentiment-sweep" for r in runs)
+    assert not any(k.startswith("test_") for r in runs for k in r.metrics)  # chosen on validation only
+    assert "Test (" not in result.output
     assert {r.status for r in runs} <= {"finished", "pruned"}
     (best,) = versions  # only the best trial becomes a version
     finished = [r for r in runs if r.status == "finished"]

@@ -317,7 +317,8 @@ def train_classifier(
                 ),
                 encoding="utf-8",
             )
-            test_records = load_split(dataset, "test")
+            # A sweep trial is chosen on validation: its test scores stay unseen until the final eval.
+            test_records = load_split(dataset, "test") if kind != "sweep" else []
             if test_records:
                 names = [id2label[i] for i in sorted(id2label)]
                 found = predict(
