@@ -1,22 +1,15 @@
 """The data stage on real public datasets from ../shared/datasets (skipped where that folder is absent)."""
 
 from collections import Counter
-from pathlib import Path
 
-import pytest
-
+from shared_data import shared_dataset
 from tunesmith.config import DataConfig
 from tunesmith.data import check_rows, split_rows
 from tunesmith.data.clean import NearDuplicateIndex, prompt_text
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-
 
 def dataset(*parts: str) -> str:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real datasets live in ../shared/datasets beside the project)")
-    return str(path)
+    return str(shared_dataset(*parts))
 
 
 def cfg(**data):

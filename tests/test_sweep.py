@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from shared_data import shared_dataset
 from tunesmith.cli import app
 from tunesmith.config import ParamRange, load_config
 from tunesmith.store import ModelVersion, Run, session
@@ -15,7 +16,6 @@ from tunesmith.sweep.search import direction_of, grid_values, space_size, storag
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def test_spaces_grids_directions_and_storage():
@@ -45,9 +45,7 @@ def test_a_power_law_is_fitted_and_extrapolated():
 
 
 def sst2_project(tmp_path: Path, *sweep: str) -> Path:
-    path = SHARED / "sst2" / "train.tsv"
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real datasets live in ../shared/datasets beside the project)")
+    path = shared_dataset("sst2", "train.tsv")
     config_path = tmp_path / "tunesmith.yaml"
     config_path.write_text(
         f"""project: sentiment

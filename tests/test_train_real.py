@@ -7,19 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from shared_data import shared_dataset
 from tunesmith.config import load_config
 from tunesmith.pipeline import train
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 pytestmark = pytest.mark.slow
 
 
 def dataset(*parts: str) -> Path:
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (real datasets live in ../shared/datasets beside the project)")
-    return path
+    return shared_dataset(*parts)
 
 
 def project(tmp_path: Path, text: str) -> Path:

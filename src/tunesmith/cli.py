@@ -1440,6 +1440,7 @@ def sweep(
     """Hyperparameter search judged on a validation metric, or a learning curve (--learning-curve)."""
     if ctx.invoked_subcommand is not None:
         return
+    from tunesmith.data import DataError
     from tunesmith.sweep import SweepError, run_sweep
     from tunesmith.sweep import learning_curve as run_curve
     from tunesmith.workspace import open_workspace
@@ -1462,7 +1463,7 @@ def sweep(
             _print_curve(curve)
             return
         result = run_sweep(config, overrides, storage=storage, register_best=register)
-    except (SweepError, ValueError) as exc:
+    except (SweepError, DataError) as exc:
         raise _fail(str(exc)) from None
     _print_study(result.study, cfg, storage)
     if result.version is not None:

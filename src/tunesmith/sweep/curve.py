@@ -23,7 +23,7 @@ from tunesmith.config import ProjectConfig
 from tunesmith.data import load_split
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
-from tunesmith.sweep.search import direction_of
+from tunesmith.sweep.search import SweepError, direction_of
 from tunesmith.workspace import Workspace
 
 
@@ -149,7 +149,7 @@ def learning_curve(config: ProjectConfig, workspace: Workspace) -> LearningCurve
     metric, direction = config.sweep.objective, direction_of(config)
     dataset = prepare_data(config, workspace)
     if not dataset.counts.get("test"):
-        raise ValueError(f"dataset {dataset.id} has no test rows to score the curve on (data.split.test)")
+        raise SweepError(f"dataset {dataset.id} has no test rows to score the curve on (data.split.test)")
     stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"
     folder = workspace.root / "sweeps" / f"curve-{dataset.id}-{stamp}"
     points = []
