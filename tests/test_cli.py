@@ -54,13 +54,6 @@ def test_readme_cli_reference_matches_help():
     assert not missing, "README CLI reference is out of date; update these lines:\n" + "\n".join(missing)
 
 
-@pytest.mark.parametrize("verb", ["ui"])
-def test_planned_verbs_say_so_and_do_nothing(verb):
-    result = invoke(verb)
-    assert result.exit_code == 2
-    assert "not available yet" in result.output
-
-
 def test_init_then_validate(tmp_path):
     assert invoke("init", str(tmp_path / "p")).exit_code == 0
     result = invoke("validate", str(tmp_path / "p" / "tunesmith.yaml"), "--set", "train.lr=1e-4")

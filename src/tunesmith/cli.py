@@ -1228,11 +1228,6 @@ def registry_push(
         raise _fail(str(exc)) from None
 
 
-def _later(stage: str, issue_topic: str) -> None:
-    err.print(f"`tunesmith {stage}` is not available yet in this version: {issue_topic}. Nothing was run.")
-    raise typer.Exit(2)
-
-
 serve_app = typer.Typer(invoke_without_command=True)
 keys_app = typer.Typer(
     help="API keys of the server: create (shown once), list, revoke.", no_args_is_help=True
@@ -1973,9 +1968,18 @@ def feedback_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 
 @app.command(rich_help_panel="Lifecycle")
-def ui() -> None:
-    """(Not yet available.) The web app over the same store."""
-    _later("ui", "the web UI is planned")
+def ui(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default ui.host, 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ui.port, 8600).")] = None,
+) -> None:
+    """The web app over the same store: datasets, runs, evals, registry, deployments, monitoring."""
+    from tunesmith.ui import run_ui
+
+    cfg = _config(config, set_)
+    out.print(f"tunesmith ui on http://{host or cfg.ui.host}:{port or cfg.ui.port} (Ctrl-C stops it)")
+    run_ui(cfg, config or Path(CONFIG_FILENAME), host=host, port=port)
 
 
 @app.command(rich_help_panel="Start here")

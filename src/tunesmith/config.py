@@ -828,6 +828,15 @@ class MonitorConfig(_Section):
     alert_interval_seconds: float = Field(60.0, gt=0)  # how often a running server checks the rules
 
 
+class UiConfig(_Section):
+    """`tunesmith ui`: the web app over the workspace's store."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8600, gt=0, lt=65536)
+    page_size: int = Field(50, ge=5, le=500)  # rows per page of every list
+    session_hours: float = Field(12.0, gt=0)  # how long a sign-in with a key lasts
+
+
 class ProjectConfig(_Section):
     """The whole project: one file, one section per stage."""
 
@@ -843,6 +852,7 @@ class ProjectConfig(_Section):
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    ui: UiConfig = Field(default_factory=UiConfig)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # relative paths start here
 

@@ -202,14 +202,8 @@ def launch_distributed(
 
     import torch
 
-    from tunesmith.train.methods import check_method_supported
-    from tunesmith.train.sft import open_run
-
-    check_method_supported(config.train)
     workspace = open_workspace(config)
-    dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset, config.train)
-    run_id, _ = open_run(config, workspace, dataset, "train")
+    run_id = open_train_run(config, workspace)
     worker = ["-m", "tunesmith.train.worker", str(config_path), run_id]
     for override in overrides:
         worker += ["--set", override]
@@ -231,6 +225,25 @@ def launch_distributed(
             f"see the output above. Resume with `tunesmith train --resume {run_id}`."
         )
     return version
+
+
+def open_train_run(config: ProjectConfig, workspace: Workspace) -> str:
+    """Check the method, prepare the data and the memory fit, and open a `train` run; return its id.
+
+    For a run that another process trains (`train_existing_run`): a distributed launch, or a run
+    started from the web app, which shows the run's live curve while it trains.
+    """
+    from tunesmith.train.methods import check_method_supported
+    from tunesmith.train.sft import open_run
+
+    check_method_supported(config.train)
+    dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset, config.train)
+    estimate = fit_estimate(config, dataset)
+    if not estimate.fits:
+        raise DoesNotFitError(estimate.refusal())
+    run_id, _ = open_run(config, workspace, dataset, "train")
+    return run_id
 
 
 def train_existing_run(config: ProjectConfig, run_id: str) -> TrainOutcome | None:

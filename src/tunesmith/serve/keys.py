@@ -114,3 +114,8 @@ class KeyRing:
             return None
         with self._lock:
             return self._by_hash.get(hash_key(secret))
+
+    def by_hash(self, key_hash: str) -> Caller | None:
+        """The caller of an active key by its SHA-256 (a web session keeps the hash, not the key)."""
+        with self._lock:
+            return self._by_hash.get(key_hash)

@@ -106,6 +106,7 @@ class MetricsCallback(TrainerCallback):
         self.run_id = run_id
         self.path = path
         self.engine = engine
+        self._last: tuple[float, float] | None = None  # (time, tokens seen) at the previous log
 
     def on_log(
         self,
@@ -118,6 +119,11 @@ class MetricsCallback(TrainerCallback):
         if not logs or not state.is_world_process_zero:
             return
         entry = {"step": state.global_step, "epoch": state.epoch, "memory_mb": round(memory_mb(), 1), **logs}
+        now, tokens = time.perf_counter(), tokens_seen(logs)
+        if self._last is not None and tokens > self._last[1]:  # live throughput, for the web app's run page
+            entry["tokens_per_second"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
+        if tokens:
+            self._last = (now, tokens)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, default=float) + "\n")
         values = {
