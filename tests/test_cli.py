@@ -1,7 +1,6 @@
 import re
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from tunesmith.cli import app

@@ -1971,7 +1971,9 @@ def feedback_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 def ui(
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    host: Annotated[str | None, typer.Option(help="Address to listen on (default ui.host, 127.0.0.1).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default ui.host, 127.0.0.1).")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="Port (default ui.port, 8600).")] = None,
 ) -> None:
     """The web app over the same store: datasets, runs, evals, registry, deployments, monitoring."""

@@ -36,16 +36,11 @@ def _choices(field: str) -> list[str]:
 
 
 def overrides_of(form: dict[str, str], fields: dict[str, str]) -> list[str]:
-    """`key=value` settings from the form's fields (blank ones left out) and its free-form lines."""
+    """`key=value` settings from the form's fields (blank ones left out) and its free-form lines,
+    which the config loader checks as it checks `--set` (a line without `=` is refused there)."""
     settings = [f"{key}={form[name].strip()}" for name, key in fields.items() if form.get(name, "").strip()]
-    for number, line in enumerate(form.get("overrides", "").splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if "=" not in line:
-            raise ConfigError(f"settings, line {number}: {line!r} is not KEY=VALUE (e.g. train.epochs=2)")
-        settings.append(line)
-    return settings
+    lines = (line.strip() for line in form.get("overrides", "").splitlines())
+    return settings + [line for line in lines if line and not line.startswith("#")]
 
 
 def _validated(request: Request, overrides: list[str]) -> Any:
@@ -119,12 +114,13 @@ async def start_evaluation(request: Request, who: Caller = Depends(admin)) -> Re
     form = await checked_form(request)
     state = ui_state(request)
     ref = form.get("version", "").strip()
+    if not ref:
+        return _eval_form(request, form, "version: choose the version to evaluate", 400)
     try:
         overrides = overrides_of(form, {})
         config = _validated(request, overrides)
-        if not ref:
-            raise ConfigError("version: choose the version to evaluate")
-        get_version(state.workspace, ref) if ref not in config.registry.aliases else None
+        if ref not in config.registry.aliases:  # an alias is resolved when the job starts
+            get_version(state.workspace, ref)
     except (ConfigError, RegistryError) as exc:
         return _eval_form(request, form, str(exc), 400)
     compare = [c.strip() for c in form.get("compare", "").split(",") if c.strip()] or None
@@ -179,15 +175,27 @@ async def promote_version(request: Request, ref: str, who: Caller = Depends(admi
             actor=actor(who),
         )
     except PromotionError as exc:
-        return render(request, "outcome.html.j2", 409, ok=False, title="Promotion refused", message=str(exc), back=f"/registry/v/{ref}")
+        return render(
+            request,
+            "outcome.html.j2",
+            409,
+            ok=False,
+            title="Promotion refused",
+            message=str(exc),
+            back=f"/registry/v/{ref}",
+        )
     except RegistryError as exc:
         raise PageError(404, "Not found", str(exc)) from None
     report = None
     if event.gate_report_id:
         with session(state.workspace.engine) as s:
             report = s.get(EvalReport, event.gate_report_id)
-    how = "forced past the gates: " + event.reason if event.forced else (
-        f"gate report {event.gate_report_id} passed" if event.gate_report_id else f"{alias} is not gated"
+    how = (
+        "forced past the gates: " + event.reason
+        if event.forced
+        else (
+            f"gate report {event.gate_report_id} passed" if event.gate_report_id else f"{alias} is not gated"
+        )
     )
     return render(
         request,
@@ -208,9 +216,19 @@ async def rollback_alias(request: Request, family: str, who: Caller = Depends(ad
     state = ui_state(request)
     alias = form.get("alias", "production")
     try:
-        event = rollback(state.workspace, family, alias=alias, reason=form.get("reason", ""), actor=actor(who))
+        event = rollback(
+            state.workspace, family, alias=alias, reason=form.get("reason", ""), actor=actor(who)
+        )
     except RegistryError as exc:
-        return render(request, "outcome.html.j2", 409, ok=False, title="Rollback refused", message=str(exc), back=f"/registry/family/{family}")
+        return render(
+            request,
+            "outcome.html.j2",
+            409,
+            ok=False,
+            title="Rollback refused",
+            message=str(exc),
+            back=f"/registry/family/{family}",
+        )
     names = version_names(state.workspace)
     now, before = names.get(event.to_version_id or "", "-"), names.get(event.from_version_id or "", "-")
     return render(
@@ -236,9 +254,22 @@ async def approve_version(request: Request, ref: str, who: Caller = Depends(admi
         version = get_version(state.workspace, ref)
         approve(state.workspace, version, approver, form.get("note", ""))
     except RegistryError as exc:
-        return render(request, "outcome.html.j2", 409, ok=False, title="Approval refused", message=str(exc), back=f"/registry/v/{ref}")
+        return render(
+            request,
+            "outcome.html.j2",
+            409,
+            ok=False,
+            title="Approval refused",
+            message=str(exc),
+            back=f"/registry/v/{ref}",
+        )
     return render(
-        request, "outcome.html.j2", ok=True, title="Approved", message=f"{approver} approved {version.name}.", back=f"/registry/v/{version.name}"
+        request,
+        "outcome.html.j2",
+        ok=True,
+        title="Approved",
+        message=f"{approver} approved {version.name}.",
+        back=f"/registry/v/{version.name}",
     )
 
 
@@ -248,14 +279,25 @@ async def abort_rollout(request: Request, rollout_id: str, who: Caller = Depends
 
     await checked_form(request)
     try:
-        rollouts.abort_rollout(ui_state(request).workspace, rollout_id, f"aborted in the web app by {actor(who)}")
+        rollouts.abort_rollout(
+            ui_state(request).workspace, rollout_id, f"aborted in the web app by {actor(who)}"
+        )
     except RegistryError as exc:
-        return render(request, "outcome.html.j2", 409, ok=False, title="Nothing to abort", message=str(exc), back="/deployments")
+        return render(
+            request,
+            "outcome.html.j2",
+            409,
+            ok=False,
+            title="Nothing to abort",
+            message=str(exc),
+            back="/deployments",
+        )
     return render(
         request,
         "outcome.html.j2",
         ok=True,
         title="Rollout aborted",
-        message=f"{rollout_id} is aborted; a running server sends the route's traffic back to its primary at its next poll.",
+        message=f"{rollout_id} is aborted; a running server sends the route's traffic back to its primary "
+        "at its next poll.",
         back="/deployments",
     )

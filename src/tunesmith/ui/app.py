@@ -11,6 +11,8 @@ Chart.js; nothing is fetched from another host.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -247,7 +249,7 @@ def create_ui_app(config: ProjectConfig, config_path: Path) -> FastAPI:
         return render(request, "error.html.j2", 500, title="Something broke", message=message)
 
     @app.get("/login", response_class=HTMLResponse)
-    async def login_page(request: Request, next: str = "/") -> Response:  # noqa: A002
+    async def login_page(request: Request, next: str = "/") -> Response:
         if ui_state(request).sessions.open:
             return RedirectResponse(_safe_next(next), status_code=303)
         return render(request, "login.html.j2", next=_safe_next(next), error=None)
@@ -287,7 +289,9 @@ def _safe_next(target: str) -> str:
     return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
 
 
-def run_ui(config: ProjectConfig, config_path: Path, *, host: str | None = None, port: int | None = None) -> None:
+def run_ui(
+    config: ProjectConfig, config_path: Path, *, host: str | None = None, port: int | None = None
+) -> None:
     """`tunesmith ui`: run the app under uvicorn until interrupted."""
     import uvicorn
 
@@ -301,3 +305,35 @@ def run_ui(config: ProjectConfig, config_path: Path, *, host: str | None = None,
             bind,
         )
     uvicorn.run(app, host=bind, port=port or config.ui.port, log_level="info")
+
+
+@contextmanager
+def ui_in_background(config: ProjectConfig, config_path: Path) -> Iterator[str]:
+    """The base URL of the app under uvicorn on a free 127.0.0.1 port, until the block ends.
+
+    For tests, benchmarks and notebooks; `tunesmith ui` is the way to run it for real.
+    """
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    runner = uvicorn.Server(
+        uvicorn.Config(create_ui_app(config, config_path), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=runner.run, name="tunesmith-ui", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not runner.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if not runner.started:
+        raise RuntimeError("the web app did not start on 127.0.0.1")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        runner.should_exit = True
+        thread.join(timeout=30)

@@ -31,7 +31,9 @@ def dataset_charts(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
             "type": "bar",
             "data": {
                 "labels": splits,
-                "datasets": [{"label": "rows", "data": [counts[s] for s in splits], "backgroundColor": PALETTE[0]}],
+                "datasets": [
+                    {"label": "rows", "data": [counts[s] for s in splits], "backgroundColor": PALETTE[0]}
+                ],
             },
             "options": {"plugins": {"legend": {"display": False}}},
         }
@@ -43,7 +45,11 @@ def dataset_charts(folder: Path, report: dict[str, Any]) -> dict[str, Any]:
             "data": {
                 "labels": labels,
                 "datasets": [
-                    {"label": s, "data": [stats[s]["labels"].get(lb, 0) for lb in labels], "backgroundColor": _color(i)}
+                    {
+                        "label": s,
+                        "data": [stats[s]["labels"].get(lb, 0) for lb in labels],
+                        "backgroundColor": _color(i),
+                    }
                     for i, s in enumerate(x for x in SPLITS if x in stats)
                 ],
             },
@@ -114,7 +120,10 @@ def run_charts(metrics: list[dict[str, Any]]) -> dict[str, Any]:
             },
         }
 
-    return {"loss": chart(["loss", "eval_loss"], "loss"), "throughput": chart(["tokens_per_second"], "tokens/s")}
+    return {
+        "loss": chart(["loss", "eval_loss"], "loss"),
+        "throughput": chart(["tokens_per_second"], "tokens/s"),
+    }
 
 
 def latest_values(metrics: list[dict[str, Any]]) -> dict[str, float]:
@@ -139,7 +148,9 @@ def eval_chart(report: dict[str, Any]) -> dict[str, Any] | None:
                 {
                     "label": system["label"],
                     "data": [
-                        [system["scores"][m]["low"], system["scores"][m]["high"]] if m in system["scores"] else None
+                        [system["scores"][m]["low"], system["scores"][m]["high"]]
+                        if m in system["scores"]
+                        else None
                         for m in metrics
                     ],
                     "backgroundColor": _color(i),
@@ -152,7 +163,12 @@ def eval_chart(report: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def item_diffs(
-    report: dict[str, Any], candidate: str | None, against: str | None, metric: str | None, show: str, text: str
+    report: dict[str, Any],
+    candidate: str | None,
+    against: str | None,
+    metric: str | None,
+    show: str,
+    text: str,
 ) -> list[dict[str, Any]]:
     """The report's items with the candidate's and the other system's answers and scores, filtered.
 
@@ -181,7 +197,9 @@ def item_diffs(
             delta is None or {"better": delta <= 0, "worse": delta >= 0, "same": delta != 0}[show]
         ):
             continue
-        if text and not any(text in entry[k].lower() for k in ("prompt", "reference", "candidate", "against")):
+        if text and not any(
+            text in entry[k].lower() for k in ("prompt", "reference", "candidate", "against")
+        ):
             continue
         rows.append(entry)
     return rows

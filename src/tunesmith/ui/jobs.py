@@ -158,7 +158,14 @@ def log_tail(workspace: Workspace, job_id: str, max_bytes: int = 20_000) -> str:
 
 
 def _run(folder: Path) -> int:  # pragma: no cover - runs in the job's own process
+    import warnings
+
     from tunesmith.config import load_config
+
+    # raised inside TRL/PEFT on every run, about their own calls (as `tunesmith` itself filters it)
+    warnings.filterwarnings(
+        "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+    )
     from tunesmith.workspace import open_workspace
 
     job = Job(**json.loads((folder / "job.json").read_text(encoding="utf-8")))

@@ -238,14 +238,18 @@ def evaluation(request: Request, report_id: str) -> HTMLResponse:
     metrics = [m["name"] for m in report.get("metrics", [])]
     params = request.query_params
     candidate = labels[-1] if labels else None
-    against = params.get("against") if params.get("against") in labels[:-1] else (labels[0] if labels else None)
+    against = (
+        params.get("against") if params.get("against") in labels[:-1] else (labels[0] if labels else None)
+    )
     metric = params.get("metric") if params.get("metric") in metrics else (metrics[0] if metrics else None)
     show = params.get("show", "all")
     text = params.get("q", "").strip().lower()
     items = charts.item_diffs(report, candidate, against, metric, show, text)
     size = ui_state(request).page_size
     number = max(1, min(page_number(request), max(1, -(-len(items) // size))))
-    page = queries.Page(items=items[(number - 1) * size : number * size], number=number, size=size, total=len(items))
+    page = queries.Page(
+        items=items[(number - 1) * size : number * size], number=number, size=size, total=len(items)
+    )
     return render(
         request,
         "evaluation.html.j2",
@@ -383,8 +387,14 @@ def lineage(request: Request, version: ModelVersion) -> dict[str, Any]:
         parent = s.get(ModelVersion, version.parent_id) if version.parent_id else None
         children = list(s.scalars(select(ModelVersion).where(ModelVersion.parent_id == version.id)))
         rollouts = list(s.scalars(select(Rollout).where(Rollout.version_id == version.id)))
-        served = s.scalar(select(func.count()).select_from(RequestLog).where(RequestLog.version_id == version.id))
-    aliases = [a for a, t in aliases_of(state.workspace, version.family, state.config.registry).items() if t and t.id == version.id]
+        served = s.scalar(
+            select(func.count()).select_from(RequestLog).where(RequestLog.version_id == version.id)
+        )
+    aliases = [
+        a
+        for a, t in aliases_of(state.workspace, version.family, state.config.registry).items()
+        if t and t.id == version.id
+    ]
     moves = [
         describe(e, names)
         for e in history(state.workspace, version.family)
@@ -419,8 +429,15 @@ def routes(request: Request) -> list[dict[str, Any]]:
     for route in state.config.serve.routes:
         primary = now(route.model)
         canary = [{"to": c.to, "version": now(c.to), "percent": c.percent} for c in route.canary]
-        shadow = {"to": route.shadow, "version": now(route.shadow), "percent": route.shadow_percent} if route.shadow else None
-        rules = [{"name": r.name, "to": r.to, "version": now(r.to), "groups": r.groups, "headers": r.headers} for r in route.rules]
+        shadow = (
+            {"to": route.shadow, "version": now(route.shadow), "percent": route.shadow_percent}
+            if route.shadow
+            else None
+        )
+        rules = [
+            {"name": r.name, "to": r.to, "version": now(r.to), "groups": r.groups, "headers": r.headers}
+            for r in route.rules
+        ]
         serves = {primary, *(c["version"] for c in canary), *(r["version"] for r in rules)}
         if shadow:
             serves.add(shadow["version"])
@@ -470,7 +487,9 @@ def deployments(request: Request) -> HTMLResponse:
         names=names,
         where=where,
         route_names=queries.routes_seen(state.workspace),
-        newest=page.items[0].at.isoformat() if page.items and page.number == 1 else datetime.now(UTC).isoformat(),
+        newest=page.items[0].at.isoformat()
+        if page.items and page.number == 1
+        else datetime.now(UTC).isoformat(),
     )
 
 
@@ -523,7 +542,12 @@ def request_page(request: Request, request_id: str) -> HTMLResponse:
 
 # ---- monitoring --------------------------------------------------------------------------------
 
-WINDOWS = {"1h": timedelta(hours=1), "24h": timedelta(hours=24), "7d": timedelta(days=7), "30d": timedelta(days=30)}
+WINDOWS = {
+    "1h": timedelta(hours=1),
+    "24h": timedelta(hours=24),
+    "7d": timedelta(days=7),
+    "30d": timedelta(days=30),
+}
 
 
 @router.get("/monitoring", response_class=HTMLResponse)
@@ -562,4 +586,3 @@ def drift(request: Request, version: str) -> HTMLResponse:
     except (RegistryError, DriftError) as exc:
         raise PageError(409, "Drift cannot be measured", str(exc)) from None
     return render(request, "drift.html.j2", v=target, report=report.as_dict())
-

@@ -46,7 +46,9 @@ class Page:
         return min(self.total, self.number * self.size)
 
 
-def paginate(workspace: Workspace, query: Select[Any], number: int, size: int, *, scalars: bool = True) -> Page:
+def paginate(
+    workspace: Workspace, query: Select[Any], number: int, size: int, *, scalars: bool = True
+) -> Page:
     """Rows `number` (1-based) of `query` in pages of `size`, with the total the filters leave."""
     with session(workspace.engine) as s:
         total = s.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
@@ -57,7 +59,9 @@ def paginate(workspace: Workspace, query: Select[Any], number: int, size: int, *
 
 
 def datasets(workspace: Workspace, number: int, size: int) -> Page:
-    return paginate(workspace, select(DatasetVersion).order_by(DatasetVersion.created_at.desc()), number, size)
+    return paginate(
+        workspace, select(DatasetVersion).order_by(DatasetVersion.created_at.desc()), number, size
+    )
 
 
 def runs(workspace: Workspace, number: int, size: int, *, status: str | None, kind: str | None) -> Page:
@@ -69,7 +73,9 @@ def runs(workspace: Workspace, number: int, size: int, *, status: str | None, ki
     return paginate(workspace, query, number, size)
 
 
-def run_metrics(workspace: Workspace, run_id: str, after: int = 0, limit: int = 20_000) -> list[dict[str, Any]]:
+def run_metrics(
+    workspace: Workspace, run_id: str, after: int = 0, limit: int = 20_000
+) -> list[dict[str, Any]]:
     """The run's logged values with an id above `after` (what a live page has not seen yet)."""
     query = (
         select(RunMetric.id, RunMetric.step, RunMetric.name, RunMetric.value)
@@ -118,6 +124,8 @@ def report_counts(workspace: Workspace, version_ids: list[str]) -> dict[str, tup
     counts: dict[str, tuple[int, bool | None]] = {}
     with session(workspace.engine) as s:
         for version_id, passed in s.execute(query):
+            if version_id is None:
+                continue
             n, newest = counts.get(version_id, (0, passed))
             counts[version_id] = (n + 1, newest)
     return counts
@@ -129,7 +137,7 @@ class RequestFilter:
     route: str | None = None
     status: str | None = None  # ok, error (5xx), refused (4xx)
 
-    def apply(self, query: Select[Any]) -> Select[Any]:
+    def apply(self, query: Any) -> Any:
         if self.version:
             query = query.where(RequestLog.version_id == self.version)
         if self.route:
@@ -203,7 +211,7 @@ def read_jsonl_page(path: Path, number: int, size: int) -> Page:
     start = (max(1, number) - 1) * size
     if path.exists():
         with path.open(encoding="utf-8") as handle:
-            for total, line in enumerate(handle, 1):  # noqa: B007 (the count is the total)
+            for total, line in enumerate(handle, 1):
                 if start < total <= start + size and line.strip():
                     items.append(json.loads(line))
     return Page(items=items, number=max(1, number), size=size, total=total)

@@ -47,6 +47,7 @@ async function poll(url, every, handle) {
 function followRun(holder) {
   // the run page: new logged values go onto the loss and throughput charts while it trains
   let after = Number(holder.dataset.after || 0);
+  let settled = 0;
   if (holder.dataset.status !== "running") return;
   poll(() => holder.dataset.live + "?after=" + after, 1500, (data) => {
     for (const point of data.points) {
@@ -72,10 +73,12 @@ function followRun(holder) {
       v.appendChild(a);
     }
     if (data.status !== "running") {
+      // a finished run is registered a moment later: keep asking a little while for its version
       statusBadge("run-status", data.status);
       holder.dataset.status = data.status;
       if (data.error) text("run-log", data.log + "\n" + data.error);
-      return false;
+      settled += 1;
+      if (data.version || data.status !== "finished" || settled > 40) return false;
     }
   });
 }
