@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/eval_results.py --scale 0.5
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/preference_results.py --scale 0.5
+	$(BIN)/python bench/ui_pages.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

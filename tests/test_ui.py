@@ -49,7 +49,7 @@ def ui_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
         "metrics": ["rouge_l", "key_fact"],
         "gates": [{"metric": "rouge_l", "min": 0.0}],
     }
-    raw["monitor"] = {"scorers": ["empty", "length"]}
+    raw["monitor"] = {"scorers": ["empty", "length"], "drift": {"min_requests": 4}}
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     config = load_config(config_path)
     first = train(config).version
@@ -136,6 +136,10 @@ def test_every_page_shows_the_workspace_records(ui_project, app_url):
         assert live["status"] == "finished" and any(x["name"] == "loss" for x in live["points"])
         worse = client.get(f"/evaluations/{p['report']}?show=worse&metric=rouge_l&against=base")
         assert worse.status_code == 200
+        drift = client.get(f"/monitoring/drift?version={p['first']}")  # the four served prompts
+        assert drift.status_code == 200 and "classifier AUC" in drift.text, drift.text[-1500:]
+        too_few = client.get(f"/monitoring/drift?version={p['second']}")  # never served
+        assert too_few.status_code == 409 and "drift needs at least 4" in too_few.text
 
 
 def test_a_form_config_is_validated_as_the_cli_validates_it(ui_project, app_url):
