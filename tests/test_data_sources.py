@@ -84,8 +84,15 @@ def test_saved_hf_dataset_keeps_its_splits(tmp_path):
 
 
 def test_hub_id_offline_fails_with_what_to_do(monkeypatch):
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # both libraries read these once, at import: after another test imported them, only this counts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
     with pytest.raises(SourceError, match="save_to_disk"):
         read_source("tunesmith-tests/no-such-dataset")
 

@@ -75,7 +75,7 @@ sweep:
 @pytest.mark.slow
 def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path):
     config_path = sst2_project(tmp_path)
-    space = "sweep.space={train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}, train.epochs: {choices: [1, 2]}}"
+    space = "sweep.space={train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}, train.seed: {choices: [0, 1]}}"
     result = runner.invoke(
         app, ["sweep", "--config", str(config_path), "--trials", "2", "--set", space, "--strategy", "random"]
     )

@@ -71,6 +71,17 @@ def ui_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
         httpx.post(
             f"{url}/v1/feedback", json={"request_id": answers[0].id, "rating": "down", "comment": "vague"}
         )
+    raw["serve"] = {  # what the deployments page draws: a canary and a shadow on the family's route
+        "routes": [
+            {
+                "model": first.family,
+                "canary": [{"to": f"{first.family}@candidate", "percent": 10}],
+                "shadow": second.name,
+                "shadow_percent": 50,
+            }
+        ]
+    }
+    config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return {
         "path": config_path,
         "config": config,
@@ -113,10 +124,22 @@ def test_every_page_shows_the_workspace_records(ui_project, app_url):
             "/evaluations": [p["report"]],
             f"/evaluations/{p['report']}": ["rouge_l", "item-diff", "chart-eval", "passed"],
             "/registry": [p["first"], p["second"], p["family"]],
-            f"/registry/v/{p['first']}": ["Lineage", p["dataset"], p["run"], p["report"], "promote"],
+            f"/registry/v/{p['first']}": [
+                "Lineage",
+                p["dataset"],
+                p["run"],
+                p["report"],
+                "promote",
+                f"route <code>{p['family']}</code>",
+            ],
             f"/registry/family/{p['family']}": ["first release", "rollback-production"],
             f"/registry/diff?a={p['first']}&b={p['second']}": ["train.seed", "train.learning_rate"],
-            "/deployments": [p["first"], 'id="stream"'],
+            "/deployments": [
+                f"{p['first']} 90%",
+                f"{p['second']} 10%",
+                "answers a mirror of 50%",
+                'id="stream"',
+            ],
             "/monitoring": [p["first"], "mean length", "vague"],
         }
         for path, texts in expected.items():
