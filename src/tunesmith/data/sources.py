@@ -168,11 +168,17 @@ def _likely_encoding(matches: Any) -> str:
     return next((e for e in _PREFERRED if e in ties), best.encoding)
 
 
+def _lines(text: str) -> list[str]:
+    """The file's lines as an editor numbers them: split at \n only (a JSON string may hold U+2028,
+    U+0085 or \x1e, which `str.splitlines` would break a row at), without the \r of CRLF."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def _read_jsonl(path: Path) -> ReadResult:
     result = ReadResult()
     text = decode_text(path, _read_bytes(path), result)
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for number, line in enumerate(_lines(text), start=1):
+        if not line.strip(" \t"):  # JSON's own blanks; a line of other control characters is rejected
             continue
         location = f"{path}:{number}"
         try:
@@ -264,7 +270,14 @@ def _sniff_delimiter(text: str, default: str) -> str:
 def _read_parquet(path: Path) -> ReadResult:
     import pyarrow.parquet as pq
 
-    table = pq.read_table(io.BytesIO(_read_bytes(path)) if path.suffix == ".gz" else path)
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(io.BytesIO(_read_bytes(path)) if path.suffix == ".gz" else path)
+    except (pa.ArrowException, OSError) as exc:  # empty, truncated or not Parquet at all
+        raise SourceError(
+            f"{path}: not a readable Parquet file ({exc}); write it again, or give the rows as JSON Lines"
+        ) from None
     return ReadResult(rows=[SourceRow(f"{path}#{i}", row) for i, row in enumerate(table.to_pylist())])
 
 
@@ -276,7 +289,7 @@ def _read_conll(path: Path) -> ReadResult:
     tokens: list[str] = []
     tags: list[str] = []
     start = 0
-    for number, line in enumerate([*text.splitlines(), ""], start=1):
+    for number, line in enumerate([*_lines(text), ""], start=1):
         parts = line.split()
         if parts and parts[0] == "-DOCSTART-":
             continue
@@ -303,7 +316,7 @@ def _read_txt(path: Path) -> ReadResult:
     probe = ReadResult()
     text = decode_text(path, _read_bytes(path), probe)
     lines = [
-        line.split() for line in text.splitlines()[:400] if line.strip() and not line.startswith("-DOCSTART-")
+        line.split() for line in _lines(text)[:400] if line.strip() and not line.startswith("-DOCSTART-")
     ]
     tagged = sum(1 for parts in lines if len(parts) >= 2 and _TAG.match(parts[-1]))
     if lines and tagged >= 0.9 * len(lines):
@@ -313,7 +326,7 @@ def _read_txt(path: Path) -> ReadResult:
         return result
     result = ReadResult(notes=probe.notes)
     start, paragraph = 1, list[str]()
-    for number, line in enumerate([*text.splitlines(), ""], start=1):
+    for number, line in enumerate([*_lines(text), ""], start=1):
         if line.strip():
             if not paragraph:
                 start = number
