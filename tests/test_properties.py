@@ -115,11 +115,12 @@ SECTIONS = [
 ]
 KEYS = ["path", "id", "method", "num_train_epochs", "learning_rate", "lora", "r", "gates", "port", "routes",
         "split", "val", "test", "metrics", "aliases", "host", "page_size", "format", "columns"]  # fmt: skip
+section_values = st.dictionaries(
+    st.sampled_from(KEYS) | st.text(max_size=6), yaml_scalars | st.lists(yaml_scalars, max_size=3), max_size=4
+)
 configs = st.dictionaries(
-    st.sampled_from(SECTIONS) | st.text(max_size=6),
-    yaml_scalars | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), yaml_scalars | st.lists(yaml_scalars, max_size=3), max_size=4),
-    max_size=5,
-)  # fmt: skip
+    st.sampled_from(SECTIONS) | st.text(max_size=6), yaml_scalars | section_values, max_size=5
+)
 
 
 @SETTINGS

@@ -268,9 +268,8 @@ def _sniff_delimiter(text: str, default: str) -> str:
 
 
 def _read_parquet(path: Path) -> ReadResult:
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(io.BytesIO(_read_bytes(path)) if path.suffix == ".gz" else path)
