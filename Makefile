@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.setup-done
 DEMO_DIR ?= demo-workspace
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test check bench lint clean
+.PHONY: setup demo test check bench fuzz audit lint clean
 
 setup: $(STAMP)
 
@@ -35,11 +35,19 @@ demo: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
-check: setup
-	$(BIN)/ruff check src tests bench scripts
-	$(BIN)/ruff format --check src tests bench scripts
+check: setup audit
+	$(BIN)/ruff check src tests bench scripts fuzz
+	$(BIN)/ruff format --check src tests bench scripts fuzz
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# Installed dependencies against known vulnerabilities (pip-audit); see scripts/audit.py.
+audit: setup
+	$(BIN)/python scripts/audit.py
+
+# Coverage-guided fuzzing of the data readers, format detection and conversion (atheris).
+fuzz: setup
+	$(BIN)/python fuzz/fuzz_data.py -runs=60000
 
 bench: setup
 	$(BIN)/python bench/bench_model_load.py
