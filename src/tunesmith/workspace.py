@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -67,15 +68,40 @@ def _project_name(directory: Path) -> str:
     return name.strip("-._") or "my-project"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Remove the half-written folders that killed processes left in `folder` (`.NAME.PID.XXXX.tmp`
+    whose PID is gone); a live writer's folder is left alone. Returns what was removed."""
+    removed = []
+    for candidate in folder.glob(".*.tmp"):
+        parts = candidate.name.split(".")
+        pid = parts[-3] if len(parts) >= 4 else ""
+        if candidate.is_dir() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(candidate, ignore_errors=True)
+            removed.append(candidate)
+    return removed
+
+
 @contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target` that becomes `target` only if the block succeeds.
 
     A crash or error leaves `target` untouched (absent, or as it was); half-written outputs are
-    removed, never visible under the final name.
+    removed, never visible under the final name. A process killed mid-write leaves its folder
+    behind; the next write into the same parent removes it.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     try:
         yield tmp
         if target.exists():
