@@ -62,6 +62,7 @@ train:
   epochs: 1
   batch_size: 16
   max_length: 40
+  activation_checkpointing: false
   save_strategy: 'no'
 sweep:
   objective: accuracy

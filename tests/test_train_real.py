@@ -41,6 +41,7 @@ train:
   lr: 5e-4
   batch_size: 16
   max_length: 64
+  activation_checkpointing: false
   save_strategy: 'no'
 """,
     )
