@@ -68,7 +68,8 @@ def _project_name(directory: Path) -> str:
     return name.strip("-._") or "my-project"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -85,7 +86,7 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     for candidate in folder.glob(".*.tmp"):
         parts = candidate.name.split(".")
         pid = parts[-3] if len(parts) >= 4 else ""
-        if candidate.is_dir() and pid.isdigit() and not _alive(int(pid)):
+        if candidate.is_dir() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(candidate, ignore_errors=True)
             removed.append(candidate)
     return removed

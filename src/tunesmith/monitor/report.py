@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -124,14 +125,13 @@ def summary_rows(summary: dict[str, dict[str, Any]]) -> tuple[list[str], list[di
     return [k[6:] for k in score_names], rows
 
 
-def plots(data: dict[str, Any]) -> dict[str, str]:
-    """Time-series panels (PNG, base64): traffic, p95 latency, error rate, negative feedback, each score."""
-    plt = _pyplot()
-    from matplotlib.dates import DateFormatter
+def panels(series: dict[str, Any]) -> dict[str, tuple[str, Callable[[list[float]], float]]]:
+    """The time-series panels the data has: title -> (series key, how a bucket's values reduce to a point).
 
-    series, edges = data["series"], data["edges"]
-    mids = [edges[i] + (edges[i + 1] - edges[i]) / 2 for i in range(BUCKETS)]
-    panels = {
+    Traffic, p95 latency, error rate, negative feedback, prompt similarity and each online score;
+    the report's plots and the web app's charts both draw these.
+    """
+    found: dict[str, tuple[str, Callable[[list[float]], float]]] = {
         "traffic (requests per bucket)": ("requests", len),
         "p95 latency (ms)": ("latency", lambda v: float(np.percentile(v, 95))),
         "error rate": ("errors", lambda v: float(np.mean(v))),
@@ -139,11 +139,19 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         "similarity of prompts to training prompts": ("similarity", lambda v: float(np.mean(v))),
     }
     for key in sorted({k for v in series.values() for k in v if k.startswith("score:")}):
-        panels[f"mean {key[6:]}"] = (key, lambda v: float(np.mean(v)))
+        found[f"mean {key[6:]}"] = (key, lambda v: float(np.mean(v)))
+    return {title: entry for title, entry in found.items() if any(entry[0] in v for v in series.values())}
+
+
+def plots(data: dict[str, Any]) -> dict[str, str]:
+    """Time-series panels (PNG, base64): traffic, p95 latency, error rate, negative feedback, each score."""
+    plt = _pyplot()
+    from matplotlib.dates import DateFormatter
+
+    series, edges = data["series"], data["edges"]
+    mids = [edges[i] + (edges[i + 1] - edges[i]) / 2 for i in range(BUCKETS)]
     images = {}
-    for title, (key, reduce) in panels.items():
-        if not any(key in v for v in series.values()):
-            continue
+    for title, (key, reduce) in panels(series).items():
         fig, ax = plt.subplots(figsize=(6.4, 2.4))
         for version, metrics in sorted(series.items()):
             if key not in metrics:

@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -1028,10 +1028,12 @@ def run_server(config: ProjectConfig, *, host: str | None = None, port: int | No
 
 
 @contextmanager
-def serve_in_background(config: ProjectConfig, *, timeout: float = 300.0) -> Iterator[tuple[str, Server]]:
-    """(base URL, server) of a server under uvicorn on a free 127.0.0.1 port, ready, until the block ends.
+def uvicorn_in_background(
+    app: Any, *, name: str, ready: Callable[[], object] = lambda: True, timeout: float = 60.0
+) -> Iterator[str]:
+    """The base URL of `app` under uvicorn on a free 127.0.0.1 port, in a thread, until the block ends.
 
-    For tests, benchmarks and notebooks; `tunesmith serve` is the way to run one for real.
+    Waits until uvicorn has started and `ready()` is true (or `timeout` passes; the caller checks).
     """
     import socket
 
@@ -1040,19 +1042,34 @@ def serve_in_background(config: ProjectConfig, *, timeout: float = 300.0) -> Ite
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = Server(config)
-    runner = uvicorn.Server(
-        uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=runner.run, name="tunesmith-uvicorn", daemon=True)
+    runner = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=runner.run, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not (runner.started and (server.ready or server.startup_error)):
-        time.sleep(0.05)
+    while time.monotonic() < deadline and thread.is_alive() and not (runner.started and ready()):
+        time.sleep(0.02)
     try:
-        if not server.ready:
-            raise RegistryError(f"the server did not become ready: {server.startup_error or 'timed out'}")
-        yield f"http://127.0.0.1:{port}", server
+        if not runner.started:
+            raise RuntimeError(f"{name} did not start on 127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
     finally:
         runner.should_exit = True
         thread.join(timeout=60)
+
+
+@contextmanager
+def serve_in_background(config: ProjectConfig, *, timeout: float = 300.0) -> Iterator[tuple[str, Server]]:
+    """(base URL, server) of a server under uvicorn on a free 127.0.0.1 port, ready, until the block ends.
+
+    For tests, benchmarks and notebooks; `tunesmith serve` is the way to run one for real.
+    """
+    server = Server(config)
+    app = create_app(server)
+
+    def ready() -> object:
+        return server.ready or server.startup_error
+
+    with uvicorn_in_background(app, name="tunesmith-uvicorn", ready=ready, timeout=timeout) as url:
+        if not server.ready:
+            raise RegistryError(f"the server did not become ready: {server.startup_error or 'timed out'}")
+        yield url, server

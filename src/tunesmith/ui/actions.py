@@ -154,6 +154,16 @@ async def make_review(request: Request, report_id: str, _: Caller = Depends(admi
     return RedirectResponse(f"/evaluations/{report_id}/{folder.name}/sheet.html", status_code=303)
 
 
+def _done(request: Request, *, title: str, message: str, back: str, report: Any = None) -> HTMLResponse:
+    """The page after an action that was carried out: what it did, and the gate report it rests on."""
+    return render(request, "outcome.html.j2", ok=True, title=title, message=message, back=back, report=report)
+
+
+def _refused(request: Request, title: str, message: str, back: str) -> HTMLResponse:
+    """The page after an action the rules refused (409), with their reason."""
+    return render(request, "outcome.html.j2", 409, ok=False, title=title, message=message, back=back)
+
+
 @router.post("/registry/v/{ref}/promote", response_class=HTMLResponse)
 async def promote_version(request: Request, ref: str, who: Caller = Depends(admin)) -> HTMLResponse:
     """The registry's gated promotion: refused without a passing gate report (or approval), as in the CLI."""
@@ -175,15 +185,7 @@ async def promote_version(request: Request, ref: str, who: Caller = Depends(admi
             actor=actor(who),
         )
     except PromotionError as exc:
-        return render(
-            request,
-            "outcome.html.j2",
-            409,
-            ok=False,
-            title="Promotion refused",
-            message=str(exc),
-            back=f"/registry/v/{ref}",
-        )
+        return _refused(request, "Promotion refused", str(exc), f"/registry/v/{ref}")
     except RegistryError as exc:
         raise PageError(404, "Not found", str(exc)) from None
     report = None
@@ -197,10 +199,8 @@ async def promote_version(request: Request, ref: str, who: Caller = Depends(admi
             f"gate report {event.gate_report_id} passed" if event.gate_report_id else f"{alias} is not gated"
         )
     )
-    return render(
+    return _done(
         request,
-        "outcome.html.j2",
-        ok=True,
         title=f"{alias} → {version.name}",
         message=f"{version.family}: {alias} now points at {version.name} ({how}).",
         report=report,
@@ -220,21 +220,11 @@ async def rollback_alias(request: Request, family: str, who: Caller = Depends(ad
             state.workspace, family, alias=alias, reason=form.get("reason", ""), actor=actor(who)
         )
     except RegistryError as exc:
-        return render(
-            request,
-            "outcome.html.j2",
-            409,
-            ok=False,
-            title="Rollback refused",
-            message=str(exc),
-            back=f"/registry/family/{family}",
-        )
+        return _refused(request, "Rollback refused", str(exc), f"/registry/family/{family}")
     names = version_names(state.workspace)
     now, before = names.get(event.to_version_id or "", "-"), names.get(event.from_version_id or "", "-")
-    return render(
+    return _done(
         request,
-        "outcome.html.j2",
-        ok=True,
         title=f"{alias} → {now}",
         message=f"{family}: {alias} is back on {now} (was {before}).",
         back=f"/registry/family/{family}",
@@ -254,19 +244,9 @@ async def approve_version(request: Request, ref: str, who: Caller = Depends(admi
         version = get_version(state.workspace, ref)
         approve(state.workspace, version, approver, form.get("note", ""))
     except RegistryError as exc:
-        return render(
-            request,
-            "outcome.html.j2",
-            409,
-            ok=False,
-            title="Approval refused",
-            message=str(exc),
-            back=f"/registry/v/{ref}",
-        )
-    return render(
+        return _refused(request, "Approval refused", str(exc), f"/registry/v/{ref}")
+    return _done(
         request,
-        "outcome.html.j2",
-        ok=True,
         title="Approved",
         message=f"{approver} approved {version.name}.",
         back=f"/registry/v/{version.name}",
@@ -283,19 +263,9 @@ async def abort_rollout(request: Request, rollout_id: str, who: Caller = Depends
             ui_state(request).workspace, rollout_id, f"aborted in the web app by {actor(who)}"
         )
     except RegistryError as exc:
-        return render(
-            request,
-            "outcome.html.j2",
-            409,
-            ok=False,
-            title="Nothing to abort",
-            message=str(exc),
-            back="/deployments",
-        )
-    return render(
+        return _refused(request, "Nothing to abort", str(exc), "/deployments")
+    return _done(
         request,
-        "outcome.html.j2",
-        ok=True,
         title="Rollout aborted",
         message=f"{rollout_id} is aborted; a running server sends the route's traffic back to its primary "
         "at its next poll.",

@@ -313,27 +313,7 @@ def ui_in_background(config: ProjectConfig, config_path: Path) -> Iterator[str]:
 
     For tests, benchmarks and notebooks; `tunesmith ui` is the way to run it for real.
     """
-    import socket
-    import threading
-    import time
+    from tunesmith.serve.app import uvicorn_in_background
 
-    import uvicorn
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    runner = uvicorn.Server(
-        uvicorn.Config(create_ui_app(config, config_path), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=runner.run, name="tunesmith-ui", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not runner.started and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    if not runner.started:
-        raise RuntimeError("the web app did not start on 127.0.0.1")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        runner.should_exit = True
-        thread.join(timeout=30)
+    with uvicorn_in_background(create_ui_app(config, config_path), name="tunesmith-ui") as url:
+        yield url

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from tunesmith.monitor.report import panels
+
 PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#d97706", "#7c3aed", "#0891b2", "#db2777", "#4b5563"]
 SPLITS = ("train", "val", "test")
 
@@ -206,22 +208,12 @@ def item_diffs(
 
 
 def monitor_charts(data: dict[str, Any]) -> dict[str, Any]:
-    """Per version over time: requests, p95 latency, error rate, negative feedback and each score."""
+    """Per version over time, one chart per panel of the monitoring report (`monitor.report.panels`)."""
     series, edges = data["series"], data["edges"]
     buckets = len(edges) - 1
     labels = [edges[i].strftime("%m-%d %H:%M") for i in range(buckets)]
-    panels: dict[str, tuple[str, Any]] = {
-        "requests": ("requests", len),
-        "p95 latency (ms)": ("latency", lambda v: float(np.percentile(v, 95))),
-        "error rate": ("errors", lambda v: float(np.mean(v))),
-        "negative feedback share": ("feedback", lambda v: float(np.mean(v))),
-    }
-    for key in sorted({k for v in series.values() for k in v if k.startswith("score:")}):
-        panels[f"mean {key[6:]}"] = (key, lambda v: float(np.mean(v)))
     found = {}
-    for title, (key, reduce) in panels.items():
-        if not any(key in v for v in series.values()):
-            continue
+    for title, (key, reduce) in panels(series).items():
         datasets = []
         for i, (version, values) in enumerate(sorted(series.items())):
             if key not in values:

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tunesmith.workspace import Workspace
+from tunesmith.workspace import Workspace, pid_alive
 
 JOB_ID = re.compile(r"^job-\d{8}-\d{6}-[0-9a-f]{4}$")
 KINDS = ("train", "eval")
@@ -113,13 +113,7 @@ def _alive(pid: int | None) -> bool:
             return False
     except ChildProcessError:
         pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_alive(pid)
 
 
 def read_job(workspace: Workspace, job_id: str) -> Job | None:
