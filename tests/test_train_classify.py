@@ -100,6 +100,25 @@ def test_classify_with_lora_saves_the_head_in_the_adapter(tmp_path, tiny_model_d
     assert results[1].scores["accuracy"].value == pytest.approx(outcome.version.metrics["test_accuracy"])
 
 
+def test_a_new_head_starts_from_the_same_weights_for_the_same_seed(tmp_path, tiny_model_dir):
+    """The head is initialised when the model loads, before the trainer seeds: the run's seed covers it."""
+    import torch
+
+    from tunesmith.pipeline import load_base, prepare_data
+
+    config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify")
+    config = load_config(config_path)
+    dataset = prepare_data(config)
+
+    def head(seed: int, left_at: int) -> torch.Tensor:
+        seeded = config.model_copy(update={"train": config.train.model_copy(update={"seed": seed})})
+        torch.manual_seed(left_at)  # wherever earlier work left the global generator
+        return load_base(seeded, dataset).model.score.weight.detach().clone()
+
+    assert torch.equal(head(0, left_at=1), head(0, left_at=2))
+    assert not torch.equal(head(0, left_at=1), head(1, left_at=1))
+
+
 def outcome_workspace(config_path: Path):
     from tunesmith.workspace import open_workspace
 

@@ -38,7 +38,7 @@ train:
   objective: classify
   method: lora
   epochs: 2
-  lr: 5e-4
+  lr: 1e-3
   batch_size: 16
   max_length: 64
   activation_checkpointing: false

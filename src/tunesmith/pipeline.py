@@ -300,6 +300,10 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspa
         return _load_parent(config, workspace or open_workspace(config))
     model, objective = config.model, config.train.objective
     quantization = quantization_config(config.train)
+    if objective == "reward" or objective in HEADS:
+        import torch
+
+        torch.manual_seed(config.train.seed)  # a new head starts from random weights: the same ones per seed
     if objective == "reward":  # one score per answer
         return load_model(
             model.id,

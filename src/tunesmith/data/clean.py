@@ -215,20 +215,22 @@ class NearDuplicateIndex:
         return {" ".join(words[i : i + self.shingle]).encode() for i in range(len(words) - self.shingle + 1)}
 
     def minhashes(self, texts: list[str], label: str = "MinHash signatures") -> list[Any]:
-        """One signature per text; a progress bar when there are enough texts to wait for (~3k/s)."""
+        """One signature per text; a progress bar when there are enough texts to wait for (~30k/s).
+
+        `MinHash.bulk` shares one set of permutations across a chunk: building them per signature
+        cost seven times the hashing itself.
+        """
         from datasketch import LeanMinHash, MinHash
 
         from tunesmith.progress import progress_bar
 
-        out = []
-        with progress_bar(label, total=len(texts), show=len(texts) >= 5_000) as advance:
-            for index, text in enumerate(texts, start=1):
-                m = MinHash(num_perm=self.num_perm)
-                m.update_batch(list(self.shingles(text)) or [b""])
-                out.append(LeanMinHash(m))
-                if index % 1000 == 0:
-                    advance(1000)
-            advance(len(texts) % 1000)
+        out: list[Any] = []
+        chunk = 2000
+        with progress_bar(label, total=len(texts), show=len(texts) >= 20_000) as advance:
+            for start in range(0, len(texts), chunk):
+                shingled = [list(self.shingles(text)) or [b""] for text in texts[start : start + chunk]]
+                out.extend(LeanMinHash(m) for m in MinHash.bulk(shingled, num_perm=self.num_perm))
+                advance(len(shingled))
         return out
 
     def add(self, key: str, minhash: Any) -> None:
