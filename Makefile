@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 DEMO_DIR ?= demo-workspace
+TEST_WORKERS ?= 2
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: setup demo test check bench fuzz audit lint clean
@@ -31,9 +32,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(BIN)/tunesmith quickstart $(DEMO_DIR)
 
-# The whole suite, slow real-model tests included. pytest exits 5 when it collects nothing: that fails.
+# The whole suite, slow real-model tests included, on two workers (pytest-xdist; TEST_WORKERS=1 for one).
+# pytest exits 5 when it collects nothing: that fails.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 check: setup audit
 	$(BIN)/ruff check src tests bench scripts fuzz

@@ -3,10 +3,28 @@
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
 from pathlib import Path
 
 import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one compute thread each, or they fight for the cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow tests first, slow tests first in each: the long ones start while the short fill in.
+
+    A module's tests stay together, so its module-scoped fixtures are built once per worker.
+    """
+    modules = list(dict.fromkeys(item.nodeid.split("::")[0] for item in items))
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    rank = {module: (module not in slow, index) for index, module in enumerate(modules)}
+    items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]], item.get_closest_marker("slow") is None))
+
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "

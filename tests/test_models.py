@@ -70,16 +70,37 @@ def test_loads_a_local_model_and_tokenizer(tiny_model_dir):
 
 @pytest.mark.slow
 def test_bundled_model_converts_once_then_loads_from_the_cache(tmp_path, monkeypatch):
+    """Two processes that load the bundled model at once on a fresh machine: one converts, one waits."""
+    import subprocess
+    import sys
+
     monkeypatch.setenv("TUNESMITH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr("tunesmith.models.loading.hub_cache_dir", lambda hub_id, revision=None: None)
     assert resolve("smollm2-135m-instruct").origin == "bundled-gguf"
+    load = (
+        "import tunesmith.models.loading as loading\n"
+        "loading.hub_cache_dir = lambda hub_id, revision=None: None\n"
+        "print(loading.load_causal_lm('smollm2-135m-instruct').resolved.origin)\n"
+    )
+    both = [
+        subprocess.Popen(
+            [sys.executable, "-c", load], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    results = [
+        (process.returncode, out, err) for process in both for out, err in [process.communicate(timeout=300)]
+    ]
+    assert [(code, out.strip()) for code, out, _ in results] == [(0, "bundled-cache")] * 2, results
+    assert sum("Converting the bundled" in err for _, _, err in results) == 1, results
     first = load_causal_lm("smollm2-135m-instruct")
     assert first.resolved.origin == "bundled-cache"
     assert resolve("smollm2-135m-instruct").origin == "bundled-cache"
     cached = first.resolved.path
     assert (cached / "model.safetensors").exists()
     assert "quantization_config" not in (cached / "config.json").read_text()
-    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no temporary folder left
+    left = [p.name for p in cached.parent.iterdir() if not p.name.endswith(".lock")]
+    assert left == [cached.name]  # no temporary folder left
     second = load_causal_lm("smollm2-135m-instruct")
     assert second.base_revision == first.base_revision and second.base_revision.startswith("sha256:")
     # The chat template and end-of-turn token survive the conversion.

@@ -260,15 +260,30 @@ def _quiet_load() -> Iterator[None]:
 
 
 def _convert_bundled(resolved: ResolvedModel) -> ResolvedModel:
-    """Dequantise the bundled GGUF into cached safetensors; atomic, so a killed run leaves no half cache."""
+    """Dequantise the bundled GGUF into cached safetensors; atomic, so a killed run leaves no half cache.
+
+    Processes that start at once (a server and a training run, say) take turns: the first converts,
+    the others wait on a lock file and then load what it wrote.
+    """
+    from filelock import FileLock
+
+    entry = CATALOG[resolved.ref]
+    target = converted_dir(entry)
+    assert target is not None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if not (target / SOURCE_FILE).exists():
+            _write_converted(resolved, entry, target)
+    return ResolvedModel(entry.id, "bundled-cache", target, entry.hub_id)
+
+
+def _write_converted(resolved: ResolvedModel, entry: CatalogEntry, target: Path) -> None:
     import torch
     from rich.console import Console
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    entry = CATALOG[resolved.ref]
     gguf = resolved.path
-    target = converted_dir(entry)
-    assert gguf is not None and target is not None
+    assert gguf is not None
     Console(stderr=True).print(
         f"[dim]Converting the bundled {entry.id} weights to safetensors once "
         f"(about 20 s; cached in {target})[/dim]"
@@ -295,7 +310,6 @@ def _convert_bundled(resolved: ResolvedModel) -> ResolvedModel:
             ),
             encoding="utf-8",
         )
-    return ResolvedModel(entry.id, "bundled-cache", target, entry.hub_id)
 
 
 def _base_revision(resolved: ResolvedModel, model: Any) -> str | None:
