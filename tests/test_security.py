@@ -129,3 +129,138 @@ def test_the_server_refuses_pickled_weights(tmp_path: Path, pattern: str):
     (tmp_path / pattern).write_bytes(b"\x80\x04")
     with pytest.raises(Exception, match="safetensors only"):
         _safetensors_only(tmp_path)
+
+
+def test_a_base_model_with_only_pickled_weights_is_refused(tmp_path: Path, tiny_model_dir: Path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from tunesmith.models import ModelNotFoundError, load_model
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    with pytest.raises(ModelNotFoundError, match="pickled weights"):
+        load_model(str(folder))
+
+
+REMOTE_CONFIG = """from transformers import LlamaConfig
+
+
+class ShippedConfig(LlamaConfig):
+    model_type = "shipped"
+"""
+
+REMOTE_MODEL = """import os
+from pathlib import Path
+
+from transformers import LlamaForCausalLM
+
+from .configuration_shipped import ShippedConfig
+
+Path(os.environ["SHIPPED_CODE_RAN"]).write_text("the repository's code ran")
+
+
+class ShippedModel(LlamaForCausalLM):
+    config_class = ShippedConfig
+"""
+
+
+def test_code_shipped_with_a_model_runs_only_when_the_project_opts_in(tmp_path, tiny_model_dir, monkeypatch):
+    import json
+    import shutil
+
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.pipeline import load_base, prepare_data, write_demo_project
+
+    folder = tmp_path / "shipped"
+    shutil.copytree(tiny_model_dir, folder)
+    (folder / "configuration_shipped.py").write_text(REMOTE_CONFIG)
+    (folder / "modeling_shipped.py").write_text(REMOTE_MODEL)
+    config = json.loads((folder / "config.json").read_text())
+    config |= {
+        "model_type": "shipped",
+        "architectures": ["ShippedModel"],
+        "auto_map": {
+            "AutoConfig": "configuration_shipped.ShippedConfig",
+            "AutoModelForCausalLM": "modeling_shipped.ShippedModel",
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = tmp_path / "ran"
+    monkeypatch.setenv("SHIPPED_CODE_RAN", str(marker))
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+
+    config_path = write_demo_project(tmp_path / "p")
+    refused = load_config(config_path, [f"model.id={folder}"])
+    with pytest.raises(ModelNotFoundError, match=r"model\.trust_remote_code: true"):
+        load_base(refused, prepare_data(refused))
+    assert not marker.exists()
+
+    allowed = load_config(config_path, [f"model.id={folder}", "model.trust_remote_code=true"])
+    loaded = load_base(allowed, prepare_data(allowed))
+    assert type(loaded.model).__name__ == "ShippedModel" and marker.exists()
+
+
+def test_a_key_secret_is_shown_once_and_stored_nowhere(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    config_path = init_project(tmp_path / "p")
+    runner = CliRunner()
+    created = runner.invoke(app, ["serve", "keys", "create", "ci-bot", "--config", str(config_path)])
+    assert created.exit_code == 0, created.output
+    secret = created.stdout.strip().splitlines()[-1]
+    assert secret.startswith("tsk-"), created.stdout
+    listed = runner.invoke(app, ["serve", "keys", "list", "--config", str(config_path)])
+    assert listed.exit_code == 0 and "ci-bot" in listed.output and secret not in listed.output
+    workspace = open_workspace(load_config(config_path))
+    for path in workspace.root.rglob("*"):  # the store, its WAL, logs, anything the command wrote
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    from tunesmith.serve.keys import KeyRing
+
+    caller = KeyRing(workspace).authenticate(secret)  # only its hash is kept, and it works
+    assert caller is not None and caller.name == "ci-bot"
+
+
+def test_the_request_log_and_feedback_can_be_scrubbed_of_personal_data(serve_project):
+    from sqlalchemy import select
+
+    from tunesmith.serve import serve_in_background
+    from tunesmith.store import Feedback, RequestLog, session
+
+    said = "I am jane.doe@example.com, call +1 415 555 0134, or write to help@fernwick.example"
+    config = load_config(serve_project["path"], [*serve_project["settings"], "serve.log_pii=scrub"])
+    with serve_in_background(config) as (url, server):
+        answer = httpx.post(
+            f"{url}/v1/chat/completions",
+            json={
+                "model": serve_project["family"],
+                "messages": [{"role": "user", "content": said}],
+                "max_tokens": 3,
+                "metadata": {"contact": "bob@example.org", "ticket": "T-9"},
+            },
+        )
+        request_id = answer.headers["x-request-id"]
+        feedback = httpx.post(
+            f"{url}/v1/feedback",
+            json={"request_id": request_id, "rating": "down", "correction": "Mail jane.doe@example.com"},
+        )
+        assert feedback.status_code == 200, feedback.text
+        server.request_log.flush()
+    with session(server.workspace.engine) as s:
+        row = s.get(RequestLog, request_id)
+        given = s.scalars(select(Feedback).where(Feedback.request_id == request_id)).one()
+    assert row.prompt == [
+        {"role": "user", "content": "I am [EMAIL], call [PHONE], or write to help@fernwick.example"}
+    ]  # the company's own address is in data.clean.pii_keep
+    assert row.client["metadata"] == {"contact": "[EMAIL]", "ticket": "T-9"}
+    assert given.correction == "Mail [EMAIL]"
+    journals = (server.workspace.root / "request-journal").rglob("*")
+    assert not [p for p in journals if p.is_file() and b"jane.doe" in p.read_bytes()]

@@ -454,10 +454,16 @@ def test_a_rollout_whose_gate_fails_is_rolled_back(project):
         wait_for(lambda: list_rollouts(server.workspace)[0].status == "rolled_back")
         last = list_rollouts(server.workspace)[0].history[-1]
         assert last["event"] == "rollback" and "mean score 0.2 below 0.5" in last["reasons"][0]
-        raw = client(url).chat.completions.with_raw_response.create(
-            model=f"{family}@production", messages=QUESTION, max_tokens=2, user="anyone"
-        )
-        assert raw.headers["x-tunesmith-route"] == "primary"
+
+        def route() -> str:
+            raw = client(url).chat.completions.with_raw_response.create(
+                model=f"{family}@production", messages=QUESTION, max_tokens=2, user="anyone"
+            )
+            return raw.headers["x-tunesmith-route"]
+
+        # the server's router follows the store within one poll (serve.poll_seconds)
+        wait_for(lambda: route() == "primary", timeout=10)
+        assert [route() for _ in range(5)] == ["primary"] * 5
 
 
 def test_optional_backends_that_cannot_run_here_say_what_is_missing(project):

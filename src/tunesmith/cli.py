@@ -322,14 +322,14 @@ def data_estimate(
 ) -> None:
     """Time per epoch on this machine for the configured method, from a short measured calibration."""
     from tunesmith.data import DataError
-    from tunesmith.models import ModelNotFoundError, load_causal_lm
+    from tunesmith.models import ModelNotFoundError, load_configured
     from tunesmith.pipeline import prepare_data
     from tunesmith.train.estimate import estimate_epoch_time
 
     cfg = _config(config, set_)
     try:
         dataset = prepare_data(cfg)
-        base = load_causal_lm(cfg.model.id, cfg.model.source, cfg.model.revision, cfg.weights_dtype)
+        base = load_configured(cfg.model, cfg.weights_dtype)
     except (DataError, ModelNotFoundError) as exc:
         raise _fail(str(exc)) from None
     estimate = estimate_epoch_time(cfg, dataset, base, steps=max(2, steps))
@@ -520,12 +520,20 @@ def train_cmd(
     from tunesmith.models import ModelNotFoundError
     from tunesmith.pipeline import resume_run, train
     from tunesmith.registry import RegistryError
-    from tunesmith.train import TrainConfigError
+    from tunesmith.train import DiskFullError, TrainConfigError
     from tunesmith.train.fit import DoesNotFitError
     from tunesmith.train.methods import MethodError
 
     cfg = _config(config, set_)
-    errors = (DataError, ModelNotFoundError, TrainConfigError, MethodError, RegistryError, DoesNotFitError)
+    errors = (
+        DataError,
+        ModelNotFoundError,
+        TrainConfigError,
+        MethodError,
+        RegistryError,
+        DoesNotFitError,
+        DiskFullError,
+    )
     if dry_run:
         _dry_run(cfg, errors)
         return

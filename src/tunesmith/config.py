@@ -255,6 +255,9 @@ class ModelConfig(_Section):
     # multiplies bfloat16 natively (recent x86 CPUs, CUDA GPUs); float32 otherwise and for every
     # method that updates the base weights themselves.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Run the Python code a hub repository ships with its model (custom architectures). It runs with
+    # your rights: turn it on only for a repository you trust, pinned with `revision`.
+    trust_remote_code: bool = False
 
 
 class LoraSettings(_Section):
@@ -738,6 +741,10 @@ class ServeConfig(_Section):
     )  # how often alias moves, keys, the runtime config and rollouts are read
     require_keys: bool = False  # refuse to start without an API key (otherwise no keys: open, with a warning)
     log_requests: bool = True  # write every request and answer to the store (monitoring reads it)
+    log_flush_seconds: float = Field(0.2, gt=0, le=60)  # how often logged rows go to the store in a batch
+    # scrub: emails, phones, cards, IBANs, SSNs and IP addresses in prompts, answers, metadata and
+    # feedback become [EMAIL], [PHONE], ... before they are logged (data.clean.pii_keep is kept)
+    log_pii: Literal["keep", "scrub"] = "keep"
 
     @model_validator(mode="after")
     def _unique_routes(self) -> ServeConfig:

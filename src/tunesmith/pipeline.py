@@ -158,7 +158,7 @@ def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
 
     resolved = resolve(config.model.id, config.model.source, config.model.revision)
     location = str(resolved.path) if resolved.path is not None else str(resolved.hub_id)
-    model_config = AutoConfig.from_pretrained(location)
+    model_config = AutoConfig.from_pretrained(location, trust_remote_code=config.model.trust_remote_code)
     longest = dataset.meta.get("report", {}).get("stats", {}).get("splits", {}).get("train", {})
     longest_tokens = longest.get("tokens", {}).get("max", config.train.max_length)
     return estimate_fit(config, model_config, min(config.train.max_length, longest_tokens))
@@ -292,36 +292,28 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspa
 
     With `train.init_from`, the weights are that registered version's (its adapter merged in).
     """
-    from tunesmith.models import load_model
+    from tunesmith.models import load_configured
     from tunesmith.train.classify import HEADS, label_names
     from tunesmith.train.methods import quantization_config
 
     if config.train.init_from:
         return _load_parent(config, workspace or open_workspace(config))
-    model, objective = config.model, config.train.objective
+    objective, dtype = config.train.objective, config.weights_dtype
     quantization = quantization_config(config.train)
     if objective == "reward" or objective in HEADS:
         import torch
 
         torch.manual_seed(config.train.seed)  # a new head starts from random weights: the same ones per seed
     if objective == "reward":  # one score per answer
-        return load_model(
-            model.id,
-            model.source,
-            model.revision,
-            config.weights_dtype,
-            quantization,
-            head="sequence-classification",
-            num_labels=1,
+        return load_configured(
+            config.model, dtype, quantization, head="sequence-classification", num_labels=1
         )
     if objective not in HEADS:
-        return load_model(model.id, model.source, model.revision, config.weights_dtype, quantization)
+        return load_configured(config.model, dtype, quantization)
     labels = label_names(objective, dataset, config.data.labels)
-    return load_model(
-        model.id,
-        model.source,
-        model.revision,
-        config.weights_dtype,
+    return load_configured(
+        config.model,
+        dtype,
         quantization,
         head=HEADS[objective],
         num_labels=len(labels),
@@ -489,7 +481,7 @@ def quickstart(directory: Path, overrides: list[str] | None = None) -> Quickstar
     The demo facts are about a fictional company, so the base model cannot know them; the test
     split holds paraphrased questions that training never saw.
     """
-    from tunesmith.models import load_causal_lm
+    from tunesmith.models import load_configured
 
     started = time.perf_counter()
     config_path = write_demo_project(directory)
@@ -506,7 +498,7 @@ def quickstart(directory: Path, overrides: list[str] | None = None) -> Quickstar
     items = load_split(dataset, config.eval.split)
 
     console.rule("[bold]2/5 Base model")
-    base = load_causal_lm(config.model.id, config.model.source, config.model.revision, config.weights_dtype)
+    base = load_configured(config.model, config.weights_dtype)
     console.print(f"{config.model.id}: {base.resolved.describe()}")
     before = evaluate_model(base.model, base.tokenizer, items, config.eval, label="before")
 

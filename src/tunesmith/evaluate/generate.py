@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,12 +93,15 @@ def inference(model: Any, tokenizer: Any = None) -> Iterator[None]:
 class AnswerCache:
     """Answers of one model under one decoding setting, by prompt hash, in a JSON file."""
 
+    save_every = 10.0  # seconds: a run killed mid-way keeps the answers of all but its last moments
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.answers: dict[str, str] = {}
         if path is not None and path.exists():
             self.answers = json.loads(path.read_text(encoding="utf-8"))
         self.hits = 0
+        self._saved = time.monotonic()
 
     @staticmethod
     def key(prompt: str) -> str:
@@ -114,9 +119,15 @@ class AnswerCache:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.answers, ensure_ascii=False), encoding="utf-8")
         tmp.replace(self.path)  # a killed run never leaves half a cache
+        self._saved = time.monotonic()
+
+    def save_now_and_then(self) -> None:
+        """Save when `save_every` seconds have passed since the last save."""
+        if time.monotonic() - self._saved >= self.save_every:
+            self.save()
 
 
 def cache_path(directory: Path, model_identity: str, settings: dict[str, Any]) -> Path:
@@ -173,6 +184,8 @@ def generate_answers(
                         answers[i] = answer
                         if cache:
                             cache.put(prompts[i], answer)
+                    if cache:
+                        cache.save_now_and_then()
                     advance(len(batch))
         finally:
             if cache:

@@ -656,11 +656,11 @@ def _load(subject: Subject, candidate: ModelVersion, workspace: Workspace) -> tu
     if subject.version is not None:
         model, tokenizer = load_row(subject.version, workspace)
         return model, tokenizer, f"{subject.version.id}:{subject.version.weights_sha256}"
-    from tunesmith.models import load_causal_lm
+    from tunesmith.models import load_configured
 
     model_cfg = candidate.config["model"]
     dtype = ProjectConfig.model_validate(candidate.config).weights_dtype
-    base = load_causal_lm(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
+    base = load_configured(model_cfg, dtype)
     return base.model, base.tokenizer, f"{model_cfg['id']}@{base.base_revision}:{dtype}"
 
 

@@ -153,6 +153,8 @@ def load_causal_lm(
     revision: str | None = None,
     dtype: str = "float32",
     quantization_config: Any = None,
+    *,
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, converting bundled GGUF weights on first use.
 
@@ -161,7 +163,21 @@ def load_causal_lm(
     Raises:
         ModelNotFoundError: when the weights are neither here nor downloadable.
     """
-    return load_model(ref, source, revision, dtype, quantization_config)
+    return load_model(ref, source, revision, dtype, quantization_config, trust_remote_code=trust_remote_code)
+
+
+def load_configured(model: Any, dtype: str, quantization_config: Any = None, **kwargs: Any) -> LoadedModel:
+    """`load_model` for a project's `model:` section, as a `ModelConfig` or the dict a version keeps."""
+    fields = model if isinstance(model, dict) else model.model_dump()
+    return load_model(
+        fields["id"],
+        fields["source"],
+        fields["revision"],
+        dtype,
+        quantization_config,
+        trust_remote_code=bool(fields.get("trust_remote_code", False)),
+        **kwargs,
+    )
 
 
 # Loading a model in transformers flips process-wide switches (weight init off, empty-weight
@@ -178,6 +194,8 @@ def load_model(
     dtype: str = "float32",
     quantization_config: Any = None,
     head: str = "causal-lm",
+    *,
+    trust_remote_code: bool = False,
     **model_kwargs: Any,
 ) -> LoadedModel:
     """Load a model with the given head (see `HEADS`) and its tokenizer.
@@ -186,11 +204,16 @@ def load_model(
     as `num_labels`, `id2label`, `label2id`) configure it. The model's pad token is set from the
     tokenizer's, so batches of uneven rows work on decoders too.
 
+    Only safetensors weights are read: pickled `.bin` files can run code when they are opened. Code
+    that a hub repository ships runs only with `trust_remote_code` (`model.trust_remote_code`).
+
     Raises:
-        ModelNotFoundError: when the weights are neither here nor downloadable.
+        ModelNotFoundError: when the weights are neither here nor downloadable, or only pickled.
     """
     with LOAD_LOCK:
-        return _load_model(ref, source, revision, dtype, quantization_config, head, **model_kwargs)
+        return _load_model(
+            ref, source, revision, dtype, quantization_config, head, trust_remote_code, **model_kwargs
+        )
 
 
 def _load_model(
@@ -200,6 +223,7 @@ def _load_model(
     dtype: str,
     quantization_config: Any,
     head: str,
+    trust_remote_code: bool,
     **model_kwargs: Any,
 ) -> LoadedModel:
     import torch
@@ -216,7 +240,9 @@ def _load_model(
     assert location is not None
     try:
         tokenizer = AutoTokenizer.from_pretrained(
-            location, revision=resolved.revision if resolved.origin == "hub" else None
+            location,
+            revision=resolved.revision if resolved.origin == "hub" else None,
+            trust_remote_code=trust_remote_code,
         )
         with _quiet_load():
             model = auto_class.from_pretrained(
@@ -224,9 +250,26 @@ def _load_model(
                 dtype=torch_dtype,
                 revision=resolved.revision if resolved.origin == "hub" else None,
                 quantization_config=quantization_config,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=True,
                 **model_kwargs,
             )
+    except ValueError as exc:
+        if "trust_remote_code" not in str(exc):
+            raise
+        raise ModelNotFoundError(
+            f"{ref!r} ships its own Python code (a custom architecture), and tunesmith does not run it "
+            "unless you opt in for this model: set model.trust_remote_code: true, with model.revision "
+            "pinned to a commit you have read."
+        ) from None
     except OSError as exc:
+        if _only_pickled(resolved, str(exc)):
+            raise ModelNotFoundError(
+                f"{ref!r} has pickled weights (.bin) and no safetensors; tunesmith does not open "
+                "pickles, which can run code. Convert them where you trust the file "
+                "(`AutoModel.from_pretrained(...).save_pretrained(folder)` writes safetensors) and "
+                "point model.id at that folder."
+            ) from exc
         if resolved.origin != "hub":
             raise
         entry = CATALOG.get(ref)
@@ -242,6 +285,14 @@ def _load_model(
     return LoadedModel(
         model=model, tokenizer=tokenizer, resolved=resolved, base_revision=_base_revision(resolved, model)
     )
+
+
+def _only_pickled(resolved: ResolvedModel, error: str) -> bool:
+    """Whether a load failed because the weights are there, but only as pickles."""
+    if "cannot be loaded with `safetensors`" in error:  # transformers' words for such a hub repository
+        return True
+    folder = resolved.path
+    return folder is not None and "no file named" in error and any(folder.glob("pytorch_model*.bin"))
 
 
 @contextmanager

@@ -144,7 +144,7 @@ def _load_export(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tunesmith.config import ProjectConfig
-    from tunesmith.models import load_model
+    from tunesmith.models import load_configured
 
     tokenizer = AutoTokenizer.from_pretrained(target)
     from tunesmith.models.loading import LOAD_LOCK
@@ -169,7 +169,7 @@ def _load_export(
         parent = parent.merge_and_unload() if hasattr(parent, "merge_and_unload") else parent
         return PeftModel.from_pretrained(parent.to(getattr(torch, dtype)), target), tokenizer
     model_cfg = version.config["model"]
-    base = load_model(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
+    base = load_configured(model_cfg, dtype)
     return PeftModel.from_pretrained(base.model, target), tokenizer
 
 

@@ -34,11 +34,12 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
     import transformers
     from peft import PeftModel
 
-    from tunesmith.models import load_model
+    from tunesmith.models import load_configured
     from tunesmith.models.loading import HEADS as AUTO_CLASSES
     from tunesmith.train.classify import HEADS, read_labels
 
     model_cfg = version.config["model"]
+    remote_code = bool(model_cfg.get("trust_remote_code", False))  # as the version was trained
     head, extra = "causal-lm", dict[str, Any]()
     objective = version.config.get("train", {}).get("objective", "sft")
     if objective == "reward":
@@ -62,17 +63,11 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
         dtype = ProjectConfig.model_validate(version.config).weights_dtype
         return PeftModel.from_pretrained(parent_model.to(getattr(torch, dtype)), version.path), tokenizer
     if version.method in ("lora", "qlora"):
-        base = load_model(
-            model_cfg["id"],
-            model_cfg["source"],
-            model_cfg["revision"],
-            ProjectConfig.model_validate(version.config).weights_dtype,
-            head=head,
-            **extra,
-        )
+        dtype = ProjectConfig.model_validate(version.config).weights_dtype
+        base = load_configured(model_cfg, dtype, head=head, **extra)
         return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
     auto_class = getattr(transformers, AUTO_CLASSES[head])
     return (
-        auto_class.from_pretrained(version.path, use_safetensors=True),
-        transformers.AutoTokenizer.from_pretrained(version.path),
+        auto_class.from_pretrained(version.path, use_safetensors=True, trust_remote_code=remote_code),
+        transformers.AutoTokenizer.from_pretrained(version.path, trust_remote_code=remote_code),
     )

@@ -43,7 +43,7 @@ from tunesmith.serve.backends import (
 )
 from tunesmith.serve.keys import Caller, KeyRing
 from tunesmith.serve.metrics import ServeMetrics
-from tunesmith.serve.requestlog import RequestLogWriter
+from tunesmith.serve.requestlog import RequestLogWriter, pii_scrubber
 from tunesmith.serve.router import Decision, ModelTable, Router, UnknownModelError
 from tunesmith.serve.runtime import ModelSettings, RuntimeConfig
 from tunesmith.serve.schemas import (
@@ -76,7 +76,12 @@ class Server:
         self.keys = KeyRing(self.workspace)
         runtime_path = config.resolve_path(self.serve.runtime_config) if self.serve.runtime_config else None
         self.runtime = RuntimeConfig(runtime_path)
-        self.request_log = RequestLogWriter(self.workspace) if self.serve.log_requests else None
+        self.request_log = (
+            RequestLogWriter(self.workspace, flush_seconds=self.serve.log_flush_seconds)
+            if self.serve.log_requests
+            else None
+        )
+        self.scrub = pii_scrubber(self.serve.log_pii, config.data.clean.pii_keep)
         monitor = config.monitor
         words = config.resolve_path(monitor.toxicity_words) if monitor.toxicity_words else None
         online_judge = start_judge(self.workspace, monitor.judge) if monitor.judge_sample_rate > 0 else None
@@ -471,7 +476,7 @@ class Server:
                 choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
             return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
 
-        status, error = 200, None
+        status, error, logged = 200, None, False
         try:
             if chat:
                 for index in range(count):
@@ -484,6 +489,9 @@ class Server:
                     reasons[index] = event.finish_reason
                     tokens += event.tokens
                     yield chunk(index, None, event.finish_reason)
+            # Logged before the end of the stream goes out: an answer the client has whole is on disk.
+            logged = True
+            self._finish(trace, status, texts, reasons, tokens, error)
             options = trace.body.stream_options
             if options is not None and options.include_usage:
                 usage: dict[str, Any] = {**base, "choices": [], "usage": _usage(trace.tokens_in, tokens)}
@@ -505,7 +513,8 @@ class Server:
             tokens = sum(len(c.tokens) for job in jobs for c in job.choices)  # decoded before it stopped
             raise
         finally:
-            self._finish(trace, status, texts, reasons, tokens, error)
+            if not logged:
+                self._finish(trace, status, texts, reasons, tokens, error)
 
     def _finish(
         self,
@@ -601,9 +610,9 @@ class Server:
                 or trace.headers.get("x-request-id"),
             },
         }
-        self.request_log.put(row)
+        self.request_log.put(self.scrub.row(row) if self.scrub else row)
         if self.scorer is not None and status == 200:
-            self.scorer.offer(row)
+            self.scorer.offer(row)  # the scorers see what was said (the pii score counts it); nothing is kept
 
     async def _shadow(self, trace: _Trace) -> None:
         """Answer a mirror of the request on the shadow version: logged, counted, never returned."""
@@ -836,12 +845,12 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
             message = str(first["msg"]).removeprefix("Value error, ")
             raise ApiError(400, f"{where}: {message}" if where else message, param=where) from None
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, openapi_extra=_body(ChatCompletionRequest))
     async def chat_completions(request: Request, who: Caller = Depends(caller)) -> Response:
         _require_ready(server)
         return await server.answer(request, await parse(request, ChatCompletionRequest), who)
 
-    @app.post("/v1/completions", response_model=None)
+    @app.post("/v1/completions", response_model=None, openapi_extra=_body(CompletionRequest))
     async def completions(request: Request, who: Caller = Depends(caller)) -> Response:
         _require_ready(server)
         return await server.answer(request, await parse(request, CompletionRequest), who)
@@ -857,9 +866,11 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
                 return entry
         raise ApiError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
 
-    @app.post("/v1/feedback")
+    @app.post("/v1/feedback", openapi_extra=_body(FeedbackIn))
     async def feedback(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
         body = await parse(request, FeedbackIn)
+        if server.scrub:
+            body = server.scrub.feedback(body)
         try:
             row = await asyncio.to_thread(
                 record_feedback,
@@ -894,7 +905,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
         server.metrics.queue.set(server.backend.queue_depth())
         return PlainTextResponse(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/admin/promote")
+    @app.post("/admin/promote", openapi_extra=_body(AliasMove))
     async def admin_promote(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:
         move = await parse(request, AliasMove)
 
@@ -912,7 +923,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
 
         return await _alias_change(server, run)
 
-    @app.post("/admin/rollback")
+    @app.post("/admin/rollback", openapi_extra=_body(AliasRollback))
     async def admin_rollback(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:
         move = await parse(request, AliasRollback)
         return await _alias_change(
@@ -940,7 +951,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
     async def admin_rollouts(_: Caller = Depends(admin)) -> dict[str, Any]:
         return {"data": await asyncio.to_thread(_rollout_list, server)}
 
-    @app.post("/admin/rollouts")
+    @app.post("/admin/rollouts", openapi_extra=_body(RolloutStart))
     async def admin_rollout_start(request: Request, _: Caller = Depends(admin)) -> dict[str, Any]:
         start = await parse(request, RolloutStart)
 
@@ -981,7 +992,44 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
             "request_log_pending": server.request_log.pending() if server.request_log else None,
         }
 
+    _document_bodies(
+        app,
+        server,
+        [ChatCompletionRequest, CompletionRequest, FeedbackIn, AliasMove, AliasRollback, RolloutStart],
+    )
     return app
+
+
+def _body(model: type[BaseModel]) -> dict[str, Any]:
+    """The OpenAPI request body of a route that reads `model` itself (its errors are OpenAI-shaped,
+    and an oversized body is refused before it is parsed)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _document_bodies(app: FastAPI, server: Server, models: list[type[BaseModel]]) -> None:
+    """Put the schemas that `_body` refers to into the app's OpenAPI document; the `model` field of
+    the generation requests lists the names this server answers to as examples (for /docs, and for
+    API fuzzers, which then reach generation instead of only 404s)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = generate()
+            schemas = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                schemas.update(schema.pop("$defs", {}))
+                schemas[model.__name__] = schema
+        schemas = app.openapi_schema["components"]["schemas"]  # type: ignore[index]
+        names = sorted(server.table.names()) if server.ready else []
+        for request in (ChatCompletionRequest, CompletionRequest):
+            field = schemas[request.__name__]["properties"]["model"]
+            if names:
+                field["examples"] = names
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _require_ready(server: Server) -> None:

@@ -196,7 +196,9 @@ def load_local_model(config: ProjectConfig, workspace: Workspace, ref: str) -> t
         from tunesmith.models import load_causal_lm
 
         model = config.model
-        loaded = load_causal_lm(model.id, model.source, model.revision, "float32")
+        loaded = load_causal_lm(
+            model.id, model.source, model.revision, "float32", trust_remote_code=model.trust_remote_code
+        )
         return loaded.model, loaded.tokenizer, f"{model.id}@{model.revision or 'default'}"
     from tunesmith.registry.loading import load_version
     from tunesmith.registry.versions import RegistryError

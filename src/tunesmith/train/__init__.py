@@ -1,5 +1,5 @@
 """Training: one module per objective; TRL trainers used as they are."""
 
-from tunesmith.train.sft import TrainConfigError, TrainResult, train_sft
+from tunesmith.train.sft import DiskFullError, TrainConfigError, TrainResult, train_sft
 
-__all__ = ["TrainConfigError", "TrainResult", "train_sft"]
+__all__ = ["DiskFullError", "TrainConfigError", "TrainResult", "train_sft"]

@@ -7,9 +7,11 @@ config, add a progress callback, and record the run with everything needed to re
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import json
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -240,12 +242,68 @@ def training_rows(objective: str, records: list[dict[str, Any]], tokenizer: Any)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint of a run: one whose trainer state was written (it is written last)."""
+    """The newest complete checkpoint of a run: one whose trainer state was written whole (it is last)."""
     folder = run_dir / "trainer"
     if not folder.exists():
         return None
-    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    complete = [p for p in folder.glob("checkpoint-*") if _complete(p)]
     return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def remove_incomplete_checkpoints(run_dir: Path) -> list[str]:
+    """Remove the checkpoints a killed or failed save left half-written; returns their names."""
+    folder = run_dir / "trainer"
+    partial = (
+        [p for p in folder.glob("checkpoint-*") if p.is_dir() and not _complete(p)] if folder.exists() else []
+    )
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(p.name for p in partial)
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while a run wrote; the message names the checkpoint that was kept."""
+
+
+def _is_disk_full(exc: BaseException, run_dir: Path) -> bool:
+    """Whether a failed write ran out of space: each writer says so its own way (an OSError from
+    Python, a RuntimeError from torch's zip writer, an error from the safetensors library)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        text = str(seen)
+        if "No space left on device" in text or "StorageFull" in text:
+            return True
+        if "file write failed" in text:  # torch.save: the zip writer does not pass the errno on
+            return shutil.disk_usage(run_dir).free < 64 * 2**20
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _disk_full(run_dir: Path, exc: BaseException) -> DiskFullError:
+    removed = remove_incomplete_checkpoints(run_dir)  # frees what the failed save took
+    kept = last_checkpoint(run_dir)
+    free = shutil.disk_usage(run_dir).free / 2**20
+    what = f" writing {exc.filename}" if isinstance(exc, OSError) and exc.filename else ""
+    return DiskFullError(
+        f"the disk holding {run_dir} filled up{what} ({free:.1f} MiB free after removing the half-written "
+        f"{', '.join(removed) or 'nothing'}). "
+        + (
+            f"The last complete checkpoint, {kept.name}, is kept. "
+            if kept
+            else "No checkpoint was complete. "
+        )
+        + f"Free some space, then `tunesmith train --resume {run_dir.name}`."
+    )
 
 
 def is_main_process() -> bool:
@@ -503,12 +561,19 @@ def fit_and_save(
             f"batch {train.per_device_train_batch_size} x {train.accumulation_steps} accumulation"
             + (f"; resuming from {checkpoint.name}" if checkpoint is not None else "")
         )
+    if resume and is_main_process():
+        remove_incomplete_checkpoints(run_dir)  # a save the kill cut short; its step is trained again
     tokens_before = _tokens_seen(checkpoint)
     started = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    seconds = time.perf_counter() - started
     weights_dir = run_dir / ("adapter" if train.method in ("lora", "qlora") else "model")
-    trainer.save_model(str(weights_dir))  # on the main process only, as the trainer does
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+        seconds = time.perf_counter() - started
+        trainer.save_model(str(weights_dir))  # on the main process only, as the trainer does
+    except Exception as exc:
+        if not _is_disk_full(exc, run_dir):
+            raise
+        raise _disk_full(run_dir, exc) from exc
     tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
     return Fitted(output, seconds, tokens, weights_dir, trainable, total)
 

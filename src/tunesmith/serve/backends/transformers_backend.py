@@ -29,6 +29,7 @@ log = logging.getLogger("tunesmith.serve")
 
 WARMUP_PROMPT = [{"role": "user", "content": "Hello"}]
 PICKLED_WEIGHTS = ("adapter_model*.bin", "pytorch_model*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+GREEDY_BELOW = 1e-5  # a temperature under this samples the most likely token anyway
 
 
 @dataclass
@@ -111,14 +112,14 @@ class TransformersBackend(QueuedBackend):
         import torch
 
         from tunesmith.evaluate.generate import stop_token_ids
-        from tunesmith.models import load_model
+        from tunesmith.models import load_configured
         from tunesmith.registry.loading import load_row
 
         model: Any
         if shared:
             model_cfg = version.config["model"]
             dtype = ProjectConfig.model_validate(version.config).weights_dtype
-            loaded = load_model(model_cfg["id"], model_cfg["source"], model_cfg["revision"], dtype)
+            loaded = load_configured(model_cfg, dtype)
             model, tokenizer = loaded.model, loaded.tokenizer
         else:
             model, tokenizer = load_row(version, self.workspace)
@@ -322,13 +323,15 @@ class _RowSampler:
         chosen = torch.full_like(scores, float("-inf"))
         for i, (_, choice) in enumerate(self.rows):
             row = scores[i].float()
-            if choice.params.temperature <= 0 or self.generators[i] is None:
+            # A temperature this close to 0 is greedy decoding: dividing by it overflows to inf.
+            if choice.params.temperature < GREEDY_BELOW or self.generators[i] is None:
                 token = int(torch.argmax(row))
             else:
                 probs = torch.softmax(row / choice.params.temperature, dim=-1)
                 if choice.params.top_p < 1.0:
                     sorted_probs, order = torch.sort(probs, descending=True)
                     keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < choice.params.top_p
+                    keep[0] = True  # the most likely token always stays (a tiny top_p is 0 in float32)
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
                 token = int(torch.multinomial(probs.cpu(), 1, generator=self.generators[i]))
             chosen[i, token] = 0.0
