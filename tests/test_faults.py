@@ -389,3 +389,47 @@ PreTrainedModel.save_pretrained = killed
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert [p.name for p in exports.iterdir()] == [f"{version.name}-merged"]
     assert (exports / f"{version.name}-merged" / "parity.json").exists()
+
+
+def test_a_journal_that_cannot_be_written_still_logs_the_answer(tmp_path, caplog):
+    """A full or broken disk under the journal costs its protection against a kill, not the answer."""
+    from tunesmith.serve.requestlog import RequestLogWriter
+    from tunesmith.store import RequestLog
+    from tunesmith.store.schema import utcnow
+    from tunesmith.workspace import init_project
+
+    workspace = open_workspace(load_config(init_project(tmp_path / "p")))
+    writer = RequestLogWriter(workspace)
+    writer.start()
+    os.close(writer._fd)  # every journal write fails from here on, as on a full disk
+    row = {
+        "id": "req-journal-broken",
+        "at": utcnow(),
+        "endpoint": "chat",
+        "requested_model": "m",
+        "version_id": None,
+        "route": "primary",
+        "shadow_of": None,
+        "prompt": [{"role": "user", "content": "hi"}],
+        "output": ["hello"],
+        "finish_reasons": ["stop"],
+        "params": {},
+        "status": 200,
+        "error": None,
+        "latency_ms": 1.0,
+        "ttft_ms": None,
+        "tokens_in": 1,
+        "tokens_out": 1,
+        "user": None,
+        "session": None,
+        "api_key_id": None,
+        "client": {"metadata": {}},
+    }
+    writer.put(row)
+    writer.put({**row, "id": "req-journal-broken-2"})
+    writer.flush()
+    writer._fd = None
+    writer.close()
+    with session(workspace.engine) as s:
+        assert s.query(RequestLog).filter(RequestLog.id.like("req-journal-broken%")).count() == 2
+    assert sum("kept in memory only" in r.getMessage() for r in caplog.records) == 1  # said once

@@ -57,6 +57,7 @@ class RequestLogWriter:
         self._segment = 0
         self._fd: int | None = None
         self._size = 0
+        self._journal_failed = False
         self.written = 0
         self.replayed = 0
 
@@ -73,10 +74,17 @@ class RequestLogWriter:
         line = (json.dumps(row, default=_encode, ensure_ascii=False) + "\n").encode()
         with self._lock:
             if self._fd is not None:
-                if self._size > SEGMENT_BYTES:
-                    self._open_segment()
-                _write_all(self._fd, line)
-                self._size += len(line)
+                try:
+                    if self._size > SEGMENT_BYTES:
+                        self._open_segment()
+                    _write_all(self._fd, line)
+                    self._size += len(line)
+                except OSError as exc:  # a full disk: answer anyway, the row still goes to the store
+                    if not self._journal_failed:
+                        log.error("request journal %s: %s; rows are kept in memory only", self._folder, exc)
+                    self._journal_failed = True
+                else:
+                    self._journal_failed = False
             self._queue.put((self._segment, row))
 
     def pending(self) -> int:
