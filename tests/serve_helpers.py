@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the openai package ships with
 import uvicorn
@@ -35,6 +38,26 @@ def metric(url: str, name: str, **labels: str) -> float:
     return total
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_cli_server(config_path: Path, settings: list[str], port: int) -> subprocess.Popen[str]:
+    """`tunesmith serve` in a process of its own, its output (stdout and stderr) on a pipe."""
+    command = [sys.executable, "-m", "tunesmith.cli", "serve", "--config", str(config_path)]
+    command += ["--port", str(port), *[a for s in settings for a in ("--set", s)]]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 @contextmanager
 def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
     """(URL, received JSON bodies) of a local HTTP receiver under uvicorn, until the block ends."""
@@ -46,9 +69,7 @@ def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
         received.append(await request.json())
         return {"ok": True}
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -80,42 +80,24 @@ def test_a_live_writers_temporary_folder_is_left_alone(tmp_path):
     assert (tmp_path / "target" / "half").exists() and not list(tmp_path.glob(".*.tmp"))
 
 
-def _start_server(config_path: Path, settings: list[str], port: int) -> subprocess.Popen[str]:
-    command = [sys.executable, "-m", "tunesmith.cli", "serve", "--config", str(config_path)]
-    command += ["--port", str(port), *[a for s in settings for a in ("--set", s)]]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def _ready(url: str) -> bool:
-    import httpx2 as httpx
-
-    try:
-        return httpx.get(f"{url}/ready").status_code == 200
-    except httpx.TransportError:
-        return False
-
-
 def test_a_server_killed_under_traffic_loses_no_answered_request(serve_project):
     """The store is held busy, so answers pile up unwritten; the server is killed with SIGKILL. The
     next start replays its journal: every request that was answered is in the log."""
-    import socket
     import sqlite3
     import threading
 
     import httpx2 as httpx
     from sqlalchemy import select
 
-    from serve_helpers import wait_for
+    from serve_helpers import free_port, ready, start_cli_server, wait_for
     from tunesmith.serve.requestlog import journal_folder
     from tunesmith.store import RequestLog
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     config_path, settings = serve_project["path"], serve_project["settings"]
     workspace = open_workspace(load_config(config_path, settings))
-    server = _start_server(config_path, settings, port)
+    server = start_cli_server(config_path, settings, port)
     answered: list[str] = []
     lock = threading.Lock()
 
@@ -132,7 +114,7 @@ def test_a_server_killed_under_traffic_loses_no_answered_request(serve_project):
 
     busy = sqlite3.connect(workspace.root / "tunesmith.db", timeout=30)
     try:
-        wait_for(lambda: _ready(url), timeout=120, every=0.2)
+        wait_for(lambda: ready(url), timeout=120, every=0.2)
         busy.execute("BEGIN IMMEDIATE")  # the store takes no writes: answered rows wait in memory
         threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
         for thread in threads:
@@ -152,9 +134,9 @@ def test_a_server_killed_under_traffic_loses_no_answered_request(serve_project):
     assert before == set(), "the store was busy: nothing could have been written before the kill"
     assert list(journal_folder(workspace).glob("*.jsonl"))
 
-    restarted = _start_server(config_path, settings, port)
+    restarted = start_cli_server(config_path, settings, port)
     try:
-        wait_for(lambda: _ready(url), timeout=120, every=0.2)
+        wait_for(lambda: ready(url), timeout=120, every=0.2)
     finally:
         restarted.send_signal(signal.SIGINT)
         output, _ = restarted.communicate(timeout=60)

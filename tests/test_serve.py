@@ -11,7 +11,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from serve_helpers import metric, wait_for
+from serve_helpers import free_port, metric, ready, start_cli_server, wait_for
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import train, write_demo_project
@@ -542,35 +542,12 @@ def test_pickled_weights_in_a_version_folder_are_refused(project):
 
 def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutdown(project, tmp_path):
     import signal
-    import socket
-    import subprocess
-    import sys
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [
-        sys.executable,
-        "-m",
-        "tunesmith.cli",
-        "serve",
-        "--config",
-        str(project["path"]),
-        "--port",
-        str(port),
-    ]
-    command += [a for s in project["settings"] for a in ("--set", s)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port = free_port()
+    process = start_cli_server(project["path"], project["settings"], port)
     url = f"http://127.0.0.1:{port}"
     try:
-
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{url}/ready").status_code == 200
-            except httpx.TransportError:
-                return False
-
-        wait_for(ready, timeout=120, every=0.2)
+        wait_for(lambda: ready(url), timeout=120, every=0.2)
         answer = client(url).chat.completions.create(
             model=project["family"], messages=QUESTION, max_tokens=3, metadata={"ticket": "T-1"}
         )

@@ -787,6 +787,14 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
         title="tunesmith", summary="OpenAI-compatible API over the tunesmith registry", lifespan=lifespan
     )
     app.state.server = server
+    bodies: list[type[BaseModel]] = []  # request models the routes read themselves, for the OpenAPI document
+
+    def body(model: type[BaseModel]) -> dict[str, Any]:
+        """The OpenAPI request body of a route that reads `model` itself (its errors are OpenAI-shaped,
+        and an oversized body is refused before it is parsed)."""
+        bodies.append(model)
+        schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+        return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -845,12 +853,12 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
             message = str(first["msg"]).removeprefix("Value error, ")
             raise ApiError(400, f"{where}: {message}" if where else message, param=where) from None
 
-    @app.post("/v1/chat/completions", response_model=None, openapi_extra=_body(ChatCompletionRequest))
+    @app.post("/v1/chat/completions", response_model=None, openapi_extra=body(ChatCompletionRequest))
     async def chat_completions(request: Request, who: Caller = Depends(caller)) -> Response:
         _require_ready(server)
         return await server.answer(request, await parse(request, ChatCompletionRequest), who)
 
-    @app.post("/v1/completions", response_model=None, openapi_extra=_body(CompletionRequest))
+    @app.post("/v1/completions", response_model=None, openapi_extra=body(CompletionRequest))
     async def completions(request: Request, who: Caller = Depends(caller)) -> Response:
         _require_ready(server)
         return await server.answer(request, await parse(request, CompletionRequest), who)
@@ -866,7 +874,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
                 return entry
         raise ApiError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
 
-    @app.post("/v1/feedback", openapi_extra=_body(FeedbackIn))
+    @app.post("/v1/feedback", openapi_extra=body(FeedbackIn))
     async def feedback(request: Request, who: Caller = Depends(caller)) -> dict[str, Any]:
         body = await parse(request, FeedbackIn)
         if server.scrub:
@@ -905,7 +913,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
         server.metrics.queue.set(server.backend.queue_depth())
         return PlainTextResponse(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.post("/admin/promote", openapi_extra=_body(AliasMove))
+    @app.post("/admin/promote", openapi_extra=body(AliasMove))
     async def admin_promote(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:
         move = await parse(request, AliasMove)
 
@@ -923,7 +931,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
 
         return await _alias_change(server, run)
 
-    @app.post("/admin/rollback", openapi_extra=_body(AliasRollback))
+    @app.post("/admin/rollback", openapi_extra=body(AliasRollback))
     async def admin_rollback(request: Request, who: Caller = Depends(admin)) -> dict[str, Any]:
         move = await parse(request, AliasRollback)
         return await _alias_change(
@@ -951,7 +959,7 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
     async def admin_rollouts(_: Caller = Depends(admin)) -> dict[str, Any]:
         return {"data": await asyncio.to_thread(_rollout_list, server)}
 
-    @app.post("/admin/rollouts", openapi_extra=_body(RolloutStart))
+    @app.post("/admin/rollouts", openapi_extra=body(RolloutStart))
     async def admin_rollout_start(request: Request, _: Caller = Depends(admin)) -> dict[str, Any]:
         start = await parse(request, RolloutStart)
 
@@ -992,23 +1000,12 @@ def create_app(server: Server) -> FastAPI:  # noqa: PLR0915 (one nested function
             "request_log_pending": server.request_log.pending() if server.request_log else None,
         }
 
-    _document_bodies(
-        app,
-        server,
-        [ChatCompletionRequest, CompletionRequest, FeedbackIn, AliasMove, AliasRollback, RolloutStart],
-    )
+    _document_bodies(app, server, bodies)
     return app
 
 
-def _body(model: type[BaseModel]) -> dict[str, Any]:
-    """The OpenAPI request body of a route that reads `model` itself (its errors are OpenAI-shaped,
-    and an oversized body is refused before it is parsed)."""
-    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
 def _document_bodies(app: FastAPI, server: Server, models: list[type[BaseModel]]) -> None:
-    """Put the schemas that `_body` refers to into the app's OpenAPI document; the `model` field of
+    """Put the schemas that the routes' bodies refer to into the app's OpenAPI document; the `model` field of
     the generation requests lists the names this server answers to as examples (for /docs, and for
     API fuzzers, which then reach generation instead of only 404s)."""
     generate = app.openapi

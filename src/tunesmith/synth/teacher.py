@@ -193,12 +193,10 @@ def load_local_model(config: ProjectConfig, workspace: Workspace, ref: str) -> t
         TeacherError: when `ref` is neither.
     """
     if ref == "base":
-        from tunesmith.models import load_causal_lm
+        from tunesmith.models import load_configured
 
         model = config.model
-        loaded = load_causal_lm(
-            model.id, model.source, model.revision, "float32", trust_remote_code=model.trust_remote_code
-        )
+        loaded = load_configured(model, "float32")
         return loaded.model, loaded.tokenizer, f"{model.id}@{model.revision or 'default'}"
     from tunesmith.registry.loading import load_version
     from tunesmith.registry.versions import RegistryError
