@@ -72,7 +72,7 @@ def scores_table(report: dict[str, Any], title: str) -> Table:
 
 def bitext(scale: float) -> None:
     from tunesmith.evaluate.runner import run_eval
-    from tunesmith.pipeline import train
+    from tunesmith.train.run import train
 
     config = project("bitext", int(320 * scale), BITEXT, *BITEXT_SETTINGS)
     started = time.perf_counter()
@@ -89,7 +89,7 @@ def bitext(scale: float) -> None:
 
 def sst2(scale: float) -> None:
     from tunesmith.evaluate.runner import run_eval
-    from tunesmith.pipeline import train
+    from tunesmith.train.run import train
 
     config = project(
         "sst2",
@@ -120,7 +120,7 @@ def sst2(scale: float) -> None:
 
 def forgetting(scale: float) -> None:
     from tunesmith.evaluate.runner import run_eval
-    from tunesmith.pipeline import train
+    from tunesmith.train.run import train
 
     probe = ["eval.probe.limit=" + str(int(200 * scale))]
     if MMLU.exists():

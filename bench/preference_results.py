@@ -1,6 +1,6 @@
 """Benchmark: preference learning and RL on real public data, on this machine's CPU.
 
-Three runs through `tunesmith.pipeline.train` and `tunesmith.evaluate.runner.run_eval`, on
+Three runs through `tunesmith.train.run.train` and `tunesmith.evaluate.runner.run_eval`, on
 ../shared/datasets:
 
 - `reward`: a LoRA reward model on SmolLM2-135M-Instruct from hh_rlhf_harmless_base pairs; its
@@ -52,7 +52,7 @@ HH_DATA = [f"data.path={HH}", "data.split.val=0.05", "data.split.test=0.08", "da
 
 
 def run_reward(workspace: Path, scale: float) -> dict[str, Any]:
-    from tunesmith.pipeline import train
+    from tunesmith.train.run import train
 
     cfg = config(
         workspace,
@@ -82,7 +82,7 @@ def run_reward(workspace: Path, scale: float) -> dict[str, Any]:
 
 def run_dpo(workspace: Path, scale: float, reward_version: str) -> dict[str, Any]:
     from tunesmith.evaluate.runner import run_eval
-    from tunesmith.pipeline import train
+    from tunesmith.train.run import train
 
     cfg = config(
         workspace,
@@ -121,7 +121,7 @@ def run_dpo(workspace: Path, scale: float, reward_version: str) -> dict[str, Any
 
 
 def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
-    from tunesmith.pipeline import train
+    from tunesmith.train.run import train
 
     steps = max(6, int(40 * scale))
     cfg = config(

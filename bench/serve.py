@@ -40,8 +40,9 @@ console = Console(width=150)
 def make_project() -> tuple[Any, str]:
     """A workspace with one LoRA version of the bundled model in production; (config, model name)."""
     from tunesmith.config import load_config
-    from tunesmith.pipeline import train, write_demo_project
+    from tunesmith.pipeline import write_demo_project
     from tunesmith.registry.aliases import promote
+    from tunesmith.train.run import train
     from tunesmith.workspace import open_workspace
 
     folder = Path(tempfile.mkdtemp(prefix="tunesmith-serve-bench-"))

@@ -1,6 +1,6 @@
 """Benchmark: what each training objective reaches on real public data, on this machine's CPU.
 
-Four runs through `tunesmith.pipeline.train`, each on a subset of a dataset in ../shared/datasets:
+Four runs through `tunesmith.train.run.train`, each on a subset of a dataset in ../shared/datasets:
 
 - LoRA SFT of SmolLM2-135M-Instruct on bitext_customer_support: held-out answer loss and ROUGE-L
   of the base model and of the tuned version, on the same test rows;
@@ -89,8 +89,8 @@ def run(name: str, scale: float) -> dict[str, Any]:
     from tunesmith.config import load_config
     from tunesmith.data import load_split
     from tunesmith.evaluate.runner import run_eval
-    from tunesmith.pipeline import train
     from tunesmith.store import DatasetVersion, session
+    from tunesmith.train.run import train
 
     spec = RUNS[name]
     folder = Path(tempfile.mkdtemp(prefix=f"tunesmith-bench-{name}-"))

@@ -65,7 +65,7 @@ TUNESMITH = (
     + """
 import tempfile
 from tunesmith.config import load_config
-from tunesmith.pipeline import train
+from tunesmith.train.run import train
 from tunesmith.train.forgetting import answer_loss
 folder = Path(tempfile.mkdtemp())
 (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in train_rows), encoding="utf-8")

@@ -158,8 +158,9 @@ def serve_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     Tests that move aliases put production back on the first version when they are done.
     """
     from tunesmith.config import load_config
-    from tunesmith.pipeline import train, write_demo_project
+    from tunesmith.pipeline import write_demo_project
     from tunesmith.registry.aliases import promote
+    from tunesmith.train.run import train
     from tunesmith.workspace import open_workspace
 
     root = tmp_path_factory.mktemp("serve-project")

@@ -17,9 +17,10 @@ ARTIFACTS = Path(os.environ.get("TUNESMITH_TEST_ARTIFACTS", REPO / "test-artifac
 
 
 def test_generated_requests_never_get_a_server_error(tmp_path: Path, tiny_model_dir: Path):
-    from tunesmith.pipeline import train, write_demo_project
+    from tunesmith.pipeline import write_demo_project
     from tunesmith.registry.aliases import promote
     from tunesmith.serve import serve_in_background
+    from tunesmith.train.run import train
     from tunesmith.workspace import open_workspace
 
     config_path = write_demo_project(tmp_path / "p")

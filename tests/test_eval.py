@@ -13,9 +13,10 @@ from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import DataError
 from tunesmith.evaluate.runner import run_eval
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.versions import RegistryError, get_version, move_alias
 from tunesmith.store import EvalReport, session
+from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tunesmith.config import load_config
-from tunesmith.pipeline import prepare_data
+from tunesmith.data import prepare_data
 from tunesmith.store import DatasetVersion, session
 from tunesmith.workspace import atomic_dir, open_workspace, remove_stale_temps
 
@@ -216,7 +216,8 @@ def _steps_logged(run_dir: Path) -> int:
 
 
 def test_a_run_killed_inside_a_checkpoint_save_resumes_from_the_one_before(tmp_path, tiny_model_dir):
-    from tunesmith.pipeline import resume_run, write_demo_project
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.train.run import resume_run
 
     config_path = write_demo_project(tmp_path)
     killed = _tunesmith(
@@ -240,7 +241,8 @@ def test_a_full_disk_during_a_checkpoint_fails_clearly_and_keeps_the_last_good_o
     """The runs folder is a small tmpfs; once the first checkpoint is written, the disk is filled."""
     import errno
 
-    from tunesmith.pipeline import resume_run, write_demo_project
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.train.run import resume_run
 
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root")
@@ -313,8 +315,9 @@ AnswerCache.put = put_then_maybe_die
 
 
 def test_an_eval_killed_mid_way_shows_no_report_and_the_rerun_reuses_its_answers(tmp_path, tiny_model_dir):
-    from tunesmith.pipeline import train, write_demo_project
+    from tunesmith.pipeline import write_demo_project
     from tunesmith.store import EvalReport
+    from tunesmith.train.run import train
 
     config_path = write_demo_project(tmp_path)
     settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1", "eval.batch_size=4"]
@@ -346,7 +349,8 @@ def test_an_eval_killed_mid_way_shows_no_report_and_the_rerun_reuses_its_answers
 
 
 def test_an_export_killed_mid_write_leaves_no_export_and_the_next_one_completes(tmp_path, tiny_model_dir):
-    from tunesmith.pipeline import train, write_demo_project
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.train.run import train
 
     config_path = write_demo_project(tmp_path)
     settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1"]

@@ -12,8 +12,9 @@ from tunesmith.config import load_config
 from tunesmith.data import load_split
 from tunesmith.feedback import FeedbackError, open_session, preference_pairs
 from tunesmith.feedback.collect import parse_answer
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.store import DatasetVersion, RequestLog, session
+from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()

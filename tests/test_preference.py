@@ -10,10 +10,11 @@ from sqlalchemy import select
 from conftest import demo_rows
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import load_split
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.store import DatasetVersion, RunMetric, session
 from tunesmith.train.preference import preference_rows, transcript_messages, unpaired_rows
 from tunesmith.train.rewards import RewardModel, final_number, numeric_match
+from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
 UNHELPFUL = ["I do not know.", "Please ask someone else.", "That is not something I can help with."]

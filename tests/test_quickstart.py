@@ -117,14 +117,21 @@ def test_real_quickstart_learns_the_facts(tmp_path):
 
 
 def test_epoch_time_estimate_is_measured(tmp_path, tiny_model_dir):
+    from tunesmith.data import prepare_data
     from tunesmith.models import load_causal_lm
-    from tunesmith.pipeline import prepare_data, write_demo_project
+    from tunesmith.pipeline import write_demo_project
     from tunesmith.train.estimate import estimate_epoch_time
+    from tunesmith.workspace import open_workspace
 
     config = load_config(write_demo_project(tmp_path / "qs"), [f"model.id={tiny_model_dir}"])
     dataset = prepare_data(config)
-    estimate = estimate_epoch_time(config, dataset, load_causal_lm(str(tiny_model_dir)), steps=3)
-    assert estimate.tokens_per_second > 0
-    assert estimate.train_tokens == dataset.meta["report"]["stats"]["splits"]["train"]["tokens"]["total"]
-    assert estimate.seconds_per_epoch == pytest.approx(estimate.train_tokens / estimate.tokens_per_second)
+    base = load_causal_lm(str(tiny_model_dir))
+    estimate = estimate_epoch_time(config, dataset, base, open_workspace(config), steps=3)
+    assert estimate.tokens_per_second > 0 and estimate.seconds_per_step > 0
+    assert estimate.rows == dataset.counts["train"]
+    assert (
+        estimate.rows_per_step == config.train.per_device_train_batch_size * config.train.accumulation_steps
+    )
+    steps_per_epoch = estimate.rows / estimate.rows_per_step
+    assert estimate.seconds_per_epoch == pytest.approx(steps_per_epoch * estimate.seconds_per_step)
     assert estimate.total_seconds == pytest.approx(estimate.seconds_per_epoch * config.train.num_train_epochs)

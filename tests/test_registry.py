@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.aliases import history
+from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()

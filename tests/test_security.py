@@ -174,8 +174,10 @@ def test_code_shipped_with_a_model_runs_only_when_the_project_opts_in(tmp_path, 
     import json
     import shutil
 
+    from tunesmith.data import prepare_data
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.pipeline import load_base, prepare_data, write_demo_project
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.train.run import load_base
 
     folder = tmp_path / "shipped"
     shutil.copytree(tiny_model_dir, folder)

@@ -14,11 +14,12 @@ from typer.testing import CliRunner
 from serve_helpers import free_port, metric, ready, start_cli_server, wait_for
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.aliases import promote
 from tunesmith.registry.versions import get_version
 from tunesmith.serve import serve_in_background as running
 from tunesmith.store import RequestLog, session
+from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()

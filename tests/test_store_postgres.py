@@ -8,9 +8,9 @@ from typer.testing import CliRunner
 from test_registry import setup_project
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.pipeline import train
 from tunesmith.registry.aliases import history
 from tunesmith.store import EvalReport, session
+from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()

@@ -19,16 +19,16 @@ from typer.testing import CliRunner
 
 from judge_server import serve
 from synth_helpers import make_app, write_pdf
-from tunesmith import pipeline
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.data import get_dataset, load_split
+from tunesmith.data import get_dataset, load_split, prepare_data
 from tunesmith.data.sources import SourceError
-from tunesmith.pipeline import prepare_data, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.lifecycle import model_card
 from tunesmith.synth.documents import chunk_documents, read_documents
 from tunesmith.synth.filters import invented_specifics
 from tunesmith.synth.prompts import PromptError, pair_prompt, parse_pairs, parse_paraphrases
+from tunesmith.train import run as training
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
@@ -216,7 +216,7 @@ def test_synthetic_rows_join_a_real_dataset_in_train_only(tmp_path, tiny_model_d
     assert f"Train on it: tunesmith train --set data.path={version.id}" in result.output
 
     # Training on the stored version uses it as it is, and the model card says what is synthetic.
-    trained = pipeline.train(
+    trained = training.train(
         load_config(config_path, [*settings, f"data.path={version.id}", "train.max_steps=1"])
     )
     assert trained.version.dataset_version_id == version.id

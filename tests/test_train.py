@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.pipeline import resume_run, train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.store import Run, RunMetric, session
 from tunesmith.train.methods import MethodError, apply_freeze, check_method_supported
+from tunesmith.train.run import resume_run, train
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
@@ -196,8 +197,9 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
 
 
 def test_fit_estimate_counts_exactly_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir, monkeypatch):
-    from tunesmith.pipeline import fit_estimate, prepare_data
+    from tunesmith.data import prepare_data
     from tunesmith.train.fit import DoesNotFitError
+    from tunesmith.train.run import fit_estimate
 
     config_path, config = project(tmp_path, tiny_model_dir)
     estimate = fit_estimate(config, prepare_data(config))

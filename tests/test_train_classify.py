@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
 from tunesmith.evaluate.runner import run_eval
-from tunesmith.pipeline import train
 from tunesmith.registry.loading import load_version
+from tunesmith.train.run import train
 
 runner = CliRunner()
 
@@ -104,7 +104,8 @@ def test_a_new_head_starts_from_the_same_weights_for_the_same_seed(tmp_path, tin
     """The head is initialised when the model loads, before the trainer seeds: the run's seed covers it."""
     import torch
 
-    from tunesmith.pipeline import load_base, prepare_data
+    from tunesmith.data import prepare_data
+    from tunesmith.train.run import load_base
 
     config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify")
     config = load_config(config_path)

@@ -11,7 +11,7 @@ from tunesmith.cli import app
 from tunesmith.config import ConfigError, TaskConfig, load_config
 from tunesmith.data import load_split
 from tunesmith.data.mixture import _apportion, mixture_stream, task_weights
-from tunesmith.pipeline import train
+from tunesmith.train.run import train
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import pytest
 
 from shared_data import shared_dataset
 from tunesmith.config import load_config
-from tunesmith.pipeline import train
+from tunesmith.train.run import train
 
 pytestmark = pytest.mark.slow
 

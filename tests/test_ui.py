@@ -18,8 +18,9 @@ from markupsafe import escape
 
 from serve_helpers import wait_for
 from tunesmith.config import ConfigError, load_config
-from tunesmith.pipeline import train, write_demo_project
+from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.aliases import promote
+from tunesmith.train.run import train
 from tunesmith.ui import ui_in_background
 from tunesmith.workspace import open_workspace
 

@@ -11,9 +11,11 @@ The Python API mirrors the CLI verbs::
 from importlib import metadata
 
 from tunesmith.config import ConfigError, ProjectConfig, load_config
+from tunesmith.data import prepare_data
 from tunesmith.evaluate.runner import run_eval
 from tunesmith.models import list_models, load_causal_lm, model_info
-from tunesmith.pipeline import prepare_data, quickstart, train
+from tunesmith.pipeline import quickstart
+from tunesmith.train.run import train
 from tunesmith.workspace import init_project, open_workspace
 
 __version__ = metadata.version("tunesmith")

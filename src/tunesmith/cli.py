@@ -233,9 +233,8 @@ def data_validate(
     config: ConfigArg = None, set_: SetOpt = None, map_: MapOpt = None, strict: StrictOpt = False
 ) -> None:
     """Check data.path: every problem with file:line, field and reason; rejected rows written out."""
-    from tunesmith.data import DataError
+    from tunesmith.data import DataError, validate_data
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.pipeline import validate_data
 
     cfg = _config(config, _data_overrides(set_, map_, strict))
     try:
@@ -253,9 +252,8 @@ def data_prepare(
     config: ConfigArg = None, set_: SetOpt = None, map_: MapOpt = None, strict: StrictOpt = False
 ) -> None:
     """Validate, clean, split and store data.path as an immutable, content-hashed dataset version."""
-    from tunesmith.data import DataError
+    from tunesmith.data import DataError, prepare_data
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.pipeline import prepare_data
 
     cfg = _config(config, _data_overrides(set_, map_, strict))
     try:
@@ -322,23 +320,21 @@ def data_estimate(
 ) -> None:
     """Time per epoch on this machine for the configured method, from a short measured calibration."""
     from tunesmith.data import DataError
-    from tunesmith.models import ModelNotFoundError, load_configured
-    from tunesmith.pipeline import prepare_data
-    from tunesmith.train.estimate import estimate_epoch_time
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.train import TrainConfigError
+    from tunesmith.train.run import dry_run
 
     cfg = _config(config, set_)
     try:
-        dataset = prepare_data(cfg)
-        base = load_configured(cfg.model, cfg.weights_dtype)
-    except (DataError, ModelNotFoundError) as exc:
+        dataset, _, estimate = dry_run(cfg, steps=max(2, steps))
+    except (DataError, ModelNotFoundError, TrainConfigError) as exc:
         raise _fail(str(exc)) from None
-    estimate = estimate_epoch_time(cfg, dataset, base, steps=max(2, steps))
-    out.print(
-        f"{cfg.train.method} on {cfg.model.id}: {estimate.tokens_per_second:,.0f} tokens/s measured over "
-        f"{estimate.calibration_steps - 1} steps; {estimate.train_tokens:,} training tokens per epoch → "
-        f"{estimate.seconds_per_epoch / 60:.1f} min per epoch, {estimate.total_seconds / 60:.1f} min for "
-        f"{estimate.epochs:g} epochs (dataset {dataset.id})"
-    )
+    if estimate is None:
+        raise _fail(
+            f"{cfg.train.method} {cfg.train.objective} does not fit here: see `tunesmith train --dry-run`"
+        )
+    out.print(f"{cfg.train.method} {cfg.train.objective} of {cfg.model.id} on dataset {dataset.id}")
+    out.print(estimate.describe())
 
 
 @data_app.command("list")
@@ -470,9 +466,8 @@ def data_augment(
     teacher_model: TeacherModelOpt = None,
 ) -> None:
     """Paraphrases of a dataset version's train rows (label-preserving), optionally evening out labels."""
-    from tunesmith.data import DataError, get_dataset
+    from tunesmith.data import DataError, get_dataset, prepare_data
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.pipeline import prepare_data
     from tunesmith.synth import TeacherError, augment
     from tunesmith.workspace import open_workspace
 
@@ -518,11 +513,12 @@ def train_cmd(
     """Fine-tune the base model on data.path and register the result as a new version."""
     from tunesmith.data import DataError
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.pipeline import resume_run, train
     from tunesmith.registry import RegistryError
     from tunesmith.train import DiskFullError, TrainConfigError
     from tunesmith.train.fit import DoesNotFitError
     from tunesmith.train.methods import MethodError
+    from tunesmith.train.objectives import get_objective
+    from tunesmith.train.run import resume_run, train
 
     cfg = _config(config, set_)
     errors = (
@@ -538,7 +534,7 @@ def train_cmd(
         _dry_run(cfg, errors)
         return
     if num_processes > 1:
-        from tunesmith.pipeline import TrainLaunchError, launch_distributed
+        from tunesmith.train.run import TrainLaunchError, launch_distributed
 
         try:
             version = launch_distributed(
@@ -569,14 +565,14 @@ def train_cmd(
     )
     out.print(
         f"Next: `tunesmith eval {outcome.version.name}` ("
-        + ("majority class" if cfg.train.objective in ("classify", "tag") else "base")
+        + ("majority class" if get_objective(cfg.train.objective).labelled else "base")
         + " vs this version on the held-out split), "
         f"`tunesmith registry show {outcome.version.name}`"
     )
 
 
 def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
-    from tunesmith.pipeline import dry_run
+    from tunesmith.train.run import dry_run
 
     try:
         dataset, estimate, timing = dry_run(cfg)
@@ -590,10 +586,7 @@ def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
     if not estimate.fits:
         raise _fail(estimate.refusal())
     if timing is not None:
-        out.print(
-            f"Measured {timing.tokens_per_second:,.0f} tokens/s: {timing.seconds_per_epoch / 60:.1f} min per "
-            f"epoch, {timing.total_seconds / 60:.1f} min for {timing.epochs:g} epochs."
-        )
+        out.print(timing.describe())
     out.print("It fits. Run the same command without --dry-run to train.")
 
 
@@ -1129,13 +1122,15 @@ def registry_reproduce(
 ) -> None:
     """Train again from the version's record and check its metrics match; exit 1 when they do not."""
     from tunesmith.registry import RegistryError, get_version
-    from tunesmith.registry.lifecycle import reproduce
+    from tunesmith.train import TrainConfigError
+    from tunesmith.train.run import reproduce
     from tunesmith.workspace import open_workspace
 
-    workspace = open_workspace(_config(config, None))
+    cfg = _config(config, None)
+    workspace = open_workspace(cfg)
     try:
-        result = reproduce(workspace, get_version(workspace, version), tolerance)
-    except RegistryError as exc:
+        result = reproduce(workspace, get_version(workspace, version), tolerance, cfg.base_dir)
+    except (RegistryError, TrainConfigError) as exc:
         raise _fail(str(exc)) from None
     table = _table("metric", "recorded", "reproduced", "difference", "match")
     for row in result["metrics"]:

@@ -10,6 +10,7 @@ from tunesmith.data.prepare import (
     prepare_dataset,
     split_rows,
 )
+from tunesmith.data.project import prepare_data, tokenizer_and_context, validate_data
 
 __all__ = [
     "DataError",
@@ -18,6 +19,9 @@ __all__ = [
     "get_dataset",
     "list_datasets",
     "load_split",
+    "prepare_data",
     "prepare_dataset",
     "split_rows",
+    "tokenizer_and_context",
+    "validate_data",
 ]

@@ -22,8 +22,10 @@ from tunesmith.config import ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, score_system
 from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context
+from tunesmith.evaluate.runner import eval_items, item_references, model_outputs
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion, EvalReport, session
+from tunesmith.train.objectives import get_objective
 from tunesmith.workspace import Workspace, atomic_dir
 
 
@@ -60,23 +62,23 @@ def cross_validate(config: ProjectConfig, folds: int, workspace: Workspace | Non
     Raises:
         DataError: fewer than 2 folds, or a fold without rows to train or test on.
     """
-    from tunesmith.evaluate.runner import task_kind
-    from tunesmith.pipeline import prepare_data
+    from tunesmith.data import prepare_data
     from tunesmith.workspace import open_workspace
 
     if folds < 2:
         raise DataError("--cv needs at least 2 folds")
-    if config.train.objective == "multitask":
+    objective = get_objective(config.train.objective)
+    if not objective.cross_validates:
         raise DataError(
-            "--cv works on one dataset; multitask mixes several (evaluate each task's data instead)"
+            f"--cv works on one dataset; {objective.name} mixes several (evaluate each task's data instead)"
         )
     if config.data.split.folds != folds:
         split = config.data.split.model_copy(update={"folds": folds})
         config = config.model_copy(update={"data": config.data.model_copy(update={"split": split})})
     workspace = workspace or open_workspace(config)
     parent = prepare_data(config, workspace)
-    kind = task_kind(config.train.objective)
-    metrics = [m for m in config.eval.metrics or DEFAULT_METRICS[kind] if m != "judge_score"]
+    kind = objective.task
+    metrics = [m for m in config.eval.metrics or DEFAULT_METRICS.get(kind, []) if m != "judge_score"]
     per_fold = []
     for fold in range(folds):
         console.rule(f"[bold]Fold {fold + 1}/{folds}")
@@ -110,26 +112,51 @@ def _run_fold(
     config: ProjectConfig, workspace: Workspace, dataset: DatasetVersion, fold: int, metrics: list[str]
 ) -> dict[str, Any]:
     """Train on the fold's train split, score on its test split; the run is recorded as kind `cv`."""
-    from tunesmith.evaluate.runner import _references, model_outputs, task_kind
-    from tunesmith.pipeline import load_base
-    from tunesmith.train import train_sft
-    from tunesmith.train.classify import HEADS, label_names, train_classifier
+    from tunesmith.train.run import load_base, run_objective
 
     if not dataset.counts["train"] or not dataset.counts["test"]:
         raise DataError(f"fold {fold} ({dataset.id}) has no rows to train or test on; use fewer folds")
-    kind = task_kind(config.train.objective)
     base = load_base(config, dataset, workspace)
-    if config.train.objective in HEADS:
-        result = train_classifier(config, workspace, dataset, base, kind="cv")
-    else:
-        result = train_sft(config, workspace, dataset, base, kind="cv")
-    items = load_split(dataset, "test")
-    context = Context()
+    result = run_objective(config, workspace, dataset, base, kind="cv")
+    items = eval_items(load_split(dataset, "test"), dataset.meta.get("kind", "sft"))
+    row = {
+        "fold": fold,
+        "dataset": dataset.id,
+        "run": result.run_id,
+        "train_rows": dataset.counts["train"],
+        "test_rows": len(items),
+        "scores": _fold_scores(config, dataset, result, items, fold, metrics),
+    }
+    del result, base
+    gc.collect()
+    return row
+
+
+def _fold_scores(
+    config: ProjectConfig,
+    dataset: DatasetVersion,
+    result: Any,
+    items: list[dict[str, Any]],
+    fold: int,
+    metrics: list[str],
+) -> dict[str, float]:
+    """The fold's model scored on the held-out fold as `eval` scores a version of its objective.
+
+    A reward model's run already scored the held-out pairs (its test split is the fold).
+    """
+    from tunesmith.train.classify import label_names
+
+    kind = get_objective(config.train.objective).task
+    if kind == "reward":
+        return {
+            "pairwise_accuracy": float(result.metrics["test_pairwise_accuracy"]),
+            "mean_margin": float(result.metrics["test_mean_margin"]),
+        }
     if kind == "classification":
         context = Context(labels=tuple(label_names(config.train.objective, dataset, config.data.labels)))
         references: list[Any] = [str(item["label"]) for item in items]
     else:
-        references, _ = _references(kind, items, None)
+        references, context = item_references(kind, items, None)
     outputs, nll = model_outputs(
         kind,
         result.model,
@@ -149,17 +176,7 @@ def _run_fold(
         resamples=config.eval.bootstrap_resamples,
         seed=config.eval.seed,
     )
-    row = {
-        "fold": fold,
-        "dataset": dataset.id,
-        "run": result.run_id,
-        "train_rows": dataset.counts["train"],
-        "test_rows": len(items),
-        "scores": {name: interval.value for name, interval in system.scores.items()},
-    }
-    del result, base
-    gc.collect()
-    return row
+    return {name: interval.value for name, interval in system.scores.items()}
 
 
 def _store(workspace: Workspace, report: dict[str, Any], parent: DatasetVersion) -> Path:

@@ -30,17 +30,22 @@ from tunesmith.progress import console
 from tunesmith.registry.loading import load_row
 from tunesmith.registry.versions import RegistryError, alias_target, get_version, who
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
+from tunesmith.train.objectives import get_objective
 from tunesmith.workspace import Workspace, atomic_dir
 
 CACHE_FORMAT = 1
 
 
-TASK_KINDS: dict[str, TaskKind] = {"classify": "classification", "tag": "tagging", "pretrain": "lm"}
-
-
 def task_kind(objective: str) -> TaskKind:
-    """What a version of this training objective is scored as; sft and multitask are generation."""
-    return TASK_KINDS.get(objective, "generation")
+    """What a version of this training objective is scored as (the objective table's `task`).
+
+    Raises:
+        DataError: for a reward model, which scores answers rather than giving them.
+    """
+    task = get_objective(objective).task
+    if task == "reward":
+        raise DataError(f"objective {objective} trains a reward model, which scores answers")
+    return task
 
 
 @dataclass
@@ -264,7 +269,7 @@ def plan_eval(
     if candidate is None:
         raise RegistryError(f"alias {ref!r} of {config.project!r} is not set")
     objective = candidate.config.get("train", {}).get("objective", "sft")
-    if objective == "reward":
+    if get_objective(objective).task == "reward":
         accuracy = candidate.metrics.get("test_pairwise_accuracy")
         raise DataError(
             f"{candidate.name} is a reward model: its held-out pairwise accuracy is "
@@ -311,7 +316,7 @@ def plan_eval(
         metrics.remove("judge_score")  # the judge adds it
         if not judge:
             raise DataError("eval.metrics lists judge_score: enable eval.judge (or pass --judge)")
-    references, context = _references(kind, items, candidate)
+    references, context = item_references(kind, items, candidate)
     return EvalPlan(
         workspace=workspace,
         candidate=candidate,
@@ -538,12 +543,12 @@ def _shots(dataset: DatasetVersion, k: int, seed: int) -> list[dict[str, Any]]:
     return random.Random(seed).sample(train, k)
 
 
-def _references(
+def item_references(
     kind: TaskKind, items: list[dict[str, Any]], candidate: ModelVersion | None
 ) -> tuple[list[Any], Context]:
     if kind == "classification":
         assert candidate is not None, "a classifier's labels come from its version"
-        from tunesmith.train.classify import read_labels
+        from tunesmith.models.loading import read_labels
 
         labels = tuple(read_labels(Path(candidate.path)))
         return [str(item["label"]) for item in items], Context(labels=labels)

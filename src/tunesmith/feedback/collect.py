@@ -517,7 +517,7 @@ def write_dataset(config: ProjectConfig, workspace: Workspace, session: Session)
     Raises:
         FeedbackError: when no review gives a pair yet.
     """
-    from tunesmith.pipeline import prepare_data
+    from tunesmith.data import prepare_data
 
     rows = list(preference_pairs(session))
     if not rows:

@@ -147,6 +147,54 @@ HEADS = {
 }
 
 
+LABELS_FILE = "labels.json"  # beside a classifier's weights: its label names in head order
+_PEFT_HEADS = {
+    "CAUSAL_LM": "causal-lm",
+    "SEQ_CLS": "sequence-classification",
+    "TOKEN_CLS": "token-classification",
+}
+
+
+def read_labels(weights_dir: Path) -> list[str]:
+    """The label names a trained classifier predicts, in head order."""
+    return list(json.loads((weights_dir / LABELS_FILE).read_text(encoding="utf-8"))["labels"])
+
+
+def saved_head(weights_dir: Path) -> tuple[str, dict[str, Any]]:
+    """The head of saved weights (see `HEADS`) and the arguments that size it, read from the weights
+    themselves: an adapter's PEFT task type, or full weights' architecture; a classifier's labels
+    from `labels.json`, and one output (a reward model's score) for a classification head without.
+    """
+    adapter = weights_dir / "adapter_config.json"
+    if adapter.exists():
+        task = json.loads(adapter.read_text(encoding="utf-8")).get("task_type") or "CAUSAL_LM"
+        head = _PEFT_HEADS.get(task, "causal-lm")
+    else:
+        config = json.loads((weights_dir / "config.json").read_text(encoding="utf-8"))
+        architecture = (config.get("architectures") or [""])[0]
+        head = next(
+            (
+                h
+                for h, suffix in (
+                    ("sequence-classification", "ForSequenceClassification"),
+                    ("token-classification", "ForTokenClassification"),
+                )
+                if architecture.endswith(suffix)
+            ),
+            "causal-lm",
+        )
+    if head == "causal-lm":
+        return head, {}
+    if not (weights_dir / LABELS_FILE).exists():
+        return head, {"num_labels": 1}
+    labels = read_labels(weights_dir)
+    return head, {
+        "num_labels": len(labels),
+        "id2label": dict(enumerate(labels)),
+        "label2id": {name: i for i, name in enumerate(labels)},
+    }
+
+
 def load_causal_lm(
     ref: str,
     source: str = "auto",

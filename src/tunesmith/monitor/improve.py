@@ -208,10 +208,10 @@ def improve(
     """
     if objective not in ("sft", "dpo"):
         raise ImproveError(f"objective {objective!r}: improve trains sft (on corrections) or dpo (on pairs)")
+    from tunesmith.data import prepare_data
     from tunesmith.data.prepare import load_split
     from tunesmith.evaluate.runner import run_eval
-    from tunesmith.pipeline import prepare_data
-    from tunesmith.pipeline import train as train_version
+    from tunesmith.train.run import train as train_version
 
     production = resolve_name(workspace, selection.model)
     used, sft, dpo = select_examples(workspace, production, selection)

@@ -1,5 +1,11 @@
 """Registry: immutable model versions with their lineage."""
 
-from tunesmith.registry.versions import RegistryError, get_version, list_versions, register_version
+from tunesmith.registry.versions import (
+    RegistryError,
+    get_version,
+    list_versions,
+    register_trained,
+    register_version,
+)
 
-__all__ = ["RegistryError", "get_version", "list_versions", "register_version"]
+__all__ = ["RegistryError", "get_version", "list_versions", "register_trained", "register_version"]

@@ -1,4 +1,4 @@
-"""What the registry tells about versions: diffs, model cards, and reproduction from the record."""
+"""What the registry tells about versions: diffs and model cards (`train.run.reproduce` trains one again)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from typing import Any
 from sqlalchemy import select
 
 from tunesmith.config import ProjectConfig
-from tunesmith.registry.versions import RegistryError
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
 from tunesmith.workspace import Workspace
 
@@ -90,8 +89,8 @@ def diff(workspace: Workspace, a: ModelVersion, b: ModelVersion) -> dict[str, An
         numbers = {
             key: [a.metrics[key], b.metrics[key]]
             for key in sorted(set(a.metrics) & set(b.metrics))
-            if _is_number(a.metrics[key])
-            and _is_number(b.metrics[key])
+            if is_number(a.metrics[key])
+            and is_number(b.metrics[key])
             and a.metrics[key] != b.metrics[key]
             and not any(word in key for word in NOT_COMPARABLE)
         }
@@ -103,57 +102,8 @@ def diff(workspace: Workspace, a: ModelVersion, b: ModelVersion) -> dict[str, An
     return result
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def reproduce(workspace: Workspace, version: ModelVersion, tolerance: float = 0.02) -> dict[str, Any]:
-    """Train again from the version's record (its resolved config, dataset version and seed) and
-    compare the run's metrics with the recorded ones, each within `tolerance` (relative).
-
-    The new run is recorded (kind `reproduce`) but not registered.
-
-    Raises:
-        RegistryError: when the version's dataset version is no longer in the workspace.
-    """
-    from tunesmith.pipeline import load_base
-    from tunesmith.train import train_sft
-    from tunesmith.train.classify import HEADS, train_classifier
-
-    if version.dataset_version_id is None:
-        raise RegistryError(f"{version.name} records no dataset version; it cannot be reproduced")
-    with session(workspace.engine) as s:
-        dataset = s.get(DatasetVersion, version.dataset_version_id)
-    if dataset is None or not workspace.dataset_dir(dataset.id).exists():
-        raise RegistryError(
-            f"dataset version {version.dataset_version_id} of {version.name} is not in this workspace"
-        )
-    config = ProjectConfig.model_validate(version.config)
-    base = load_base(config, dataset, workspace)
-    trainer = train_classifier if config.train.objective in HEADS else train_sft
-    result = trainer(config, workspace, dataset, base, kind="reproduce")
-    rows = []
-    for key in sorted(set(version.metrics) & set(result.metrics)):
-        recorded, again = version.metrics[key], result.metrics[key]
-        if not (_is_number(recorded) and _is_number(again)) or any(word in key for word in NOT_COMPARABLE):
-            continue
-        scale = max(abs(recorded), 1e-12)
-        rows.append(
-            {
-                "metric": key,
-                "recorded": recorded,
-                "reproduced": again,
-                "relative_difference": abs(again - recorded) / scale,
-                "match": abs(again - recorded) <= tolerance * scale,
-            }
-        )
-    return {
-        "version": version.name,
-        "run": result.run_id,
-        "tolerance": tolerance,
-        "metrics": rows,
-        "matches": bool(rows) and all(r["match"] for r in rows),
-    }
 
 
 def model_card(workspace: Workspace, version: ModelVersion) -> str:

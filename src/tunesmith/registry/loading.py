@@ -35,23 +35,11 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
     from peft import PeftModel
 
     from tunesmith.models import load_configured
-    from tunesmith.models.loading import HEADS as AUTO_CLASSES
-    from tunesmith.train.classify import HEADS, read_labels
+    from tunesmith.models.loading import HEADS, saved_head
 
     model_cfg = version.config["model"]
     remote_code = bool(model_cfg.get("trust_remote_code", False))  # as the version was trained
-    head, extra = "causal-lm", dict[str, Any]()
-    objective = version.config.get("train", {}).get("objective", "sft")
-    if objective == "reward":
-        head, extra = "sequence-classification", {"num_labels": 1}
-    elif objective in HEADS:
-        labels = read_labels(Path(version.path))
-        head = HEADS[objective]
-        extra = {
-            "num_labels": len(labels),
-            "id2label": dict(enumerate(labels)),
-            "label2id": {name: i for i, name in enumerate(labels)},
-        }
+    head, extra = saved_head(Path(version.path))  # the weights say which head the objective trained
     if version.method in ("lora", "qlora") and version.parent_id is not None:
         if workspace is None:
             raise RegistryError(
@@ -66,7 +54,7 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
         dtype = ProjectConfig.model_validate(version.config).weights_dtype
         base = load_configured(model_cfg, dtype, head=head, **extra)
         return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
-    auto_class = getattr(transformers, AUTO_CLASSES[head])
+    auto_class = getattr(transformers, HEADS[head])
     return (
         auto_class.from_pretrained(version.path, use_safetensors=True, trust_remote_code=remote_code),
         transformers.AutoTokenizer.from_pretrained(version.path, trust_remote_code=remote_code),

@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from tunesmith.config import ProjectConfig
 from tunesmith.store import AliasEvent, ModelVersion, Run, session
 from tunesmith.workspace import Workspace
 
@@ -225,3 +226,39 @@ def resolve_name(workspace: Workspace, name: str) -> ModelVersion:
         if version is None:
             raise
         return version
+
+
+def register_trained(
+    config: ProjectConfig,
+    workspace: Workspace,
+    result: Any,
+    base_revision: str | None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> ModelVersion:
+    """Register a finished run's weights (`result`: a train stage's `TrainResult`) as the project's
+    next version, and make it the candidate."""
+    with session(workspace.engine) as s:
+        run_row = s.get(Run, result.run_id)
+    assert run_row is not None
+    version = register_version(
+        workspace,
+        run_row,
+        family=config.project,
+        weights_dir=result.adapter_dir,
+        base_revision=base_revision,
+        method=config.train.method,
+        seed=config.train.seed,
+        metrics={**result.metrics, **(extra_metrics or {})},
+        tokenizer=result.tokenizer,
+        parent_id=get_version(workspace, config.train.init_from).id if config.train.init_from else None,
+    )
+    if "candidate" in config.registry.aliases:  # the newest version is the one to evaluate next
+        move_alias(
+            workspace,
+            version.family,
+            "candidate",
+            version,
+            reason=f"trained in {result.run_id}",
+            action="register",
+        )
+    return version

@@ -143,7 +143,8 @@ def predict(fit: dict[str, float], rows: float) -> float:
 
 def learning_curve(config: ProjectConfig, workspace: Workspace) -> LearningCurve:
     """Train on each share of the train split (`sweep.learning_curve`), score on test, fit, plot."""
-    from tunesmith.pipeline import load_base, prepare_data, train_run
+    from tunesmith.data import prepare_data
+    from tunesmith.train.run import load_base, run_objective
 
     settings = config.sweep.learning_curve
     metric, direction = config.sweep.objective, direction_of(config)
@@ -158,7 +159,7 @@ def learning_curve(config: ProjectConfig, workspace: Workspace) -> LearningCurve
             part = subset(workspace, dataset, fraction, seed)
             console.rule(f"[bold]{fraction:.0%} of the train rows[/bold] ({part.counts['train']} rows)")
             base = load_base(config, part, workspace)
-            result = train_run(config, workspace, part, base, kind="curve")
+            result = run_objective(config, workspace, part, base, kind="curve")
             value = test_value(config, result, part, metric)
             points.append(CurvePoint(fraction, part.counts["train"], seed, value, result.run_id))
             console.print(f"test {metric}: {value:.4f}")

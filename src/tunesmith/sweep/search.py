@@ -231,9 +231,9 @@ class _Trials:
     def __call__(self, trial: Any) -> float:
         import optuna
 
-        from tunesmith.pipeline import load_base, train_run
         from tunesmith.store import Run, session
         from tunesmith.train.callbacks import extra_callbacks
+        from tunesmith.train.run import load_base, run_objective
 
         params = {name: suggest(trial, name, p) for name, p in self.space.items()}
         config = load_config(self.config_path, [*self.overrides, *(f"{k}={v}" for k, v in params.items())])
@@ -241,7 +241,7 @@ class _Trials:
         base = load_base(config, self.dataset, self.workspace)
         pruning = PruningCallback(trial, config.sweep.objective, self.direction)
         with extra_callbacks(pruning):
-            result = train_run(config, self.workspace, self.dataset, base, kind="sweep")
+            result = run_objective(config, self.workspace, self.dataset, base, kind="sweep")
         spent = int(result.metrics.get("train_tokens", 0))
         self.tokens += spent
         trial.set_user_attr("run_id", result.run_id)
@@ -281,7 +281,8 @@ def run_sweep(
     """
     import optuna
 
-    from tunesmith.pipeline import prepare_data, register_trained
+    from tunesmith.data import prepare_data
+    from tunesmith.registry import register_trained
 
     overrides = list(overrides or [])
     config = load_config(config_path, overrides)

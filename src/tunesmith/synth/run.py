@@ -581,7 +581,7 @@ def _store(
     each other on their prompts already, and a paraphrase shares its answer with its original, which a
     whole-row comparison would call a near duplicate.
     """
-    from tunesmith.pipeline import prepare_data
+    from tunesmith.data import prepare_data
 
     if not rows:
         raise DataError(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig
 from tunesmith.data import load_split
+from tunesmith.models.loading import LABELS_FILE
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
@@ -23,11 +24,8 @@ from tunesmith.workspace import Workspace
 if TYPE_CHECKING:
     from tunesmith.train.sft import TrainResult
 
-# The model head each classification objective trains.
-HEADS = {"classify": "sequence-classification", "tag": "token-classification"}
 _PEFT_TASKS = {"classify": "SEQ_CLS", "tag": "TOKEN_CLS"}
 IGNORE = -100  # label of the sub-word pieces and special tokens that carry no label of their own
-LABELS_FILE = "labels.json"
 
 
 def label_names(objective: str, dataset: DatasetVersion, allowed: list[str] | None = None) -> list[str]:
@@ -207,33 +205,51 @@ def _peft_wrap(model: Any, config: ProjectConfig) -> Any:
     from peft import LoraConfig, get_peft_model
 
     settings = config.train.lora.model_dump()
-    return get_peft_model(model, LoraConfig(task_type=_PEFT_TASKS[config.train.objective], **settings))
+    # The new head is trained whole (PEFT's modules_to_save), so LoRA leaves it out of its targets.
+    heads = [name for name in ("score", "classifier") if hasattr(model, name)]
+    return get_peft_model(
+        model,
+        LoraConfig(task_type=_PEFT_TASKS[config.train.objective], exclude_modules=heads or None, **settings),
+    )
 
 
-def make_trainer(
+def classifier_trainer(
     config: ProjectConfig,
-    model: Any,
-    tokenizer: Any,
-    args: Any,
-    rows: dict[str, list[dict[str, Any]]],
+    base: Any,
+    records: dict[str, list[dict[str, Any]]],
+    run_dir: Path,
     callbacks: list[Any],
+    workspace: Workspace,
 ) -> Any:
-    """The Trainer for `classify`/`tag` with the method applied (frozen body, or LoRA adapters)."""
+    """transformers' Trainer for `classify`/`tag` on `records`, the method applied (frozen body, or LoRA).
+
+    `base` carries the head sized for the data's labels (`id2label` in its config).
+    """
     from datasets import Dataset
     from transformers import (
         DataCollatorForTokenClassification,
         DataCollatorWithPadding,
         PrinterCallback,
         Trainer,
+        TrainingArguments,
     )
 
     from tunesmith.train.methods import apply_freeze
+    from tunesmith.train.sft import trainer_kwargs
 
-    objective, method = config.train.objective, config.train.method
+    objective, train = config.train.objective, config.train
+    model, tokenizer = base.model, base.tokenizer
     id2label = {int(i): name for i, name in model.config.id2label.items()}
-    if method in ("freeze", "head"):
-        apply_freeze(model, config.train)
-    elif method in ("lora", "qlora"):
+    label2id = {name: i for i, name in id2label.items()}
+    rows = {
+        split: encode(objective, split_records, tokenizer, label2id, train.max_length)
+        for split, split_records in records.items()
+    }
+    kwargs = trainer_kwargs(train, run_dir / "trainer", bool(rows.get("val")), TrainingArguments)
+    kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
+    if train.method in ("freeze", "head"):
+        apply_freeze(model, train)
+    elif train.method in ("lora", "qlora"):
         model = _peft_wrap(model, config)
     collator = (
         DataCollatorWithPadding(tokenizer)
@@ -242,7 +258,7 @@ def make_trainer(
     )
     trainer = Trainer(
         model=model,
-        args=args,
+        args=TrainingArguments(**kwargs),
         train_dataset=Dataset.from_list(rows["train"]),
         eval_dataset=Dataset.from_list(rows["val"]) if rows.get("val") else None,
         processing_class=tokenizer,
@@ -270,57 +286,30 @@ def train_classifier(
     JSONL and the store, checkpoints for exact resume, the loss curve; plus `test_report.json`.
     """
     import torch
-    from transformers import TrainingArguments
 
-    from tunesmith.train.sft import (
-        TrainResult,
-        _callbacks,
-        _close_run,
-        _write_artifacts,
-        check_objective,
-        failing_run,
-        fit_and_save,
-        is_main_process,
-        run_metrics,
-        start_run,
-        trainer_kwargs,
-    )
+    from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
     objective, train = config.train.objective, config.train
-    check_objective(objective, dataset)
-    main = is_main_process()
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
-        model, tokenizer = base.model, base.tokenizer
-        id2label = {int(i): name for i, name in model.config.id2label.items()}
-        label2id = {name: i for i, name in id2label.items()}
+        tokenizer = base.tokenizer
+        id2label = {int(i): name for i, name in base.model.config.id2label.items()}
         train_records = load_split(dataset, "train")
-        rows = {
-            split: encode(objective, records, tokenizer, label2id, train.max_length)
-            for split, records in (("train", train_records), ("val", load_split(dataset, "val")))
-        }
-        has_eval = bool(rows["val"])
-        kwargs = trainer_kwargs(train, run_dir / "trainer", has_eval, TrainingArguments)
-        kwargs.setdefault("include_num_input_tokens_seen", "non_padding")
+        records = {"train": train_records, "val": load_split(dataset, "val")}
         torch.manual_seed(train.seed)
-        callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=has_eval)
-        trainer = make_trainer(config, model, tokenizer, TrainingArguments(**kwargs), rows, callbacks)
-        what = f"{objective} ({train.method}, {len(id2label)} labels)"
-        done = fit_and_save(trainer, run_dir, train, resume, what, len(rows["train"]))
-        weights_dir = done.weights_dir
-        metrics = {**run_metrics(trainer, done), "labels": len(id2label)}
-        if main:
-            tokenizer.save_pretrained(str(weights_dir))
+        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
+        trainer = classifier_trainer(config, base, records, run_dir, callbacks, workspace)
+        names = [id2label[i] for i in sorted(id2label)]
+
+        def labels_and_test(trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
+            """labels.json beside the weights; the test split scored beside the majority baseline."""
             (weights_dir / LABELS_FILE).write_text(
-                json.dumps(
-                    {"objective": objective, "labels": [id2label[i] for i in sorted(id2label)]}, indent=2
-                ),
-                encoding="utf-8",
+                json.dumps({"objective": objective, "labels": names}, indent=2), encoding="utf-8"
             )
+            metrics: dict[str, Any] = {"labels": len(names)}
             # A sweep trial is chosen on validation: its test scores stay unseen until the final eval.
             test_records = load_split(dataset, "test") if kind != "sweep" else []
             if test_records:
-                names = [id2label[i] for i in sorted(id2label)]
                 found = predict(
                     objective,
                     trainer.model,
@@ -335,17 +324,20 @@ def train_classifier(
                 metrics.update({f"test_{k}": v for k, v in report["scores"].items()})
                 metrics.update({f"majority_{k}": v for k, v in report["majority_scores"].items()})
                 _print_test(objective, report)
-            _write_artifacts(run_dir, trainer.state, metrics)
-    if main:
-        _close_run(workspace, run_id, "finished", metrics, None)
-    return TrainResult(
-        run_id=run_id,
-        run_dir=run_dir,
-        adapter_dir=weights_dir,
-        metrics=metrics,
-        model=trainer.model,
-        tokenizer=tokenizer,
-    )
+            return metrics
+
+        return conclude_run(
+            trainer,
+            workspace,
+            run_id,
+            run_dir,
+            train,
+            tokenizer,
+            resume=resume,
+            what=f"{objective} ({train.method}, {len(id2label)} labels)",
+            rows=len(train_records),
+            extra=labels_and_test,
+        )
 
 
 def _majority(objective: str, records: list[dict[str, Any]]) -> str:
@@ -371,8 +363,3 @@ def _print_test(objective: str, report: dict[str, Any]) -> None:
             f"tag accuracy {scores['accuracy']:.3f}; all-'O' baseline: tag accuracy "
             f"{report['majority_scores']['accuracy']:.3f}"
         )
-
-
-def read_labels(weights_dir: Path) -> list[str]:
-    """The label names a trained classifier predicts, in head order."""
-    return list(json.loads((weights_dir / LABELS_FILE).read_text(encoding="utf-8"))["labels"])

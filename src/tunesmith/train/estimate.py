@@ -1,12 +1,14 @@
 """Time per epoch, measured: a few real optimizer steps of the configured method on real rows.
 
-The estimate is a calibration, not a constant: it runs TRL's trainer for `steps` steps on rows
-sampled from the dataset's train split (at their real lengths), measures tokens per second after
-a warm-up step, and divides the split's training tokens by it.
+The estimate is a calibration, not a constant: it runs the objective's own trainer (from the
+objective table) for `steps` steps on rows sampled from the dataset's train split, at their real
+lengths, measures the time per optimizer step after a warm-up step, and scales it to an epoch's
+steps.
 """
 
 from __future__ import annotations
 
+import math
 import random
 import tempfile
 import time
@@ -19,6 +21,7 @@ from transformers import TrainerCallback
 from tunesmith.config import ProjectConfig
 from tunesmith.data import load_split
 from tunesmith.store import DatasetVersion
+from tunesmith.workspace import Workspace
 
 
 @dataclass
@@ -26,15 +29,29 @@ class Estimate:
     """Measured throughput and the time it implies."""
 
     method: str
-    tokens_per_second: float
-    train_tokens: int
-    seconds_per_epoch: float
+    seconds_per_step: float
+    rows_per_step: float
+    rows: int  # training rows in one epoch
+    tokens_per_second: float | None  # where the objective's trainer tokenises its rows up front
     epochs: float
     calibration_steps: int
 
     @property
+    def seconds_per_epoch(self) -> float:
+        return self.rows / self.rows_per_step * self.seconds_per_step
+
+    @property
     def total_seconds(self) -> float:
         return self.seconds_per_epoch * self.epochs
+
+    def describe(self) -> str:
+        """One sentence: what was measured and the time it implies."""
+        tokens = f", {self.tokens_per_second:,.0f} tokens/s" if self.tokens_per_second else ""
+        return (
+            f"Measured {self.seconds_per_step:.2f} s per step of {self.rows_per_step:g} rows{tokens} over "
+            f"{self.calibration_steps - 1} steps: {self.seconds_per_epoch / 60:.1f} min per epoch of "
+            f"{self.rows:,} rows, {self.total_seconds / 60:.1f} min for {self.epochs:g} epochs."
+        )
 
 
 class _StepTimer(TrainerCallback):
@@ -50,72 +67,62 @@ class _StepTimer(TrainerCallback):
 
 
 def estimate_epoch_time(
-    config: ProjectConfig, dataset: DatasetVersion, base: Any, steps: int = 4
+    config: ProjectConfig, dataset: DatasetVersion, base: Any, workspace: Workspace, steps: int = 4
 ) -> Estimate:
-    """Run `steps` optimizer steps (the first is a warm-up) and extrapolate to one epoch of `dataset`."""
+    """Run `steps` optimizer steps of the objective's own trainer (the first is a warm-up) on rows
+    sampled from the train split, and extrapolate to one epoch of `dataset`."""
     from datasets.utils.logging import disable_progress_bar
+    from transformers import PrinterCallback
 
+    from tunesmith.train.objectives import get_objective
+
+    objective = get_objective(config.train.objective)
     records = load_split(dataset, "train", with_meta=True)
-    batch = config.train.per_device_train_batch_size * config.train.gradient_accumulation_steps
-    sample = random.Random(0).sample(records, min(len(records), batch * steps))
+    per_step = objective.rows_per_step(config.train)
+    sample = random.Random(0).sample(records, min(len(records), math.ceil(per_step * steps)))
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in sample]
     timer = _StepTimer()
     disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer, lengths = _calibration_trainer(config, base, clean, Path(tmp), steps, timer)
+        calibration = _calibration_config(config, steps)
+        trainer = objective.trainer(calibration, base, {"train": clean}, Path(tmp), [timer], workspace)
+        trainer.remove_callback(PrinterCallback)
+        lengths = _token_lengths(trainer.train_dataset)
         trainer.train()
-    if all(r.get("_tokens") for r in records):
-        train_tokens = sum(int(r["_tokens"]) for r in records)
-    else:  # a mixture's rows carry no measured length: scale up the sample's
-        train_tokens = round(sum(lengths) / max(1, len(lengths)) * len(records))
     measured = list(zip(timer.starts, timer.ends, strict=True))[1:]  # the first step warms caches up
     seconds = sum(end - start for start, end in measured)
-    tokens = sum(lengths[batch : batch * steps])
-    tokens_per_second = tokens / seconds if seconds else 0.0
+    tokens = sum(lengths[math.ceil(per_step) : math.ceil(per_step * steps)]) if lengths else 0
     return Estimate(
         method=config.train.method,
-        tokens_per_second=tokens_per_second,
-        train_tokens=train_tokens,
-        seconds_per_epoch=train_tokens / tokens_per_second if tokens_per_second else float("inf"),
+        seconds_per_step=seconds / len(measured) if measured else float("inf"),
+        rows_per_step=per_step,
+        rows=len(records),
+        tokens_per_second=tokens / seconds if lengths and seconds else None,
         # a multitask mixture's train split already holds every epoch's rows
-        epochs=1.0 if config.train.objective == "multitask" else config.train.num_train_epochs,
+        epochs=1.0 if objective.single_pass else config.train.num_train_epochs,
         calibration_steps=steps,
     )
 
 
-def _calibration_trainer(
-    config: ProjectConfig, base: Any, records: list[dict[str, Any]], folder: Path, steps: int, timer: Any
-) -> tuple[Any, list[int]]:
-    """The run's own trainer on `records` for `steps` steps, and the token length of each row."""
-    from datasets import Dataset
-    from transformers import PrinterCallback, TrainingArguments
-    from trl import SFTTrainer
-
-    from tunesmith.train.classify import HEADS, encode, make_trainer
-    from tunesmith.train.lm_head import use_answer_only_head
-    from tunesmith.train.sft import lora_config, sft_config, trainer_kwargs, training_rows
-
-    train = config.train
-    if train.objective in HEADS:
-        kwargs = trainer_kwargs(train, folder, False, TrainingArguments)
-        kwargs.update(max_steps=steps, logging_steps=steps, save_strategy="no", report_to=[])
-        label2id = {name: int(i) for i, name in base.model.config.id2label.items()}
-        rows = encode(train.objective, records, base.tokenizer, label2id, train.max_length)
-        trainer = make_trainer(
-            config, base.model, base.tokenizer, TrainingArguments(**kwargs), {"train": rows}, [timer]
-        )
-        return trainer, [len(r["input_ids"]) for r in rows]
-    args = sft_config(train, folder, has_eval=False)
-    args.max_steps, args.logging_steps, args.report_to = steps, steps, []
-    trainer = SFTTrainer(
-        model=base.model,
-        args=args,
-        train_dataset=Dataset.from_list(training_rows(train.objective, records, base.tokenizer)),
-        processing_class=base.tokenizer,
-        peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
-        callbacks=[timer],
+def _calibration_config(config: ProjectConfig, steps: int) -> ProjectConfig:
+    """The run's config for `steps` steps: no checkpoints, no early stopping, no experiment trackers."""
+    train = config.train.model_copy(
+        update={
+            "max_steps": steps,
+            "logging_steps": steps,
+            "save_strategy": "no",
+            "report_to": [],
+            "early_stopping_patience": None,
+        }
     )
-    trainer.remove_callback(PrinterCallback)
-    use_answer_only_head(trainer)
-    tokenized: Any = trainer.train_dataset
-    return trainer, [len(r["input_ids"]) for r in tokenized]
+    calibration = config.model_copy(update={"train": train})
+    return calibration.with_base_dir(config.base_dir)
+
+
+def _token_lengths(dataset: Any) -> list[int]:
+    """Each row's tokens, from the columns a trainer tokenised (`input_ids`, `chosen_input_ids`, ...);
+    empty where the trainer tokenises as it goes (online RL samples its answers)."""
+    columns = [c for c in getattr(dataset, "column_names", None) or [] if c.endswith("input_ids")]
+    if not columns:
+        return []
+    return [sum(len(row[c]) for c in columns) for row in dataset]

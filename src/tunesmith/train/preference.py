@@ -213,6 +213,26 @@ def dpo_trainer(
     return DPOTrainer(ref_model=None, args=args, **common)
 
 
+def preference_trainer(
+    config: ProjectConfig,
+    base: LoadedModel,
+    records: dict[str, list[dict[str, Any]]],
+    run_dir: Path,
+    callbacks: list[Any],
+    workspace: Workspace,
+) -> Any:
+    """The objective's TRL trainer on `records`: RewardTrainer (`reward`), or the `dpo` family's."""
+    train = config.train
+    reward = train.objective == "reward"
+    if not reward and train.preference.trainer == "kto":
+        rows, val = (unpaired_rows(records.get(split, [])) for split in ("train", "val"))
+    else:
+        rows, val = (preference_rows(records.get(split, []), margin=reward) for split in ("train", "val"))
+    _warn_too_long(rows, base.tokenizer, train.max_length)
+    make = reward_trainer if reward else dpo_trainer
+    return make(train, base, rows, val, run_dir, callbacks)
+
+
 def train_preference(
     config: ProjectConfig,
     workspace: Workspace,
@@ -233,37 +253,28 @@ def train_preference(
 
     from tunesmith.train.forgetting import probe_baseline
     from tunesmith.train.sft import (
-        _callbacks,
-        check_objective,
+        callbacks_for,
         conclude_run,
         failing_run,
         is_main_process,
         start_run,
     )
 
-    check_objective(config.train.objective, dataset, config.train)
     train = config.train
     main = is_main_process()
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
         reward = train.objective == "reward"
-        kto = not reward and train.preference.trainer == "kto"
         records = {split: load_split(dataset, split) for split in ("train", "val")}
-        if kto:
-            rows, val = unpaired_rows(records["train"]), unpaired_rows(records["val"])
-        else:
-            rows, val = (preference_rows(records[s], margin=reward) for s in ("train", "val"))
-        _warn_too_long(rows, base.tokenizer, train.max_length)
         probe = probe_baseline(
             train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=not reward and main
         )
         torch.manual_seed(train.seed)
         disable_progress_bar()
-        callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val))
-        make = reward_trainer if reward else dpo_trainer
-        trainer = make(train, base, rows, val, run_dir, callbacks)
+        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
+        trainer = preference_trainer(config, base, records, run_dir, callbacks, workspace)
 
-        def test_report(trainer: Any, run_dir: Path) -> dict[str, Any]:
+        def test_report(trainer: Any, run_dir: Path, _weights: Path) -> dict[str, Any]:
             return (
                 _reward_test_report(trainer.model, base.tokenizer, dataset, train, run_dir) if reward else {}
             )
@@ -277,7 +288,7 @@ def train_preference(
             base.tokenizer,
             resume=resume,
             what=f"{train.method} {'reward model' if reward else train.preference.trainer.upper()}",
-            rows=len(rows),
+            rows=len(trainer.train_dataset),
             probe=probe,
             extra=test_report,
         )

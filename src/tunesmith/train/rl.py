@@ -75,6 +75,41 @@ def rl_config(train: TrainConfig, output_dir: Path, has_eval: bool, weights: lis
     return args_class(**kwargs)
 
 
+def rl_trainer(
+    config: ProjectConfig,
+    base: LoadedModel,
+    records: dict[str, list[dict[str, Any]]],
+    run_dir: Path,
+    callbacks: list[Any],
+    workspace: Workspace,
+) -> Any:
+    """TRL's GRPOTrainer or RLOOTrainer on `records` (SFT rows), scored by `train.rl.rewards`.
+
+    A reward-model reward is a registered version, so it needs the workspace.
+    """
+    from datasets import Dataset
+    from trl import GRPOTrainer, RLOOTrainer
+
+    from tunesmith.train.rewards import reward_functions
+    from tunesmith.train.sft import lora_config
+
+    train = config.train
+    functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
+    rows, val = rl_rows(records["train"]), rl_rows(records.get("val", []))
+    trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
+    base.tokenizer.padding_side = "left"  # generation pads on the left
+    return trainer_class(
+        model=base.model,
+        reward_funcs=list[Any](functions),
+        args=rl_config(train, run_dir / "trainer", bool(val), weights),
+        train_dataset=Dataset.from_list(rows),
+        eval_dataset=Dataset.from_list(val) if val else None,
+        processing_class=base.tokenizer,
+        peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
+        callbacks=callbacks,
+    )
+
+
 def train_rl(
     config: ProjectConfig,
     workspace: Workspace,
@@ -87,47 +122,31 @@ def train_rl(
 ) -> TrainResult:
     """Optimise the policy `base` against `train.rl.rewards`; record the run, save the adapter or weights."""
     import torch
-    from datasets import Dataset
     from datasets.utils.logging import disable_progress_bar
-    from trl import GRPOTrainer, RLOOTrainer
 
     from tunesmith.train.forgetting import probe_baseline
-    from tunesmith.train.rewards import reward_functions
     from tunesmith.train.sft import (
-        _callbacks,
-        check_objective,
+        callbacks_for,
         conclude_run,
         failing_run,
         is_main_process,
-        lora_config,
         start_run,
     )
 
     train = config.train
-    check_objective(train.objective, dataset, train)
-    main = is_main_process()
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
-        functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
-        rows, val = rl_rows(load_split(dataset, "train")), rl_rows(load_split(dataset, "val"))
-        args = rl_config(train, run_dir / "trainer", bool(val), weights)
-        probe = probe_baseline(train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=main)
+        records = {split: load_split(dataset, split) for split in ("train", "val")}
+        has_eval = bool(rl_rows(records["val"]))
+        probe = probe_baseline(
+            train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=is_main_process()
+        )
         torch.manual_seed(train.seed)
         disable_progress_bar()
-        trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
-        base.tokenizer.padding_side = "left"  # generation pads on the left
-        trainer = trainer_class(
-            model=base.model,
-            reward_funcs=list[Any](functions),
-            args=args,
-            train_dataset=Dataset.from_list(rows),
-            eval_dataset=Dataset.from_list(val) if val else None,
-            processing_class=base.tokenizer,
-            peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
-            callbacks=_callbacks(train, run_id, run_dir, workspace, has_eval=bool(val)),
-        )
+        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=has_eval)
+        trainer = rl_trainer(config, base, records, run_dir, callbacks, workspace)
 
-        def trend(trainer: Any, run_dir: Path) -> dict[str, float]:
+        def trend(trainer: Any, run_dir: Path, _weights: Path) -> dict[str, float]:
             plot_rl(trainer.state.log_history, run_dir / "rewards.png")
             return reward_trend(trainer.state.log_history)
 
@@ -139,8 +158,8 @@ def train_rl(
             train,
             base.tokenizer,
             resume=resume,
-            what=f"{train.method} {train.rl.algorithm.upper()} ({len(functions)} rewards)",
-            rows=len(rows),
+            what=f"{train.method} {train.rl.algorithm.upper()} ({len(trainer.reward_funcs)} rewards)",
+            rows=len(trainer.train_dataset),
             probe=probe,
             extra=trend,
         )

@@ -190,45 +190,6 @@ def to_prompt_completion(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
 
 
-# The dataset kind each objective trains on.
-OBJECTIVE_KINDS = {
-    "sft": "sft",
-    "multitask": "sft",
-    "pretrain": "text",
-    "classify": "classification",
-    "tag": "tagging",
-    "reward": "preference",
-    "dpo": "preference",
-    "rl": "sft",
-}
-
-
-def check_objective(objective: str, dataset: DatasetVersion, train: TrainConfig | None = None) -> None:
-    """Refuse a dataset whose rows do not fit the objective, naming the objective that would.
-
-    KTO (`objective: dpo` with `preference.loss_type: kto`) also takes thumbs-up/down rows.
-
-    Raises:
-        TrainConfigError: naming both kinds.
-    """
-    kind = dataset.meta.get("kind", "sft")
-    kto = train is not None and train.preference.trainer == "kto"
-    if kind == "unpaired" and objective == "dpo" and not kto:
-        raise TrainConfigError(
-            f"dataset {dataset.id} holds thumbs-up/down rows, which only KTO learns from; "
-            f"set train.preference.loss_type: kto"
-        )
-    if kind == "unpaired" and kto:
-        return
-    if OBJECTIVE_KINDS[objective] != kind:
-        fitting = [name for name, k in OBJECTIVE_KINDS.items() if k == kind]
-        hint = f"set train.objective: {fitting[0]}" if fitting else f"no objective trains on {kind} rows yet"
-        raise TrainConfigError(
-            f"train.objective={objective} needs {OBJECTIVE_KINDS[objective]} rows, but dataset "
-            f"{dataset.id} holds {kind} rows; {hint}"
-        )
-
-
 def training_rows(objective: str, records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """Rows in the shape TRL's SFTTrainer takes for the objective (chat records become text for pretrain)."""
     if objective in ("sft", "multitask"):
@@ -367,7 +328,7 @@ def _reopen_run(workspace: Workspace, run_id: str) -> Path:
     return workspace.run_dir(run_id)
 
 
-def _callbacks(
+def callbacks_for(
     train: TrainConfig, run_id: str, run_dir: Path, workspace: Workspace, has_eval: bool
 ) -> list[Any]:
     from transformers import EarlyStoppingCallback
@@ -384,33 +345,40 @@ def _callbacks(
     return callbacks
 
 
-def _make_trainer(
+def sft_trainer(
     config: ProjectConfig,
     base: LoadedModel,
-    train_rows: list[dict[str, Any]],
-    val_rows: list[dict[str, Any]],
+    records: dict[str, list[dict[str, Any]]],
+    run_dir: Path,
     callbacks: list[Any],
-    args: Any,
-    replay: list[dict[str, Any]],
+    workspace: Workspace,
 ) -> Any:
-    """TRL's SFTTrainer, or its penalised variant when EWC or L2-SP guards against forgetting."""
+    """TRL's SFTTrainer on `records` (train and val chat or text rows), the method applied.
+
+    With EWC or L2-SP guarding against forgetting, its penalised variant; EWC's Fisher information is
+    estimated on the general rows.
+    """
     from datasets import Dataset
     from trl import SFTTrainer
 
-    from tunesmith.train.forgetting import PenalizedSFTTrainer
+    from tunesmith.train.forgetting import PenalizedSFTTrainer, general_rows
+    from tunesmith.train.lm_head import use_answer_only_head
+    from tunesmith.train.methods import apply_freeze
 
     train, guard = config.train, config.train.forgetting
+    train_rows = training_rows(train.objective, records["train"], base.tokenizer)
+    val_rows = training_rows(train.objective, records.get("val", []), base.tokenizer)
+    if train.method in ("freeze", "head"):
+        apply_freeze(base.model, train)
     common: dict[str, Any] = {
         "model": base.model,
-        "args": args,
+        "args": sft_config(train, run_dir / "trainer", has_eval=bool(val_rows)),
         "train_dataset": Dataset.from_list(train_rows),
         "eval_dataset": Dataset.from_list(val_rows) if val_rows else None,
         "processing_class": base.tokenizer,
         "peft_config": lora_config(train) if train.method in ("lora", "qlora") else None,
         "callbacks": callbacks,
     }
-    from tunesmith.train.lm_head import use_answer_only_head
-
     if guard.method not in ("ewc", "l2sp"):
         trainer = SFTTrainer(**common)
         use_answer_only_head(trainer)
@@ -419,6 +387,7 @@ def _make_trainer(
     trainer = PenalizedSFTTrainer(**common, penalty=guard.method, strength=strength)
     use_answer_only_head(trainer)
     if guard.method == "ewc":
+        replay = general_rows(guard, config.base_dir)[0]
         trainer.estimate_fisher(replay[: guard.fisher_samples], base.tokenizer)
     return trainer
 
@@ -442,53 +411,36 @@ def train_sft(
     """
     import torch
     from datasets.utils.logging import disable_progress_bar
-    from transformers import PrinterCallback
 
-    from tunesmith.train.forgetting import answer_loss, general_rows, replay_mix
-    from tunesmith.train.methods import apply_freeze
+    from tunesmith.train.forgetting import general_rows, probe_baseline, replay_mix
 
-    check_objective(config.train.objective, dataset)
-    main = is_main_process()
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     train = config.train
     with failing_run(workspace, run_id):
         guard = train.forgetting
-        replay, probe = general_rows(guard, config.base_dir)
-        probe_before = (
-            answer_loss(base.model, base.tokenizer, probe) if guard.probe and probe and main else None
-        )
+        probe = probe_baseline(guard, config.base_dir, base.model, base.tokenizer, enabled=is_main_process())
         train_records = load_split(dataset, "train")
         if guard.method == "replay":
+            replay = general_rows(guard, config.base_dir)[0]
             train_records = replay_mix(train_records, replay, guard.replay_fraction, train.seed)
-        train_rows = training_rows(train.objective, train_records, base.tokenizer)
-        val_rows = training_rows(train.objective, load_split(dataset, "val"), base.tokenizer)
-        args = sft_config(train, run_dir / "trainer", has_eval=bool(val_rows))
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few hundred rows takes no time; one bar is enough
-        if train.method in ("freeze", "head"):
-            apply_freeze(base.model, train)
-        callbacks = _callbacks(train, run_id, run_dir, workspace, has_eval=bool(val_rows))
-        trainer = _make_trainer(config, base, train_rows, val_rows, callbacks, args, replay)
-        trainer.remove_callback(PrinterCallback)  # the bar shows the loss; every log goes to metrics.jsonl
-        done = fit_and_save(trainer, run_dir, train, resume, train.method, len(train_rows))
-        weights_dir = done.weights_dir
-        if main:
-            base.tokenizer.save_pretrained(str(weights_dir))
-        metrics = run_metrics(trainer, done)
-        if probe_before is not None:
-            metrics.update(_forgetting_report(trainer.model, base.tokenizer, probe, probe_before))
-        if main:
-            _write_artifacts(run_dir, trainer.state, metrics)
-    if main:
-        _close_run(workspace, run_id, "finished", metrics, None)
-    return TrainResult(
-        run_id=run_id,
-        run_dir=run_dir,
-        adapter_dir=weights_dir,
-        metrics=metrics,
-        model=trainer.model,
-        tokenizer=base.tokenizer,
-    )
+        val_records = load_split(dataset, "val")
+        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(val_records))
+        records = {"train": train_records, "val": val_records}
+        trainer = sft_trainer(config, base, records, run_dir, callbacks, workspace)
+        return conclude_run(
+            trainer,
+            workspace,
+            run_id,
+            run_dir,
+            train,
+            base.tokenizer,
+            resume=resume,
+            what=train.method,
+            rows=len(train_records),
+            probe=probe,
+        )
 
 
 def conclude_run(
@@ -508,7 +460,8 @@ def conclude_run(
     """Train, save the weights and tokenizer, measure, write the run's artifacts and close it.
 
     `probe` is the forgetting probe's rows and the base model's loss on them (None: no probe);
-    `extra(trainer, run_dir)` adds objective-specific metrics (and files) on the main process.
+    `extra(trainer, run_dir, weights_dir)` adds objective-specific metrics (and files) on the main
+    process, after the weights are saved.
     """
     from transformers import PrinterCallback
 
@@ -519,7 +472,7 @@ def conclude_run(
         tokenizer.save_pretrained(str(done.weights_dir))
     metrics = run_metrics(trainer, done)
     if extra is not None and main:
-        metrics.update(extra(trainer, run_dir))
+        metrics.update(extra(trainer, run_dir, done.weights_dir))
     probe_rows, before = probe
     if before is not None:
         metrics.update(_forgetting_report(trainer.model, tokenizer, probe_rows, before))

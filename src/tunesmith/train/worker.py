@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from tunesmith.config import load_config
-from tunesmith.pipeline import train_existing_run
+from tunesmith.train.run import train_existing_run
 
 
 def main(argv: list[str] | None = None) -> None:

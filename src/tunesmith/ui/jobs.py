@@ -170,7 +170,7 @@ def _run(folder: Path) -> int:  # pragma: no cover - runs in the job's own proce
         config = load_config(Path(job.config_path), job.overrides)
         workspace = open_workspace(config)
         if job.kind == "train":
-            from tunesmith.pipeline import open_train_run, train_existing_run
+            from tunesmith.train.run import open_train_run, train_existing_run
 
             job.steps.append("preparing data")
             _write(folder, job)

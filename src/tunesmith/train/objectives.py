@@ -1,0 +1,190 @@
+"""The one table of training objectives.
+
+Each entry says what an objective trains on (the dataset's row kind), which head it trains, how a
+run is trained and recorded, how its TRL trainer is built (the run's own, and the few calibration
+steps of `train --dry-run`), how many rows one optimizer step consumes, and how its versions are
+scored (`task`). `train`, `--dry-run`, `eval --cv`, `registry reproduce`, `sweep`, `improve` and the
+web app's jobs all dispatch through `get_objective`; nothing else names objectives one by one.
+
+Adding an objective is adding one `register_objective(Objective(...))` call here; a name the config
+accepts but nothing registers, a second registration, or an entry without a trainer fails at import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, get_args
+
+from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, TrainConfig
+from tunesmith.store import DatasetVersion
+from tunesmith.workspace import Workspace
+
+if TYPE_CHECKING:
+    from tunesmith.train.sft import TrainResult
+
+Task = Literal["generation", "classification", "tagging", "lm", "reward"]
+Head = Literal["causal-lm", "sequence-classification", "token-classification"]
+
+
+TrainerBuilder = Callable[
+    [ProjectConfig, Any, dict[str, list[dict[str, Any]]], Path, list[Any], Workspace], Any
+]
+
+
+def _one_row_per_sample(train: TrainConfig) -> float:
+    return float(train.per_device_train_batch_size * train.accumulation_steps)
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective: everything the lifecycle needs to know about it."""
+
+    name: str
+    rows: str  # the dataset kind it trains on (`data` stage's `kind`)
+    head: Head  # the head it trains (a classifier's is sized from the data's labels)
+    task: Task  # how its versions are scored
+    # one recorded run: (config, workspace, dataset, base, *, kind, run, resume) -> TrainResult
+    train: Callable[..., TrainResult]
+    trainer: TrainerBuilder  # its TRL trainer on given records: the run's own and the calibration's
+    rows_per_step: Callable[[TrainConfig], float] = _one_row_per_sample
+    labelled: bool = False  # the head's outputs are the data's labels
+    cross_validates: bool = True  # `eval --cv` folds its one dataset
+    single_pass: bool = False  # the train split already holds every epoch (a mixture's stream)
+
+    @property
+    def generative(self) -> bool:
+        """Its versions are causal LMs: they answer prompts (and serve)."""
+        return self.head == "causal-lm"
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    """Add `objective` to the table.
+
+    Raises:
+        ValueError: for a name registered twice, one the config does not accept, or an entry
+            without a callable trainer or run.
+    """
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"objective {objective.name!r} is registered twice")
+    accepted = get_args(TrainConfig.model_fields["objective"].annotation)
+    if objective.name not in accepted:
+        raise ValueError(
+            f"objective {objective.name!r} is not one train.objective accepts ({', '.join(accepted)}); "
+            "add it to TrainConfig.objective"
+        )
+    missing = [
+        f.name
+        for f in fields(objective)
+        if f.name in ("train", "trainer") and not callable(getattr(objective, f.name))
+    ]
+    if missing:
+        raise ValueError(f"objective {objective.name!r} has no {' or '.join(missing)}")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    """The table's entry for `name` (a version recorded before `objective` existed is `sft`)."""
+    return OBJECTIVES[name or "sft"]
+
+
+def check_objective(objective: str, dataset: DatasetVersion, train: TrainConfig | None = None) -> None:
+    """Refuse a dataset whose rows do not fit the objective, naming the objective that would.
+
+    KTO (`objective: dpo` with `preference.loss_type: kto`) also takes thumbs-up/down rows.
+
+    Raises:
+        TrainConfigError: naming both kinds.
+    """
+    from tunesmith.train.sft import TrainConfigError
+
+    kind = dataset.meta.get("kind", "sft")
+    kto = train is not None and train.preference.trainer == "kto"
+    if kind == "unpaired" and objective == "dpo" and not kto:
+        raise TrainConfigError(
+            f"dataset {dataset.id} holds thumbs-up/down rows, which only KTO learns from; "
+            f"set train.preference.loss_type: kto"
+        )
+    if kind == "unpaired" and kto:
+        return
+    needs = get_objective(objective).rows
+    if needs != kind:
+        fitting = [name for name, entry in OBJECTIVES.items() if entry.rows == kind]
+        hint = f"set train.objective: {fitting[0]}" if fitting else f"no objective trains on {kind} rows yet"
+        raise TrainConfigError(
+            f"train.objective={objective} needs {needs} rows, but dataset {dataset.id} holds {kind} rows; "
+            + hint
+        )
+
+
+def _check_complete() -> None:
+    accepted = set(get_args(TrainConfig.model_fields["objective"].annotation))
+    unregistered = accepted - set(OBJECTIVES)
+    if unregistered:
+        raise ValueError(f"train.objective accepts {sorted(unregistered)} but no entry trains them")
+    generative = {name for name, entry in OBJECTIVES.items() if entry.generative}
+    if generative != set(GENERATIVE_OBJECTIVES):
+        raise ValueError(
+            f"config.GENERATIVE_OBJECTIVES {sorted(GENERATIVE_OBJECTIVES)} differs from the causal-LM "
+            f"objectives {sorted(generative)}"
+        )
+
+
+def _rl_rows_per_step(train: TrainConfig) -> float:
+    """Prompts per optimizer step: each is answered `num_generations` times, each answer used
+    `num_iterations` times."""
+    return _one_row_per_sample(train) / train.rl.num_generations / train.rl.num_iterations
+
+
+def _register_all() -> None:
+    from tunesmith.train.classify import classifier_trainer, train_classifier
+    from tunesmith.train.preference import preference_trainer, train_preference
+    from tunesmith.train.rl import rl_trainer, train_rl
+    from tunesmith.train.sft import sft_trainer, train_sft
+
+    lm: dict[str, Any] = {"head": "causal-lm", "train": train_sft, "trainer": sft_trainer}
+    register_objective(Objective("sft", rows="sft", task="generation", **lm))
+    register_objective(Objective("pretrain", rows="text", task="lm", **lm))
+    register_objective(
+        Objective("multitask", rows="sft", task="generation", cross_validates=False, single_pass=True, **lm)
+    )
+    classifier: dict[str, Any] = {"train": train_classifier, "trainer": classifier_trainer, "labelled": True}
+    register_objective(
+        Objective(
+            "classify",
+            rows="classification",
+            head="sequence-classification",
+            task="classification",
+            **classifier,
+        )
+    )
+    register_objective(
+        Objective("tag", rows="tagging", head="token-classification", task="tagging", **classifier)
+    )
+    preference: dict[str, Any] = {
+        "rows": "preference",
+        "train": train_preference,
+        "trainer": preference_trainer,
+    }
+    register_objective(Objective("reward", head="sequence-classification", task="reward", **preference))
+    register_objective(Objective("dpo", head="causal-lm", task="generation", **preference))
+    register_objective(
+        Objective(
+            "rl",
+            rows="sft",
+            head="causal-lm",
+            task="generation",
+            train=train_rl,
+            trainer=rl_trainer,
+            rows_per_step=_rl_rows_per_step,
+        )
+    )
+    _check_complete()
+
+
+_register_all()

@@ -1,0 +1,372 @@
+"""Training services: prepare the data, train the configured objective, register the version.
+
+Every command that trains (train, --dry-run, --resume, distributed launches, `registry reproduce`,
+`eval --cv`, sweeps, `improve`, the web app's jobs) comes through here, and each dispatches on the
+objective table (`tunesmith.train.objectives`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
+from tunesmith.data import prepare_data
+from tunesmith.registry import RegistryError, get_version, register_trained
+from tunesmith.store import DatasetVersion, ModelVersion, Run, session
+from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
+from tunesmith.train.objectives import check_objective, get_objective
+from tunesmith.train.sft import TrainResult, is_main_process
+from tunesmith.workspace import Workspace, open_workspace
+
+
+@dataclass
+class TrainOutcome:
+    """What `train` produced: the dataset version, the run, the registered version, the model."""
+
+    dataset: DatasetVersion
+    run_id: str
+    run_dir: Path
+    version: ModelVersion
+    model: Any
+    tokenizer: Any
+
+
+def train(
+    config: ProjectConfig,
+    workspace: Workspace | None = None,
+    *,
+    kind: str = "train",
+    base: Any = None,
+    extra_metrics: dict[str, Any] | None = None,
+) -> TrainOutcome:
+    """Prepare the data, fine-tune the base model, and register the result as a new version.
+
+    Raises:
+        MethodError: before anything loads, when the method needs hardware this machine lacks.
+    """
+    from tunesmith.train.methods import check_method_supported
+
+    check_method_supported(config.train)
+    workspace = workspace or open_workspace(config)
+    dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset, config.train)
+    estimate = fit_estimate(config, dataset)
+    if not estimate.fits:
+        raise DoesNotFitError(estimate.refusal())
+    outcome = _train_and_register(
+        config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics
+    )
+    assert outcome is not None  # a single process is the main process
+    return outcome
+
+
+def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
+    """Peak training memory for `config` on `dataset`'s longest rows (up to train.max_length)."""
+    from transformers import AutoConfig
+
+    from tunesmith.models import resolve
+
+    resolved = resolve(config.model.id, config.model.source, config.model.revision)
+    location = str(resolved.path) if resolved.path is not None else str(resolved.hub_id)
+    model_config = AutoConfig.from_pretrained(location, trust_remote_code=config.model.trust_remote_code)
+    longest = dataset.meta.get("report", {}).get("stats", {}).get("splits", {}).get("train", {})
+    longest_tokens = longest.get("tokens", {}).get("max", config.train.max_length)
+    return estimate_fit(config, model_config, min(config.train.max_length, longest_tokens))
+
+
+def dry_run(
+    config: ProjectConfig, workspace: Workspace | None = None, calibrate: bool = True, steps: int = 4
+) -> tuple[DatasetVersion, FitEstimate, Any]:
+    """Everything `train` checks before it starts, and a measured time estimate; nothing is trained.
+
+    The estimate (None when it does not fit or `calibrate` is off) runs a few steps of the
+    objective's own trainer on the base model as the objective loads it.
+    """
+    from tunesmith.train.estimate import estimate_epoch_time
+    from tunesmith.train.methods import check_method_supported
+
+    check_method_supported(config.train)
+    workspace = workspace or open_workspace(config)
+    dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset, config.train)
+    estimate = fit_estimate(config, dataset)
+    timing = None
+    if estimate.fits and calibrate:
+        base = load_base(config, dataset, workspace)
+        timing = estimate_epoch_time(config, dataset, base, workspace, steps=steps)
+    return dataset, estimate, timing
+
+
+def launch_distributed(
+    config: ProjectConfig,
+    config_path: Path,
+    overrides: list[str],
+    num_processes: int,
+    launcher: str = "accelerate",
+    accelerate_config: Path | None = None,
+) -> ModelVersion:
+    """Train with `num_processes` processes (DDP; DeepSpeed or FSDP through an Accelerate config file).
+
+    With CUDA, `accelerate launch` starts the workers; on a CPU, where Accelerate's multi-CPU mode
+    needs MPI, `torch.distributed.run` starts them and the trainer joins them over gloo.
+
+    Raises:
+        TrainLaunchError: when a worker fails; the run is marked failed.
+    """
+    import subprocess
+    import sys
+
+    import torch
+
+    workspace = open_workspace(config)
+    run_id = open_train_run(config, workspace)
+    worker = ["-m", "tunesmith.train.worker", str(config_path), run_id]
+    for override in overrides:
+        worker += ["--set", override]
+    if launcher == "accelerate" and torch.cuda.is_available():
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+        command += ["--multi_gpu"] if num_processes > 1 else []
+        command += ["--config_file", str(accelerate_config)] if accelerate_config is not None else []
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
+    completed = subprocess.run([*command, *worker], check=False)
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+        version = s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
+        if completed.returncode != 0 and run is not None and run.status == "running":
+            run.status, run.error = "failed", f"a worker exited with code {completed.returncode}"
+    if completed.returncode != 0 or version is None:
+        raise TrainLaunchError(
+            f"run {run_id}: the distributed workers failed (exit code {completed.returncode}); "
+            f"see the output above. Resume with `tunesmith train --resume {run_id}`."
+        )
+    return version
+
+
+def open_train_run(config: ProjectConfig, workspace: Workspace) -> str:
+    """Check the method, prepare the data and the memory fit, and open a `train` run; return its id.
+
+    For a run that another process trains (`train_existing_run`): a distributed launch, or a run
+    started from the web app, which shows the run's live curve while it trains.
+    """
+    from tunesmith.train.methods import check_method_supported
+    from tunesmith.train.sft import open_run
+
+    check_method_supported(config.train)
+    dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset, config.train)
+    estimate = fit_estimate(config, dataset)
+    if not estimate.fits:
+        raise DoesNotFitError(estimate.refusal())
+    run_id, _ = open_run(config, workspace, dataset, "train")
+    return run_id
+
+
+def train_existing_run(config: ProjectConfig, run_id: str) -> TrainOutcome | None:
+    """Train a run that a launcher opened; the main process registers it, the others return None."""
+    workspace = open_workspace(config)
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+        assert run is not None, f"no run {run_id}"
+        dataset = s.get(DatasetVersion, run.dataset_version_id)
+    assert dataset is not None
+    return _train_and_register(config, workspace, dataset, kind=run.kind, run=run_id)
+
+
+class TrainLaunchError(RuntimeError):
+    """A distributed run whose workers failed."""
+
+
+def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None = None) -> TrainOutcome:
+    """Continue a run that stopped (killed, crashed) from its newest complete checkpoint.
+
+    The run's own resolved config and dataset version are used, not the current config file.
+
+    Raises:
+        RegistryError: when there is no such run, or it already finished.
+    """
+    workspace = workspace or open_workspace(config)
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+    if run is None:
+        raise RegistryError(f"no run {run_id!r} in {workspace.root}")
+    if run.status == "finished":
+        raise RegistryError(f"run {run_id} already finished; nothing to resume")
+    run_config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, run.dataset_version_id)
+    assert dataset is not None
+    outcome = _train_and_register(run_config, workspace, dataset, kind=run.kind, run=run_id, resume=True)
+    assert outcome is not None
+    return outcome
+
+
+def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspace | None = None) -> Any:
+    """The base model as the objective trains it: an LM, or a body with the objective's new head
+    (one output for a reward model, one per label of the data for a classifier).
+
+    With `train.init_from`, the weights are that registered version's (its adapter merged in).
+    """
+    from tunesmith.models import load_configured
+    from tunesmith.train.classify import label_names
+    from tunesmith.train.methods import quantization_config
+
+    if config.train.init_from:
+        return _load_parent(config, workspace or open_workspace(config))
+    objective, dtype = get_objective(config.train.objective), config.weights_dtype
+    quantization = quantization_config(config.train)
+    if objective.head == "causal-lm":
+        return load_configured(config.model, dtype, quantization)
+    import torch
+
+    torch.manual_seed(config.train.seed)  # a new head starts from random weights: the same ones per seed
+    if not objective.labelled:  # one score per answer
+        return load_configured(config.model, dtype, quantization, head=objective.head, num_labels=1)
+    labels = label_names(objective.name, dataset, config.data.labels)
+    return load_configured(
+        config.model,
+        dtype,
+        quantization,
+        head=objective.head,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)},
+    )
+
+
+def _load_parent(config: ProjectConfig, workspace: Workspace) -> Any:
+    """The version named by `train.init_from`, merged into plain weights, as a LoadedModel."""
+    import torch
+
+    from tunesmith.models.loading import LoadedModel, resolve
+    from tunesmith.registry.loading import load_row
+
+    assert config.train.init_from is not None
+    parent = get_version(workspace, config.train.init_from)
+    if parent.base_model != config.model.id:
+        raise RegistryError(
+            f"train.init_from: {parent.name} was fine-tuned from {parent.base_model}, "
+            f"not from model.id {config.model.id}; set model.id to match"
+        )
+    parent_objective = parent.config.get("train", {}).get("objective", "sft")
+    both_generate = (
+        parent_objective in GENERATIVE_OBJECTIVES and config.train.objective in GENERATIVE_OBJECTIVES
+    )
+    if parent_objective != config.train.objective and not both_generate:
+        raise RegistryError(
+            f"train.init_from: {parent.name} is a {parent_objective} version; objective "
+            f"{config.train.objective} cannot start from it"
+        )
+    model, tokenizer = load_row(parent, workspace)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model = (
+        model.to(getattr(torch, config.weights_dtype))
+        if config.train.method in ("lora", "qlora")
+        else model.float()
+    )
+    resolved = resolve(config.model.id, config.model.source, config.model.revision)
+    return LoadedModel(
+        model=model, tokenizer=tokenizer, resolved=resolved, base_revision=parent.base_revision
+    )
+
+
+def run_objective(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    base: Any,
+    *,
+    kind: str,
+    run: str | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    """One training run of the configured objective, recorded in the store; nothing is registered.
+
+    Raises:
+        TrainConfigError: when the dataset's rows are not the kind the objective trains on.
+    """
+    check_objective(config.train.objective, dataset, config.train)
+    objective = get_objective(config.train.objective)
+    return objective.train(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+
+
+def reproduce(
+    workspace: Workspace, version: ModelVersion, tolerance: float = 0.02, base_dir: Path | None = None
+) -> dict[str, Any]:
+    """Train again from the version's record (its resolved config, dataset version and seed) and
+    compare the run's metrics with the recorded ones, each within `tolerance` (relative).
+
+    The new run is recorded (kind `reproduce`) but not registered.
+
+    Raises:
+        RegistryError: when the version's dataset version is no longer in the workspace.
+    """
+    from tunesmith.registry.lifecycle import NOT_COMPARABLE, is_number
+
+    if version.dataset_version_id is None:
+        raise RegistryError(f"{version.name} records no dataset version; it cannot be reproduced")
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, version.dataset_version_id)
+    if dataset is None or not workspace.dataset_dir(dataset.id).exists():
+        raise RegistryError(
+            f"dataset version {version.dataset_version_id} of {version.name} is not in this workspace"
+        )
+    config = ProjectConfig.model_validate(version.config)
+    if base_dir is not None:  # the project's folder: relative paths (reward functions) resolve as in training
+        config = config.with_base_dir(base_dir)
+    result = run_objective(
+        config, workspace, dataset, load_base(config, dataset, workspace), kind="reproduce"
+    )
+    rows = []
+    for key in sorted(set(version.metrics) & set(result.metrics)):
+        recorded, again = version.metrics[key], result.metrics[key]
+        if not (is_number(recorded) and is_number(again)) or any(word in key for word in NOT_COMPARABLE):
+            continue
+        scale = max(abs(recorded), 1e-12)
+        rows.append(
+            {
+                "metric": key,
+                "recorded": recorded,
+                "reproduced": again,
+                "relative_difference": abs(again - recorded) / scale,
+                "match": abs(again - recorded) <= tolerance * scale,
+            }
+        )
+    return {
+        "version": version.name,
+        "run": result.run_id,
+        "tolerance": tolerance,
+        "metrics": rows,
+        "matches": bool(rows) and all(r["match"] for r in rows),
+    }
+
+
+def _train_and_register(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    *,
+    kind: str,
+    base: Any = None,
+    run: str | None = None,
+    resume: bool = False,
+    extra_metrics: dict[str, Any] | None = None,
+) -> TrainOutcome | None:
+    base = base or load_base(config, dataset, workspace)
+    result = run_objective(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    if not is_main_process():
+        return None  # other ranks of a distributed run only train
+    version = register_trained(config, workspace, result, base.base_revision, extra_metrics)
+    return TrainOutcome(
+        dataset=dataset,
+        run_id=result.run_id,
+        run_dir=result.run_dir,
+        version=version,
+        model=result.model,
+        tokenizer=result.tokenizer,
+    )

@@ -1,0 +1,91 @@
+"""Every training objective walks the whole lifecycle through the CLI on the tiny model:
+train -> train --dry-run -> registry reproduce -> eval --cv. A new objective cannot skip a step."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import demo_rows
+from test_preference import preference_data
+from test_train_classify import tag_rows, topic_rows
+from test_train_multitask import write_project as write_multitask_project
+from tunesmith.cli import app
+from tunesmith.train.objectives import OBJECTIVES
+
+runner = CliRunner()
+
+COMMON = ["train.max_steps=3", "train.batch_size=4", "train.save_strategy=no", "eval.bootstrap_resamples=100"]
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def objective_project(tmp_path: Path, model_dir: Path, objective: str) -> tuple[Path, list[str]]:
+    """A config file and the overrides that train `objective` on data of its own row kind."""
+    if objective == "multitask":
+        return write_multitask_project(tmp_path, model_dir), ["train.schedule=constant", *COMMON]
+    settings = [f"train.objective={objective}", "data.format=auto", *COMMON]
+    if objective in ("sft", "rl"):
+        data = write_rows(tmp_path / "qa.jsonl", demo_rows()[:60])
+    elif objective == "pretrain":
+        data = write_rows(
+            tmp_path / "text.jsonl", [{"text": r["messages"][-1]["content"]} for r in demo_rows()]
+        )
+    elif objective == "classify":
+        data = write_rows(tmp_path / "topics.jsonl", topic_rows(80))
+    elif objective == "tag":
+        data = write_rows(tmp_path / "tags.jsonl", tag_rows(60))
+    else:  # reward, dpo
+        data = preference_data(tmp_path, "pairs")
+    if objective == "rl":
+        settings += [
+            'train.rl.rewards=[{"checker": "contains"}]',
+            "train.rl.num_generations=2",
+            "train.rl.max_completion_length=6",
+        ]
+    if objective in ("dpo", "rl"):
+        settings += ["eval.max_new_tokens=4"]
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text(
+        f"project: walk\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n  clean:\n    near_dedup: false\n"
+        "train:\n  method: lora\n  lr: 1e-3\n  forgetting: {probe: false}\n",
+        encoding="utf-8",
+    )
+    return config, settings
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_trains_dry_runs_reproduces_and_cross_validates(tmp_path, tiny_model_dir, objective):
+    config, settings = objective_project(tmp_path, tiny_model_dir, objective)
+    sets = [arg for s in settings for arg in ("--set", s)]
+
+    trained = invoke("train", str(config), *sets)
+    assert trained.exit_code == 0, trained.output
+    assert "Registered walk-v1" in trained.output or "Registered mixed-v1" in trained.output
+    version = "mixed-v1" if objective == "multitask" else "walk-v1"
+
+    dry = invoke("train", str(config), *sets, "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    said = " ".join(dry.output.split())  # the terminal wraps long lines
+    assert f"Dry run: lora {objective}" in said and "min per epoch" in said and "It fits" in said, said
+
+    again = invoke("registry", "reproduce", version, "--config", str(config))
+    assert again.exit_code == 0, again.output
+    assert f"matches {version} within 2%" in again.output and "train_loss" in again.output
+
+    cv = invoke("eval", "--cv", "2", "--config", str(config), *sets)
+    if not OBJECTIVES[objective].cross_validates:
+        assert cv.exit_code == 1 and "--cv works on one dataset" in cv.output, cv.output
+        return
+    assert cv.exit_code == 0, cv.output
+    assert "2-fold cross-validation" in cv.output and "mean ± std" in cv.output
