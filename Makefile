@@ -41,6 +41,7 @@ check: setup audit
 	$(BIN)/ruff check src tests bench scripts fuzz
 	$(BIN)/ruff format --check src tests bench scripts fuzz
 	$(BIN)/mypy
+	cd src && ../$(BIN)/lint-imports --no-cache --config ../pyproject.toml
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # Installed dependencies against known vulnerabilities (pip-audit); see scripts/audit.py.

@@ -85,7 +85,7 @@ def test_eval_compares_base_and_version_on_the_same_items_and_stores_the_report(
 
 
 def test_answers_are_cached_per_model_and_settings(trained, monkeypatch):
-    from tunesmith.evaluate import generate
+    from tunesmith.models import generate
 
     config_path, settings, outcome = trained
     config = load_config(config_path, settings)
@@ -400,7 +400,7 @@ def test_cross_validation_trains_and_scores_each_fold(tmp_path, tiny_model_dir):
 def test_stop_tokens_are_those_training_ends_answers_with(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from tunesmith.evaluate.generate import stop_token_ids
+    from tunesmith.models.generate import stop_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert stop_token_ids(tokenizer) == [tokenizer.convert_tokens_to_ids("<|im_end|>")]

@@ -296,7 +296,7 @@ def test_a_full_disk_during_a_checkpoint_fails_clearly_and_keeps_the_last_good_o
 # answer cache saves after every batch here (every 10 s normally).
 KILL_MID_EVAL = """
 import os, signal, sys
-from tunesmith.evaluate.generate import AnswerCache
+from tunesmith.models.generate import AnswerCache
 
 AnswerCache.save_every = 0.0
 put = AnswerCache.put

@@ -10,10 +10,12 @@ from sqlalchemy import select
 from conftest import demo_rows
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import load_split
+from tunesmith.data.formats import transcript_messages
 from tunesmith.pipeline import write_demo_project
+from tunesmith.registry.reward import RewardModel
 from tunesmith.store import DatasetVersion, RunMetric, session
-from tunesmith.train.preference import preference_rows, transcript_messages, unpaired_rows
-from tunesmith.train.rewards import RewardModel, final_number, numeric_match
+from tunesmith.train.preference import preference_rows, unpaired_rows
+from tunesmith.train.rewards import final_number, numeric_match
 from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 

@@ -888,8 +888,6 @@ class ProjectConfig(_Section):
             return self.model.dtype
         generative = self.train.objective in GENERATIVE_OBJECTIVES
         if generative and self.train.method in ("lora", "qlora"):
-            from tunesmith.models.loading import native_bf16
-
             return "bfloat16" if native_bf16() else "float32"
         return "float32"
 
@@ -1117,3 +1115,21 @@ def _nearest_line(lines: dict[tuple[str, ...], int], keys: tuple[str, ...]) -> i
         if keys[:end] in lines:
             return lines[keys[:end]]
     return None
+
+
+def native_bf16() -> bool:
+    """True where bfloat16 matrix products run natively: a CUDA GPU that has them, or an x86 CPU with
+    AVX512-BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        return False
+    flags = set()
+    for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break
+    return bool(flags & {"avx512_bf16", "amx_bf16"})

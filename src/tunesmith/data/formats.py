@@ -13,6 +13,7 @@ Canonical records (metadata fields a row carries, such as `group` or `key_facts`
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,36 @@ def _unpaired(row: dict[str, Any]) -> dict[str, Any]:
         )
     record = {"prompt": _side(row, "prompt"), "completion": _side(row, "completion"), "label": label}
     return {**record, **_meta(row, ("prompt", "completion", "label"))}
+
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|User|System):[ \t]?", re.IGNORECASE)
+_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "system": "system"}
+
+
+def transcript_messages(text: str) -> list[dict[str, str]]:
+    """A `Human:`/`Assistant:` transcript as chat messages; any other text is one user message.
+
+    The empty assistant turn a prompt ends with (`...\\n\\nAssistant:`) is dropped.
+    """
+    marks = list(_TURN.finditer(text))
+    if not marks:
+        return [{"role": "user", "content": text.strip()}]
+    messages = []
+    for mark, following in zip(marks, [*marks[1:], None], strict=True):
+        content = text[mark.end() : following.start() if following else len(text)].strip()
+        messages.append({"role": _ROLES[mark.group(1).lower()], "content": content})
+    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
+        messages.pop()
+    return messages
+
+
+def as_messages(value: str | list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
+    """A prompt (`role` user) or an answer (`role` assistant) as a list of chat messages."""
+    if isinstance(value, list):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    if role == "user":
+        return transcript_messages(value)
+    return [{"role": "assistant", "content": value.strip()}]
 
 
 def split_shared_prompt(chosen: str, rejected: str) -> tuple[str, str, str]:

@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from tunesmith.plots import png_base64
 
 if TYPE_CHECKING:
     from tunesmith.data.prepare import Prepared
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
+def _img(fig: Any) -> str:
+    return f'<img alt="" src="data:image/png;base64,{png_base64(fig)}">'
 
 
 def _plots(report: dict[str, Any], prepared: Prepared) -> list[str]:
-    import matplotlib
+    from tunesmith.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     from tunesmith.data.split import SPLITS
 
@@ -48,7 +41,7 @@ def _plots(report: dict[str, Any], prepared: Prepared) -> list[str]:
         ax.set_ylabel("rows")
         ax.set_title(title)
         ax.legend()
-        images.append(_png(fig))
+        images.append(_img(fig))
     splits = report["stats"]["splits"]
     if prepared.kind == "classification":
         labels = sorted({label for entry in splits.values() for label in entry.get("labels", {})})
@@ -62,7 +55,7 @@ def _plots(report: dict[str, Any], prepared: Prepared) -> list[str]:
         ax.set_xlabel("share of the split's rows")
         ax.set_title("Label distribution per split")
         ax.legend()
-        images.append(_png(fig))
+        images.append(_img(fig))
     removed = [(step["name"], step["removed"]) for step in report["steps"] if step["removed"]]
     if removed:
         fig, ax = plt.subplots(figsize=(7, 0.35 * len(removed) + 1.2))
@@ -71,7 +64,7 @@ def _plots(report: dict[str, Any], prepared: Prepared) -> list[str]:
             ax.text(n, y, f" {n}", va="center")
         ax.set_xlabel("rows removed")
         ax.set_title("What each step removed")
-        images.append(_png(fig))
+        images.append(_img(fig))
     return images
 
 

@@ -10,8 +10,8 @@ from typing import Any
 from rich.table import Table
 
 from tunesmith.config import EvalConfig
-from tunesmith.evaluate.generate import generate_answers
 from tunesmith.evaluate.metrics import DEFAULT_METRICS, mean_scores, score_items
+from tunesmith.models.generate import generate_answers
 
 
 @dataclass
@@ -72,10 +72,9 @@ def write_answers(path: Path, items: list[dict[str, Any]], results: list[EvalRes
 
 def plot_comparison(results: list[EvalResult], path: Path, title: str) -> None:
     """A grouped bar chart of each metric per model."""
-    import matplotlib
+    from tunesmith.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     metrics = list(results[0].means)
     width = 0.8 / len(results)

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import base64
-import io
 from typing import Any
 
 from jinja2 import Environment, PackageLoader
 
+from tunesmith.plots import png_base64, pyplot
+
 PER_ITEM_ROWS = 300  # the full per-item table is in answers.jsonl
-
-
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def metric_bars(report: dict[str, Any]) -> str:
     """One panel per metric: each system's score with its 95% interval."""
-    plt = _pyplot()
+    plt = pyplot()
     metrics = [m["name"] for m in report["metrics"]]
     columns = min(4, len(metrics))
     rows = -(-len(metrics) // columns)
@@ -53,11 +34,11 @@ def metric_bars(report: dict[str, Any]) -> str:
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(metrics) :]:
         ax.axis("off")
-    return _png(fig)
+    return png_base64(fig)
 
 
 def confusion_plot(labels: list[str], matrix: list[list[int]], title: str) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     size = min(12.0, 2.5 + 0.35 * len(labels))
     fig, ax = plt.subplots(figsize=(size, size * 0.85))
     image = ax.imshow(matrix, cmap="Blues")
@@ -72,12 +53,12 @@ def confusion_plot(labels: list[str], matrix: list[list[int]], title: str) -> st
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def slice_plot(slices: dict[str, Any], metric: str) -> str:
     """A metric per slice value, one bar per system, with intervals."""
-    plt = _pyplot()
+    plt = pyplot()
     # the 20 largest slices, widest first: a plot of hundreds of one-item slices says nothing
     values = sorted(slices["slices"], key=lambda v: -slices["slices"][v]["items"])[:20]
     systems = list(next(iter(slices["slices"].values()))["systems"]) if values else []
@@ -100,11 +81,11 @@ def slice_plot(slices: dict[str, Any], metric: str) -> str:
     )
     ax.set_title(f"{metric} by {slices['column']}", fontsize=9)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def length_plot(lengths: dict[str, Any]) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3))
     top = max(max(v["values"] or [0]) for v in lengths.values()) + 1
     bins = list(range(0, top + 2, max(1, top // 30)))
@@ -114,7 +95,7 @@ def length_plot(lengths: dict[str, Any]) -> str:
     ax.set_ylabel("items")
     ax.set_title("answer lengths", fontsize=9)
     ax.legend(fontsize=7)
-    return _png(fig)
+    return png_base64(fig)
 
 
 def best_and_worst(report: dict[str, Any], count: int = 5) -> tuple[list[dict], list[dict], str, str]:

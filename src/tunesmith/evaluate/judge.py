@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from tunesmith.config import JudgeConfig
 from tunesmith.data import DataError
-from tunesmith.evaluate.generate import AnswerCache
+from tunesmith.models.generate import AnswerCache
 from tunesmith.progress import progress_bar
 
 DIGITS = ("1", "2", "3", "4", "5")
@@ -264,7 +264,7 @@ def make_judge(config: JudgeConfig, load_local: Any) -> Judge:
 
 def start(config: JudgeConfig, judge: Judge, cache_dir: Path) -> JudgeRun:
     """The judge with evaluation steps: the configured ones, or written by the judge from the criteria."""
-    from tunesmith.evaluate.generate import cache_path
+    from tunesmith.models.generate import cache_path
 
     cache = AnswerCache(cache_path(cache_dir, judge.identity, {"judge": 1, "criteria": config.criteria}))
     run = JudgeRun(judge, config.criteria, "", cache)

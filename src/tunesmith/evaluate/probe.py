@@ -26,7 +26,7 @@ from typing import Any
 
 from tunesmith.config import ProbeConfig
 from tunesmith.data import DataError
-from tunesmith.evaluate.generate import answer_nll, continuation_nll, next_token_logprobs
+from tunesmith.models.generate import answer_nll, continuation_nll, next_token_logprobs
 
 LETTERS = "ABCDEFGHIJ"
 

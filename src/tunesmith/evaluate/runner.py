@@ -23,9 +23,9 @@ from tunesmith.config import EvalConfig, ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
 from tunesmith.evaluate.gates import check_gates
-from tunesmith.evaluate.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
 from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_metric, metric_names
 from tunesmith.evaluate.stats import bootstrap_interval, paired_test
+from tunesmith.models.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
 from tunesmith.progress import console
 from tunesmith.registry.loading import load_row
 from tunesmith.registry.versions import RegistryError, alias_target, get_version, who
@@ -365,7 +365,8 @@ def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
     """
     if kind not in ("preference", "unpaired"):
         return records
-    from tunesmith.train.preference import as_messages, preference_rows
+    from tunesmith.data.formats import as_messages
+    from tunesmith.train.preference import preference_rows
 
     items = []
     for record in records:
@@ -384,7 +385,7 @@ def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
 def _run_reward_model(plan: EvalPlan, config: ProjectConfig, systems: list[SystemResult]) -> dict[str, Any]:
     """Every system's answers scored by the reward model (metric `reward`), and the version's win rate
     against each other system: the share of items where its answer scores higher (ties count half)."""
-    from tunesmith.train.rewards import RewardModel
+    from tunesmith.registry.reward import RewardModel
 
     assert plan.reward_model is not None
     scorer = RewardModel(plan.workspace, plan.reward_model)

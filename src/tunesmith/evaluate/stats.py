@@ -113,13 +113,3 @@ def paired_test(
         improved = observed > 0 if higher_is_better else observed < 0
         verdict = "better" if improved else "worse"
     return PairedTest(Interval(observed, float(low), float(high)), p_value, verdict)
-
-
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion (pairwise accuracy, win rate); (0, 1) for no trials."""
-    if n == 0:
-        return 0.0, 1.0
-    from scipy.stats import binomtest
-
-    ci = binomtest(successes, n).proportion_ci(confidence_level=level, method="wilson")
-    return float(ci.low), float(ci.high)

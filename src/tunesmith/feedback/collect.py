@@ -112,7 +112,7 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
 
 def prompt_of_row(row: Any) -> list[dict[str, Any]] | None:
     """The conversation to answer from a chat, prompt/completion or preference row; None if it has none."""
-    from tunesmith.train.preference import as_messages
+    from tunesmith.data.formats import as_messages
 
     if not isinstance(row, dict):
         return None
@@ -128,14 +128,14 @@ def production_prompts(
     workspace: Workspace, version: ModelVersion, *, since: Any = None, where: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """The version's served requests (filtered like `improve`), each with the answer it served."""
-    from tunesmith.monitor.improve import Selection, _messages, select_requests
+    from tunesmith.monitor.improve import Selection, request_messages, select_requests
 
     requests = select_requests(
         workspace, version, Selection(model=version.name, since=since, where=where or [])
     )
     return [
         {
-            "prompt": _messages(r.prompt),
+            "prompt": request_messages(r.prompt),
             "served": str(r.output[0]),
             "source": {"request_id": r.id, "at": r.at.isoformat()},
         }
@@ -162,7 +162,7 @@ def sample_answers(
     """k sampled answers per prompt (distinct where the model gives distinct ones), prompts batched."""
     import torch
 
-    from tunesmith.evaluate.generate import inference, stop_token_ids
+    from tunesmith.models.generate import inference, stop_token_ids
     from tunesmith.progress import progress_bar
 
     torch.manual_seed(seed)

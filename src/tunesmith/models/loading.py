@@ -120,24 +120,6 @@ def _resolve_entry(entry: CatalogEntry, source: str, revision: str | None) -> Re
     return ResolvedModel(entry.id, "bundled-gguf", bundled, entry.hub_id)
 
 
-def native_bf16() -> bool:
-    """True where bfloat16 matrix products run natively: a CUDA GPU that has them, or an x86 CPU with
-    AVX512-BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    cpuinfo = Path("/proc/cpuinfo")
-    if not cpuinfo.exists():
-        return False
-    flags = set()
-    for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-            break
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 # The transformers auto class that loads a model for each kind of head.
 HEADS = {
     "causal-lm": "AutoModelForCausalLM",
@@ -282,7 +264,7 @@ def _load_model(
 
     resolved = resolve(ref, source, revision)
     if resolved.origin == "bundled-gguf":
-        resolved = _convert_bundled(resolved)
+        resolved = convert_bundled(resolved)
     torch_dtype = getattr(torch, "float32" if dtype == "auto" else dtype)
     location = str(resolved.path) if resolved.path is not None else resolved.hub_id
     assert location is not None
@@ -358,7 +340,7 @@ def _quiet_load() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
-def _convert_bundled(resolved: ResolvedModel) -> ResolvedModel:
+def convert_bundled(resolved: ResolvedModel) -> ResolvedModel:
     """Dequantise the bundled GGUF into cached safetensors; atomic, so a killed run leaves no half cache.
 
     Processes that start at once (a server and a training run, say) take turns: the first converts,
@@ -443,7 +425,7 @@ def load_tokenizer(ref: str, source: str = "auto", revision: str | None = None) 
 
     resolved = resolve(ref, source, revision)
     if resolved.origin == "bundled-gguf":
-        resolved = _convert_bundled(resolved)
+        resolved = convert_bundled(resolved)
     try:
         if resolved.path is not None:
             return AutoTokenizer.from_pretrained(str(resolved.path))

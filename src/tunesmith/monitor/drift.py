@@ -119,7 +119,7 @@ def measure_drift(
         if reference_answers is not None:
             reference_answers = [reference_answers[i] for i in keep]
     if embedder is None:
-        from tunesmith.monitor.embed import Embedder
+        from tunesmith.models.embed import Embedder
 
         embedder = Embedder()
     x = embedder.encode(reference_prompts)
@@ -304,7 +304,7 @@ def drift_clusters(
     from sklearn.cluster import KMeans
 
     if embedder is None:
-        from tunesmith.monitor.embed import Embedder
+        from tunesmith.models.embed import Embedder
 
         embedder = Embedder()
     rng = np.random.default_rng(seed)

@@ -167,7 +167,7 @@ def _learn(
     rated: dict[str, list[tuple[float, str, str]]],
 ) -> None:
     """Add what one piece of feedback teaches: an SFT row, DPO pairs, or a rated answer."""
-    messages = _messages(request.prompt)
+    messages = request_messages(request.prompt)
     answer = str(request.output[min(item.choice, len(request.output) - 1)])
     origin = {"request_id": request.id, "feedback_id": item.id}
     if item.correction and "correction" in kinds:
@@ -186,7 +186,8 @@ def _learn(
             )
 
 
-def _messages(prompt: Any) -> list[dict[str, str]]:
+def request_messages(prompt: Any) -> list[dict[str, str]]:
+    """A logged request's prompt (chat messages, or a completion prompt) as chat messages."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
         return [{"role": m["role"], "content": m["content"]} for m in prompt]
     text = prompt[0] if isinstance(prompt, list) else prompt

@@ -19,8 +19,8 @@ from jinja2 import Environment, PackageLoader
 from sqlalchemy import select
 
 from tunesmith.config import MonitorConfig
-from tunesmith.evaluate.html import _png, _pyplot
 from tunesmith.monitor.alerts import recent_alerts
+from tunesmith.plots import png_base64, pyplot
 from tunesmith.registry.versions import version_names
 from tunesmith.store import Feedback, ModelVersion, RequestLog, RequestScore, session
 from tunesmith.workspace import Workspace
@@ -145,7 +145,7 @@ def panels(series: dict[str, Any]) -> dict[str, tuple[str, Callable[[list[float]
 
 def plots(data: dict[str, Any]) -> dict[str, str]:
     """Time-series panels (PNG, base64): traffic, p95 latency, error rate, negative feedback, each score."""
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.dates import DateFormatter
 
     series, edges = data["series"], data["edges"]
@@ -165,7 +165,7 @@ def plots(data: dict[str, Any]) -> dict[str, str]:
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7, loc="best")
         fig.autofmt_xdate()
-        images[title] = _png(fig)
+        images[title] = png_base64(fig)
     return images
 
 
@@ -216,8 +216,8 @@ def write_report(
 def _similarity_series(workspace: Workspace, data: dict[str, Any], since: datetime) -> None:
     """Add, per version, the mean MiniLM cosine similarity of each bucket's prompts to the centroid of
     its training prompts: drift over time (it falls as prompts move away from what was trained)."""
+    from tunesmith.models.embed import Embedder
     from tunesmith.monitor.drift import DriftError, reference_texts
-    from tunesmith.monitor.embed import Embedder
     from tunesmith.monitor.scorers import prompt_of
 
     embedder: Embedder | None = None

@@ -48,12 +48,12 @@ class ScoringContext:
     judge: Any = None  # a started `tunesmith.evaluate.judge.JudgeRun`, when monitor.judge is on
     judge_sample_rate: float = 0.0
     reward_model: Any = (
-        None  # a loaded `tunesmith.train.rewards.RewardModel`, when monitor.reward_model is set
+        None  # a loaded `tunesmith.registry.reward.RewardModel`, when monitor.reward_model is set
     )
 
     def embed(self, texts: list[str]) -> Any:
         if self.embedder is None:
-            from tunesmith.monitor.embed import Embedder
+            from tunesmith.models.embed import Embedder
 
             self.embedder = Embedder()
         return self.embedder.encode(texts)

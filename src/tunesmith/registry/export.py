@@ -67,7 +67,7 @@ def export_version(
         ExportError: an adapter export of a version that has no adapter, or a failed parity check
             (the files are kept, so the failure can be inspected, and the report says what differs).
     """
-    from tunesmith.evaluate.generate import stop_token_ids
+    from tunesmith.models.generate import stop_token_ids
     from tunesmith.registry.loading import load_row
 
     if version.config.get("train", {}).get("objective", "sft") not in GENERATIVE_OBJECTIVES:
@@ -175,7 +175,7 @@ def _load_export(
 
 def _answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
     """Greedy new tokens for each parity prompt, one at a time (no padding to differ)."""
-    from tunesmith.evaluate.generate import inference, stop_token_ids
+    from tunesmith.models.generate import inference, stop_token_ids
 
     stops = stop_token_ids(tokenizer, model)
     out = []
@@ -204,7 +204,7 @@ def _parity(
     exported_tokenizer: Any,
     exported_model: Any,
 ) -> dict[str, Any]:
-    from tunesmith.evaluate.generate import stop_token_ids
+    from tunesmith.models.generate import stop_token_ids
 
     same = [a == b for a, b in zip(reference, exported, strict=True)]
     problems = []
@@ -257,7 +257,7 @@ def _forced_agreement(model: Any, tokenizer: Any, reference: list[list[int]]) ->
     """
     import torch
 
-    from tunesmith.evaluate.generate import inference
+    from tunesmith.models.generate import inference
 
     same = total = 0
     with inference(model):

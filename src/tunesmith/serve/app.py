@@ -767,7 +767,7 @@ def _reward_model(workspace: Any, ref: str | None) -> Any:
     """The reward model that scores served answers online (monitor.reward_model), loaded at start."""
     if ref is None:
         return None
-    from tunesmith.train.rewards import RewardModel
+    from tunesmith.registry.reward import RewardModel
 
     return RewardModel(workspace, ref)
 

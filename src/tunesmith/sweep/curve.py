@@ -190,10 +190,9 @@ def _as_json(curve: LearningCurve) -> dict[str, Any]:
 
 
 def plot_curve(curve: LearningCurve, path: Path) -> None:
-    import matplotlib
+    from tunesmith.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib import ticker
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))

@@ -32,10 +32,9 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
 
 def write_plots(study: Any, folder: Path) -> list[Path]:
     """Optimisation history, parameter importance and parallel coordinates (those the trials allow)."""
-    import matplotlib
+    from tunesmith.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import optuna
     from optuna.visualization import matplotlib as plots
 

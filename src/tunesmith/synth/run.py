@@ -88,7 +88,7 @@ def _run_id(kind: str, parts: dict[str, Any]) -> str:
 
 
 def _encoder() -> Callable[[list[str]], np.ndarray]:
-    from tunesmith.monitor.embed import Embedder
+    from tunesmith.models.embed import Embedder
 
     return Embedder().encode
 

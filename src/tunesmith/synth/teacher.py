@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunesmith.config import ProjectConfig, TeacherConfig
-from tunesmith.evaluate.generate import AnswerCache, cache_path
+from tunesmith.models.generate import AnswerCache, cache_path
 from tunesmith.progress import progress_bar
 from tunesmith.workspace import Workspace
 
@@ -114,7 +114,7 @@ class LocalBackend:
     ) -> None:
         import torch
 
-        from tunesmith.evaluate.generate import inference, stop_token_ids
+        from tunesmith.models.generate import inference, stop_token_ids
 
         stops = stop_token_ids(self.tokenizer, self.model)
         texts = [

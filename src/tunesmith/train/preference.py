@@ -13,12 +13,12 @@ no reference model is passed), so DPO and KTO keep one copy of the weights in me
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig, TrainConfig
 from tunesmith.data import load_split
+from tunesmith.data.formats import as_messages
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
@@ -26,35 +26,6 @@ from tunesmith.workspace import Workspace
 if TYPE_CHECKING:
     from tunesmith.models import LoadedModel
     from tunesmith.train.sft import TrainResult
-
-_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|User|System):[ \t]?", re.IGNORECASE)
-_ROLES = {"human": "user", "user": "user", "assistant": "assistant", "system": "system"}
-
-
-def transcript_messages(text: str) -> list[dict[str, str]]:
-    """A `Human:`/`Assistant:` transcript as chat messages; any other text is one user message.
-
-    The empty assistant turn a prompt ends with (`...\\n\\nAssistant:`) is dropped.
-    """
-    marks = list(_TURN.finditer(text))
-    if not marks:
-        return [{"role": "user", "content": text.strip()}]
-    messages = []
-    for mark, following in zip(marks, [*marks[1:], None], strict=True):
-        content = text[mark.end() : following.start() if following else len(text)].strip()
-        messages.append({"role": _ROLES[mark.group(1).lower()], "content": content})
-    if messages and messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
-        messages.pop()
-    return messages
-
-
-def as_messages(value: str | list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
-    """A prompt (`role` user) or an answer (`role` assistant) as a list of chat messages."""
-    if isinstance(value, list):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    if role == "user":
-        return transcript_messages(value)
-    return [{"role": "assistant", "content": value.strip()}]
 
 
 def _split_shared_turns(
@@ -323,8 +294,7 @@ def _reward_test_report(
     model: Any, tokenizer: Any, dataset: DatasetVersion, train: TrainConfig, run_dir: Path
 ) -> dict[str, Any]:
     """Pairwise accuracy of the trained reward model on the test split's pairs, with a 95% interval."""
-    from tunesmith.evaluate.stats import wilson_interval
-    from tunesmith.train.rewards import score_conversations
+    from tunesmith.models.reward import score_conversations, wilson_interval
 
     pairs = preference_rows(load_split(dataset, "test"))
     if not pairs:

@@ -1,4 +1,4 @@
-"""Rewards: a trained reward model's scores, answer checkers, and user reward functions.
+"""Rewards for online RL: a registered reward model's scores, answer checkers, and user functions.
 
 All three share TRL's reward-function shape, `f(prompts, completions, **columns) -> list[float]`, so
 one list of them drives an RL run, and a reward model also scores answers in eval and monitoring.
@@ -10,113 +10,18 @@ import importlib
 import importlib.util
 import re
 import sys
-import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import RewardSpec
+from tunesmith.models.reward import completion_text
+from tunesmith.registry.reward import RewardError, RewardModel
 
 if TYPE_CHECKING:
     from tunesmith.workspace import Workspace
 
 RewardFn = Callable[..., list[float]]
-
-
-class RewardError(ValueError):
-    """A reward that cannot be used: the message names the setting and what to do."""
-
-
-def score_conversations(
-    model: Any,
-    tokenizer: Any,
-    conversations: Sequence[list[dict[str, Any]]],
-    max_length: int = 1024,
-    batch_size: int = 8,
-    label: str | None = None,
-) -> list[float]:
-    """A reward model's score of each conversation (chat template applied, as in training).
-
-    Conversations longer than `max_length` tokens keep their end: the answer being scored.
-    """
-    import torch
-
-    from tunesmith.progress import progress_bar
-
-    encoded = []
-    for conversation in conversations:
-        ids = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True)["input_ids"]
-        encoded.append(list(ids)[-max_length:])
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
-    scores = [0.0] * len(encoded)
-    device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    was_training = model.training
-    model.eval()
-    with progress_bar(label or "Scoring", len(encoded), show=label is not None) as advance, torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
-            width = max(len(encoded[i]) for i in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, : len(encoded[i])] = torch.tensor(encoded[i])
-                mask[row, : len(encoded[i])] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            for row, i in enumerate(batch):
-                scores[i] = float(logits[row, 0])
-            advance(len(batch))
-    model.train(was_training)
-    return scores
-
-
-class RewardModel:
-    """A registered reward-model version, loaded once, scoring (prompt, answer) pairs; thread-safe."""
-
-    def __init__(self, workspace: Workspace, ref: str, max_length: int | None = None) -> None:
-        from tunesmith.registry import get_version
-        from tunesmith.registry.loading import load_row
-
-        version = get_version(workspace, ref)
-        objective = version.config.get("train", {}).get("objective", "sft")
-        if objective != "reward":
-            raise RewardError(
-                f"{version.name} is a {objective} version, not a reward model; train one with "
-                f"train.objective: reward on preference pairs"
-            )
-        self.version = version
-        self.model, self.tokenizer = load_row(version, workspace)
-        self.max_length = max_length or int(version.config.get("train", {}).get("max_length", 1024))
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return str(self.version.name)
-
-    def score(
-        self,
-        prompts: Sequence[str | list[dict[str, Any]]],
-        answers: Sequence[str | list[dict[str, Any]]],
-        label: str | None = None,
-    ) -> list[float]:
-        """The reward of each answer to its prompt (a string, or chat messages)."""
-        from tunesmith.train.preference import as_messages
-
-        conversations = [
-            as_messages(p, "user") + as_messages(a, "assistant")
-            for p, a in zip(prompts, answers, strict=True)
-        ]
-        with self._lock:
-            return score_conversations(
-                self.model, self.tokenizer, conversations, self.max_length, label=label
-            )
-
-    def as_reward_function(self) -> RewardFn:
-        def reward(prompts: list[Any], completions: list[Any], **_: Any) -> list[float]:
-            return self.score(prompts, [_completion_text(c) for c in completions])
-
-        reward.__name__ = self.name
-        return reward
 
 
 # --- checkers ------------------------------------------------------------------------------------
@@ -168,18 +73,12 @@ CHECKERS: dict[str, Callable[[str, str], float]] = {
 }
 
 
-def _completion_text(completion: Any) -> str:
-    if isinstance(completion, list):  # conversational: [{"role": "assistant", "content": ...}]
-        return "".join(str(m.get("content", "")) for m in completion)
-    return str(completion)
-
-
 def checker_function(name: str) -> RewardFn:
     """A checker as a TRL reward function; it reads the row's `reference` column."""
     check = CHECKERS[name]
 
     def reward(prompts: list[Any], completions: list[Any], reference: list[str], **_: Any) -> list[float]:
-        return [check(_completion_text(c), ref) for c, ref in zip(completions, reference, strict=True)]
+        return [check(completion_text(c), ref) for c, ref in zip(completions, reference, strict=True)]
 
     reward.__name__ = name
     return reward

@@ -183,10 +183,9 @@ def reward_trend(history: list[dict[str, Any]]) -> dict[str, float]:
 
 def plot_rl(history: list[dict[str, Any]], path: Path) -> None:
     """Reward per function, KL to the reference, and the clip fraction, per step."""
-    import matplotlib
+    from tunesmith.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [h for h in history if "reward" in h]
     if not steps:

@@ -615,10 +615,9 @@ def run_metrics(trainer: Any, done: Fitted) -> dict[str, Any]:
 
 def plot_loss(history: list[dict[str, Any]], path: Path) -> None:
     """Write the training (and validation) loss curve as a PNG."""
-    import matplotlib
+    from tunesmith.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     train = [(h["step"], h["loss"]) for h in history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in history if "eval_loss" in h]

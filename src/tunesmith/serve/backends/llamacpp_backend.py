@@ -50,7 +50,7 @@ class LlamaCppBackend(QueuedBackend):
         from llama_cpp import Llama
         from transformers import AutoTokenizer
 
-        from tunesmith.evaluate.generate import stop_token_ids
+        from tunesmith.models.generate import stop_token_ids
 
         if version.id in self._models:
             self._retired.discard(version.id)

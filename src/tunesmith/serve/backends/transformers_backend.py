@@ -111,8 +111,8 @@ class TransformersBackend(QueuedBackend):
     def _new_group(self, version: ModelVersion, shared: bool) -> _Group:
         import torch
 
-        from tunesmith.evaluate.generate import stop_token_ids
         from tunesmith.models import load_configured
+        from tunesmith.models.generate import stop_token_ids
         from tunesmith.registry.loading import load_row
 
         model: Any

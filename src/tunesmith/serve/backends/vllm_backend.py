@@ -55,8 +55,8 @@ class VllmBackend(QueuedBackend):
         from vllm import LLM
         from vllm.lora.request import LoRARequest
 
-        from tunesmith.evaluate.generate import stop_token_ids
-        from tunesmith.models.loading import _convert_bundled, resolve
+        from tunesmith.models.generate import stop_token_ids
+        from tunesmith.models.loading import convert_bundled, resolve
 
         if version.id in self._loras:
             return
@@ -65,7 +65,7 @@ class VllmBackend(QueuedBackend):
             model_cfg = version.config["model"]
             resolved = resolve(model_cfg["id"], model_cfg["source"], model_cfg["revision"])
             if resolved.origin == "bundled-gguf":  # vLLM reads the converted safetensors
-                resolved = _convert_bundled(resolved)
+                resolved = convert_bundled(resolved)
             location = str(resolved.path) if resolved.path is not None else str(resolved.hub_id)
             key = f"base:{location}"
         else:

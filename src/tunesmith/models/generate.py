@@ -1,4 +1,4 @@
-"""Generation and likelihoods for evaluation: batched, greedy, with the chat template used in training.
+"""Generation and likelihoods: batched, greedy, with the chat template used in training (eval, synth, export).
 
 Answers stop where training taught the model to stop: at the tokenizer's end-of-sequence tokens and
 at the token the chat template puts after an assistant turn. Generated answers are cached on disk,

@@ -1,0 +1,67 @@
+"""The codebase's shape is kept by tools, not memory: stages import downwards only (the import-linter
+contracts in pyproject.toml), no module reaches into another's private names, functions stay short."""
+
+import ast
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "src" / "tunesmith"
+
+
+def modules() -> list[tuple[str, Path, ast.Module]]:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
+        name = ".".join(("tunesmith", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(
+            ".__init__"
+        )
+        found.append((name, path, ast.parse(path.read_text(encoding="utf-8"))))
+    return found
+
+
+def test_stages_import_downwards_only():
+    linter = Path(sys.executable).parent / "lint-imports"
+    if not linter.exists():
+        pytest.skip("import-linter is not installed (make setup installs it)")
+    result = subprocess.run(
+        [str(linter), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
+        cwd=ROOT / "src",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_no_module_imports_another_modules_private_names():
+    reached = []
+    for name, path, tree in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tunesmith"):
+                if node.module == name:
+                    continue
+                reached += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{alias.name}"
+                    for alias in node.names
+                    if alias.name.startswith("_")
+                ]
+    assert not reached, "make these public where they are shared, or move them:\n" + "\n".join(reached)
+
+
+def test_functions_stay_short():
+    lengths = {
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.name}": node.end_lineno - node.lineno + 1
+        for _, path, tree in modules()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    assert statistics.median(lengths.values()) <= 15
+    long = {where: n for where, n in lengths.items() if n > 80}
+    assert not long, f"functions over 80 lines: {long}"
