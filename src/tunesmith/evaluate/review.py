@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 from tunesmith.data import DataError
+from tunesmith.store import EvalReport, session
+from tunesmith.workspace import Workspace
 
 COLUMNS = ["pair_id", "prompt", "reference", "response_1", "response_2", "preference", "rater", "comment"]
 CHOICES = {"1": "1", "2": "2", "tie": "tie", "t": "tie", "=": "tie", "": ""}
@@ -227,3 +229,18 @@ def import_sheets(
     result["files"] = [str(f) for f in files]
     (review_dir / "result.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
+
+
+def report_dir(workspace: Workspace, report_id: str) -> Path:
+    """The folder of eval report `report_id`.
+
+    Raises:
+        DataError: when the store has no such report.
+    """
+    with session(workspace.engine) as s:
+        row = s.get(EvalReport, report_id)
+    if row is None:
+        raise DataError(
+            f"no eval report {report_id!r}; `tunesmith eval VERSION` prints the id of the one it writes"
+        )
+    return Path(row.path)

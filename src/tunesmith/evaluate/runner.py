@@ -48,6 +48,28 @@ def task_kind(objective: str) -> TaskKind:
     return task
 
 
+def judged_and_compared(version: str | None, compare: str | None) -> tuple[str, list[str] | None]:
+    """The version an eval judges and the systems it is compared with, from the command line.
+
+    `--compare base,candidate,production` without a version judges `candidate` (else the last
+    system that is not the base) against the others.
+
+    Raises:
+        DataError: when no version is named either way.
+    """
+    refs = [r.strip() for r in compare.split(",") if r.strip()] if compare is not None else None
+    others = [r for r in refs or [] if r != "base"]
+    if version is None and others:
+        version = "candidate" if "candidate" in others else others[-1]
+        refs = [r for r in refs or [] if r != version]
+    if version is None:
+        raise DataError(
+            "name a version to evaluate (see `tunesmith registry list`), "
+            "or --compare base,candidate,production, or --cv K"
+        )
+    return version, refs
+
+
 @dataclass
 class Subject:
     """A system to evaluate: the base model, a registered version, or the base prompted with examples."""

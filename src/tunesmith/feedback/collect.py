@@ -29,7 +29,7 @@ from typing import Any
 
 from tunesmith.config import ProjectConfig
 from tunesmith.progress import console
-from tunesmith.store import DatasetVersion, ModelVersion
+from tunesmith.store import DatasetVersion, ModelVersion, session
 from tunesmith.workspace import Workspace
 
 LETTERS = string.ascii_uppercase
@@ -540,3 +540,49 @@ def write_dataset(config: ProjectConfig, workspace: Workspace, session: Session)
         "pairs": len(rows),
     }
     return prepare_data(derived, workspace, lineage=lineage)
+
+
+def gather_prompts(
+    workspace: Workspace,
+    version: str,
+    *,
+    prompts: Path | None = None,
+    dataset: str | None = None,
+    split: str = "test",
+    from_production: bool = False,
+    since: str | None = None,
+    where: list[str] | None = None,
+    limit: int | None = None,
+) -> tuple[list[dict[str, Any]], str]:
+    """The prompts to sample answers for, from exactly one source, and a description of it: a prompts
+    file, a dataset version's split, or the version's served requests (`since`, `where` filter them).
+
+    Raises:
+        FeedbackError: for no source or several, or a dataset version that does not exist.
+    """
+    from tunesmith.data import load_split
+    from tunesmith.monitor.report import parse_since
+    from tunesmith.registry import get_version
+
+    if sum((prompts is not None, dataset is not None, from_production)) != 1:
+        raise FeedbackError(
+            "give exactly one source of prompts: --prompts FILE, --dataset ID or --from-production"
+        )
+    if prompts is not None:
+        rows, source = read_prompts(prompts), f"file {prompts}"
+    elif dataset is not None:
+        with session(workspace.engine) as s:
+            data = s.get(DatasetVersion, dataset)
+        if data is None:
+            raise FeedbackError(f"no dataset version {dataset!r}; see `tunesmith data list`")
+        rows = [
+            {"prompt": p, "source": {"dataset": data.id, "split": split, "row": n}}
+            for n, r in enumerate(load_split(data, split))
+            if (p := prompt_of_row(r)) is not None
+        ]
+        source = f"dataset {data.id} ({split})"
+    else:
+        delta = parse_since(since) if since else None
+        rows = production_prompts(workspace, get_version(workspace, version), since=delta, where=where or [])
+        source = "production"
+    return (rows[:limit] if limit else rows), source

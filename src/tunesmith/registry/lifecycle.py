@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunesmith.config import ProjectConfig
+from tunesmith.config import ProjectConfig, RegistryConfig
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
 from tunesmith.workspace import Workspace
 
@@ -104,6 +104,49 @@ def diff(workspace: Workspace, a: ModelVersion, b: ModelVersion) -> dict[str, An
 
 def is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def version_record(workspace: Workspace, v: ModelVersion, registry: RegistryConfig) -> dict[str, Any]:
+    """Everything recorded about one version: lineage, config, metrics, aliases, reports, approvals."""
+    from tunesmith.registry.aliases import aliases_of, approvals, eval_reports
+
+    return {
+        "name": v.name,
+        "id": v.id,
+        "family": v.family,
+        "run": v.run_id,
+        "parent": v.parent_id,
+        "base_model": v.base_model,
+        "base_revision": v.base_revision,
+        "method": v.method,
+        "weights_sha256": v.weights_sha256,
+        "dataset_version": v.dataset_version_id,
+        "seed": v.seed,
+        "artifacts": v.path,
+        "created_by": v.created_by,
+        "created_at": v.created_at.isoformat(),
+        "aliases": [
+            a
+            for a, target in aliases_of(workspace, v.family, registry).items()
+            if target and target.id == v.id
+        ],
+        "metrics": v.metrics,
+        "eval_reports": [
+            {
+                "id": r.id,
+                "gates": {None: "none", True: "passed", False: "failed"}[r.gate_passed],
+                "compared": [system["label"] for system in r.systems],
+                "at": r.created_at.isoformat(),
+                "path": r.path,
+            }
+            for r in eval_reports(workspace, v)
+        ],
+        "approvals": [
+            {"by": a.approver, "note": a.note, "at": a.at.isoformat()} for a in approvals(workspace, v)
+        ],
+        "lineage": v.lineage,
+        "config": v.config,
+    }
 
 
 def model_card(workspace: Workspace, version: ModelVersion) -> str:

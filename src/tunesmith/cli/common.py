@@ -1,0 +1,57 @@
+"""What every command module shares: the app, the consoles, the config options, tables and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_config
+
+app = typer.Typer(
+    help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+out = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Path | None, typer.Argument(help=f"Project config (default: ./{CONFIG_FILENAME}).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")]
+ConfigOpt = Annotated[Path | None, typer.Option(help="Project config.")]
+
+
+def load_project(path: Path | None, overrides: list[str] | None) -> ProjectConfig:
+    """The project config, or exit 2 with every problem in it named."""
+    try:
+        return load_config(path, overrides)
+    except ConfigError as exc:
+        err.print("[red]error:[/red]", str(exc), soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def new_table(*columns: str) -> Table:
+    """A table whose ids and names never wrap, so they can be copied from the terminal."""
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    for column in columns:
+        keep_whole = column in ("id", "name")
+        table.add_column(
+            column,
+            no_wrap=keep_whole,
+            overflow="ellipsis" if keep_whole else "fold",
+            min_width=10 if column in ("aliases", "created") else None,
+        )
+    return table
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print the error and return the exit to raise (`raise fail(...) from None`)."""
+    err.print("[red]error:[/red]", escape(message), soft_wrap=True, highlight=False)
+    return typer.Exit(code)

@@ -1,0 +1,373 @@
+"""`tunesmith registry`: versions, aliases, promotion, lineage, cards, reproduction, export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunesmith.cli.common import (
+    app,
+    fail,
+    load_project,
+    new_table,
+    out,
+)
+
+registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
+
+
+@registry_app.command("list")
+def registry_list(
+    family: Annotated[str | None, typer.Option(help="Only this family.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Registered versions, newest first."""
+    from tunesmith.registry import list_versions
+    from tunesmith.registry.aliases import aliases_of
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, None)
+    workspace = open_workspace(cfg)
+    versions = list_versions(workspace, family)
+    pointed: dict[str, list[str]] = {}
+    for name in {v.family for v in versions}:
+        for alias, target in aliases_of(workspace, name, cfg.registry).items():
+            if target is not None:
+                pointed.setdefault(target.id, []).append(alias)
+    table = new_table("name", "aliases", "created", "method", "dataset", "val loss")
+    for v in versions:
+        loss = v.metrics.get("eval_loss")
+        table.add_row(
+            v.name,
+            ", ".join(pointed.get(v.id, [])) or "-",
+            f"{v.created_at:%m-%d %H:%M}",
+            v.method,
+            v.dataset_version_id or "-",
+            f"{loss:.3f}" if isinstance(loss, float) else "-",
+        )
+    out.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Everything recorded about one version: lineage, config, metrics, artifacts."""
+    import yaml
+
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.lifecycle import version_record
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, None)
+    workspace = open_workspace(cfg)
+    try:
+        v = get_version(workspace, version)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    record = version_record(workspace, v, cfg.registry)
+    out.print(
+        yaml.safe_dump(record, sort_keys=False, allow_unicode=True),
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@registry_app.command("history")
+def registry_history(
+    family: Annotated[str | None, typer.Argument(help="Model family (default: the project's).")] = None,
+    alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Every alias move of a family, newest first: from, to, who, when, why, gate report."""
+    from tunesmith.registry import list_versions
+    from tunesmith.registry.aliases import aliases_of, describe, history
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, None)
+    workspace = open_workspace(cfg)
+    family = family or cfg.project
+    names = {v.id: v.name for v in list_versions(workspace, family)}
+    now = aliases_of(workspace, family, cfg.registry)
+    for alias_name, target in now.items():
+        out.print(f"{alias_name} → {target.name if target else '-'}", highlight=False)
+    events = history(workspace, family, alias)
+    out.print(f"\n{len(events)} moves, newest first:" if events else "\nNo alias has been moved yet.")
+    for event in events:
+        row = describe(event, names)
+        gate = f", gate report {row['gate_report']}" if row["gate_report"] != "-" else ""
+        why = f": {row['why']}" if row["why"] else ""
+        out.print(
+            f"{row['at']}  {row['alias']}  {row['from']} → {row['to']}  "
+            f"{row['action']} by {row['by']}{gate}{why}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+@registry_app.command("promote")
+def registry_promote(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    to: Annotated[str, typer.Option("--to", help="The alias to move (production, staging, ...).")],
+    force: Annotated[bool, typer.Option(help="Skip the gate and approval checks (needs --reason).")] = False,
+    reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Move an alias to a version; production needs a passing gate report against the current one."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import promote
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, None)
+    workspace = open_workspace(cfg)
+    try:
+        target = get_version(workspace, version)
+        event = promote(workspace, cfg.registry, target, to, force=force, reason=reason)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    how = (
+        " (forced)"
+        if event.forced
+        else f" (gate report {event.gate_report_id})"
+        if event.gate_report_id
+        else ""
+    )
+    out.print(f"{target.family}: {to} → {target.name}{how}", highlight=False)
+
+
+@registry_app.command("approve")
+def registry_approve(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    by: Annotated[str, typer.Option("--by", help="Who approves (not the one who trained it).")],
+    note: Annotated[str, typer.Option(help="What was checked.")] = "",
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Record an approval of a version for production (required when registry.require_approval is on)."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import approve
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(load_project(config, None))
+    try:
+        target = get_version(workspace, version)
+        approve(workspace, target, by, note)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{by} approved {target.name}.", highlight=False)
+
+
+@registry_app.command("rollback")
+def registry_rollback(
+    family: Annotated[str | None, typer.Argument(help="Model family (default: the project's).")] = None,
+    alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
+    reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Point production back at the version it replaced, in one command."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.aliases import rollback
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, None)
+    workspace = open_workspace(cfg)
+    family = family or cfg.project
+    try:
+        event = rollback(workspace, family, alias=alias, reason=reason)
+        assert event.to_version_id is not None and event.from_version_id is not None
+        now, before = (
+            get_version(workspace, event.to_version_id),
+            get_version(workspace, event.from_version_id),
+        )
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{family}: {alias} → {now.name} (was {before.name})", highlight=False)
+
+
+@registry_app.command("diff")
+def registry_diff(
+    a: Annotated[str, typer.Argument(help="The older version.")],
+    b: Annotated[str, typer.Argument(help="The newer version.")],
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Two versions side by side: config keys that differ, data changes, metric deltas with intervals."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.lifecycle import diff
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(load_project(config, None))
+    try:
+        result = diff(workspace, get_version(workspace, a), get_version(workspace, b))
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"[bold]{result['a']} → {result['b']}[/bold]")
+    for field, (x, y) in result.get("record", {}).items():
+        out.print(f"  {field}: {x} → {y}", highlight=False)
+    out.print("Config:" if result["config"] else "Config: identical")
+    for key, (x, y) in result["config"].items():
+        out.print(f"  {key}: {x!r} → {y!r}", highlight=False, markup=False)
+    data = result.get("data", {})
+    if "same" in data:
+        out.print(f"Data: the same dataset version ({data['same']})")
+    else:
+        out.print(f"Data: {data['a']} → {data['b']}")
+        for split, entry in data["splits"].items():
+            out.print(f"  {split}: +{entry['added']} −{entry['removed']} rows ({entry['kept']} kept)")
+    metrics = result["metrics"]
+    if metrics["report"]:
+        out.print(f"Metrics (report {metrics['report']}, {metrics['items']} items, b − a):")
+        for row in metrics["deltas"]:
+            interval = f"[{row['low']:+.3g}, {row['high']:+.3g}]"
+            out.print(
+                f"  {row['metric']}: {row['delta']:+.4g} {interval} p={row['p_value']:.3f}", highlight=False
+            )
+    else:
+        out.print(f"Metrics (as recorded; {metrics['note']}):", soft_wrap=True)
+        for row in metrics["deltas"]:
+            out.print(
+                f"  {row['metric']}: {row['a']:.4g} → {row['b']:.4g} ({row['delta']:+.4g})", highlight=False
+            )
+
+
+@registry_app.command("card")
+def registry_card(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    output: Annotated[Path | None, typer.Option(help="Write the card here (default: print it).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """A Markdown model card: base and licence, data, method, metrics with intervals, forgetting, lineage."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.lifecycle import model_card
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(load_project(config, None))
+    try:
+        card = model_card(workspace, get_version(workspace, version))
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    if output is None:
+        out.print(card, markup=False, highlight=False, soft_wrap=True)
+    else:
+        output.write_text(card, encoding="utf-8")
+        out.print(f"Wrote {output}")
+
+
+@registry_app.command("reproduce")
+def registry_reproduce(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    tolerance: Annotated[float, typer.Option(help="Largest relative difference that still matches.")] = 0.02,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Train again from the version's record and check its metrics match; exit 1 when they do not."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.train import TrainConfigError
+    from tunesmith.train.run import reproduce
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, None)
+    workspace = open_workspace(cfg)
+    try:
+        result = reproduce(workspace, get_version(workspace, version), tolerance, cfg.base_dir)
+    except (RegistryError, TrainConfigError) as exc:
+        raise fail(str(exc)) from None
+    table = new_table("metric", "recorded", "reproduced", "difference", "match")
+    for row in result["metrics"]:
+        table.add_row(
+            row["metric"],
+            f"{row['recorded']:.6g}",
+            f"{row['reproduced']:.6g}",
+            f"{row['relative_difference']:.2%}",
+            "yes" if row["match"] else "[red]no[/red]",
+        )
+    out.print(table)
+    verdict = "matches" if result["matches"] else "does NOT match"
+    out.print(f"Run {result['run']} {verdict} {version} within {tolerance:.0%}.")
+    if not result["matches"]:
+        raise typer.Exit(1)
+
+
+@registry_app.command("export")
+def registry_export(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    format_: Annotated[
+        str,
+        typer.Option("--format", help="adapter (PEFT), merged (safetensors) or gguf (llama.cpp, Ollama)."),
+    ] = "merged",
+    quant: Annotated[str, typer.Option(help="gguf: f16 or q8_0.")] = "q8_0",
+    output: Annotated[
+        Path | None, typer.Option(help="Folder to write (default: exports/ in the workspace).")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Export a version as an adapter, a merged model or GGUF, with a parity check against the version."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.export import export_version
+    from tunesmith.workspace import open_workspace
+
+    if format_ not in ("adapter", "merged", "gguf"):
+        raise fail(f"--format {format_!r}: use adapter, merged or gguf", 2)
+    if quant not in ("f16", "q8_0"):
+        raise fail(f"--quant {quant!r}: use f16 or q8_0", 2)
+    workspace = open_workspace(load_project(config, None))
+    try:
+        target, report = export_version(
+            workspace,
+            get_version(workspace, version),
+            format_,  # type: ignore[arg-type]
+            output,
+            quant=quant,
+        )
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"Exported {version} ({format_}) to {target}")
+    out.print(
+        f"Parity: {report['identical_tokens']}/{report['prompts']} prompts gave identical tokens "
+        f"(token agreement {report['token_agreement']:.1%}), "
+        f"{report['answers_ending_at_a_stop_token']} ended at a stop token {report['stop_tokens']}, "
+        f"chat template round-trips: {report['chat_template_round_trips']}",
+        highlight=False,
+    )
+
+
+@registry_app.command("push")
+def registry_push(
+    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    to: Annotated[
+        str, typer.Option("--to", help="hf (the Hugging Face Hub) or mlflow (an MLflow registry).")
+    ],
+    repo: Annotated[str | None, typer.Option(help="hf: the repository, owner/name.")] = None,
+    tracking_uri: Annotated[str | None, typer.Option(help="mlflow: the tracking server URI.")] = None,
+    format_: Annotated[
+        str | None, typer.Option("--format", help="adapter or merged (default: adapter for LoRA versions).")
+    ] = None,
+    public: Annotated[bool, typer.Option(help="hf: make a new repository public.")] = False,
+    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+) -> None:
+    """Push a version (exported, with its model card) to the Hugging Face Hub or an MLflow registry."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry.sync import log_to_mlflow, push_to_hub
+    from tunesmith.workspace import open_workspace
+
+    if to not in ("hf", "mlflow"):
+        raise fail(f"--to {to!r}: use hf or mlflow", 2)
+    if to == "hf" and not repo:
+        raise fail("--to hf needs --repo OWNER/NAME", 2)
+    workspace = open_workspace(load_project(config, None))
+    try:
+        target = get_version(workspace, version)
+        if to == "hf":
+            assert repo is not None
+            url = push_to_hub(workspace, target, repo, private=not public, fmt=format_)
+            out.print(f"Pushed {target.name} to {url}")
+        else:
+            logged = log_to_mlflow(workspace, target, tracking_uri, fmt=format_)
+            out.print(
+                f"Logged {target.name} as MLflow run {logged['run_id']}, "
+                f"model {logged['model']} version {logged['model_version']}"
+            )
+    except RegistryError as exc:
+        raise fail(str(exc)) from None

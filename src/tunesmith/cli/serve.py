@@ -1,0 +1,194 @@
+"""`tunesmith serve`: the OpenAI-compatible server, its API keys and rollouts."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from tunesmith.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    app,
+    err,
+    fail,
+    load_project,
+    new_table,
+    out,
+)
+from tunesmith.config import ConfigError
+
+serve_app = typer.Typer(invoke_without_command=True)
+keys_app = typer.Typer(
+    help="API keys of the server: create (shown once), list, revoke.", no_args_is_help=True
+)
+rollout_app = typer.Typer(
+    help="Move a version through a route's rollout plan, one gated step at a time.", no_args_is_help=True
+)
+app.add_typer(serve_app, name="serve", rich_help_panel="Lifecycle")
+serve_app.add_typer(keys_app, name="keys")
+serve_app.add_typer(rollout_app, name="rollout")
+
+
+@serve_app.callback()
+def serve(
+    ctx: typer.Context,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on (default serve.host).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default serve.port).")] = None,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Load this version or alias at start (repeatable).")
+    ] = None,
+    backend: Annotated[str | None, typer.Option(help="transformers, llamacpp or vllm.")] = None,
+    list_backends: Annotated[
+        bool, typer.Option("--list-backends", help="List the serving backends.")
+    ] = False,
+) -> None:
+    """OpenAI-compatible server over the registry: models by version or alias, canary, shadow, hot swap."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from tunesmith.registry import RegistryError
+    from tunesmith.serve import run_server
+    from tunesmith.serve.backends import BackendError, backend_names
+
+    if list_backends:
+        for name in backend_names():
+            out.print(name)
+        return
+    overrides = list(set_ or [])
+    if model:
+        overrides.append(f"serve.models=[{', '.join(model)}]")
+    if backend:
+        overrides.append(f"serve.backend={backend}")
+    cfg = load_project(config, overrides)
+    try:
+        run_server(cfg, host=host, port=port)
+    except ConfigError as exc:  # the runtime config file
+        raise fail(str(exc), 2) from None
+    except (RegistryError, BackendError, ValueError) as exc:
+        raise fail(str(exc)) from None
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
+    admin: Annotated[bool, typer.Option(help="Also allow alias moves, config reloads and rollouts.")] = False,
+    group: Annotated[
+        str | None, typer.Option(help="User group for targeting rules (internal, beta...).")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Create a key; the secret is printed once and only its SHA-256 is stored."""
+    from tunesmith.serve.keys import create_key
+    from tunesmith.workspace import open_workspace
+
+    key, secret = create_key(open_workspace(load_project(config, None)), name, admin=admin, group=group)
+    err.print(
+        f"{key.id} ({', '.join(key.scopes)}{', group ' + group if group else ''}); "
+        "store it now, it is not shown again:"
+    )
+    out.print(secret, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None) -> None:
+    """Keys with their scopes, group and state (never the secret)."""
+    from tunesmith.serve.keys import list_keys
+    from tunesmith.workspace import open_workspace
+
+    table = new_table("id", "name", "prefix", "scopes", "group", "created", "revoked")
+    for key in list_keys(open_workspace(load_project(config, None))):
+        table.add_row(
+            key.id,
+            key.name,
+            key.prefix + "…",
+            ", ".join(key.scopes),
+            key.user_group or "",
+            key.created_at.strftime("%Y-%m-%d %H:%M"),
+            key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key: Annotated[str, typer.Argument(help="Key id or name.")],
+    config: ConfigOpt = None,
+) -> None:
+    """Revoke a key; a running server refuses it from its next poll (serve.poll_seconds)."""
+    from tunesmith.registry import RegistryError
+    from tunesmith.serve.keys import revoke_key
+    from tunesmith.workspace import open_workspace
+
+    try:
+        revoked = revoke_key(open_workspace(load_project(config, None)), key)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"revoked {revoked.id} ({revoked.name})", highlight=False)
+
+
+@rollout_app.command("start")
+def rollout_start(
+    version: Annotated[str, typer.Argument(help="The version to roll out.")],
+    route: Annotated[str, typer.Option(help="The route (serve.routes[].model), e.g. support@production.")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Start a rollout; the server advances it while the step's gates hold and rolls it back when not."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.serve.rollout import describe, start_rollout
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, set_)
+    workspace = open_workspace(cfg)
+    try:
+        target = get_version(workspace, version)
+        row = start_rollout(workspace, cfg.serve, route, target)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    info = describe(row, {target.id: target.name})
+    out.print(f"{info['id']}: {target.name} on {row.route}, step {info['step']}", highlight=False)
+
+
+@rollout_app.command("status")
+def rollout_status(config: ConfigOpt = None) -> None:
+    """Rollouts, newest first: version, route, step, status, and the last event's reasons."""
+    from tunesmith.registry.versions import version_names
+    from tunesmith.serve.rollout import describe, list_rollouts
+    from tunesmith.workspace import open_workspace
+
+    workspace = open_workspace(load_project(config, None))
+    names = version_names(workspace)
+    table = new_table("id", "version", "route", "step", "status", "since", "last event")
+    for row in list_rollouts(workspace):
+        info = describe(row, names)
+        last = info["history"][-1]
+        table.add_row(
+            info["id"],
+            info["version"],
+            info["route"],
+            info["step"],
+            info["status"],
+            info["since"],
+            f"{last['event']}: {'; '.join(last.get('reasons', []))}".rstrip(": "),
+        )
+    out.print(table)
+
+
+@rollout_app.command("abort")
+def rollout_abort(
+    rollout: Annotated[str, typer.Argument(help="Rollout id, or the route it runs on.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in its history.")] = "",
+    config: ConfigOpt = None,
+) -> None:
+    """Stop a running rollout; traffic returns to the route's primary at the server's next poll."""
+    from tunesmith.registry import RegistryError
+    from tunesmith.serve.rollout import abort_rollout
+    from tunesmith.workspace import open_workspace
+
+    try:
+        row = abort_rollout(open_workspace(load_project(config, None)), rollout, reason)
+    except RegistryError as exc:
+        raise fail(str(exc)) from None
+    out.print(f"{row.id} aborted", highlight=False)

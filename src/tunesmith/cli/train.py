@@ -1,0 +1,119 @@
+"""`tunesmith train`: fine-tune, resume, dry-run, or launch on several processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunesmith.cli.common import (
+    ConfigArg,
+    SetOpt,
+    app,
+    fail,
+    load_project,
+    new_table,
+    out,
+)
+from tunesmith.config import CONFIG_FILENAME, ProjectConfig
+
+
+@app.command("train", rich_help_panel="Lifecycle")
+def train_cmd(
+    config: ConfigArg = None,
+    set_: SetOpt = None,
+    resume: Annotated[
+        str | None, typer.Option(help="Continue this stopped run from its last checkpoint.")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Check data, memory fit and time per epoch; train nothing.")
+    ] = False,
+    num_processes: Annotated[
+        int, typer.Option("--num-processes", min=1, help="Processes (GPUs) to train with; >1 runs DDP.")
+    ] = 1,
+    launcher: Annotated[
+        str, typer.Option(help="accelerate (multi-GPU, DeepSpeed, FSDP) or torchrun.")
+    ] = "accelerate",
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="An Accelerate config file (DeepSpeed ZeRO, FSDP), passed through.")
+    ] = None,
+) -> None:
+    """Fine-tune the base model on data.path and register the result as a new version."""
+    from tunesmith.data import DataError
+    from tunesmith.models import ModelNotFoundError
+    from tunesmith.registry import RegistryError
+    from tunesmith.train import DiskFullError, TrainConfigError
+    from tunesmith.train.fit import DoesNotFitError
+    from tunesmith.train.methods import MethodError
+    from tunesmith.train.objectives import get_objective
+    from tunesmith.train.run import resume_run, train
+
+    cfg = load_project(config, set_)
+    errors = (
+        DataError,
+        ModelNotFoundError,
+        TrainConfigError,
+        MethodError,
+        RegistryError,
+        DoesNotFitError,
+        DiskFullError,
+    )
+    if dry_run:
+        _dry_run(cfg, errors)
+        return
+    if num_processes > 1:
+        from tunesmith.train.run import TrainLaunchError, launch_distributed
+
+        try:
+            version = launch_distributed(
+                cfg,
+                config or Path(CONFIG_FILENAME),
+                list(set_ or []),
+                num_processes,
+                launcher,
+                accelerate_config,
+            )
+        except (*errors, TrainLaunchError) as exc:
+            raise fail(str(exc)) from None
+        out.print(
+            f"Registered [bold]{version.name}[/bold] from run {version.run_id} on {num_processes} "
+            f"processes. Next: `tunesmith eval {version.name}`"
+        )
+        return
+    try:
+        outcome = resume_run(cfg, resume) if resume else train(cfg)
+    except errors as exc:
+        raise fail(str(exc)) from None
+    m = outcome.version.metrics
+    out.print(
+        f"Registered [bold]{outcome.version.name}[/bold] from run {outcome.run_id}: train loss "
+        f"{m['train_loss']:.3f}"
+        + (f", validation loss {m['eval_loss']:.3f}" if "eval_loss" in m else "")
+        + f", {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
+    )
+    out.print(
+        f"Next: `tunesmith eval {outcome.version.name}` ("
+        + ("majority class" if get_objective(cfg.train.objective).labelled else "base")
+        + " vs this version on the held-out split), "
+        f"`tunesmith registry show {outcome.version.name}`"
+    )
+
+
+def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
+    from tunesmith.train.run import dry_run
+
+    try:
+        dataset, estimate, timing = dry_run(cfg)
+    except errors as exc:
+        raise fail(str(exc)) from None
+    out.print(f"Dry run: {cfg.train.method} {cfg.train.objective} of {cfg.model.id} on dataset {dataset.id}")
+    table = new_table("memory", "estimate")
+    for label, value in estimate.rows():
+        table.add_row(label, value)
+    out.print(table)
+    if not estimate.fits:
+        raise fail(estimate.refusal())
+    if timing is not None:
+        out.print(timing.describe())
+    out.print("It fits. Run the same command without --dry-run to train.")

@@ -1,0 +1,34 @@
+"""`tunesmith ui`: the web app over the same store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from tunesmith.cli.common import (
+    ConfigOpt,
+    SetOpt,
+    app,
+    load_project,
+    out,
+)
+from tunesmith.config import CONFIG_FILENAME
+
+
+@app.command(rich_help_panel="Lifecycle")
+def ui(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default ui.host, 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ui.port, 8600).")] = None,
+) -> None:
+    """The web app over the same store: datasets, runs, evals, registry, deployments, monitoring."""
+    from tunesmith.ui import run_ui
+
+    cfg = load_project(config, set_)
+    out.print(f"tunesmith ui on http://{host or cfg.ui.host}:{port or cfg.ui.port} (Ctrl-C stops it)")
+    run_ui(cfg, config or Path(CONFIG_FILENAME), host=host, port=port)
