@@ -1,0 +1,755 @@
+"""The server's state, in one object: backend, model table, router, keys, runtime config, request log,
+online scorers and metrics; how it answers a request; and the loop that follows the registry (alias
+moves, API keys, the runtime config file, rollouts) while it runs. The HTTP routes over it are in
+`tunesmith.serve.routes`, mounted by `tunesmith.serve.app.create_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import select
+
+from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
+from tunesmith.monitor.alerts import check_alerts
+from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words, start_judge
+from tunesmith.registry.versions import RegistryError
+from tunesmith.serve import rollout as rollouts
+from tunesmith.serve.backends import (
+    Backend,
+    BackendError,
+    Finished,
+    GenerationJob,
+    OverloadedError,
+    SamplingParams,
+    TextDelta,
+    create_backend,
+)
+from tunesmith.serve.keys import Caller, KeyRing
+from tunesmith.serve.metrics import ServeMetrics
+from tunesmith.serve.requestlog import RequestLogWriter, pii_scrubber
+from tunesmith.serve.router import Decision, ModelTable, Router, UnknownModelError
+from tunesmith.serve.runtime import ModelSettings, RuntimeConfig
+from tunesmith.serve.schemas import (
+    ApiError,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
+from tunesmith.store import AliasEvent, ModelVersion, session
+from tunesmith.store.schema import utcnow
+from tunesmith.workspace import Workspace, open_workspace
+
+log = logging.getLogger("tunesmith.serve")
+
+
+class Server:
+    """Everything one running server holds: backend, names, routes, keys, runtime config, log, metrics."""
+
+    def __init__(
+        self, config: ProjectConfig, workspace: Workspace | None = None, backend: Backend | None = None
+    ) -> None:
+        self.config = config
+        self.serve = config.serve
+        self.workspace = workspace or open_workspace(config)
+        self.backend = backend or create_backend(self.serve.backend, self.workspace, self.serve)
+        self.table = ModelTable(self.workspace, self.backend)
+        self.router = Router(self.serve, self.table)
+        self.keys = KeyRing(self.workspace)
+        runtime_path = config.resolve_path(self.serve.runtime_config) if self.serve.runtime_config else None
+        self.runtime = RuntimeConfig(runtime_path)
+        self.request_log = (
+            RequestLogWriter(self.workspace, flush_seconds=self.serve.log_flush_seconds)
+            if self.serve.log_requests
+            else None
+        )
+        self.scrub = pii_scrubber(self.serve.log_pii, config.data.clean.pii_keep)
+        monitor = config.monitor
+        words = config.resolve_path(monitor.toxicity_words) if monitor.toxicity_words else None
+        online_judge = start_judge(self.workspace, monitor.judge) if monitor.judge_sample_rate > 0 else None
+        self.scorer = (
+            OnlineScorer(
+                self.workspace,
+                monitor.scorers,
+                monitor.sample_rate,
+                load_toxic_words(words),
+                judge=online_judge,
+                judge_sample_rate=monitor.judge_sample_rate,
+                reward_model=_reward_model(self.workspace, monitor.reward_model),
+            )
+            if self.request_log is not None and monitor.scorers and monitor.sample_rate > 0
+            else None
+        )
+        self.metrics = ServeMetrics()
+        self.ready = False
+        self.startup_error: str | None = None
+        self._next_alert_check = 0.0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.table.on_swap = lambda name, version, result: self.metrics.swaps.labels(
+            name, version, result
+        ).inc()
+        self.backend.on_batch = self.metrics.batch.observe  # type: ignore[attr-defined]
+        if self.serve.require_keys and self.keys.open:
+            raise RegistryError(
+                "serve.require_keys is on and there is no active key; `tunesmith serve keys create NAME`"
+            )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the backend and the log writer; load the served models in the background (see /ready)."""
+        if self.keys.open:
+            log.warning(
+                "no API keys: anyone who can reach this server may call it (`tunesmith serve keys create`)"
+            )
+        self.backend.start()
+        if self.request_log is not None:
+            self.request_log.start()
+        if self.scorer is not None:
+            self.scorer.start()
+        self._spawn(self._preload, "tunesmith-preload")
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=30)
+        self.backend.close()
+        if self.request_log is not None:
+            self.request_log.close()
+        if self.scorer is not None:
+            self.scorer.close()
+
+    def _spawn(self, target: Any, name: str) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _preload(self) -> None:
+        try:
+            self.router.refresh_rollouts()
+            self.router.preload(self.serve.models or default_models(self.workspace))
+        except Exception as exc:
+            self.startup_error = str(exc)
+            log.error("could not load the served models: %s", exc)
+            return
+        self.ready = True
+        self.metrics.loaded.set(len(self.backend.loaded()))
+        log.info(
+            "ready: %s",
+            ", ".join(f"{n} -> {v.name}" for n, v in self.table.names().items()) or "no models yet",
+        )
+        self._spawn(self._follow, "tunesmith-follow")
+
+    def _follow(self) -> None:
+        while not self._stop.wait(self.serve.poll_seconds):
+            try:
+                self.poll_once()
+            except Exception:
+                log.exception("following the registry failed; retrying")
+
+    def poll_once(self) -> None:
+        """One look at the store and the runtime config file: alias moves, keys, config edits, rollouts."""
+        self.table.refresh()
+        self.keys.refresh()
+        failures = self.runtime.failures
+        if self.runtime.reload_if_changed():
+            self.metrics.reloads.labels("ok").inc()
+        elif self.runtime.failures > failures:
+            self.metrics.reloads.labels("rejected").inc()
+        for row, event in rollouts.tick(self.workspace, self.serve, self.config.registry, self._primary_of):
+            self.metrics.rollouts.labels(row.route, event).inc()
+        self.router.refresh_rollouts()
+        if self.config.monitor.alerts and time.monotonic() >= self._next_alert_check:
+            self._next_alert_check = time.monotonic() + self.config.monitor.alert_interval_seconds
+            embedder = self.scorer.ctx if self.scorer is not None else None
+            if embedder is not None and any(
+                r.metric.startswith("drift_") for r in self.config.monitor.alerts
+            ):
+                embedder.embed([""])  # load the scorers' MiniLM once; drift rules share it
+            shared = embedder.embedder if embedder is not None else None
+            for alert in check_alerts(
+                self.workspace, self.config.monitor, self.config.registry, embedder=shared
+            ):
+                self.metrics.alerts.labels(alert.rule).inc()
+        self.table.refresh()  # a completed rollout, or an alert's rollback, moved an alias
+        self.metrics.loaded.set(len(self.backend.loaded()))
+
+    def _primary_of(self, route: str) -> str | None:
+        try:
+            return self.table.ensure(route).id
+        except Exception:
+            return None
+
+    # --- answering -------------------------------------------------------------------------
+
+    async def answer(
+        self, request: Request, body: ChatCompletionRequest | CompletionRequest, caller: Caller
+    ) -> Response:
+        """Route, generate and answer one request; a refusal (4xx, 503) is logged before it is raised."""
+        started = time.perf_counter()
+        request_id = f"req-{uuid.uuid4().hex}"
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        decision: list[Decision] = []
+        try:
+            return await self._answer(request_id, started, body, caller, headers, decision)
+        except ApiError as exc:
+            trace = _Trace(
+                request_id,
+                started,
+                body,
+                caller,
+                headers,
+                decision[0] if decision else None,
+                _prompt_of(body),
+                0,
+                isinstance(body, ChatCompletionRequest),
+            )
+            version = decision[0].version if decision else None
+            route = decision[0].route if decision else "refused"
+            self.metrics.requests.labels(
+                body.model, version.name if version else "", route, str(exc.status)
+            ).inc()
+            self._log(
+                trace,
+                version,
+                route,
+                exc.status,
+                [],
+                [],
+                0,
+                time.perf_counter() - started,
+                exc.body["error"]["message"],
+                shadow_of=None,
+            )
+            raise
+
+    async def _answer(
+        self,
+        request_id: str,
+        started: float,
+        body: ChatCompletionRequest | CompletionRequest,
+        caller: Caller,
+        headers: dict[str, str],
+        decided: list[Decision],
+    ) -> Response:
+        chat = isinstance(body, ChatCompletionRequest)
+        try:
+            decision = await asyncio.to_thread(self.router.decide, body.model, caller, body.user, headers)
+        except UnknownModelError as exc:
+            raise ApiError(404, str(exc), param="model", code="model_not_found") from None
+        except (BackendError, RegistryError) as exc:
+            raise ApiError(
+                503, f"the model `{body.model}` cannot be served: {exc}", type="server_error"
+            ) from None
+        decided.append(decision)
+        version = decision.version
+        settings = self.runtime.settings.for_request(body.model, version)
+        prompt, prompt_ids = self._encode(body, version, settings)
+        params = self._params(body, settings, max(len(ids) for ids in prompt_ids), version)
+        jobs = [
+            GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop())
+            for ids in prompt_ids
+        ]
+        self._submit(jobs)
+        self.metrics.queue.set(self.backend.queue_depth())
+        trace = _Trace(
+            request_id,
+            started,
+            body,
+            caller,
+            headers,
+            decision,
+            prompt,
+            sum(len(i) for i in prompt_ids) * body.n,
+            chat,
+        )
+        response_headers = {
+            "x-request-id": request_id,
+            "x-tunesmith-version": version.name,
+            "x-tunesmith-route": decision.route,
+        }
+        if decision.shadow is not None:
+            response_headers["x-tunesmith-shadow"] = decision.shadow.name
+        if body.stream:
+            return StreamingResponse(
+                self._stream(jobs, trace), media_type="text/event-stream", headers=response_headers
+            )
+        texts, reasons, tokens = await self._collect(jobs, trace)
+        payload = _completion(request_id, version, chat, texts, reasons, _usage(trace.tokens_in, tokens))
+        return JSONResponse(payload, headers=response_headers)
+
+    def _submit(self, jobs: list[GenerationJob]) -> None:
+        """Queue every job, or none: a full queue is answered 429 with Retry-After."""
+        try:
+            for job in jobs:
+                self.backend.submit(job)
+        except OverloadedError as exc:
+            for job in jobs:
+                job.cancel()
+            self.metrics.rejected.labels("overloaded").inc()
+            raise ApiError(
+                429,
+                str(exc),
+                type="rate_limit_error",
+                code="overloaded",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
+
+    def _encode(
+        self, body: ChatCompletionRequest | CompletionRequest, version: ModelVersion, settings: ModelSettings
+    ) -> tuple[Any, list[list[int]]]:
+        tokenizer = self.backend.tokenizer(version.id)
+        if isinstance(body, ChatCompletionRequest):
+            messages = [
+                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                for m in body.messages
+            ]
+            if settings.system_prompt and messages[0]["role"] != "system":
+                messages.insert(0, {"role": "system", "content": settings.system_prompt})
+            try:
+                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            except Exception as exc:  # the template refuses the conversation (roles out of order...)
+                raise ApiError(
+                    400, f"the model's chat template refused these messages: {exc}", param="messages"
+                ) from None
+            return messages, [list(tokenizer(str(text), add_special_tokens=False)["input_ids"])]
+        return body.prompt, [
+            list(tokenizer(p)["input_ids"]) or [tokenizer.eos_token_id] for p in body.prompts
+        ]
+
+    def _params(
+        self,
+        body: ChatCompletionRequest | CompletionRequest,
+        settings: ModelSettings,
+        prompt_tokens: int,
+        version: ModelVersion,
+    ) -> SamplingParams:
+        limit = self.serve.max_tokens
+        max_tokens = body.requested_max_tokens or settings.max_tokens or self.serve.default_max_tokens
+        if max_tokens > limit:
+            raise ApiError(
+                400,
+                f"max_tokens is too large: {max_tokens}. This server allows at most {limit}.",
+                param="max_tokens",
+            )
+        if body.n > self.serve.max_n:
+            raise ApiError(
+                400, f"n is too large: {body.n}. This server allows at most {self.serve.max_n}.", param="n"
+            )
+        context = self.backend.context_length(version.id)
+        if not body.requested_max_tokens and prompt_tokens < context:
+            max_tokens = min(max_tokens, context - prompt_tokens)  # a default never overflows the window
+        if prompt_tokens + max_tokens > context:
+            raise ApiError(
+                400,
+                f"This model's maximum context length is {context} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="messages",
+                code="context_length_exceeded",
+            )
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=body.temperature
+            if body.temperature is not None
+            else (settings.temperature if settings.temperature is not None else 1.0),
+            top_p=body.top_p if body.top_p is not None else (settings.top_p or 1.0),
+            seed=body.seed,
+            stop=tuple(dict.fromkeys([*body.stops, *(settings.stop or [])])),
+        )
+
+    async def _events(
+        self, jobs: list[GenerationJob], trace: _Trace
+    ) -> AsyncIterator[tuple[int, TextDelta | Finished]]:
+        """Every job's events as (choice index across jobs, event) until all choices finish."""
+        n = len(jobs[0].choices)
+        merged: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+        async def pump(offset: int, job: GenerationJob) -> None:
+            remaining = len(job.choices)
+            while remaining:
+                event = await job.events.get()
+                await merged.put((offset, event))
+                if isinstance(event, BaseException):
+                    return
+                if isinstance(event, Finished):
+                    remaining -= 1
+
+        pumps = [asyncio.create_task(pump(k * n, job)) for k, job in enumerate(jobs)]
+        remaining = sum(len(j.choices) for j in jobs)
+        try:
+            while remaining:
+                offset, event = await merged.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, TextDelta) and trace.first_token is None:
+                    trace.first_token = time.perf_counter()
+                if isinstance(event, Finished):
+                    remaining -= 1
+                yield offset + event.index, event
+        finally:
+            for job in jobs:
+                job.cancel()  # no-op for finished jobs; stops decoding when the client went away
+            for task in pumps:
+                task.cancel()
+
+    async def _collect(self, jobs: list[GenerationJob], trace: _Trace) -> tuple[list[str], list[str], int]:
+        count = sum(len(j.choices) for j in jobs)
+        texts, reasons, tokens = [""] * count, ["stop"] * count, 0
+        try:
+            async for index, event in self._events(jobs, trace):
+                if isinstance(event, TextDelta):
+                    texts[index] += event.text
+                else:
+                    reasons[index] = event.finish_reason
+                    tokens += event.tokens
+        except BackendError as exc:
+            self._finish(trace, 500, [], [], 0, str(exc))
+            raise ApiError(500, f"generation failed: {exc}", type="server_error") from None
+        self._finish(trace, 200, texts, reasons, tokens)
+        return texts, reasons, tokens
+
+    async def _stream(self, jobs: list[GenerationJob], trace: _Trace) -> AsyncIterator[str]:
+        count = sum(len(j.choices) for j in jobs)
+        texts, reasons, tokens = [""] * count, ["stop"] * count, 0
+        chat, created = trace.chat, int(time.time())
+        base = {
+            "id": ("chatcmpl-" if chat else "cmpl-") + trace.request_id[4:],
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": trace.routed.version.name,
+            "system_fingerprint": f"fp_{trace.routed.version.weights_sha256[:12]}",
+        }
+
+        def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
+            if chat:
+                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+                if text:
+                    delta["content"] = text
+                choice: dict[str, Any] = {
+                    "index": index,
+                    "delta": delta,
+                    "finish_reason": finish,
+                    "logprobs": None,
+                }
+            else:
+                choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
+            return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+
+        status, error, logged = 200, None, False
+        try:
+            if chat:
+                for index in range(count):
+                    yield chunk(index, None, None, first=True)
+            async for index, event in self._events(jobs, trace):
+                if isinstance(event, TextDelta):
+                    texts[index] += event.text
+                    yield chunk(index, event.text, None)
+                else:
+                    reasons[index] = event.finish_reason
+                    tokens += event.tokens
+                    yield chunk(index, None, event.finish_reason)
+            # Logged before the end of the stream goes out: an answer the client has whole is on disk.
+            logged = True
+            self._finish(trace, status, texts, reasons, tokens, error)
+            options = trace.body.stream_options
+            if options is not None and options.include_usage:
+                usage: dict[str, Any] = {**base, "choices": [], "usage": _usage(trace.tokens_in, tokens)}
+                yield f"data: {json.dumps(usage)}\n\n"
+            yield "data: [DONE]\n\n"
+        except BackendError as exc:
+            status, error = 500, str(exc)
+            body = {
+                "error": {
+                    "message": f"generation failed: {exc}",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+            yield f"data: {json.dumps(body)}\n\n"
+        except (asyncio.CancelledError, GeneratorExit):
+            status, error = 499, "client closed the connection"
+            tokens = sum(len(c.tokens) for job in jobs for c in job.choices)  # decoded before it stopped
+            raise
+        finally:
+            if not logged:
+                self._finish(trace, status, texts, reasons, tokens, error)
+
+    def _finish(
+        self,
+        trace: _Trace,
+        status: int,
+        texts: list[str],
+        reasons: list[str],
+        tokens: int,
+        error: str | None = None,
+    ) -> None:
+        """Record the answer: metrics now, the request log row off the request path, then the shadow."""
+        elapsed = time.perf_counter() - trace.started
+        version = trace.routed.version
+        self.metrics.requests.labels(trace.body.model, version.name, trace.routed.route, str(status)).inc()
+        self.metrics.latency.labels(version.name, trace.routed.route).observe(elapsed)
+        if trace.first_token is not None:
+            self.metrics.ttft.labels(version.name).observe(trace.first_token - trace.started)
+        self.metrics.tokens.labels(version.name, "prompt").inc(trace.tokens_in)
+        self.metrics.tokens.labels(version.name, "completion").inc(tokens)
+        self.metrics.queue.set(self.backend.queue_depth())
+        self._log(
+            trace,
+            version,
+            trace.routed.route,
+            status,
+            texts,
+            reasons,
+            tokens,
+            elapsed,
+            error,
+            shadow_of=None,
+        )
+        if trace.routed.shadow is not None and status == 200:
+            task = asyncio.get_running_loop().create_task(self._shadow(trace))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def _log(
+        self,
+        trace: _Trace,
+        version: ModelVersion | None,
+        route: str,
+        status: int,
+        texts: list[str],
+        reasons: list[str],
+        tokens: int,
+        elapsed: float,
+        error: str | None,
+        *,
+        shadow_of: str | None,
+        request_id: str | None = None,
+        first_token: float | None = None,
+        started: float | None = None,
+    ) -> None:
+        if self.request_log is None:
+            return
+        first = first_token if shadow_of else trace.first_token
+        begin = started if started is not None else trace.started
+        body = trace.body
+        row = {
+            "id": request_id or trace.request_id,
+            "at": utcnow(),
+            "endpoint": "chat" if trace.chat else "completion",
+            "requested_model": body.model,
+            "version_id": version.id if version is not None else None,
+            "route": route,
+            "shadow_of": shadow_of,
+            "prompt": trace.prompt,
+            "output": texts,
+            "finish_reasons": reasons,
+            "params": {
+                "max_tokens": body.requested_max_tokens,
+                "temperature": body.temperature,
+                "top_p": body.top_p,
+                "n": body.n,
+                "seed": body.seed,
+                "stop": body.stops,
+                "stream": body.stream,
+            },
+            "status": status,
+            "error": error,
+            "latency_ms": round(elapsed * 1000, 3),
+            "ttft_ms": round((first - begin) * 1000, 3) if first is not None else None,
+            "tokens_in": trace.tokens_in,
+            "tokens_out": tokens,
+            "user": body.user,
+            "session": trace.headers.get("x-session-id"),
+            "api_key_id": trace.caller.key_id,
+            "client": {
+                "metadata": body.metadata or {},
+                "user_agent": trace.headers.get("user-agent"),
+                "client_request_id": trace.headers.get("x-client-request-id")
+                or trace.headers.get("x-request-id"),
+            },
+        }
+        self.request_log.put(self.scrub.row(row) if self.scrub else row)
+        if self.scorer is not None and status == 200:
+            self.scorer.offer(row)  # the scorers see what was said (the pii score counts it); nothing is kept
+
+    async def _shadow(self, trace: _Trace) -> None:
+        """Answer a mirror of the request on the shadow version: logged, counted, never returned."""
+        shadow = trace.routed.shadow
+        assert shadow is not None
+        if self.backend.queue_depth() > self.serve.max_queue // 2:
+            self.metrics.shadow.labels(shadow.name, "dropped").inc()  # callers come first
+            return
+        started = time.perf_counter()
+        shadow_trace = _Trace(
+            f"req-{uuid.uuid4().hex}",
+            started,
+            trace.body,
+            trace.caller,
+            trace.headers,
+            Decision(shadow, "shadow"),
+            trace.prompt,
+            0,
+            trace.chat,
+        )
+        try:
+            settings = self.runtime.settings.for_request(trace.body.model, shadow)
+            _, prompt_ids = self._encode(trace.body, shadow, settings)
+            params = self._params(trace.body, settings, max(len(i) for i in prompt_ids), shadow)
+            shadow_trace.tokens_in = sum(len(i) for i in prompt_ids) * trace.body.n
+            jobs = [
+                GenerationJob(shadow.id, ids, [params] * trace.body.n, asyncio.get_running_loop())
+                for ids in prompt_ids
+            ]
+            for job in jobs:
+                self.backend.submit(job)
+            count = sum(len(j.choices) for j in jobs)
+            texts, reasons, tokens = [""] * count, ["stop"] * count, 0
+            async for index, event in self._events(jobs, shadow_trace):
+                if isinstance(event, TextDelta):
+                    texts[index] += event.text
+                else:
+                    reasons[index], tokens = event.finish_reason, tokens + event.tokens
+            status, error = 200, None
+        except OverloadedError:
+            self.metrics.shadow.labels(shadow.name, "dropped").inc()
+            return
+        except Exception as exc:
+            status, error, texts, reasons, tokens = 500, str(exc), [], [], 0
+        self.metrics.shadow.labels(shadow.name, str(status)).inc()
+        self._log(
+            shadow_trace,
+            shadow,
+            "shadow",
+            status,
+            texts,
+            reasons,
+            tokens,
+            time.perf_counter() - started,
+            error,
+            shadow_of=trace.request_id,
+            request_id=shadow_trace.request_id,
+            first_token=shadow_trace.first_token,
+            started=started,
+        )
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def model_list(self) -> list[dict[str, Any]]:
+        names = self.table.names()
+        with session(self.workspace.engine) as s:
+            versions = list(s.scalars(select(ModelVersion).order_by(ModelVersion.created_at)))
+        listed = {name: version for name, version in names.items()}
+        for route in self.router.routes:
+            listed.setdefault(route, names.get(self.table.canonical(route)))  # type: ignore[arg-type]
+        for version in versions:
+            if version.config.get("train", {}).get("objective", "sft") in GENERATIVE_OBJECTIVES:
+                listed.setdefault(version.name, version)
+        return [
+            {
+                "id": name,
+                "object": "model",
+                "created": int(version.created_at.timestamp()) if version is not None else 0,
+                "owned_by": "tunesmith",
+                "version": version.name if version is not None else None,
+                "loaded": version is not None and version.id in self.backend.loaded(),
+            }
+            for name, version in listed.items()
+        ]
+
+
+class _Trace:
+    """What the answer of one request needs to be logged."""
+
+    def __init__(
+        self,
+        request_id: str,
+        started: float,
+        body: Any,
+        caller: Caller,
+        headers: dict[str, str],
+        decision: Decision | None,
+        prompt: Any,
+        tokens_in: int,
+        chat: bool,
+    ) -> None:
+        self.request_id, self.started, self.body, self.caller = request_id, started, body, caller
+        self.headers, self.decision, self.prompt, self.tokens_in, self.chat = (
+            headers,
+            decision,
+            prompt,
+            tokens_in,
+            chat,
+        )
+        self.first_token: float | None = None
+
+    @property
+    def routed(self) -> Decision:
+        """The routing decision of an answered request (refused requests may have none)."""
+        assert self.decision is not None
+        return self.decision
+
+
+def _prompt_of(body: ChatCompletionRequest | CompletionRequest) -> Any:
+    if isinstance(body, ChatCompletionRequest):
+        return [{"role": m.role, "content": m.text()} for m in body.messages]
+    return body.prompt
+
+
+def _completion(
+    request_id: str,
+    version: ModelVersion,
+    chat: bool,
+    texts: list[str],
+    reasons: list[str],
+    usage: dict[str, int],
+) -> dict[str, Any]:
+    """The OpenAI response body of a finished (not streamed) chat or text completion."""
+    choices: list[dict[str, Any]] = [
+        {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
+        if chat
+        else {"index": i, "text": t, "finish_reason": r, "logprobs": None}
+        for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
+    ]
+    return {
+        "id": ("chatcmpl-" if chat else "cmpl-") + request_id[4:],
+        "object": "chat.completion" if chat else "text_completion",
+        "created": int(time.time()),
+        "model": version.name,
+        "system_fingerprint": f"fp_{version.weights_sha256[:12]}",
+        "choices": choices,
+        "usage": usage,
+    }
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def default_models(workspace: Workspace) -> list[str]:
+    """Every family's production alias that is set: what a server with no `serve.models` loads."""
+    with session(workspace.engine) as s:
+        families = sorted(set(s.scalars(select(AliasEvent.family).where(AliasEvent.alias == "production"))))
+    from tunesmith.registry.versions import alias_target
+
+    return [f"{f}@production" for f in families if alias_target(workspace, f, "production") is not None]
+
+
+def _reward_model(workspace: Any, ref: str | None) -> Any:
+    """The reward model that scores served answers online (monitor.reward_model), loaded at start."""
+    if ref is None:
+        return None
+    from tunesmith.registry.reward import RewardModel
+
+    return RewardModel(workspace, ref)
