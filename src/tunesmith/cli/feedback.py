@@ -97,6 +97,12 @@ def feedback_collect(
         )
     except (FeedbackError, RegistryError, ValueError) as exc:
         raise fail(str(exc)) from None
+    _print_session(result, source, review)
+    if review == "terminal":
+        _review_and_write(cfg, workspace, result, reviewer)
+
+
+def _print_session(result: Any, source: str, review: str) -> None:
     out.print(
         f"Session {result.id}: {len(result.items)} prompt(s) with answers to rank, from {source}, "
         f"in {result.folder}",
@@ -104,9 +110,7 @@ def feedback_collect(
         soft_wrap=True,
     )
     out.print(f"Review page: {result.folder / 'review.html'}", highlight=False, soft_wrap=True)
-    if review == "terminal":
-        _review_and_write(cfg, workspace, result, reviewer)
-    else:
+    if review != "terminal":
         out.print(
             f"Next: `tunesmith feedback review {result.id}` (terminal), or send the page to reviewers "
             f"and `tunesmith feedback import {result.id} FILE...`; "

@@ -513,18 +513,7 @@ def prepare_dataset(
     if config.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
     prepared = split_rows(check_rows(config, config.path, base_dir, tokenizer, max_tokens), config, base_dir)
-    if config.strict and prepared.rejected:
-        summary = ", ".join(f"{reason} ({n})" for reason, n in prepared.reasons().most_common(5))
-        raise DataError(
-            f"{config.path}: {len(prepared.rejected)} row(s) rejected and data.strict is set: "
-            f"{summary}. First: {prepared.rejected[0].location}: {prepared.rejected[0].reason}"
-        )
-    if not prepared.split_items("train"):
-        first = "\n".join(f"  {r.location}: {r.reason}" for r in prepared.rejected[:5])
-        raise DataError(
-            f"{config.path}: no usable training rows ({len(prepared.rejected)} rejected)"
-            + (f":\n{first}" if first else "")
-        )
+    _refuse_unusable(prepared, config)
     from tunesmith.data.stats import dataset_stats
 
     digest = content_hash(prepared, config)
@@ -551,16 +540,7 @@ def prepare_dataset(
         "data_config": config.model_dump(mode="json"),
     }
     target = workspace.dataset_dir(dataset_id)
-    with atomic_dir(target) as tmp:
-        for split in SPLITS:
-            write_split(tmp / f"{split}.parquet", prepared.split_items(split))
-        with (tmp / "rejected.jsonl").open("w", encoding="utf-8") as handle:
-            for rejected in prepared.rejected:
-                handle.write(json.dumps(rejected.to_json(), ensure_ascii=False, default=str) + "\n")
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-        from tunesmith.data.report import write_html_report
-
-        write_html_report(report, prepared, tmp / "report.html")
+    _write_version_files(target, prepared, report)
     with session(workspace.engine) as s:
         version = s.get(DatasetVersion, dataset_id)
         if version is None:
@@ -583,6 +563,37 @@ def prepare_dataset(
             )
             s.add(version)
     return version, prepared
+
+
+def _refuse_unusable(prepared: Prepared, config: DataConfig) -> None:
+    """Raise DataError when `data.strict` is set and a row was rejected, or no training row is left."""
+    if config.strict and prepared.rejected:
+        summary = ", ".join(f"{reason} ({n})" for reason, n in prepared.reasons().most_common(5))
+        raise DataError(
+            f"{config.path}: {len(prepared.rejected)} row(s) rejected and data.strict is set: "
+            f"{summary}. First: {prepared.rejected[0].location}: {prepared.rejected[0].reason}"
+        )
+    if not prepared.split_items("train"):
+        first = "\n".join(f"  {r.location}: {r.reason}" for r in prepared.rejected[:5])
+        raise DataError(
+            f"{config.path}: no usable training rows ({len(prepared.rejected)} rejected)"
+            + (f":\n{first}" if first else "")
+        )
+
+
+def _write_version_files(target: Path, prepared: Prepared, report: dict[str, Any]) -> None:
+    """The version's folder, whole or not at all: a Parquet file per split, the rejected rows with their
+    reasons, and the report as JSON and HTML."""
+    from tunesmith.data.report import write_html_report
+
+    with atomic_dir(target) as tmp:
+        for split in SPLITS:
+            write_split(tmp / f"{split}.parquet", prepared.split_items(split))
+        with (tmp / "rejected.jsonl").open("w", encoding="utf-8") as handle:
+            for rejected in prepared.rejected:
+                handle.write(json.dumps(rejected.to_json(), ensure_ascii=False, default=str) + "\n")
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+        write_html_report(report, prepared, tmp / "report.html")
 
 
 def _format_name(prepared: Prepared, config: DataConfig) -> str:

@@ -201,27 +201,7 @@ def run_eval(
         systems, metrics, resamples=settings.bootstrap_resamples, seed=settings.seed, alpha=settings.alpha
     )
     report: dict[str, Any] = {
-        "id": f"er-{secrets.token_hex(6)}",
-        "family": plan.family,
-        "version": {"id": plan.candidate.id, "name": plan.candidate.name},
-        "candidate": plan.candidate.name,
-        "task": plan.kind,
-        "objective": plan.objective,
-        "dataset_version": plan.dataset.id,
-        "split": settings.split,
-        "items": len(plan.items),
-        "notes": plan.notes,
-        "settings": {
-            "max_new_tokens": settings.max_new_tokens,
-            "decoding": "greedy",
-            "seed": settings.seed,
-            "few_shot": plan.few_shot,
-            "bootstrap_resamples": settings.bootstrap_resamples,
-            "alpha": settings.alpha,
-            "significance_test": "approximate randomization (paired)",
-            "interval": "95% percentile bootstrap",
-        },
-        "metrics": [_metric_info(name) for name in metrics],
+        **_report_header(plan, settings, metrics),
         "systems": [s.summary() for s in systems],
         "comparisons": comparisons,
         "verdicts": verdict_lines(comparisons, plan.candidate.name),
@@ -247,6 +227,39 @@ def run_eval(
     gates = check_gates(settings.gates, report, systems, plan.items, settings)
     report["gates"] = gates
     report["gate_passed"] = all(g["passed"] for g in gates) if gates else None
+    directory = _store_report(plan, report)
+    return EvalOutcome(report["id"], directory, report, systems)
+
+
+def _report_header(plan: EvalPlan, settings: EvalConfig, metrics: list[str]) -> dict[str, Any]:
+    """What an eval report says about itself: its id, what was judged on which items, and how."""
+    return {
+        "id": f"er-{secrets.token_hex(6)}",
+        "family": plan.family,
+        "version": {"id": plan.candidate.id, "name": plan.candidate.name},
+        "candidate": plan.candidate.name,
+        "task": plan.kind,
+        "objective": plan.objective,
+        "dataset_version": plan.dataset.id,
+        "split": settings.split,
+        "items": len(plan.items),
+        "notes": plan.notes,
+        "settings": {
+            "max_new_tokens": settings.max_new_tokens,
+            "decoding": "greedy",
+            "seed": settings.seed,
+            "few_shot": plan.few_shot,
+            "bootstrap_resamples": settings.bootstrap_resamples,
+            "alpha": settings.alpha,
+            "significance_test": "approximate randomization (paired)",
+            "interval": "95% percentile bootstrap",
+        },
+        "metrics": [_metric_info(name) for name in metrics],
+    }
+
+
+def _store_report(plan: EvalPlan, report: dict[str, Any]) -> Path:
+    """Write the report's files and record it in the store; return its folder."""
     directory = _write_report(plan.workspace, report)
     with session(plan.workspace.engine) as s:
         s.add(
@@ -255,16 +268,16 @@ def run_eval(
                 family=plan.family,
                 version_id=plan.candidate.id,
                 dataset_version_id=plan.dataset.id,
-                split=settings.split,
+                split=report["split"],
                 task=plan.kind,
                 systems=report["systems"],
                 gate_passed=report["gate_passed"],
-                gates=gates,
+                gates=report["gates"],
                 path=str(directory),
                 created_by=who(),
             )
         )
-    return EvalOutcome(report["id"], directory, report, systems)
+    return directory
 
 
 def plan_eval(
@@ -285,19 +298,8 @@ def plan_eval(
     workspace = workspace or open_workspace(config)
     settings = config.eval
     aliases = config.registry.aliases
-    candidate = (
-        alias_target(workspace, config.project, ref) if ref in aliases else get_version(workspace, ref)
-    )
-    if candidate is None:
-        raise RegistryError(f"alias {ref!r} of {config.project!r} is not set")
+    candidate = _candidate(workspace, config, ref)
     objective = candidate.config.get("train", {}).get("objective", "sft")
-    if get_objective(objective).task == "reward":
-        accuracy = candidate.metrics.get("test_pairwise_accuracy")
-        raise DataError(
-            f"{candidate.name} is a reward model: its held-out pairwise accuracy is "
-            + (f"{accuracy:.3f}" if accuracy is not None else "in its metrics")
-            + f"; evaluate generators with it through eval.reward_model: {candidate.name}"
-        )
     kind = task_kind(objective)
     few_shot = (settings.few_shot if few_shot is None else few_shot) if kind == "generation" else 0
     judge = (settings.judge.enabled if judge is None else judge) and kind == "generation"
@@ -313,26 +315,8 @@ def plan_eval(
     for subject in subjects:
         if subject.ref == "base" and kind in ("classification", "tagging"):
             subject.label = "majority" if kind == "classification" else "all O"  # a new head only guesses
-    dataset_id = dataset or candidate.dataset_version_id
-    if dataset_id is None:
-        raise DataError(f"{candidate.name} records no dataset version to evaluate on")
-    with session(workspace.engine) as s:
-        data = s.get(DatasetVersion, dataset_id)
-    if data is None:
-        raise DataError(f"no dataset version {dataset_id}; see `tunesmith data list`")
-    items = eval_items(load_split(data, settings.split), data.meta.get("kind", "sft"))
-    if not items:
-        raise DataError(f"dataset {data.id} has no {settings.split} rows to evaluate on")
-    metrics = list(settings.metrics or DEFAULT_METRICS[kind])
-    if kind == "generation" and settings.metrics is None:
-        metrics.append("perplexity")
-    for name in metrics:  # an unknown or mismatched metric fails before any model is loaded
-        metric_kind = get_metric(name).kind
-        if metric_kind != kind and not (kind == "generation" and metric_kind == "lm"):
-            raise DataError(
-                f"eval.metrics: {name} is a {metric_kind} metric and {candidate.name} is a {kind} model; "
-                f"its metrics: {', '.join(metric_names(kind))}"
-            )
+    data, items = _eval_data(workspace, candidate, dataset, settings.split)
+    metrics = _metrics_for(settings, kind, candidate.name)
     reward_ref = _reward_model_ref(workspace, (reward_model or settings.reward_model), kind, metrics)
     if "judge_score" in metrics:
         metrics.remove("judge_score")  # the judge adds it
@@ -358,6 +342,61 @@ def plan_eval(
         judge=judge,
         reward_model=reward_ref,
     )
+
+
+def _candidate(workspace: Workspace, config: ProjectConfig, ref: str) -> ModelVersion:
+    """The version `ref` names (or the version the alias points to); a reward model is refused.
+
+    Raises:
+        RegistryError: an unknown version, or an alias that is not set.
+        DataError: for a reward model, which scores answers rather than giving them.
+    """
+    aliases = config.registry.aliases
+    candidate = (
+        alias_target(workspace, config.project, ref) if ref in aliases else get_version(workspace, ref)
+    )
+    if candidate is None:
+        raise RegistryError(f"alias {ref!r} of {config.project!r} is not set")
+    if get_objective(candidate.config.get("train", {}).get("objective", "sft")).task == "reward":
+        accuracy = candidate.metrics.get("test_pairwise_accuracy")
+        raise DataError(
+            f"{candidate.name} is a reward model: its held-out pairwise accuracy is "
+            + (f"{accuracy:.3f}" if accuracy is not None else "in its metrics")
+            + f"; evaluate generators with it through eval.reward_model: {candidate.name}"
+        )
+    return candidate
+
+
+def _eval_data(
+    workspace: Workspace, candidate: ModelVersion, dataset: str | None, split: str
+) -> tuple[DatasetVersion, list[dict[str, Any]]]:
+    """The dataset version to evaluate on (the candidate's own unless `dataset`) and its split's items."""
+    dataset_id = dataset or candidate.dataset_version_id
+    if dataset_id is None:
+        raise DataError(f"{candidate.name} records no dataset version to evaluate on")
+    with session(workspace.engine) as s:
+        data = s.get(DatasetVersion, dataset_id)
+    if data is None:
+        raise DataError(f"no dataset version {dataset_id}; see `tunesmith data list`")
+    items = eval_items(load_split(data, split), data.meta.get("kind", "sft"))
+    if not items:
+        raise DataError(f"dataset {data.id} has no {split} rows to evaluate on")
+    return data, items
+
+
+def _metrics_for(settings: EvalConfig, kind: TaskKind, name: str) -> list[str]:
+    """`eval.metrics` (or the task's defaults); an unknown or mismatched metric fails before any load."""
+    metrics = list(settings.metrics or DEFAULT_METRICS[kind])
+    if kind == "generation" and settings.metrics is None:
+        metrics.append("perplexity")
+    for metric in metrics:
+        metric_kind = get_metric(metric).kind
+        if metric_kind != kind and not (kind == "generation" and metric_kind == "lm"):
+            raise DataError(
+                f"eval.metrics: {metric} is a {metric_kind} metric and {name} is a {kind} model; "
+                f"its metrics: {', '.join(metric_names(kind))}"
+            )
+    return metrics
 
 
 def _reward_model_ref(

@@ -237,24 +237,7 @@ def collect(
     session_id = f"fb-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     folder = workspace.root / "feedback" / session_id
     folder.mkdir(parents=True)
-    items = []
-    for n, (prompt, answers) in enumerate(zip(prompts, sampled, strict=True)):
-        candidates = []
-        if "served" in prompt:
-            candidates.append({"id": "served", "text": prompt["served"], "origin": "served"})
-        for answer in answers:
-            if all(answer != c["text"] for c in candidates):
-                candidates.append({"id": f"s{len(candidates)}", "text": answer, "origin": "sampled"})
-        if len(candidates) < 2:
-            continue  # nothing to compare: every sample said the same
-        items.append(
-            {
-                "id": f"p{n:04d}",
-                "prompt": prompt["prompt"],
-                "candidates": candidates,
-                "source": prompt.get("source", {}),
-            }
-        )
+    items = review_items(prompts, sampled)
     meta = {
         "id": session_id,
         "version": version.name,
@@ -276,6 +259,29 @@ def collect(
     session = Session(folder, meta, items)
     write_page(session)
     return session
+
+
+def review_items(prompts: list[dict[str, Any]], sampled: list[list[str]]) -> list[dict[str, Any]]:
+    """One item per prompt with two or more different answers to rank (the served one first)."""
+    items = []
+    for n, (prompt, answers) in enumerate(zip(prompts, sampled, strict=True)):
+        candidates = []
+        if "served" in prompt:
+            candidates.append({"id": "served", "text": prompt["served"], "origin": "served"})
+        for answer in answers:
+            if all(answer != c["text"] for c in candidates):
+                candidates.append({"id": f"s{len(candidates)}", "text": answer, "origin": "sampled"})
+        if len(candidates) < 2:
+            continue  # nothing to compare: every sample said the same
+        items.append(
+            {
+                "id": f"p{n:04d}",
+                "prompt": prompt["prompt"],
+                "candidates": candidates,
+                "source": prompt.get("source", {}),
+            }
+        )
+    return items
 
 
 def _write(path: Path, text: str) -> None:

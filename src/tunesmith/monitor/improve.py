@@ -210,40 +210,13 @@ def improve(
     if objective not in ("sft", "dpo"):
         raise ImproveError(f"objective {objective!r}: improve trains sft (on corrections) or dpo (on pairs)")
     from tunesmith.data import prepare_data
-    from tunesmith.data.prepare import load_split
-    from tunesmith.evaluate.runner import run_eval
-    from tunesmith.train.run import train as train_version
 
     production = resolve_name(workspace, selection.model)
     used, sft, dpo = select_examples(workspace, production, selection)
-    folder = workspace.root / "improve" / f"imp-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-    folder.mkdir(parents=True)
-    _write_jsonl(folder / "sft.jsonl", [{"messages": r["messages"]} for r in sft])
-    _write_jsonl(folder / "preferences.jsonl", [{k: v for k, v in r.items() if k != "origin"} for r in dpo])
-    lineage = {
-        "source": "production",
-        "version": production.name,
-        "requests": used,
-        "rows": [r["origin"] for r in sft],
-        "selection": {
-            "model": selection.model,
-            "since": str(selection.since or ""),
-            "where": selection.where,
-            "drift_cluster": selection.drift_cluster,
-        },
-    }
-    (folder / "lineage.json").write_text(
-        json.dumps({**lineage, "preference_rows": [r["origin"] for r in dpo]}, indent=2)
-    )
+    folder, lineage = _write_examples(workspace, production, selection, used, sft, dpo)
     outcome = ImproveOutcome(folder, production, used, len(sft), len(dpo))
-    contamination = [*config.data.contamination]
     eval_dataset = production.dataset_version_id
-    if eval_dataset is not None:
-        with session(workspace.engine) as s:
-            judged_on = s.get(DatasetVersion, eval_dataset)
-        if judged_on is not None:
-            _write_jsonl(folder / "eval_split.jsonl", load_split(judged_on, config.eval.split))
-            contamination.append(str(folder / "eval_split.jsonl"))
+    contamination = [*config.data.contamination, *_held_out_split(workspace, config, eval_dataset, folder)]
     pairs = _derived(config, folder / "preferences.jsonl", "preference", contamination)
     if dpo:
         origins = [r["origin"] for r in dpo]
@@ -266,6 +239,68 @@ def improve(
         return outcome
     if not train:
         return outcome
+    return _train_and_shadow(improved, workspace, production, eval_dataset, outcome)
+
+
+def _write_examples(
+    workspace: Workspace,
+    production: ModelVersion,
+    selection: Selection,
+    used: int,
+    sft: list[dict[str, Any]],
+    dpo: list[dict[str, Any]],
+) -> tuple[Path, dict[str, Any]]:
+    """A new `improve/imp-…` folder with the SFT rows, the preference pairs and their lineage."""
+    folder = workspace.root / "improve" / f"imp-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    folder.mkdir(parents=True)
+    _write_jsonl(folder / "sft.jsonl", [{"messages": r["messages"]} for r in sft])
+    _write_jsonl(folder / "preferences.jsonl", [{k: v for k, v in r.items() if k != "origin"} for r in dpo])
+    lineage = {
+        "source": "production",
+        "version": production.name,
+        "requests": used,
+        "rows": [r["origin"] for r in sft],
+        "selection": {
+            "model": selection.model,
+            "since": str(selection.since or ""),
+            "where": selection.where,
+            "drift_cluster": selection.drift_cluster,
+        },
+    }
+    (folder / "lineage.json").write_text(
+        json.dumps({**lineage, "preference_rows": [r["origin"] for r in dpo]}, indent=2)
+    )
+    return folder, lineage
+
+
+def _held_out_split(
+    workspace: Workspace, config: ProjectConfig, dataset_id: str | None, folder: Path
+) -> list[str]:
+    """The split production was judged on, written out so the new rows are decontaminated against it."""
+    from tunesmith.data.prepare import load_split
+
+    if dataset_id is None:
+        return []
+    with session(workspace.engine) as s:
+        judged_on = s.get(DatasetVersion, dataset_id)
+    if judged_on is None:
+        return []
+    _write_jsonl(folder / "eval_split.jsonl", load_split(judged_on, config.eval.split))
+    return [str(folder / "eval_split.jsonl")]
+
+
+def _train_and_shadow(
+    improved: ProjectConfig,
+    workspace: Workspace,
+    production: ModelVersion,
+    eval_dataset: str | None,
+    outcome: ImproveOutcome,
+) -> ImproveOutcome:
+    """Train the candidate, judge it against production on production's split, and shadow it if the
+    gates pass."""
+    from tunesmith.evaluate.runner import run_eval
+    from tunesmith.train.run import train as train_version
+
     trained = train_version(improved, workspace)
     outcome.version = trained.version
     evaluated = run_eval(
@@ -283,15 +318,15 @@ def improve(
             action="promote",
         )
         outcome.shadow = True
-    else:
-        outcome.notes.append(
-            "the gates did not pass (or none are set under eval.gates), so shadow was not moved: "
-            + "; ".join(
-                f"{g.get('gate')}: {g.get('detail')}"
-                for g in evaluated.report.get("gates", [])
-                if not g.get("passed")
-            )
+        return outcome
+    outcome.notes.append(
+        "the gates did not pass (or none are set under eval.gates), so shadow was not moved: "
+        + "; ".join(
+            f"{g.get('gate')}: {g.get('detail')}"
+            for g in evaluated.report.get("gates", [])
+            if not g.get("passed")
         )
+    )
     return outcome
 
 

@@ -67,7 +67,6 @@ def export_version(
         ExportError: an adapter export of a version that has no adapter, or a failed parity check
             (the files are kept, so the failure can be inspected, and the report says what differs).
     """
-    from tunesmith.models.generate import stop_token_ids
     from tunesmith.registry.loading import load_row
 
     if version.config.get("train", {}).get("objective", "sft") not in GENERATIVE_OBJECTIVES:
@@ -86,24 +85,7 @@ def export_version(
                 if item.is_file():
                     shutil.copy2(item, tmp / item.name)
         else:
-            merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
-            merged.generation_config.eos_token_id = stop_token_ids(tokenizer, merged)
-            merged.generation_config.pad_token_id = tokenizer.pad_token_id
-            folder = tmp / "merged" if fmt == "gguf" else tmp
-            merged.save_pretrained(folder, safe_serialization=True)
-            if fmt == "gguf":
-                from tunesmith.registry.gguf_export import write_gguf
-
-                tokenizer.save_pretrained(folder)
-                gguf_file = f"{version.name}-{quant}.gguf"
-                try:
-                    write_gguf(folder, tmp / gguf_file, quant, version.name, _gguf_pre(version))  # type: ignore[arg-type]
-                except (ValueError, FileNotFoundError) as exc:  # another architecture or tokenizer kind
-                    raise ExportError(f"GGUF export of {version.name}: {exc}") from None
-                shutil.rmtree(folder)
-                _write_modelfile(tmp, tokenizer, version, source=f"./{gguf_file}")
-            else:
-                _write_modelfile(tmp, tokenizer, version)
+            _write_merged(tmp, model, tokenizer, version, fmt, quant)
         tokenizer.save_pretrained(tmp)
         (tmp / "tunesmith-export.json").write_text(
             json.dumps(
@@ -121,6 +103,43 @@ def export_version(
             encoding="utf-8",
         )
     del model
+    report = _check_parity(target, version, fmt, workspace, max_new_tokens)
+    (target / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if not report["passed"]:
+        raise ExportError(f"the {fmt} export of {version.name} failed its parity check: {report['problems']}")
+    return target, report
+
+
+def _write_merged(tmp: Path, model: Any, tokenizer: Any, version: ModelVersion, fmt: str, quant: str) -> None:
+    """The adapter merged into full weights, as safetensors or (`gguf`) one GGUF file, with a Modelfile."""
+    from tunesmith.models.generate import stop_token_ids
+
+    merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    merged.generation_config.eos_token_id = stop_token_ids(tokenizer, merged)
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    folder = tmp / "merged" if fmt == "gguf" else tmp
+    merged.save_pretrained(folder, safe_serialization=True)
+    if fmt == "gguf":
+        from tunesmith.registry.gguf_export import write_gguf
+
+        tokenizer.save_pretrained(folder)
+        gguf_file = f"{version.name}-{quant}.gguf"
+        try:
+            write_gguf(folder, tmp / gguf_file, quant, version.name, _gguf_pre(version))  # type: ignore[arg-type]
+        except (ValueError, FileNotFoundError) as exc:  # another architecture or tokenizer kind
+            raise ExportError(f"GGUF export of {version.name}: {exc}") from None
+        shutil.rmtree(folder)
+        _write_modelfile(tmp, tokenizer, version, source=f"./{gguf_file}")
+    else:
+        _write_modelfile(tmp, tokenizer, version)
+
+
+def _check_parity(
+    target: Path, version: ModelVersion, fmt: str, workspace: Workspace, max_new_tokens: int
+) -> dict[str, Any]:
+    """Greedy answers of the version and of its export, compared (GGUF: also token agreement)."""
+    from tunesmith.registry.loading import load_row
+
     reference_model, reference_tokenizer = load_row(version, workspace)
     reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
     exported_model, exported_tokenizer = _load_export(target, fmt, version, workspace)
@@ -131,10 +150,7 @@ def export_version(
     if fmt == "gguf":
         report["token_agreement"] = _forced_agreement(exported_model, reference_tokenizer, reference)
         _gguf_parity(report, target, version)
-    (target / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    if not report["passed"]:
-        raise ExportError(f"the {fmt} export of {version.name} failed its parity check: {report['problems']}")
-    return target, report
+    return report
 
 
 def _load_export(

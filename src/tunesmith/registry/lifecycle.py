@@ -185,32 +185,7 @@ def model_card(workspace: Workspace, version: ModelVersion) -> str:
         "## Training data",
         "",
     ]
-    if dataset is not None:
-        counts = ", ".join(f"{k} {v}" for k, v in dataset.counts.items())
-        lines += [
-            f"- Dataset version `{dataset.id}` from `{dataset.source}` ({dataset.format}): {counts}",
-            f"- Licence: {config.data.licence or 'not recorded (set `data.licence`)'}",
-        ]
-        lineage = dataset.meta.get("lineage") or {}
-        if lineage.get("source") == "synth":
-            what = (
-                "paraphrases of train rows"
-                if lineage.get("method") == "paraphrase"
-                else "pairs from documents"
-            )
-            split = dataset.meta.get("data_config", {}).get("split", {})
-            where = (
-                "validation and test rows are all real"
-                if split.get("synthetic", "train") == "train"
-                else "synthetic rows may be in validation and test too"
-            )
-            lines.append(
-                f"- Synthetic: {lineage.get('synthetic_rows', '?')} {what}, written by "
-                f"`{lineage.get('teacher')}` (prompt `{lineage.get('prompt_version')}`, run "
-                f"`{lineage.get('run')}`); {where}"
-            )
-    else:
-        lines.append("- No dataset version recorded.")
+    lines += _card_data(dataset, config)
     lines += [
         "",
         "## Method and hyperparameters",
@@ -238,6 +213,34 @@ def model_card(workspace: Workspace, version: ModelVersion) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _card_data(dataset: DatasetVersion | None, config: ProjectConfig) -> list[str]:
+    """The card's training-data lines: the dataset version, its licence, and what in it is synthetic."""
+    if dataset is None:
+        return ["- No dataset version recorded."]
+    counts = ", ".join(f"{k} {v}" for k, v in dataset.counts.items())
+    lines = [
+        f"- Dataset version `{dataset.id}` from `{dataset.source}` ({dataset.format}): {counts}",
+        f"- Licence: {config.data.licence or 'not recorded (set `data.licence`)'}",
+    ]
+    lineage = dataset.meta.get("lineage") or {}
+    if lineage.get("source") == "synth":
+        what = (
+            "paraphrases of train rows" if lineage.get("method") == "paraphrase" else "pairs from documents"
+        )
+        split = dataset.meta.get("data_config", {}).get("split", {})
+        where = (
+            "validation and test rows are all real"
+            if split.get("synthetic", "train") == "train"
+            else "synthetic rows may be in validation and test too"
+        )
+        lines.append(
+            f"- Synthetic: {lineage.get('synthetic_rows', '?')} {what}, written by "
+            f"`{lineage.get('teacher')}` (prompt `{lineage.get('prompt_version')}`, run "
+            f"`{lineage.get('run')}`); {where}"
+        )
+    return lines
 
 
 def _card_eval(version: ModelVersion, full: dict[str, Any] | None) -> list[str]:

@@ -176,20 +176,7 @@ def synthesize(
             "they can only join a chat (sft) dataset version"
         )
     prompt = pair_prompt(settings.style, config.resolve_path(settings.prompt) if settings.prompt else None)
-    from tunesmith.models import load_tokenizer
-
-    tokenizer = load_tokenizer(config.model.id, config.model.source, config.model.revision)
-    chunks = chunk_documents(
-        read.documents,
-        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
-        settings.chunk_tokens,
-        settings.chunk_overlap,
-    )
-    notes = list(read.notes)
-    if settings.max_chunks is not None and settings.max_chunks < len(chunks):
-        picked = sorted(random.Random(settings.teacher.seed).sample(range(len(chunks)), settings.max_chunks))
-        notes.append(f"a seeded sample of {settings.max_chunks} of {len(chunks)} chunks (synth.max_chunks)")
-        chunks = [chunks[i] for i in picked]
+    chunks, notes = _chunks(config, read)
     titles = {d.name: d.title for d in read.documents}
     teacher = teacher or load_teacher(config, workspace)
     run_id = _run_id(
@@ -228,7 +215,15 @@ def synthesize(
         run_id, workspace.root / "synth" / run_id, "documents", teacher.identity, prompt.version,
         len(requests), len(candidates), len(kept), steps, notes=notes,
     )  # fmt: skip
-    lineage = {
+    lineage = _documents_lineage(settings, run_id, read, chunks, teacher, prompt, parent)
+    return _conclude(config, workspace, result, kept, rejected, chunks, parent, "chat", lineage)
+
+
+def _documents_lineage(
+    settings: Any, run_id: str, read: Any, chunks: list[Chunk], teacher: Teacher, prompt: Any, parent: Any
+) -> dict[str, Any]:
+    """Where synthetic pairs came from: the documents (and chunks of each), the teacher and the prompt."""
+    return {
         "source": "synth",
         "method": "documents",
         "run": run_id,
@@ -242,7 +237,27 @@ def synthesize(
         "into": parent.id if parent else None,
         "against": settings.against,
     }
-    return _conclude(config, workspace, result, kept, rejected, chunks, parent, "chat", lineage)
+
+
+def _chunks(config: ProjectConfig, read: Any) -> tuple[list[Chunk], list[str]]:
+    """The documents cut into chunks of `synth.chunk_tokens` (a seeded sample of `synth.max_chunks`),
+    and notes on what was read and sampled."""
+    from tunesmith.models import load_tokenizer
+
+    settings = config.synth
+    tokenizer = load_tokenizer(config.model.id, config.model.source, config.model.revision)
+    chunks = chunk_documents(
+        read.documents,
+        lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"]),
+        settings.chunk_tokens,
+        settings.chunk_overlap,
+    )
+    notes = list(read.notes)
+    if settings.max_chunks is not None and settings.max_chunks < len(chunks):
+        picked = sorted(random.Random(settings.teacher.seed).sample(range(len(chunks)), settings.max_chunks))
+        notes.append(f"a seeded sample of {settings.max_chunks} of {len(chunks)} chunks (synth.max_chunks)")
+        chunks = [chunks[i] for i in picked]
+    return chunks, notes
 
 
 def _title(document_title: str, chunk: Chunk) -> str:

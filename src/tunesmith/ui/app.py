@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -213,75 +213,86 @@ def create_ui_app(config: ProjectConfig, config_path: Path) -> FastAPI:
     static = resources.files("tunesmith").joinpath("ui", "static")
     app.mount("/static", StaticFiles(directory=str(static)), name="static")
 
-    @app.middleware("http")
-    async def sessions(request: Request, call_next: Any) -> Response:
-        state = ui_state(request)
-        entry = state.sessions.get(request.cookies.get(COOKIE))
-        created = None
-        if entry is None and not request.url.path.startswith("/static/") and state.sessions.open:
-            entry = created = state.sessions.new(None)  # an open app's visitor still gets a CSRF token
-        request.state.session = entry
-        response: Response = await call_next(request)
-        if created is not None:
-            response.set_cookie(COOKIE, created.token, httponly=True, samesite="strict")
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
-    @app.exception_handler(NeedSignIn)
-    async def need_sign_in(request: Request, _: NeedSignIn) -> Response:
-        if request.url.path.endswith(".json") or request.method != "GET":
-            return JSONResponse({"error": "sign in with an API key"}, status_code=401)
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
-
-    @app.exception_handler(PageError)
-    async def page_error(request: Request, exc: PageError) -> Response:
-        if request.url.path.endswith(".json"):
-            return JSONResponse({"error": exc.message}, status_code=exc.status)
-        return render(request, "error.html.j2", exc.status, title=exc.title, message=exc.message)
-
-    @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception) -> Response:
-        log.exception("error on %s", request.url.path)
-        message = f"{exc.__class__.__name__}: {exc}"
-        if request.url.path.endswith(".json"):
-            return JSONResponse({"error": message}, status_code=500)
-        return render(request, "error.html.j2", 500, title="Something broke", message=message)
-
-    @app.get("/login", response_class=HTMLResponse)
-    async def login_page(request: Request, next: str = "/") -> Response:
-        if ui_state(request).sessions.open:
-            return RedirectResponse(_safe_next(next), status_code=303)
-        return render(request, "login.html.j2", next=_safe_next(next), error=None)
-
-    @app.post("/login", response_class=HTMLResponse)
-    async def login(request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
-        state = ui_state(request)
-        entry = state.sessions.sign_in(form.get("key", ""))
-        target = _safe_next(form.get("next", "/"))
-        if entry is None:
-            if state.sessions.open:
-                return RedirectResponse(target, status_code=303)
-            return render(
-                request, "login.html.j2", 401, next=target, error="that is not an active key of this store"
-            )
-        response = RedirectResponse(target, status_code=303)
-        response.set_cookie(
-            COOKIE, entry.token, httponly=True, samesite="strict", max_age=int(state.sessions.seconds)
-        )
-        return response
-
-    @app.post("/logout")
-    async def logout(request: Request) -> Response:
-        ui_state(request).sessions.end(request.cookies.get(COOKIE))
-        response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(COOKIE)
-        return response
-
+    app.middleware("http")(_sessions)
+    app.add_exception_handler(NeedSignIn, _need_sign_in)  # type: ignore[arg-type]
+    app.add_exception_handler(PageError, _page_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _internal_error)
+    app.include_router(login_router)
     app.include_router(actions.router)  # first: /runs/new before /runs/{run_id}
     app.include_router(pages.router)
     return app
+
+
+login_router = APIRouter()
+
+
+async def _sessions(request: Request, call_next: Any) -> Response:
+    state = ui_state(request)
+    entry = state.sessions.get(request.cookies.get(COOKIE))
+    created = None
+    if entry is None and not request.url.path.startswith("/static/") and state.sessions.open:
+        entry = created = state.sessions.new(None)  # an open app's visitor still gets a CSRF token
+    request.state.session = entry
+    response: Response = await call_next(request)
+    if created is not None:
+        response.set_cookie(COOKIE, created.token, httponly=True, samesite="strict")
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+async def _need_sign_in(request: Request, _: NeedSignIn) -> Response:
+    if request.url.path.endswith(".json") or request.method != "GET":
+        return JSONResponse({"error": "sign in with an API key"}, status_code=401)
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?{urlencode({'next': target})}", status_code=303)
+
+
+async def _page_error(request: Request, exc: PageError) -> Response:
+    if request.url.path.endswith(".json"):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+    return render(request, "error.html.j2", exc.status, title=exc.title, message=exc.message)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("error on %s", request.url.path)
+    message = f"{exc.__class__.__name__}: {exc}"
+    if request.url.path.endswith(".json"):
+        return JSONResponse({"error": message}, status_code=500)
+    return render(request, "error.html.j2", 500, title="Something broke", message=message)
+
+
+@login_router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request, next: str = "/") -> Response:
+    if ui_state(request).sessions.open:
+        return RedirectResponse(_safe_next(next), status_code=303)
+    return render(request, "login.html.j2", next=_safe_next(next), error=None)
+
+
+@login_router.post("/login", response_class=HTMLResponse)
+async def login(request: Request) -> Response:
+    form = {k: str(v) for k, v in (await request.form()).items()}
+    state = ui_state(request)
+    entry = state.sessions.sign_in(form.get("key", ""))
+    target = _safe_next(form.get("next", "/"))
+    if entry is None:
+        if state.sessions.open:
+            return RedirectResponse(target, status_code=303)
+        return render(
+            request, "login.html.j2", 401, next=target, error="that is not an active key of this store"
+        )
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        COOKIE, entry.token, httponly=True, samesite="strict", max_age=int(state.sessions.seconds)
+    )
+    return response
+
+
+@login_router.post("/logout")
+async def logout(request: Request) -> Response:
+    ui_state(request).sessions.end(request.cookies.get(COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE)
+    return response
 
 
 def _safe_next(target: str) -> str:
