@@ -236,3 +236,34 @@ def test_gates_on_a_synthetic_report():
     assert "changed by -0.08" in rows[2]["detail"] and "+5.0%" in rows[3]["detail"]
     assert "region = south" in rows[4]["detail"] and "north" not in rows[4]["detail"]
     assert "was not computed" in rows[5]["detail"]
+
+
+def test_quickstart_sweeps_and_reports_score_corpus_metrics_one_way(monkeypatch):
+    """`evaluate_model` (quickstart, sweep objectives, learning curves) gives the BLEU a report gives:
+    corpus BLEU from summed statistics, not the mean of sentence BLEUs."""
+    import sacrebleu
+
+    from tunesmith.config import EvalConfig
+    from tunesmith.evaluate import evaluate_model
+    from tunesmith.models import generate
+
+    references = [
+        "The quarterly report lists every shipment that left the northern warehouse last spring.",
+        "Yes.",
+    ]
+    answers = [references[0], "No, never."]
+    items = [
+        {"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": r}]}
+        for i, r in enumerate(references)
+    ]
+    monkeypatch.setattr(generate, "generate_answers", lambda *args, **kwargs: list(answers))
+    result = evaluate_model(None, None, items, EvalConfig(metrics=["bleu", "rouge_l"]), label="after")
+
+    corpus = sacrebleu.corpus_bleu(answers, [references]).score
+    sentence_mean = sum(s["bleu"] for s in result.scores) / len(items)
+    assert result.means["bleu"] == pytest.approx(corpus)
+    assert abs(sentence_mean - corpus) > 5  # the two ways differ here: only one is right
+    reported = score_system(SystemResult("after", "after", None, answers), references, items, ["bleu"])
+    assert result.means["bleu"] == pytest.approx(reported.scores["bleu"].value)
+    low, high = result.intervals["bleu"].low, result.intervals["bleu"].high
+    assert low <= result.means["bleu"] <= high

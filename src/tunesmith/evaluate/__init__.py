@@ -1,6 +1,6 @@
 """Evaluation: generation, task metrics, comparison with intervals and paired tests, gates, reports."""
 
-from tunesmith.evaluate.compare import (
+from tunesmith.evaluate.comparison import (
     EvalResult,
     comparison_table,
     evaluate_model,

@@ -1,14 +1,20 @@
-"""Scoring several systems on identical items: intervals, paired tests, verdicts and slices."""
+"""Scoring systems on identical items, one way everywhere: each metric from its summed per-item
+statistics (so corpus BLEU is corpus BLEU in a report, a gate, a sweep and quickstart), with
+bootstrap intervals, paired tests, verdicts, slices, and the side-by-side table and chart."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.table import Table
 
-from tunesmith.evaluate.metrics import Context, Metric, get_metric
+from tunesmith.config import EvalConfig
+from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, Metric, get_metric
 from tunesmith.evaluate.stats import Interval, bootstrap_interval, paired_test
 
 GAP_MIN_ITEMS = 5
@@ -163,3 +169,97 @@ def slice_scores(
                 "slices_compared": len(values),
             }
     return {"column": column, "slices": slices, "gaps": gaps}
+
+
+@dataclass
+class EvalResult:
+    """One model's answers on a list of items, each item's scores, and each metric over all items
+    (`means`: a corpus metric such as BLEU from its summed statistics, as every report computes it)."""
+
+    label: str
+    answers: list[str]
+    scores: list[dict[str, float]]
+    means: dict[str, float]
+    intervals: dict[str, Interval] = field(default_factory=dict)
+
+
+def evaluate_model(
+    model: Any, tokenizer: Any, items: list[dict[str, Any]], config: EvalConfig, label: str
+) -> EvalResult:
+    """Generate answers for `items` and score them with `config.metrics`, as `tunesmith eval` does."""
+    from tunesmith.models.generate import generate_answers
+
+    answers = generate_answers(
+        model,
+        tokenizer,
+        items,
+        max_new_tokens=config.max_new_tokens,
+        batch_size=config.batch_size,
+        label=f"Asking {label}",
+    )
+    names = config.metrics or DEFAULT_METRICS["generation"]
+    references = [item["messages"][-1]["content"] for item in items]
+    system = score_system(
+        SystemResult(label, label, None, answers),
+        references,
+        items,
+        names,
+        resamples=config.bootstrap_resamples,
+        seed=config.seed,
+    )
+    metrics = [get_metric(name) for name in system.scores]
+    scores = [{m.name: system.item_scores(m, i) for m in metrics} for i in range(len(answers))]
+    means = {name: interval.value for name, interval in system.scores.items()}
+    return EvalResult(label, answers, scores, means, dict(system.scores))
+
+
+def comparison_table(results: list[EvalResult], title: str) -> Table:
+    """Metrics of several models on the same items, with the change from the first."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for result in results:
+        table.add_column(result.label, justify="right")
+    if len(results) > 1:
+        table.add_column("change", justify="right")
+    for metric in results[0].means:
+        cells = [f"{r.means[metric]:.3f}" for r in results]
+        if len(results) > 1:
+            delta = results[-1].means[metric] - results[0].means[metric]
+            colour = "green" if delta > 0 else "red" if delta < 0 else "white"
+            cells.append(f"[{colour}]{delta:+.3f}[/{colour}]")
+        table.add_row(metric, *cells)
+    return table
+
+
+def write_answers(path: Path, items: list[dict[str, Any]], results: list[EvalResult]) -> None:
+    """Write one JSON line per item: question, reference, and every model's answer and scores."""
+    with path.open("w", encoding="utf-8") as handle:
+        for i, item in enumerate(items):
+            row = {
+                "question": item["messages"][-2]["content"],
+                "reference": item["messages"][-1]["content"],
+                **{r.label: {"answer": r.answers[i], "scores": r.scores[i]} for r in results},
+            }
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def plot_comparison(results: list[EvalResult], path: Path, title: str) -> None:
+    """A grouped bar chart of each metric per model."""
+    from tunesmith.plots import pyplot
+
+    plt = pyplot()
+
+    metrics = list(results[0].means)
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for index, result in enumerate(results):
+        xs = [m + index * width for m in range(len(metrics))]
+        bars = ax.bar(xs, [result.means[m] for m in metrics], width, label=result.label)
+        ax.bar_label(bars, fmt="%.2f", fontsize=8)
+    ax.set_xticks([m + width * (len(results) - 1) / 2 for m in range(len(metrics))], metrics)
+    ax.set_ylim(0, 1.1)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

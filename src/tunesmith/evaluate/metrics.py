@@ -408,26 +408,3 @@ register(
         description="score of a trained reward model (eval.reward_model), mean over items",
     )
 )
-
-
-# -- helpers ------------------------------------------------------------------------------------
-
-
-def score_items(
-    answers: list[str], items: list[dict[str, Any]], metrics: list[str]
-) -> list[dict[str, float]]:
-    """Per-item scores of each metric (each item's statistics scored on their own)."""
-    references = [item["messages"][-1]["content"] for item in items]
-    columns = {}
-    for name in metrics:
-        metric = get_metric(name)
-        _, stats = metric.compute(answers, references, items)
-        columns[name] = [metric.score(row) for row in stats]
-    return [{name: columns[name][i] for name in metrics} for i in range(len(answers))]
-
-
-def mean_scores(scores: list[dict[str, float]]) -> dict[str, float]:
-    """The mean of each metric over items."""
-    if not scores:
-        return {}
-    return {name: sum(s[name] for s in scores) / len(scores) for name in scores[0]}
