@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -55,3 +57,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Print the error and return the exit to raise (`raise fail(...) from None`)."""
     err.print("[red]error:[/red]", escape(message), soft_wrap=True, highlight=False)
     return typer.Exit(code)
+
+
+@contextmanager
+def reported(*errors: type[Exception]) -> Iterator[None]:
+    """A stage's own errors (bad input, a missing version...) as a clear message and exit 1, never a
+    traceback: `with reported(DataError): ...`."""
+    try:
+        yield
+    except errors as exc:
+        raise fail(str(exc)) from None

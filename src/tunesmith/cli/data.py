@@ -7,15 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigArg,
-    SetOpt,
-    app,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import ConfigArg, SetOpt, app, fail, load_project, new_table, out, reported
 
 if TYPE_CHECKING:
     from tunesmith.data.prepare import Prepared
@@ -119,10 +111,8 @@ def data_validate(
     from tunesmith.models import ModelNotFoundError
 
     cfg = load_project(config, _data_overrides(set_, map_, strict))
-    try:
+    with reported(DataError, ModelNotFoundError):
         prepared, rejected_path = validate_data(cfg)
-    except (DataError, ModelNotFoundError) as exc:
-        raise fail(str(exc)) from None
     _print_steps(prepared)
     out.print(f"{len(prepared.items)} rows usable, {len(prepared.rejected)} rejected → {rejected_path}")
     if cfg.data.strict and prepared.rejected:
@@ -138,10 +128,8 @@ def data_prepare(
     from tunesmith.models import ModelNotFoundError
 
     cfg = load_project(config, _data_overrides(set_, map_, strict))
-    try:
+    with reported(DataError, ModelNotFoundError):
         version = prepare_data(cfg)
-    except (DataError, ModelNotFoundError) as exc:
-        raise fail(str(exc)) from None
     _print_version(version)
     counts = version.counts
     out.print(
@@ -160,10 +148,8 @@ def data_show(
     from tunesmith.data import DataError, get_dataset
     from tunesmith.workspace import open_workspace
 
-    try:
+    with reported(DataError):
         version = get_dataset(open_workspace(load_project(config, None)), dataset)
-    except DataError as exc:
-        raise fail(str(exc)) from None
     _print_version(version)
 
 
@@ -179,10 +165,8 @@ def data_diff(
     from tunesmith.workspace import open_workspace
 
     workspace = open_workspace(load_project(config, None))
-    try:
+    with reported(DataError):
         diff = diff_versions(get_dataset(workspace, a), get_dataset(workspace, b))
-    except DataError as exc:
-        raise fail(str(exc)) from None
     table = new_table("split", f"rows {diff['a']}", f"rows {diff['b']}", "added", "removed", "kept")
     for split, entry in diff["splits"].items():
         table.add_row(split, *(str(entry[k]) for k in ("rows_a", "rows_b", "added", "removed", "kept")))
@@ -207,10 +191,8 @@ def data_estimate(
     from tunesmith.train.run import dry_run
 
     cfg = load_project(config, set_)
-    try:
+    with reported(DataError, ModelNotFoundError, TrainConfigError):
         dataset, _, estimate = dry_run(cfg, steps=max(2, steps))
-    except (DataError, ModelNotFoundError, TrainConfigError) as exc:
-        raise fail(str(exc)) from None
     if estimate is None:
         raise fail(
             f"{cfg.train.method} {cfg.train.objective} does not fit here: see `tunesmith train --dry-run`"
@@ -320,10 +302,8 @@ def data_synth(
     overrides += [f"synth.max_chunks={max_chunks}"] if max_chunks else []
     overrides += ["synth.judge=true"] if judge else []
     cfg = load_project(config, overrides)
-    try:
+    with reported(DataError, ModelNotFoundError, TeacherError, PromptError):
         result = synthesize(cfg, open_workspace(cfg), source, into=into)
-    except (DataError, ModelNotFoundError, TeacherError, PromptError) as exc:
-        raise fail(str(exc)) from None
     _print_synth(result)
 
 
@@ -355,7 +335,7 @@ def data_augment(
 
     cfg = load_project(config, _teacher_overrides(set_, teacher_endpoint, teacher_model))
     workspace = open_workspace(cfg)
-    try:
+    with reported(DataError, ModelNotFoundError, TeacherError):
         parent = get_dataset(workspace, dataset) if dataset else prepare_data(cfg, workspace)
         result = augment(
             cfg,
@@ -366,7 +346,5 @@ def data_augment(
             target=target,
             max_rows=max_rows,
         )
-    except (DataError, ModelNotFoundError, TeacherError) as exc:
-        raise fail(str(exc)) from None
     out.print(f"Augmenting {parent.id} ({parent.counts.get('train', 0)} train rows)")
     _print_synth(result)

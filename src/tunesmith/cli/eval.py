@@ -7,14 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import (
-    SetOpt,
-    app,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import SetOpt, app, fail, load_project, new_table, out, reported
 
 review_app = typer.Typer(help="Blind human A/B review of an eval report's answers.", no_args_is_help=True)
 app.add_typer(review_app, name="review", rich_help_panel="Lifecycle")
@@ -97,10 +90,8 @@ def _cross_validate(cfg: Any, folds: int) -> None:
     from tunesmith.data import DataError
     from tunesmith.evaluate.cv import cross_validate
 
-    try:
+    with reported(DataError):
         report = cross_validate(cfg, folds)
-    except DataError as exc:
-        raise fail(str(exc)) from None
     table = new_table("metric", *[f"fold {f['fold']}" for f in report["per_fold"]], "mean ± std")
     table.title = f"{folds}-fold cross-validation of {report['dataset_version']}"
     for name, stats in report["summary"].items():
@@ -187,10 +178,8 @@ def _report_dir(config: Path | None, report_id: str) -> Path:
     from tunesmith.evaluate.review import report_dir
     from tunesmith.workspace import open_workspace
 
-    try:
+    with reported(DataError):
         return report_dir(open_workspace(load_project(config, None)), report_id)
-    except DataError as exc:
-        raise fail(str(exc)) from None
 
 
 @review_app.command("export")
@@ -207,10 +196,8 @@ def review_export(
     from tunesmith.data import DataError
     from tunesmith.evaluate.review import export_sheet
 
-    try:
+    with reported(DataError):
         target = export_sheet(_report_dir(config, report), against=against, limit=limit, seed=seed)
-    except DataError as exc:
-        raise fail(str(exc)) from None
     out.print(f"Sheet for raters: {target / 'sheet.html'} (or {target / 'sheet.csv'})")
     out.print(f"Keep {target / 'key.json'} to yourself: it says which side is which.")
     out.print(f"Then: tunesmith review import {report} FILLED.csv [MORE.csv ...]")
@@ -236,10 +223,8 @@ def review_import(
             ", ".join(p.name.removeprefix("review-") for p in sorted(directory.glob("review-*"))) or "none"
         )
         raise fail(f"name the review with --against (exported: {found})")
-    try:
+    with reported(DataError):
         result = import_sheets(reviews[0], files)
-    except DataError as exc:
-        raise fail(str(exc)) from None
     rates = result["rates"]
     out.print(
         f"{result['candidate']} vs {result['other']}: {result['ratings']} ratings of {result['pairs']} pairs "

@@ -8,15 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tunesmith.cli.common import (
-    ConfigOpt,
-    SetOpt,
-    app,
-    err,
-    fail,
-    load_project,
-    out,
-)
+from tunesmith.cli.common import ConfigOpt, SetOpt, app, err, fail, load_project, out, reported
 from tunesmith.config import ProjectConfig
 
 feedback_app = typer.Typer(
@@ -72,7 +64,7 @@ def feedback_collect(
         raise fail("--review: terminal, html or none", 2)
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(FeedbackError, RegistryError, ValueError):
         rows, source = gather_prompts(
             workspace,
             version,
@@ -95,8 +87,6 @@ def feedback_collect(
             seed=seed,
             source=source,
         )
-    except (FeedbackError, RegistryError, ValueError) as exc:
-        raise fail(str(exc)) from None
     _print_session(result, source, review)
     if review == "terminal":
         _review_and_write(cfg, workspace, result, reviewer)
@@ -158,10 +148,8 @@ def feedback_review(
 
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(FeedbackError):
         target = open_session(workspace, session_id)
-    except FeedbackError as exc:
-        raise fail(str(exc)) from None
     _review_and_write(cfg, workspace, target, reviewer)
 
 
@@ -178,13 +166,11 @@ def feedback_import(
 
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(FeedbackError):
         target = open_session(workspace, session_id)
         added = import_reviews(target, files)
         out.print(f"{added} new review(s) added to {target.id}", highlight=False)
         version = write_dataset(cfg, workspace, target)
-    except FeedbackError as exc:
-        raise fail(str(exc)) from None
     _print_feedback_dataset(version, target)
 
 
@@ -200,11 +186,9 @@ def feedback_dataset(
 
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(FeedbackError):
         target = open_session(workspace, session_id)
         version = write_dataset(cfg, workspace, target)
-    except FeedbackError as exc:
-        raise fail(str(exc)) from None
     _print_feedback_dataset(version, target)
 
 

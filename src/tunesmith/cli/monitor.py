@@ -7,16 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigOpt,
-    SetOpt,
-    app,
-    err,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import ConfigOpt, SetOpt, app, err, fail, load_project, new_table, out, reported
 from tunesmith.cli.eval import print_report
 
 monitor_app = typer.Typer(
@@ -103,11 +94,9 @@ def monitor_drift(
 
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(RegistryError, DriftError):
         version = resolve_name(workspace, model)
         report = drift_for_version(workspace, version, cfg.monitor.drift)
-    except (RegistryError, DriftError) as exc:
-        raise fail(str(exc)) from None
     if as_json:
         out.print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False), soft_wrap=True, highlight=False)
         raise typer.Exit(3 if report.drifted else 0)
@@ -188,7 +177,7 @@ def improve_cmd(
 
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(ImproveError, RegistryError, DataError, ValueError):
         selection = Selection(
             model=model or f"{cfg.project}@production",
             since=parse_since(since) if since else None,
@@ -198,8 +187,6 @@ def improve_cmd(
             drift_cluster=drift_cluster,
         )
         result = improve(cfg, workspace, selection, train=train, objective=objective)
-    except (ImproveError, RegistryError, DataError, ValueError) as exc:
-        raise fail(str(exc)) from None
     out.print(
         f"{result.production.name}: {len(result.requests)} request(s) with feedback → "
         f"{result.sft_rows} SFT row(s), {result.dpo_rows} preference pair(s) in {result.folder}",

@@ -7,15 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigArg,
-    SetOpt,
-    app,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import ConfigArg, SetOpt, app, fail, load_project, new_table, out, reported
 from tunesmith.config import CONFIG_FILENAME, ConfigError
 
 models_app = typer.Typer(
@@ -32,10 +24,8 @@ def init(
     """Create a project: a commented tunesmith.yaml and the .tunesmith/ workspace with its store."""
     from tunesmith.workspace import init_project
 
-    try:
+    with reported(FileExistsError):
         path = init_project(directory, force=force)
-    except FileExistsError as exc:
-        raise fail(str(exc)) from None
     out.print(
         f"Wrote {path} and the workspace {directory / '.tunesmith'}. Next: set data.path, then "
         "`tunesmith validate` and `tunesmith train`."
@@ -80,10 +70,8 @@ def models_show(
     """Parameters, context window, licence, where it loads from, and whether it is cached."""
     from tunesmith.models import ModelNotFoundError, model_info
 
-    try:
+    with reported(ModelNotFoundError):
         info = model_info(model_id, source=source)
-    except ModelNotFoundError as exc:
-        raise fail(str(exc)) from None
     for label, value in (
         ("id", info.id),
         ("kind", info.kind),

@@ -7,13 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import (
-    app,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import app, fail, load_project, new_table, out, reported
 
 registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
@@ -65,10 +59,8 @@ def registry_show(
 
     cfg = load_project(config, None)
     workspace = open_workspace(cfg)
-    try:
+    with reported(RegistryError):
         v = get_version(workspace, version)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     record = version_record(workspace, v, cfg.registry)
     out.print(
         yaml.safe_dump(record, sort_keys=False, allow_unicode=True),
@@ -125,11 +117,9 @@ def registry_promote(
 
     cfg = load_project(config, None)
     workspace = open_workspace(cfg)
-    try:
+    with reported(RegistryError):
         target = get_version(workspace, version)
         event = promote(workspace, cfg.registry, target, to, force=force, reason=reason)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     how = (
         " (forced)"
         if event.forced
@@ -153,11 +143,9 @@ def registry_approve(
     from tunesmith.workspace import open_workspace
 
     workspace = open_workspace(load_project(config, None))
-    try:
+    with reported(RegistryError):
         target = get_version(workspace, version)
         approve(workspace, target, by, note)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     out.print(f"{by} approved {target.name}.", highlight=False)
 
 
@@ -176,15 +164,13 @@ def registry_rollback(
     cfg = load_project(config, None)
     workspace = open_workspace(cfg)
     family = family or cfg.project
-    try:
+    with reported(RegistryError):
         event = rollback(workspace, family, alias=alias, reason=reason)
         assert event.to_version_id is not None and event.from_version_id is not None
         now, before = (
             get_version(workspace, event.to_version_id),
             get_version(workspace, event.from_version_id),
         )
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     out.print(f"{family}: {alias} → {now.name} (was {before.name})", highlight=False)
 
 
@@ -200,10 +186,8 @@ def registry_diff(
     from tunesmith.workspace import open_workspace
 
     workspace = open_workspace(load_project(config, None))
-    try:
+    with reported(RegistryError):
         result = diff(workspace, get_version(workspace, a), get_version(workspace, b))
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     out.print(f"[bold]{result['a']} → {result['b']}[/bold]")
     for field, (x, y) in result.get("record", {}).items():
         out.print(f"  {field}: {x} → {y}", highlight=False)
@@ -245,10 +229,8 @@ def registry_card(
     from tunesmith.workspace import open_workspace
 
     workspace = open_workspace(load_project(config, None))
-    try:
+    with reported(RegistryError):
         card = model_card(workspace, get_version(workspace, version))
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     if output is None:
         out.print(card, markup=False, highlight=False, soft_wrap=True)
     else:
@@ -270,10 +252,8 @@ def registry_reproduce(
 
     cfg = load_project(config, None)
     workspace = open_workspace(cfg)
-    try:
+    with reported(RegistryError, TrainConfigError):
         result = reproduce(workspace, get_version(workspace, version), tolerance, cfg.base_dir)
-    except (RegistryError, TrainConfigError) as exc:
-        raise fail(str(exc)) from None
     table = new_table("metric", "recorded", "reproduced", "difference", "match")
     for row in result["metrics"]:
         table.add_row(
@@ -313,7 +293,7 @@ def registry_export(
     if quant not in ("f16", "q8_0"):
         raise fail(f"--quant {quant!r}: use f16 or q8_0", 2)
     workspace = open_workspace(load_project(config, None))
-    try:
+    with reported(RegistryError):
         target, report = export_version(
             workspace,
             get_version(workspace, version),
@@ -321,8 +301,6 @@ def registry_export(
             output,
             quant=quant,
         )
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     out.print(f"Exported {version} ({format_}) to {target}")
     out.print(
         f"Parity: {report['identical_tokens']}/{report['prompts']} prompts gave identical tokens "
@@ -357,7 +335,7 @@ def registry_push(
     if to == "hf" and not repo:
         raise fail("--to hf needs --repo OWNER/NAME", 2)
     workspace = open_workspace(load_project(config, None))
-    try:
+    with reported(RegistryError):
         target = get_version(workspace, version)
         if to == "hf":
             assert repo is not None
@@ -369,5 +347,3 @@ def registry_push(
                 f"Logged {target.name} as MLflow run {logged['run_id']}, "
                 f"model {logged['model']} version {logged['model_version']}"
             )
-    except RegistryError as exc:
-        raise fail(str(exc)) from None

@@ -6,16 +6,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigOpt,
-    SetOpt,
-    app,
-    err,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import ConfigOpt, SetOpt, app, err, fail, load_project, new_table, out, reported
 from tunesmith.config import ConfigError
 
 serve_app = typer.Typer(invoke_without_command=True)
@@ -121,10 +112,8 @@ def keys_revoke(
     from tunesmith.serve.keys import revoke_key
     from tunesmith.workspace import open_workspace
 
-    try:
+    with reported(RegistryError):
         revoked = revoke_key(open_workspace(load_project(config, None)), key)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     out.print(f"revoked {revoked.id} ({revoked.name})", highlight=False)
 
 
@@ -142,11 +131,9 @@ def rollout_start(
 
     cfg = load_project(config, set_)
     workspace = open_workspace(cfg)
-    try:
+    with reported(RegistryError):
         target = get_version(workspace, version)
         row = start_rollout(workspace, cfg.serve, route, target)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     info = describe(row, {target.id: target.name})
     out.print(f"{info['id']}: {target.name} on {row.route}, step {info['step']}", highlight=False)
 
@@ -187,8 +174,6 @@ def rollout_abort(
     from tunesmith.serve.rollout import abort_rollout
     from tunesmith.workspace import open_workspace
 
-    try:
+    with reported(RegistryError):
         row = abort_rollout(open_workspace(load_project(config, None)), rollout, reason)
-    except RegistryError as exc:
-        raise fail(str(exc)) from None
     out.print(f"{row.id} aborted", highlight=False)

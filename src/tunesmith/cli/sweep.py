@@ -6,15 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigOpt,
-    SetOpt,
-    app,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import ConfigOpt, SetOpt, app, fail, load_project, new_table, out, reported
 from tunesmith.config import ProjectConfig
 
 sweep_app = typer.Typer(invoke_without_command=True)
@@ -64,14 +56,12 @@ def sweep(
         if value is not None:
             overrides.append(f"sweep.{name}={value}")
     cfg = load_project(config, overrides)
-    try:
+    with reported(SweepError, DataError):
         if learning_curve:
             curve = run_curve(cfg, open_workspace(cfg))
             _print_curve(curve)
             return
         result = run_sweep(config, overrides, storage=storage, register_best=register)
-    except (SweepError, DataError) as exc:
-        raise fail(str(exc)) from None
     _print_study(result.study, cfg, storage)
     if result.version is not None:
         out.print(

@@ -7,15 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigArg,
-    SetOpt,
-    app,
-    fail,
-    load_project,
-    new_table,
-    out,
-)
+from tunesmith.cli.common import ConfigArg, SetOpt, app, fail, load_project, new_table, out, reported
 from tunesmith.config import CONFIG_FILENAME, ProjectConfig
 
 
@@ -65,7 +57,7 @@ def train_cmd(
     if num_processes > 1:
         from tunesmith.train.run import TrainLaunchError, launch_distributed
 
-        try:
+        with reported(*errors, TrainLaunchError):
             version = launch_distributed(
                 cfg,
                 config or Path(CONFIG_FILENAME),
@@ -74,17 +66,13 @@ def train_cmd(
                 launcher,
                 accelerate_config,
             )
-        except (*errors, TrainLaunchError) as exc:
-            raise fail(str(exc)) from None
         out.print(
             f"Registered [bold]{version.name}[/bold] from run {version.run_id} on {num_processes} "
             f"processes. Next: `tunesmith eval {version.name}`"
         )
         return
-    try:
+    with reported(*errors):
         outcome = resume_run(cfg, resume) if resume else train(cfg)
-    except errors as exc:
-        raise fail(str(exc)) from None
     m = outcome.version.metrics
     out.print(
         f"Registered [bold]{outcome.version.name}[/bold] from run {outcome.run_id}: train loss "
@@ -103,10 +91,8 @@ def train_cmd(
 def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
     from tunesmith.train.run import dry_run
 
-    try:
+    with reported(*errors):
         dataset, estimate, timing = dry_run(cfg)
-    except errors as exc:
-        raise fail(str(exc)) from None
     out.print(f"Dry run: {cfg.train.method} {cfg.train.objective} of {cfg.model.id} on dataset {dataset.id}")
     table = new_table("memory", "estimate")
     for label, value in estimate.rows():

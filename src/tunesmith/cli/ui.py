@@ -7,13 +7,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import (
-    ConfigOpt,
-    SetOpt,
-    app,
-    load_project,
-    out,
-)
+from tunesmith.cli.common import ConfigOpt, SetOpt, app, load_project, out
 from tunesmith.config import CONFIG_FILENAME
 
 

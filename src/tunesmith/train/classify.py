@@ -22,7 +22,7 @@ from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tunesmith.train.sft import TrainResult
+    pass
 
 _PEFT_TASKS = {"classify": "SEQ_CLS", "tag": "TOKEN_CLS"}
 IGNORE = -100  # label of the sub-word pieces and special tokens that carry no label of their own
@@ -270,74 +270,38 @@ def classifier_trainer(
     return trainer
 
 
-def train_classifier(
-    config: ProjectConfig,
-    workspace: Workspace,
-    dataset: DatasetVersion,
-    base: Any,
-    *,
-    kind: str = "train",
-    run: str | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Train `base` (loaded with the objective's head and the dataset's labels) on the train split.
+def describe_classifier(config: ProjectConfig, trainer: Any) -> str:
+    labels = len(trainer.model.config.id2label)
+    return f"{config.train.objective} ({config.train.method}, {labels} labels)"
 
-    Books are kept as for SFT: a run row opened first and closed `finished` or `failed`, metrics to
-    JSONL and the store, checkpoints for exact resume, the loss curve; plus `test_report.json`.
-    """
-    import torch
 
-    from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
-
-    objective, train = config.train.objective, config.train
-    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
-    with failing_run(workspace, run_id):
-        tokenizer = base.tokenizer
-        id2label = {int(i): name for i, name in base.model.config.id2label.items()}
-        train_records = load_split(dataset, "train")
-        records = {"train": train_records, "val": load_split(dataset, "val")}
-        torch.manual_seed(train.seed)
-        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
-        trainer = classifier_trainer(config, base, records, run_dir, callbacks, workspace)
-        names = [id2label[i] for i in sorted(id2label)]
-
-        def labels_and_test(trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
-            """labels.json beside the weights; the test split scored beside the majority baseline."""
-            (weights_dir / LABELS_FILE).write_text(
-                json.dumps({"objective": objective, "labels": names}, indent=2), encoding="utf-8"
-            )
-            metrics: dict[str, Any] = {"labels": len(names)}
-            # A sweep trial is chosen on validation: its test scores stay unseen until the final eval.
-            test_records = load_split(dataset, "test") if kind != "sweep" else []
-            if test_records:
-                found = predict(
-                    objective,
-                    trainer.model,
-                    tokenizer,
-                    test_records,
-                    train.max_length,
-                    train.per_device_train_batch_size,
-                    "Scoring the test split",
-                )
-                report = test_report(objective, *found, names, _majority(objective, train_records))
-                (run_dir / "test_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-                metrics.update({f"test_{k}": v for k, v in report["scores"].items()})
-                metrics.update({f"majority_{k}": v for k, v in report["majority_scores"].items()})
-                _print_test(objective, report)
-            return metrics
-
-        return conclude_run(
-            trainer,
-            workspace,
-            run_id,
-            run_dir,
-            train,
-            tokenizer,
-            resume=resume,
-            what=f"{objective} ({train.method}, {len(id2label)} labels)",
-            rows=len(train_records),
-            extra=labels_and_test,
+def finish_classifier(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
+    """labels.json beside the weights; the test split scored beside the majority-class baseline."""
+    objective, train = run.config.train.objective, run.config.train
+    id2label = {int(i): name for i, name in run.base.model.config.id2label.items()}
+    names = [id2label[i] for i in sorted(id2label)]
+    (weights_dir / LABELS_FILE).write_text(
+        json.dumps({"objective": objective, "labels": names}, indent=2), encoding="utf-8"
+    )
+    metrics: dict[str, Any] = {"labels": len(names)}
+    # A sweep trial is chosen on validation: its test scores stay unseen until the final eval.
+    test_records = load_split(run.dataset, "test") if run.kind != "sweep" else []
+    if test_records:
+        found = predict(
+            objective,
+            trainer.model,
+            run.base.tokenizer,
+            test_records,
+            train.max_length,
+            train.per_device_train_batch_size,
+            "Scoring the test split",
         )
+        report = test_report(objective, *found, names, _majority(objective, run.records["train"]))
+        (run_dir / "test_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        metrics.update({f"test_{k}": v for k, v in report["scores"].items()})
+        metrics.update({f"majority_{k}": v for k, v in report["majority_scores"].items()})
+        _print_test(objective, report)
+    return metrics
 
 
 def _majority(objective: str, records: list[dict[str, Any]]) -> str:

@@ -45,12 +45,12 @@ class Estimate:
         return self.seconds_per_epoch * self.epochs
 
     def describe(self) -> str:
-        """One sentence: what was measured and the time it implies."""
+        """Two lines: what was measured, and the time it implies."""
         tokens = f", {self.tokens_per_second:,.0f} tokens/s" if self.tokens_per_second else ""
         return (
-            f"Measured {self.seconds_per_step:.2f} s per step of {self.rows_per_step:g} rows{tokens} over "
-            f"{self.calibration_steps - 1} steps: {self.seconds_per_epoch / 60:.1f} min per epoch of "
-            f"{self.rows:,} rows, {self.total_seconds / 60:.1f} min for {self.epochs:g} epochs."
+            f"Measured {self.seconds_per_step:.2f} s per step ({self.rows_per_step:g} rows{tokens}) over "
+            f"{self.calibration_steps - 1} steps.\n{self.seconds_per_epoch / 60:.1f} min per epoch of "
+            f"{self.rows:,} rows; {self.total_seconds / 60:.1f} min for {self.epochs:g} epochs."
         )
 
 

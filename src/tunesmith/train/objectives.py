@@ -1,10 +1,12 @@
 """The one table of training objectives.
 
-Each entry says what an objective trains on (the dataset's row kind), which head it trains, how a
-run is trained and recorded, how its TRL trainer is built (the run's own, and the few calibration
-steps of `train --dry-run`), how many rows one optimizer step consumes, and how its versions are
-scored (`task`). `train`, `--dry-run`, `eval --cv`, `registry reproduce`, `sweep`, `improve` and the
-web app's jobs all dispatch through `get_objective`; nothing else names objectives one by one.
+Each entry says what an objective trains on (the dataset's row kind and which rows), which head it
+trains, how its TRL trainer is built (the run's own, and the few calibration steps of `train
+--dry-run`), what it adds when a run ends (a classifier's test report, a reward model's held-out
+accuracy, an RL run's reward curves), how many rows one optimizer step consumes, and how its versions
+are scored (`task`). One loop (`train.run.run_objective`) trains every objective through these
+hooks, and `train`, `--dry-run`, `eval --cv`, `registry reproduce`, `sweep`, `improve` and the web
+app's jobs all come through it; nothing else names objectives one by one.
 
 Adding an objective is adding one `register_objective(Objective(...))` call here; a name the config
 accepts but nothing registers, a second registration, or an entry without a trainer fails at import.
@@ -13,7 +15,7 @@ accepts but nothing registers, a second registration, or an entry without a trai
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -22,7 +24,7 @@ from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tunesmith.train.sft import TrainResult
+    pass
 
 Task = Literal["generation", "classification", "tagging", "lm", "reward"]
 Head = Literal["causal-lm", "sequence-classification", "token-classification"]
@@ -37,6 +39,30 @@ def _one_row_per_sample(train: TrainConfig) -> float:
     return float(train.per_device_train_batch_size * train.accumulation_steps)
 
 
+@dataclass
+class RunContext:
+    """What an objective's `finish` hook sees of the run it ends."""
+
+    config: ProjectConfig
+    dataset: DatasetVersion
+    kind: str  # train, sweep, cv, reproduce, ...
+    base: Any  # the LoadedModel the run started from
+    records: dict[str, list[dict[str, Any]]]  # the rows it trained and validated on
+
+
+Finish = Callable[[RunContext, Any, Path, Path], dict[str, Any]]  # (run, trainer, run_dir, weights_dir)
+
+
+def _split_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, list[dict[str, Any]]]:
+    from tunesmith.train.sft import split_records
+
+    return split_records(config, dataset)
+
+
+def _method(config: ProjectConfig, _: Any) -> str:
+    return config.train.method
+
+
 @dataclass(frozen=True)
 class Objective:
     """One training objective: everything the lifecycle needs to know about it."""
@@ -45,9 +71,10 @@ class Objective:
     rows: str  # the dataset kind it trains on (`data` stage's `kind`)
     head: Head  # the head it trains (a classifier's is sized from the data's labels)
     task: Task  # how its versions are scored
-    # one recorded run: (config, workspace, dataset, base, *, kind, run, resume) -> TrainResult
-    train: Callable[..., TrainResult]
     trainer: TrainerBuilder  # its TRL trainer on given records: the run's own and the calibration's
+    records: Callable[[ProjectConfig, DatasetVersion], dict[str, list[dict[str, Any]]]] = _split_records
+    describe: Callable[[ProjectConfig, Any], str] = _method  # what is trained, for the progress line
+    finish: Finish | None = None  # metrics (and files) it adds once the weights are saved
     rows_per_step: Callable[[TrainConfig], float] = _one_row_per_sample
     labelled: bool = False  # the head's outputs are the data's labels
     cross_validates: bool = True  # `eval --cv` folds its one dataset
@@ -55,7 +82,7 @@ class Objective:
 
     @property
     def generative(self) -> bool:
-        """Its versions are causal LMs: they answer prompts (and serve)."""
+        """Its versions are causal LMs: they answer prompts (and serve), and forgetting is probed."""
         return self.head == "causal-lm"
 
 
@@ -77,11 +104,8 @@ def register_objective(objective: Objective) -> Objective:
             f"objective {objective.name!r} is not one train.objective accepts ({', '.join(accepted)}); "
             "add it to TrainConfig.objective"
         )
-    missing = [
-        f.name
-        for f in fields(objective)
-        if f.name in ("train", "trainer") and not callable(getattr(objective, f.name))
-    ]
+    hooks = ("trainer", "records", "describe", "rows_per_step")
+    missing = [name for name in hooks if not callable(getattr(objective, name))]
     if missing:
         raise ValueError(f"objective {objective.name!r} has no {' or '.join(missing)}")
     OBJECTIVES[objective.name] = objective
@@ -142,18 +166,23 @@ def _rl_rows_per_step(train: TrainConfig) -> float:
 
 
 def _register_all() -> None:
-    from tunesmith.train.classify import classifier_trainer, train_classifier
-    from tunesmith.train.preference import preference_trainer, train_preference
-    from tunesmith.train.rl import rl_trainer, train_rl
-    from tunesmith.train.sft import sft_trainer, train_sft
+    from tunesmith.train.classify import classifier_trainer, describe_classifier, finish_classifier
+    from tunesmith.train.preference import describe_preference, finish_reward, preference_trainer
+    from tunesmith.train.rl import describe_rl, finish_rl, rl_trainer
+    from tunesmith.train.sft import sft_records, sft_trainer
 
-    lm: dict[str, Any] = {"head": "causal-lm", "train": train_sft, "trainer": sft_trainer}
+    lm: dict[str, Any] = {"head": "causal-lm", "trainer": sft_trainer, "records": sft_records}
     register_objective(Objective("sft", rows="sft", task="generation", **lm))
     register_objective(Objective("pretrain", rows="text", task="lm", **lm))
     register_objective(
         Objective("multitask", rows="sft", task="generation", cross_validates=False, single_pass=True, **lm)
     )
-    classifier: dict[str, Any] = {"train": train_classifier, "trainer": classifier_trainer, "labelled": True}
+    classifier: dict[str, Any] = {
+        "trainer": classifier_trainer,
+        "describe": describe_classifier,
+        "finish": finish_classifier,
+        "labelled": True,
+    }
     register_objective(
         Objective(
             "classify",
@@ -168,10 +197,12 @@ def _register_all() -> None:
     )
     preference: dict[str, Any] = {
         "rows": "preference",
-        "train": train_preference,
         "trainer": preference_trainer,
+        "describe": describe_preference,
     }
-    register_objective(Objective("reward", head="sequence-classification", task="reward", **preference))
+    register_objective(
+        Objective("reward", head="sequence-classification", task="reward", finish=finish_reward, **preference)
+    )
     register_objective(Objective("dpo", head="causal-lm", task="generation", **preference))
     register_objective(
         Objective(
@@ -179,8 +210,9 @@ def _register_all() -> None:
             rows="sft",
             head="causal-lm",
             task="generation",
-            train=train_rl,
             trainer=rl_trainer,
+            describe=describe_rl,
+            finish=finish_rl,
             rows_per_step=_rl_rows_per_step,
         )
     )

@@ -25,7 +25,6 @@ from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
     from tunesmith.models import LoadedModel
-    from tunesmith.train.sft import TrainResult
 
 
 def _split_shared_turns(
@@ -204,65 +203,16 @@ def preference_trainer(
     return make(train, base, rows, val, run_dir, callbacks)
 
 
-def train_preference(
-    config: ProjectConfig,
-    workspace: Workspace,
-    dataset: DatasetVersion,
-    base: LoadedModel,
-    *,
-    kind: str = "train",
-    run: str | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Train a reward model (`objective: reward`) or optimise the LM on preferences (`objective: dpo`).
-
-    A reward model is scored at the end on the test split's pairs: the share of pairs whose chosen
-    answer it rates above the rejected one, with a 95% interval, written to `reward_report.json`.
-    """
-    import torch
-    from datasets.utils.logging import disable_progress_bar
-
-    from tunesmith.train.forgetting import probe_baseline
-    from tunesmith.train.sft import (
-        callbacks_for,
-        conclude_run,
-        failing_run,
-        is_main_process,
-        start_run,
-    )
-
+def describe_preference(config: ProjectConfig, trainer: Any) -> str:
     train = config.train
-    main = is_main_process()
-    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
-    with failing_run(workspace, run_id):
-        reward = train.objective == "reward"
-        records = {split: load_split(dataset, split) for split in ("train", "val")}
-        probe = probe_baseline(
-            train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=not reward and main
-        )
-        torch.manual_seed(train.seed)
-        disable_progress_bar()
-        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
-        trainer = preference_trainer(config, base, records, run_dir, callbacks, workspace)
+    what = "reward model" if train.objective == "reward" else train.preference.trainer.upper()
+    return f"{train.method} {what}"
 
-        def test_report(trainer: Any, run_dir: Path, _weights: Path) -> dict[str, Any]:
-            return (
-                _reward_test_report(trainer.model, base.tokenizer, dataset, train, run_dir) if reward else {}
-            )
 
-        return conclude_run(
-            trainer,
-            workspace,
-            run_id,
-            run_dir,
-            train,
-            base.tokenizer,
-            resume=resume,
-            what=f"{train.method} {'reward model' if reward else train.preference.trainer.upper()}",
-            rows=len(trainer.train_dataset),
-            probe=probe,
-            extra=test_report,
-        )
+def finish_reward(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
+    """A reward model scored on the test split's pairs: the share of pairs whose chosen answer it rates
+    above the rejected one, with a 95% interval, written to `reward_report.json`."""
+    return _reward_test_report(trainer.model, run.base.tokenizer, run.dataset, run.config.train, run_dir)
 
 
 def _warn_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) -> None:

@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig, TrainConfig
-from tunesmith.data import load_split
-from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
     from tunesmith.models import LoadedModel
-    from tunesmith.train.sft import TrainResult
 
 
 def rl_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -110,59 +107,15 @@ def rl_trainer(
     )
 
 
-def train_rl(
-    config: ProjectConfig,
-    workspace: Workspace,
-    dataset: DatasetVersion,
-    base: LoadedModel,
-    *,
-    kind: str = "train",
-    run: str | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Optimise the policy `base` against `train.rl.rewards`; record the run, save the adapter or weights."""
-    import torch
-    from datasets.utils.logging import disable_progress_bar
-
-    from tunesmith.train.forgetting import probe_baseline
-    from tunesmith.train.sft import (
-        callbacks_for,
-        conclude_run,
-        failing_run,
-        is_main_process,
-        start_run,
-    )
-
+def describe_rl(config: ProjectConfig, trainer: Any) -> str:
     train = config.train
-    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
-    with failing_run(workspace, run_id):
-        records = {split: load_split(dataset, split) for split in ("train", "val")}
-        has_eval = bool(rl_rows(records["val"]))
-        probe = probe_baseline(
-            train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=is_main_process()
-        )
-        torch.manual_seed(train.seed)
-        disable_progress_bar()
-        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=has_eval)
-        trainer = rl_trainer(config, base, records, run_dir, callbacks, workspace)
+    return f"{train.method} {train.rl.algorithm.upper()} ({len(trainer.reward_funcs)} rewards)"
 
-        def trend(trainer: Any, run_dir: Path, _weights: Path) -> dict[str, float]:
-            plot_rl(trainer.state.log_history, run_dir / "rewards.png")
-            return reward_trend(trainer.state.log_history)
 
-        return conclude_run(
-            trainer,
-            workspace,
-            run_id,
-            run_dir,
-            train,
-            base.tokenizer,
-            resume=resume,
-            what=f"{train.method} {train.rl.algorithm.upper()} ({len(trainer.reward_funcs)} rewards)",
-            rows=len(trainer.train_dataset),
-            probe=probe,
-            extra=trend,
-        )
+def finish_rl(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, float]:
+    """The reward curves plotted, and the reward's gain, the last KL and clip fraction."""
+    plot_rl(trainer.state.log_history, run_dir / "rewards.png")
+    return reward_trend(trainer.state.log_history)
 
 
 def reward_trend(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -18,7 +18,7 @@ from tunesmith.data import prepare_data
 from tunesmith.registry import RegistryError, get_version, register_trained
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
-from tunesmith.train.objectives import check_objective, get_objective
+from tunesmith.train.objectives import RunContext, check_objective, get_objective
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -287,12 +287,46 @@ def run_objective(
 ) -> TrainResult:
     """One training run of the configured objective, recorded in the store; nothing is registered.
 
+    Every objective runs this one loop: open (or reopen) the run, take the objective's rows, measure
+    the forgetting probe, build the objective's TRL trainer, train (from the newest complete
+    checkpoint when resuming), save, add the objective's own results, and close the run as
+    `finished` (or `failed`, with the error, if anything raises).
+
     Raises:
         TrainConfigError: when the dataset's rows are not the kind the objective trains on.
     """
+    import torch
+    from datasets.utils.logging import disable_progress_bar
+
+    from tunesmith.train.forgetting import probe_baseline
+    from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
+
     check_objective(config.train.objective, dataset, config.train)
-    objective = get_objective(config.train.objective)
-    return objective.train(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    objective, train = get_objective(config.train.objective), config.train
+    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
+    with failing_run(workspace, run_id):
+        records = objective.records(config, dataset)
+        # the forgetting probe: general answers' loss before and after, for every objective that writes
+        probing = objective.generative and is_main_process()
+        probe = probe_baseline(train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=probing)
+        torch.manual_seed(train.seed)
+        disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough
+        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
+        trainer = objective.trainer(config, base, records, run_dir, callbacks, workspace)
+        finish, context = objective.finish, RunContext(config, dataset, kind, base, records)
+        return conclude_run(
+            trainer,
+            workspace,
+            run_id,
+            run_dir,
+            train,
+            base.tokenizer,
+            resume=resume,
+            what=objective.describe(config, trainer),
+            rows=len(records["train"]),
+            probe=probe,
+            extra=(lambda t, r, w: finish(context, t, r, w)) if finish is not None else None,
+        )
 
 
 def reproduce(

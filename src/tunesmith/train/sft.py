@@ -392,55 +392,21 @@ def sft_trainer(
     return trainer
 
 
-def train_sft(
-    config: ProjectConfig,
-    workspace: Workspace,
-    dataset: DatasetVersion,
-    base: LoadedModel,
-    *,
-    kind: str = "train",
-    run: str | None = None,
-    resume: bool = False,
-) -> TrainResult:
-    """Fine-tune `base` on `dataset`'s train split; record the run and save the adapter or weights.
+def sft_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, list[dict[str, Any]]]:
+    """The train and val rows of an LM objective; with `forgetting.method: replay`, general rows mixed in."""
+    from tunesmith.train.forgetting import general_rows, replay_mix
 
-    The run row is written first (status `running`) and closed as `finished` or `failed`, so a
-    crash leaves a visible record. Artifacts go to the workspace's `runs/RUN_ID/`. With `resume`,
-    the run continues from its newest complete checkpoint: same data order, optimizer, scheduler
-    and random state, so the loss curve continues as if it had never stopped.
-    """
-    import torch
-    from datasets.utils.logging import disable_progress_bar
+    records = split_records(config, dataset)
+    guard = config.train.forgetting
+    if guard.method == "replay":
+        replay = general_rows(guard, config.base_dir)[0]
+        records["train"] = replay_mix(records["train"], replay, guard.replay_fraction, config.train.seed)
+    return records
 
-    from tunesmith.train.forgetting import general_rows, probe_baseline, replay_mix
 
-    run_id, run_dir = start_run(config, workspace, dataset, kind, run)
-    train = config.train
-    with failing_run(workspace, run_id):
-        guard = train.forgetting
-        probe = probe_baseline(guard, config.base_dir, base.model, base.tokenizer, enabled=is_main_process())
-        train_records = load_split(dataset, "train")
-        if guard.method == "replay":
-            replay = general_rows(guard, config.base_dir)[0]
-            train_records = replay_mix(train_records, replay, guard.replay_fraction, train.seed)
-        torch.manual_seed(train.seed)
-        disable_progress_bar()  # tokenising a few hundred rows takes no time; one bar is enough
-        val_records = load_split(dataset, "val")
-        callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(val_records))
-        records = {"train": train_records, "val": val_records}
-        trainer = sft_trainer(config, base, records, run_dir, callbacks, workspace)
-        return conclude_run(
-            trainer,
-            workspace,
-            run_id,
-            run_dir,
-            train,
-            base.tokenizer,
-            resume=resume,
-            what=train.method,
-            rows=len(train_records),
-            probe=probe,
-        )
+def split_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, list[dict[str, Any]]]:
+    """The dataset's train and val rows, as the data stage stored them."""
+    return {split: load_split(dataset, split) for split in ("train", "val")}
 
 
 def conclude_run(
