@@ -246,7 +246,7 @@ def _write_examples(
     workspace: Workspace,
     production: ModelVersion,
     selection: Selection,
-    used: int,
+    used: list[str],
     sft: list[dict[str, Any]],
     dpo: list[dict[str, Any]],
 ) -> tuple[Path, dict[str, Any]]:

@@ -110,7 +110,9 @@ def export_version(
     return target, report
 
 
-def _write_merged(tmp: Path, model: Any, tokenizer: Any, version: ModelVersion, fmt: str, quant: str) -> None:
+def _write_merged(
+    tmp: Path, model: Any, tokenizer: Any, version: ModelVersion, fmt: ExportFormat, quant: str
+) -> None:
     """The adapter merged into full weights, as safetensors or (`gguf`) one GGUF file, with a Modelfile."""
     from tunesmith.models.generate import stop_token_ids
 
@@ -135,7 +137,7 @@ def _write_merged(tmp: Path, model: Any, tokenizer: Any, version: ModelVersion, 
 
 
 def _check_parity(
-    target: Path, version: ModelVersion, fmt: str, workspace: Workspace, max_new_tokens: int
+    target: Path, version: ModelVersion, fmt: ExportFormat, workspace: Workspace, max_new_tokens: int
 ) -> dict[str, Any]:
     """Greedy answers of the version and of its export, compared (GGUF: also token agreement)."""
     from tunesmith.registry.loading import load_row
