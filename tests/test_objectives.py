@@ -89,3 +89,24 @@ def test_every_objective_trains_dry_runs_reproduces_and_cross_validates(tmp_path
         return
     assert cv.exit_code == 0, cv.output
     assert "2-fold cross-validation" in cv.output and "mean ± std" in cv.output
+
+
+def test_the_table_refuses_duplicate_unknown_and_incomplete_entries():
+    from dataclasses import replace
+
+    from tunesmith.config import GENERATIVE_OBJECTIVES
+    from tunesmith.train.objectives import register_objective
+
+    sft = OBJECTIVES["sft"]
+    with pytest.raises(ValueError, match="'sft' is registered twice"):
+        register_objective(sft)
+    with pytest.raises(ValueError, match=r"'orpo' is not one train\.objective accepts"):
+        register_objective(replace(sft, name="orpo"))
+    del OBJECTIVES["sft"]
+    try:
+        with pytest.raises(ValueError, match="'sft' has no trainer"):
+            register_objective(replace(sft, trainer=None))
+    finally:
+        OBJECTIVES["sft"] = sft
+    # the config's list of causal-LM objectives is checked against the table's heads
+    assert {n for n, o in OBJECTIVES.items() if o.generative} == set(GENERATIVE_OBJECTIVES)
