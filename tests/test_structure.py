@@ -65,3 +65,14 @@ def test_functions_stay_short():
     assert statistics.median(lengths.values()) <= 15
     long = {where: n for where, n in lengths.items() if n > 80}
     assert not long, f"functions over 80 lines: {long}"
+
+
+def test_command_modules_and_routes_stay_thin():
+    for path in sorted((PACKAGE / "cli").glob("*.py")):
+        lines = len(path.read_text(encoding="utf-8").splitlines())
+        assert lines <= 400, f"{path.relative_to(ROOT)} has {lines} lines; move logic into its stage"
+    for path in sorted((PACKAGE / "serve" / "routes").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 40, f"{path.relative_to(ROOT)}:{node.lineno} {node.name} has {length} lines"
