@@ -135,6 +135,17 @@ def _print_feedback_dataset(version: Any, target: Any) -> None:
     )
 
 
+def _session(config: Path | None, set_: list[str] | None, session_id: str) -> tuple[Any, Any, Any]:
+    """The project config, its workspace, and the feedback session `session_id` (or `latest`)."""
+    from tunesmith.feedback import FeedbackError, open_session
+    from tunesmith.workspace import open_workspace
+
+    cfg = load_project(config, set_)
+    workspace = open_workspace(cfg)
+    with reported(FeedbackError):
+        return cfg, workspace, open_session(workspace, session_id)
+
+
 @feedback_app.command("review")
 def feedback_review(
     session_id: Annotated[str, typer.Argument(help="The session (fb-...), or latest.")] = "latest",
@@ -143,13 +154,7 @@ def feedback_review(
     set_: SetOpt = None,
 ) -> None:
     """Rank the answers of a session in the terminal (resumes where this reviewer stopped)."""
-    from tunesmith.feedback import FeedbackError, open_session
-    from tunesmith.workspace import open_workspace
-
-    cfg = load_project(config, set_)
-    workspace = open_workspace(cfg)
-    with reported(FeedbackError):
-        target = open_session(workspace, session_id)
+    cfg, workspace, target = _session(config, set_, session_id)
     _review_and_write(cfg, workspace, target, reviewer)
 
 
@@ -161,13 +166,10 @@ def feedback_import(
     set_: SetOpt = None,
 ) -> None:
     """Add the reviews downloaded from a session's review page, and write the preference dataset."""
-    from tunesmith.feedback import FeedbackError, import_reviews, open_session, write_dataset
-    from tunesmith.workspace import open_workspace
+    from tunesmith.feedback import FeedbackError, import_reviews, write_dataset
 
-    cfg = load_project(config, set_)
-    workspace = open_workspace(cfg)
+    cfg, workspace, target = _session(config, set_, session_id)
     with reported(FeedbackError):
-        target = open_session(workspace, session_id)
         added = import_reviews(target, files)
         out.print(f"{added} new review(s) added to {target.id}", highlight=False)
         version = write_dataset(cfg, workspace, target)
@@ -181,13 +183,10 @@ def feedback_dataset(
     set_: SetOpt = None,
 ) -> None:
     """Write a session's reviews so far as a preference dataset version."""
-    from tunesmith.feedback import FeedbackError, open_session, write_dataset
-    from tunesmith.workspace import open_workspace
+    from tunesmith.feedback import FeedbackError, write_dataset
 
-    cfg = load_project(config, set_)
-    workspace = open_workspace(cfg)
+    cfg, workspace, target = _session(config, set_, session_id)
     with reported(FeedbackError):
-        target = open_session(workspace, session_id)
         version = write_dataset(cfg, workspace, target)
     _print_feedback_dataset(version, target)
 
