@@ -1,5 +1,5 @@
-"""Every training objective walks the whole lifecycle through the CLI on the tiny model:
-train -> train --dry-run -> registry reproduce -> eval --cv. A new objective cannot skip a step."""
+"""Every training objective walks the whole lifecycle through the CLI on the tiny model: train,
+train --dry-run, data estimate, registry reproduce, eval --cv. A new objective cannot skip a step."""
 
 import json
 from pathlib import Path
@@ -78,6 +78,10 @@ def test_every_objective_trains_dry_runs_reproduces_and_cross_validates(tmp_path
     assert dry.exit_code == 0, dry.output
     said = " ".join(dry.output.split())  # the terminal wraps long lines
     assert f"Dry run: lora {objective}" in said and "min per epoch" in said and "It fits" in said, said
+
+    estimate = invoke("data", "estimate", str(config), *sets, "--steps", "3")
+    assert estimate.exit_code == 0, estimate.output
+    assert "min per epoch" in estimate.output and f"lora {objective}" in " ".join(estimate.output.split())
 
     again = invoke("registry", "reproduce", version, "--config", str(config))
     assert again.exit_code == 0, again.output
