@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from tunesmith.models import LoadedModel
 
 
+# The fields of train.rl that GRPOConfig and RLOOConfig take under the same names.
+_TRL_FIELDS = {
+    "num_generations", "max_completion_length", "temperature", "top_p", "beta", "epsilon", "num_iterations"
+}  # fmt: skip
+
+
 def rl_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """SFT records as RL prompts: the conversation before the last answer, and that answer as reference."""
     return [
@@ -51,21 +57,14 @@ def rl_config(train: TrainConfig, output_dir: Path, has_eval: bool, weights: lis
         )
     args_class = GRPOConfig if rl.algorithm == "grpo" else RLOOConfig
     kwargs = trainer_kwargs(train, output_dir, has_eval, args_class)
+    kwargs.update(rl.model_dump(include=_TRL_FIELDS))  # train.rl's fields under TRL's names
     kwargs.update(
-        num_generations=rl.num_generations,
-        max_completion_length=rl.max_completion_length,
-        temperature=rl.temperature,
-        top_p=rl.top_p,
-        beta=rl.beta,
-        epsilon=rl.epsilon,
-        num_iterations=rl.num_iterations,
         reward_weights=weights,
         train_sampling_strategy="random",  # prompts have no answers yet to group by length
         logging_steps=1,  # reward, KL and clip fraction at every step
     )
-    kwargs.pop(
-        "activation_checkpointing_kwargs", None
-    )  # TRL hands these to torch, which lacks every_n_layers
+    # TRL hands the checkpointing kwargs to torch, which lacks every_n_layers
+    kwargs.pop("activation_checkpointing_kwargs", None)
     kwargs.update(train.args)  # what the user set there wins
     if has_eval:
         kwargs.setdefault("num_generations_eval", rl.num_generations)
