@@ -15,7 +15,7 @@ import secrets
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
@@ -160,17 +160,19 @@ class EvalPlan:
     reward_model: str | None = None
 
 
+class EvalOptions(TypedDict, total=False):
+    """What an eval run may set beyond the config's `eval` section (None: the section's value)."""
+
+    compare: list[str] | None  # the systems beside the version (default eval.compare)
+    few_shot: int | None
+    probe: bool | None
+    judge: bool | None
+    dataset: str | None  # another dataset version's split than the version's own
+    reward_model: str | None
+
+
 def run_eval(
-    config: ProjectConfig,
-    ref: str,
-    workspace: Workspace | None = None,
-    *,
-    compare: list[str] | None = None,
-    few_shot: int | None = None,
-    probe: bool | None = None,
-    judge: bool | None = None,
-    dataset: str | None = None,
-    reward_model: str | None = None,
+    config: ProjectConfig, ref: str, workspace: Workspace | None = None, **options: Unpack[EvalOptions]
 ) -> EvalOutcome:
     """Evaluate version (or alias) `ref` against `compare` (default `eval.compare`) and store the report.
 
@@ -181,17 +183,7 @@ def run_eval(
         RegistryError: an unknown version, or an alias the user named that is not set.
         DataError: a version without a dataset, an empty split, or unusable probe or judge files.
     """
-    plan = plan_eval(
-        config,
-        ref,
-        workspace,
-        compare=compare,
-        few_shot=few_shot,
-        probe=probe,
-        judge=judge,
-        dataset=dataset,
-        reward_model=reward_model,
-    )
+    plan = plan_eval(config, ref, workspace, **options)
     settings = config.eval
     systems, probe_outputs = _score_subjects(plan, config)
     judged = _run_judge(plan, config, systems) if plan.judge else None
