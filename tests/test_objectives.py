@@ -12,9 +12,17 @@ from test_preference import preference_data
 from test_train_classify import tag_rows, topic_rows
 from test_train_multitask import write_project as write_multitask_project
 from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.registry.loading import load_version
 from tunesmith.train.objectives import OBJECTIVES
+from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
+HEAD_CLASSES = {
+    "causal-lm": "ForCausalLM",
+    "sequence-classification": "ForSequenceClassification",
+    "token-classification": "ForTokenClassification",
+}
 
 COMMON = ["train.max_steps=3", "train.batch_size=4", "train.save_strategy=no", "eval.bootstrap_resamples=100"]
 
@@ -73,6 +81,10 @@ def test_every_objective_trains_dry_runs_reproduces_and_cross_validates(tmp_path
     assert trained.exit_code == 0, trained.output
     assert "Registered walk-v1" in trained.output or "Registered mixed-v1" in trained.output
     version = "mixed-v1" if objective == "multitask" else "walk-v1"
+    # the registered version loads back with the head its objective trains (as eval and serving load it)
+    _, model, _ = load_version(open_workspace(load_config(config)), version)
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    assert type(inner).__name__.endswith(HEAD_CLASSES[OBJECTIVES[objective].head]), type(inner)
 
     dry = invoke("train", str(config), *sets, "--dry-run")
     assert dry.exit_code == 0, dry.output
