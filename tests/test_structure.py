@@ -7,8 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "tunesmith"
 
@@ -27,8 +25,7 @@ def modules() -> list[tuple[str, Path, ast.Module]]:
 
 def test_stages_import_downwards_only():
     linter = Path(sys.executable).parent / "lint-imports"
-    if not linter.exists():
-        pytest.skip("import-linter is not installed (make setup installs it)")
+    assert linter.exists(), "import-linter is missing: `make setup` installs it (the dev extra)"
     result = subprocess.run(
         [str(linter), "--no-cache", "--config", str(ROOT / "pyproject.toml")],
         cwd=ROOT / "src",
