@@ -48,20 +48,34 @@ def train(
     Raises:
         MethodError: before anything loads, when the method needs hardware this machine lacks.
     """
-    from tunesmith.train.methods import check_method_supported
-
-    check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
-    dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset, config.train)
-    estimate = fit_estimate(config, dataset)
-    if not estimate.fits:
-        raise DoesNotFitError(estimate.refusal())
+    dataset, _ = checked_dataset(config, workspace)
     outcome = _train_and_register(
         config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics
     )
     assert outcome is not None  # a single process is the main process
     return outcome
+
+
+def checked_dataset(
+    config: ProjectConfig, workspace: Workspace, *, refuse: bool = True
+) -> tuple[DatasetVersion, FitEstimate]:
+    """Everything checked before a run starts: the method on this hardware, the prepared data, its
+    rows against the objective, and the memory fit (refused when it does not fit, unless `refuse`
+    is off).
+
+    Raises:
+        MethodError, DataError, TrainConfigError, DoesNotFitError: naming what to change.
+    """
+    from tunesmith.train.methods import check_method_supported
+
+    check_method_supported(config.train)
+    dataset = prepare_data(config, workspace)
+    check_objective(config.train.objective, dataset, config.train)
+    estimate = fit_estimate(config, dataset)
+    if refuse and not estimate.fits:
+        raise DoesNotFitError(estimate.refusal())
+    return dataset, estimate
 
 
 def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
@@ -87,13 +101,9 @@ def dry_run(
     objective's own trainer on the base model as the objective loads it.
     """
     from tunesmith.train.estimate import estimate_epoch_time
-    from tunesmith.train.methods import check_method_supported
 
-    check_method_supported(config.train)
     workspace = workspace or open_workspace(config)
-    dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset, config.train)
-    estimate = fit_estimate(config, dataset)
+    dataset, estimate = checked_dataset(config, workspace, refuse=False)
     timing = None
     if estimate.fits and calibrate:
         base = load_base(config, dataset, workspace)
@@ -153,15 +163,9 @@ def open_train_run(config: ProjectConfig, workspace: Workspace) -> str:
     For a run that another process trains (`train_existing_run`): a distributed launch, or a run
     started from the web app, which shows the run's live curve while it trains.
     """
-    from tunesmith.train.methods import check_method_supported
     from tunesmith.train.sft import open_run
 
-    check_method_supported(config.train)
-    dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset, config.train)
-    estimate = fit_estimate(config, dataset)
-    if not estimate.fits:
-        raise DoesNotFitError(estimate.refusal())
+    dataset, _ = checked_dataset(config, workspace)
     run_id, _ = open_run(config, workspace, dataset, "train")
     return run_id
 
