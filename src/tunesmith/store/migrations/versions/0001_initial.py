@@ -1,17 +1,9 @@
-"""Initial schema: dataset versions, runs, model versions, alias history.
-
-Revision ID: 0001
-Revises:
-Create Date: 2026-11-21
-"""
+"""Initial schema: dataset versions, runs, model versions, alias history."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0001"
-down_revision = None
-branch_labels = None
-depends_on = None
+revision, down_revision = "0001", None  # this revision, the one it follows
 
 
 def upgrade() -> None:

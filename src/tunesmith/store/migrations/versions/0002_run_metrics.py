@@ -1,17 +1,9 @@
-"""Run metrics: every logged value of a run at its step.
-
-Revision ID: 0002
-Revises: 0001
-Create Date: 2026-11-21
-"""
+"""Run metrics: every logged value of a run at its step."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0002", "0001"  # this revision, the one it follows
 
 
 def upgrade() -> None:

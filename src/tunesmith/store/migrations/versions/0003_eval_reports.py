@@ -1,17 +1,9 @@
-"""Eval reports: one comparison of systems on a dataset split, with its gate outcome.
-
-Revision ID: 0003
-Revises: 0002
-Create Date: 2026-11-21
-"""
+"""Eval reports: one comparison of systems on a dataset split, with its gate outcome."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0003", "0002"  # this revision, the one it follows
 
 
 def upgrade() -> None:

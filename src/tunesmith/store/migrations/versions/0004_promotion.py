@@ -1,17 +1,9 @@
-"""Promotion: how each alias move happened (promote, rollback, forced), and approvals of versions.
-
-Revision ID: 0004
-Revises: 0003
-Create Date: 2026-11-21
-"""
+"""Promotion: how each alias move happened (promote, rollback, forced), and approvals of versions."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004"
-down_revision = "0003"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0004", "0003"  # this revision, the one it follows
 
 
 def upgrade() -> None:

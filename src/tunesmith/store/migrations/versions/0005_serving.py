@@ -1,17 +1,9 @@
-"""Serving: the request log, API keys (hashed) and rollouts of a version through a traffic plan.
-
-Revision ID: 0005
-Revises: 0004
-Create Date: 2026-11-21
-"""
+"""Serving: the request log, API keys (hashed) and rollouts of a version through a traffic plan."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005"
-down_revision = "0004"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0005", "0004"  # this revision, the one it follows
 
 
 def upgrade() -> None:

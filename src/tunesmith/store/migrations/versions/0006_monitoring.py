@@ -1,17 +1,9 @@
-"""Monitoring: online scores of served requests, feedback on them, and fired alerts.
-
-Revision ID: 0006
-Revises: 0005
-Create Date: 2026-11-21
-"""
+"""Monitoring: online scores of served requests, feedback on them, and fired alerts."""
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006"
-down_revision = "0005"
-branch_labels = None
-depends_on = None
+revision, down_revision = "0006", "0005"  # this revision, the one it follows
 
 
 def upgrade() -> None:
