@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING
 
 import typer
 from rich import box
@@ -13,7 +13,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.config import CONFIG_FILENAME, ConfigError, ProjectConfig, load_config
+from tunesmith.config import ConfigError, ProjectConfig, load_config
+
+if TYPE_CHECKING:
+    from tunesmith.workspace import Workspace
 
 app = typer.Typer(
     help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
@@ -25,10 +28,6 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-ConfigArg = Annotated[Path | None, typer.Argument(help=f"Project config (default: ./{CONFIG_FILENAME}).")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a field: section.field=value.")]
-ConfigOpt = Annotated[Path | None, typer.Option(help="Project config.")]
-
 
 def load_project(path: Path | None, overrides: list[str] | None) -> ProjectConfig:
     """The project config, or exit 2 with every problem in it named."""
@@ -37,6 +36,13 @@ def load_project(path: Path | None, overrides: list[str] | None) -> ProjectConfi
     except ConfigError as exc:
         err.print("[red]error:[/red]", str(exc), soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def project_workspace(path: Path | None, overrides: list[str] | None = None) -> Workspace:
+    """The project's workspace (store, artifacts), or exit 2 naming what is wrong with its config."""
+    from tunesmith.workspace import open_workspace
+
+    return open_workspace(load_project(path, overrides))
 
 
 def new_table(*columns: str) -> Table:

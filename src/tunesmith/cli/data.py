@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import ConfigArg, SetOpt, app, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.options import ConfigArg, ConfigOpt, SetOpt
 
 if TYPE_CHECKING:
     from tunesmith.data.prepare import Prepared
@@ -142,14 +143,13 @@ def data_prepare(
 @data_app.command("show")
 def data_show(
     dataset: Annotated[str, typer.Argument(help="Dataset version id (or a unique prefix).")],
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """A dataset version's counts, format, cleaning steps, token statistics and report path."""
     from tunesmith.data import DataError, get_dataset
-    from tunesmith.workspace import open_workspace
 
     with reported(DataError):
-        version = get_dataset(open_workspace(load_project(config, None)), dataset)
+        version = get_dataset(project_workspace(config), dataset)
     _print_version(version)
 
 
@@ -157,14 +157,13 @@ def data_show(
 def data_diff(
     a: Annotated[str, typer.Argument(help="First dataset version.")],
     b: Annotated[str, typer.Argument(help="Second dataset version.")],
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Rows added and removed per split, label shifts, and the options that differ."""
     from tunesmith.data import DataError, get_dataset
     from tunesmith.data.versions import diff_versions
-    from tunesmith.workspace import open_workspace
 
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     with reported(DataError):
         diff = diff_versions(get_dataset(workspace, a), get_dataset(workspace, b))
     table = new_table("split", f"rows {diff['a']}", f"rows {diff['b']}", "added", "removed", "kept")
@@ -205,10 +204,9 @@ def data_estimate(
 def data_list(config: ConfigArg = None) -> None:
     """Stored dataset versions, newest first."""
     from tunesmith.data import list_datasets
-    from tunesmith.workspace import open_workspace
 
     table = new_table("id", "name", "format", "train/val/test", "rejected", "created")
-    for v in list_datasets(open_workspace(load_project(config, None))):
+    for v in list_datasets(project_workspace(config)):
         table.add_row(
             v.id,
             v.name,
@@ -312,7 +310,7 @@ def data_augment(
     dataset: Annotated[
         str | None, typer.Argument(help="Dataset version to augment (default: prepare data.path).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     paraphrases: Annotated[
         int | None, typer.Option(help="Paraphrases per train row (synth.paraphrases).")

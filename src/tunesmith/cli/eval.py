@@ -7,7 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import SetOpt, app, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.options import ConfigOpt, SetOpt
 
 review_app = typer.Typer(help="Blind human A/B review of an eval report's answers.", no_args_is_help=True)
 app.add_typer(review_app, name="review", rich_help_panel="Lifecycle")
@@ -50,7 +51,7 @@ def eval_cmd(
     cv: Annotated[
         int | None, typer.Option("--cv", help="Cross-validate: train and score on K folds (no VERSION).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
     set_: SetOpt = None,
     list_metrics: Annotated[
         bool, typer.Option("--list-metrics", help="List the registered metrics by task kind.")
@@ -176,10 +177,9 @@ def print_report(report: dict[str, Any]) -> None:
 def _report_dir(config: Path | None, report_id: str) -> Path:
     from tunesmith.data import DataError
     from tunesmith.evaluate.review import report_dir
-    from tunesmith.workspace import open_workspace
 
     with reported(DataError):
-        return report_dir(open_workspace(load_project(config, None)), report_id)
+        return report_dir(project_workspace(config), report_id)
 
 
 @review_app.command("export")
@@ -190,7 +190,7 @@ def review_export(
     ] = None,
     limit: Annotated[int | None, typer.Option(help="At most this many pairs (a random sample).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the pair order and the sides.")] = 0,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Write a blind A/B sheet (HTML page and CSV) with random sides and no model names."""
     from tunesmith.data import DataError
@@ -210,7 +210,7 @@ def review_import(
     against: Annotated[
         str | None, typer.Option(help="Which exported review (default: the only one).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Read filled sheets: win/tie/loss rates with intervals and inter-rater agreement."""
     from tunesmith.data import DataError

@@ -8,7 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tunesmith.cli.common import ConfigOpt, SetOpt, app, err, fail, load_project, out, reported
+from tunesmith.cli.common import app, err, fail, load_project, out, project_workspace, reported
+from tunesmith.cli.options import ConfigOpt, SetOpt
 from tunesmith.config import ProjectConfig
 
 feedback_app = typer.Typer(
@@ -196,10 +197,9 @@ def feedback_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """The feedback sessions of this workspace, with how far their review is."""
 
     from tunesmith.feedback import list_sessions
-    from tunesmith.workspace import open_workspace
 
     table = Table("session", "version", "source", "prompts", "reviewed", "created")
-    for row in list_sessions(open_workspace(load_project(config, set_))):
+    for row in list_sessions(project_workspace(config, set_)):
         table.add_row(
             row["id"],
             row["version"],

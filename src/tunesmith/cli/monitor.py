@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import ConfigOpt, SetOpt, app, err, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, err, fail, load_project, new_table, out, reported
 from tunesmith.cli.eval import print_report
+from tunesmith.cli.options import ConfigOpt, SetOpt
 
 monitor_app = typer.Typer(
     help="Production monitoring: alerts, drift of served prompts, reports over time.", no_args_is_help=True

@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import app, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.options import ConfigOpt
 
 registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
@@ -16,7 +17,7 @@ app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
 @registry_app.command("list")
 def registry_list(
     family: Annotated[str | None, typer.Option(help="Only this family.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Registered versions, newest first."""
     from tunesmith.registry import list_versions
@@ -48,7 +49,7 @@ def registry_list(
 @registry_app.command("show")
 def registry_show(
     version: Annotated[str, typer.Argument(help="Version name or id.")],
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Everything recorded about one version: lineage, config, metrics, artifacts."""
     import yaml
@@ -74,7 +75,7 @@ def registry_show(
 def registry_history(
     family: Annotated[str | None, typer.Argument(help="Model family (default: the project's).")] = None,
     alias: Annotated[str | None, typer.Option(help="Only this alias.")] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Every alias move of a family, newest first: from, to, who, when, why, gate report."""
     from tunesmith.registry import list_versions
@@ -108,7 +109,7 @@ def registry_promote(
     to: Annotated[str, typer.Option("--to", help="The alias to move (production, staging, ...).")],
     force: Annotated[bool, typer.Option(help="Skip the gate and approval checks (needs --reason).")] = False,
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Move an alias to a version; production needs a passing gate report against the current one."""
     from tunesmith.registry import RegistryError, get_version
@@ -135,14 +136,13 @@ def registry_approve(
     version: Annotated[str, typer.Argument(help="Version name or id.")],
     by: Annotated[str, typer.Option("--by", help="Who approves (not the one who trained it).")],
     note: Annotated[str, typer.Option(help="What was checked.")] = "",
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Record an approval of a version for production (required when registry.require_approval is on)."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.aliases import approve
-    from tunesmith.workspace import open_workspace
 
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     with reported(RegistryError):
         target = get_version(workspace, version)
         approve(workspace, target, by, note)
@@ -154,7 +154,7 @@ def registry_rollback(
     family: Annotated[str | None, typer.Argument(help="Model family (default: the project's).")] = None,
     alias: Annotated[str, typer.Option(help="The alias to move back.")] = "production",
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Point production back at the version it replaced, in one command."""
     from tunesmith.registry import RegistryError, get_version
@@ -178,14 +178,13 @@ def registry_rollback(
 def registry_diff(
     a: Annotated[str, typer.Argument(help="The older version.")],
     b: Annotated[str, typer.Argument(help="The newer version.")],
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Two versions side by side: config keys that differ, data changes, metric deltas with intervals."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.lifecycle import diff
-    from tunesmith.workspace import open_workspace
 
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     with reported(RegistryError):
         result = diff(workspace, get_version(workspace, a), get_version(workspace, b))
     out.print(f"[bold]{result['a']} → {result['b']}[/bold]")
@@ -221,14 +220,13 @@ def registry_diff(
 def registry_card(
     version: Annotated[str, typer.Argument(help="Version name or id.")],
     output: Annotated[Path | None, typer.Option(help="Write the card here (default: print it).")] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """A Markdown model card: base and licence, data, method, metrics with intervals, forgetting, lineage."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.lifecycle import model_card
-    from tunesmith.workspace import open_workspace
 
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     with reported(RegistryError):
         card = model_card(workspace, get_version(workspace, version))
     if output is None:
@@ -242,7 +240,7 @@ def registry_card(
 def registry_reproduce(
     version: Annotated[str, typer.Argument(help="Version name or id.")],
     tolerance: Annotated[float, typer.Option(help="Largest relative difference that still matches.")] = 0.02,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Train again from the version's record and check its metrics match; exit 1 when they do not."""
     from tunesmith.registry import RegistryError, get_version
@@ -281,18 +279,17 @@ def registry_export(
     output: Annotated[
         Path | None, typer.Option(help="Folder to write (default: exports/ in the workspace).")
     ] = None,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Export a version as an adapter, a merged model or GGUF, with a parity check against the version."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.export import export_version
-    from tunesmith.workspace import open_workspace
 
     if format_ not in ("adapter", "merged", "gguf"):
         raise fail(f"--format {format_!r}: use adapter, merged or gguf", 2)
     if quant not in ("f16", "q8_0"):
         raise fail(f"--quant {quant!r}: use f16 or q8_0", 2)
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     with reported(RegistryError):
         target, report = export_version(
             workspace,
@@ -323,18 +320,17 @@ def registry_push(
         str | None, typer.Option("--format", help="adapter or merged (default: adapter for LoRA versions).")
     ] = None,
     public: Annotated[bool, typer.Option(help="hf: make a new repository public.")] = False,
-    config: Annotated[Path | None, typer.Option(help="Project config.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Push a version (exported, with its model card) to the Hugging Face Hub or an MLflow registry."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.sync import log_to_mlflow, push_to_hub
-    from tunesmith.workspace import open_workspace
 
     if to not in ("hf", "mlflow"):
         raise fail(f"--to {to!r}: use hf or mlflow", 2)
     if to == "hf" and not repo:
         raise fail("--to hf needs --repo OWNER/NAME", 2)
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     with reported(RegistryError):
         target = get_version(workspace, version)
         if to == "hf":

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import ConfigOpt, SetOpt, app, err, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, err, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.options import ConfigOpt, SetOpt
 from tunesmith.config import ConfigError
 
 serve_app = typer.Typer(invoke_without_command=True)
@@ -72,9 +73,8 @@ def keys_create(
 ) -> None:
     """Create a key; the secret is printed once and only its SHA-256 is stored."""
     from tunesmith.serve.keys import create_key
-    from tunesmith.workspace import open_workspace
 
-    key, secret = create_key(open_workspace(load_project(config, None)), name, admin=admin, group=group)
+    key, secret = create_key(project_workspace(config), name, admin=admin, group=group)
     err.print(
         f"{key.id} ({', '.join(key.scopes)}{', group ' + group if group else ''}); "
         "store it now, it is not shown again:"
@@ -86,10 +86,9 @@ def keys_create(
 def keys_list(config: ConfigOpt = None) -> None:
     """Keys with their scopes, group and state (never the secret)."""
     from tunesmith.serve.keys import list_keys
-    from tunesmith.workspace import open_workspace
 
     table = new_table("id", "name", "prefix", "scopes", "group", "created", "revoked")
-    for key in list_keys(open_workspace(load_project(config, None))):
+    for key in list_keys(project_workspace(config)):
         table.add_row(
             key.id,
             key.name,
@@ -110,10 +109,9 @@ def keys_revoke(
     """Revoke a key; a running server refuses it from its next poll (serve.poll_seconds)."""
     from tunesmith.registry import RegistryError
     from tunesmith.serve.keys import revoke_key
-    from tunesmith.workspace import open_workspace
 
     with reported(RegistryError):
-        revoked = revoke_key(open_workspace(load_project(config, None)), key)
+        revoked = revoke_key(project_workspace(config), key)
     out.print(f"revoked {revoked.id} ({revoked.name})", highlight=False)
 
 
@@ -143,9 +141,8 @@ def rollout_status(config: ConfigOpt = None) -> None:
     """Rollouts, newest first: version, route, step, status, and the last event's reasons."""
     from tunesmith.registry.versions import version_names
     from tunesmith.serve.rollout import describe, list_rollouts
-    from tunesmith.workspace import open_workspace
 
-    workspace = open_workspace(load_project(config, None))
+    workspace = project_workspace(config)
     names = version_names(workspace)
     table = new_table("id", "version", "route", "step", "status", "since", "last event")
     for row in list_rollouts(workspace):
@@ -172,8 +169,7 @@ def rollout_abort(
     """Stop a running rollout; traffic returns to the route's primary at the server's next poll."""
     from tunesmith.registry import RegistryError
     from tunesmith.serve.rollout import abort_rollout
-    from tunesmith.workspace import open_workspace
 
     with reported(RegistryError):
-        row = abort_rollout(open_workspace(load_project(config, None)), rollout, reason)
+        row = abort_rollout(project_workspace(config), rollout, reason)
     out.print(f"{row.id} aborted", highlight=False)

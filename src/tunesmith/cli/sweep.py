@@ -6,7 +6,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import ConfigOpt, SetOpt, app, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, fail, load_project, new_table, out, reported
+from tunesmith.cli.options import ConfigOpt, SetOpt
 from tunesmith.config import ProjectConfig
 
 sweep_app = typer.Typer(invoke_without_command=True)

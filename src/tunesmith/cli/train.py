@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import ConfigArg, SetOpt, app, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, fail, load_project, new_table, out, reported
+from tunesmith.cli.options import ConfigArg, SetOpt
 from tunesmith.config import CONFIG_FILENAME, ProjectConfig
 
 

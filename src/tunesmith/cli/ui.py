@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import ConfigOpt, SetOpt, app, load_project, out
+from tunesmith.cli.common import app, load_project, out
+from tunesmith.cli.options import ConfigOpt, SetOpt
 from tunesmith.config import CONFIG_FILENAME
 
 
