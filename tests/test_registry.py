@@ -315,3 +315,59 @@ def test_incremental_fine_tune_from_a_registered_version(tmp_path, tiny_model_di
     wrong = load_config(config_path, [*settings, "train.init_from=no-such-version"])
     with pytest.raises(RegistryError, match="no model version 'no-such-version'"):
         train(wrong)
+
+
+def _more_versions(config, workspace, first_name: str, count: int) -> list[str]:
+    """Further versions of the family from the first one's run and weights (alias logic needs no new
+    training): each is a real registry row in the project's store."""
+    from pathlib import Path
+
+    from tunesmith.registry.versions import get_version, register_version
+    from tunesmith.store import Run, session
+
+    first = get_version(workspace, first_name)
+    with session(workspace.engine) as s:
+        run = s.get(Run, first.run_id)
+    names = []
+    for _ in range(count):
+        version = register_version(
+            workspace,
+            run,
+            family=first.family,
+            weights_dir=Path(first.path),
+            base_revision=first.base_revision,
+            method=first.method,
+            seed=first.seed,
+            metrics={},
+            tokenizer=None,
+        )
+        names.append(version.name)
+    return names
+
+
+def test_rollbacks_in_a_row_walk_back_through_history_and_never_toggle(tmp_path, tiny_model_dir):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    config = load_config(config_path, settings)
+    workspace = open_workspace(config)
+    v1 = train(config).version.name
+    v2, v3, v4 = _more_versions(config, workspace, v1, 3)
+    nothing = registry(config_path, "rollback")
+    assert nothing.exit_code == 1 and "is not set; nothing to roll back" in nothing.output
+    for name in (v1, v2, v3, v4):
+        moved = registry(config_path, "promote", name, "--to", "production", "--force", "--reason", "test")
+        assert moved.exit_code == 0, moved.output
+
+    for expected, was in ((v3, v4), (v2, v3), (v1, v2)):  # 1, 2 and 3 rollbacks in a row
+        rolled = registry(config_path, "rollback", "--reason", "bad answers")
+        assert rolled.exit_code == 0, rolled.output
+        assert f"production → {expected} (was {was})" in rolled.output
+
+    before = len(history(workspace, config.project))
+    refused = registry(config_path, "rollback")
+    assert refused.exit_code == 1 and "no earlier version to roll back to" in refused.output
+    assert len(history(workspace, config.project)) == before  # nothing moved
+
+    # a version promoted again after it was rolled back from is trusted again; v4 never is
+    assert registry(config_path, "promote", v3, "--to", "production", "--force", "--reason", "fixed").exit_code == 0
+    rolled = registry(config_path, "rollback")
+    assert rolled.exit_code == 0 and f"production → {v1} (was {v3})" in rolled.output

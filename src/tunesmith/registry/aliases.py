@@ -4,7 +4,8 @@ Moving `production` (and any alias in `registry.gated`) is a promotion: it needs
 report of `tunesmith eval --gate` for the version, made against the version production points at
 now, and, with `registry.require_approval`, an approval by someone other than the version's
 trainer. `--force` skips those checks and says so in the history row, with the reason required.
-A rollback points production back at the version it replaced.
+A rollback points the alias back at the version it served before, walking back through history:
+two rollbacks in a row go two versions back, never back to the version the first one left.
 """
 
 from __future__ import annotations
@@ -166,25 +167,55 @@ def rollback(
     reason: str = "",
     actor: str | None = None,
 ) -> AliasEvent:
-    """Point `alias` back at the version its latest move replaced.
+    """Point `alias` back at the version it served before the current one (see `rollback_target`).
 
     Raises:
-        RegistryError: when the alias was never moved, or nothing came before.
+        RegistryError: when the alias is not set, or no earlier version is left to go back to.
     """
     events = history(workspace, family, alias)
-    if not events:
-        raise RegistryError(f"{alias} of {family} was never set; nothing to roll back")
-    latest = events[0]
-    if latest.from_version_id is None:
+    if not events or events[0].to_version_id is None:
+        raise RegistryError(f"{alias} of {family} is not set; nothing to roll back")
+    target = rollback_target(list(reversed(events)))
+    if target is None:
         raise RegistryError(
-            f"{alias} of {family} had no version before the current one; nothing to roll back to"
+            f"{alias} of {family} has no earlier version to roll back to (every version it served before "
+            "the current one was rolled back from); promote a version instead"
         )
     with session(workspace.engine) as s:
-        previous = s.get(ModelVersion, latest.from_version_id)
+        previous = s.get(ModelVersion, target)
     assert previous is not None
     return move_alias(
         workspace, family, alias, previous, reason=reason or "rollback", action="rollback", actor=actor
     )
+
+
+def rollback_target(events: list[AliasEvent]) -> str | None:
+    """The version id one alias goes back to, from its moves oldest first; None when there is none.
+
+    The moves are replayed as a stack of the versions the alias served: a move pushes its version, a
+    rollback pops the version it left and marks it as rolled back from. The target is the newest
+    version below the current one that was never rolled back from (a later promotion of a version
+    clears its mark). So rollbacks in a row walk back through history and never toggle between two.
+    """
+    served: list[str | None] = []
+    rolled_back_from: set[str] = set()
+    for event in events:
+        if event.action == "rollback":
+            if event.from_version_id is not None:
+                rolled_back_from.add(event.from_version_id)
+            if served:
+                served.pop()
+            if not served or served[-1] != event.to_version_id:
+                served.append(event.to_version_id)  # history older than this rule: follow what happened
+        else:
+            served.append(event.to_version_id)
+            if event.to_version_id is not None:
+                rolled_back_from.discard(event.to_version_id)
+    current = served[-1] if served else None
+    for version_id in reversed(served[:-1]):
+        if version_id is not None and version_id != current and version_id not in rolled_back_from:
+            return version_id
+    return None
 
 
 def describe(event: AliasEvent, names: dict[str, str]) -> dict[str, Any]:
