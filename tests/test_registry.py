@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.aliases import history
+from tunesmith.registry.versions import alias_target
 from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
@@ -53,7 +55,9 @@ def test_promotion_needs_a_passing_gate_report_against_production_and_rollback_u
 
     refused = registry(config_path, "promote", first, "--to", "production")
     assert refused.exit_code == 1
-    assert f"no passing gate report; run `tunesmith eval {first} --compare base --gate`" in refused.output
+    assert f"no passing gate report; run `tunesmith eval {first} --compare base --gate`" in " ".join(
+        refused.output.split()
+    )
     no_reason = registry(config_path, "promote", first, "--to", "production", "--force")
     assert no_reason.exit_code == 1 and "--force needs --reason" in no_reason.output
 
@@ -368,6 +372,64 @@ def test_rollbacks_in_a_row_walk_back_through_history_and_never_toggle(tmp_path,
     assert len(history(workspace, config.project)) == before  # nothing moved
 
     # a version promoted again after it was rolled back from is trusted again; v4 never is
-    assert registry(config_path, "promote", v3, "--to", "production", "--force", "--reason", "fixed").exit_code == 0
+    assert (
+        registry(config_path, "promote", v3, "--to", "production", "--force", "--reason", "fixed").exit_code
+        == 0
+    )
     rolled = registry(config_path, "rollback")
     assert rolled.exit_code == 0 and f"production → {v1} (was {v3})" in rolled.output
+
+
+def test_a_significantly_worse_candidate_never_passes_a_threshold_only_gate(tmp_path, tiny_model_dir):
+    """Threshold gates alone would pass a wrecked version; the built-in no-regression check does not,
+    and promote names the metric, both scores and the p-value. --force still moves it, on record."""
+    config_path, settings = setup_project(
+        tmp_path,
+        tiny_model_dir,
+        "eval.metrics=[perplexity]",
+        "eval.gates=[{metric: perplexity, max: 1.0e300}]",
+        "eval.max_new_tokens=2",
+    )
+    config = load_config(config_path, settings)
+    good = train(config).version.name
+    assert cli(config_path, settings, "eval", good, "--compare", "base", "--gate").exit_code == 0
+    assert registry(config_path, "promote", good, "--to", "production").exit_code == 0
+
+    wrecked = train(load_config(config_path, [*settings, "train.learning_rate=3.0"])).version.name
+    # naming production by its version name compares with production all the same
+    gated = cli(config_path, settings, "eval", wrecked, "--compare", f"base,{good}", "--gate")
+    assert gated.exit_code == 3, gated.output  # a failed gate
+    refused = registry(config_path, "promote", wrecked, "--to", "production")
+    message = " ".join(refused.output.split())
+    assert refused.exit_code == 1, message
+    assert f"significantly worse than production ({good}): perplexity" in message
+    assert re.search(r"perplexity [\d.e+]+ vs [\d.e+]+ \(p=[\d.e-]+\)", message), message
+    workspace = open_workspace(config)
+    assert alias_target(workspace, config.project, "production").name == good  # nothing moved
+
+    forced = registry(config_path, "promote", wrecked, "--to", "production", "--force", "--reason", "drill")
+    assert forced.exit_code == 0 and "(forced)" in forced.output
+    latest = history(workspace, config.project, "production")[0]
+    assert latest.forced and latest.reason == "drill"
+
+
+def test_a_report_made_before_production_moved_is_stale(tmp_path, tiny_model_dir):
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    config = load_config(config_path, settings)
+    workspace = open_workspace(config)
+    first = train(config).version.name
+    second, third = _more_versions(config, workspace, first, 2)
+    assert (
+        registry(config_path, "promote", first, "--to", "production", "--force", "--reason", "t").exit_code
+        == 0
+    )
+    assert cli(config_path, settings, "eval", third, "--compare", "base,production", "--gate").exit_code == 0
+    assert (
+        registry(config_path, "promote", second, "--to", "production", "--force", "--reason", "t").exit_code
+        == 0
+    )
+    refused = registry(config_path, "promote", third, "--to", "production")
+    message = " ".join(refused.output.split())
+    assert refused.exit_code == 1
+    assert f"has no passing gate report against production ({second})" in message
+    assert f"is stale: it was made when production was {first}" in message

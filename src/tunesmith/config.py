@@ -649,6 +649,10 @@ class EvalConfig(_Section):
     # and gives the version's win rate against each other system
     reward_model: str | None = None
     gates: list[GateConfig] = Field(default_factory=list)
+    # with gates set, a built-in gate: no gated metric may be significantly worse (paired test at
+    # `no_regression_alpha`) than a version a gated alias (production) points to, when it is compared
+    no_regression: bool = True
+    no_regression_alpha: float = Field(0.05, gt=0, lt=1)
 
 
 class CanarySplit(_Section):

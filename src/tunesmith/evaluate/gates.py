@@ -1,7 +1,10 @@
-"""Promotion gates: thresholds, significant improvement, forgetting limits, per-slice non-inferiority.
+"""Promotion gates: thresholds, significant improvement, forgetting limits, per-slice non-inferiority,
+and the built-in no-regression check.
 
 Each gate gives a row {gate, kind, passed, detail}; `tunesmith eval --gate` exits non-zero when
-any row fails, and the registry's promote requires a report whose gates all passed.
+any row fails, and the registry's promote requires a report whose gates all passed, made against
+the version the alias points to. A gate's `over` names a system by what it is (base, an alias, a
+version name or id) and is matched by version id, however the system was named on the command line.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from tunesmith.evaluate.comparison import SystemResult
 from tunesmith.evaluate.metrics import get_metric
 from tunesmith.evaluate.stats import paired_test
 
+# what `over` resolves to: a version's {"id", "name"}, or None for an alias that is not set
+References = dict[str, dict[str, str] | None]
+
 
 def check_gates(
     gates: list[GateConfig],
@@ -20,17 +26,77 @@ def check_gates(
     systems: list[SystemResult],
     items: list[dict[str, Any]],
     settings: EvalConfig,
+    references: References | None = None,
 ) -> list[dict[str, Any]]:
-    """Every configured gate, checked against the report of a candidate (the last system)."""
+    """Every configured gate, checked against the report of a candidate (the last system), then the
+    no-regression check against each live version in the report (`report["live"]`)."""
     rows = []
     for gate in gates:
         spec = gate.model_dump(exclude_defaults=True)
         try:
             _judge_is_trusted(gate, report)
-            passed, detail = _CHECKS[gate.kind](gate, report, systems, items, settings)
+            passed, detail = _CHECKS[gate.kind](gate, report, systems, items, settings, references or {})
         except _UncheckedError as exc:
             passed, detail = False, str(exc)
         rows.append({"gate": spec, "kind": gate.kind, "passed": passed, "detail": detail})
+    if gates and settings.no_regression:
+        rows += no_regression(gated_metrics(gates, report, systems), report, systems, settings)
+    return rows
+
+
+def gated_metrics(gates: list[GateConfig], report: dict[str, Any], systems: list[SystemResult]) -> list[str]:
+    """The metrics the gates judge the candidate on (every computed one when only forgetting is gated);
+    judge scores only from a judge calibrated to gate."""
+    candidate = systems[-1]
+    named = [g.metric for g in gates if g.kind != "forgetting"] or list(candidate.stats)
+    trusted = []
+    for name in dict.fromkeys(named):
+        try:
+            _judge_is_trusted(GateConfig(metric=name, min=0.0), report)
+        except _UncheckedError:
+            continue
+        if name in candidate.stats:
+            trusted.append(name)
+    return trusted
+
+
+def no_regression(
+    metrics: list[str], report: dict[str, Any], systems: list[SystemResult], settings: EvalConfig
+) -> list[dict[str, Any]]:
+    """One row per live version compared in the report: failed when the candidate is significantly
+    worse than it on any of `metrics` (paired test at `eval.no_regression_alpha`)."""
+    candidate, rows = systems[-1], []
+    for alias, live in (report.get("live") or {}).items():
+        other = next((s for s in systems[:-1] if s.version_id == live["id"]), None)
+        if other is None or live["id"] == candidate.version_id:
+            continue
+        worse = []
+        for name in metrics:
+            if name not in other.stats:
+                continue
+            metric = get_metric(name)
+            test = paired_test(
+                other.stats[name],
+                candidate.stats[name],
+                metric.score,
+                higher_is_better=metric.higher_is_better,
+                resamples=settings.bootstrap_resamples,
+                seed=settings.seed,
+                alpha=settings.no_regression_alpha,
+            )
+            if test.verdict == "worse":
+                worse.append(
+                    f"{name} {candidate.scores[name].value:.4g} vs {other.scores[name].value:.4g} "
+                    f"(p={test.p_value:.3g})"
+                )
+        who = f"{alias} ({live['name']})"
+        spec = {"no_regression": alias, "version": live["name"], "alpha": settings.no_regression_alpha}
+        detail = (
+            f"significantly worse than {who}: {'; '.join(worse)}"
+            if worse
+            else f"no gated metric is significantly worse than {who} ({', '.join(metrics) or 'none'})"
+        )
+        rows.append({"gate": spec, "kind": "no_regression", "passed": not worse, "detail": detail})
     return rows
 
 
@@ -63,23 +129,36 @@ def _candidate_metric(gate: GateConfig, systems: list[SystemResult]) -> SystemRe
     return candidate
 
 
-def _reference(gate: GateConfig, systems: list[SystemResult]) -> tuple[SystemResult, str]:
-    """The system named by `over`, or base (or the majority class) when it is not in the report."""
-    for system in systems[:-1]:
-        if gate.over in (system.ref, system.label):
-            return system, ""
-    for system in systems[:-1]:
+def _reference(
+    gate: GateConfig, systems: list[SystemResult], references: References
+) -> tuple[SystemResult, str]:
+    """The system `over` names, matched by version id; base (or the majority class) when `over` is an
+    alias that is not set."""
+    others = systems[:-1]
+    target = references.get(gate.over)
+    if gate.over == "base" or (target is None and gate.over not in references):
+        found = [s for s in others if gate.over in (s.ref, s.label)]
+    else:
+        found = [s for s in others if target is not None and s.version_id == target["id"]]
+    if found:
+        return found[0], ""
+    if target is not None:
+        raise _UncheckedError(
+            f"{gate.over} ({target['name']}) is not in this report: compare with it "
+            f"(`--compare base,{gate.over}`)"
+        )
+    for system in others:
         if system.ref == "base":
-            return system, f"{gate.over} is not in this report; compared with {system.label} instead. "
+            return system, f"{gate.over} is not set; compared with {system.label} instead. "
     raise _UncheckedError(f"neither {gate.over!r} nor base is in this report to compare with")
 
 
 def _against_reference(
-    gate: GateConfig, systems: list[SystemResult], settings: EvalConfig
+    gate: GateConfig, systems: list[SystemResult], settings: EvalConfig, references: References
 ) -> tuple[SystemResult, str, Any]:
     """(reference system, note on a fallback, paired test of the candidate against it on some items)."""
     candidate = _candidate_metric(gate, systems)
-    other, note = _reference(gate, systems)
+    other, note = _reference(gate, systems, references)
     if gate.metric not in other.stats:
         raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
     metric = get_metric(gate.metric)
@@ -100,7 +179,12 @@ def _against_reference(
 
 
 def _threshold(
-    gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
+    gate: GateConfig,
+    report: dict,
+    systems: list[SystemResult],
+    items: list,
+    settings: EvalConfig,
+    references: References,
 ):
     value = _candidate_metric(gate, systems).scores[gate.metric].value
     problems = []
@@ -120,9 +204,14 @@ def _threshold(
 
 
 def _improvement(
-    gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
+    gate: GateConfig,
+    report: dict,
+    systems: list[SystemResult],
+    items: list,
+    settings: EvalConfig,
+    references: References,
 ):
-    other, note, compare = _against_reference(gate, systems, settings)
+    other, note, compare = _against_reference(gate, systems, settings, references)
     metric = get_metric(gate.metric)
     test = compare(None)
     gain = test.delta.value if metric.higher_is_better else -test.delta.value
@@ -140,7 +229,12 @@ def _improvement(
 
 
 def _forgetting(
-    gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig
+    gate: GateConfig,
+    report: dict,
+    systems: list[SystemResult],
+    items: list,
+    settings: EvalConfig,
+    references: References,
 ):
     probe = report.get("probe")
     if not probe or gate.metric not in probe.get("change", {}):
@@ -159,8 +253,15 @@ def _forgetting(
     )
 
 
-def _slice(gate: GateConfig, report: dict, systems: list[SystemResult], items: list, settings: EvalConfig):
-    other, note, compare = _against_reference(gate, systems, settings)
+def _slice(
+    gate: GateConfig,
+    report: dict,
+    systems: list[SystemResult],
+    items: list,
+    settings: EvalConfig,
+    references: References,
+):
+    other, note, compare = _against_reference(gate, systems, settings, references)
     metric = get_metric(gate.metric)
     groups: dict[str, list[int]] = {}
     assert gate.slice is not None

@@ -22,7 +22,7 @@ import numpy as np
 from tunesmith.config import EvalConfig, ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
-from tunesmith.evaluate.gates import check_gates
+from tunesmith.evaluate.gates import References, check_gates
 from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_metric, metric_names
 from tunesmith.evaluate.stats import bootstrap_interval, paired_test
 from tunesmith.models.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
@@ -158,6 +158,8 @@ class EvalPlan:
     probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None
     judge: bool
     reward_model: str | None = None
+    live: dict[str, dict[str, str]] = field(default_factory=dict)  # gated alias -> the version it serves
+    gate_references: References = field(default_factory=dict)  # each gate's `over` -> its version
 
 
 class EvalOptions(TypedDict, total=False):
@@ -216,7 +218,7 @@ def run_eval(
         "per_item": _per_item(plan.kind, plan.items, plan.references, systems, metrics),
     }
     report.update(_task_details(plan.kind, plan.references, systems, plan.context))
-    gates = check_gates(settings.gates, report, systems, plan.items, settings)
+    gates = check_gates(settings.gates, report, systems, plan.items, settings, plan.gate_references)
     report["gates"] = gates
     report["gate_passed"] = all(g["passed"] for g in gates) if gates else None
     directory = _store_report(plan, report)
@@ -236,6 +238,7 @@ def _report_header(plan: EvalPlan, settings: EvalConfig, metrics: list[str]) -> 
         "split": settings.split,
         "items": len(plan.items),
         "notes": plan.notes,
+        "live": plan.live,
         "settings": {
             "max_new_tokens": settings.max_new_tokens,
             "decoding": "greedy",
@@ -333,7 +336,44 @@ def plan_eval(
         probe_data=_probe_inputs(config) if (settings.probe.enabled if probe is None else probe) else None,
         judge=judge,
         reward_model=reward_ref,
+        live=_live_versions(workspace, candidate.family, config.registry.gated),
+        gate_references=_gate_references(workspace, candidate.family, settings, aliases),
     )
+
+
+def _live_versions(workspace: Workspace, family: str, gated: list[str]) -> dict[str, dict[str, str]]:
+    """The version each gated alias serves now: what a promotion through it will be measured against."""
+    live = {}
+    for alias in gated:
+        version = alias_target(workspace, family, alias)
+        if version is not None:
+            live[alias] = {"id": version.id, "name": version.name}
+    return live
+
+
+def _gate_references(
+    workspace: Workspace, family: str, settings: EvalConfig, aliases: list[str]
+) -> References:
+    """The version each gate's `over` names now (by id), so a gate never mistakes one system for another.
+
+    Raises:
+        RegistryError: an `over` that is neither base, an alias nor a known version.
+    """
+    references: References = {}
+    for gate in settings.gates:
+        if gate.over == "base" or gate.over in references:
+            continue
+        version = alias_target(workspace, family, gate.over) if gate.over in aliases else None
+        if version is None and gate.over not in aliases:
+            try:
+                version = get_version(workspace, gate.over)
+            except RegistryError:
+                raise RegistryError(
+                    f"eval.gates: over {gate.over!r} is neither base, an alias ({', '.join(aliases)}) "
+                    "nor a registered version"
+                ) from None
+        references[gate.over] = {"id": version.id, "name": version.name} if version else None
+    return references
 
 
 def _candidate(workspace: Workspace, config: ProjectConfig, ref: str) -> ModelVersion:

@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tunesmith.config import RegistryConfig
-from tunesmith.registry.versions import RegistryError, alias_target, move_alias
+from tunesmith.registry.versions import RegistryError, alias_target, move_alias, version_names
 from tunesmith.store import AliasEvent, Approval, EvalReport, ModelVersion, session
 from tunesmith.workspace import Workspace
 
@@ -46,21 +46,44 @@ def aliases_of(workspace: Workspace, family: str, config: RegistryConfig) -> dic
     return {alias: alias_target(workspace, family, alias) for alias in config.aliases}
 
 
-def passing_report(
-    workspace: Workspace, version: ModelVersion, against: ModelVersion | None
-) -> EvalReport | None:
-    """The newest eval report whose gates passed for `version`, with `against` among its systems."""
-    with session(workspace.engine) as s:
-        reports = s.scalars(
-            select(EvalReport)
-            .where(EvalReport.version_id == version.id, EvalReport.gate_passed.is_(True))
-            .order_by(EvalReport.created_at.desc())
+def gate_report(workspace: Workspace, version: ModelVersion, alias: str) -> EvalReport:
+    """The gate report that lets `version` move to gated `alias`: its newest gated report made against
+    the version the alias points to now (matched by version id), in which every gate passed.
+
+    Raises:
+        PromotionError: no such report (none, or only ones against an earlier target: stale), or the
+            newest one against the target failed; the message names what failed and what to run.
+    """
+    current = alias_target(workspace, version.family, alias)
+    against = current if current is not None and current.id != version.id else None
+    reports = [r for r in eval_reports(workspace, version) if r.gate_passed is not None]
+    if against is not None:
+        stale = [r for r in reports if _compared_as(r, alias) not in (None, against.id)]
+        reports = [r for r in reports if against.id in {s.get("version_id") for s in r.systems}]
+    run = (
+        f"`tunesmith eval {version.name} --compare base{',' + alias if against else ''} --gate` "
+        "(with eval.gates set), or promote with --force --reason"
+    )
+    if not reports:
+        target = f" against {alias} ({against.name})" if against else ""
+        if against is not None and stale:
+            then = version_names(workspace).get(_compared_as(stale[0], alias) or "", "another version")
+            target += f"; its report {stale[0].id} is stale: it was made when {alias} was {then}"
+        raise PromotionError(f"{version.name} has no passing gate report{target}; run {run}")
+    newest = reports[0]
+    if not newest.gate_passed:
+        failed = [g["detail"] for g in newest.gates if not g["passed"]]
+        raise PromotionError(
+            f"{version.name}'s gate report {newest.id}"
+            + (f" against {alias} ({against.name})" if against else "")
+            + f" failed: {'; '.join(failed)}. Improve the version and run {run}"
         )
-        for report in reports:
-            compared = {system.get("version_id") for system in report.systems}
-            if against is None or against.id in compared:
-                return report
-    return None
+    return newest
+
+
+def _compared_as(report: EvalReport, alias: str) -> str | None:
+    """The version id the report compared under `alias` (its system named by that alias), if any."""
+    return next((s.get("version_id") for s in report.systems if s.get("ref") == alias), None)
 
 
 def eval_reports(workspace: Workspace, version: ModelVersion) -> list[EvalReport]:
@@ -107,8 +130,8 @@ def promote(
     """Point `alias` of the version's family at `version`, if the rules allow it (see the module doc).
 
     Raises:
-        PromotionError: no passing gate report against the current production, or no approval;
-            or `force` without a reason.
+        PromotionError: no passing gate report against the version the alias points to now (see
+            `gate_report`), or no approval; or `force` without a reason.
     """
     check_alias(config, alias)
     current = alias_target(workspace, version.family, alias)
@@ -127,19 +150,7 @@ def promote(
             forced=True,
             actor=actor,
         )
-    report = None
-    if alias in config.gated:
-        production = alias_target(workspace, version.family, "production")
-        against = production if production is not None and production.id != version.id else None
-        report = passing_report(workspace, version, against)
-        if report is None:
-            compare = "base,production" if against is not None else "base"
-            raise PromotionError(
-                f"{version.name} has no passing gate report"
-                + (f" against production ({against.name})" if against else "")
-                + f"; run `tunesmith eval {version.name} --compare {compare} --gate` (with eval.gates set), "
-                "or promote with --force --reason"
-            )
+    report = gate_report(workspace, version, alias) if alias in config.gated else None
     if alias == "production" and config.require_approval:
         others = [a for a in approvals(workspace, version) if a.approver != version.created_by]
         if not others:
