@@ -3,6 +3,7 @@ import sqlite3
 import pytest
 from sqlalchemy import inspect, text
 
+from store_helpers import assert_records_immutable
 from tunesmith.config import load_config
 from tunesmith.store import AliasEvent, DatasetVersion, open_store, session
 from tunesmith.workspace import atomic_dir, init_project, open_workspace
@@ -18,7 +19,7 @@ def test_init_writes_a_valid_commented_config_and_a_migrated_sqlite_store(tmp_pa
     assert db.exists()
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0006",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == ("0007",)
     assert {"dataset_versions", "runs", "model_versions", "alias_history", "run_metrics"} <= tables
     assert config.workspace_dir == tmp_path / "proj" / ".tunesmith"
 
@@ -97,3 +98,7 @@ def test_open_workspace_creates_the_folder(tmp_path):
     workspace = open_workspace(config)
     assert workspace.root.is_dir()
     assert workspace.run_dir("run-1") == tmp_path / "ws" / "runs" / "run-1"
+
+
+def test_governance_records_refuse_update_and_delete_on_sqlite(tmp_path):
+    assert_records_immutable(open_store(f"sqlite:///{tmp_path / 'store.db'}"))

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
 from typer.testing import CliRunner
 
+from store_helpers import assert_records_immutable
 from test_registry import setup_project
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.registry.aliases import history
-from tunesmith.store import EvalReport, session
+from tunesmith.store import EvalReport, open_store, session
 from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
@@ -24,7 +27,7 @@ def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, po
     workspace = open_workspace(config)
     assert workspace.engine.dialect.name == "postgresql"
     with create_engine(url).connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0006"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0007"
 
     first = train(config).version.name
     second = train(config).version.name
@@ -52,3 +55,11 @@ def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, po
     assert moves == [("production", "rollback"), ("production", "promote"), ("production", "promote")]
     with session(workspace.engine) as s:
         assert s.query(EvalReport).filter(EvalReport.gate_passed.is_(True)).count() == 2
+
+
+def test_governance_records_refuse_update_and_delete_on_postgresql(postgres_server):
+    engine = open_store(postgres_server())
+    assert engine.dialect.name == "postgresql"
+    assert_records_immutable(engine)
+    with pytest.raises(DBAPIError, match="immutable"), engine.begin() as conn:
+        conn.execute(text("TRUNCATE model_versions CASCADE"))

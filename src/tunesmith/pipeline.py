@@ -18,7 +18,8 @@ from tunesmith.config import CONFIG_FILENAME, load_config
 from tunesmith.data import load_split, prepare_data
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
 from tunesmith.progress import console
-from tunesmith.store import ModelVersion, session
+from tunesmith.registry.versions import add_metrics
+from tunesmith.store import ModelVersion
 from tunesmith.train.run import TrainOutcome, train
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -114,16 +115,10 @@ def quickstart(directory: Path, overrides: list[str] | None = None) -> Quickstar
 def record_eval_metrics(
     workspace: Workspace, version: ModelVersion, before: dict[str, float], after: dict[str, float]
 ) -> None:
-    """Add the held-out scores to the version's metrics (its only write after registration)."""
-    with session(workspace.engine) as s:
-        row = s.get(ModelVersion, version.id)
-        assert row is not None
-        row.metrics = {
-            **row.metrics,
-            **{f"test_{k}": v for k, v in after.items()},
-            **{f"base_test_{k}": v for k, v in before.items()},
-        }
-    version.metrics = row.metrics
+    """Append the held-out scores to the version's metrics (`registry.all_metrics` reads them)."""
+    scores = {f"test_{k}": v for k, v in after.items()}
+    scores.update({f"base_test_{k}": v for k, v in before.items()})
+    add_metrics(workspace, version, scores, source="quickstart")
 
 
 def print_quickstart(result: QuickstartResult) -> None:

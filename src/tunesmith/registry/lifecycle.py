@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from tunesmith.config import ProjectConfig, RegistryConfig
+from tunesmith.registry.versions import all_metrics
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
 from tunesmith.workspace import Workspace
 
@@ -86,12 +87,13 @@ def diff(workspace: Workspace, a: ModelVersion, b: ModelVersion) -> dict[str, An
             )
         result["metrics"] = {"report": report.id, "items": full["items"], "deltas": rows}
     else:
+        metrics_a, metrics_b = all_metrics(workspace, a), all_metrics(workspace, b)
         numbers = {
-            key: [a.metrics[key], b.metrics[key]]
-            for key in sorted(set(a.metrics) & set(b.metrics))
-            if is_number(a.metrics[key])
-            and is_number(b.metrics[key])
-            and a.metrics[key] != b.metrics[key]
+            key: [metrics_a[key], metrics_b[key]]
+            for key in sorted(set(metrics_a) & set(metrics_b))
+            if is_number(metrics_a[key])
+            and is_number(metrics_b[key])
+            and metrics_a[key] != metrics_b[key]
             and not any(word in key for word in NOT_COMPARABLE)
         }
         result["metrics"] = {
@@ -130,7 +132,7 @@ def version_record(workspace: Workspace, v: ModelVersion, registry: RegistryConf
             for a, target in aliases_of(workspace, v.family, registry).items()
             if target and target.id == v.id
         ],
-        "metrics": v.metrics,
+        "metrics": all_metrics(workspace, v),
         "eval_reports": [
             {
                 "id": r.id,

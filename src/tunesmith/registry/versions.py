@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from tunesmith.config import ProjectConfig
-from tunesmith.store import AliasEvent, ModelVersion, Run, session
+from tunesmith.store import AliasEvent, ModelVersion, Run, VersionMetric, session
 from tunesmith.workspace import Workspace
 
 LIBRARIES = ("tunesmith", "torch", "transformers", "peft", "trl", "accelerate", "datasets")
@@ -143,6 +143,24 @@ def _sha256_text(text: str) -> str:
 def _tokenizer_hash(tokenizer: Any) -> str | None:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     return _sha256_text(backend.to_str()) if backend is not None else None
+
+
+def add_metrics(workspace: Workspace, version: ModelVersion, metrics: dict[str, float], source: str) -> None:
+    """Record metrics of `version` found after registration, as new rows (its registered ones stay)."""
+    with session(workspace.engine) as s:
+        s.add_all(
+            VersionMetric(version_id=version.id, name=name, value=float(value), source=source)
+            for name, value in metrics.items()
+        )
+
+
+def all_metrics(workspace: Workspace, version: ModelVersion) -> dict[str, Any]:
+    """The version's registered metrics and every one added later (the latest value of a name wins)."""
+    with session(workspace.engine) as s:
+        later = s.scalars(
+            select(VersionMetric).where(VersionMetric.version_id == version.id).order_by(VersionMetric.id)
+        )
+        return {**version.metrics, **{row.name: row.value for row in later}}
 
 
 def who() -> str:

@@ -1,6 +1,6 @@
 """The store: SQLAlchemy tables behind Alembic migrations; SQLite (WAL) by default, any URL at scale."""
 
-from tunesmith.store.engine import open_store, session
+from tunesmith.store.engine import ImmutableRecordError, open_store, session
 from tunesmith.store.schema import (
     AlertEvent,
     AliasEvent,
@@ -16,6 +16,7 @@ from tunesmith.store.schema import (
     Rollout,
     Run,
     RunMetric,
+    VersionMetric,
 )
 
 __all__ = [
@@ -27,12 +28,14 @@ __all__ = [
     "DatasetVersion",
     "EvalReport",
     "Feedback",
+    "ImmutableRecordError",
     "ModelVersion",
     "RequestLog",
     "RequestScore",
     "Rollout",
     "Run",
     "RunMetric",
+    "VersionMetric",
     "open_store",
     "session",
 ]

@@ -11,7 +11,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
+
+from tunesmith.store.schema import IMMUTABLE_TABLES
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
@@ -54,3 +56,30 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+class ImmutableRecordError(Exception):
+    """A change to a record that is written once (a version, an alias move, an eval report...)."""
+
+
+@event.listens_for(Session, "before_flush")
+def _refuse_changed_records(s: Session, _flush: UOWTransaction, _instances: Any) -> None:
+    """The ORM side of the immutability triggers: no flush may update or delete an immutable row."""
+    for row, change in [*((r, "update") for r in s.dirty), *((r, "delete") for r in s.deleted)]:
+        table = getattr(row, "__tablename__", None)
+        if table in IMMUTABLE_TABLES and (change == "delete" or s.is_modified(row)):
+            raise ImmutableRecordError(
+                f"{table} rows are immutable ({change} refused): append a new row instead"
+            )
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _refuse_bulk_changes(state: ORMExecuteState) -> None:
+    """`session.execute(update(ModelVersion)...)` and bulk deletes are refused the same way."""
+    if not (state.is_update or state.is_delete):
+        return
+    table = getattr(state.bind_mapper, "local_table", None) if state.bind_mapper else None
+    name = getattr(table, "name", None)
+    if name in IMMUTABLE_TABLES:
+        change = "update" if state.is_update else "delete"
+        raise ImmutableRecordError(f"{name} rows are immutable ({change} refused): append a new row instead")

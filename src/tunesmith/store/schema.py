@@ -1,4 +1,9 @@
-"""The store's tables. Rows are written once and then only appended to (runs finish, aliases move)."""
+"""The store's tables. Rows are written once and then only appended to (runs finish, aliases move).
+
+The records of governance (versions, alias moves, eval reports, approvals, later metrics of a
+version) are immutable in fact: database triggers refuse UPDATE and DELETE on their tables
+(migration 0007), and `tunesmith.store.engine` refuses the same through the ORM before it is sent.
+"""
 
 from __future__ import annotations
 
@@ -92,6 +97,20 @@ class AliasEvent(Base):
     gate_report_id: Mapped[str | None] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(20), default="move")  # move, promote, rollback
     forced: Mapped[bool] = mapped_column(Boolean, default=False)  # promoted past failing or missing gates
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class VersionMetric(Base):
+    """A metric of a version found after it was registered (held-out scores, a later test): appended,
+    so the version's registered `metrics` are never rewritten."""
+
+    __tablename__ = "version_metrics"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(200))  # what measured it: quickstart, an eval report id
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
@@ -253,3 +272,9 @@ class AlertEvent(Base):
     channels: Mapped[dict[str, Any]] = mapped_column(JSON)  # channel -> "sent" or the error
     action: Mapped[str | None] = mapped_column(Text)  # e.g. "rolled back production to fernwick-v2"
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+
+
+# rows of these are written once: the triggers of migration 0007 and the ORM guard refuse changes
+IMMUTABLE_TABLES = frozenset(
+    {"model_versions", "alias_history", "eval_reports", "approvals", "version_metrics"}
+)
