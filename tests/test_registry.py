@@ -13,8 +13,9 @@ from typer.testing import CliRunner
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
-from tunesmith.registry.aliases import history
-from tunesmith.registry.versions import alias_target
+from tunesmith.registry.aliases import approvals, history
+from tunesmith.registry.versions import alias_target, get_version
+from tunesmith.serve.keys import create_key
 from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
@@ -116,11 +117,39 @@ def test_forced_promotion_is_recorded_and_approval_must_come_from_someone_else(t
     assert cli(config_path, settings, "eval", second, "--compare", "base,production", "--gate").exit_code == 0
     refused = registry(config_path, "promote", second, "--to", "production")
     assert refused.exit_code == 1 and "has no approval by someone other than tester" in refused.output
-    own = registry(config_path, "approve", second, "--by", "tester", "--note", "looks fine")
+
+    # the OS user who trained it cannot approve it, whatever name --by gives
+    own = registry(config_path, "approve", second, "--by", "alice", "--note", "looks fine")
     assert own.exit_code == 1 and "an approval must come from someone else" in own.output
-    assert (
-        registry(config_path, "approve", second, "--by", "alice", "--note", "read 50 answers").exit_code == 0
+    # nor can the owner of an admin key named like the trainer, and a non-admin key is no identity
+    workspace = open_workspace(config)
+    _, trainer_secret = create_key(workspace, "tester", admin=True)
+    _, inference_secret = create_key(workspace, "alice", admin=False)
+    _, alice_secret = create_key(workspace, "alice", admin=True)
+    as_trainer = registry(config_path, "approve", second, "--api-key", trainer_secret)
+    assert as_trainer.exit_code == 1 and "tester trained" in as_trainer.output
+    no_admin = registry(config_path, "approve", second, "--api-key", inference_secret)
+    assert no_admin.exit_code == 1 and "not an active admin key" in no_admin.output
+    assert approvals(workspace, get_version(workspace, second)) == []  # nothing recorded
+
+    approved = runner.invoke(
+        app,
+        [
+            "registry",
+            "approve",
+            second,
+            "--by",
+            "bob",
+            "--note",
+            "read 50 answers",
+            "--config",
+            str(config_path),
+        ],
+        env={"TUNESMITH_API_KEY": alice_secret},
     )
+    assert approved.exit_code == 0 and "alice approved" in approved.output
+    (approval,) = approvals(workspace, get_version(workspace, second))
+    assert approval.approver == "alice" and approval.note == "read 50 answers (by: bob)"
     assert registry(config_path, "promote", second, "--to", "production").exit_code == 0
     assert registry(config_path, "promote", second, "--to", "canary").exit_code == 0  # a user's own alias
     unknown = registry(config_path, "promote", second, "--to", "shadow")

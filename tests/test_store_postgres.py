@@ -51,6 +51,10 @@ def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, po
     rolled = runner.invoke(app, ["registry", "rollback", "--config", str(config_path)])
     assert rolled.exit_code == 0 and f"production → {first}" in rolled.output
 
+    # a shared store takes no OS user's word for who approves: an admin key says who
+    unnamed = runner.invoke(app, ["registry", "approve", second, "--config", str(config_path)])
+    assert unnamed.exit_code == 1 and "this store is shared (postgresql)" in " ".join(unnamed.output.split())
+
     moves = [(e.alias, e.action) for e in history(workspace, config.project) if e.alias == "production"]
     assert moves == [("production", "rollback"), ("production", "promote"), ("production", "promote")]
     with session(workspace.engine) as s:

@@ -111,7 +111,7 @@ def registry_promote(
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
     config: ConfigOpt = None,
 ) -> None:
-    """Move an alias to a version; production needs a passing gate report against the current one."""
+    """Move an alias to a version; production needs a passing gate report against what it serves now."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.aliases import promote
     from tunesmith.workspace import open_workspace
@@ -134,19 +134,33 @@ def registry_promote(
 @registry_app.command("approve")
 def registry_approve(
     version: Annotated[str, typer.Argument(help="Version name or id.")],
-    by: Annotated[str, typer.Option("--by", help="Who approves (not the one who trained it).")],
     note: Annotated[str, typer.Option(help="What was checked.")] = "",
+    by: Annotated[
+        str | None, typer.Option("--by", help="A name for the note; who approves is checked, not typed.")
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", help="Your admin API key (default $TUNESMITH_API_KEY); needed on a shared store."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Record an approval of a version for production (required when registry.require_approval is on)."""
+    """Approve a version for production as a checked identity: your admin API key's owner, else your OS user.
+
+    Needed with registry.require_approval. Never from the one who trained it; on a shared store
+    (PostgreSQL) only with an admin key. --by adds a name to the note; it is not the identity.
+    """
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.aliases import approve
+    from tunesmith.registry.identity import checked_identity
 
     workspace = project_workspace(config)
     with reported(RegistryError):
         target = get_version(workspace, version)
-        approve(workspace, target, by, note)
-    out.print(f"{by} approved {target.name}.", highlight=False)
+        approver = checked_identity(workspace, api_key)
+        approve(workspace, target, approver, f"{note} (by: {by})" if by else note)
+    out.print(f"{approver} approved {target.name}.", highlight=False)
 
 
 @registry_app.command("rollback")
@@ -156,7 +170,7 @@ def registry_rollback(
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
     config: ConfigOpt = None,
 ) -> None:
-    """Point production back at the version it replaced, in one command."""
+    """Point production back at the version it served before; rollbacks in a row walk back through history."""
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.aliases import rollback
     from tunesmith.workspace import open_workspace

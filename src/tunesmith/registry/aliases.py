@@ -99,13 +99,19 @@ def eval_reports(workspace: Workspace, version: ModelVersion) -> list[EvalReport
 
 
 def approve(workspace: Workspace, version: ModelVersion, approver: str, note: str) -> Approval:
-    """Record `approver`'s approval of `version`.
+    """Record `approver`'s approval of `version`; `approver` is a checked identity
+    (`tunesmith.registry.identity.checked_identity`), never free text.
 
     Raises:
-        PromotionError: when the approver is the one who trained the version.
+        PromotionError: when the approver is the one who trained the version (its recorded user or
+            the OS user who registered it).
     """
-    if approver == version.created_by:
-        raise PromotionError(f"{approver} trained {version.name}; an approval must come from someone else")
+    trainers = {version.created_by, (version.lineage or {}).get("os_user")}
+    if approver in trainers:
+        raise PromotionError(
+            f"{approver} trained {version.name}; an approval must come from someone else "
+            "(another OS user, or the owner of another admin API key)"
+        )
     with session(workspace.engine) as s:
         approval = Approval(version_id=version.id, approver=approver, note=note)
         s.add(approval)

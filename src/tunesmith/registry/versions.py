@@ -44,6 +44,7 @@ def register_version(
         "chat_template_sha256": _sha256_text(getattr(tokenizer, "chat_template", None) or ""),
         "tokenizer_sha256": _tokenizer_hash(tokenizer),
         "eos_token": getattr(tokenizer, "eos_token", None),
+        "os_user": os_user(),  # who registered it, as the OS knows them (approvals are checked against it)
     }
     with session(workspace.engine) as s:
         number = (
@@ -164,9 +165,15 @@ def all_metrics(workspace: Workspace, version: ModelVersion) -> dict[str, Any]:
 
 
 def who() -> str:
-    """Who is acting: $TUNESMITH_USER, or the login name."""
+    """Who is acting, for history rows and notes: $TUNESMITH_USER, or the login name (free text: an
+    approval needs `tunesmith.registry.identity.checked_identity`)."""
+    return os.environ.get("TUNESMITH_USER") or os_user()
+
+
+def os_user() -> str:
+    """The login of the OS user running this process."""
     try:
-        return os.environ.get("TUNESMITH_USER") or getpass.getuser()
+        return getpass.getuser()
     except OSError:
         return "unknown"
 

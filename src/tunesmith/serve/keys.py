@@ -7,13 +7,13 @@ anyone who can reach it (fine on 127.0.0.1; `serve.require_keys` refuses to star
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
 
+from tunesmith.registry.identity import hash_key
 from tunesmith.registry.versions import RegistryError, who
 from tunesmith.store import ApiKey, session
 from tunesmith.store.schema import utcnow
@@ -21,10 +21,6 @@ from tunesmith.workspace import Workspace
 
 SCOPES = ("inference", "admin")
 KEY_PREFIX = "tsk-"
-
-
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 def create_key(

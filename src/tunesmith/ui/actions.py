@@ -234,15 +234,15 @@ async def rollback_alias(request: Request, family: str, who: Caller = Depends(ad
 @router.post("/registry/v/{ref}/approve", response_class=HTMLResponse)
 async def approve_version(request: Request, ref: str, who: Caller = Depends(admin)) -> HTMLResponse:
     from tunesmith.registry.aliases import approve
+    from tunesmith.registry.identity import checked_identity
 
     form = await checked_form(request)
     state = ui_state(request)
-    approver = who.name if who.key_id else form.get("by", "").strip()
-    if not approver:
-        raise PageError(400, "Who approves?", "by: name the person who approves")
+    by = form.get("by", "").strip()  # a name for the note; who approves is the key's owner or OS user
     try:
+        approver = who.name if who.key_id else checked_identity(state.workspace)
         version = get_version(state.workspace, ref)
-        approve(state.workspace, version, approver, form.get("note", ""))
+        approve(state.workspace, version, approver, form.get("note", "") + (f" (by: {by})" if by else ""))
     except RegistryError as exc:
         return _refused(request, "Approval refused", str(exc), f"/registry/v/{ref}")
     return _done(
