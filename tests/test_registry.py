@@ -462,3 +462,38 @@ def test_a_report_made_before_production_moved_is_stale(tmp_path, tiny_model_dir
     assert refused.exit_code == 1
     assert f"has no passing gate report against production ({second})" in message
     assert f"is stale: it was made when production was {first}" in message
+
+
+def test_a_version_refuses_a_base_whose_weights_changed(tmp_path, tiny_model_dir):
+    """The base is pinned by content hash: eval, load (export) and reproduce refuse other weights,
+    naming both hashes and the fix."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, base)
+    config_path, settings = setup_project(tmp_path, base, "train.method=lora")
+    config = load_config(config_path, settings)
+    version = train(config).version
+    assert version.base_revision.startswith("sha256:")
+
+    weights = base / "model.safetensors"
+    tensors = load_file(weights)
+    save_file(
+        {k: v + 0.01 * torch.ones_like(v) for k, v in tensors.items()}, weights, metadata={"format": "pt"}
+    )
+    for args in (
+        ["eval", version.name, "--compare", "base"],
+        ["registry", "export", version.name, "--format", "merged"],
+        ["registry", "reproduce", version.name],
+    ):
+        refused = cli(config_path, settings if args[0] == "eval" else [], *args)
+        message = " ".join(refused.output.split())
+        assert refused.exit_code == 1, (args, message)
+        assert (
+            f"it was trained on {base} at {version.base_revision}, but that base now resolves to sha256:"
+            in message
+        )
+        assert "restore the weights" in message

@@ -27,7 +27,7 @@ from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_m
 from tunesmith.evaluate.stats import bootstrap_interval, paired_test
 from tunesmith.models.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
 from tunesmith.progress import console
-from tunesmith.registry.loading import load_row
+from tunesmith.registry.loading import check_base, load_row
 from tunesmith.registry.versions import RegistryError, alias_target, get_version, who
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
 from tunesmith.train.objectives import get_objective
@@ -760,6 +760,7 @@ def _load(subject: Subject, candidate: ModelVersion, workspace: Workspace) -> tu
     model_cfg = candidate.config["model"]
     dtype = ProjectConfig.model_validate(candidate.config).weights_dtype
     base = load_configured(model_cfg, dtype)
+    check_base(candidate, base.base_revision, "comparing with the base of")
     return base.model, base.tokenizer, f"{model_cfg['id']}@{base.base_revision}:{dtype}"
 
 

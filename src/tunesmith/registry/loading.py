@@ -17,6 +17,29 @@ def load_version(workspace: Workspace, ref: str) -> tuple[ModelVersion, Any, Any
     return (version, *load_row(version, workspace))
 
 
+def check_base(version: ModelVersion, loaded_revision: str | None, action: str) -> None:
+    """Refuse to pair `version` with base weights other than the ones it was trained on.
+
+    `loaded_revision` is what the base resolves to now (a hub commit, or the content hash of local
+    or bundled weights); `action` says what was about to happen ("comparing with the base of", "loading"...).
+
+    Raises:
+        RegistryError: the base resolves to another revision than the one the version records.
+    """
+    recorded = version.base_revision
+    if not recorded or not loaded_revision or recorded == loaded_revision:
+        return
+    fix = (
+        f"restore the weights of {version.base_model} that the version was trained on"
+        if recorded.startswith("sha256:")
+        else f"pin the base: set model.revision: {recorded}"
+    )
+    raise RegistryError(
+        f"{action} {version.name}: it was trained on {version.base_model} at {recorded}, but that base "
+        f"now resolves to {loaded_revision}; {fix}"
+    )
+
+
 def load_row(version: ModelVersion, workspace: Workspace | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a version record.
 
@@ -53,6 +76,7 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
     if version.method in ("lora", "qlora"):
         dtype = ProjectConfig.model_validate(version.config).weights_dtype
         base = load_configured(model_cfg, dtype, head=head, **extra)
+        check_base(version, base.base_revision, "loading")
         return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
     auto_class = getattr(transformers, HEADS[head])
     return (

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
 from tunesmith.data import prepare_data
 from tunesmith.registry import RegistryError, get_version, register_trained
+from tunesmith.registry.loading import check_base
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
 from tunesmith.train.objectives import RunContext, check_objective, get_objective
@@ -357,9 +358,9 @@ def reproduce(
     config = ProjectConfig.model_validate(version.config)
     if base_dir is not None:  # the project's folder: relative paths (reward functions) resolve as in training
         config = config.with_base_dir(base_dir)
-    result = run_objective(
-        config, workspace, dataset, load_base(config, dataset, workspace), kind="reproduce"
-    )
+    base = load_base(config, dataset, workspace)
+    check_base(version, base.base_revision, "reproducing")
+    result = run_objective(config, workspace, dataset, base, kind="reproduce")
     rows = []
     for key in sorted(set(version.metrics) & set(result.metrics)):
         recorded, again = version.metrics[key], result.metrics[key]
