@@ -49,11 +49,13 @@ def decide(model: str, prompt: str) -> str:
 def make_app() -> FastAPI:
     app = FastAPI()
     app.state.calls = 0
+    app.state.keys = []  # the bearer token of each call: which key reached this host
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> dict[str, Any]:
         body = await request.json()
         app.state.calls += 1
+        app.state.keys.append(request.headers.get("authorization", "").removeprefix("Bearer "))
         model = body["model"]
         if model == "nologprobs" and body.get("logprobs"):
             raise HTTPException(status_code=400, detail="logprobs are not supported")

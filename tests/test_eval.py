@@ -184,10 +184,12 @@ def test_list_metrics_and_unknown_metric(trained):
     assert bad.exit_code == 1 and "unknown metric 'rouge_x'" in bad.output
 
 
-def calibration_file(tmp_path: Path, agree: bool) -> Path:
-    """Human ratings: answers that state the fact score high (or, when `agree` is false, low)."""
+def calibration_file(tmp_path: Path, agree: bool, pairs: int = 15) -> Path:
+    """Human ratings: answers that state the fact score high (or, when `agree` is false, low); two
+    rows per pair."""
     rows = []
-    for i, (fact, other) in enumerate([("2017", "1999"), ("Lisbon", "Paris"), ("Tuesday", "Friday")] * 2):
+    facts = [("2017", "1999"), ("Lisbon", "Paris"), ("Tuesday", "Friday")] * pairs
+    for i, (fact, other) in enumerate(facts[:pairs]):
         reference = f"The answer is {fact}"
         rows.append(
             {"prompt": f"q{i}", "reference": reference, "answer": f"It is {fact}", "score": 5 if agree else 1}
@@ -200,7 +202,7 @@ def calibration_file(tmp_path: Path, agree: bool) -> Path:
                 "score": 1 if agree else 5,
             }
         )
-    path = tmp_path / f"human-{agree}.jsonl"
+    path = tmp_path / f"human-{agree}-{pairs}.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -223,7 +225,9 @@ def test_endpoint_judge_scores_compares_calibrates_and_gates(trained, tmp_path):
         report = result.report
         judged = report["judge"]
         assert judged["judge"] == f"endpoint:{url}:fair" and judged["steps"].startswith("1. Check")
-        assert judged["calibration"]["spearman"] == pytest.approx(1.0) and judged["calibration"]["calibrated"]
+        calibration = judged["calibration"]
+        assert calibration["spearman"] == pytest.approx(1.0) and calibration["calibrated"]
+        assert calibration["scored"] == 30 and calibration["spearman_interval"][0] > 0.99
         for system in report["systems"]:
             assert 2.0 <= system["scores"]["judge_score"]["value"] <= 5.0
         assert any(c["metric"] == "judge_score" for c in report["comparisons"])
@@ -249,6 +253,17 @@ def test_endpoint_judge_scores_compares_calibrates_and_gates(trained, tmp_path):
         assert (
             report["gate_passed"] is False and "agrees too little with humans" in report["gates"][0]["detail"]
         )
+
+        # Perfect agreement on too few rows does not earn a vote.
+        few = load_config(
+            config_path,
+            [*settings, *judge, f"eval.judge.calibration={calibration_file(tmp_path, agree=True, pairs=6)}"],
+        )
+        report = run_eval(few, outcome.version.name, compare=["base"]).report
+        calibration = report["judge"]["calibration"]
+        assert calibration["spearman"] == pytest.approx(1.0) and calibration["scored"] == 12
+        assert calibration["calibrated"] is False and report["gate_passed"] is False
+        assert "calibrated on 12 scored rows; gating needs at least 30" in report["gates"][0]["detail"]
 
         # A server that refuses logprobs: the judge reads the digit from the reply.
         plain = load_config(config_path, [*settings, *judge, "eval.judge.model=nologprobs"])
@@ -448,3 +463,21 @@ def test_language_model_versions_are_scored_by_perplexity(tmp_path, tiny_model_d
             if line.startswith(f"perplexity: {outcome.version.name} is better")
         )
     ]
+
+
+def test_a_judge_or_teacher_endpoint_gets_only_the_key_its_config_names(monkeypatch, tmp_path):
+    """OPENAI_API_KEY is never sent to a custom host; the variable named by api_key_env is."""
+    from judge_server import serve
+    from tunesmith.config import JudgeConfig, endpoint_api_key
+    from tunesmith.evaluate.judge import make_judge
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    monkeypatch.setenv("JUDGE_HOST_KEY", "judge-host-key")
+    with serve() as (url, app):
+        make_judge(JudgeConfig(endpoint=url, model="fair"), None).complete("Evaluation steps:\nx", 4)
+        make_judge(JudgeConfig(endpoint=url, model="fair", api_key_env="JUDGE_HOST_KEY"), None).complete(
+            "Evaluation steps:\nx", 4
+        )
+    assert "sk-openai-secret" not in app.state.keys
+    assert app.state.keys[-1] == "judge-host-key"
+    assert endpoint_api_key("https://api.openai.com/v1", None) == "sk-openai-secret"  # its own host

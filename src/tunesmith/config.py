@@ -138,12 +138,26 @@ class DataConfig(_Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
 
 
+def endpoint_api_key(endpoint: str, api_key_env: str | None) -> str | None:
+    """The key to send to an OpenAI-compatible `endpoint`: from the variable the config names for it
+    only; with none named, OPENAI_API_KEY for api.openai.com and no key for any other host."""
+    from urllib.parse import urlparse
+
+    if api_key_env:
+        return os.environ.get(api_key_env)
+    if urlparse(endpoint).hostname == "api.openai.com":
+        return os.environ.get("OPENAI_API_KEY")
+    return None
+
+
 class TeacherConfig(_Section):
     """The model that writes synthetic rows: an OpenAI-compatible endpoint, or a local model."""
 
     endpoint: str | None = None  # an OpenAI-compatible base URL (…/v1), `tunesmith serve` included
     model: str = "base"  # endpoint: its model name; local: `base` or a registered version
-    api_key_env: str | None = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key
+    # the environment variable holding the endpoint's key; unset: no key is sent (api.openai.com
+    # itself reads OPENAI_API_KEY), so a key is never sent to a host it was not meant for
+    api_key_env: str | None = None
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
     max_tokens: int = Field(512, gt=0)  # per teacher reply
@@ -566,7 +580,7 @@ class JudgeConfig(_Section):
     enabled: bool = False  # `tunesmith eval --judge` turns it on for one run
     endpoint: str | None = None  # an OpenAI-compatible base URL (…/v1); unset: a local model
     model: str = "base"  # endpoint: its model name; local: `base` or a registered version
-    api_key_env: str | None = "OPENAI_API_KEY"  # the environment variable holding the endpoint's key
+    api_key_env: str | None = None  # the variable holding the endpoint's key (as synth.teacher.api_key_env)
     criteria: str = (
         "Helpfulness and correctness: the response answers the request accurately and completely, "
         "agrees with the reference answer when one is given, and invents no facts."
@@ -575,7 +589,10 @@ class JudgeConfig(_Section):
     use_reference: bool = True  # show the judge the reference answer
     pairwise: bool = True  # also ask A-vs-B (both orders) between the version and each other system
     calibration: str | None = None  # human-labelled {prompt, answer, score 1-5} rows (JSONL or CSV)
-    min_agreement: float = Field(0.5, ge=-1, le=1)  # Spearman's rho needed before judge scores may gate
+    # judge scores may gate only when the 95% interval of Spearman's rho with the humans lies at or
+    # above min_agreement, on at least min_calibration_rows rows the judge scored
+    min_agreement: float = Field(0.5, ge=-1, le=1)
+    min_calibration_rows: int = Field(30, ge=5)
     max_items: int | None = Field(None, gt=0)  # judge only the first N items
 
 

@@ -114,9 +114,16 @@ def _judge_is_trusted(gate: GateConfig, report: dict[str, Any]) -> None:
             "judge_score may gate only a calibrated judge: set eval.judge.calibration to human-labelled rows"
         )
     if not calibration["calibrated"]:
+        low, high = calibration.get("spearman_interval") or (float("nan"), float("nan"))
+        if calibration["scored"] < calibration.get("min_rows", 0):
+            raise _UncheckedError(
+                f"the judge was calibrated on {calibration['scored']} scored rows; gating needs at least "
+                f"{calibration['min_rows']} (eval.judge.min_calibration_rows): label more rows"
+            )
         raise _UncheckedError(
-            f"the judge agrees too little with humans to gate (Spearman {calibration['spearman']:.2f} < "
-            f"{calibration['min_agreement']:.2f} on {calibration['scored']} rows)"
+            f"the judge agrees too little with humans to gate (Spearman {calibration['spearman']:.2f}, "
+            f"95% interval [{low:.2f}, {high:.2f}], whose lower bound must reach "
+            f"{calibration['min_agreement']:.2f}, on {calibration['scored']} rows)"
         )
 
 

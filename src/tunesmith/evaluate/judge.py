@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunesmith.config import JudgeConfig
+from tunesmith.config import JudgeConfig, endpoint_api_key
 from tunesmith.data import DataError
 from tunesmith.models.generate import AnswerCache
 from tunesmith.progress import progress_bar
@@ -256,8 +255,9 @@ def make_judge(config: JudgeConfig, load_local: Any) -> Judge:
     `load_local(ref)` loads a local model (base or a version) and returns (model, tokenizer, identity).
     """
     if config.endpoint:
-        key = os.environ.get(config.api_key_env) if config.api_key_env else None
-        return EndpointJudge(config.endpoint, config.model, key)
+        return EndpointJudge(
+            config.endpoint, config.model, endpoint_api_key(config.endpoint, config.api_key_env)
+        )
     model, tokenizer, identity = load_local(config.model)
     return LocalJudge(model, tokenizer, identity)
 
@@ -344,8 +344,12 @@ def load_calibration(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def calibrate(run: JudgeRun, rows: list[dict[str, Any]], min_agreement: float) -> dict[str, Any]:
-    """Spearman's rho and Kendall's tau between the judge's scores and the humans'."""
+def calibrate(
+    run: JudgeRun, rows: list[dict[str, Any]], min_agreement: float, min_rows: int = 30
+) -> dict[str, Any]:
+    """Spearman's rho (with its 95% interval) and Kendall's tau between the judge's scores and the
+    humans'. The judge is calibrated, and may gate, only when it scored at least `min_rows` rows and
+    the interval's lower bound reaches `min_agreement`: agreement shown, not guessed from a few rows."""
     from scipy.stats import kendalltau, spearmanr
 
     judged = score_all(
@@ -356,11 +360,28 @@ def calibrate(run: JudgeRun, rows: list[dict[str, Any]], min_agreement: float) -
     rho = spearmanr(humans, judge).statistic if len(set(judge)) > 1 else float("nan")
     tau = kendalltau(humans, judge).statistic if len(set(judge)) > 1 else float("nan")
     rho, tau = float(rho), float(tau)
+    low, high = rho_interval(rho, len(pairs))
+    enough = len(pairs) >= min_rows
     return {
         "rows": len(rows),
         "scored": len(pairs),
         "spearman": rho,
+        "spearman_interval": [low, high],
         "kendall": tau,
         "min_agreement": min_agreement,
-        "calibrated": not math.isnan(rho) and rho >= min_agreement,
+        "min_rows": min_rows,
+        "calibrated": enough and not math.isnan(low) and low >= min_agreement,
     }
+
+
+def rho_interval(rho: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """The interval of a Spearman correlation over `n` pairs (Fisher's z with the Bonett-Wright
+    standard error, sqrt((1 + rho^2 / 2) / (n - 3))); NaN when it cannot be told."""
+    from scipy.stats import norm
+
+    if math.isnan(rho) or n < 4:
+        return float("nan"), float("nan")
+    clipped = max(min(rho, 0.999999), -0.999999)
+    z, se = math.atanh(clipped), math.sqrt((1 + clipped**2 / 2) / (n - 3))
+    half = float(norm.ppf(0.5 + confidence / 2)) * se
+    return math.tanh(z - half), math.tanh(z + half)

@@ -554,7 +554,9 @@ def _run_judge(plan: EvalPlan, config: ProjectConfig, systems: list[SystemResult
     if settings.calibration:
         path = Path(settings.calibration)
         path = path if path.is_absolute() else config.base_dir / path
-        report["calibration"] = judging.calibrate(run, judging.load_calibration(path), settings.min_agreement)
+        report["calibration"] = judging.calibrate(
+            run, judging.load_calibration(path), settings.min_agreement, settings.min_calibration_rows
+        )
     else:
         report["calibration"] = None
     score = get_metric("judge_score")

@@ -7,7 +7,6 @@ teacher only for what it had not answered yet, and a run with stricter filters r
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from tunesmith.config import ProjectConfig, TeacherConfig
+from tunesmith.config import ProjectConfig, TeacherConfig, endpoint_api_key
 from tunesmith.models.generate import AnswerCache, cache_path
 from tunesmith.progress import progress_bar
 from tunesmith.workspace import Workspace
@@ -217,6 +216,6 @@ def load_teacher(config: ProjectConfig, workspace: Workspace) -> Teacher:
     settings = config.synth.teacher
     cache_dir = workspace.root / "synth" / "cache"
     if settings.endpoint:
-        key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        key = endpoint_api_key(settings.endpoint, settings.api_key_env)
         return Teacher(EndpointBackend(settings.endpoint, settings.model, key), settings, cache_dir)
     return Teacher(LocalBackend(*load_local_model(config, workspace, settings.model)), settings, cache_dir)
