@@ -87,7 +87,7 @@ def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path
     with session(workspace.engine) as s:
         runs = s.query(Run).filter(Run.kind == "sweep").all()
         versions = s.query(ModelVersion).all()
-    assert len(runs) == 2 and all(r.metrics["sweep_study"] == "sentiment-sweep" for r in runs)
+    assert len(runs) == 2 and all(r.metrics["sweep_study"] == "sentiment-accuracy-maximize" for r in runs)
     assert not any(k.startswith("test_") for r in runs for k in r.metrics)  # chosen on validation only
     assert "Test (" not in result.output
     assert {r.status for r in runs} <= {"finished", "pruned"}
@@ -99,7 +99,7 @@ def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path
     shown = runner.invoke(app, ["sweep", "show", "--config", str(config_path)])
     assert shown.exit_code == 0, shown.output
     assert "maximize accuracy" in shown.output and best.run_id[:12] in shown.output
-    plots = workspace.root / "sweeps" / "sentiment-sweep"
+    plots = workspace.root / "sweeps" / "sentiment-accuracy-maximize"
     assert (plots / "optimization_history.png").stat().st_size > 10_000
     assert (plots / "parallel_coordinate.png").exists()
 
@@ -147,7 +147,8 @@ def test_grid_sweep_on_a_generated_metric_and_a_loss_learning_curve(tmp_path, ti
     """A generative objective is scored on the validation answers after each trial; the curve's loss
     is the answer loss on the test split."""
     from tunesmith.pipeline import write_demo_project
-    from tunesmith.sweep import learning_curve, run_sweep
+    from tunesmith.sweep import SweepError, learning_curve, open_study, run_sweep
+    from tunesmith.sweep.search import register_best_trial
 
     config_path = write_demo_project(tmp_path)
     settings = [
@@ -161,14 +162,29 @@ def test_grid_sweep_on_a_generated_metric_and_a_loss_learning_curve(tmp_path, ti
         "sweep.trials=null",  # the grid decides: every combination once
         "sweep.space={train.lr: {choices: [1.0e-3, 5.0e-2]}}",
     ]
-    result = run_sweep(config_path, settings)
+    result = run_sweep(config_path, settings, register_best=False)  # a worker that registers nothing
     trials = result.study.trials
-    assert len(trials) == 2 and result.direction == "maximize"
+    assert len(trials) == 2 and result.direction == "maximize" and result.version is None
+    assert result.study.study_name == "fernwick-support-rouge_l-maximize"
     assert {t.params["train.lr"] for t in trials} == {1e-3, 5e-2}
     assert all("rouge_l" in t.user_attrs["scores"] for t in trials if t.value is not None)
-    assert (
-        result.version is not None and result.version.metrics["sweep_trial"] == result.study.best_trial.number
-    )
+    # the figure a trial is chosen by is the report's figure: one scoring path
+    best = result.study.best_trial
+    assert best.value == best.user_attrs["scores"]["rouge_l"]
+
+    # another worker registers the best trial from the study's storage, once
+    workspace = open_workspace(load_config(config_path, settings))
+    study = open_study(load_config(config_path, settings), create=False)
+    version = register_best_trial(study, workspace)
+    assert version.run_id == best.user_attrs["run_id"] and version.metrics["sweep_trial"] == best.number
+    assert register_best_trial(study, workspace).id == version.id
+
+    # resuming the study for another direction is refused before any trial runs
+    with pytest.raises(SweepError, match="direction maximize \\(this sweep: minimize\\)"):
+        run_sweep(
+            config_path,
+            [*settings, "sweep.study=fernwick-support-rouge_l-maximize", "sweep.direction=minimize"],
+        )
 
     config = load_config(
         config_path,

@@ -253,7 +253,7 @@ class SweepConfig(_Section):
     max_tokens: int | None = Field(None, gt=0)  # budget: training tokens over all trials
     prune: bool = True  # stop trials whose validation scores trail the median of earlier trials
     startup_trials: int = Field(3, ge=0)  # trials that are never pruned (and TPE's random start)
-    study: str | None = None  # study name; default <project>-sweep
+    study: str | None = None  # study name; default <project>-<objective>-<direction>
     storage: str | None = None  # optuna storage URL shared by workers; default the project's store
     seed: int = 0
     learning_curve: LearningCurveSettings = Field(default_factory=LearningCurveSettings)

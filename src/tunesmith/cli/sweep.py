@@ -12,6 +12,7 @@ from tunesmith.config import ProjectConfig
 
 sweep_app = typer.Typer(invoke_without_command=True)
 app.add_typer(sweep_app, name="sweep", rich_help_panel="Lifecycle")
+StudyOpt = Annotated[str | None, typer.Option(help="Study name (default <project>-<objective>-<direction>).")]
 StorageOpt = Annotated[
     str | None,
     typer.Option(help="Optuna storage URL shared by workers (default: beside the project's store)."),
@@ -31,7 +32,7 @@ def sweep(
         str | None, typer.Option(help="Validation metric to optimise: eval_loss, accuracy, rouge_l, ...")
     ] = None,
     storage: StorageOpt = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default <project>-sweep).")] = None,
+    study: StudyOpt = None,
     learning_curve: Annotated[
         bool, typer.Option("--learning-curve", help="Train on growing shares of the data instead.")
     ] = False,
@@ -75,18 +76,17 @@ def sweep(
 def sweep_show(
     config: ConfigOpt = None,
     storage: StorageOpt = None,
-    study: Annotated[str | None, typer.Option(help="Study name (default <project>-sweep).")] = None,
+    study: StudyOpt = None,
 ) -> None:
     """A study's trials, best first, and its plots: history, parameter importance, parallel coordinates."""
     cfg = load_project(config, [f"sweep.study={study}"] if study else None)
     from tunesmith.sweep import open_study
+    from tunesmith.sweep.search import study_name
 
     try:
         found = open_study(cfg, storage, create=False)
     except KeyError:
-        raise fail(
-            f"no study {cfg.sweep.study or cfg.project + '-sweep'!r} in that storage; run `tunesmith sweep`"
-        ) from None
+        raise fail(f"no study {study_name(cfg)!r} in that storage; run `tunesmith sweep`") from None
     _print_study(found, cfg, storage)
 
 

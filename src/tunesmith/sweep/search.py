@@ -23,7 +23,7 @@ from typing import Any
 
 from tunesmith.config import ParamRange, ProjectConfig, load_config
 from tunesmith.progress import console
-from tunesmith.workspace import open_workspace
+from tunesmith.workspace import Workspace, open_workspace
 
 # Ranges that suit each method when `sweep.space` is empty: the learning rate matters most,
 # then the adapter's rank and the number of epochs.
@@ -142,7 +142,7 @@ def open_study(config: ProjectConfig, storage: str | None = None, *, create: boo
     sweep = config.sweep
     url, engine_kwargs = storage_url(config, storage)
     rdb = RDBStorage(url, engine_kwargs=engine_kwargs or None)
-    name = sweep.study or f"{config.project}-sweep"
+    name = study_name(config)
     if not create:
         return optuna.load_study(study_name=name, storage=rdb)
     space = search_space(config)
@@ -159,7 +159,7 @@ def open_study(config: ProjectConfig, storage: str | None = None, *, create: boo
         if sweep.prune
         else optuna.pruners.NopPruner()
     )
-    return optuna.create_study(
+    study = optuna.create_study(
         study_name=name,
         storage=rdb,
         sampler=sampler,
@@ -167,6 +167,42 @@ def open_study(config: ProjectConfig, storage: str | None = None, *, create: boo
         direction="minimize" if direction_of(config) == "minimize" else "maximize",
         load_if_exists=True,
     )
+    _same_aim(study, config)
+    return study
+
+
+def study_name(config: ProjectConfig) -> str:
+    """`sweep.study`, or one name per project, objective and direction, so that two sweeps after
+    different things never share a study by default."""
+    return config.sweep.study or f"{config.project}-{config.sweep.objective}-{direction_of(config)}"
+
+
+def _same_aim(study: Any, config: ProjectConfig) -> None:
+    """Record what a new study optimises; refuse to resume one that optimises something else.
+
+    Raises:
+        SweepError: the study's metric, direction or training objective differs from this sweep's.
+    """
+    aim = {
+        "objective": config.sweep.objective,
+        "direction": direction_of(config),
+        "train_objective": config.train.objective,
+    }
+    recorded = {key: study.user_attrs.get(key) for key in aim}
+    recorded["direction"] = study.direction.name.lower()
+    differing = [
+        f"{key} {recorded[key]} (this sweep: {aim[key]})"
+        for key in aim
+        if recorded[key] is not None and recorded[key] != aim[key]
+    ]
+    if differing:
+        raise SweepError(
+            f"study {study.study_name!r} was started for other aims: {', '.join(differing)}; its trials "
+            "cannot be compared with this sweep's. Name another study (sweep.study) or match its settings"
+        )
+    for key, value in aim.items():
+        if key not in study.user_attrs:
+            study.set_user_attr(key, value)
 
 
 class PruningCallback:
@@ -246,6 +282,8 @@ class _Trials:
         self.tokens += spent
         trial.set_user_attr("run_id", result.run_id)
         trial.set_user_attr("train_tokens", spent)
+        trial.set_user_attr("weights_dir", str(result.adapter_dir))  # for whichever worker registers it
+        trial.set_user_attr("base_revision", base.base_revision)
         with session(self.workspace.engine) as s:
             row = s.get(Run, result.run_id)
             assert row is not None
@@ -282,7 +320,6 @@ def run_sweep(
     import optuna
 
     from tunesmith.data import prepare_data
-    from tunesmith.registry import register_trained
 
     overrides = list(overrides or [])
     config = load_config(config_path, overrides)
@@ -308,11 +345,57 @@ def run_sweep(
     best_run, version = None, None
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best_run = study.best_trial.user_attrs.get("run_id")
-        if register_best and best_run in trials.finished:
-            best_config, result, revision = trials.finished[best_run]
-            extra = {"sweep_study": study.study_name, "sweep_trial": study.best_trial.number}
-            version = register_trained(best_config, trials.workspace, result, revision, extra)
+        if register_best:
+            version = register_best_trial(study, trials.workspace, trials.finished)
     return SweepResult(study, trials.direction, sweep.objective, best_run, version, warnings)
+
+
+def register_best_trial(
+    study: Any, workspace: Workspace, finished: dict[str, tuple[ProjectConfig, Any, str | None]] | None = None
+) -> Any:
+    """Register the study's best trial as the candidate version, whichever worker ran it: its run and
+    weights are read from the store and the study's storage (`finished`: this worker's own trials,
+    still in memory). A trial already registered (by another worker) is not registered twice.
+
+    Raises:
+        SweepError: the best trial's weights are not on this machine.
+    """
+    from sqlalchemy import select
+
+    from tunesmith.registry import register_trained
+    from tunesmith.store import ModelVersion, Run, session
+
+    best = study.best_trial
+    run_id = best.user_attrs.get("run_id")
+    extra = {"sweep_study": study.study_name, "sweep_trial": best.number}
+    with session(workspace.engine) as s:
+        existing = s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
+        row = s.get(Run, run_id)
+    if existing is not None:
+        return existing
+    if finished and run_id in finished:
+        config, result, revision = finished[run_id]
+        return register_trained(config, workspace, result, revision, extra)
+    weights = Path(best.user_attrs.get("weights_dir") or "")
+    if row is None or not weights.is_dir():
+        raise SweepError(
+            f"the best trial ({best.number}, run {run_id}) ran on another worker and its weights "
+            f"({weights}) are not on this machine; register it there, or share the workspace folder"
+        )
+    import transformers
+
+    from tunesmith.train.sft import TrainResult
+
+    result = TrainResult(
+        run_id=row.id,
+        run_dir=Path(row.path),
+        adapter_dir=weights,
+        metrics=dict(row.metrics),
+        model=None,
+        tokenizer=transformers.AutoTokenizer.from_pretrained(str(weights)),
+    )
+    config = ProjectConfig.model_validate(row.config)
+    return register_trained(config, workspace, result, best.user_attrs.get("base_revision"), extra)
 
 
 def _budget_warnings(space: dict[str, ParamRange], strategy: str, trials: int | None) -> list[str]:
