@@ -287,3 +287,31 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
     assert "classification" in shown.output and "neg" in shown.output
     diff = runner.invoke(app, ["data", "diff", ids[0], ids[1], "--config", str(config)])
     assert diff.exit_code == 0 and "data.split.seed: 0 → 1" in diff.output
+
+
+def test_a_dataset_that_grew_keeps_every_old_row_in_its_split(tmp_path):
+    """Production's test rows stay test rows when the data grows, wherever the new rows land in the file."""
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    old = [chat(f"how do I reset gadget {i} in mode {i * 3}", f"press {i}") for i in range(90)]
+    new = [chat(f"where is the manual for model {i} variant {i * 5}", f"page {i}") for i in range(40)]
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, old)
+    first, _ = prepare_dataset(workspace, cfg(path=str(path)))
+    write_jsonl(
+        path, new[:20] + old[::-1] + new[20:]
+    )  # new rows before, between and after; old ones reordered
+    grown, prepared = prepare_dataset(workspace, cfg(path=str(path)))
+    assert grown.id != first.id and sum(grown.counts[s] for s in ("train", "val", "test")) == 130
+
+    def prompts(version, split):
+        return {r["messages"][0]["content"] for r in load_split(version, split)}
+
+    for split in ("train", "val", "test"):
+        assert prompts(first, split) <= prompts(grown, split), split
+    (step,) = [s for s in prepared.steps if s.name == "stable_splits"]
+    assert step.details["from"] == first.id and step.changed == 90
+    assert 1 <= len(prompts(grown, "test") - prompts(first, "test")) <= 8  # new rows still fill test
+
+    # another seed is another split: nothing is carried over from a version split differently
+    _, prepared = prepare_dataset(workspace, cfg(path=str(path), split={"seed": 7}))
+    assert not [s for s in prepared.steps if s.name == "stable_splits"]

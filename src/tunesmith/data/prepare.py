@@ -325,10 +325,21 @@ def _dedup_near(
     return kept
 
 
-def split_rows(prepared: Prepared, config: DataConfig, base_dir: Path | None = None) -> Prepared:
-    """Assign splits and folds, then remove leakage across splits and contamination by eval files."""
+def split_rows(
+    prepared: Prepared,
+    config: DataConfig,
+    base_dir: Path | None = None,
+    earlier: EarlierSplits | None = None,
+) -> Prepared:
+    """Assign splits and folds, then remove leakage across splits and contamination by eval files.
+
+    With `earlier` (the splits of the previous version of the same data), a row whose prompt was
+    there keeps its split: a dataset that grew keeps its old test rows in test.
+    """
     if config.split.synthetic == "train":
         _synthetic_to_train(prepared)
+    if earlier is not None:
+        _keep_earlier_splits(prepared, config, earlier)
     assign_splits(prepared.items, config.split)
     if config.split.leakage != "off":
         _check_leakage(prepared, config)
@@ -336,6 +347,59 @@ def split_rows(prepared: Prepared, config: DataConfig, base_dir: Path | None = N
         _check_contamination(prepared, config, base_dir)
     assign_folds(prepared.items, config.split)
     return prepared
+
+
+@dataclass
+class EarlierSplits:
+    """The split of every prompt (its exact-duplicate key) in an earlier version of the same data."""
+
+    version_id: str
+    by_prompt: dict[str, str]
+
+
+def earlier_splits(workspace: Workspace, config: DataConfig) -> EarlierSplits | None:
+    """The newest stored version prepared from the same source with the same split settings, as
+    {prompt key: split}; None when there is none (its rows' splits are what a new version keeps)."""
+    same = ("strategy", "val", "test", "seed", "field", "group_field")
+    wanted = config.split.model_dump(mode="json")
+    with session(workspace.engine) as s:
+        versions = list(
+            s.scalars(
+                select(DatasetVersion)
+                .where(DatasetVersion.source == config.path)
+                .order_by(DatasetVersion.created_at.desc())
+            )
+        )
+    for version in versions:
+        recorded = (version.meta or {}).get("data_config", {}).get("split", {})
+        if all(recorded.get(key) == wanted[key] for key in same) and Path(version.path).is_dir():
+            by_prompt: dict[str, str] = {}
+            for split in ("train", "val", "test"):  # a prompt in two splits: the held-out one wins
+                for record in load_split(version, split):
+                    by_prompt[cleaning.dedup_key(cleaning.prompt_text(record))] = split
+            return EarlierSplits(version.id, by_prompt)
+    return None
+
+
+def _keep_earlier_splits(prepared: Prepared, config: DataConfig, earlier: EarlierSplits) -> None:
+    """Rows (and the rest of their groups) whose prompt an earlier version held keep its split."""
+    kept: dict[str, int] = {}
+    by_group: dict[Any, str] = {}
+    for item in prepared.items:
+        previous = earlier.by_prompt.get(cleaning.dedup_key(cleaning.prompt_text(item.record)))
+        if item.split is None and previous is not None:
+            item.split = previous
+            kept[previous] = kept.get(previous, 0) + 1
+            group = item.record.get(config.split.group_field)
+            if group is not None:
+                by_group.setdefault(group, previous)
+    for item in prepared.items:
+        group = item.record.get(config.split.group_field)
+        if item.split is None and group in by_group:
+            item.split = by_group[group]
+    prepared.steps.append(
+        Step("stable_splits", changed=sum(kept.values()), details={"from": earlier.version_id, "kept": kept})
+    )
 
 
 def is_synthetic(record: dict[str, Any]) -> bool:
@@ -512,7 +576,8 @@ def prepare_dataset(
     """
     if config.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
-    prepared = split_rows(check_rows(config, config.path, base_dir, tokenizer, max_tokens), config, base_dir)
+    checked = check_rows(config, config.path, base_dir, tokenizer, max_tokens)
+    prepared = split_rows(checked, config, base_dir, earlier_splits(workspace, config))
     _refuse_unusable(prepared, config)
     from tunesmith.data.stats import dataset_stats
 
