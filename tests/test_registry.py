@@ -497,3 +497,39 @@ def test_a_version_refuses_a_base_whose_weights_changed(tmp_path, tiny_model_dir
             in message
         )
         assert "restore the weights" in message
+
+
+def test_items_a_compared_version_trained_on_are_excluded_and_counted(tmp_path, tiny_model_dir):
+    """v2 trained on 15 of v1's test questions: comparing on them would flatter v2. They are left out
+    and counted; too few left cannot gate."""
+    config_path, settings = setup_project(tmp_path, tiny_model_dir)
+    config = load_config(config_path, settings)
+    first = train(config).version.name
+    rows = [json.loads(line) for line in config.resolve_path(config.data.path).read_text().splitlines()]
+    tests = [row for row in rows if row.get("split") == "test"]
+    for row in tests[:15]:
+        row["split"] = "train"
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    second = train(load_config(config_path, [*settings, f"data.path={mixed}"])).version.name
+
+    def report_of(result) -> dict:
+        report_id = re.search(r"Report (er-\w+)", result.output).group(1)
+        return json.loads((config.workspace_dir / "reports" / report_id / "report.json").read_text())
+
+    gated = cli(config_path, settings, "eval", first, "--compare", f"base,{second}", "--gate")
+    report = report_of(gated)
+    (row,) = report["excluded"]
+    assert row["system"] == second and row["items"] == 15
+    assert report["items"] == len(tests) - 15
+    assert f"15 items excluded: {second} trained on them" in report["notes"]
+    (too_few,) = [g for g in report["gates"] if g["kind"] == "min_items"]
+    assert (
+        not too_few["passed"]
+        and "15 were left out because a compared system trained on them" in too_few["detail"]
+    )
+    assert gated.exit_code == 3
+
+    # against the base alone every item counts, and 40 items are enough to gate on
+    alone = cli(config_path, settings, "eval", first, "--compare", "base", "--gate")
+    assert alone.exit_code == 0 and report_of(alone)["excluded"] == []

@@ -669,6 +669,8 @@ class EvalConfig(_Section):
     # with gates set, a built-in gate: no gated metric may be significantly worse (paired test at
     # `no_regression_alpha`) than a version a gated alias (production) points to, when it is compared
     no_regression: bool = True
+    # gates need at least this many items once those a compared version trained on are left out
+    min_items: int = Field(30, ge=1)
     no_regression_alpha: float = Field(0.05, gt=0, lt=1)
 
 

@@ -39,6 +39,19 @@ def check_gates(
         except _UncheckedError as exc:
             passed, detail = False, str(exc)
         rows.append({"gate": spec, "kind": gate.kind, "passed": passed, "detail": detail})
+    if gates and len(items) < settings.min_items:
+        excluded = sum(row["items"] for row in report.get("excluded") or [])
+        detail = f"{len(items)} items are too few to gate on (eval.min_items: {settings.min_items})"
+        if excluded:
+            detail += f"; {excluded} were left out because a compared system trained on them"
+        rows.append(
+            {
+                "gate": {"min_items": settings.min_items},
+                "kind": "min_items",
+                "passed": False,
+                "detail": detail,
+            }
+        )
     if gates and settings.no_regression:
         rows += no_regression(gated_metrics(gates, report, systems), report, systems, settings)
     return rows

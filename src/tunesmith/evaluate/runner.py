@@ -158,6 +158,7 @@ class EvalPlan:
     probe_data: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None
     judge: bool
     reward_model: str | None = None
+    excluded: list[dict[str, Any]] = field(default_factory=list)  # items left out: a system trained on them
     live: dict[str, dict[str, str]] = field(default_factory=dict)  # gated alias -> the version it serves
     gate_references: References = field(default_factory=dict)  # each gate's `over` -> its version
 
@@ -238,6 +239,7 @@ def _report_header(plan: EvalPlan, settings: EvalConfig, metrics: list[str]) -> 
         "split": settings.split,
         "items": len(plan.items),
         "notes": plan.notes,
+        "excluded": plan.excluded,
         "live": plan.live,
         "settings": {
             "max_new_tokens": settings.max_new_tokens,
@@ -311,6 +313,8 @@ def plan_eval(
         if subject.ref == "base" and kind in ("classification", "tagging"):
             subject.label = "majority" if kind == "classification" else "all O"  # a new head only guesses
     data, items = _eval_data(workspace, candidate, dataset, settings.split)
+    items, excluded = exclude_trained_on(workspace, subjects, items)
+    notes += [f"{row['items']} items excluded: {row['system']} trained on them" for row in excluded]
     metrics = _metrics_for(settings, kind, candidate.name)
     reward_ref = _reward_model_ref(workspace, (reward_model or settings.reward_model), kind, metrics)
     if "judge_score" in metrics:
@@ -336,6 +340,7 @@ def plan_eval(
         probe_data=_probe_inputs(config) if (settings.probe.enabled if probe is None else probe) else None,
         judge=judge,
         reward_model=reward_ref,
+        excluded=excluded,
         live=_live_versions(workspace, candidate.family, config.registry.gated),
         gate_references=_gate_references(workspace, candidate.family, settings, aliases),
     )
@@ -414,6 +419,53 @@ def _eval_data(
     if not items:
         raise DataError(f"dataset {data.id} has no {split} rows to evaluate on")
     return data, items
+
+
+def exclude_trained_on(
+    workspace: Workspace, subjects: list[Subject], items: list[dict[str, Any]]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The items no compared version trained on (same normalised prompt in the train split of its
+    dataset version, or of a version it was fine-tuned from), and one row per system that had some.
+
+    Raises:
+        DataError: when every item was trained on by some system: nothing fair is left to compare on.
+    """
+    from tunesmith.data.clean import dedup_key, prompt_text
+
+    keys = [dedup_key(prompt_text(item)) for item in items]
+    dropped: set[int] = set()
+    excluded: list[dict[str, Any]] = []
+    for subject in subjects:
+        if subject.version is None:
+            continue
+        seen = _trained_prompts(workspace, subject.version)
+        hits = {i for i, key in enumerate(keys) if key in seen}
+        if hits:
+            excluded.append({"system": subject.label, "version_id": subject.version.id, "items": len(hits)})
+            dropped |= hits
+    if dropped and len(dropped) == len(items):
+        names = ", ".join(str(row["system"]) for row in excluded)
+        raise DataError(
+            f"every one of the {len(items)} items was trained on by {names}; evaluate on a split none of "
+            "the compared versions trained on (--dataset)"
+        )
+    return [item for i, item in enumerate(items) if i not in dropped], excluded
+
+
+def _trained_prompts(workspace: Workspace, version: ModelVersion) -> set[str]:
+    """The normalised prompts of every train row behind `version` (its parents' included)."""
+    from tunesmith.data.clean import dedup_key, prompt_text
+
+    prompts: set[str] = set()
+    current: ModelVersion | None = version
+    while current is not None:
+        with session(workspace.engine) as s:
+            data = s.get(DatasetVersion, current.dataset_version_id) if current.dataset_version_id else None
+        if data is not None and Path(data.path).is_dir():
+            kind = data.meta.get("kind", "sft")
+            prompts |= {dedup_key(prompt_text(r)) for r in eval_items(load_split(data, "train"), kind)}
+        current = get_version(workspace, current.parent_id) if current.parent_id else None
+    return prompts
 
 
 def _metrics_for(settings: EvalConfig, kind: TaskKind, name: str) -> list[str]:
