@@ -159,7 +159,7 @@ def test_gates_pass_fail_and_exit_code_for_ci(trained):
     rows = reports[-1].gates
     assert [r["kind"] for r in rows] == ["threshold", "improvement", "slice", "forgetting"]
     assert not rows[0]["passed"] and "below the minimum" in rows[0]["detail"]
-    assert "production is not in this report; compared with base" in rows[1]["detail"]
+    assert "production is not set; compared with base instead" in rows[1]["detail"]
     assert not rows[3]["passed"] and "probe did not run" in rows[3]["detail"]
     no_gates = runner.invoke(app, ["eval", outcome.version.name, "--gate", "--config", str(config_path)])
     assert no_gates.exit_code == 2 and "no gates are configured" in no_gates.output
