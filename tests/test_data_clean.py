@@ -2,15 +2,37 @@ from collections import Counter
 
 import pytest
 
-from tunesmith.data.clean import NearDuplicateIndex, dedup_key, normalise_text, scrub_pii, strip_html
+from tunesmith.data.clean import (
+    NearDuplicateIndex,
+    collapse_whitespace,
+    dedup_key,
+    normalise_text,
+    scrub_pii,
+    strip_html,
+)
 
 
-def test_normalise_text():
-    assert normalise_text("  Cafe\u0301\u200b  ok\r\n\n\n\nnext\x07 line  ") == "Café ok\n\nnext line"
+def test_normalise_text_keeps_meaning():
+    assert (
+        normalise_text("\n\nCafe\u0301\u200b  ok\r\n\n\n\nnext\x07 line  \n") == "Café  ok\n\n\n\nnext line"
+    )
+    code = "    def f(x):\n\tif x:\n        return [\n            1,\n        ]"
+    assert normalise_text(code) == code  # indentation, tabs and newlines are the code
+    table = "| a | b |\n|---|---|\n| 1 |   |\n\n- item\n  - nested: value"
+    assert normalise_text(table) == table
+    persian, family = "می\u200cخواهم", "\U0001f468\u200d\U0001f469\u200d\U0001f467"
+    assert normalise_text(f"{persian} {family}") == f"{persian} {family}"  # ZWNJ and ZWJ stay
+
+
+def test_collapsing_whitespace_is_opt_in_and_never_touches_code_blocks():
+    text = "a   b  \n\n\n\n c\n```python\ndef f():\n    return  1\n```\n  d"
+    assert collapse_whitespace(text) == "a b\n\nc\n```python\ndef f():\n    return  1\n```\nd"
 
 
 def test_strip_html():
     assert strip_html("<p>Hi &amp; <b>bye</b></p><script>x=1</script>").split() == ["Hi", "&", "bye"]
+    assert strip_html("<p>one</p><p>two<br>three</p>") == "one\ntwo\nthree"
+    assert strip_html("if x < 5 and y > 3: pass") == "if x < 5 and y > 3: pass"  # not markup
 
 
 @pytest.mark.parametrize(
@@ -60,9 +82,11 @@ def test_pii_keep_and_type_selection():
     )
 
 
-def test_dedup_key_ignores_case_spacing_and_punctuation():
-    assert dedup_key("Hello,  World!") == dedup_key("hello world")
+def test_dedup_key_ignores_only_case_and_whitespace_runs():
+    assert dedup_key("Hello  \n World") == dedup_key("hello world")
     assert dedup_key("hello world") != dedup_key("hello there world")
+    assert dedup_key("2+2") != dedup_key("2*2") and dedup_key("x < 5") != dedup_key("x > 5")
+    assert dedup_key("Hello, world!") != dedup_key("hello world")
 
 
 def test_near_duplicates_pass_the_threshold_and_others_do_not():

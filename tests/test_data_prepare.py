@@ -35,7 +35,7 @@ def test_every_rejection_is_kept_with_place_step_and_reason(tmp_path):
             "{not json",
             chat("q2 about pears", "a2"),
             {"text": "raw"},
-            chat("Q1 about apples!", "a1"),
+            chat("Q1  about Apples", "a1"),
             chat("q3", "a3", split="holdout"),
         ],
     )
@@ -46,7 +46,7 @@ def test_every_rejection_is_kept_with_place_step_and_reason(tmp_path):
         "convert",
         "a text row (text) in a sft dataset; every row must be the same kind",
     )
-    assert reasons[f"{path}:5"] == ("dedup_exact", f"exact duplicate of {path}:1")
+    assert reasons[f"{path}:5"] == ("dedup_exact", f"exact duplicate of {path}:1")  # case and spacing aside
     assert "expected train, val or test" in reasons[f"{path}:6"][1]
     assert len(prepared.items) == 2
 
@@ -219,6 +219,7 @@ def test_versions_are_content_hashed_stored_as_parquet_and_reported(tmp_path):
         "val.parquet",
         "test.parquet",
         "rejected.jsonl",
+        "conflicts.jsonl",
         "report.json",
         "report.html",
     }
@@ -315,3 +316,58 @@ def test_a_dataset_that_grew_keeps_every_old_row_in_its_split(tmp_path):
     # another seed is another split: nothing is carried over from a version split differently
     _, prepared = prepare_dataset(workspace, cfg(path=str(path), split={"seed": 7}))
     assert not [s for s in prepared.steps if s.name == "stable_splits"]
+
+
+def test_same_input_with_other_labels_or_answers_is_a_reported_conflict(tmp_path):
+    rows = [
+        {"text": "the parcel came late", "label": "negative"},
+        {"text": "The parcel  came late", "label": "positive"},  # same input, other label
+        {"text": "great service", "label": "positive"},
+        {"text": "great service", "label": "positive"},  # a plain duplicate, not a conflict
+    ]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    dropped = check_rows(cfg(), str(path))  # classification: drop_all by default
+    assert [r["text"] for r in (i.record for i in dropped.items)] == ["great service"]
+    assert {r.step for r in dropped.rejected} == {"conflicts", "dedup_exact"}
+    (group,) = dropped.conflicts
+    assert [row["record"]["label"] for row in group["rows"]] == ["negative", "positive"]
+    (step,) = [s for s in dropped.steps if s.name == "conflicts"]
+    assert step.details == {"policy": "drop_all", "groups": 1, "rows": 2} and step.removed == 2
+
+    first = check_rows(cfg(clean={"conflicts": "keep_first"}), str(path))
+    assert [i.record["label"] for i in first.items] == ["negative", "positive"]
+    kept = check_rows(cfg(clean={"conflicts": "keep_all"}), str(path))
+    assert len(kept.items) == 3 and len(kept.conflicts) == 1
+
+    # generation keeps other answers to the same question by default, and still reports them
+    chats = write_jsonl(
+        tmp_path / "chats.jsonl",
+        [chat("how do I reset?", "hold the button"), chat("How do I reset?", "unplug it")],
+    )
+    answers = check_rows(cfg(), str(chats))
+    assert len(answers.items) == 2 and len(answers.conflicts) == 1
+
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    version, _ = prepare_dataset(workspace, cfg(path=str(path), clean={"near_dedup": False}))
+    assert version.counts["conflicts"] == 1
+    lines = (tmp_path / "ws" / "datasets" / version.id / "conflicts.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["rows"][1]["record"]["label"] == "positive"
+
+
+def test_code_and_non_latin_text_come_out_of_prepare_unchanged(tmp_path):
+    code = "```python\ndef area(r):\n    if r < 0:\n\traise ValueError(r)\n    return 3.14 * r ** 2\n```"
+    texts = {
+        "code": code,
+        "yaml": "server:\n  port: 8080\n  hosts:\n    - a\n    - b",
+        "japanese": "東京都は日本の首都です。\n  字下げも残ります。",
+        "persian": "می\u200cخواهم کتاب بخوانم",
+        "emoji": "family: \U0001f468\u200d\U0001f469\u200d\U0001f467 and \U0001f3f3\ufe0f\u200d\U0001f308",
+    }
+    rows = [
+        chat(f"show me the {name} sample number {i}", text) for i, (name, text) in enumerate(texts.items())
+    ]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    version, _ = prepare_dataset(workspace, cfg(path=str(path), split={"val": 0.0, "test": 0.0}))
+    answers = {r["messages"][-1]["content"] for r in load_split(version, "train")}
+    assert answers == set(texts.values())

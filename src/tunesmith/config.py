@@ -93,14 +93,20 @@ PII_TYPES: tuple[PiiType, ...] = ("EMAIL", "PHONE", "CREDIT_CARD", "IBAN", "IP_A
 class CleanConfig(_Section):
     """Cleaning steps, in the order they run; each reports what it changed or removed."""
 
-    normalize: bool = True  # Unicode NFC, control and zero-width characters, spacing
+    # Unicode NFC, Unix line ends, control characters, blank lines before and whitespace after the
+    # text; never indentation, inner spaces, newlines, ZWJ or ZWNJ
+    normalize: bool = True
+    collapse_whitespace: bool = False  # opt-in: single spaces, one blank line at most; never in code blocks
     strip_html: bool = False
     pii: bool = True  # replace personal data with typed placeholders such as [EMAIL]
     pii_types: list[PiiType] = Field(default_factory=lambda: list(PII_TYPES))
     pii_keep: list[str] = Field(default_factory=list)  # exact strings never scrubbed (your own support email)
     min_tokens: int = Field(1, ge=0)  # in tokens of the model's tokenizer
     max_tokens: int | None = Field(None, gt=0)  # None: the model's context window
-    dedup: bool = True  # exact duplicates, on case- and punctuation-folded text
+    dedup: bool = True  # exact duplicates: the same text (case and runs of whitespace aside) and label
+    # rows with the same input but different labels or answers, written to conflicts.jsonl:
+    # keep_first, drop_all, keep_all; auto: drop_all for classification and tagging, else keep_all
+    conflicts: Literal["auto", "keep_first", "drop_all", "keep_all"] = "auto"
     near_dedup: bool = True  # MinHash LSH near duplicates
     near_threshold: float = Field(0.85, gt=0.0, le=1.0)  # estimated Jaccard similarity of word 3-grams
 

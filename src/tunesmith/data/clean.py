@@ -7,7 +7,6 @@ how many rows each step touched and why.
 from __future__ import annotations
 
 import hashlib
-import html
 import re
 import unicodedata
 from collections import Counter
@@ -15,25 +14,72 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Control characters other than tab and newline; zero-width and BOM characters.
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b-\u200d\u2060\ufeff]")
+# Control characters other than tab and newline (a carriage return ends a line: it becomes \n), and
+# the invisible zero-width space, word joiner and byte-order mark. ZWJ and ZWNJ (U+200C, U+200D) are
+# letters' business in Persian, Indic scripts and emoji sequences: they stay.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u2060\ufeff]")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[ \t]*\n)+")
 _SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
-_TAG = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]+>", re.IGNORECASE | re.DOTALL)
+_FENCE = re.compile(r"^[ \t]*(```|~~~)")
 
 
 def normalise_text(text: str) -> str:
-    """NFC, no control or zero-width characters, single spaces, at most one blank line, trimmed."""
+    """NFC, Unix line ends, no control characters but tab and newline, no blank lines before the
+    first line or whitespace after the last. Indentation, inner spaces, newlines, ZWJ and ZWNJ stay:
+    code, YAML, Markdown lists and tables, Persian and emoji mean what they meant."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
     text = _CONTROL.sub("", text)
-    text = _SPACES.sub(" ", text)
-    text = "\n".join(line.strip() for line in text.split("\n"))
-    return _BLANK_LINES.sub("\n\n", text).strip()
+    return _LEADING_BLANK_LINES.sub("", text).rstrip()
+
+
+def collapse_whitespace(text: str) -> str:
+    """Opt-in (`data.clean.collapse_whitespace`): single spaces, no spaces at line ends, at most one
+    blank line, trimmed; lines inside fenced code blocks (``` or ~~~) are left exactly as they are."""
+    lines, in_code = [], False
+    for line in text.split("\n"):
+        fence = _FENCE.match(line)
+        if in_code or fence:
+            lines.append(line)
+        else:
+            lines.append(_SPACES.sub(" ", line).strip())
+        if fence:
+            in_code = not in_code
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+
+
+_BLOCKS = (
+    "p",
+    "div",
+    "li",
+    "tr",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "pre",
+    "blockquote",
+    "table",
+    "ul",
+    "ol",
+)
 
 
 def strip_html(text: str) -> str:
-    """Remove tags (and script/style bodies) and unescape entities."""
-    return html.unescape(_TAG.sub(" ", text))
+    """The text of an HTML fragment, parsed by BeautifulSoup: tags and script/style bodies go,
+    entities are decoded, block elements and <br> end lines. Text that is not markup ("x < 5") stays."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(text, "html.parser")
+    for tag in soup(["script", "style"]):
+        tag.decompose()
+    for tag in soup.find_all("br"):
+        tag.replace_with("\n")
+    for tag in soup.find_all(_BLOCKS):
+        tag.append("\n")
+    return soup.get_text().strip("\n")
 
 
 # --- PII -------------------------------------------------------------------------------------
@@ -185,8 +231,9 @@ def prompt_text(record: dict[str, Any]) -> str:
 
 
 def dedup_key(text: str) -> str:
-    """Exact-duplicate key: case-folded, punctuation and spacing ignored."""
-    folded = re.sub(r"[\W_]+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """Exact-duplicate key: case-folded, runs of whitespace as one space, trimmed. Punctuation and
+    symbols count ("2+2" is not "2*2", "x < 5" is not "x > 5")."""
+    folded = " ".join(text.casefold().split())
     return hashlib.blake2b(folded.encode(), digest_size=16).hexdigest()
 
 

@@ -81,6 +81,7 @@ class Prepared:
     steps: list[Step]
     notes: list[str]
     files: list[str]
+    conflicts: list[dict[str, Any]] = field(default_factory=list)  # same input, other labels/answers
 
     def split_items(self, split: str) -> list[Item]:
         return [item for item in self.items if item.split == split]
@@ -121,6 +122,7 @@ def check_rows(
         items = _filter_lengths(items, kind, config, tokenizer, max_tokens, rejected, steps)
     if config.clean.dedup:
         items = _dedup_exact(items, rejected, steps)
+    items, conflicts = _conflicts(items, kind, config.clean.conflicts, rejected, steps)
     if config.clean.near_dedup:
         items = _dedup_near(items, config.clean.near_threshold, rejected, steps)
     if config.sample is not None and config.sample < len(items):
@@ -137,6 +139,7 @@ def check_rows(
         steps=steps,
         notes=list(read.notes),
         files=read.files,
+        conflicts=conflicts,
     )
 
 
@@ -206,6 +209,8 @@ def _clean(items: list[Item], config: DataConfig, rejected: list[Rejected], step
     clean = config.clean
     if clean.normalize:
         steps.append(_text_step("normalize", items, cleaning.normalise_text))
+    if clean.collapse_whitespace:
+        steps.append(_text_step("collapse_whitespace", items, cleaning.collapse_whitespace))
     if clean.strip_html:
         steps.append(_text_step("strip_html", items, cleaning.strip_html))
     if clean.pii:
@@ -276,12 +281,21 @@ def _filter_lengths(
     return kept
 
 
+def _labels(record: dict[str, Any]) -> str:
+    return json.dumps([record.get(k) for k in ("label", "labels", "tags")], sort_keys=True, default=str)
+
+
+def _output_key(record: dict[str, Any]) -> str:
+    """A row's whole content for exact dedup: its text with its label or tags."""
+    return cleaning.dedup_key(cleaning.record_text(record) + "\n" + _labels(record))
+
+
 def _dedup_exact(items: list[Item], rejected: list[Rejected], steps: list[Step]) -> list[Item]:
     step = Step("dedup_exact")
     first: dict[str, str] = {}
     kept = []
     for item in items:
-        key = cleaning.dedup_key(cleaning.record_text(item.record))
+        key = _output_key(item.record)
         if key in first:
             rejected.append(
                 Rejected(item.location, f"exact duplicate of {first[key]}", item.record, step="dedup_exact")
@@ -294,6 +308,37 @@ def _dedup_exact(items: list[Item], rejected: list[Rejected], steps: list[Step])
     return kept
 
 
+def _conflicts(
+    items: list[Item], kind: str, policy: str, rejected: list[Rejected], steps: list[Step]
+) -> tuple[list[Item], list[dict[str, Any]]]:
+    """Rows with the same input and different labels or answers: never resolved silently.
+
+    Every group is returned (for `conflicts.jsonl`) and counted; `policy` keeps them all, keeps the
+    first row of each, or drops them all (the rejected rows say why). Preference rows may share a
+    prompt by design and are not checked.
+    """
+    if kind in ("preference", "unpaired"):
+        return items, []
+    if policy == "auto":
+        policy = "drop_all" if kind in ("classification", "tagging") else "keep_all"
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        groups.setdefault(cleaning.dedup_key(cleaning.prompt_text(item.record)), []).append(item)
+    conflicting = [g for g in groups.values() if len({_output_key(i.record) for i in g}) > 1]
+    drop: set[int] = set()
+    for group in conflicting:
+        losers = group if policy == "drop_all" else group[1:] if policy == "keep_first" else []
+        for item in losers:
+            others = ", ".join(i.location for i in group if i is not item)
+            reason = f"conflict: same input as {others} with a different label or answer ({policy})"
+            rejected.append(Rejected(item.location, reason, item.record, step="conflicts"))
+            drop.add(id(item))
+    rows = [{"rows": [{"location": i.location, "record": i.record} for i in g]} for g in conflicting]
+    details = {"policy": policy, "groups": len(conflicting), "rows": sum(len(g) for g in conflicting)}
+    steps.append(Step("conflicts", removed=len(drop), details=details))
+    return [item for item in items if id(item) not in drop], rows
+
+
 def _dedup_near(
     items: list[Item], threshold: float, rejected: list[Rejected], steps: list[Step]
 ) -> list[Item]:
@@ -301,9 +346,11 @@ def _dedup_near(
     hashes = index.minhashes([cleaning.record_text(item.record) for item in items], "Near duplicates")
     step = Step("dedup_near", details={"threshold": threshold, "clusters": []})
     clusters: dict[str, list[str]] = {}
+    labels: dict[str, str] = {}  # a near twin with another label is a conflict, not a duplicate
     kept = []
     for item, minhash in zip(items, hashes, strict=True):
-        twins = index.query(minhash)
+        label = _labels(item.record)
+        twins = [twin for twin in index.query(minhash) if labels[twin[0]] == label]
         if twins:
             keeper, similarity = twins[0]
             rejected.append(
@@ -318,6 +365,7 @@ def _dedup_near(
             step.removed += 1
             continue
         index.add(item.location, minhash)
+        labels[item.location] = label
         kept.append(item)
     step.details["clusters"] = [{"kept": k, "removed": v} for k, v in list(clusters.items())[:200]]
     step.details["cluster_count"] = len(clusters)
@@ -589,6 +637,8 @@ def prepare_dataset(
             return existing, prepared
     counts: dict[str, Any] = {split: len(prepared.split_items(split)) for split in SPLITS}
     counts["rejected"] = len(prepared.rejected)
+    if prepared.conflicts:
+        counts["conflicts"] = len(prepared.conflicts)
     report = {
         "id": dataset_id,
         "content_hash": digest,
@@ -657,6 +707,9 @@ def _write_version_files(target: Path, prepared: Prepared, report: dict[str, Any
         with (tmp / "rejected.jsonl").open("w", encoding="utf-8") as handle:
             for rejected in prepared.rejected:
                 handle.write(json.dumps(rejected.to_json(), ensure_ascii=False, default=str) + "\n")
+        with (tmp / "conflicts.jsonl").open("w", encoding="utf-8") as handle:
+            for group in prepared.conflicts:
+                handle.write(json.dumps(group, ensure_ascii=False, default=str) + "\n")
         (tmp / "report.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
         write_html_report(report, prepared, tmp / "report.html")
 
