@@ -191,8 +191,17 @@ def to_prompt_completion(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def training_rows(objective: str, records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
-    """Rows in the shape TRL's SFTTrainer takes for the objective (chat records become text for pretrain)."""
+    """Rows in the shape TRL's SFTTrainer takes for the objective: chat records as tokens with a mask
+    on every assistant turn (`tunesmith.train.turns`), or text for pretrain."""
     if objective in ("sft", "multitask"):
+        from tunesmith.train.turns import assistant_token_rows, supports_spans
+
+        if not records or supports_spans(tokenizer, records):
+            return assistant_token_rows(records, tokenizer)
+        console.print(
+            "[yellow]note:[/yellow] this chat template renders a conversation's turns differently inside "
+            "the whole conversation; only the last assistant turn of each row trains"
+        )
         return to_prompt_completion(records)
     return [
         {"text": r["text"]}
