@@ -104,3 +104,12 @@ def test_every_shipped_config_validates(path):
 
 def test_shipped_configs_exist():
     assert len(list(REPO.glob("examples/*.yaml"))) >= 2
+
+
+def test_effective_batch_size_counts_every_process(monkeypatch):
+    train = load_config(None, ["train.batch_size=8", "train.effective_batch_size=32"]).train
+    assert train.accumulation_steps == 4
+    monkeypatch.setenv("WORLD_SIZE", "2")  # two processes each take a batch of 8 per micro-step
+    assert train.processes == 2 and train.accumulation_steps == 2
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    assert train.accumulation_steps == 1

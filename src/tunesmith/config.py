@@ -563,11 +563,18 @@ class TrainConfig(_Section):
             )
 
     @property
+    def processes(self) -> int:
+        """How many processes train together: WORLD_SIZE in a distributed launch, else 1."""
+        return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+    @property
     def accumulation_steps(self) -> int:
-        """Gradient accumulation: explicit, or enough to reach `effective_batch_size`."""
+        """Gradient accumulation: explicit, or enough to reach `effective_batch_size` with every
+        process's batch counted (one optimizer step sees batch x processes x accumulation rows)."""
         if self.effective_batch_size is None:
             return self.gradient_accumulation_steps
-        return max(1, -(-self.effective_batch_size // self.per_device_train_batch_size))
+        per_step = self.per_device_train_batch_size * self.processes
+        return max(1, -(-self.effective_batch_size // per_step))
 
 
 class ProbeConfig(_Section):

@@ -36,7 +36,7 @@ TrainerBuilder = Callable[
 
 
 def _one_row_per_sample(train: TrainConfig) -> float:
-    return float(train.per_device_train_batch_size * train.accumulation_steps)
+    return float(train.per_device_train_batch_size * train.processes * train.accumulation_steps)
 
 
 @dataclass
