@@ -143,9 +143,28 @@ def check_rows(
     )
 
 
+def _check_mapping(read: ReadResult, config: DataConfig) -> None:
+    """A column that `data.columns` (`--map`) names must exist in the source.
+
+    Raises:
+        DataError: naming the missing columns and the columns the rows have.
+    """
+    if not config.columns or not read.rows:
+        return
+    seen = list(dict.fromkeys(key for row in read.rows for key in row.row))
+    missing = {field: source for field, source in config.columns.items() if source not in seen}
+    if missing:
+        named = ", ".join(f"{source!r} (for {field})" for field, source in missing.items())
+        raise DataError(
+            f"{config.path}: data.columns (--map) names {named}, but no row has that column; "
+            f"the columns are: {', '.join(seen)}"
+        )
+
+
 def _convert_rows(
     read: ReadResult, config: DataConfig, rejected: list[Rejected], steps: list[Step]
 ) -> tuple[list[Item], str, Detection | None]:
+    _check_mapping(read, config)
     mapped = [(row.location, apply_mapping(row.row, config.columns)) for row in read.rows]
     if config.format == "auto":
         try:
