@@ -3,7 +3,10 @@ import json
 
 import pytest
 
+from tunesmith.config import DataConfig, load_config
+from tunesmith.data import check_rows, prepare_dataset
 from tunesmith.data.sources import SourceError, read_source
+from tunesmith.workspace import open_workspace
 
 
 def test_jsonl_lines_and_bad_lines(tmp_path):
@@ -103,3 +106,49 @@ def test_missing_and_unsupported_sources(tmp_path):
     (tmp_path / "x.xlsx").write_text("x")
     with pytest.raises(SourceError, match=r"cannot read \.xlsx"):
         read_source(str(tmp_path / "x.xlsx"))
+
+
+def test_inputs_that_used_to_crash_give_a_clear_error_or_a_rejected_row(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(SourceError, match="the file is empty"):
+        read_source(str(empty))
+
+    good = gzip.compress(b'{"text": "a", "label": "x"}\n' * 50)
+    cut = tmp_path / "cut.jsonl.gz"
+    cut.write_bytes(good[: len(good) // 2])
+    with pytest.raises(SourceError, match=r"not a readable gzip file.*download it again"):
+        read_source(str(cut))
+    garbage = tmp_path / "garbage.csv.gz"
+    garbage.write_bytes(b"\x1f\x8b\x08\x00not gzip at all")
+    with pytest.raises(SourceError, match="not a readable gzip file"):
+        read_source(str(garbage))
+
+    big = tmp_path / "big.csv"
+    huge = "word " * 60_000  # 300 KB in one field: over the csv module's default limit, within ours
+    big.write_text(f'text,label\n"{huge}",pos\nshort,neg\n', encoding="utf-8")
+    result = read_source(str(big))
+    assert [len(r.row["text"]) for r in result.rows] == [len(huge), 5] and not result.rejected
+
+    ranked = tmp_path / "ranked.jsonl"
+    ranked.write_text(
+        '{"prompt": "p", "responses": ["a", "b"], "ranks": ["first", "second"]}\n'
+        '{"prompt": "q", "responses": ["a", "b"], "ranks": [1, "2"]}\n'
+        '{"prompt": "r", "responses": ["a", "b"], "ranks": [2, 1]}\n'
+    )
+    prepared = check_rows(DataConfig(format="ranking"), str(ranked))
+    reasons = [r.reason for r in prepared.rejected]
+    assert len(reasons) == 2 and all("ranks: expected one distinct number per response" in r for r in reasons)
+
+    mixed = tmp_path / "mixed.jsonl"
+    tickets = [i if i % 2 else str(i) for i in range(10)]
+    mixed.write_text(
+        "".join(
+            json.dumps({"text": f"row {i} text", "label": "a", "ticket": t}) + "\n"
+            for i, t in enumerate(tickets)
+        )
+    )
+
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    version, _ = prepare_dataset(workspace, DataConfig(path=str(mixed), split={"val": 0.0, "test": 0.0}))
+    assert version.counts["train"] == 10  # an id that is a number here and a string there loses no row

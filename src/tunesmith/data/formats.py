@@ -276,15 +276,20 @@ def _ranking(row: dict[str, Any]) -> dict[str, Any]:
         raise RowError("responses: every response must be a non-empty string")
     if "ranks" in row:
         order = row["ranks"]
-        if not isinstance(order, list) or sorted(order) != sorted(set(order)) or len(order) != len(responses):
-            raise RowError("ranks: expected one distinct rank per response (1 = best)")
+        numeric = isinstance(order, list) and all(
+            isinstance(r, (int, float)) and not isinstance(r, bool) for r in order
+        )
+        if not numeric or len(set(order)) != len(order) or len(order) != len(responses):
+            raise RowError(
+                f"ranks: expected one distinct number per response (1 = best), got {_short(order)}"
+            )
         scores = [-float(r) for r in order]
     elif "scores" in row:
         scores = row["scores"]
         if (
             not isinstance(scores, list)
             or len(scores) != len(responses)
-            or not all(isinstance(s, (int, float)) for s in scores)
+            or not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scores)
         ):
             raise RowError("scores: expected one number per response (higher = better)")
     else:  # listed best first

@@ -760,7 +760,18 @@ def write_split(path: Path, items: list[Item]) -> None:
     # Column by column over every row: rows may differ in their metadata fields (a synthetic row's
     # `origin`), and a table built from the rows alone takes its columns from the first one.
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    pq.write_table(pa.table({key: [row.get(key) for row in rows] for key in columns}), path)
+    pq.write_table(pa.table({key: _column(pa, [row.get(key) for row in rows]) for key in columns}), path)
+
+
+def _column(pa: Any, values: list[Any]) -> Any:
+    """One Parquet column; a metadata field whose values mix types across rows (an id that is a
+    number in one row and a string in the next) is stored as JSON text, so no row is lost."""
+    try:
+        return pa.array(values)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.array(
+            [None if v is None else json.dumps(v, ensure_ascii=False, default=str) for v in values]
+        )
 
 
 def load_split(version: DatasetVersion, split: str, *, with_meta: bool = False) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ import gzip
 import io
 import json
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,14 +133,29 @@ def read_file(path: Path) -> ReadResult:
             f"{path}: cannot read {suffix or 'files without a suffix'}; "
             f"supported: {', '.join(SUFFIXES)} (optionally .gz)"
         )
+    if path.stat().st_size == 0:
+        raise SourceError(f"{path}: the file is empty")
     result = readers[suffix](path)
     result.files.insert(0, str(path))
     return result
 
 
 def _read_bytes(path: Path) -> bytes:
+    """The file's bytes, unpacked when it is gzip.
+
+    Raises:
+        SourceError: a gzip file that is corrupt or cut short.
+    """
     data = path.read_bytes()
-    return gzip.decompress(data) if path.suffix == ".gz" else data
+    if path.suffix != ".gz":
+        return data
+    try:
+        return gzip.decompress(data)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise SourceError(
+            f"{path}: not a readable gzip file ({exc}); it may be cut short: download it again, or "
+            "unpack it yourself and point data.path at the result"
+        ) from None
 
 
 def decode_text(path: Path, data: bytes, result: ReadResult) -> str:
@@ -221,6 +237,12 @@ def _read_json(path: Path) -> ReadResult:
     return result
 
 
+# A CSV field may hold a long document (the csv module's default stops at 128 KiB); beyond this a
+# row is rejected with its line, not the whole file.
+CSV_FIELD_LIMIT = 16 * 1024 * 1024
+csv.field_size_limit(CSV_FIELD_LIMIT)
+
+
 def _read_delimited(path: Path) -> ReadResult:
     result = ReadResult()
     text = decode_text(path, _read_bytes(path), result)
@@ -235,7 +257,15 @@ def _read_delimited(path: Path) -> ReadResult:
         return result
     header = [h.strip() for h in header]
     line = reader.line_num
-    for values in reader:
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # a field over CSV_FIELD_LIMIT, or a broken quote
+            start, line = line + 1, reader.line_num
+            result.rejected.append(Rejected(f"{path}:{start}", f"unreadable CSV row: {exc}", None))
+            continue
         start, line = line + 1, reader.line_num
         location = f"{path}:{start}"
         if not any(v.strip() for v in values):
