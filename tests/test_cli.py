@@ -126,3 +126,23 @@ def test_train_registers_a_version_that_registry_lists(tmp_path, tiny_model_dir)
     shown = invoke("registry", "show", f"{project}-v1", "--config", config)
     assert "prompt_completion" not in shown.output  # the version records the dataset id, not the rows
     assert "dataset_version: ds-" in shown.output and "weights_sha256:" in shown.output
+
+
+def test_validate_checks_the_data_against_the_objective(tmp_path):
+    data = tmp_path / "reviews.jsonl"
+    data.write_text(
+        "".join(
+            f'{{"text": "review number {i}", "label": "{"pos" if i % 2 else "neg"}"}}\n' for i in range(20)
+        )
+    )
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text(
+        f"project: reviews\ndata:\n  path: {data}\ntrain:\n  objective: sft\n", encoding="utf-8"
+    )
+    result = runner.invoke(app, ["validate", str(config)])
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2, said
+    assert f"train.objective=sft needs sft rows, but {data} holds classification rows" in said
+    assert "set train.objective: classify" in said
+    fixed = runner.invoke(app, ["validate", str(config), "--set", "train.objective=classify"])
+    assert fixed.exit_code == 0, fixed.output

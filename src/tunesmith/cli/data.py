@@ -116,6 +116,12 @@ def data_validate(
         prepared, rejected_path = validate_data(cfg)
     _print_steps(prepared)
     out.print(f"{len(prepared.items)} rows usable, {len(prepared.rejected)} rejected → {rejected_path}")
+    if cfg.train.objective != "multitask":
+        from tunesmith.train.objectives import check_rows_kind
+        from tunesmith.train.sft import TrainConfigError
+
+        with reported(TrainConfigError):
+            check_rows_kind(cfg.train.objective, prepared.kind, str(cfg.data.path), cfg.train)
     if cfg.data.strict and prepared.rejected:
         raise fail(f"{len(prepared.rejected)} row(s) rejected and --strict is set")
 

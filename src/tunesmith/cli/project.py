@@ -35,8 +35,23 @@ def init(
 
 @app.command(rich_help_panel="Project")
 def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
-    """Check a project config; print every problem with its field path and line, exit 2 if any."""
+    """Check a project config, and that data.path holds rows its objective trains on; exit 2 if not."""
     cfg = load_project(config, set_)
+    if (
+        cfg.data.path is not None
+        and cfg.train.objective != "multitask"
+        and not cfg.data.path.startswith("ds-")
+    ):
+        from tunesmith.data import DataError
+        from tunesmith.data.prepare import data_kind
+        from tunesmith.train.objectives import check_rows_kind
+        from tunesmith.train.sft import TrainConfigError
+
+        try:
+            kind = data_kind(cfg.data, cfg.base_dir)
+            check_rows_kind(cfg.train.objective, kind, cfg.data.path, cfg.train)
+        except (DataError, TrainConfigError) as exc:
+            raise fail(str(exc), code=2) from None
     out.print(
         f"[green]ok[/green] {config or CONFIG_FILENAME}: project {cfg.project!r}, model {cfg.model.id}, "
         f"{cfg.train.method} {cfg.train.objective}"

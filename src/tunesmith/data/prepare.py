@@ -161,6 +161,28 @@ def _check_mapping(read: ReadResult, config: DataConfig) -> None:
         )
 
 
+def data_kind(config: DataConfig, base_dir: Path | None = None) -> str:
+    """The kind of rows `config.path` holds (sft, classification, preference...), from its format or
+    from detection on its rows: what `tunesmith validate` checks the objective against.
+
+    Raises:
+        DataError: when the source cannot be read or no row fits any format.
+    """
+    if config.format != "auto":
+        return FORMATS[config.format].kind
+    assert config.path is not None
+    try:
+        read = read_source(config.path, base_dir)
+    except SourceError as exc:
+        raise DataError(str(exc)) from None
+    _check_mapping(read, config)
+    try:
+        detection = detect_format([apply_mapping(row.row, config.columns) for row in read.rows])
+    except RowError as exc:
+        raise DataError(f"{', '.join(read.files[:3])}: {exc}") from None
+    return FORMATS[detection.format].kind
+
+
 def _convert_rows(
     read: ReadResult, config: DataConfig, rejected: list[Rejected], steps: list[Step]
 ) -> tuple[list[Item], str, Detection | None]:

@@ -125,13 +125,21 @@ def check_objective(objective: str, dataset: DatasetVersion, train: TrainConfig 
     Raises:
         TrainConfigError: naming both kinds.
     """
+    check_rows_kind(objective, dataset.meta.get("kind", "sft"), f"dataset {dataset.id}", train)
+
+
+def check_rows_kind(objective: str, kind: str, where: str, train: TrainConfig | None = None) -> None:
+    """Refuse rows of `kind` (found in `where`: a dataset version or a data file) for `objective`.
+
+    Raises:
+        TrainConfigError: naming both kinds and the objective that trains on these rows.
+    """
     from tunesmith.train.sft import TrainConfigError
 
-    kind = dataset.meta.get("kind", "sft")
     kto = train is not None and train.preference.trainer == "kto"
     if kind == "unpaired" and objective == "dpo" and not kto:
         raise TrainConfigError(
-            f"dataset {dataset.id} holds thumbs-up/down rows, which only KTO learns from; "
+            f"{where} holds thumbs-up/down rows, which only KTO learns from; "
             f"set train.preference.loss_type: kto"
         )
     if kind == "unpaired" and kto:
@@ -141,8 +149,7 @@ def check_objective(objective: str, dataset: DatasetVersion, train: TrainConfig 
         fitting = [name for name, entry in OBJECTIVES.items() if entry.rows == kind]
         hint = f"set train.objective: {fitting[0]}" if fitting else f"no objective trains on {kind} rows yet"
         raise TrainConfigError(
-            f"train.objective={objective} needs {needs} rows, but dataset {dataset.id} holds {kind} rows; "
-            + hint
+            f"train.objective={objective} needs {needs} rows, but {where} holds {kind} rows; " + hint
         )
 
 
