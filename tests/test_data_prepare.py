@@ -252,6 +252,7 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["data", "validate", str(config), "--map", "text=content,label=sentiment"])
     assert result.exit_code == 0, result.output
     assert "text_label (100% of 41 sampled rows)" in result.output
+    assert "warning: train.objective=sft needs sft rows" in " ".join(result.output.split())
     strict = runner.invoke(
         app,
         [
@@ -375,3 +376,33 @@ def test_code_and_non_latin_text_come_out_of_prepare_unchanged(tmp_path):
     version, _ = prepare_dataset(workspace, cfg(path=str(path), split={"val": 0.0, "test": 0.0}))
     answers = {r["messages"][-1]["content"] for r in load_split(version, "train")}
     assert answers == set(texts.values())
+
+
+def test_a_group_column_groups_only_when_asked_and_leaks_move_whole_groups(tmp_path):
+    rows = [
+        chat(f"question {g} variant {v} about item {g * 13 + v}", f"answer {g}", group=f"g{g}")
+        for g in range(30)
+        for v in range(3)
+    ]
+    path = write_jsonl(tmp_path / "rows.jsonl", rows)
+
+    def splits_per_group(prepared):
+        seen: dict[str, set] = {}
+        for item in prepared.items:
+            seen.setdefault(item.record["group"], set()).add(item.split)
+        return seen
+
+    random_split = split_rows(check_rows(cfg(clean={"near_dedup": False}), str(path)), cfg())
+    assert any(len(s) > 1 for s in splits_per_group(random_split).values())  # `group` is just a column here
+    explicit = cfg(clean={"near_dedup": False}, split={"group_field": "group"})
+    grouped = split_rows(check_rows(explicit, str(path)), explicit)
+    assert all(len(s) == 1 for s in splits_per_group(grouped).values())
+
+    # a held-out row that leaks takes its whole group to train, never just itself
+    leak = [*rows, chat("question 0 variant 0 about item 0", "another answer", group="solo")]
+    leaky = write_jsonl(tmp_path / "leaky.jsonl", leak)
+    config = cfg(
+        clean={"near_dedup": False, "dedup": False}, split={"strategy": "grouped", "leakage": "reassign"}
+    )
+    prepared = split_rows(check_rows(config, str(leaky)), config)
+    assert all(len(s) == 1 for s in splits_per_group(prepared).values())

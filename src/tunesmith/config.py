@@ -62,12 +62,20 @@ class _Section(BaseModel):
 class SplitConfig(_Section):
     """How rows are divided into train, validation and test."""
 
+    @property
+    def groups(self) -> bool:
+        """Whether `group_field` keeps rows together: the grouped strategy, or the field set explicitly."""
+        return self.strategy == "grouped" or "group_field" in self.model_fields_set
+
     strategy: Literal["random", "stratified", "grouped"] = "random"  # stratified: by label
     val: float = Field(0.1, ge=0.0, lt=1.0)
     test: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
     field: str = "split"  # rows that carry this field keep the split it names
-    group_field: str = "group"  # rows sharing this field's value always land in the same split
+    # with strategy grouped (or group_field set explicitly), rows sharing this field's value always
+    # land in the same split; under random or stratified, a column that happens to be named `group`
+    # changes nothing
+    group_field: str = "group"
     folds: int = Field(0, ge=0)  # k >= 2 also assigns the train rows to k cross-validation folds
     # A val/test row with an exact or near twin in train: drop it (to rejected.jsonl), or move it to train.
     leakage: Literal["remove", "reassign", "off"] = "remove"

@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from tunesmith.cli.common import app, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.common import app, err, fail, load_project, new_table, out, project_workspace, reported
 from tunesmith.cli.options import ConfigArg, ConfigOpt, SetOpt
 
 if TYPE_CHECKING:
@@ -116,12 +117,14 @@ def data_validate(
         prepared, rejected_path = validate_data(cfg)
     _print_steps(prepared)
     out.print(f"{len(prepared.items)} rows usable, {len(prepared.rejected)} rejected → {rejected_path}")
-    if cfg.train.objective != "multitask":
+    if cfg.train.objective != "multitask":  # the rows are fine; training them as configured is not
         from tunesmith.train.objectives import check_rows_kind
         from tunesmith.train.sft import TrainConfigError
 
-        with reported(TrainConfigError):
+        try:
             check_rows_kind(cfg.train.objective, prepared.kind, str(cfg.data.path), cfg.train)
+        except TrainConfigError as exc:
+            err.print(f"[yellow]warning:[/yellow] {escape(str(exc))}", soft_wrap=True, highlight=False)
     if cfg.data.strict and prepared.rejected:
         raise fail(f"{len(prepared.rejected)} row(s) rejected and --strict is set")
 

@@ -31,7 +31,7 @@ from tunesmith.data.formats import (
     match_format,
 )
 from tunesmith.data.sources import ReadResult, Rejected, SourceError, read_source
-from tunesmith.data.split import SPLITS, assign_folds, assign_splits
+from tunesmith.data.split import PAIRS_OF, SPLITS, assign_folds, assign_splits, group_of
 from tunesmith.store import DatasetVersion, session
 from tunesmith.workspace import Workspace, atomic_dir
 
@@ -220,9 +220,9 @@ def _convert_rows(
             step.removed += 1
             continue
         records = expand_rankings(record) if fmt == "ranking" else [record]
-        if fmt == "ranking":  # the pairs of one ranking stay in one split (as a group, unless it has one)
+        if fmt == "ranking":  # the pairs of one ranking stay in one split
             for each in records:
-                each.setdefault(config.split.group_field, f"ranking:{location}")
+                each[PAIRS_OF] = location
         step.changed += len(records) - 1
         for index, each in enumerate(records):
             items.append(
@@ -479,11 +479,11 @@ def _keep_earlier_splits(prepared: Prepared, config: DataConfig, earlier: Earlie
         if item.split is None and previous is not None:
             item.split = previous
             kept[previous] = kept.get(previous, 0) + 1
-            group = item.record.get(config.split.group_field)
+            group = group_of(item.record, config.split)
             if group is not None:
                 by_group.setdefault(group, previous)
     for item in prepared.items:
-        group = item.record.get(config.split.group_field)
+        group = group_of(item.record, config.split)
         if item.split is None and group in by_group:
             item.split = by_group[group]
     prepared.steps.append(
@@ -529,10 +529,17 @@ def _check_leakage(prepared: Prepared, config: DataConfig) -> None:
         exact.setdefault(cleaning.dedup_key(cleaning.prompt_text(item.record)), []).append(item.location)
         index.add(item.location, minhash)
     held_out = [item for item in prepared.items if item.split in ("val", "test")]
+    members: dict[Any, list[Item]] = {}
+    for item in held_out:
+        group = group_of(item.record, config.split)
+        if group is not None:
+            members.setdefault(group, []).append(item)
     prompts = [cleaning.prompt_text(i.record) for i in held_out]
     step = Step("leakage", details={"action": config.split.leakage, "twins": []})
     leaked: set[int] = set()
     for item, prompt, minhash in zip(held_out, prompts, index.minhashes(prompts), strict=True):
+        if item.split == "train":  # moved with its group when another member leaked
+            continue
         twins = [(location, "an exact twin") for location in exact.get(cleaning.dedup_key(prompt), [])]
         seen = {location for location, _ in twins}
         twins += [
@@ -558,9 +565,12 @@ def _check_leakage(prepared: Prepared, config: DataConfig) -> None:
             continue
         twin_location, how = real[0]
         step.details["twins"].append({"row": item.location, "split": item.split, "train_row": twin_location})
-        if config.split.leakage == "reassign":
-            item.split = "train"
-            step.changed += 1
+        if config.split.leakage == "reassign":  # the whole group moves, never one row of it
+            group = group_of(item.record, config.split)
+            for member in [item] if group is None else members.get(group, [item]):
+                if member.split != "train":
+                    member.split = "train"
+                    step.changed += 1
         else:
             leaked.add(id(item))
             prepared.rejected.append(

@@ -26,12 +26,23 @@ class Splittable(Protocol):
     fold: int | None
 
 
+PAIRS_OF = "_pairs_of"  # the ranking a preference pair was expanded from: its pairs stay together
+
+
+def group_of(record: dict[str, Any], config: SplitConfig) -> Any:
+    """What keeps a row with others in one split: the ranking it came from, or (when grouping is on,
+    see `SplitConfig.groups`) its group field's value; None for a row on its own."""
+    if record.get(PAIRS_OF) is not None:
+        return record[PAIRS_OF]
+    return record.get(config.group_field) if config.groups else None
+
+
 def _units(items: Sequence[Splittable], config: SplitConfig) -> dict[str, list[Splittable]]:
-    """Rows without a split, grouped by the group field (a row without one is its own unit)."""
+    """Rows without a split, grouped by `group_of` (a row without a group is its own unit)."""
     units: dict[str, list[Splittable]] = defaultdict(list)
     for item in items:
         if item.split is None:
-            group = item.record.get(config.group_field)
+            group = group_of(item.record, config)
             units[f"g:{group}" if group is not None else f"r:{item.location}"].append(item)
     return units
 
