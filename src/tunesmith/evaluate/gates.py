@@ -9,15 +9,28 @@ version name or id) and is matched by version id, however the system was named o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import EvalConfig, GateConfig
-from tunesmith.evaluate.comparison import SystemResult
+from tunesmith.evaluate.comparison import SystemResult, pairwise
 from tunesmith.evaluate.metrics import get_metric
 from tunesmith.evaluate.stats import paired_test
 
 # what `over` resolves to: a version's {"id", "name"}, or None for an alias that is not set
 References = dict[str, dict[str, str] | None]
+
+
+@dataclass
+class Evidence:
+    """What every gate is checked against: the report, its systems (candidate last), the items,
+    the eval settings and what each gate's `over` names."""
+
+    report: dict[str, Any]
+    systems: list[SystemResult]
+    items: list[dict[str, Any]]
+    settings: EvalConfig
+    references: References
 
 
 def check_gates(
@@ -35,7 +48,8 @@ def check_gates(
         spec = gate.model_dump(exclude_defaults=True)
         try:
             _judge_is_trusted(gate, report)
-            passed, detail = _CHECKS[gate.kind](gate, report, systems, items, settings, references or {})
+            evidence = Evidence(report, systems, items, settings, references or {})
+            passed, detail = _CHECKS[gate.kind](gate, evidence)
         except _UncheckedError as exc:
             passed, detail = False, str(exc)
         rows.append({"gate": spec, "kind": gate.kind, "passed": passed, "detail": detail})
@@ -83,25 +97,19 @@ def no_regression(
         other = next((s for s in systems[:-1] if s.version_id == live["id"]), None)
         if other is None or live["id"] == candidate.version_id:
             continue
-        worse = []
-        for name in metrics:
-            if name not in other.stats:
-                continue
-            metric = get_metric(name)
-            test = paired_test(
-                other.stats[name],
-                candidate.stats[name],
-                metric.score,
-                higher_is_better=metric.higher_is_better,
-                resamples=settings.bootstrap_resamples,
-                seed=settings.seed,
-                alpha=settings.no_regression_alpha,
-            )
-            if test.verdict == "worse":
-                worse.append(
-                    f"{name} {candidate.scores[name].value:.4g} vs {other.scores[name].value:.4g} "
-                    f"(p={test.p_value:.3g})"
-                )
+        tests = pairwise(
+            [other, candidate],
+            metrics,
+            resamples=settings.bootstrap_resamples,
+            seed=settings.seed,
+            alpha=settings.no_regression_alpha,
+        )
+        worse = [
+            f"{t['metric']} {candidate.scores[t['metric']].value:.4g} vs "
+            f"{other.scores[t['metric']].value:.4g} (p={t['p_value']:.3g})"
+            for t in tests
+            if t["verdict"] == "worse"  # the test is the candidate (b) against the live version (a)
+        ]
         who = f"{alias} ({live['name']})"
         spec = {"no_regression": alias, "version": live["name"], "alpha": settings.no_regression_alpha}
         detail = (
@@ -173,12 +181,11 @@ def _reference(
     raise _UncheckedError(f"neither {gate.over!r} nor base is in this report to compare with")
 
 
-def _against_reference(
-    gate: GateConfig, systems: list[SystemResult], settings: EvalConfig, references: References
-) -> tuple[SystemResult, str, Any]:
+def _against_reference(gate: GateConfig, ev: Evidence) -> tuple[SystemResult, str, Any]:
     """(reference system, note on a fallback, paired test of the candidate against it on some items)."""
+    systems, settings = ev.systems, ev.settings
     candidate = _candidate_metric(gate, systems)
-    other, note = _reference(gate, systems, references)
+    other, note = _reference(gate, systems, ev.references)
     if gate.metric not in other.stats:
         raise _UncheckedError(f"{other.label} has no {gate.metric} to compare with")
     metric = get_metric(gate.metric)
@@ -198,15 +205,8 @@ def _against_reference(
     return other, note, compare
 
 
-def _threshold(
-    gate: GateConfig,
-    report: dict,
-    systems: list[SystemResult],
-    items: list,
-    settings: EvalConfig,
-    references: References,
-):
-    value = _candidate_metric(gate, systems).scores[gate.metric].value
+def _threshold(gate: GateConfig, ev: Evidence) -> tuple[bool, str]:
+    value = _candidate_metric(gate, ev.systems).scores[gate.metric].value
     problems = []
     if gate.min is not None and value < gate.min:
         problems.append(f"below the minimum {gate.min:g}")
@@ -223,15 +223,8 @@ def _threshold(
     return not problems, f"{gate.metric} = {value:.4g} ({'; '.join(problems) or 'within ' + bounds})"
 
 
-def _improvement(
-    gate: GateConfig,
-    report: dict,
-    systems: list[SystemResult],
-    items: list,
-    settings: EvalConfig,
-    references: References,
-):
-    other, note, compare = _against_reference(gate, systems, settings, references)
+def _improvement(gate: GateConfig, ev: Evidence) -> tuple[bool, str]:
+    other, note, compare = _against_reference(gate, ev)
     metric = get_metric(gate.metric)
     test = compare(None)
     gain = test.delta.value if metric.higher_is_better else -test.delta.value
@@ -248,15 +241,8 @@ def _improvement(
     return passed, detail
 
 
-def _forgetting(
-    gate: GateConfig,
-    report: dict,
-    systems: list[SystemResult],
-    items: list,
-    settings: EvalConfig,
-    references: References,
-):
-    probe = report.get("probe")
+def _forgetting(gate: GateConfig, ev: Evidence) -> tuple[bool, str]:
+    probe = ev.report.get("probe")
     if not probe or gate.metric not in probe.get("change", {}):
         raise _UncheckedError("the forgetting probe did not run (set eval.probe.enabled or pass --probe)")
     change = probe["change"][gate.metric]["delta"]["value"]
@@ -273,19 +259,12 @@ def _forgetting(
     )
 
 
-def _slice(
-    gate: GateConfig,
-    report: dict,
-    systems: list[SystemResult],
-    items: list,
-    settings: EvalConfig,
-    references: References,
-):
-    other, note, compare = _against_reference(gate, systems, settings, references)
+def _slice(gate: GateConfig, ev: Evidence) -> tuple[bool, str]:
+    other, note, compare = _against_reference(gate, ev)
     metric = get_metric(gate.metric)
     groups: dict[str, list[int]] = {}
     assert gate.slice is not None
-    for i, item in enumerate(items):
+    for i, item in enumerate(ev.items):
         groups.setdefault(str(item.get(gate.slice, "(missing)")), []).append(i)
     if len(groups) == 1 and "(missing)" in groups:
         raise _UncheckedError(f"no item has a {gate.slice!r} column")
