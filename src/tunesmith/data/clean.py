@@ -118,31 +118,57 @@ def _phone_ok(candidate: str) -> bool:
 
 
 def _ip_ok(candidate: str) -> bool:
-    return all(0 <= int(part) <= 255 for part in candidate.split("."))
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(candidate)
+    except ValueError:
+        return False
+    return True
+
+
+# Words that make the number after them an identifier of a thing, not of a person: "version
+# 1.2.3.4", "order 1234 5678 9012", "ticket #2024 0051 7783".
+_IDENTIFIER_BEFORE = re.compile(
+    r"\b(?:version|release|build|patch|firmware|chapter|section|batch|schema|order|ticket|invoice|ref|"
+    r"reference|tracking|serial|sku|part|model|catalog(?:ue)?|shipment|booking|voucher|customer|id|code|"
+    r"document|case|item|isbn|no)\b[^\n]{0,24}$",
+    re.IGNORECASE,
+)
 
 
 @dataclass(frozen=True)
 class PiiPattern:
-    """One kind of personal data: how to find it, and an optional check that rules out look-alikes."""
+    """One kind of personal data: how to find it, an optional check that rules out look-alikes, and
+    whether an identifier word just before it ("order", "version") means it is not personal."""
 
     name: str
     pattern: re.Pattern[str]
     check: Callable[[str], bool] | None = None
+    identifier_context: bool = False
 
 
 PII_PATTERNS: tuple[PiiPattern, ...] = (
     PiiPattern("EMAIL", re.compile(r"\b[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}\b")),
     PiiPattern("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"), _iban_ok),
-    PiiPattern("CREDIT_CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _luhn_ok),
+    PiiPattern("CREDIT_CARD", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _luhn_ok, identifier_context=True),
     PiiPattern("US_SSN", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
-    PiiPattern("IP_ADDRESS", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), _ip_ok),
+    PiiPattern(
+        "IP_ADDRESS",
+        re.compile(
+            r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w.])|(?<![\w:.])[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{0,4}){2,7}(?![\w:])"
+        ),
+        _ip_ok,
+        identifier_context=True,
+    ),
     PiiPattern(
         "PHONE",
         re.compile(
-            r"(?<![\w+])(?:\+\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?|\d{1,4}[ .-])?|\(\d{1,4}\)[ .-]?|\d{2,4}[ .-])"
-            r"\d{3,4}[ .-]\d{3,4}\b"
+            r"(?<![\w+#-])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,5}\)?){1,5}|\(\d{1,4}\)[ .-]?\d{3,4}[ .-]?\d{3,4}"
+            r"|\d{2,4}[ .-]\d{3,4}[ .-]\d{3,4}|0\d{2,4}[ /-]\d{5,8})(?![\w-])"
         ),
         _phone_ok,
+        identifier_context=True,
     ),
 )
 
@@ -170,8 +196,12 @@ def _scrub(text: str, counts: Counter[str], wanted: set[str] | None) -> str:
         if wanted is not None and pii.name not in wanted:
             continue
 
-        def replace(match: re.Match[str], pii: PiiPattern = pii) -> str:
+        def replace(match: re.Match[str], pii: PiiPattern = pii, text: str = text) -> str:
             if pii.check is not None and not pii.check(match.group(0)):
+                return match.group(0)
+            if pii.identifier_context and _IDENTIFIER_BEFORE.search(
+                text[max(0, match.start() - 40) : match.start()]
+            ):
                 return match.group(0)
             counts[pii.name] += 1
             return f"[{pii.name}]"
