@@ -1,5 +1,5 @@
-"""Coverage-guided fuzzing (atheris, libFuzzer) of what reads user data: every file reader by suffix,
-format detection and row conversion.
+"""Coverage-guided fuzzing (atheris, libFuzzer) of what reads user data: every file reader by suffix
+(plain, gzip, and gzip cut short or with a flipped byte), format detection and row conversion.
 
     .venv/bin/python fuzz/fuzz_data.py [-runs=20000] [-max_len=2048] [corpus folder]
 
@@ -39,12 +39,19 @@ def _one(data: bytes) -> None:
     provider = atheris.FuzzedDataProvider(data)
     suffix = SUFFIXES[provider.ConsumeIntInRange(0, len(SUFFIXES) - 1)]
     packed = provider.ConsumeBool()
+    damage = provider.ConsumeIntInRange(0, 2)  # packed: 0 whole, 1 cut short, 2 one byte flipped
+    where = provider.ConsumeIntInRange(0, 1 << 16)
     body = provider.ConsumeBytes(provider.remaining_bytes())
     path = FOLDER / f"input{suffix}{'.gz' if packed else ''}"
     if packed:
         import gzip
 
         body = gzip.compress(body)
+        if damage == 1:
+            body = body[: where % len(body)]
+        elif damage == 2:
+            spot = where % len(body)
+            body = body[:spot] + bytes([body[spot] ^ 0x5A]) + body[spot + 1 :]
     path.write_bytes(body)
     try:
         result = read_file(path)

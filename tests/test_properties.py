@@ -53,6 +53,52 @@ def test_every_reader_reads_or_refuses_any_bytes(data: bytes, suffix: str) -> No
 
 @SETTINGS
 @given(
+    data=st.binary(max_size=400),
+    suffix=st.sampled_from(SUFFIXES),
+    cut=st.floats(0.0, 1.0),
+    flip=st.integers(-1, 4000),
+)
+def test_a_damaged_gzip_file_is_refused_with_its_name(
+    data: bytes, suffix: str, cut: float, flip: int
+) -> None:
+    import gzip
+
+    packed = gzip.compress(data)
+    packed = packed[: max(1, int(len(packed) * cut))]
+    if 0 <= flip < len(packed):
+        packed = packed[:flip] + bytes([packed[flip] ^ 0x5A]) + packed[flip + 1 :]
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"input{suffix}.gz"
+        path.write_bytes(packed)
+        try:
+            result = read_file(path)
+        except SourceError as exc:
+            assert str(path) in str(exc)
+            return
+    assert all(isinstance(r.row, dict) for r in result.rows)
+
+
+@pytest.mark.slow
+def test_a_short_fuzz_of_the_readers_finds_no_crash() -> None:
+    """A few thousand atheris inputs (seeded from tests/data) through every reader, detection and
+    conversion: any exception but SourceError / RowError fails it. `make fuzz` runs a longer one."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "fuzz" / "fuzz_data.py"), "-runs=3000", "-max_len=1024"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "3,000 inputs" in done.stderr or "no crash" in done.stderr, done.stderr[-2000:]
+
+
+@SETTINGS
+@given(
     lines=st.lists(
         json_values.map(json.dumps) | st.text(max_size=60).filter(lambda t: "\n" not in t), max_size=12
     )
