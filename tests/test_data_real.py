@@ -88,3 +88,35 @@ def test_alpaca_libre_rows_with_empty_outputs_are_rejected_not_dropped():
     empty = [r for r in prepared.rejected if r.reason.startswith("output: expected a non-empty string")]
     assert len(empty) == 237
     assert all(r.location.startswith(f"{path}:") for r in empty)
+
+
+def test_indented_code_in_real_rows_survives_prepare_byte_for_byte(tmp_path):
+    """alpaca_libre answers with indented code (Python, SQL, shell): after `data prepare` with the
+    default cleaning, every answer is the original but for blank lines before and whitespace after it."""
+    import json
+    import re
+
+    from tunesmith.config import load_config
+    from tunesmith.data import load_split, prepare_dataset
+    from tunesmith.data.clean import scrub_pii
+    from tunesmith.workspace import open_workspace
+
+    indented = re.compile(r"\n[ \t]+\S")
+    rows, seen = [], set()
+    for name in ("alpaca_libre_tasks_v2.jsonl", "alpaca_libre_tasks_v3.jsonl"):
+        for line in shared_dataset("alpaca_libre", name).read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            output = row["output"]
+            if indented.search(output) and output not in seen and scrub_pii(output, Counter()) == output:
+                seen.add(output)
+                rows.append({k: row[k] for k in ("instruction", "input", "output")})
+    assert len(rows) >= 10  # every answer with indented lines in the set (code, outlines, SQL)
+    data = tmp_path / "code.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    config = DataConfig(path=str(data), split={"val": 0.0, "test": 0.0}, clean={"near_dedup": False})
+    version, _ = prepare_dataset(workspace, config)
+    answers = {r["messages"][-1]["content"] for r in load_split(version, "train")}
+    expected = {re.sub(r"\A(?:[ \t]*\n)+", "", r["output"]).rstrip() for r in rows}
+    kept = expected & answers
+    assert len(kept) == len(answers) and len(kept) >= 0.95 * len(expected), (len(kept), len(expected))
