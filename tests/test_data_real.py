@@ -23,10 +23,11 @@ def test_banking77_duplicates_and_stratified_label_shares():
     assert prepared.kind == "classification" and prepared.detection.confidence == 1.0
     steps = {s.name: s for s in prepared.steps}
     assert steps["read"].details["rows"] == 10003
-    # No byte-identical texts (pandas drop_duplicates finds none), but 31 that differ only in case,
-    # spacing or punctuation, and 25 more near duplicates.
-    assert steps["dedup_exact"].removed == 31
-    assert steps["dedup_near"].removed == 25
+    # No byte-identical texts (pandas drop_duplicates finds none), but 4 that differ only in case or
+    # spacing; those that differ in punctuation too are left to near dedup, with the near duplicates.
+    assert steps["dedup_exact"].removed == 4
+    assert steps["dedup_near"].removed == 51
+    assert steps["conflicts"].details["groups"] == 0
     total = Counter(i.record["label"] for i in prepared.items)
     for split in ("train", "val", "test"):
         items = prepared.split_items(split)
@@ -67,9 +68,16 @@ def test_mmlu_redux_mixed_delimiters_and_a_non_utf8_file():
 
 def test_conll2003_is_read_as_tagging():
     path = dataset("conll2003", "valid.txt")
+    every = check_rows(cfg(clean={"near_dedup": False, "dedup": False, "conflicts": "keep_all"}), path)
+    assert every.kind == "tagging" and len(every.items) == 3250
+    # one real annotation conflict: the same dateline tagged B-LOC twice and B-ORG once
     prepared = check_rows(cfg(clean={"near_dedup": False, "dedup": False}), path)
-    assert prepared.kind == "tagging"
-    assert len(prepared.items) == 3250
+    (group,) = prepared.conflicts
+    assert {tuple(r["record"]["tags"]) for r in group["rows"]} == {
+        ("B-LOC", "O", "B-LOC", "O"),
+        ("B-ORG", "O", "B-LOC", "O"),
+    }
+    assert len(prepared.items) == 3247  # tagging drops a conflict by default, on record
     assert {t for i in prepared.items for t in i.record["tags"]} >= {"B-PER", "I-ORG", "B-LOC", "O"}
 
 
