@@ -17,7 +17,7 @@ import sys
 import tempfile
 
 from rich.console import Console
-from rich.table import Table
+from tables import results_table
 
 PROBE = """
 import json, time
@@ -52,9 +52,11 @@ def main() -> None:
         cold = run_probe(cache)
         warm = [run_probe(cache) for _ in range(args.repeats)]
     best = min(w["load_s"] for w in warm)
-    table = Table(title="Loading smollm2-135m-instruct (seconds, fresh process each)")
-    for column in ("load", "found as", "import libraries", "load model", "vs first", "process total"):
-        table.add_column(column, justify="right" if column != "found as" else "left")
+    table = results_table(
+        "Loading smollm2-135m-instruct (seconds, fresh process each)",
+        ["load", "found as", "import libraries", "load model", "vs first", "process total"],
+        text=("found as",),
+    )
     total = cold["import_s"] + cold["load_s"]
     table.add_row(
         "first", cold["origin"], f"{cold['import_s']:.2f}", f"{cold['load_s']:.2f}", "1.00", f"{total:.2f}"

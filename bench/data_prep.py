@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from tables import results_table
 
 STAGES = {
     "pandas read_json + drop_duplicates": """
@@ -123,9 +123,10 @@ def main() -> None:
         write_rows(path, args.rows, real_pairs(args.shared))
         results = {name: run_stage(code, path) for name, code in STAGES.items()}
     base = results["pandas read_json + drop_duplicates"]
-    table = Table(title=f"Data stage on {args.rows:,} rows (one JSONL file, fresh process per stage)")
-    for column in ("stage", "seconds", "rows/s", "rows kept", "peak MB", "time vs pandas"):
-        table.add_column(column, justify="left" if column == "stage" else "right")
+    table = results_table(
+        f"Data stage on {args.rows:,} rows (one JSONL file, fresh process per stage)",
+        ["stage", "seconds", "rows/s", "rows kept", "peak MB", "time vs pandas"],
+    )
     for name, r in results.items():
         table.add_row(
             name,

@@ -26,6 +26,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from tables import results_table
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_results import RUNS, SHARED  # the same bitext subset and settings as the training results
@@ -91,18 +92,10 @@ def sst2(scale: float) -> None:
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.train.run import train
 
+    recipe = RUNS["sst2"]  # the training results' run, evaluated per label
+    rows = int(recipe["rows"] * scale)
     config = project(
-        "sst2",
-        int(1200 * scale),
-        "sst2/train.tsv",
-        "data.columns={text: sentence}",
-        "train.objective=classify",
-        "train.epochs=2",
-        "train.lr=5e-4",
-        "train.batch_size=16",
-        "train.max_length=64",
-        "train.save_strategy=no",
-        "eval.slices=[label]",
+        "sst2", rows, recipe["data"], *recipe["settings"], "train.save_strategy=no", "eval.slices=[label]"
     )
     started = time.perf_counter()
     outcome = train(config)
@@ -130,18 +123,11 @@ def forgetting(scale: float) -> None:
         "LoRA (r 16, lr 2e-4, 1 epoch)": ["train.method=lora"],
         "full (lr 1e-4, 2 epochs)": ["train.method=full", "train.lr=1e-4", "train.epochs=2"],
     }
-    table = Table(
-        title=f"forgetting: {rows} bitext rows; probe {'mmlu_redux' if MMLU.exists() else 'bundled'}"
+    probed = "mmlu_redux" if MMLU.exists() else "bundled"
+    columns = ["run", "probe accuracy base → tuned", "change [95% CI]", "general perplexity base → tuned"]
+    table = results_table(
+        f"forgetting: {rows} bitext rows; probe {probed}", [*columns, "change [95% CI]", "minutes"]
     )
-    for column in (
-        "run",
-        "probe accuracy base → tuned",
-        "change [95% CI]",
-        "general perplexity base → tuned",
-        "change [95% CI]",
-        "minutes",
-    ):
-        table.add_column(column, justify="left" if column == "run" else "right")
     for name, settings in runs.items():
         started = time.perf_counter()
         config = project(

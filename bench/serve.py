@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from tables import results_table
 
 console = Console(width=150)
 
@@ -139,24 +139,12 @@ def main() -> None:
                 console.print(f"{mode}: {clients} client(s)…")
                 results[(mode, clients)] = load_level(url, model, clients, args.requests, args.max_tokens)
 
-    table = Table(
-        title=f"tunesmith serve, SmolLM2-135M LoRA, {args.requests} streamed requests per level, "
-        f"max_tokens {args.max_tokens}, greedy"
+    latencies = ["p50 latency s", "p95 latency s", "p50 TTFT s", "p95 TTFT s"]
+    table = results_table(
+        f"tunesmith serve, SmolLM2-135M LoRA, {args.requests} streamed requests per level, "
+        f"max_tokens {args.max_tokens}, greedy",
+        ["server", "clients", "requests", "errors", *latencies, "tokens", "tokens/s", "vs per-request"],
     )
-    for column in (
-        "server",
-        "clients",
-        "requests",
-        "errors",
-        "p50 latency s",
-        "p95 latency s",
-        "p50 TTFT s",
-        "p95 TTFT s",
-        "tokens",
-        "tokens/s",
-        "vs per-request",
-    ):
-        table.add_column(column, justify="left" if column == "server" else "right")
     for (mode, clients), r in results.items():
         baseline = results[("per-request", clients)]["tok_s"]
         table.add_row(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from tables import results_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -145,9 +145,11 @@ def main() -> None:
         sys.exit(f"{SHARED} is absent: the benchmark trains on the real datasets there")
     names = [n for n in args.only.split(",") if n]
     results = {name: run(name, args.scale) for name in names}
-    table = Table(title="Training objectives on real data (CPU)")
-    for column in ("task", "model / method", "rows", "result", "baseline", "minutes"):
-        table.add_column(column, justify="right" if column in ("rows", "minutes") else "left")
+    table = results_table(
+        "Training objectives on real data (CPU)",
+        ["task", "model / method", "rows", "result", "baseline", "minutes"],
+        text=("model / method", "result", "baseline"),
+    )
     for name, r in results.items():
         m = r["metrics"]
         if name == "sft":

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
+from tables import results_table
 
 COMMON = """
 import csv, json, resource, sys, time
@@ -121,19 +121,10 @@ def main() -> None:
     for settings in args.also:
         results[f"tunesmith {settings}"] = run(TUNESMITH, args.shared, args.rows, settings.split(","))
     plain = next(iter(results.values()))
-    table = Table(
-        title=f"LoRA SFT of SmolLM2-135M on {args.rows} bitext rows, one epoch, same hyperparameters"
+    table = results_table(
+        f"LoRA SFT of SmolLM2-135M on {args.rows} bitext rows, one epoch, same hyperparameters",
+        ["trainer", "seconds", "tokens/s", "speed-up", "train loss", "held-out answer loss", "peak MB"],
     )
-    for column in (
-        "trainer",
-        "seconds",
-        "tokens/s",
-        "speed-up",
-        "train loss",
-        "held-out answer loss",
-        "peak MB",
-    ):
-        table.add_column(column, justify="left" if column == "trainer" else "right")
     for name, r in results.items():
         speed = r["tokens"] / r["seconds"]
         table.add_row(

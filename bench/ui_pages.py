@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx2 as httpx
 from rich.console import Console
-from rich.table import Table
+from tables import results_table
 
 from tunesmith.config import load_config
 from tunesmith.store import (
@@ -221,9 +221,10 @@ def main() -> None:
         large_paths = pages(args.versions, args.requests, size)
         small_times = time_pages(small, small_paths, args.repeat)
         large_times = time_pages(large, large_paths, args.repeat)
-    table = Table(title=f"tunesmith ui page times (ms, median of {args.repeat}; {size} rows per page)")
-    for column in ("page", "small: median", "small: p95", "large: median", "large: p95", "large / small"):
-        table.add_column(column, justify="left" if column == "page" else "right")
+    table = results_table(
+        f"tunesmith ui page times (ms, median of {args.repeat}; {size} rows per page)",
+        ["page", "small: median", "small: p95", "large: median", "large: p95", "large / small"],
+    )
     for label, small_label in zip(large_paths, small_paths, strict=True):
         a, b = small_times[small_label], large_times[label]
         ma, mb = statistics.median(a), statistics.median(b)

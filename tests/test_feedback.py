@@ -38,6 +38,24 @@ def cli(config_path: Path, settings: list[str], *args: str, stdin: str | None = 
     return runner.invoke(app, ["feedback", *args, *flags], input=stdin)
 
 
+def collect_on(trained, *args: str, stdin: str | None = None):
+    """`feedback collect` on the trained version's prompts, six new tokens per answer."""
+    folder, config_path, settings, version = trained
+    prompts = str(folder / "prompts.txt")
+    return cli(
+        config_path,
+        settings,
+        "collect",
+        version.name,
+        "--prompts",
+        prompts,
+        *args,
+        "--max-new-tokens",
+        "6",
+        stdin=stdin,
+    )
+
+
 def test_typed_answers_are_rankings_picks_or_skips():
     shown = ["s1", "s0", "s2"]
     assert parse_answer("B A C", shown) == {"ranking": ["s0", "s1", "s2"]}
@@ -52,18 +70,11 @@ def test_typed_answers_are_rankings_picks_or_skips():
 
 
 def test_collect_and_review_in_the_terminal_then_resume_and_write_a_preference_dataset(trained):
-    folder, config_path, settings, version = trained
-    collected = cli(
-        config_path,
-        settings,
-        "collect",
-        version.name,
-        "--prompts",
-        str(folder / "prompts.txt"),
+    _, config_path, settings, version = trained
+    collected = collect_on(
+        trained,
         "--k",
         "3",
-        "--max-new-tokens",
-        "6",
         "--reviewer",
         "cleo",
         stdin="B A C\nz\nq\n",  # a full ranking, a wrong letter (asked again), then stop
@@ -160,21 +171,8 @@ def test_the_review_page_works_in_a_real_browser_and_its_download_imports(traine
         pytest.skip("Debian chromium is not installed (make setup installs it)")
     from playwright.sync_api import sync_playwright
 
-    folder, config_path, settings, version = trained
-    collected = cli(
-        config_path,
-        settings,
-        "collect",
-        version.name,
-        "--prompts",
-        str(folder / "prompts.txt"),
-        "--k",
-        "2",
-        "--max-new-tokens",
-        "6",
-        "--review",
-        "html",
-    )
+    _, config_path, settings, _ = trained
+    collected = collect_on(trained, "--k", "2", "--review", "html")
     assert collected.exit_code == 0, collected.output
     workspace = open_workspace(load_config(config_path, settings))
     target = open_session(workspace, "latest")

@@ -278,18 +278,9 @@ def test_monitor_report_writes_time_series_per_version_with_alerts(serve_project
         httpx.post(f"{url}/v1/feedback", json={"request_id": answer.id, "rating": 2})
         server.scorer.flush()
     page = tmp_path / "monitor.html"
-    result = runner.invoke(
-        app,
-        [
-            "monitor",
-            "report",
-            "--output",
-            str(page),
-            "--config",
-            str(serve_project["path"]),
-            *[a for s in serve_project["settings"] for a in ("--set", s)],
-        ],
-    )
+    report = ["monitor", "report", "--output", str(page), "--config", str(serve_project["path"])]
+    report += [a for s in serve_project["settings"] for a in ("--set", s)]
+    result = runner.invoke(app, report)
     assert result.exit_code == 0, result.output
     html = page.read_text(encoding="utf-8")
     assert serve_project["first"] in html and "p95 ms" in html and "relevance" in html
@@ -301,19 +292,7 @@ def test_monitor_report_writes_time_series_per_version_with_alerts(serve_project
     ):
         assert f'alt="{title}"' in html
     assert html.count("data:image/png;base64,") >= 5
-    with_drift = runner.invoke(
-        app,
-        [
-            "monitor",
-            "report",
-            "--drift",
-            "--output",
-            str(page),
-            "--config",
-            str(serve_project["path"]),
-            *[a for s in serve_project["settings"] for a in ("--set", s)],
-        ],
-    )
+    with_drift = runner.invoke(app, [*report, "--drift"])
     assert with_drift.exit_code == 0, with_drift.output
     html = page.read_text(encoding="utf-8")
     assert 'alt="similarity of prompts to training prompts"' in html and "Drift against" in html
@@ -374,17 +353,9 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
         "eval.metrics=[rouge_l]",
         "eval.gates=[{metric: rouge_l, min: 0.0}]",
     ]
-    result = runner.invoke(
-        app,
-        [
-            "improve",
-            "--since",
-            "1h",
-            "--config",
-            str(serve_project["path"]),
-            *[a for s in settings for a in ("--set", s)],
-        ],
-    )
+    improve = ["improve", "--since", "1h", "--config", str(serve_project["path"])]
+    improve += [a for s in settings for a in ("--set", s)]
+    result = runner.invoke(app, improve)
     assert result.exit_code == 0, result.output
     rows = int(re.search(r"(\d+) SFT row\(s\)", result.output.replace("\n", " ")).group(1))
     assert rows >= 5 and "shadow →" in result.output  # (earlier tests may have left corrections too)
@@ -407,19 +378,7 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
         stored = s.get(DatasetVersion, pairs.group(1))
     assert stored.format == "preference" and stored.meta["lineage"]["version"] == production.name
     assert stored.counts["train"] < len(preferences)  # the pair on a test question was decontaminated
-    clustered = runner.invoke(
-        app,
-        [
-            "improve",
-            "--since",
-            "1h",
-            "--drift-cluster",
-            "--no-train",
-            "--config",
-            str(serve_project["path"]),
-            *[a for s in settings for a in ("--set", s)],
-        ],
-    )
+    clustered = runner.invoke(app, [*improve, "--drift-cluster", "--no-train"])
     assert clustered.exit_code == 0, clustered.output
     narrowed = int(
         re.search(r"(\d+) request\(s\) with feedback", clustered.output.replace("\n", " ")).group(1)

@@ -166,6 +166,12 @@ def test_numeric_checker_reads_gsm8k_answers():
     assert numeric_match("I think 8", "#### 7") == 0.0 and numeric_match("no idea", "#### 7") == 0.0
 
 
+def rl_project(tmp_path, model_dir, data, rewards: str, *settings: str):
+    """An RL project on `data` scored by `rewards` (JSON): groups of two, four rows a step, no val split."""
+    rl = ["train.objective=rl", f"train.rl.rewards={rewards}", "train.rl.num_generations=2"]
+    return project(tmp_path, model_dir, data, *rl, "train.batch_size=4", "data.split.val=0", *settings)
+
+
 def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_model_dir):
     """GRPO with a checker and a user's function file, on the demo's chat rows (answers are references)."""
     (tmp_path / "brevity.py").write_text(
@@ -174,18 +180,14 @@ def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_m
     )
     rewards = '[{"checker": "contains"}, {"function": "brevity.py:brevity", "weight": 0.5}]'
     data = write_rows(tmp_path / "qa.jsonl", demo_rows()[:40])
-    config = project(
+    config = rl_project(
         tmp_path,
         tiny_model_dir,
         data,
-        "train.objective=rl",
-        f"train.rl.rewards={rewards}",
+        rewards,
         "train.max_steps=3",
-        "train.batch_size=4",
-        "train.rl.num_generations=2",
         "train.rl.max_completion_length=8",
         "train.rl.num_iterations=2",
-        "data.split.val=0",
     )
     outcome = train(config)
     logged = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -202,15 +204,7 @@ def test_rl_refuses_groups_that_do_not_fit_the_batch(tmp_path, tiny_model_dir):
     from tunesmith.train.sft import TrainConfigError
 
     data = write_rows(tmp_path / "qa.jsonl", demo_rows()[:20])
-    config = project(
-        tmp_path,
-        tiny_model_dir,
-        data,
-        "train.objective=rl",
-        'train.rl.rewards=[{"checker": "contains"}]',
-        "train.batch_size=3",
-        "train.rl.num_generations=2",
-    )
+    config = rl_project(tmp_path, tiny_model_dir, data, '[{"checker": "contains"}]', "train.batch_size=3")
     with pytest.raises(TrainConfigError, match="num_generations=2 must divide"):
         train(config)
 
@@ -270,18 +264,14 @@ def test_rloo_runs_with_a_reward_model_as_its_reward(tmp_path, tiny_model_dir):
     pairs = preference_data(tmp_path, "pairs")
     reward = train(project(tmp_path, tiny_model_dir, pairs, "train.objective=reward", "train.max_steps=2"))
     data = write_rows(tmp_path / "qa.jsonl", demo_rows()[:24])
-    config = project(
+    config = rl_project(
         tmp_path,
         tiny_model_dir,
         data,
-        "train.objective=rl",
+        f'[{{"model": "{reward.version.name}"}}]',
         "train.rl.algorithm=rloo",
-        f'train.rl.rewards=[{{"model": "{reward.version.name}"}}]',
         "train.max_steps=2",
-        "train.batch_size=4",
-        "train.rl.num_generations=2",
         "train.rl.max_completion_length=6",
-        "data.split.val=0",
     )
     outcome = train(config)
     assert outcome.version.config["train"]["rl"]["algorithm"] == "rloo"

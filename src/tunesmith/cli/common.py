@@ -16,6 +16,7 @@ from rich.table import Table
 from tunesmith.config import ConfigError, ProjectConfig, load_config
 
 if TYPE_CHECKING:
+    from tunesmith.store import ModelVersion
     from tunesmith.workspace import Workspace
 
 app = typer.Typer(
@@ -43,6 +44,20 @@ def project_workspace(path: Path | None, overrides: list[str] | None = None) -> 
     from tunesmith.workspace import open_workspace
 
     return open_workspace(load_project(path, overrides))
+
+
+def project_version(
+    path: Path | None, overrides: list[str] | None, ref: str
+) -> tuple[ProjectConfig, Workspace, ModelVersion]:
+    """The project's config and workspace, and its version `ref` (name, id or family@alias); exit 1
+    naming the versions there are when there is none."""
+    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.workspace import open_workspace
+
+    config = load_project(path, overrides)
+    workspace = open_workspace(config)
+    with reported(RegistryError):
+        return config, workspace, get_version(workspace, ref)
 
 
 def new_table(*columns: str) -> Table:

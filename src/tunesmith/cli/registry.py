@@ -7,8 +7,17 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import app, fail, load_project, new_table, out, project_workspace, reported
-from tunesmith.cli.options import ConfigOpt
+from tunesmith.cli.common import (
+    app,
+    fail,
+    load_project,
+    new_table,
+    out,
+    project_version,
+    project_workspace,
+    reported,
+)
+from tunesmith.cli.options import ConfigOpt, VersionArg
 
 registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
@@ -48,20 +57,15 @@ def registry_list(
 
 @registry_app.command("show")
 def registry_show(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     config: ConfigOpt = None,
 ) -> None:
     """Everything recorded about one version: lineage, config, metrics, artifacts."""
     import yaml
 
-    from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.lifecycle import version_record
-    from tunesmith.workspace import open_workspace
 
-    cfg = load_project(config, None)
-    workspace = open_workspace(cfg)
-    with reported(RegistryError):
-        v = get_version(workspace, version)
+    cfg, workspace, v = project_version(config, None, version)
     record = version_record(workspace, v, cfg.registry)
     out.print(
         yaml.safe_dump(record, sort_keys=False, allow_unicode=True),
@@ -105,21 +109,18 @@ def registry_history(
 
 @registry_app.command("promote")
 def registry_promote(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     to: Annotated[str, typer.Option("--to", help="The alias to move (production, staging, ...).")],
     force: Annotated[bool, typer.Option(help="Skip the gate and approval checks (needs --reason).")] = False,
     reason: Annotated[str, typer.Option(help="Why: recorded in the alias history.")] = "",
     config: ConfigOpt = None,
 ) -> None:
     """Move an alias to a version; production needs a passing gate report against what it serves now."""
-    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry import RegistryError
     from tunesmith.registry.aliases import promote
-    from tunesmith.workspace import open_workspace
 
-    cfg = load_project(config, None)
-    workspace = open_workspace(cfg)
+    cfg, workspace, target = project_version(config, None, version)
     with reported(RegistryError):
-        target = get_version(workspace, version)
         event = promote(workspace, cfg.registry, target, to, force=force, reason=reason)
     how = (
         " (forced)"
@@ -133,7 +134,7 @@ def registry_promote(
 
 @registry_app.command("approve")
 def registry_approve(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     note: Annotated[str, typer.Option(help="What was checked.")] = "",
     by: Annotated[
         str | None, typer.Option("--by", help="A name for the note; who approves is checked, not typed.")
@@ -232,7 +233,7 @@ def registry_diff(
 
 @registry_app.command("card")
 def registry_card(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     output: Annotated[Path | None, typer.Option(help="Write the card here (default: print it).")] = None,
     config: ConfigOpt = None,
 ) -> None:
@@ -252,20 +253,18 @@ def registry_card(
 
 @registry_app.command("reproduce")
 def registry_reproduce(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     tolerance: Annotated[float, typer.Option(help="Largest relative difference that still matches.")] = 0.02,
     config: ConfigOpt = None,
 ) -> None:
     """Train again from the version's record and check its metrics match; exit 1 when they do not."""
-    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry import RegistryError
     from tunesmith.train import TrainConfigError
     from tunesmith.train.run import reproduce
-    from tunesmith.workspace import open_workspace
 
-    cfg = load_project(config, None)
-    workspace = open_workspace(cfg)
+    cfg, workspace, target = project_version(config, None, version)
     with reported(RegistryError, TrainConfigError):
-        result = reproduce(workspace, get_version(workspace, version), tolerance, cfg.base_dir)
+        result = reproduce(workspace, target, tolerance, cfg.base_dir)
     table = new_table("metric", "recorded", "reproduced", "difference", "match")
     for row in result["metrics"]:
         table.add_row(
@@ -284,7 +283,7 @@ def registry_reproduce(
 
 @registry_app.command("export")
 def registry_export(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     format_: Annotated[
         str,
         typer.Option("--format", help="adapter (PEFT), merged (safetensors) or gguf (llama.cpp, Ollama)."),
@@ -324,7 +323,7 @@ def registry_export(
 
 @registry_app.command("push")
 def registry_push(
-    version: Annotated[str, typer.Argument(help="Version name or id.")],
+    version: VersionArg,
     to: Annotated[
         str, typer.Option("--to", help="hf (the Hugging Face Hub) or mlflow (an MLflow registry).")
     ],

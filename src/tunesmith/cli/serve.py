@@ -6,7 +6,17 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.cli.common import app, err, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.common import (
+    app,
+    err,
+    fail,
+    load_project,
+    new_table,
+    out,
+    project_version,
+    project_workspace,
+    reported,
+)
 from tunesmith.cli.options import ConfigOpt, SetOpt
 from tunesmith.config import ConfigError
 
@@ -123,14 +133,11 @@ def rollout_start(
     set_: SetOpt = None,
 ) -> None:
     """Start a rollout; the server advances it while the step's gates hold and rolls it back when not."""
-    from tunesmith.registry import RegistryError, get_version
+    from tunesmith.registry import RegistryError
     from tunesmith.serve.rollout import describe, start_rollout
-    from tunesmith.workspace import open_workspace
 
-    cfg = load_project(config, set_)
-    workspace = open_workspace(cfg)
+    cfg, workspace, target = project_version(config, set_, version)
     with reported(RegistryError):
-        target = get_version(workspace, version)
         row = start_rollout(workspace, cfg.serve, route, target)
     info = describe(row, {target.id: target.name})
     out.print(f"{info['id']}: {target.name} on {row.route}, step {info['step']}", highlight=False)

@@ -16,8 +16,8 @@ permutation tests cannot take, hence these few lines.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,25 +27,26 @@ Verdict = Literal["better", "worse", "no significant difference"]
 
 
 @dataclass(frozen=True)
-class Interval:
+class _Record:
+    def as_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-ready dict (nested records too), as the reports store them."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Interval(_Record):
     value: float
     low: float
     high: float
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "low": self.low, "high": self.high}
-
 
 @dataclass(frozen=True)
-class PairedTest:
+class PairedTest(_Record):
     """System B against system A on one metric: the difference B - A, its interval and p-value."""
 
     delta: Interval
     p_value: float
     verdict: Verdict
-
-    def as_dict(self) -> dict[str, object]:
-        return {"delta": self.delta.as_dict(), "p_value": self.p_value, "verdict": self.verdict}
 
 
 def _resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from tunesmith.config import AlertRule, MonitorConfig, RegistryConfig
+from tunesmith.plugins import Registry
 from tunesmith.registry.versions import RegistryError, alias_target
 from tunesmith.store import AlertEvent, Feedback, ModelVersion, RequestLog, RequestScore, session
 from tunesmith.store.schema import utcnow
@@ -59,13 +60,13 @@ class WebhookChannel:
         response.raise_for_status()
 
 
-_CHANNELS: dict[str, AlertChannel] = {"log": LogChannel(), "webhook": WebhookChannel()}
+CHANNELS: Registry[AlertChannel] = Registry("alert channel")
+CHANNELS.add("log", LogChannel())
+CHANNELS.add("webhook", WebhookChannel())
 
 
 def register_channel(name: str, channel: AlertChannel) -> None:
-    if name in _CHANNELS:
-        raise ValueError(f"alert channel {name!r} is already registered")
-    _CHANNELS[name] = channel
+    CHANNELS.add(name, channel)
 
 
 def measure(
@@ -211,11 +212,8 @@ def _fire(
     }
     outcomes: dict[str, str] = {}
     for name in rule.channels:
-        channel = _CHANNELS.get(name)
         try:
-            if channel is None:
-                raise KeyError(f"unknown channel {name!r} (known: {', '.join(sorted(_CHANNELS))})")
-            channel.send(alert, rule)
+            CHANNELS.get(name).send(alert, rule)
             outcomes[name] = "sent"
         except Exception as exc:  # a channel that is down must not stop the others or the action
             log.error("alert %s could not be sent to %s: %s", rule.name, name, exc)

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tunesmith.plugins import Registry
 from tunesmith.store import RequestScore, session
 from tunesmith.store.schema import utcnow
 from tunesmith.workspace import Workspace
@@ -66,29 +67,25 @@ class Scorer:
     description: str
 
 
-_SCORERS: dict[str, Scorer] = {}
+SCORERS: Registry[Scorer] = Registry("scorer")
 
 
 def register_scorer(name: str, description: str = "") -> Callable[[ScoreFn], ScoreFn]:
     """Register `fn(prompt, answer, row, context) -> float | None` (None: does not apply) as a scorer."""
 
     def decorator(fn: ScoreFn) -> ScoreFn:
-        if name in _SCORERS:
-            raise ValueError(f"scorer {name!r} is already registered")
-        _SCORERS[name] = Scorer(name, fn, description or (fn.__doc__ or name).strip().splitlines()[0])
+        SCORERS.add(name, Scorer(name, fn, description or (fn.__doc__ or name).strip().splitlines()[0]))
         return fn
 
     return decorator
 
 
 def scorer_names() -> list[str]:
-    return sorted(_SCORERS)
+    return SCORERS.names()
 
 
 def get_scorer(name: str) -> Scorer:
-    if name not in _SCORERS:
-        raise KeyError(f"unknown scorer {name!r}; known: {', '.join(scorer_names())}")
-    return _SCORERS[name]
+    return SCORERS.get(name)
 
 
 def load_toxic_words(path: Path | None = None) -> frozenset[str]:

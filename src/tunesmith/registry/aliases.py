@@ -143,21 +143,10 @@ def promote(
     current = alias_target(workspace, version.family, alias)
     if current is not None and current.id == version.id:
         raise PromotionError(f"{alias} already points at {version.name}")
-    if force:
-        if not reason.strip():
-            raise PromotionError("--force needs --reason: the history records why the rules were skipped")
-        return move_alias(
-            workspace,
-            version.family,
-            alias,
-            version,
-            reason=reason,
-            action="promote",
-            forced=True,
-            actor=actor,
-        )
-    report = gate_report(workspace, version, alias) if alias in config.gated else None
-    if alias == "production" and config.require_approval:
+    if force and not reason.strip():
+        raise PromotionError("--force needs --reason: the history records why the rules were skipped")
+    report = gate_report(workspace, version, alias) if alias in config.gated and not force else None
+    if alias == "production" and config.require_approval and not force:
         others = [a for a in approvals(workspace, version) if a.approver != version.created_by]
         if not others:
             raise PromotionError(
@@ -172,6 +161,7 @@ def promote(
         reason=reason,
         gate_report_id=report.id if report else None,
         action="promote",
+        forced=force,
         actor=actor,
     )
 

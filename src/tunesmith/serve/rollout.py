@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from tunesmith.config import RegistryConfig, RolloutPlan, RouteConfig, ServeConfig
+from tunesmith.plugins import Registry
 from tunesmith.registry.versions import RegistryError, who
 from tunesmith.store import ModelVersion, RequestLog, Rollout, session
 from tunesmith.store.schema import utcnow
@@ -46,23 +47,16 @@ class GateResult:
 
 
 GateFn = Callable[[GateContext], GateResult]
-_GATES: dict[str, GateFn] = {}
+GATES: Registry[GateFn] = Registry("rollout gate")
 
 
 def register_rollout_gate(name: str) -> Callable[[GateFn], GateFn]:
     """Register `fn(GateContext) -> GateResult` as a rollout gate plans can name."""
-
-    def decorator(fn: GateFn) -> GateFn:
-        if name in _GATES:
-            raise ValueError(f"rollout gate {name!r} is already registered")
-        _GATES[name] = fn
-        return fn
-
-    return decorator
+    return GATES.register(name)
 
 
 def gate_names() -> list[str]:
-    return sorted(_GATES)
+    return GATES.names()
 
 
 def _rows(ctx: GateContext, version_id: str | None, *, shadow: bool) -> list[RequestLog]:
@@ -208,8 +202,8 @@ def tick(
             plan = RolloutPlan()
         since = _aware(rollout.step_started_at)
         ctx = GateContext(workspace, rollout, plan, primary_of(rollout.route), since)
-        results = [_GATES[name](ctx) for name in plan.gates if name in _GATES]
-        missing = [name for name in plan.gates if name not in _GATES]
+        results = [GATES.get(name)(ctx) for name in plan.gates if name in GATES]
+        missing = [name for name in plan.gates if name not in GATES]
         failed = [r for r in results if r.passed is False]
         held = (now - since).total_seconds() >= rollout.hold_seconds
         if missing:

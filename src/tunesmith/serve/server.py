@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import Request
@@ -197,25 +198,15 @@ class Server:
     ) -> Response:
         """Route, generate and answer one request; a refusal (4xx, 503) is logged before it is raised."""
         started = time.perf_counter()
-        request_id = f"req-{uuid.uuid4().hex}"
         headers = {k.lower(): v for k, v in request.headers.items()}
-        decision: list[Decision] = []
+        chat = isinstance(body, ChatCompletionRequest)
+        trace = _Trace(f"req-{uuid.uuid4().hex}", started, body, caller, headers, chat, _prompt_of(body))
         try:
-            return await self._answer(request_id, started, body, caller, headers, decision)
+            return await self._answer(trace)
         except ApiError as exc:
-            trace = _Trace(
-                request_id,
-                started,
-                body,
-                caller,
-                headers,
-                decision[0] if decision else None,
-                _prompt_of(body),
-                0,
-                isinstance(body, ChatCompletionRequest),
-            )
-            version = decision[0].version if decision else None
-            route = decision[0].route if decision else "refused"
+            decision = trace.decision
+            version = decision.version if decision else None
+            route = decision.route if decision else "refused"
             self.metrics.requests.labels(
                 body.model, version.name if version else "", route, str(exc.status)
             ).inc()
@@ -233,28 +224,21 @@ class Server:
             )
             raise
 
-    async def _answer(
-        self,
-        request_id: str,
-        started: float,
-        body: ChatCompletionRequest | CompletionRequest,
-        caller: Caller,
-        headers: dict[str, str],
-        decided: list[Decision],
-    ) -> Response:
-        chat = isinstance(body, ChatCompletionRequest)
+    async def _answer(self, trace: _Trace) -> Response:
+        body, request_id = trace.body, trace.request_id
         try:
-            decision = await asyncio.to_thread(self.router.decide, body.model, caller, body.user, headers)
+            decision = await asyncio.to_thread(
+                self.router.decide, body.model, trace.caller, body.user, trace.headers
+            )
         except UnknownModelError as exc:
             raise ApiError(404, str(exc), param="model", code="model_not_found") from None
         except (BackendError, RegistryError) as exc:
             raise ApiError(
                 503, f"the model `{body.model}` cannot be served: {exc}", type="server_error"
             ) from None
-        decided.append(decision)
-        version = decision.version
+        trace.decision, version = decision, decision.version
         settings = self.runtime.settings.for_request(body.model, version)
-        prompt, prompt_ids = self._encode(body, version, settings)
+        trace.prompt, prompt_ids = self._encode(body, version, settings)
         params = self._params(body, settings, max(len(ids) for ids in prompt_ids), version)
         jobs = [
             GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop())
@@ -262,17 +246,7 @@ class Server:
         ]
         self._submit(jobs)
         self.metrics.queue.set(self.backend.queue_depth())
-        trace = _Trace(
-            request_id,
-            started,
-            body,
-            caller,
-            headers,
-            decision,
-            prompt,
-            sum(len(i) for i in prompt_ids) * body.n,
-            chat,
-        )
+        trace.tokens_in = sum(len(i) for i in prompt_ids) * body.n
         response_headers = {
             "x-request-id": request_id,
             "x-tunesmith-version": version.name,
@@ -285,7 +259,9 @@ class Server:
                 self._stream(jobs, trace), media_type="text/event-stream", headers=response_headers
             )
         texts, reasons, tokens = await self._collect(jobs, trace)
-        payload = _completion(request_id, version, chat, texts, reasons, _usage(trace.tokens_in, tokens))
+        payload = _completion(
+            request_id, version, trace.chat, texts, reasons, _usage(trace.tokens_in, tokens)
+        )
         return JSONResponse(payload, headers=response_headers)
 
     def _submit(self, jobs: list[GenerationJob]) -> None:
@@ -592,17 +568,10 @@ class Server:
             self.metrics.shadow.labels(shadow.name, "dropped").inc()  # callers come first
             return
         started = time.perf_counter()
-        shadow_trace = _Trace(
-            f"req-{uuid.uuid4().hex}",
-            started,
-            trace.body,
-            trace.caller,
-            trace.headers,
-            Decision(shadow, "shadow"),
-            trace.prompt,
-            0,
-            trace.chat,
+        shadow_trace = replace(
+            trace, request_id=f"req-{uuid.uuid4().hex}", started=started, decision=Decision(shadow, "shadow")
         )
+        shadow_trace.tokens_in, shadow_trace.first_token = 0, None
         try:
             settings = self.runtime.settings.for_request(trace.body.model, shadow)
             _, prompt_ids = self._encode(trace.body, shadow, settings)
@@ -669,30 +638,20 @@ class Server:
         ]
 
 
+@dataclass
 class _Trace:
-    """What the answer of one request needs to be logged."""
+    """What the answer of one request needs to be logged; filled in as the request is routed."""
 
-    def __init__(
-        self,
-        request_id: str,
-        started: float,
-        body: Any,
-        caller: Caller,
-        headers: dict[str, str],
-        decision: Decision | None,
-        prompt: Any,
-        tokens_in: int,
-        chat: bool,
-    ) -> None:
-        self.request_id, self.started, self.body, self.caller = request_id, started, body, caller
-        self.headers, self.decision, self.prompt, self.tokens_in, self.chat = (
-            headers,
-            decision,
-            prompt,
-            tokens_in,
-            chat,
-        )
-        self.first_token: float | None = None
+    request_id: str
+    started: float
+    body: Any
+    caller: Caller
+    headers: dict[str, str]
+    chat: bool
+    prompt: Any  # the messages or text as asked; the rendered prompt once encoded
+    decision: Decision | None = None
+    tokens_in: int = 0
+    first_token: float | None = None
 
     @property
     def routed(self) -> Decision:

@@ -44,14 +44,42 @@ _SHOWN = (
 )
 
 
-class RichProgressCallback(TrainerCallback):
+class _LogCallback(TrainerCallback):
+    """A callback that acts on each log, told the tokens/s since the previous one."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None  # (time, tokens seen) at the previous log
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not logs:
+            return
+        now, tokens = time.perf_counter(), tokens_seen(logs)
+        rate = None
+        if self._last is not None and tokens > self._last[1]:
+            rate = (tokens - self._last[1]) / (now - self._last[0])
+        if tokens:
+            self._last = (now, tokens)
+        self.logged(state, logs, rate)
+
+    def logged(self, state: TrainerState, logs: dict[str, Any], tokens_per_second: float | None) -> None:
+        raise NotImplementedError
+
+
+class RichProgressCallback(_LogCallback):
     """One bar over all optimizer steps, with loss, learning rate, tokens/s and memory."""
 
     def __init__(self, label: str = "Training") -> None:
+        super().__init__()
         self.label = label
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        self._last: tuple[float, float] | None = None  # (time, tokens seen) at the previous log
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -70,24 +98,14 @@ class RichProgressCallback(TrainerCallback):
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=state.global_step)
 
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if self._progress is None or self._task is None or not logs:
+    def logged(self, state: TrainerState, logs: dict[str, Any], tokens_per_second: float | None) -> None:
+        if self._progress is None or self._task is None:
             return
         parts = [f"{name} {logs[key]:.3f}" for key, name in _SHOWN if key in logs]
         if "learning_rate" in logs:
             parts.append(f"lr {float(logs['learning_rate']):.1e}")
-        now, tokens = time.perf_counter(), tokens_seen(logs)
-        if self._last is not None and tokens > self._last[1]:
-            parts.append(f"{(tokens - self._last[1]) / (now - self._last[0]):.0f} tok/s")
-        if tokens:
-            self._last = (now, tokens)
+        if tokens_per_second is not None:
+            parts.append(f"{tokens_per_second:.0f} tok/s")
         parts.append(f"{memory_mb():.0f} MiB")
         self._progress.update(self._task, status=" ".join(parts))
 
@@ -99,31 +117,21 @@ class RichProgressCallback(TrainerCallback):
             self._progress = None
 
 
-class MetricsCallback(TrainerCallback):
+class MetricsCallback(_LogCallback):
     """Every log as a line of `metrics.jsonl` in the run folder and as rows of `run_metrics` in the store."""
 
     def __init__(self, run_id: str, path: Path, engine: Engine) -> None:
+        super().__init__()
         self.run_id = run_id
         self.path = path
         self.engine = engine
-        self._last: tuple[float, float] | None = None  # (time, tokens seen) at the previous log
 
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not logs or not state.is_world_process_zero:
+    def logged(self, state: TrainerState, logs: dict[str, Any], tokens_per_second: float | None) -> None:
+        if not state.is_world_process_zero:
             return
         entry = {"step": state.global_step, "epoch": state.epoch, "memory_mb": round(memory_mb(), 1), **logs}
-        now, tokens = time.perf_counter(), tokens_seen(logs)
-        if self._last is not None and tokens > self._last[1]:  # live throughput, for the web app's run page
-            entry["tokens_per_second"] = round((tokens - self._last[1]) / (now - self._last[0]), 1)
-        if tokens:
-            self._last = (now, tokens)
+        if tokens_per_second is not None:  # live throughput, for the web app's run page
+            entry["tokens_per_second"] = round(tokens_per_second, 1)
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry, default=float) + "\n")
         values = {

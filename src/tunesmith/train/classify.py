@@ -19,9 +19,10 @@ from tunesmith.data import load_split
 from tunesmith.models.loading import LABELS_FILE
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
-from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
+    from tunesmith.train.objectives import TrainerJob
+
     pass
 
 _PEFT_TASKS = {"classify": "SEQ_CLS", "tag": "TOKEN_CLS"}
@@ -213,14 +214,7 @@ def _peft_wrap(model: Any, config: ProjectConfig) -> Any:
     )
 
 
-def classifier_trainer(
-    config: ProjectConfig,
-    base: Any,
-    records: dict[str, list[dict[str, Any]]],
-    run_dir: Path,
-    callbacks: list[Any],
-    workspace: Workspace,
-) -> Any:
+def classifier_trainer(job: TrainerJob) -> Any:
     """transformers' Trainer for `classify`/`tag` on `records`, the method applied (frozen body, or LoRA).
 
     `base` carries the head sized for the data's labels (`id2label` in its config).
@@ -237,6 +231,7 @@ def classifier_trainer(
     from tunesmith.train.methods import apply_freeze
     from tunesmith.train.sft import trainer_kwargs
 
+    config, base, records, run_dir, callbacks = job.config, job.base, job.records, job.run_dir, job.callbacks
     objective, train = config.train.objective, config.train
     model, tokenizer = base.model, base.tokenizer
     id2label = {int(i): name for i, name in model.config.id2label.items()}

@@ -74,7 +74,7 @@ def estimate_epoch_time(
     from datasets.utils.logging import disable_progress_bar
     from transformers import PrinterCallback
 
-    from tunesmith.train.objectives import get_objective
+    from tunesmith.train.objectives import TrainerJob, get_objective
 
     objective = get_objective(config.train.objective)
     records = load_split(dataset, "train", with_meta=True)
@@ -85,7 +85,9 @@ def estimate_epoch_time(
     disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         calibration = _calibration_config(config, steps)
-        trainer = objective.trainer(calibration, base, {"train": clean}, Path(tmp), [timer], workspace)
+        trainer = objective.trainer(
+            TrainerJob(calibration, base, {"train": clean}, Path(tmp), [timer], workspace)
+        )
         trainer.remove_callback(PrinterCallback)
         lengths = _token_lengths(trainer.train_dataset)
         trainer.train()

@@ -17,22 +17,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, TrainConfig
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
 
-if TYPE_CHECKING:
-    pass
-
 Task = Literal["generation", "classification", "tagging", "lm", "reward"]
 Head = Literal["causal-lm", "sequence-classification", "token-classification"]
 
 
-TrainerBuilder = Callable[
-    [ProjectConfig, Any, dict[str, list[dict[str, Any]]], Path, list[Any], Workspace], Any
-]
+@dataclass
+class TrainerJob:
+    """What an objective's trainer is built from: the run's own, or `train --dry-run`'s calibration."""
+
+    config: ProjectConfig
+    base: Any  # the LoadedModel to train
+    records: dict[str, list[dict[str, Any]]]  # train (and val) rows
+    run_dir: Path  # the trainer writes its checkpoints under run_dir / "trainer"
+    callbacks: list[Any]
+    workspace: Workspace  # for what a run reads from the registry (an RL reward model)
+
+
+TrainerBuilder = Callable[[TrainerJob], Any]
 
 
 def _one_row_per_sample(train: TrainConfig) -> float:

@@ -21,10 +21,10 @@ from tunesmith.data import load_split
 from tunesmith.data.formats import as_messages
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
-from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
     from tunesmith.models import LoadedModel
+    from tunesmith.train.objectives import TrainerJob
 
 
 def _split_shared_turns(
@@ -183,15 +183,9 @@ def dpo_trainer(
     return DPOTrainer(ref_model=None, args=args, **common)
 
 
-def preference_trainer(
-    config: ProjectConfig,
-    base: LoadedModel,
-    records: dict[str, list[dict[str, Any]]],
-    run_dir: Path,
-    callbacks: list[Any],
-    workspace: Workspace,
-) -> Any:
+def preference_trainer(job: TrainerJob) -> Any:
     """The objective's TRL trainer on `records`: RewardTrainer (`reward`), or the `dpo` family's."""
+    config, base, records, run_dir, callbacks = job.config, job.base, job.records, job.run_dir, job.callbacks
     train = config.train
     reward = train.objective == "reward"
     if not reward and train.preference.trainer == "kto":

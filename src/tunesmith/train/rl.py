@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig, TrainConfig
-from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tunesmith.models import LoadedModel
+    from tunesmith.train.objectives import TrainerJob
 
 
 # The fields of train.rl that GRPOConfig and RLOOConfig take under the same names.
@@ -71,14 +70,7 @@ def rl_config(train: TrainConfig, output_dir: Path, has_eval: bool, weights: lis
     return args_class(**kwargs)
 
 
-def rl_trainer(
-    config: ProjectConfig,
-    base: LoadedModel,
-    records: dict[str, list[dict[str, Any]]],
-    run_dir: Path,
-    callbacks: list[Any],
-    workspace: Workspace,
-) -> Any:
+def rl_trainer(job: TrainerJob) -> Any:
     """TRL's GRPOTrainer or RLOOTrainer on `records` (SFT rows), scored by `train.rl.rewards`.
 
     A reward-model reward is a registered version, so it needs the workspace.
@@ -89,6 +81,8 @@ def rl_trainer(
     from tunesmith.train.rewards import reward_functions
     from tunesmith.train.sft import lora_config
 
+    config, base, records, workspace = job.config, job.base, job.records, job.workspace
+    run_dir, callbacks = job.run_dir, job.callbacks
     train = config.train
     functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
     rows, val = rl_rows(records["train"]), rl_rows(records.get("val", []))

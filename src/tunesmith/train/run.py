@@ -19,7 +19,7 @@ from tunesmith.registry import RegistryError, get_version, register_trained
 from tunesmith.registry.loading import check_base
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
-from tunesmith.train.objectives import RunContext, check_objective, get_objective
+from tunesmith.train.objectives import RunContext, TrainerJob, check_objective, get_objective
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -317,7 +317,7 @@ def run_objective(
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough
         callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
-        trainer = objective.trainer(config, base, records, run_dir, callbacks, workspace)
+        trainer = objective.trainer(TrainerJob(config, base, records, run_dir, callbacks, workspace))
         finish, context = objective.finish, RunContext(config, dataset, kind, base, records)
         return conclude_run(
             trainer,

@@ -29,7 +29,7 @@ from tunesmith.store import DatasetVersion, Run, session
 from tunesmith.workspace import Workspace
 
 if TYPE_CHECKING:
-    from tunesmith.models import LoadedModel
+    from tunesmith.train.objectives import TrainerJob
 
 # Fields the project config sets itself; `train.args` may not set them a second time.
 _OWN_FIELDS = {
@@ -354,14 +354,7 @@ def callbacks_for(
     return callbacks
 
 
-def sft_trainer(
-    config: ProjectConfig,
-    base: LoadedModel,
-    records: dict[str, list[dict[str, Any]]],
-    run_dir: Path,
-    callbacks: list[Any],
-    workspace: Workspace,
-) -> Any:
+def sft_trainer(job: TrainerJob) -> Any:
     """TRL's SFTTrainer on `records` (train and val chat or text rows), the method applied.
 
     With EWC or L2-SP guarding against forgetting, its penalised variant; EWC's Fisher information is
@@ -374,6 +367,7 @@ def sft_trainer(
     from tunesmith.train.lm_head import use_answer_only_head
     from tunesmith.train.methods import apply_freeze
 
+    config, base, records, run_dir, callbacks = job.config, job.base, job.records, job.run_dir, job.callbacks
     train, guard = config.train, config.train.forgetting
     train_rows = training_rows(train.objective, records["train"], base.tokenizer)
     val_rows = training_rows(train.objective, records.get("val", []), base.tokenizer)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from tunesmith.plugins import Registry
 from tunesmith.serve.backends.base import (
     Backend,
     BackendError,
@@ -24,33 +25,24 @@ from tunesmith.serve.backends.base import (
 
 ENTRY_POINT_GROUP = "tunesmith.backends"
 BackendFactory = Callable[..., Backend]
-_BACKENDS: dict[str, BackendFactory] = {}
+BACKENDS: Registry[BackendFactory] = Registry("serving backend", BackendError)
 _ENTRY_POINTS = {"loaded": False}
 
 
 def register_backend(name: str) -> Callable[[BackendFactory], BackendFactory]:
     """Register a backend factory `(workspace, serve_config) -> Backend` under `name`."""
-
-    def decorator(factory: BackendFactory) -> BackendFactory:
-        if name in _BACKENDS:
-            raise ValueError(f"serving backend {name!r} is already registered")
-        _BACKENDS[name] = factory
-        return factory
-
-    return decorator
+    return BACKENDS.register(name)
 
 
 def backend_names() -> list[str]:
     _load_builtin_and_entry_points()
-    return sorted(_BACKENDS)
+    return BACKENDS.names()
 
 
 def create_backend(name: str, *args: Any, **kwargs: Any) -> Backend:
     """A new backend of kind `name` (see `backend_names`)."""
     _load_builtin_and_entry_points()
-    if name not in _BACKENDS:
-        raise BackendError(f"unknown serving backend {name!r}; known: {', '.join(backend_names())}")
-    return _BACKENDS[name](*args, **kwargs)
+    return BACKENDS.get(name)(*args, **kwargs)
 
 
 def _load_builtin_and_entry_points() -> None:
