@@ -84,8 +84,42 @@ def test_models_show_missing_folder_is_a_clear_error(tmp_path):
 
 def test_data_prepare_without_a_path_says_which_field(tmp_path):
     result = invoke("data", "prepare")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "data.path is not set" in result.output
+
+
+def test_every_kind_of_bad_data_exits_2_naming_the_file_from_every_command(tmp_path, tiny_model_dir):
+    """Bad input is exit 2 with where and what to do, whichever command meets it and whichever
+    stage raises it (a source that cannot be read, a data error, a prompt file's line)."""
+    import gzip
+
+    rows = b"".join(b'{"prompt": "q%d", "completion": "a"}\n' % i for i in range(50))
+    empty, cut = tmp_path / "empty.jsonl", tmp_path / "cut.jsonl.gz"
+    empty.write_bytes(b"")
+    cut.write_bytes(gzip.compress(rows)[:-30])
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(rows)
+    model = f"model.id={tiny_model_dir}"
+    cases = [
+        (("data", "prepare", "--set", f"data.path={empty}", "--set", model), f"{empty}: the file is empty"),
+        (("data", "validate", "--set", f"data.path={cut}", "--set", model), str(cut)),
+        (("validate", "--set", f"data.path={empty}", "--set", model), "the file is empty"),
+        (("validate", "--set", f"data.path={cut}", "--set", model), str(cut)),
+        (("train", "--set", f"data.path={cut}", "--set", model), str(cut)),
+        (
+            ("data", "prepare", "--set", f"data.path={good}", "--set", model, "--map", "text=body"),
+            "the columns are: prompt, completion",
+        ),
+        (
+            ("data", "prepare", "--set", f"data.path={tmp_path / 'absent.jsonl'}", "--set", model),
+            "absent.jsonl",
+        ),
+    ]
+    for args, where in cases:
+        result = runner.invoke(app, list(args), catch_exceptions=False)  # a traceback fails the test
+        text = " ".join(result.output.split())
+        assert result.exit_code == 2, (args, text)
+        assert where in text and "Traceback" not in text, (args, text)
 
 
 def test_train_rejects_unknown_trainer_args(tmp_path, tiny_model_dir):

@@ -266,10 +266,10 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
             "--strict",
         ],
     )
-    assert strict.exit_code == 1 and "--strict" in strict.output
+    assert strict.exit_code == 2 and "--strict" in strict.output
     typo = runner.invoke(app, ["data", "validate", str(config), "--map", "text=contents,label=sentiment"])
     said = " ".join(typo.output.split())
-    assert typo.exit_code == 1 and "names 'contents' (for text), but no row has that column" in said
+    assert typo.exit_code == 2 and "names 'contents' (for text), but no row has that column" in said
     assert "the columns are: content, sentiment" in said and "Traceback" not in said
     ids = []
     for seed in (0, 1):

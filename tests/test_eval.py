@@ -348,7 +348,7 @@ def test_blind_review_export_import_rates_and_agreement(trained, tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     refused = runner.invoke(app, ["review", "import", result.report_id, str(broken), *args])
-    assert refused.exit_code == 1 and "broken.csv:4: preference 'maybe' is not 1, 2 or tie" in refused.output
+    assert refused.exit_code == 2 and "broken.csv:4: preference 'maybe' is not 1, 2 or tie" in refused.output
 
 
 def test_review_sheet_works_in_a_real_browser(trained, tmp_path):
@@ -409,7 +409,7 @@ def test_cross_validation_trains_and_scores_each_fold(tmp_path, tiny_model_dir):
     assert stats["mean"] == pytest.approx(sum(stats["values"]) / 3)
     assert list_versions(workspace) == []  # fold models are runs, not versions
     refused = runner.invoke(app, ["eval", "--cv", "1", "--config", str(config_path)])
-    assert refused.exit_code == 1 and "at least 2 folds" in refused.output
+    assert refused.exit_code == 2 and "at least 2 folds" in refused.output
 
 
 def test_stop_tokens_are_those_training_ends_answers_with(tiny_model_dir):

@@ -122,7 +122,7 @@ def test_a_prompt_file_error_names_the_line(trained, tmp_path):
     bad = tmp_path / "prompts.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"question": "no prompt field"}\n')
     result = cli(config_path, settings, "collect", version.name, "--prompts", str(bad), "--review", "none")
-    assert result.exit_code == 1 and f"{bad}:2: expected" in result.output.replace("\n", "")
+    assert result.exit_code == 2 and f"{bad}:2: expected" in result.output.replace("\n", "")
 
 
 def test_production_requests_are_ranked_with_the_served_answer_among_the_candidates(trained):
@@ -204,4 +204,4 @@ def test_the_review_page_works_in_a_real_browser_and_its_download_imports(traine
     payload["session"] = "fb-other"
     saved.write_text(json.dumps(payload))
     refused = cli(config_path, settings, "import", target.id, str(saved))
-    assert refused.exit_code == 1 and "reviews of session 'fb-other'" in refused.output
+    assert refused.exit_code == 2 and "reviews of session 'fb-other'" in refused.output

@@ -101,7 +101,7 @@ def test_every_objective_trains_dry_runs_reproduces_and_cross_validates(tmp_path
 
     cv = invoke("eval", "--cv", "2", "--config", str(config), *sets)
     if not OBJECTIVES[objective].cross_validates:
-        assert cv.exit_code == 1 and "--cv works on one dataset" in cv.output, cv.output
+        assert cv.exit_code == 2 and "--cv works on one dataset" in cv.output, cv.output
         return
     assert cv.exit_code == 0, cv.output
     assert "2-fold cross-validation" in cv.output and "mean ± std" in cv.output

@@ -232,7 +232,7 @@ def test_synthetic_rows_join_a_real_dataset_in_train_only(tmp_path, tiny_model_d
     overrides = ["train.objective=classify", "data.path=labels.jsonl", "data.format=auto"]
     labelled = prepare_data(load_config(config_path, [*settings, *overrides]))
     refused = cli(config_path, settings, "synth", "--from", str(docs), "--into", labelled.id)
-    assert refused.exit_code == 1 and "holds classification rows" in refused.output
+    assert refused.exit_code == 2 and "holds classification rows" in refused.output
 
 
 def test_a_killed_synth_run_resumes_without_asking_the_teacher_again(tmp_path, tiny_model_dir, docs):
@@ -334,7 +334,7 @@ def test_augmenting_chat_rows_paraphrases_the_question_and_keeps_the_answer(
         assert row["messages"][-1] == source["messages"][-1]  # the answer is kept
         assert row["messages"][-2]["content"] != source["messages"][-2]["content"]
     refused = cli(config_path, settings, "augment", parent.id, "--balance")
-    assert refused.exit_code == 1 and "have none" in refused.output
+    assert refused.exit_code == 2 and "have none" in refused.output
 
 
 def test_teacher_errors_are_clear(tmp_path, tiny_model_dir, docs):
@@ -346,7 +346,7 @@ def test_teacher_errors_are_clear(tmp_path, tiny_model_dir, docs):
         result.exit_code == 1 and "cannot reach the teacher endpoint http://127.0.0.1:9/v1" in result.output
     )
     missing = cli(config_path, settings, "synth", "--from", str(docs / "nothing-here"))
-    assert missing.exit_code == 1 and "no such file or folder" in missing.output
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
 
 
 @pytest.mark.slow
@@ -380,7 +380,7 @@ def test_tunesmith_serve_is_a_teacher_like_any_endpoint(serve_project, tmp_path,
         )
         settings.append("synth.teacher.max_tokens=12")
         result = cli(config_path, settings, "synth", "--from", str(docs / "bridge-faq.txt"))
-    assert result.exit_code == 1 and "no synthetic row passed the filters" in result.output
+    assert result.exit_code == 2 and "no synthetic row passed the filters" in result.output
     workspace = open_workspace(load_config(config_path, settings))
     (folder,) = (workspace.root / "synth").glob("syn-doc-*")
     report = json.loads((folder / "report.json").read_text())

@@ -138,6 +138,13 @@ def test_classify_labels_follow_data_labels_and_head_method_trains_only_the_scor
     assert trainable == {"score"}
 
 
+@pytest.mark.parametrize(("objective", "rows"), [("classify", topic_rows), ("tag", tag_rows)])
+def test_a_classifier_or_tagger_trains_without_a_validation_split(tmp_path, tiny_model_dir, objective, rows):
+    config_path = write_project(tmp_path, tiny_model_dir, rows(60), f"objective: {objective}", "max_steps: 2")
+    outcome = train(load_config(config_path, ["data.split.val=0"]))
+    assert outcome.version.metrics["test_accuracy"] >= 0 and "eval_loss" not in outcome.version.metrics
+
+
 def test_tag_scores_entities_with_seqeval(tmp_path, tiny_model_dir):
     config_path = write_project(tmp_path, tiny_model_dir, tag_rows(), "objective: tag")
     outcome = train(load_config(config_path))

@@ -128,6 +128,6 @@ def test_multitask_refusals(tmp_path, tiny_model_dir):
         app,
         ["train", str(config_path), "--set", "train.tasks[1].data.path=labels.jsonl"],
     )
-    assert refused.exit_code == 1
+    assert refused.exit_code == 2
     assert "train.tasks, task 'general': dataset ds-" in refused.output
     assert "holds classification rows" in refused.output

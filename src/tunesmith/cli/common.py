@@ -5,29 +5,44 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from typer.core import TyperGroup
 
 from tunesmith.config import ConfigError, ProjectConfig, load_config
+from tunesmith.errors import InputError
 
 if TYPE_CHECKING:
     from tunesmith.store import ModelVersion
     from tunesmith.workspace import Workspace
 
+out = Console()
+err = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """The root command group: bad input (`InputError`), from whichever command and stage it comes,
+    is printed with where and what to do, and exits 2; never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except InputError as exc:
+            raise fail(str(exc), 2) from None
+
+
 app = typer.Typer(
+    cls=_Commands,
     help="tunesmith: fine-tune an open LLM on your data, prove it got better, ship it, watch it.",
     no_args_is_help=True,
     rich_markup_mode="rich",
     pretty_exceptions_enable=False,
 )
-
-out = Console()
-err = Console(stderr=True)
 
 
 def load_project(path: Path | None, overrides: list[str] | None) -> ProjectConfig:
@@ -82,9 +97,14 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 @contextmanager
 def reported(*errors: type[Exception]) -> Iterator[None]:
-    """A stage's own errors (bad input, a missing version...) as a clear message and exit 1, never a
-    traceback: `with reported(DataError): ...`."""
+    """A stage's own errors as a clear message, never a traceback: `with reported(RegistryError): ...`.
+
+    The errors named exit 1 (a refusal by the rules, a missing version, a failed run). Bad input
+    (`InputError`: a data file, a row, a prompt file) passes on to the root group, which exits 2.
+    """
     try:
         yield
+    except InputError:
+        raise
     except errors as exc:
         raise fail(str(exc)) from None

@@ -126,7 +126,7 @@ def data_validate(
         except TrainConfigError as exc:
             err.print(f"[yellow]warning:[/yellow] {escape(str(exc))}", soft_wrap=True, highlight=False)
     if cfg.data.strict and prepared.rejected:
-        raise fail(f"{len(prepared.rejected)} row(s) rejected and --strict is set")
+        raise fail(f"{len(prepared.rejected)} row(s) rejected and --strict is set", 2)
 
 
 @data_app.command("prepare")

@@ -61,7 +61,7 @@ def eval_cmd(
     if list_metrics:
         _print_metrics()
         return
-    from tunesmith.data import DataError
+    from tunesmith.errors import InputError
     from tunesmith.evaluate.runner import judged_and_compared, run_eval
     from tunesmith.registry import RegistryError
 
@@ -71,7 +71,7 @@ def eval_cmd(
         return
     try:
         version, refs = judged_and_compared(version, compare)
-    except DataError as exc:
+    except InputError as exc:
         raise fail(str(exc), 2) from None
     if gate and not cfg.eval.gates:
         raise fail("--gate: no gates are configured; add them under eval.gates in tunesmith.yaml", 2)
@@ -79,7 +79,9 @@ def eval_cmd(
         outcome = run_eval(
             cfg, version, compare=refs, few_shot=few_shot, probe=probe, judge=judge, reward_model=reward_model
         )
-    except (DataError, RegistryError, KeyError) as exc:
+    except InputError as exc:
+        raise fail(str(exc), 2) from None
+    except (RegistryError, KeyError) as exc:
         raise fail(str(exc).strip("\"'")) from None
     print_report(outcome.report)
     out.print(f"\nReport {outcome.report_id}: {outcome.directory / 'report.html'}")

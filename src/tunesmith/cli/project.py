@@ -42,15 +42,15 @@ def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
         and cfg.train.objective != "multitask"
         and not cfg.data.path.startswith("ds-")
     ):
-        from tunesmith.data import DataError
         from tunesmith.data.prepare import data_kind
+        from tunesmith.errors import InputError
         from tunesmith.train.objectives import check_rows_kind
         from tunesmith.train.sft import TrainConfigError
 
         try:
             kind = data_kind(cfg.data, cfg.base_dir)
             check_rows_kind(cfg.train.objective, kind, cfg.data.path, cfg.train)
-        except (DataError, TrainConfigError) as exc:
+        except (InputError, TrainConfigError) as exc:
             raise fail(str(exc), code=2) from None
     out.print(
         f"[green]ok[/green] {config or CONFIG_FILENAME}: project {cfg.project!r}, model {cfg.model.id}, "

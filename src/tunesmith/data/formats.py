@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from tunesmith.errors import InputError
+
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "system": "system",
@@ -35,7 +37,7 @@ SHAREGPT_ROLES = {
 }
 
 
-class RowError(ValueError):
+class RowError(InputError):
     """A row that cannot be used: the message names the field and what to do."""
 
 

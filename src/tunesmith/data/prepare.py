@@ -32,6 +32,7 @@ from tunesmith.data.formats import (
 )
 from tunesmith.data.sources import ReadResult, Rejected, SourceError, read_source
 from tunesmith.data.split import PAIRS_OF, SPLITS, assign_folds, assign_splits, group_of
+from tunesmith.errors import InputError
 from tunesmith.store import DatasetVersion, session
 from tunesmith.workspace import Workspace, atomic_dir
 
@@ -45,7 +46,7 @@ SPLIT_ALIASES = {
 }
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Data that cannot become a dataset version."""
 
 

@@ -20,11 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tunesmith.errors import InputError
+
 SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet", ".conll", ".iob", ".bio", ".txt")
 HF_MARKERS = ("dataset_info.json", "dataset_dict.json", "state.json")
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A source that cannot be read at all, with what to do about it."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ProjectConfig
+from tunesmith.errors import InputError
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion, ModelVersion, session
 from tunesmith.workspace import Workspace
@@ -35,7 +36,7 @@ from tunesmith.workspace import Workspace
 LETTERS = string.ascii_uppercase
 
 
-class FeedbackError(ValueError):
+class FeedbackError(InputError):
     """A prompt file, session or review that cannot be used: the message says where and what to do."""
 
 

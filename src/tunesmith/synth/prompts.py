@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunesmith.errors import InputError
+
 QA_PROMPT = """Below is a passage from "{title}".
 
 ---
@@ -54,7 +56,7 @@ BUILTIN = {
 PARAPHRASE_VERSION = "paraphrase-v1"
 
 
-class PromptError(ValueError):
+class PromptError(InputError):
     """A prompt template that cannot be used."""
 
 

@@ -53,6 +53,8 @@ def encode(
     objective: str, records: list[dict[str, Any]], tokenizer: Any, label2id: dict[str, int], max_length: int
 ) -> list[dict[str, Any]]:
     """Token ids and label ids; for `tag`, the first piece of each word carries the word's tag."""
+    if not records:  # a split the project leaves empty (data.split.val: 0)
+        return []
     if objective == "classify":
         texts = [r["text"] for r in records]
         batch = tokenizer(texts, truncation=True, max_length=max_length)

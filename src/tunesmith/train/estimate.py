@@ -1,9 +1,11 @@
 """Time per epoch, measured: a few real optimizer steps of the configured method on real rows.
 
 The estimate is a calibration, not a constant: it runs the objective's own trainer (from the
-objective table) for `steps` steps on rows sampled from the dataset's train split, at their real
-lengths, measures the time per optimizer step after a warm-up step, and scales it to an epoch's
-steps.
+objective table), so the method, forgetting guard and head the run will train with are what is
+timed, on rows sampled from the dataset's train split at their real lengths, with the run's
+batch and accumulation. It measures the time per optimizer step after a warm-up step, over whole
+cycles of the objective's work (RL samples answers once every `num_iterations` steps, so its
+generation time is counted in its share), and scales it to an epoch's steps.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from tunesmith.workspace import Workspace
 class Estimate:
     """Measured throughput and the time it implies."""
 
-    method: str
+    method: str  # what was timed: the method, forgetting guard or head, and the trainable share
     seconds_per_step: float
     rows_per_step: float
     rows: int  # training rows in one epoch
@@ -48,9 +50,10 @@ class Estimate:
         """Two lines: what was measured, and the time it implies."""
         tokens = f", {self.tokens_per_second:,.0f} tokens/s" if self.tokens_per_second else ""
         return (
-            f"Measured {self.seconds_per_step:.2f} s per step ({self.rows_per_step:g} rows{tokens}) over "
-            f"{self.calibration_steps - 1} steps.\n{self.seconds_per_epoch / 60:.1f} min per epoch of "
-            f"{self.rows:,} rows; {self.total_seconds / 60:.1f} min for {self.epochs:g} epochs."
+            f"Timed {self.method}: {self.seconds_per_step:.2f} s per step ({self.rows_per_step:g} rows"
+            f"{tokens}) over {self.calibration_steps - 1} steps.\n"
+            f"{self.seconds_per_epoch / 60:.1f} min per epoch of {self.rows:,} rows; "
+            f"{self.total_seconds / 60:.1f} min for {self.epochs:g} epochs."
         )
 
 
@@ -75,10 +78,13 @@ def estimate_epoch_time(
     from transformers import PrinterCallback
 
     from tunesmith.train.objectives import TrainerJob, get_objective
+    from tunesmith.train.sft import count_parameters
 
     objective = get_objective(config.train.objective)
     records = load_split(dataset, "train", with_meta=True)
     per_step = objective.rows_per_step(config.train)
+    cycle = objective.step_cycle(config.train)
+    steps = 1 + math.ceil(max(steps - 1, 1) / cycle) * cycle  # a warm-up step, then whole cycles
     sample = random.Random(0).sample(records, min(len(records), math.ceil(per_step * steps)))
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in sample]
     timer = _StepTimer()
@@ -90,12 +96,14 @@ def estimate_epoch_time(
         )
         trainer.remove_callback(PrinterCallback)
         lengths = _token_lengths(trainer.train_dataset)
+        trainable, total = count_parameters(trainer.model)
         trainer.train()
     measured = list(zip(timer.starts, timer.ends, strict=True))[1:]  # the first step warms caches up
     seconds = sum(end - start for start, end in measured)
     tokens = sum(lengths[math.ceil(per_step) : math.ceil(per_step * steps)]) if lengths else 0
+    what = objective.describe(config, trainer)
     return Estimate(
-        method=config.train.method,
+        method=f"{what} ({trainable / total:.2%} of {total:,} parameters trainable)",
         seconds_per_step=seconds / len(measured) if measured else float("inf"),
         rows_per_step=per_step,
         rows=len(records),

@@ -66,8 +66,8 @@ def _split_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, 
     return split_records(config, dataset)
 
 
-def _method(config: ProjectConfig, _: Any) -> str:
-    return config.train.method
+def _every_step(_: TrainConfig) -> int:
+    return 1
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,12 @@ class Objective:
     head: Head  # the head it trains (a classifier's is sized from the data's labels)
     task: Task  # how its versions are scored
     trainer: TrainerBuilder  # its TRL trainer on given records: the run's own and the calibration's
+    describe: Callable[[ProjectConfig, Any], str]  # what it trains (method, guard, head), from its trainer
     records: Callable[[ProjectConfig, DatasetVersion], dict[str, list[dict[str, Any]]]] = _split_records
-    describe: Callable[[ProjectConfig, Any], str] = _method  # what is trained, for the progress line
     finish: Finish | None = None  # metrics (and files) it adds once the weights are saved
     rows_per_step: Callable[[TrainConfig], float] = _one_row_per_sample
+    # optimizer steps after which the work per step repeats: RL samples answers once per cycle
+    step_cycle: Callable[[TrainConfig], int] = _every_step
     labelled: bool = False  # the head's outputs are the data's labels
     cross_validates: bool = True  # `eval --cv` folds its one dataset
     single_pass: bool = False  # the train split already holds every epoch (a mixture's stream)
@@ -111,7 +113,7 @@ def register_objective(objective: Objective) -> Objective:
             f"objective {objective.name!r} is not one train.objective accepts ({', '.join(accepted)}); "
             "add it to TrainConfig.objective"
         )
-    hooks = ("trainer", "records", "describe", "rows_per_step")
+    hooks = ("trainer", "records", "describe", "rows_per_step", "step_cycle")
     missing = [name for name in hooks if not callable(getattr(objective, name))]
     if missing:
         raise ValueError(f"objective {objective.name!r} has no {' or '.join(missing)}")
@@ -173,6 +175,11 @@ def _check_complete() -> None:
         )
 
 
+def _rl_cycle(train: TrainConfig) -> int:
+    """TRL samples a batch of answers, then takes `num_iterations` optimizer steps on it."""
+    return train.rl.num_iterations
+
+
 def _rl_rows_per_step(train: TrainConfig) -> float:
     """Prompts per optimizer step: each is answered `num_generations` times, each answer used
     `num_iterations` times."""
@@ -183,9 +190,14 @@ def _register_all() -> None:
     from tunesmith.train.classify import classifier_trainer, describe_classifier, finish_classifier
     from tunesmith.train.preference import describe_preference, finish_reward, preference_trainer
     from tunesmith.train.rl import describe_rl, finish_rl, rl_trainer
-    from tunesmith.train.sft import sft_records, sft_trainer
+    from tunesmith.train.sft import describe_lm, sft_records, sft_trainer
 
-    lm: dict[str, Any] = {"head": "causal-lm", "trainer": sft_trainer, "records": sft_records}
+    lm: dict[str, Any] = {
+        "head": "causal-lm",
+        "trainer": sft_trainer,
+        "records": sft_records,
+        "describe": describe_lm,
+    }
     register_objective(Objective("sft", rows="sft", task="generation", **lm))
     register_objective(Objective("pretrain", rows="text", task="lm", **lm))
     register_objective(
@@ -228,6 +240,7 @@ def _register_all() -> None:
             describe=describe_rl,
             finish=finish_rl,
             rows_per_step=_rl_rows_per_step,
+            step_cycle=_rl_cycle,
         )
     )
     _check_complete()

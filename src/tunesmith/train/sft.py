@@ -354,6 +354,18 @@ def callbacks_for(
     return callbacks
 
 
+_GUARDS = {"ewc": "an EWC penalty", "l2sp": "an L2-SP penalty", "replay": "general-data replay"}
+
+
+def describe_lm(config: ProjectConfig, trainer: Any) -> str:
+    """The method and the forgetting guard a causal-LM run trains with, as its trainer has them:
+    "freeze with an EWC penalty" (the penalty is the trainer's; replay is in its rows)."""
+    guard = getattr(trainer, "penalty_kind", None)
+    if guard is None and config.train.forgetting.method == "replay":
+        guard = "replay"
+    return f"{config.train.method} with {_GUARDS[guard]}" if guard else config.train.method
+
+
 def sft_trainer(job: TrainerJob) -> Any:
     """TRL's SFTTrainer on `records` (train and val chat or text rows), the method applied.
 
@@ -474,7 +486,7 @@ def fit_and_save(
     trainer: Any, run_dir: Path, train: TrainConfig, resume: bool, what: str, rows: int
 ) -> Fitted:
     """Train (from the newest complete checkpoint when resuming), then save the adapter or weights."""
-    trainable, total = _count_parameters(trainer.model)
+    trainable, total = count_parameters(trainer.model)
     checkpoint = last_checkpoint(run_dir) if resume else None
     if is_main_process():
         console.print(
@@ -547,7 +559,8 @@ def _close_run(
         run.finished_at = datetime.now(UTC)
 
 
-def _count_parameters(model: Any) -> tuple[int, int]:
+def count_parameters(model: Any) -> tuple[int, int]:
+    """(parameters the optimizer updates, all parameters) of `model`."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
