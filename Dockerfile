@@ -27,5 +27,7 @@ WORKDIR /project
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s CMD \
     python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/ready').status != 200)"
-ENTRYPOINT ["tunesmith", "serve", "--host", "0.0.0.0", "--port", "8000"]
+# Keyed, never open: on a store with no active key the first start creates an admin key and prints
+# it once in the log (`docker logs`); `serve.auth: none` is refused on 0.0.0.0.
+ENTRYPOINT ["tunesmith", "serve", "--host", "0.0.0.0", "--port", "8000", "--bootstrap-key"]
 CMD ["--config", "/project/tunesmith.yaml"]

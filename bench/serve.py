@@ -133,7 +133,7 @@ def main() -> None:
     if importlib.util.find_spec("llama_cpp") is not None:
         modes.append(("llamacpp", ["serve.backend=llamacpp"]))
     for mode, settings in modes:
-        config = load_config(config_path, [*settings, "serve.batch_wait_ms=5"])
+        config = load_config(config_path, [*settings, "serve.batch_wait_ms=5", "serve.auth=none"])  # loopback
         with serve_in_background(config) as (url, _):
             for clients in levels:
                 console.print(f"{mode}: {clients} client(s)…")

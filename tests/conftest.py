@@ -166,6 +166,7 @@ def serve_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
     root = tmp_path_factory.mktemp("serve-project")
     config_path = write_demo_project(root)
     settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1", "train.lr=5e-2"]
+    settings += ["serve.auth=none", "ui.auth=none"]  # open on 127.0.0.1; the tests of keys set auth=keys
     first = train(load_config(config_path, settings)).version
     second = train(load_config(config_path, [*settings, "train.seed=1", "train.lr=1e-1"])).version
     config = load_config(config_path, settings)

@@ -27,7 +27,8 @@ def test_every_admin_route_of_the_server_needs_the_admin_scope(serve_project, ca
     from tunesmith.serve import serve_in_background
     from tunesmith.serve.app import create_app
 
-    config = load_config(serve_project["path"], [*serve_project["settings"], "serve.poll_seconds=0.2"])
+    settings = [*serve_project["settings"], "serve.poll_seconds=0.2", "serve.auth=keys"]
+    config = load_config(serve_project["path"], settings)
     workspace = open_workspace(config)
     user, user_secret = create_key(workspace, "security-user")
     admin, admin_secret = create_key(workspace, "security-admin", admin=True)
@@ -81,6 +82,94 @@ def test_every_admin_route_of_the_server_needs_the_admin_scope(serve_project, ca
             assert secret not in logged and secret.encode() not in stored
     finally:
         for key in (user, admin):
+            revoke_key(workspace, key.id)
+
+
+def test_revoking_the_last_key_closes_the_server_it_never_opens_it(serve_project, caplog):
+    """A keyed server with no active key answers nobody (401, saying how to add a key); only
+    `serve.auth: none` opens it, with a warning at start, and never on an address others can reach."""
+    from tunesmith.registry import RegistryError
+    from tunesmith.serve import serve_in_background
+    from tunesmith.serve.app import run_server
+
+    settings = [*serve_project["settings"], "serve.poll_seconds=0.2", "serve.auth=keys"]
+    config = load_config(serve_project["path"], settings)
+    workspace = open_workspace(config)
+    admin, admin_secret = create_key(workspace, "last-admin", admin=True)
+    chat = {
+        "model": serve_project["family"],
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+    }
+    caplog.set_level(logging.WARNING)
+    with serve_in_background(config) as (url, _):
+        bearer = {"authorization": f"Bearer {admin_secret}"}
+        assert httpx.post(f"{url}/v1/chat/completions", json=chat, headers=bearer).status_code == 200
+        revoke_key(workspace, admin.id)  # the last active key
+        for method, path in [
+            ("POST", "/v1/chat/completions"),
+            ("GET", "/v1/models"),
+            ("GET", "/admin/status"),
+        ]:
+            for headers in ({}, bearer):
+                closed = _wait_refused(method, f"{url}{path}", chat, headers)
+                assert closed.status_code == 401, (method, path, headers)
+                message = closed.json()["error"]["message"]
+                assert "no active API key" in message and "tunesmith serve keys create" in message
+    open_config = load_config(serve_project["path"], [*settings[:-1], "serve.auth=none"])
+    with serve_in_background(open_config) as (url, _):
+        assert httpx.get(f"{url}/admin/status").status_code == 200  # open, as asked
+    assert any("auth is none" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RegistryError, match=r"serve\.auth: none lets anyone who can reach 0\.0\.0\.0"):
+        run_server(open_config, host="0.0.0.0", port=1)
+
+
+def _wait_refused(method: str, url: str, body: dict, headers: dict) -> httpx.Response:
+    """The refusal once the server has read the revocation (it polls the keys)."""
+    from serve_helpers import wait_for
+
+    def refused() -> httpx.Response | None:
+        response = httpx.request(method, url, json=body, headers=headers)
+        return response if "no active API key" in response.text else None
+
+    return wait_for(refused, timeout=10)
+
+
+def test_feedback_goes_on_the_callers_own_requests_only(serve_project):
+    from tunesmith.serve import serve_in_background
+
+    settings = [*serve_project["settings"], "serve.poll_seconds=0.2", "serve.auth=keys"]
+    config = load_config(serve_project["path"], settings)
+    workspace = open_workspace(config)
+    keys = [
+        create_key(workspace, name, admin=name == "fb-admin") for name in ("fb-alice", "fb-bob", "fb-admin")
+    ]
+    (_, alice_secret), (_, bob_secret), (_, admin_secret) = keys
+    try:
+        with serve_in_background(config) as (url, server):
+            answered = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={"authorization": f"Bearer {alice_secret}"},
+                json={
+                    "model": serve_project["family"],
+                    "messages": [{"role": "user", "content": "hi"}],
+                    "max_tokens": 2,
+                },
+            ).json()["id"]
+            server.request_log.flush()
+
+            def rate(secret: str) -> httpx.Response:
+                headers = {"authorization": f"Bearer {secret}"}
+                return httpx.post(
+                    f"{url}/v1/feedback", json={"request_id": answered, "rating": 1}, headers=headers
+                )
+
+            by_bob = rate(bob_secret)
+            assert by_bob.status_code == 404 and "made with this API key" in by_bob.json()["error"]["message"]
+            assert rate(alice_secret).status_code == 200
+            assert rate(admin_secret).status_code == 200  # an admin may rate any request
+    finally:
+        for key, _ in keys:
             revoke_key(workspace, key.id)
 
 

@@ -51,6 +51,8 @@ def ui_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
         "gates": [{"metric": "rouge_l", "min": 0.0}],
     }
     raw["monitor"] = {"scorers": ["empty", "length"], "drift": {"min_requests": 4}}
+    raw["ui"] = {"auth": "none"}  # open on 127.0.0.1; the test of keys starts a keyed app
+    raw["serve"] = {"auth": "none"}
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     config = load_config(config_path)
     first = train(config).version
@@ -73,6 +75,7 @@ def ui_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
             f"{url}/v1/feedback", json={"request_id": answers[0].id, "rating": "down", "comment": "vague"}
         )
     raw["serve"] = {  # what the deployments page draws: a canary and a shadow on the family's route
+        "auth": "none",
         "routes": [
             {
                 "model": first.family,
@@ -80,7 +83,7 @@ def ui_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
                 "shadow": second.name,
                 "shadow_percent": 50,
             }
-        ]
+        ],
     }
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
     return {
@@ -186,10 +189,22 @@ def test_a_form_config_is_validated_as_the_cli_validates_it(ui_project, app_url)
         assert forged.status_code == 403 and "token" in forged.text
 
 
-def test_keys_gate_the_pages_and_the_actions(ui_project, app_url):
+@pytest.fixture
+def keyed_url(ui_project: dict):
+    """The app as it starts by default (`ui.auth: keys`)."""
+    config = load_config(ui_project["path"], ["ui.auth=keys"])
+    with ui_in_background(config, ui_project["path"]) as url:
+        yield url
+
+
+def test_keys_gate_the_pages_and_the_actions(ui_project, keyed_url):
     from tunesmith.serve.keys import create_key, revoke_key
 
+    app_url = keyed_url
     workspace = open_workspace(ui_project["config"])
+    with session_client(app_url) as client:  # no key yet: nobody gets in, and the sign-in page says why
+        assert client.get("/registry").headers["location"] == "/login?next=%2Fregistry"
+        assert "No API key is active" in client.get("/login").text
     viewer_key, viewer_secret = create_key(workspace, "ui-viewer")
     admin_key, admin_secret = create_key(workspace, "ui-admin", admin=True)
     try:
@@ -227,6 +242,12 @@ def test_keys_gate_the_pages_and_the_actions(ui_project, app_url):
         revoke_key(workspace, admin_key.id)
         with contextlib.suppress(LookupError):  # revoked in the test already, unless it failed first
             revoke_key(workspace, viewer_key.id)
+    # the last key revoked: the app stays closed, to a bearer of the old key too
+    with session_client(app_url) as client:
+        bearer = {"Authorization": f"Bearer {admin_secret}"}
+        wait_for(lambda: client.get("/runs/x/live.json", headers=bearer).status_code == 401, timeout=10)
+        assert client.get("/registry").status_code == 303
+        assert "No API key is active" in client.get("/login").text
 
 
 def test_lists_are_paginated(ui_project, app_url):

@@ -783,7 +783,9 @@ class ServeConfig(_Section):
     poll_seconds: float = Field(
         1.0, gt=0
     )  # how often alias moves, keys, the runtime config and rollouts are read
-    require_keys: bool = False  # refuse to start without an API key (otherwise no keys: open, with a warning)
+    # keys: every request needs an active API key (none active: every request gets 401);
+    # none: anyone may call every route, admin included; allowed on a loopback host only
+    auth: Literal["keys", "none"] = "keys"
     log_requests: bool = True  # write every request and answer to the store (monitoring reads it)
     log_flush_seconds: float = Field(0.2, gt=0, le=60)  # how often logged rows go to the store in a batch
     # scrub: emails, phones, cards, IBANs, SSNs and IP addresses in prompts, answers, metadata and
@@ -886,6 +888,8 @@ class UiConfig(_Section):
     port: int = Field(8600, gt=0, lt=65536)
     page_size: int = Field(50, ge=5, le=500)  # rows per page of every list
     session_hours: float = Field(12.0, gt=0)  # how long a sign-in with a key lasts
+    # keys: a sign-in with an API key (`tunesmith serve keys create`); none: open, on a loopback host only
+    auth: Literal["keys", "none"] = "keys"
 
 
 class ProjectConfig(_Section):

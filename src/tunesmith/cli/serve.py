@@ -46,6 +46,13 @@ def serve(
     list_backends: Annotated[
         bool, typer.Option("--list-backends", help="List the serving backends.")
     ] = False,
+    bootstrap_key: Annotated[
+        bool,
+        typer.Option(
+            "--bootstrap-key",
+            help="When no API key is active, create an admin key and print it once (a fresh container).",
+        ),
+    ] = False,
 ) -> None:
     """OpenAI-compatible server over the registry: models by version or alias, canary, shadow, hot swap."""
     if ctx.invoked_subcommand is not None:
@@ -64,6 +71,17 @@ def serve(
     if backend:
         overrides.append(f"serve.backend={backend}")
     cfg = load_project(config, overrides)
+    if bootstrap_key and cfg.serve.auth == "keys":
+        from tunesmith.serve.keys import bootstrap_key as make_key
+        from tunesmith.workspace import open_workspace
+
+        secret = make_key(open_workspace(cfg))
+        if secret is not None:
+            err.print(
+                "No API key was active; created the admin key 'bootstrap'. "
+                "Store it now, it is not shown again:"
+            )
+            err.print(secret, highlight=False, soft_wrap=True)
     try:
         run_server(cfg, host=host, port=port)
     except ConfigError as exc:  # the runtime config file

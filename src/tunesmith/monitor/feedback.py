@@ -82,16 +82,26 @@ def record_feedback(
     body: FeedbackIn,
     *,
     api_key_id: str | None = None,
+    admin: bool = True,
     reference_metrics: list[str] | tuple[str, ...] = ("rouge_l", "chrf"),
     wait_seconds: float = 5.0,
 ) -> Feedback:
     """Store feedback on a logged request (waiting briefly for a just-answered request's log row).
 
+    A caller without `admin` may give feedback only on requests made with its own key
+    (`api_key_id`); another key's request is "no request" to it, so ids of others are not confirmed.
+
     Raises:
-        FeedbackError: no such request, or a choice or preference index it does not have.
+        FeedbackError: no such request (of this caller's), or a choice or preference index it does
+            not have.
     """
     request_id = request_id_of(body.request_id)
     row = _request(workspace, request_id, wait_seconds)
+    if not admin and row.api_key_id != api_key_id:
+        raise FeedbackError(
+            f"no request {request_id} made with this API key; feedback goes on your own requests "
+            "(a key with the admin scope may rate any request)"
+        )
     answers = list(row.output or [])
     if body.choice >= max(len(answers), 1):
         raise FeedbackError(f"request {request_id} has {len(answers)} answer(s); no choice {body.choice}")

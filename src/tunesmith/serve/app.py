@@ -93,10 +93,10 @@ def run_server(config: ProjectConfig, *, host: str | None = None, port: int | No
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host = host or config.serve.host
     server = Server(config)
-    uvicorn.run(
-        create_app(server), host=host or config.serve.host, port=port or config.serve.port, log_level="info"
-    )
+    server.keys.check_exposure(host, "serve.auth")
+    uvicorn.run(create_app(server), host=host, port=port or config.serve.port, log_level="info")
 
 
 @contextmanager

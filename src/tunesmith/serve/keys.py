@@ -1,15 +1,21 @@
 """API keys: created once and shown once, stored only as SHA-256, revocable, with a scope and a group.
 
 Scopes: `inference` (the OpenAI routes) and `admin` (alias moves, config reloads, rollouts). A key's
-group (internal, beta...) is what targeting rules match on. A server with no active key is open to
-anyone who can reach it (fine on 127.0.0.1; `serve.require_keys` refuses to start that way).
+group (internal, beta...) is what targeting rules match on.
+
+A server (and the web app) needs a key for every request. Revoking the last key does not open it:
+with no active key every request gets 401, saying how to add one. Open access is only ever an
+explicit choice at start-up (`serve.auth: none`, `ui.auth: none`), logged as a warning, and only on
+a loopback address.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import threading
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import or_, select
 
@@ -21,6 +27,10 @@ from tunesmith.workspace import Workspace
 
 SCOPES = ("inference", "admin")
 KEY_PREFIX = "tsk-"
+NO_KEY_HELP = (
+    "create one with `tunesmith serve keys create NAME --admin` and send it as `Authorization: Bearer KEY`"
+)
+Auth = Literal["keys", "none"]
 
 
 def create_key(
@@ -83,10 +93,15 @@ OPEN = Caller(key_id=None, name="anonymous", scopes=SCOPES, group=None)
 
 
 class KeyRing:
-    """The active keys by hash, re-read from the store on `refresh` (revocations apply within a poll)."""
+    """The active keys by hash, re-read from the store on `refresh` (revocations apply within a poll).
 
-    def __init__(self, workspace: Workspace) -> None:
+    With `auth="none"` (an explicit start-up choice) every caller is let in; otherwise only the
+    callers of active keys, and with no active key, nobody.
+    """
+
+    def __init__(self, workspace: Workspace, auth: Auth = "keys") -> None:
         self.workspace = workspace
+        self.auth = auth
         self._by_hash: dict[str, Caller] = {}
         self._lock = threading.Lock()
         self.refresh()
@@ -100,7 +115,14 @@ class KeyRing:
 
     @property
     def open(self) -> bool:
-        return not self._by_hash
+        """Anyone may call: only when the server was started with `auth: none`."""
+        return self.auth == "none"
+
+    @property
+    def empty(self) -> bool:
+        """No key is active (every request of a keyed server is refused)."""
+        with self._lock:
+            return not self._by_hash
 
     def authenticate(self, secret: str | None) -> Caller | None:
         """The caller of a bearer secret; None when it is missing or not an active key."""
@@ -115,3 +137,47 @@ class KeyRing:
         """The caller of an active key by its SHA-256 (a web session keeps the hash, not the key)."""
         with self._lock:
             return self._by_hash.get(key_hash)
+
+    def refusal(self, secret: str | None) -> str:
+        """Why a request without a valid key is refused, and what to do."""
+        if self.empty:
+            return f"this server has no active API key, so it answers no one; {NO_KEY_HELP}"
+        if secret:
+            return "Incorrect API key provided."
+        return "Missing API key: send `Authorization: Bearer KEY`."
+
+    def check_exposure(self, host: str, setting: str) -> None:
+        """Refuse open access on an address other machines can reach.
+
+        Raises:
+            RegistryError: `auth: none` with a host that is not loopback.
+        """
+        if self.open and not is_loopback(host):
+            raise RegistryError(
+                f"{setting}: none lets anyone who can reach {host} call every route, admin included; "
+                f"it is allowed on 127.0.0.1, ::1 or localhost only. Use keys ({NO_KEY_HELP})"
+            )
+
+    def startup_warning(self) -> str | None:
+        """What to tell the operator at start: open access, or a keyed server nobody can call yet."""
+        if self.open:
+            return "auth is none: anyone who can reach this address may call every route, admin included"
+        if self.empty:
+            return f"no active API key: every request will get 401 until you {NO_KEY_HELP}"
+        return None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bootstrap_key(workspace: Workspace, name: str = "bootstrap") -> str | None:
+    """A first admin key when none is active (a fresh container); its secret, or None when keys exist."""
+    if any(k.revoked_at is None for k in list_keys(workspace)):
+        return None
+    return create_key(workspace, name, admin=True)[1]

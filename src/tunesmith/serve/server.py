@@ -64,7 +64,7 @@ class Server:
         self.backend = backend or create_backend(self.serve.backend, self.workspace, self.serve)
         self.table = ModelTable(self.workspace, self.backend)
         self.router = Router(self.serve, self.table)
-        self.keys = KeyRing(self.workspace)
+        self.keys = KeyRing(self.workspace, self.serve.auth)
         runtime_path = config.resolve_path(self.serve.runtime_config) if self.serve.runtime_config else None
         self.runtime = RuntimeConfig(runtime_path)
         self.request_log = (
@@ -100,19 +100,14 @@ class Server:
             name, version, result
         ).inc()
         self.backend.on_batch = self.metrics.batch.observe  # type: ignore[attr-defined]
-        if self.serve.require_keys and self.keys.open:
-            raise RegistryError(
-                "serve.require_keys is on and there is no active key; `tunesmith serve keys create NAME`"
-            )
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> None:
         """Start the backend and the log writer; load the served models in the background (see /ready)."""
-        if self.keys.open:
-            log.warning(
-                "no API keys: anyone who can reach this server may call it (`tunesmith serve keys create`)"
-            )
+        warning = self.keys.startup_warning()
+        if warning:
+            log.warning(warning)
         self.backend.start()
         if self.request_log is not None:
             self.request_log.start()

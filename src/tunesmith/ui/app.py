@@ -207,7 +207,7 @@ def create_ui_app(config: ProjectConfig, config_path: Path) -> FastAPI:
         config=config,
         config_path=config_path.resolve(),
         workspace=workspace,
-        sessions=Sessions(workspace, config.ui.session_hours),
+        sessions=Sessions(workspace, config.ui.session_hours, config.ui.auth),
         templates=_templates(),
     )
     static = resources.files("tunesmith").joinpath("ui", "static")
@@ -263,9 +263,10 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 @login_router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request, next: str = "/") -> Response:
-    if ui_state(request).sessions.open:
+    sessions = ui_state(request).sessions
+    if sessions.open:
         return RedirectResponse(_safe_next(next), status_code=303)
-    return render(request, "login.html.j2", next=_safe_next(next), error=None)
+    return render(request, "login.html.j2", next=_safe_next(next), error=sessions.no_key_error())
 
 
 @login_router.post("/login", response_class=HTMLResponse)
@@ -277,9 +278,8 @@ async def login(request: Request) -> Response:
     if entry is None:
         if state.sessions.open:
             return RedirectResponse(target, status_code=303)
-        return render(
-            request, "login.html.j2", 401, next=target, error="that is not an active key of this store"
-        )
+        error = state.sessions.no_key_error() or "that is not an active key of this store"
+        return render(request, "login.html.j2", 401, next=target, error=error)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         COOKIE, entry.token, httponly=True, samesite="strict", max_age=int(state.sessions.seconds)
@@ -309,12 +309,11 @@ def run_ui(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_ui_app(config, config_path)
     bind = host or config.ui.host
-    if app.state.ui.sessions.ring.open:
-        log.warning(
-            "no API key in the store: anyone who can reach %s may look and act; "
-            "`tunesmith serve keys create NAME --admin` makes pages need a key",
-            bind,
-        )
+    ring = app.state.ui.sessions.ring
+    ring.check_exposure(bind, "ui.auth")
+    warning = ring.startup_warning()
+    if warning:
+        log.warning("web app at %s: %s", bind, warning)
     uvicorn.run(app, host=bind, port=port or config.ui.port, log_level="info")
 
 

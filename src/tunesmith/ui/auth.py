@@ -1,9 +1,10 @@
 """Who is using the web app: sign-in with an API key, browser sessions, and the CSRF token of each.
 
-The keys are the server's (`tunesmith serve keys create`). With no active key the app is open to
-whoever can reach it (on 127.0.0.1: this machine), and everyone may act. With keys, every page
-needs a sign-in with a key, and actions (train, eval, promote, rollback, approve, abort) need a key
-with the `admin` scope. Scripts may send `Authorization: Bearer KEY` instead of signing in.
+The keys are the server's (`tunesmith serve keys create`). Every page needs a sign-in with a key,
+and actions (train, eval, promote, rollback, approve, abort) need a key with the `admin` scope.
+Scripts may send `Authorization: Bearer KEY` instead of signing in. With no active key nobody gets
+in, and the sign-in page says how to make one. Only `ui.auth: none`, chosen at start-up on a
+loopback address, opens the app to whoever can reach it.
 
 A session lives in this process only: the cookie holds a random token, never the key; revoking a
 key ends its sessions at the next request.
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from tunesmith.serve.keys import OPEN, Caller, KeyRing, hash_key
+from tunesmith.serve.keys import NO_KEY_HELP, OPEN, Auth, Caller, KeyRing, hash_key
 from tunesmith.workspace import Workspace
 
 COOKIE = "tunesmith_ui"
@@ -35,8 +36,8 @@ class Session:
 class Sessions:
     """The active keys (re-read every few seconds) and the browser sessions signed in with them."""
 
-    def __init__(self, workspace: Workspace, hours: float) -> None:
-        self.ring = KeyRing(workspace)
+    def __init__(self, workspace: Workspace, hours: float, auth: Auth = "keys") -> None:
+        self.ring = KeyRing(workspace, auth)
         self.seconds = hours * 3600
         self._sessions: dict[str, Session] = {}
         self._lock = threading.Lock()
@@ -51,6 +52,15 @@ class Sessions:
     def open(self) -> bool:
         self._fresh()
         return self.ring.open
+
+    def no_key_error(self) -> str | None:
+        """The sign-in page's message when no key is active, so nobody can sign in."""
+        self._fresh()
+        return (
+            f"No API key is active in this store, so nobody can sign in: {NO_KEY_HELP}."
+            if self.ring.empty
+            else None
+        )
 
     def new(self, key_hash: str | None) -> Session:
         entry = Session(

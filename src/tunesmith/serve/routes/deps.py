@@ -32,15 +32,14 @@ def server_of(request: Request) -> Server:
 
 
 def caller(request: Request) -> Caller:
-    """Who calls, by the `Authorization: Bearer KEY` header; 401 without a valid key (while keys exist)."""
+    """Who calls, by the `Authorization: Bearer KEY` header; 401 without an active key (unless the
+    server was started with `serve.auth: none`)."""
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
-    who = server_of(request).keys.authenticate(token)
+    keys = server_of(request).keys
+    who = keys.authenticate(token)
     if who is None:
-        message = (
-            "Incorrect API key provided." if token else "Missing API key: send `Authorization: Bearer KEY`."
-        )
-        raise ApiError(401, message, code="invalid_api_key")
+        raise ApiError(401, keys.refusal(token), code="invalid_api_key")
     return who
 
 

@@ -40,6 +40,7 @@ async def feedback(
             server.workspace,
             given,
             api_key_id=who.key_id,
+            admin=who.admin,
             reference_metrics=server.config.monitor.reference_metrics,
         )
     except FeedbackError as exc:
