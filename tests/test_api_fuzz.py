@@ -26,7 +26,13 @@ def test_generated_requests_never_get_a_server_error(tmp_path: Path, tiny_model_
     config_path = write_demo_project(tmp_path / "p")
     settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1", "train.lr=5e-2"]
     version = train(load_config(config_path, settings)).version
-    serving = [*settings, "serve.auth=none", "serve.max_tokens=16", "serve.default_max_tokens=8", "serve.max_n=2"]
+    serving = [
+        *settings,
+        "serve.auth=none",
+        "serve.max_tokens=16",
+        "serve.default_max_tokens=8",
+        "serve.max_n=2",
+    ]
     config = load_config(config_path, serving)
     promote(open_workspace(config), config.registry, version, "production", force=True, reason="test")
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
