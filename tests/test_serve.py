@@ -284,6 +284,27 @@ def test_runtime_config_reloads_on_edit_and_a_bad_edit_keeps_the_old_settings(pr
         assert metric(url, "tunesmith_config_reloads_total", result="rejected") >= 1
 
 
+def test_stop_works_through_the_client_and_penalties_are_refused_not_ignored(project):
+    family = project["family"]
+    with running(config_of(project)) as (url, _):
+        api = client(url)
+        ask = {"model": family, "messages": QUESTION, "max_tokens": 24, "temperature": 0}
+        whole = api.chat.completions.create(**ask).choices[0].message.content
+        assert len(whole) > 6, whole
+        cut = whole[len(whole) // 2 :][:3]  # a piece from the middle of the greedy answer
+        stopped = api.chat.completions.create(**ask, stop=[cut]).choices[0]
+        assert stopped.message.content == whole[: whole.index(cut)] and stopped.finish_reason == "stop"
+        streamed = api.chat.completions.create(**ask, stop=cut, stream=True)
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+            == whole[: whole.index(cut)]
+        )
+        for name in ("presence_penalty", "frequency_penalty"):
+            with pytest.raises(openai.BadRequestError, match=f"`{name}` is not supported"):
+                api.chat.completions.create(**ask, **{name: 0.5})
+            assert api.chat.completions.create(**ask, **{name: 0}).choices[0].message.content == whole
+
+
 def test_api_keys_scopes_groups_and_revocation(project):
     family, second = project["family"], project["second"]
     created = cli(project, "serve", "keys", "create", "ops", "--admin")

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_TEXT = 200_000  # characters in one message or prompt
 MAX_MESSAGES = 512
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "audio", "prediction")
+PENALTIES = ("presence_penalty", "frequency_penalty")  # refused unless 0, never silently ignored
 
 
 class ApiError(Exception):
@@ -94,6 +95,12 @@ class _Sampling(BaseModel):
         for name in UNSUPPORTED:
             if extra.get(name) not in (None, [], {}):
                 raise ValueError(f"`{name}` is not supported by this server")
+        for name in PENALTIES:
+            if extra.get(name) not in (None, 0, 0.0):
+                raise ValueError(
+                    f"`{name}` is not supported by this server (it would be ignored, so it is refused); "
+                    "send 0 or leave it out"
+                )
         if self.logprobs:
             raise ValueError("`logprobs` is not supported by this server")
         if self.response_format and self.response_format.get("type", "text") != "text":
