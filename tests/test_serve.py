@@ -305,6 +305,18 @@ def test_stop_works_through_the_client_and_penalties_are_refused_not_ignored(pro
             assert api.chat.completions.create(**ask, **{name: 0}).choices[0].message.content == whole
 
 
+def test_unknown_model_names_are_one_metric_label(project):
+    with running(config_of(project)) as (url, _):
+        for i in range(12):
+            missing = httpx.post(
+                f"{url}/v1/chat/completions", json={"model": f"made-up-{i}", "messages": QUESTION}
+            )
+            assert missing.status_code == 404
+        text = httpx.get(f"{url}/metrics").text
+        assert "made-up-" not in text
+        assert metric(url, "tunesmith_requests_total", model="(unrouted)", status="404") >= 12
+
+
 def test_api_keys_scopes_groups_and_revocation(project):
     family, second = project["family"], project["second"]
     created = cli(project, "serve", "keys", "create", "ops", "--admin")

@@ -202,9 +202,9 @@ class Server:
             decision = trace.decision
             version = decision.version if decision else None
             route = decision.route if decision else "refused"
-            self.metrics.requests.labels(
-                body.model, version.name if version else "", route, str(exc.status)
-            ).inc()
+            # a name nothing routed (any string a caller sends) is one label value, not a new series
+            model = body.model if decision else "(unrouted)"
+            self.metrics.requests.labels(model, version.name if version else "", route, str(exc.status)).inc()
             self._log(
                 trace,
                 version,
