@@ -8,6 +8,7 @@ Queued jobs are handed to the engine together; each job's text arrives when its 
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from typing import Any
@@ -40,6 +41,9 @@ class VllmBackend(QueuedBackend):
         self._tokenizer: Any = None
         self._eos: set[int] = set()
         self._loras: dict[str, Any] = {}  # version id -> LoRARequest (None: the engine's own weights)
+        # vLLM caches an adapter by its int id, so an id is never given twice in the engine's life:
+        # after a hot swap drops a version, `len() + 1` would hand its id (and cached weights) to another
+        self._lora_ids = itertools.count(1)
 
     def loaded(self) -> set[str]:
         return set(self._loras)
@@ -84,7 +88,7 @@ class VllmBackend(QueuedBackend):
                 "run one server per base model"
             )
         self._loras[version.id] = (
-            LoRARequest(version.name, len(self._loras) + 1, version.path) if lora else None
+            LoRARequest(version.name, next(self._lora_ids), version.path) if lora else None
         )
         job = GenerationJob(version.id, self._tokenizer("Hello")["input_ids"], [SamplingParams(2, 0.0)])
         self.submit(job, force=True)
