@@ -64,6 +64,20 @@ def test_a_broken_scorer_does_not_lose_the_others():
     assert names == ["length", "empty"]
 
 
+def test_online_scoring_drops_and_counts_work_it_cannot_keep_up_with(tmp_path):
+    """The scoring queue is bounded: rows beyond it are dropped and counted, never held."""
+    from tunesmith.monitor.scorers import OnlineScorer
+    from tunesmith.workspace import init_project, open_workspace
+
+    workspace = open_workspace(load_config(init_project(tmp_path / "p")))
+    scorer = OnlineScorer(
+        workspace, ["length"], 1.0, frozenset(), max_pending=10
+    )  # not started: nothing drains
+    for i in range(50):
+        scorer.offer({"id": f"req-{i}", "output": ["fine"], "prompt": "q", "status": 200})
+    assert scorer.dropped == 40  # ten wait; the other forty are counted, not kept
+
+
 def test_served_answers_are_scored_online_and_feedback_is_stored_against_them(serve_project):
     family = serve_project["family"]
     with running(config_of(serve_project)) as (url, server):

@@ -240,7 +240,11 @@ def reference_scores(
 
 
 class OnlineScorer:
-    """Scores a sample of served requests in a background thread and writes the scores to the store."""
+    """Scores a sample of served requests in a background thread and writes the scores to the store.
+
+    Its queue is bounded (`max_pending`): under pressure a row is dropped and counted (`dropped`),
+    so scoring never holds memory or time that answers need.
+    """
 
     def __init__(
         self,
@@ -251,6 +255,7 @@ class OnlineScorer:
         judge: Any = None,
         judge_sample_rate: float = 0.0,
         reward_model: Any = None,
+        max_pending: int = 256,
     ) -> None:
         for name in names:
             get_scorer(name)  # an unknown name fails at start, not per request
@@ -265,17 +270,22 @@ class OnlineScorer:
         self.ctx = ScoringContext(
             toxic_words, judge=judge, judge_sample_rate=judge_sample_rate, reward_model=reward_model
         )
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=max_pending)
         self._thread = threading.Thread(target=self._work, name="tunesmith-scorer", daemon=True)
         self.scored = 0
+        self.dropped = 0  # sampled rows not scored because the queue was full
 
     def start(self) -> None:
         self._thread.start()
 
     def offer(self, row: dict[str, Any]) -> None:
-        """Score `row` with probability `sample_rate` (off the request path)."""
+        """Score `row` with probability `sample_rate` (off the request path); drop it, counted, when
+        `max_pending` rows already wait."""
         if self.names and random.random() < self.sample_rate:
-            self._queue.put(row)
+            try:
+                self._queue.put_nowait(row)
+            except queue.Full:
+                self.dropped += 1
 
     def close(self) -> None:
         self._queue.put(None)

@@ -53,6 +53,11 @@ class ServeMetrics:
         )
         self.reloads = Counter("tunesmith_config_reloads", "Runtime config reloads", ["result"], registry=r)
         self.loaded = Gauge("tunesmith_loaded_versions", "Versions in memory", registry=r)
+        self.scoring_dropped = Gauge(
+            "tunesmith_scoring_dropped",
+            "Sampled answers not scored online: the scoring queue was full",
+            registry=r,
+        )
         self.feedback = Counter("tunesmith_feedback", "Feedback received", ["version", "kind"], registry=r)
         self.alerts = Counter("tunesmith_alerts", "Alert rules that fired", ["rule"], registry=r)
         self.rollouts = Counter("tunesmith_rollout_events", "Rollout steps", ["route", "event"], registry=r)

@@ -90,6 +90,9 @@ class Server:
             else None
         )
         self.metrics = ServeMetrics()
+        if self.scorer is not None:
+            scorer = self.scorer
+            self.metrics.scoring_dropped.set_function(lambda: scorer.dropped)
         self.ready = False
         self.startup_error: str | None = None
         self._next_alert_check = 0.0
