@@ -23,6 +23,12 @@ def _concrete(path: str) -> str:
     return PARAMS.sub("x", path)
 
 
+def say_hi(url: str, family: str, secret: str) -> httpx.Response:
+    """A two-token chat completion with the key `secret`."""
+    chat = {"model": family, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    return httpx.post(f"{url}/v1/chat/completions", json=chat, headers={"authorization": f"Bearer {secret}"})
+
+
 def test_every_admin_route_of_the_server_needs_the_admin_scope(serve_project, caplog):
     from tunesmith.serve import serve_in_background
     from tunesmith.serve.app import create_app
@@ -55,15 +61,7 @@ def test_every_admin_route_of_the_server_needs_the_admin_scope(serve_project, ca
                 assert as_user.json()["error"]["type"] == "permission_error"
             allowed = httpx.get(f"{url}/admin/status", headers={"authorization": f"Bearer {admin_secret}"})
             assert allowed.status_code == 200
-            answered = httpx.post(
-                f"{url}/v1/chat/completions",
-                headers={"authorization": f"Bearer {user_secret}"},
-                json={
-                    "model": serve_project["family"],
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 2,
-                },
-            )
+            answered = say_hi(url, serve_project["family"], user_secret)
             assert answered.status_code == 200
             for name in ("../../etc/passwd", "/etc/passwd", "..", "%2e%2e%2fetc"):
                 missing = httpx.post(
@@ -147,15 +145,7 @@ def test_feedback_goes_on_the_callers_own_requests_only(serve_project):
     (_, alice_secret), (_, bob_secret), (_, admin_secret) = keys
     try:
         with serve_in_background(config) as (url, server):
-            answered = httpx.post(
-                f"{url}/v1/chat/completions",
-                headers={"authorization": f"Bearer {alice_secret}"},
-                json={
-                    "model": serve_project["family"],
-                    "messages": [{"role": "user", "content": "hi"}],
-                    "max_tokens": 2,
-                },
-            ).json()["id"]
+            answered = say_hi(url, serve_project["family"], alice_secret).json()["id"]
             server.request_log.flush()
 
             def rate(secret: str) -> httpx.Response:
