@@ -27,7 +27,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def config_of(project: dict, *extra: str):
-    return load_config(project["path"], [*project["settings"], "serve.poll_seconds=0.2", *extra])
+    settings = [*project["settings"], "serve.poll_seconds=0.2", "monitor.sample_rate=1", *extra]
+    return load_config(project["path"], settings)  # every answer scored: the tests read each one
 
 
 def score(name: str, answer: str, prompt: str = "Where is the library?", **row) -> float | None:
@@ -205,6 +206,18 @@ def test_monitor_drift_compares_served_prompts_with_the_versions_training_data(s
         shifted = runner.invoke(app, cli)
         assert shifted.exit_code == 3, shifted.output
         assert "DRIFT" in shifted.output and "PSI length" in shifted.output
+
+        # a server checking drift rules again and again embeds the training prompts once
+        from tunesmith.models.embed import Embedder
+        from tunesmith.monitor.drift import drift_for_version
+
+        embedder, encoded = Embedder(), []
+        encode = embedder.encode
+        embedder.encode = lambda texts, **kw: encoded.append(len(texts)) or encode(texts, **kw)  # type: ignore[method-assign]
+        settings = load(serve_project["path"], [*serve_project["settings"], *drift]).monitor.drift
+        for _ in range(3):
+            assert drift_for_version(workspace, version, settings, embedder=embedder).drifted
+        assert encoded == [len(trained), 40, 40, 40]  # the reference once, then the recent prompts only
 
 
 def test_alerts_fire_to_a_webhook_and_roll_back_the_alias(serve_project):

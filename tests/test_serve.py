@@ -633,3 +633,153 @@ def test_refused_requests_are_logged_with_their_status_and_reason(project):
         assert rows[400].version_id == get_version(server.workspace, project["first"]).id
         assert rows[400].error == refused.value.body["message"] and rows[400].output == []
         assert rows[404].version_id is None and rows[404].route == "refused" and "ghost-v1" in rows[404].error
+
+
+def test_per_key_rate_limits_answer_429_with_retry_after_and_leave_other_keys_alone(project):
+    family = project["family"]
+    limited = cli(project, "serve", "keys", "create", "limited", "--rpm", "2")
+    frugal = cli(project, "serve", "keys", "create", "frugal", "--tpm", "60")
+    other = cli(project, "serve", "keys", "create", "other")
+    assert limited.exit_code == frugal.exit_code == other.exit_code == 0, limited.output
+    limited_key, frugal_key, other_key = (r.stdout.strip().splitlines()[-1] for r in (limited, frugal, other))
+    assert "2 rpm" in cli(project, "serve", "keys", "list").stdout
+    try:
+        settings = ("serve.auth=keys", "serve.rate_limit.requests_per_minute=3")
+        with running(config_of(project, *settings)) as (url, _):
+
+            def ask(key: str, **extra) -> httpx.Response:
+                body = {"model": family, "messages": QUESTION, "max_tokens": 2, **extra}
+                headers = {"authorization": f"Bearer {key}"}
+                return httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+            assert [ask(limited_key).status_code for _ in range(2)] == [200, 200]
+            refused = ask(limited_key)
+            error = refused.json()["error"]
+            assert refused.status_code == 429 and error["type"] == "rate_limit_error", refused.text
+            assert error["code"] == "rate_limit_exceeded" and "2 per minute" in error["message"]
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+            assert refused.headers["x-ratelimit-limit-requests"] == "2"
+            with pytest.raises(openai.RateLimitError):  # the official client sees a rate limit
+                client(url, limited_key).chat.completions.create(
+                    model=family, messages=QUESTION, max_tokens=2
+                )
+            # another key has its own window, under the server's default of 3 per minute
+            assert [ask(other_key).status_code for _ in range(3)] == [200, 200, 200]
+            assert ask(other_key).status_code == 429
+            # tokens: prompt plus max_tokens x n count when the request is admitted
+            too_large = ask(frugal_key, max_tokens=100)
+            assert (
+                too_large.status_code == 429 and "Request too large" in too_large.json()["error"]["message"]
+            )
+            assert "retry-after" not in too_large.headers  # waiting never helps
+            assert ask(frugal_key, max_tokens=2).status_code == 200
+            assert metric(url, "tunesmith_rejected_requests_total", reason="rate_limited") >= 4
+    finally:
+        for name in ("limited", "frugal", "other"):
+            cli(project, "serve", "keys", "revoke", name)
+
+
+def test_serve_models_restricts_what_may_be_loaded_and_max_loaded_unloads_the_least_recent(project):
+    family, first, second = project["family"], project["first"], project["second"]
+    with running(config_of(project, f"serve.models=[{first}]")) as (url, server):
+        api = client(url)
+        with pytest.raises(openai.NotFoundError, match="not served here"):
+            api.chat.completions.create(model=second, messages=QUESTION, max_tokens=2)
+        assert [m.id for m in api.models.list().data] == [first]
+        assert second not in {v for v in server.backend.loaded()}
+    with running(config_of(project, "serve.max_loaded=1")) as (url, server):
+        api = client(url)
+        (production,) = server.backend.loaded()  # the production alias, loaded at start
+        api.chat.completions.create(model=second, messages=QUESTION, max_tokens=2)
+        second_id = get_version(server.workspace, second).id
+        wait_for(lambda: server.backend.loaded() == {second_id})  # the first left once idle
+        again = api.chat.completions.with_raw_response.create(model=family, messages=QUESTION, max_tokens=2)
+        assert again.headers["x-tunesmith-version"] == first
+        wait_for(lambda: server.backend.loaded() == {production})
+
+
+def test_feedback_waiting_on_a_locked_store_does_not_hold_up_answers(project):
+    import sqlite3
+    import time
+
+    family = project["family"]
+    with running(config_of(project)) as (url, server):
+        answer = client(url).chat.completions.create(model=family, messages=QUESTION, max_tokens=2)
+        server.request_log.flush()
+        request_id = "req-" + answer.id.removeprefix("chatcmpl-")
+        lock = sqlite3.connect(server.workspace.root / "tunesmith.db", timeout=30)
+        lock.execute("BEGIN EXCLUSIVE")  # a long write elsewhere: feedback writes wait for it
+        try:
+
+            def give(i: int) -> int:
+                body = {"request_id": request_id, "rating": 1, "comment": f"note {i}"}
+                return httpx.post(f"{url}/v1/feedback", json=body, timeout=60).status_code
+
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                waiting = [pool.submit(give, i) for i in range(16)]
+                time.sleep(0.5)
+                started = time.monotonic()
+                client(url).chat.completions.create(model=family, messages=QUESTION, max_tokens=2)
+                took = time.monotonic() - started
+                assert took < 4.0 and not any(f.done() for f in waiting), took  # answered under the lock
+                lock.rollback()
+                assert {f.result() for f in waiting} == {200}
+        finally:
+            lock.close()
+
+
+def test_a_client_that_goes_away_before_a_whole_answer_stops_its_decoding(project):
+    import time
+
+    from tunesmith.store.schema import utcnow
+
+    family = project["family"]
+    with running(config_of(project)) as (url, server):
+        body = {"model": family, "prompt": "The library", "max_tokens": 240, "temperature": 1.0}
+        for seed in range(20):  # a seed whose answer runs to the limit when nobody stops it
+            started = time.monotonic()
+            if client(url).completions.create(**body, seed=seed).choices[0].finish_reason == "length":
+                whole = time.monotonic() - started
+                break
+        before = utcnow()
+        with pytest.raises(httpx.ReadTimeout):  # the client leaves a quarter of the way through
+            httpx.post(f"{url}/v1/completions", json={**body, "seed": seed}, timeout=whole / 4)
+        wait_for(lambda: server.backend.queue_depth() == 0 and not any(server.backend._active.values()))
+
+        def row() -> RequestLog | None:
+            server.request_log.flush()
+            with session(server.workspace.engine) as s:
+                return s.query(RequestLog).filter(RequestLog.status == 499, RequestLog.at >= before).first()
+
+        logged = wait_for(row)
+        assert logged.error == "client closed the connection" and logged.tokens_out < 200
+
+
+def test_servers_sharing_a_store_decide_a_rollout_step_once(project):
+    from datetime import UTC, datetime, timedelta
+
+    from tunesmith.registry.aliases import history
+    from tunesmith.serve.rollout import list_rollouts, start_rollout, tick
+
+    family, first, second = project["family"], project["first"], project["second"]
+    route = f"serve.routes=[{{model: '{family}@production', rollout: {{steps: [50, 100], gates: []}}}}]"
+    config = config_of(project, route, "registry.gated=[]")
+    workspace = open_workspace(config)
+    rollout = start_rollout(workspace, config.serve, f"{family}@production", get_version(workspace, second))
+    try:
+        for step in (1, 2):  # advance, then complete: each decided by one of two servers
+            seen = list_rollouts(workspace, running_only=True)  # both servers read the same state
+            later = datetime.now(UTC) + timedelta(hours=2 * step)  # past the step's hold time
+            first_server = tick(workspace, config.serve, config.registry, lambda _: None, later, seen)
+            second_server = tick(workspace, config.serve, config.registry, lambda _: None, later, seen)
+            assert [e for _, e in first_server] == ["advance" if step == 1 else "complete"]
+            assert second_server == []
+        (done,) = [r for r in list_rollouts(workspace) if r.id == rollout.id]
+        assert [h["event"] for h in done.history] == ["start", "advance", "complete"]
+        assert done.status == "completed" and done.step == 1
+        promotions = [e for e in history(workspace, family, "production") if e.reason.startswith("rollout")]
+        assert len(promotions) == 1  # promoted once, not once per server
+    finally:
+        promote(
+            workspace, config.registry, get_version(workspace, first), "production", force=True, reason="t"
+        )

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from tunesmith.config import ConfigError, load_config
-from tunesmith.serve.backends.base import Choice, SamplingParams
+from tunesmith.serve.backends.base import (
+    Choice,
+    GenerationJob,
+    OverloadedError,
+    QueuedBackend,
+    SamplingParams,
+)
 from tunesmith.serve.router import _bucket
 from tunesmith.serve.runtime import ModelSettings, RuntimeSettings
 
@@ -84,3 +90,26 @@ def test_runtime_settings_most_specific_name_wins():
 def test_serve_config_mistakes_are_caught_before_anything_runs(setting, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [setting])
+
+
+class _Queue(QueuedBackend):
+    """The shared queue alone: nothing loaded but one version, no worker."""
+
+    def loaded(self) -> set[str]:
+        return {"v"}
+
+    def _work(self) -> None: ...
+
+    def _drop(self, version_id: str) -> None: ...
+
+
+def test_jobs_leave_the_queue_in_turns_across_keys_and_one_key_cannot_fill_it():
+    queue = _Queue(max_queue=8)  # one key may hold half: 4 sequences
+    jobs = [GenerationJob("v", [1], [SamplingParams(max_tokens=1)], tenant=t) for t in "aaaab"]
+    for job in jobs:
+        queue.submit(job)
+    with pytest.raises(OverloadedError):
+        queue.submit(GenerationJob("v", [1], [SamplingParams(max_tokens=1)], tenant="a"))
+    queue.submit(GenerationJob("v", [1], [SamplingParams(max_tokens=1)], tenant="c"))
+    assert [j.tenant for j in queue.fair_order()] == ["a", "b", "c", "a", "a", "a"]
+    assert [j.tenant for j in queue._wait_for_jobs(take=3)] == ["a", "b", "c"]

@@ -5,7 +5,7 @@ from sqlalchemy import inspect, text
 
 from store_helpers import assert_records_immutable
 from tunesmith.config import load_config
-from tunesmith.store import AliasEvent, DatasetVersion, open_store, session
+from tunesmith.store import AliasEvent, DatasetVersion, open_store, schema_head, session
 from tunesmith.workspace import atomic_dir, init_project, open_workspace
 
 
@@ -19,7 +19,7 @@ def test_init_writes_a_valid_commented_config_and_a_migrated_sqlite_store(tmp_pa
     assert db.exists()
     with sqlite3.connect(db) as conn:
         tables = {row[0] for row in conn.execute("select name from sqlite_master where type='table'")}
-        assert conn.execute("select version_num from alembic_version").fetchone() == ("0007",)
+        assert conn.execute("select version_num from alembic_version").fetchone() == (schema_head(),)
     assert {"dataset_versions", "runs", "model_versions", "alias_history", "run_metrics"} <= tables
     assert config.workspace_dir == tmp_path / "proj" / ".tunesmith"
 

@@ -12,7 +12,7 @@ from test_registry import setup_project
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.registry.aliases import history
-from tunesmith.store import EvalReport, open_store, session
+from tunesmith.store import EvalReport, open_store, schema_head, session
 from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 
@@ -27,7 +27,7 @@ def test_migrations_and_registry_flow_on_postgresql(tmp_path, tiny_model_dir, po
     workspace = open_workspace(config)
     assert workspace.engine.dialect.name == "postgresql"
     with create_engine(url).connect() as conn:
-        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0007"
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == schema_head()
 
     first = train(config).version.name
     second = train(config).version.name

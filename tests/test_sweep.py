@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from shared_data import shared_dataset
 from tunesmith.cli import app
 from tunesmith.config import ParamRange, load_config
-from tunesmith.store import ModelVersion, Run, session
+from tunesmith.store import ModelVersion, Run, schema_head, session
 from tunesmith.sweep.curve import fit_power_law, predict
 from tunesmith.sweep.search import direction_of, grid_values, space_size, storage_url
 from tunesmith.workspace import open_workspace
@@ -213,6 +213,6 @@ def test_the_project_postgresql_store_holds_a_study_in_its_own_schema(tmp_path, 
     again = open_study(config, create=False)  # a second worker finds the same study
     assert len(again.trials) == 3 and again.best_value == min(t.value for t in study.trials)
     with create_engine(url).connect() as conn:
-        assert conn.execute(text("select version_num from public.alembic_version")).scalar() == "0007"
+        assert conn.execute(text("select version_num from public.alembic_version")).scalar() == schema_head()
         assert conn.execute(text("select count(*) from tunesmith_sweeps.trials")).scalar() == 3
     assert optuna.__version__

@@ -50,7 +50,7 @@ def ui_project(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
         "metrics": ["rouge_l", "key_fact"],
         "gates": [{"metric": "rouge_l", "min": 0.0}],
     }
-    raw["monitor"] = {"scorers": ["empty", "length"], "drift": {"min_requests": 4}}
+    raw["monitor"] = {"scorers": ["empty", "length"], "sample_rate": 1.0, "drift": {"min_requests": 4}}
     raw["ui"] = {"auth": "none"}  # open on 127.0.0.1; the test of keys starts a keyed app
     raw["serve"] = {"auth": "none"}
     config_path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")

@@ -762,20 +762,34 @@ class RouteConfig(_Section):
         return splits
 
 
+class RateLimitConfig(_Section):
+    """Per-API-key limits of `tunesmith serve`; a key's own (`serve keys create --rpm/--tpm`) win."""
+
+    requests_per_minute: int | None = Field(None, gt=0)  # None: no limit
+    # prompt tokens plus max_tokens x n, counted when a request is admitted (as OpenAI counts them)
+    tokens_per_minute: int | None = Field(None, gt=0)
+    storage: str = "memory://"  # where counters live; redis://HOST:6379 shares them across replicas
+
+
 class ServeConfig(_Section):
     """`tunesmith serve`: where it listens, what it loads, how it routes and what it allows."""
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
     backend: str = "transformers"  # transformers, llamacpp, vllm (`tunesmith serve --list-backends`)
-    models: list[str] = Field(
-        default_factory=list
-    )  # loaded and warmed up at start; default: production aliases
+    # loaded and warmed up at start, and the only names (with the routes' targets) that may be served;
+    # empty: the production aliases at start, and any registered generative version on demand
+    models: list[str] = Field(default_factory=list)
     routes: list[RouteConfig] = Field(default_factory=list)
     runtime_config: str | None = None  # YAML of per-model system prompts, defaults and stops; hot-reloaded
     max_batch_size: int = Field(8, gt=0)  # sequences generated together
     batch_wait_ms: float = Field(5.0, ge=0)  # how long a batch waits to fill
     max_queue: int = Field(64, gt=0)  # waiting sequences before new requests get 429
+    # waiting sequences one API key may hold (default: half of max_queue), so one client cannot fill it
+    max_queue_per_key: int | None = Field(None, gt=0)
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    # versions held in memory at once; loading one more unloads the least recently used idle one
+    max_loaded: int | None = Field(None, gt=0)
     max_tokens: int = Field(1024, gt=0)  # the most `max_tokens` a request may ask for
     default_max_tokens: int = Field(256, gt=0)
     max_n: int = Field(8, gt=0)
@@ -863,7 +877,8 @@ class AlertRule(_Section):
 class MonitorConfig(_Section):
     """Production monitoring: online scorers, drift thresholds."""
 
-    sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # share of requests scored online
+    # share of answers scored online; sampled, so scoring never competes with answering on a busy server
+    sample_rate: float = Field(0.1, ge=0.0, le=1.0)
     scorers: list[str] = Field(
         default_factory=lambda: ["empty", "truncated", "refusal", "toxicity", "relevance", "length", "pii"]
     )

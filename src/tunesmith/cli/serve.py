@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -97,14 +97,28 @@ def keys_create(
     group: Annotated[
         str | None, typer.Option(help="User group for targeting rules (internal, beta...).")
     ] = None,
+    rpm: Annotated[
+        int | None, typer.Option(min=1, help="Requests per minute (default: serve.rate_limit).")
+    ] = None,
+    tpm: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tokens per minute, prompt plus max_tokens (default: serve.rate_limit)."),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Create a key; the secret is printed once and only its SHA-256 is stored."""
     from tunesmith.serve.keys import create_key
 
-    key, secret = create_key(project_workspace(config), name, admin=admin, group=group)
+    key, secret = create_key(
+        project_workspace(config),
+        name,
+        admin=admin,
+        group=group,
+        requests_per_minute=rpm,
+        tokens_per_minute=tpm,
+    )
     err.print(
-        f"{key.id} ({', '.join(key.scopes)}{', group ' + group if group else ''}); "
+        f"{key.id} ({', '.join(key.scopes)}{', group ' + group if group else ''}{_limits(key)}); "
         "store it now, it is not shown again:"
     )
     out.print(secret, highlight=False)
@@ -115,7 +129,7 @@ def keys_list(config: ConfigOpt = None) -> None:
     """Keys with their scopes, group and state (never the secret)."""
     from tunesmith.serve.keys import list_keys
 
-    table = new_table("id", "name", "prefix", "scopes", "group", "created", "revoked")
+    table = new_table("id", "name", "prefix", "scopes", "group", "limits", "created", "revoked")
     for key in list_keys(project_workspace(config)):
         table.add_row(
             key.id,
@@ -123,10 +137,18 @@ def keys_list(config: ConfigOpt = None) -> None:
             key.prefix + "…",
             ", ".join(key.scopes),
             key.user_group or "",
+            _limits(key).removeprefix(", ") or "server's",
             key.created_at.strftime("%Y-%m-%d %H:%M"),
             key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
         )
     out.print(table)
+
+
+def _limits(key: Any) -> str:
+    """A key's own rate limits, as `, 60 rpm, 10000 tpm` (empty: the server's apply)."""
+    parts = [f"{key.requests_per_minute} rpm"] if key.requests_per_minute else []
+    parts += [f"{key.tokens_per_minute} tpm"] if key.tokens_per_minute else []
+    return "".join(f", {p}" for p in parts)
 
 
 @keys_app.command("revoke")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -22,6 +23,21 @@ class Embedder:
         self.tokenizer: Any = loaded.tokenizer
         self.max_length = max_length
         self._lock = threading.Lock()  # a fast tokenizer refuses concurrent calls ("Already borrowed")
+        self._kept: collections.OrderedDict[str, tuple[int, np.ndarray]] = collections.OrderedDict()
+
+    def encode_kept(self, key: str, texts: Sequence[str], most: int = 16) -> np.ndarray:
+        """`encode(texts)`, kept under `key` for the next call with the same key and texts (the training
+        prompts of a served version, compared at every drift check); the `most` latest keys are kept."""
+        fingerprint = hash(tuple(texts))
+        kept = self._kept.get(key)
+        if kept is not None and kept[0] == fingerprint:
+            self._kept.move_to_end(key)
+            return kept[1]
+        vectors = self.encode(texts)
+        self._kept[key] = (fingerprint, vectors)
+        while len(self._kept) > most:
+            self._kept.popitem(last=False)
+        return vectors
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         import torch

@@ -79,20 +79,18 @@ def reference_texts(
 def recent_texts(workspace: Workspace, version: ModelVersion, window: int) -> tuple[list[str], list[str]]:
     """(prompts, first answers) of the version's latest answered requests, shadow answers excluded."""
     with session(workspace.engine) as s:
-        rows = list(
-            s.scalars(
-                select(RequestLog)
-                .where(
-                    RequestLog.version_id == version.id,
-                    RequestLog.status == 200,
-                    RequestLog.route != "shadow",
-                )
-                .order_by(RequestLog.at.desc())
-                .limit(window)
+        rows = s.execute(
+            select(RequestLog.prompt, RequestLog.output)  # the two columns it compares, not whole rows
+            .where(
+                RequestLog.version_id == version.id,
+                RequestLog.status == 200,
+                RequestLog.route != "shadow",
             )
-        )
-    prompts = [prompt_of({"prompt": r.prompt}) for r in rows]
-    answers = [str(r.output[0]) if r.output else "" for r in rows]
+            .order_by(RequestLog.at.desc())
+            .limit(window)
+        ).all()
+    prompts = [prompt_of({"prompt": prompt}) for prompt, _ in rows]
+    answers = [str(output[0]) if output else "" for _, output in rows]
     return prompts, answers
 
 
@@ -105,8 +103,13 @@ def measure_drift(
     current_answers: list[str] | None = None,
     embedder: Any = None,
     seed: int = 0,
+    reference_key: str | None = None,
 ) -> DriftReport:
-    """Compare two sets of prompts (and optionally their answers); see the module doc."""
+    """Compare two sets of prompts (and optionally their answers); see the module doc.
+
+    `reference_key` names the reference set (a version's training prompts): its embeddings are
+    computed once and kept by the embedder for the next comparison with the same key.
+    """
     if len(current_prompts) < config.min_requests:
         raise DriftError(
             f"{len(current_prompts)} recent requests; drift needs at least {config.min_requests} "
@@ -122,7 +125,12 @@ def measure_drift(
         from tunesmith.models.embed import Embedder
 
         embedder = Embedder()
-    x = embedder.encode(reference_prompts)
+    kept = getattr(embedder, "encode_kept", None)
+    x = (
+        kept(reference_key, reference_prompts)
+        if kept and reference_key
+        else embedder.encode(reference_prompts)
+    )
     y = embedder.encode(current_prompts)
     mmd, p = mmd_test(x, y, config.permutations, rng)
     auc, current_scores = classifier_auc(x, y, seed)
@@ -176,6 +184,7 @@ def drift_for_version(
         reference_answers=ref_answers,
         current_answers=cur_answers,
         embedder=embedder,
+        reference_key=f"drift-reference:{version.id}:{dataset.id}",
     )
     report.version, report.dataset = version.name, dataset.id
     return report

@@ -34,9 +34,22 @@ Auth = Literal["keys", "none"]
 
 
 def create_key(
-    workspace: Workspace, name: str, *, admin: bool = False, group: str | None = None
+    workspace: Workspace,
+    name: str,
+    *,
+    admin: bool = False,
+    group: str | None = None,
+    requests_per_minute: int | None = None,
+    tokens_per_minute: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key; returns its record and the secret, which is not stored and cannot be shown again."""
+    """A new key; returns its record and the secret, which is not stored and cannot be shown again.
+
+    Its rate limits (None: the server's `serve.rate_limit`) apply on every server of the workspace.
+    """
+    limits = {"requests_per_minute": requests_per_minute, "tokens_per_minute": tokens_per_minute}
+    for label, limit in limits.items():
+        if limit is not None and limit <= 0:
+            raise RegistryError(f"{label} must be a positive number, not {limit}")
     secret = KEY_PREFIX + secrets.token_urlsafe(32)
     key = ApiKey(
         id=f"key-{secrets.token_hex(4)}",
@@ -45,6 +58,8 @@ def create_key(
         prefix=secret[:10],
         scopes=["inference", "admin"] if admin else ["inference"],
         user_group=group,
+        requests_per_minute=requests_per_minute,
+        tokens_per_minute=tokens_per_minute,
         created_by=who(),
         created_at=utcnow(),
     )
@@ -77,12 +92,15 @@ def revoke_key(workspace: Workspace, ref: str) -> ApiKey:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who sent a request: the key's id and name (None when the server is open), scopes and group."""
+    """Who sent a request: the key's id and name (None when the server is open), scopes, group and
+    the key's own rate limits (None: the server's)."""
 
     key_id: str | None
     name: str
     scopes: tuple[str, ...]
     group: str | None
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
 
     @property
     def admin(self) -> bool:
@@ -109,7 +127,12 @@ class KeyRing:
     def refresh(self) -> None:
         with session(self.workspace.engine) as s:
             keys = s.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))
-            table = {k.key_hash: Caller(k.id, k.name, tuple(k.scopes), k.user_group) for k in keys}
+            table = {
+                k.key_hash: Caller(
+                    k.id, k.name, tuple(k.scopes), k.user_group, k.requests_per_minute, k.tokens_per_minute
+                )
+                for k in keys
+            }
         with self._lock:
             self._by_hash = table
 

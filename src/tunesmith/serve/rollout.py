@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, case, func, or_, select, update
 
 from tunesmith.config import RegistryConfig, RolloutPlan, RouteConfig, ServeConfig
 from tunesmith.plugins import Registry
@@ -59,27 +59,46 @@ def gate_names() -> list[str]:
     return GATES.names()
 
 
-def _rows(ctx: GateContext, version_id: str | None, *, shadow: bool) -> list[RequestLog]:
+def _window(ctx: GateContext, version_id: str, *, shadow: bool) -> Any:
+    """The request-log conditions of a version's traffic since the step started."""
+    conditions = [RequestLog.version_id == version_id, RequestLog.at >= ctx.since]
+    if not shadow:
+        conditions.append(RequestLog.route != "shadow")
+    return and_(*conditions)
+
+
+def _counts(ctx: GateContext, version_id: str) -> tuple[int, int]:
+    """(requests, server errors) of the rollout's version in the window, counted by the store."""
+    with session(ctx.workspace.engine) as s:
+        total, failed = s.execute(
+            select(
+                func.count(), func.coalesce(func.sum(case((RequestLog.status >= 500, 1), else_=0)), 0)
+            ).where(_window(ctx, version_id, shadow=True))
+        ).one()
+    return int(total), int(failed)
+
+
+def _latencies(ctx: GateContext, version_id: str | None, *, shadow: bool) -> list[float]:
+    """The latencies alone (never the prompts and answers) of a version's requests in the window."""
     if version_id is None:
         return []
     with session(ctx.workspace.engine) as s:
-        query = select(RequestLog).where(RequestLog.version_id == version_id, RequestLog.at >= ctx.since)
-        if not shadow:
-            query = query.where(RequestLog.route != "shadow")
-        return list(s.scalars(query))
+        query = select(RequestLog.latency_ms).where(
+            _window(ctx, version_id, shadow=shadow), RequestLog.latency_ms.is_not(None)
+        )
+        return [float(v) for v in s.scalars(query) if v is not None]
 
 
 @register_rollout_gate("error_rate")
 def error_rate_gate(ctx: GateContext) -> GateResult:
-    rows = _rows(ctx, ctx.rollout.version_id, shadow=True)
-    if len(rows) < ctx.plan.min_requests:
-        return GateResult("error_rate", None, f"{len(rows)} of {ctx.plan.min_requests} requests so far")
-    failed = sum(1 for r in rows if r.status >= 500)
-    rate = failed / len(rows)
+    total, failed = _counts(ctx, ctx.rollout.version_id)
+    if total < ctx.plan.min_requests:
+        return GateResult("error_rate", None, f"{total} of {ctx.plan.min_requests} requests so far")
+    rate = failed / total
     return GateResult(
         "error_rate",
         rate <= ctx.plan.max_error_rate,
-        f"{rate:.1%} of {len(rows)} requests failed (limit {ctx.plan.max_error_rate:.1%})",
+        f"{rate:.1%} of {total} requests failed (limit {ctx.plan.max_error_rate:.1%})",
     )
 
 
@@ -87,10 +106,8 @@ def error_rate_gate(ctx: GateContext) -> GateResult:
 def latency_gate(ctx: GateContext) -> GateResult:
     import numpy as np
 
-    mine = [r.latency_ms for r in _rows(ctx, ctx.rollout.version_id, shadow=True) if r.latency_ms is not None]
-    theirs = [
-        r.latency_ms for r in _rows(ctx, ctx.primary_version_id, shadow=False) if r.latency_ms is not None
-    ]
+    mine = _latencies(ctx, ctx.rollout.version_id, shadow=True)
+    theirs = _latencies(ctx, ctx.primary_version_id, shadow=False)
     if len(mine) < ctx.plan.min_requests:
         return GateResult("latency", None, f"{len(mine)} of {ctx.plan.min_requests} requests so far")
     if not theirs:
@@ -189,13 +206,18 @@ def tick(
     registry: RegistryConfig,
     primary_of: Callable[[str], str | None],
     now: datetime | None = None,
+    seen: list[Rollout] | None = None,
 ) -> list[tuple[Rollout, str]]:
-    """Check each running rollout's gates once: advance, complete, roll back or wait; returns the changes."""
+    """Check each running rollout's gates once: advance, complete, roll back or wait; returns the changes.
+
+    `seen`: the running rollouts as this server read them (default: read now). A decision is only
+    recorded if the rollout is still as seen, so servers sharing a store never decide a step twice.
+    """
     from tunesmith.registry.aliases import PromotionError, promote
 
     now = now or datetime.now(UTC)
     changed: list[tuple[Rollout, str]] = []
-    for rollout in list_rollouts(workspace, running_only=True):
+    for rollout in list_rollouts(workspace, running_only=True) if seen is None else seen:
         try:
             plan = route_of(config, rollout.route).rollout
         except RegistryError:
@@ -215,27 +237,71 @@ def tick(
             reasons = [f"{r.name}: {r.detail}" for r in results]
             status, event = "running", "advance"
             if rollout.step + 1 == len(rollout.steps):
-                version = _version(workspace, rollout.version_id)
-                alias = rollout.route.split("@", 1)[1]
-                try:
-                    promote(workspace, registry, version, alias, reason=f"rollout {rollout.id} completed")
-                    status, event = "completed", "complete"
-                    reasons.append(f"{version.name} promoted to {alias}")
-                except (PromotionError, RegistryError) as exc:
-                    status, event = "blocked", "blocked"
-                    reasons.append(str(exc))
+                status, event = "completed", "complete"
         else:
             continue
+        if not _transition(workspace, rollout, status, event, reasons, now):
+            log.info("rollout %s: another server decided this step first", rollout.id)
+            continue
+        if event == "complete":
+            version = _version(workspace, rollout.version_id)
+            alias = rollout.route.split("@", 1)[1]
+            try:
+                promote(workspace, registry, version, alias, reason=f"rollout {rollout.id} completed")
+                reasons.append(f"{version.name} promoted to {alias}")
+            except (PromotionError, RegistryError) as exc:
+                event = "blocked"
+                reasons.append(str(exc))
+            _amend(workspace, rollout.id, event, reasons)
         with session(workspace.engine) as s:
             row = s.get(Rollout, rollout.id)
-            assert row is not None
-            _record(row, status, event, reasons)
-            if event == "advance":
-                row.step += 1
-                row.step_started_at = now
+        assert row is not None
         changed.append((row, event))
         log.info("rollout %s on %s: %s %s", row.id, row.route, event, "; ".join(reasons))
     return changed
+
+
+def _transition(
+    workspace: Workspace, seen: Rollout, status: str, event: str, reasons: list[str], now: datetime
+) -> bool:
+    """Record a step's decision if the rollout is still where `seen` found it, in one conditional
+    UPDATE: of several servers sharing the store that decide the same step, exactly one records it
+    (the others' WHERE matches nothing), so a step never advances twice nor a version promotes twice.
+    """
+    entry = {
+        "at": utcnow().isoformat(),
+        "step": seen.steps[min(seen.step, len(seen.steps) - 1)],
+        "event": event,
+        "reasons": list(reasons),
+    }
+    values: dict[str, Any] = {"status": status, "history": [*seen.history, entry]}
+    if event == "advance":
+        values |= {"step": seen.step + 1, "step_started_at": now}
+    with session(workspace.engine) as s:
+        result = s.execute(
+            update(Rollout)
+            .where(
+                Rollout.id == seen.id,
+                Rollout.status == "running",
+                Rollout.step == seen.step,
+                Rollout.step_started_at == seen.step_started_at,
+            )
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def _amend(workspace: Workspace, rollout_id: str, event: str, reasons: list[str]) -> None:
+    """Complete the last history entry of a rollout this server holds (after its promotion)."""
+    with session(workspace.engine) as s:
+        row = s.get(Rollout, rollout_id)
+        assert row is not None
+        history = list(row.history)
+        history[-1] = {**history[-1], "event": event, "reasons": reasons}
+        row.history = history
+        if event == "blocked":
+            row.status = "blocked"
 
 
 def _version(workspace: Workspace, version_id: str) -> ModelVersion:

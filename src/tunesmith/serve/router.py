@@ -4,7 +4,9 @@
 `support@production`, or a bare family meaning its production alias) bound to a loaded version.
 When an alias moves, the new version is loaded and warmed up first; only then does the name point
 at it, and the old version is dropped once its in-flight requests are done. A version that fails
-to load leaves the old one serving, and is not tried again until the alias moves again.
+to load leaves the old one serving, and is not tried again until the alias moves again. With
+`max_loaded`, loading one version more than that first unloads the least recently used name's
+version (once its in-flight requests finish); pinned names (`serve.models`, the routes) stay.
 
 `Router` applies a route's policy (`serve.routes`): targeting rules, a running rollout, canary
 splits, then the primary; and picks a shadow to mirror the request to.
@@ -16,7 +18,8 @@ import hashlib
 import logging
 import random
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -35,15 +38,30 @@ class UnknownModelError(LookupError):
     """No registered version answers to the name; the message lists what does."""
 
 
+class CapacityError(RuntimeError):
+    """Every loaded version is pinned and `serve.max_loaded` allows no more."""
+
+
 class ModelTable:
-    def __init__(self, workspace: Workspace, backend: Backend) -> None:
+    def __init__(
+        self,
+        workspace: Workspace,
+        backend: Backend,
+        *,
+        max_loaded: int | None = None,
+        pinned: Iterable[str] = (),
+    ) -> None:
         self.workspace = workspace
         self.backend = backend
+        self.max_loaded = max_loaded
+        self._pinned = set(pinned)
         self._refs: dict[str, ModelVersion] = {}
+        self._used: dict[str, float] = {}  # name -> when a request last asked for it
         self._failed: dict[str, str] = {}  # name -> version id that failed to load for it
         self._canonical: dict[str, str] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # one eviction-and-load at a time keeps the count right
         self._last_event: int | None = self._latest_event()
         self.on_swap: Callable[[str, str, str], None] | None = None  # (name, version name, result)
 
@@ -69,6 +87,7 @@ class ModelTable:
         """The loaded version `name` points at, loading (and warming up) on first use."""
         name = self.canonical(name)
         with self._lock:
+            self._used[name] = time.monotonic()
             if name in self._refs:
                 return self._refs[name]
             lock = self._locks.setdefault(name, threading.Lock())
@@ -77,11 +96,39 @@ class ModelTable:
                 if name in self._refs:
                     return self._refs[name]
             version = self.lookup(name)
-            self.backend.load(version)
-            with self._lock:
-                self._refs[name] = version
+            with self._load_lock:
+                if version.id not in self.in_use():
+                    self._make_room()
+                self.backend.load(version)
+                with self._lock:
+                    self._refs[name] = version
             log.info("serving %s as %s", version.name, name)
             return version
+
+    def _make_room(self) -> None:
+        """Unload least recently used versions until one more fits under `max_loaded`.
+
+        Raises:
+            CapacityError: every loaded version is pinned.
+        """
+        if self.max_loaded is None:
+            return
+        while len(self.in_use()) >= self.max_loaded:
+            with self._lock:
+                names = {self.canonical(n) for n in self._pinned}
+                pinned = {v.id for n, v in self._refs.items() if n in names}
+                idle = [n for n in self._refs if self._refs[n].id not in pinned]
+                if not idle:
+                    raise CapacityError(
+                        f"serve.max_loaded is {self.max_loaded} and every loaded version is pinned by "
+                        "serve.models or serve.routes; raise max_loaded or pin fewer"
+                    )
+                victim = min(idle, key=lambda n: self._used.get(n, 0.0))
+                version = self._refs.pop(victim)
+                still_used = version.id in {v.id for v in self._refs.values()}
+            if not still_used:
+                self.backend.retire(version.id)  # dropped once its in-flight requests finish
+                log.info("unloaded %s (%s): least recently used, serve.max_loaded", version.name, victim)
 
     def lookup(self, name: str) -> ModelVersion:
         """The version a name points at in the registry now (nothing is loaded)."""
@@ -165,10 +212,23 @@ class Decision:
     shadow: ModelVersion | None = None
 
 
+def configured_names(config: ServeConfig) -> list[str]:
+    """Every name `serve.models` and `serve.routes` name: their primaries, canaries, rules and shadows."""
+    names = [*config.models]
+    for route in config.routes:
+        names += [route.model, *(c.to for c in route.canary), *(r.to for r in route.rules)]
+        names += [route.shadow] if route.shadow else []
+    return list(dict.fromkeys(names))
+
+
 class Router:
+    """Picks the version of each request. With `serve.models` set, only the configured names (and
+    the routes') are served; any other name is refused as unknown, and nothing else is loaded for it."""
+
     def __init__(self, config: ServeConfig, table: ModelTable) -> None:
         self.routes = {route.model: route for route in config.routes}
         self.table = table
+        self._served = configured_names(config) if config.models else None
         self._rollouts: dict[str, tuple[Rollout, ModelVersion]] = {}
         self._lock = threading.Lock()
 
@@ -202,9 +262,32 @@ class Router:
     def route_for(self, requested: str) -> RouteConfig | None:
         return self.routes.get(requested) or self.routes.get(self.table.canonical(requested))
 
+    @property
+    def restricted(self) -> bool:
+        """Only the names of `serve.models` and the routes may be served."""
+        return self._served is not None
+
+    def check_served(self, requested: str) -> None:
+        """Refuse a name outside `serve.models` (and the routes) when the server is restricted to them.
+
+        Raises:
+            UnknownModelError: the name is not one this server serves.
+        """
+        if self._served is None:
+            return
+        if requested in self._served or self.table.canonical(requested) in {
+            self.table.canonical(n) for n in self._served
+        }:
+            return
+        raise UnknownModelError(
+            f"the model `{requested}` is not served here; this server serves {', '.join(self._served)} "
+            "(serve.models and serve.routes)"
+        )
+
     def decide(
         self, requested: str, caller: Caller, user: str | None, headers: Mapping[str, str]
     ) -> Decision:
+        self.check_served(requested)
         route = self.route_for(requested)
         if route is None:
             return Decision(self.table.ensure(requested), "primary")

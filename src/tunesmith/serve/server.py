@@ -7,14 +7,16 @@ moves, API keys, the runtime config file, rollouts) while it runs. The HTTP rout
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -37,8 +39,16 @@ from tunesmith.serve.backends import (
 )
 from tunesmith.serve.keys import Caller, KeyRing
 from tunesmith.serve.metrics import ServeMetrics
+from tunesmith.serve.ratelimit import RateLimiter, Refusal
 from tunesmith.serve.requestlog import RequestLogWriter, pii_scrubber
-from tunesmith.serve.router import Decision, ModelTable, Router, UnknownModelError
+from tunesmith.serve.router import (
+    CapacityError,
+    Decision,
+    ModelTable,
+    Router,
+    UnknownModelError,
+    configured_names,
+)
 from tunesmith.serve.runtime import ModelSettings, RuntimeConfig
 from tunesmith.serve.schemas import (
     ApiError,
@@ -50,6 +60,7 @@ from tunesmith.store.schema import utcnow
 from tunesmith.workspace import Workspace, open_workspace
 
 log = logging.getLogger("tunesmith.serve")
+T = TypeVar("T")
 
 
 class Server:
@@ -62,9 +73,15 @@ class Server:
         self.serve = config.serve
         self.workspace = workspace or open_workspace(config)
         self.backend = backend or create_backend(self.serve.backend, self.workspace, self.serve)
-        self.table = ModelTable(self.workspace, self.backend)
+        self.table = ModelTable(
+            self.workspace,
+            self.backend,
+            max_loaded=self.serve.max_loaded,
+            pinned=configured_names(self.serve),
+        )
         self.router = Router(self.serve, self.table)
         self.keys = KeyRing(self.workspace, self.serve.auth)
+        self.limiter = RateLimiter(self.serve.rate_limit)
         runtime_path = config.resolve_path(self.serve.runtime_config) if self.serve.runtime_config else None
         self.runtime = RuntimeConfig(runtime_path)
         self.request_log = (
@@ -99,6 +116,8 @@ class Server:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._background: set[asyncio.Task[Any]] = set()
+        # feedback, listings and admin calls wait on the store on threads of their own (see off_path)
+        self._store_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tunesmith-store")
         self.table.on_swap = lambda name, version, result: self.metrics.swaps.labels(
             name, version, result
         ).inc()
@@ -120,6 +139,7 @@ class Server:
 
     def stop(self) -> None:
         self._stop.set()
+        self._store_pool.shutdown(wait=False, cancel_futures=True)
         for thread in self._threads:
             thread.join(timeout=30)
         self.backend.close()
@@ -189,6 +209,12 @@ class Server:
         except Exception:
             return None
 
+    async def off_path(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn` on the server's store threads, never on those that route and answer requests:
+        a slow or locked store (feedback writes, listings, admin moves) cannot hold up inference."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._store_pool, functools.partial(fn, *args, **kwargs))
+
     # --- answering -------------------------------------------------------------------------
 
     async def answer(
@@ -199,6 +225,7 @@ class Server:
         headers = {k.lower(): v for k, v in request.headers.items()}
         chat = isinstance(body, ChatCompletionRequest)
         trace = _Trace(f"req-{uuid.uuid4().hex}", started, body, caller, headers, chat, _prompt_of(body))
+        trace.gone = request.is_disconnected
         try:
             return await self._answer(trace)
         except ApiError as exc:
@@ -224,13 +251,14 @@ class Server:
 
     async def _answer(self, trace: _Trace) -> Response:
         body, request_id = trace.body, trace.request_id
+        self._check(self.limiter.admit_request(trace.caller))
         try:
             decision = await asyncio.to_thread(
                 self.router.decide, body.model, trace.caller, body.user, trace.headers
             )
         except UnknownModelError as exc:
             raise ApiError(404, str(exc), param="model", code="model_not_found") from None
-        except (BackendError, RegistryError) as exc:
+        except (BackendError, RegistryError, CapacityError) as exc:
             raise ApiError(
                 503, f"the model `{body.model}` cannot be served: {exc}", type="server_error"
             ) from None
@@ -238,8 +266,11 @@ class Server:
         settings = self.runtime.settings.for_request(body.model, version)
         trace.prompt, prompt_ids = self._encode(body, version, settings)
         params = self._params(body, settings, max(len(ids) for ids in prompt_ids), version)
+        wanted = sum(len(ids) + params.max_tokens * body.n for ids in prompt_ids)
+        self._check(self.limiter.admit_tokens(trace.caller, wanted))
+        tenant = trace.caller.key_id or "anonymous"
         jobs = [
-            GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop())
+            GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop(), tenant=tenant)
             for ids in prompt_ids
         ]
         self._submit(jobs)
@@ -257,16 +288,31 @@ class Server:
                 self._stream(jobs, trace), media_type="text/event-stream", headers=response_headers
             )
         texts, reasons, tokens = await self._collect(jobs, trace)
+        if trace.disconnected:
+            return Response(status_code=499)  # nobody reads it; logged as 499 by _collect
         payload = _completion(
             request_id, version, trace.chat, texts, reasons, _usage(trace.tokens_in, tokens)
         )
         return JSONResponse(payload, headers=response_headers)
+
+    def _check(self, refusal: Refusal | None) -> None:
+        """Raise a rate limit's refusal as 429 (with Retry-After when waiting helps)."""
+        if refusal is None:
+            return
+        self.metrics.rejected.labels("rate_limited").inc()
+        raise ApiError(
+            429, refusal.message, type="rate_limit_error", code="rate_limit_exceeded", headers=refusal.headers
+        )
 
     def _submit(self, jobs: list[GenerationJob]) -> None:
         """Queue every job, or none: a full queue is answered 429 with Retry-After."""
         try:
             for job in jobs:
                 self.backend.submit(job)
+        except BackendError as exc:  # unloaded between routing and now (serve.max_loaded)
+            for job in jobs:
+                job.cancel()
+            raise ApiError(503, f"retry: {exc}", type="server_error", headers={"Retry-After": "1"}) from None
         except OverloadedError as exc:
             for job in jobs:
                 job.cancel()
@@ -378,8 +424,11 @@ class Server:
                 task.cancel()
 
     async def _collect(self, jobs: list[GenerationJob], trace: _Trace) -> tuple[list[str], list[str], int]:
+        """The whole answer of a request that is not streamed; a client that goes away meanwhile
+        stops its decoding (logged 499), as a streamed one does."""
         count = sum(len(j.choices) for j in jobs)
         texts, reasons, tokens = [""] * count, ["stop"] * count, 0
+        watcher = asyncio.create_task(self._watch(jobs, trace))
         try:
             async for index, event in self._events(jobs, trace):
                 if isinstance(event, TextDelta):
@@ -390,8 +439,23 @@ class Server:
         except BackendError as exc:
             self._finish(trace, 500, [], [], 0, str(exc))
             raise ApiError(500, f"generation failed: {exc}", type="server_error") from None
-        self._finish(trace, 200, texts, reasons, tokens)
+        finally:
+            watcher.cancel()
+        if trace.disconnected:
+            self._finish(trace, 499, texts, reasons, tokens, "client closed the connection")
+        else:
+            self._finish(trace, 200, texts, reasons, tokens)
         return texts, reasons, tokens
+
+    async def _watch(self, jobs: list[GenerationJob], trace: _Trace, every: float = 0.2) -> None:
+        """Cancel `jobs` when the client of a non-streamed request disconnects."""
+        if trace.gone is None:
+            return
+        while not await trace.gone():
+            await asyncio.sleep(every)
+        trace.disconnected = True
+        for job in jobs:
+            job.cancel()
 
     async def _stream(self, jobs: list[GenerationJob], trace: _Trace) -> AsyncIterator[str]:
         count = sum(len(j.choices) for j in jobs)
@@ -576,7 +640,9 @@ class Server:
             params = self._params(trace.body, settings, max(len(i) for i in prompt_ids), shadow)
             shadow_trace.tokens_in = sum(len(i) for i in prompt_ids) * trace.body.n
             jobs = [
-                GenerationJob(shadow.id, ids, [params] * trace.body.n, asyncio.get_running_loop())
+                GenerationJob(
+                    shadow.id, ids, [params] * trace.body.n, asyncio.get_running_loop(), tenant="(shadow)"
+                )
                 for ids in prompt_ids
             ]
             for job in jobs:
@@ -620,7 +686,7 @@ class Server:
         listed = {name: version for name, version in names.items()}
         for route in self.router.routes:
             listed.setdefault(route, names.get(self.table.canonical(route)))  # type: ignore[arg-type]
-        for version in versions:
+        for version in [] if self.router.restricted else versions:  # restricted: only what it serves
             if version.config.get("train", {}).get("objective", "sft") in GENERATIVE_OBJECTIVES:
                 listed.setdefault(version.name, version)
         return [
@@ -650,6 +716,8 @@ class _Trace:
     decision: Decision | None = None
     tokens_in: int = 0
     first_token: float | None = None
+    gone: Callable[[], Awaitable[bool]] | None = None  # whether the client has disconnected
+    disconnected: bool = False
 
     @property
     def routed(self) -> Decision:

@@ -1,6 +1,6 @@
 """The store: SQLAlchemy tables behind Alembic migrations; SQLite (WAL) by default, any URL at scale."""
 
-from tunesmith.store.engine import ImmutableRecordError, open_store, session
+from tunesmith.store.engine import ImmutableRecordError, open_store, schema_head, session
 from tunesmith.store.schema import (
     AlertEvent,
     AliasEvent,
@@ -37,5 +37,6 @@ __all__ = [
     "RunMetric",
     "VersionMetric",
     "open_store",
+    "schema_head",
     "session",
 ]

@@ -34,10 +34,22 @@ def open_store(url: str) -> Engine:
     return engine
 
 
-def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema of `engine`'s database to `revision` with the packaged Alembic migrations."""
+def _alembic() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def schema_head() -> str:
+    """The latest migration's revision: what `alembic_version` holds in a store opened by this release."""
+    from alembic.script import ScriptDirectory
+
+    return str(ScriptDirectory.from_config(_alembic()).get_current_head())
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema of `engine`'s database to `revision` with the packaged Alembic migrations."""
+    config = _alembic()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)

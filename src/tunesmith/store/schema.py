@@ -201,6 +201,8 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(20))  # the first characters, to recognise it in lists
     scopes: Mapped[list[Any]] = mapped_column(JSON)  # inference, admin
     user_group: Mapped[str | None] = mapped_column(String(100))  # internal, beta...: for targeting rules
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the server's serve.rate_limit
+    tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
     created_by: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

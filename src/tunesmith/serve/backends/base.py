@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -99,7 +100,8 @@ class GenerationJob:
     """One request's choices on one version; events reach the request's asyncio loop.
 
     A backend thread calls `emit`; the request's coroutine reads `events`. `cancel` (the client
-    went away) makes the backend stop decoding the job's choices at the next token.
+    went away) makes the backend stop decoding the job's choices at the next token. `tenant` (the
+    API key) is whose turn it is when the queue is shared fairly.
     """
 
     def __init__(
@@ -108,8 +110,11 @@ class GenerationJob:
         prompt_ids: list[int],
         params: list[SamplingParams],
         loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        tenant: str = "",
     ) -> None:
         self.version_id = version_id
+        self.tenant = tenant
         self.prompt_ids = prompt_ids
         self.choices = [Choice(i, p) for i, p in enumerate(params)]
         self.loop = loop
@@ -184,13 +189,16 @@ class QueuedBackend(ABC):
     """The bounded job queue and worker thread that the built-in backends share.
 
     Subclasses implement `loaded()`, `_work()` and `_drop()`; `submit` refuses work beyond
-    `max_queue` waiting sequences with `OverloadedError`.
+    `max_queue` waiting sequences, or beyond `max_per_tenant` of one tenant (API key), with
+    `OverloadedError`. Jobs leave the queue in turns across tenants (`fair_order`), oldest first
+    within each, so a client sending four times as much waits in line with the others, not before them.
     """
 
     name = "queued"
 
-    def __init__(self, max_queue: int, batch_size: int = 1) -> None:
+    def __init__(self, max_queue: int, batch_size: int = 1, max_per_tenant: int | None = None) -> None:
         self.max_queue = max_queue
+        self.max_per_tenant = max_per_tenant or max(1, max_queue // 2)
         self.batch_size = batch_size
         self._queue: collections.deque[GenerationJob] = collections.deque()
         self._cond = threading.Condition()
@@ -235,8 +243,11 @@ class QueuedBackend(ABC):
             if job.version_id not in self.loaded():
                 raise BackendError(f"version {job.version_id} is not loaded")
             waiting = sum(len(j.choices) for j in self._queue)
-            if not force and waiting + len(job.choices) > self.max_queue:
-                batches = waiting / self.batch_size + 1
+            own = sum(len(j.choices) for j in self._queue if j.tenant == job.tenant)
+            if not force and (
+                waiting + len(job.choices) > self.max_queue or own + len(job.choices) > self.max_per_tenant
+            ):
+                batches = (own if waiting < self.max_queue else waiting) / self.batch_size + 1
                 raise OverloadedError(retry_after=max(1, round(batches * self.batch_seconds)))
             self._queue.append(job)
             self._active[job.version_id] += 1
@@ -261,8 +272,19 @@ class QueuedBackend(ABC):
             if self._stopping:
                 self._fail_queued()
                 return None
-            count = len(self._queue) if take is None else min(take, len(self._queue))
-            return [self._queue.popleft() for _ in range(count)]
+            order = self.fair_order()
+            taken = order if take is None else order[:take]
+            for job in taken:
+                self._queue.remove(job)
+            return taken
+
+    def fair_order(self) -> list[GenerationJob]:
+        """The queue in turns across tenants: each one's oldest, then each one's second... (hold `_cond`)."""
+        by_tenant: dict[str, list[GenerationJob]] = {}
+        for job in self._queue:  # dicts keep insertion order: the tenant of the oldest job goes first
+            by_tenant.setdefault(job.tenant, []).append(job)
+        turns = itertools.zip_longest(*by_tenant.values())
+        return [job for turn in turns for job in turn if job is not None]
 
     def _idle_retired(self) -> list[str]:
         """Retired versions with nothing queued or running: safe to drop now."""

@@ -33,7 +33,7 @@ class LlamaCppBackend(QueuedBackend):
             raise BackendError(
                 "the llamacpp backend needs llama-cpp-python: pip install 'tunesmith[llamacpp]'"
             ) from None
-        super().__init__(config.max_queue)
+        super().__init__(config.max_queue, max_per_tenant=config.max_queue_per_key)
         self.workspace = workspace
         self._models: dict[str, tuple[Any, Any, set[int]]] = {}  # version id -> (Llama, tokenizer, eos)
 

@@ -48,7 +48,7 @@ class TransformersBackend(QueuedBackend):
     name = "transformers"
 
     def __init__(self, workspace: Workspace, config: ServeConfig) -> None:
-        super().__init__(config.max_queue, config.max_batch_size)
+        super().__init__(config.max_queue, config.max_batch_size, config.max_queue_per_key)
         self.workspace = workspace
         self.max_batch_size = config.max_batch_size
         self.batch_wait = config.batch_wait_ms / 1000
@@ -82,17 +82,24 @@ class TransformersBackend(QueuedBackend):
                 )
             shared = version.method in ("lora", "qlora") and version.parent_id is None
             key = _base_key(version) if shared else f"version:{version.id}"
-            if key not in self._groups:
-                self._groups[key] = self._new_group(version, shared)
-            group = self._groups[key]
+            with self._cond:  # the worker drops versions under it: reserve a place in the group first,
+                group = self._groups.get(key)  # so dropping its last other version keeps the base
+                if group is not None:
+                    group.versions.add(version.id)
+            if group is None:
+                group = self._new_group(version, shared)
+                with self._cond:
+                    self._groups[key] = group
+                    group.versions.add(version.id)
             try:
                 if shared:
                     self._run_exclusive(lambda: _attach_adapter(group, version)).result()
             except Exception:
-                if not group.versions:  # a base loaded for this version alone
-                    del self._groups[key]
+                with self._cond:
+                    group.versions.discard(version.id)
+                    if not group.versions:  # a base loaded for this version alone
+                        self._groups.pop(key, None)
                 raise
-            group.versions.add(version.id)
             self._group_of[version.id] = key
         try:
             self.warm_up(version.id)
@@ -188,13 +195,14 @@ class TransformersBackend(QueuedBackend):
                 self._run(jobs)
 
     def _take_batch(self) -> list[GenerationJob]:
-        """The oldest job and the next ones on the same model, up to `max_batch_size` sequences."""
+        """The oldest job and the next ones on the same model in fair order, up to `max_batch_size`
+        sequences."""
         with self._cond:
-            first = self._queue[0]
-            key = self._group_of[first.version_id]
+            order = self.fair_order()
+            key = self._group_of[order[0].version_id]
             jobs: list[GenerationJob] = []
             rows = 0
-            for job in list(self._queue):
+            for job in order:
                 if self._group_of.get(job.version_id) != key:
                     continue
                 if jobs and rows + len(job.choices) > self.max_batch_size:

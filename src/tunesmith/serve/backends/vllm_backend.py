@@ -34,7 +34,7 @@ class VllmBackend(QueuedBackend):
             ) from None
         if not torch.cuda.is_available():
             raise BackendError("the vllm backend needs a CUDA GPU; use backend transformers or llamacpp")
-        super().__init__(config.max_queue, config.max_batch_size)
+        super().__init__(config.max_queue, config.max_batch_size, config.max_queue_per_key)
         self.workspace = workspace
         self._engine: Any = None
         self._engine_key: str | None = None

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -25,12 +24,12 @@ router = APIRouter(prefix="/admin")
 async def alias_change(server: Server, move: Callable[[], AliasEvent]) -> dict[str, Any]:
     """Apply an alias move through the registry, then follow it at once (load, warm up, switch)."""
     try:
-        event = await asyncio.to_thread(move)
+        event = await server.off_path(move)
     except PromotionError as exc:
         raise ApiError(409, str(exc), code="promotion_refused") from None
     except RegistryError as exc:
         raise ApiError(404 if "no version" in str(exc) or "unknown" in str(exc) else 409, str(exc)) from None
-    changes = await asyncio.to_thread(server.table.refresh, force=True)
+    changes = await server.off_path(server.table.refresh, force=True)
     names = version_names(server.workspace)
     return {
         "event": describe(event, names),
@@ -87,7 +86,7 @@ def rollout_list(server: Server) -> list[dict[str, Any]]:
 
 @router.get("/rollouts")
 async def admin_rollouts(_: Caller = Depends(admin), server: Server = Depends(server_of)) -> dict[str, Any]:
-    return {"data": await asyncio.to_thread(rollout_list, server)}
+    return {"data": await server.off_path(rollout_list, server)}
 
 
 @router.post("/rollouts", openapi_extra=body(RolloutStart))
@@ -103,7 +102,7 @@ async def admin_rollout_start(
         return rollouts.describe(row, {version.id: version.name})
 
     try:
-        return await asyncio.to_thread(run)
+        return await server.off_path(run)
     except RegistryError as exc:
         raise ApiError(409, str(exc), code="conflict") from None
 
@@ -119,7 +118,7 @@ async def admin_rollout_abort(
         return rollouts.describe(row, {})
 
     try:
-        return await asyncio.to_thread(run)
+        return await server.off_path(run)
     except RegistryError as exc:
         raise ApiError(404, str(exc), code="not_found") from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -35,7 +34,7 @@ async def feedback(
     if server.scrub:
         given = server.scrub.feedback(given)
     try:
-        row = await asyncio.to_thread(
+        row = await server.off_path(
             record_feedback,
             server.workspace,
             given,

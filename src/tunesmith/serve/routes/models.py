@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -18,14 +17,14 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def models(_: Caller = Depends(caller), server: Server = Depends(server_of)) -> dict[str, Any]:
-    return {"object": "list", "data": await asyncio.to_thread(server.model_list)}
+    return {"object": "list", "data": await server.off_path(server.model_list)}
 
 
 @router.get("/v1/models/{model_id:path}")
 async def model(
     model_id: str, _: Caller = Depends(caller), server: Server = Depends(server_of)
 ) -> dict[str, Any]:
-    for entry in await asyncio.to_thread(server.model_list):
+    for entry in await server.off_path(server.model_list):
         if entry["id"] == model_id:
             return entry
     raise ApiError(404, f"the model `{model_id}` does not exist", param="model", code="model_not_found")
