@@ -6,6 +6,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,20 +42,36 @@ def demo_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama (about 0.1M parameters) and a word-level tokenizer trained on the demo text."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), byte_level=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_byte_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same tiny Llama with a byte-level BPE tokenizer (as GPT-2, SmolLM2...): it can spell any text."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-byte-llama"), byte_level=True)
+
+
+def _tiny_llama(directory: Path, *, byte_level: bool) -> Path:
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    directory = tmp_path_factory.mktemp("tiny-llama")
     corpus = [m["content"] for row in demo_rows() for m in row["messages"]]
     specials = ["<unk>", "<|im_start|>", "<|im_end|>"]
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
-    tokenizer.train_from_iterator(
-        [*corpus, "system user assistant"], trainers.WordLevelTrainer(special_tokens=specials)
-    )
+    if byte_level:
+        tokenizer = Tokenizer(models.BPE())
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tokenizer.decoder = decoders.ByteLevel()
+        trainer: Any = trainers.BpeTrainer(
+            vocab_size=600, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+    else:
+        tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+        )
+        trainer = trainers.WordLevelTrainer(special_tokens=specials)
+    tokenizer.train_from_iterator([*corpus, "system user assistant"], trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         unk_token="<unk>",
@@ -72,7 +89,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=512 if byte_level else 256,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,

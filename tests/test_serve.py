@@ -529,7 +529,8 @@ def test_the_llamacpp_backend_serves_the_gguf_export_through_the_same_api(tmp_pa
     config_path = write_demo_project(tmp_path)
     settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
     version = train(load_config(config_path, settings)).version
-    config = load_config(config_path, [*settings, "serve.backend=llamacpp", f"serve.models=[{version.name}]"])
+    serving = ["serve.backend=llamacpp", f"serve.models=[{version.name}]", "serve.auth=none"]
+    config = load_config(config_path, [*settings, *serving])
     with running(config) as (url, server):
         api = client(url)
         answer = api.chat.completions.create(
@@ -768,7 +769,9 @@ def test_servers_sharing_a_store_decide_a_rollout_step_once(project):
     rollout = start_rollout(workspace, config.serve, f"{family}@production", get_version(workspace, second))
     try:
         for step in (1, 2):  # advance, then complete: each decided by one of two servers
-            seen = list_rollouts(workspace, running_only=True)  # both servers read the same state
+            seen = [
+                r for r in list_rollouts(workspace, running_only=True) if r.id == rollout.id
+            ]  # both servers read the same state
             later = datetime.now(UTC) + timedelta(hours=2 * step)  # past the step's hold time
             first_server = tick(workspace, config.serve, config.registry, lambda _: None, later, seen)
             second_server = tick(workspace, config.serve, config.registry, lambda _: None, later, seen)
@@ -777,9 +780,88 @@ def test_servers_sharing_a_store_decide_a_rollout_step_once(project):
         (done,) = [r for r in list_rollouts(workspace) if r.id == rollout.id]
         assert [h["event"] for h in done.history] == ["start", "advance", "complete"]
         assert done.status == "completed" and done.step == 1
-        promotions = [e for e in history(workspace, family, "production") if e.reason.startswith("rollout")]
+        mine = f"rollout {rollout.id} completed"
+        promotions = [e for e in history(workspace, family, "production") if e.reason == mine]
         assert len(promotions) == 1  # promoted once, not once per server
     finally:
         promote(
             workspace, config.registry, get_version(workspace, first), "production", force=True, reason="t"
         )
+
+
+def test_response_format_json_schema_is_enforced_while_decoding(tmp_path, tiny_byte_model_dir):
+    config_path = write_demo_project(tmp_path)
+    settings = [f"model.id={tiny_byte_model_dir}", "train.method=lora", "train.max_steps=2"]
+    settings += ["train.save_strategy=no", "train.forgetting.probe=false", "serve.auth=none"]
+    family = train(load_config(config_path, settings)).version.name
+    schema = {
+        "type": "object",
+        "properties": {
+            "answer": {"type": "string", "maxLength": 12},
+            "open": {"type": "boolean"},
+            "floor": {"enum": [1, 2, 3]},
+        },
+        "required": ["answer", "open", "floor"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "hours", "schema": schema}}
+    with running(load_config(config_path, [*settings, f"serve.models=[{family}]"])) as (url, server):
+        api = client(url)
+        # the tiny test model writes noise: only the grammar can make it valid JSON of this shape
+        answer = api.chat.completions.create(
+            model=family,
+            messages=QUESTION,
+            max_tokens=120,
+            temperature=1.0,
+            seed=3,
+            n=3,
+            response_format=response_format,
+        )
+        for choice in answer.choices:
+            value = json.loads(choice.message.content)
+            assert set(value) == {"answer", "open", "floor"} and choice.finish_reason == "stop"
+            assert (
+                len(value["answer"]) <= 12 and isinstance(value["open"], bool) and value["floor"] in (1, 2, 3)
+            )
+        chunks = api.chat.completions.create(
+            model=family,
+            messages=QUESTION,
+            max_tokens=120,
+            temperature=0,
+            stream=True,
+            response_format=response_format,
+        )
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        assert set(json.loads(streamed)) == {"answer", "open", "floor"}
+        any_object = api.chat.completions.create(
+            model=family, messages=QUESTION, max_tokens=6, response_format={"type": "json_object"}
+        )
+        assert any_object.choices[0].message.content.startswith("{")  # an object, cut at 6 tokens
+        plain = api.chat.completions.create(model=family, messages=QUESTION, max_tokens=8, temperature=0)
+        with pytest.raises(json.JSONDecodeError):  # without it, the same model writes no JSON
+            json.loads(plain.choices[0].message.content)
+        for bad, message in (
+            ({"type": "xml"}, "not one of text, json_object, json_schema"),
+            (
+                {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objekt"}}},
+                "json_schema",
+            ),
+        ):
+            with pytest.raises(openai.BadRequestError, match=message) as refused:
+                api.chat.completions.create(model=family, messages=QUESTION, response_format=bad)
+            assert refused.value.body["param"] == "response_format" or "response_format" in str(refused.value)
+        server.request_log.flush()
+        with session(server.workspace.engine) as s:
+            logged = s.get(RequestLog, "req-" + answer.id.removeprefix("chatcmpl-"))
+            assert logged.params["response_format"]["type"] == "json_schema"
+
+
+def test_response_format_on_a_model_whose_tokenizer_cannot_be_constrained_is_refused(project):
+    with (
+        running(config_of(project)) as (url, _),
+        pytest.raises(openai.BadRequestError, match="cannot be constrained") as refused,
+    ):
+        client(url).chat.completions.create(
+            model=project["family"], messages=QUESTION, response_format={"type": "json_object"}
+        )
+    assert refused.value.body["param"] == "response_format"  # a word-level tokenizer cannot spell JSON

@@ -103,9 +103,28 @@ class _Sampling(BaseModel):
                 )
         if self.logprobs:
             raise ValueError("`logprobs` is not supported by this server")
-        if self.response_format and self.response_format.get("type", "text") != "text":
-            raise ValueError("only response_format {type: text} is supported")
+        if self.response_format is not None:
+            self.json_schema()  # refuse a malformed response_format before anything is routed
         return self
+
+    def json_schema(self) -> dict[str, Any] | None:
+        """The JSON schema the answer must follow (`response_format` json_object or json_schema);
+        None for plain text."""
+        form = self.response_format or {}
+        kind = form.get("type", "text")
+        if kind == "text":
+            return None
+        if kind == "json_object":
+            return {"type": "object"}
+        if kind == "json_schema":
+            spec = form.get("json_schema")
+            if not isinstance(spec, dict) or not isinstance(spec.get("schema", {}), dict):
+                raise ValueError(
+                    "response_format json_schema needs `json_schema: {name: ..., schema: {...}}`"
+                )
+            schema = spec.get("schema") or {}
+            return schema if isinstance(schema, dict) else {}
+        raise ValueError(f"response_format type {kind!r} is not one of text, json_object, json_schema")
 
     @property
     def stops(self) -> list[str]:

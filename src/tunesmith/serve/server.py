@@ -37,6 +37,7 @@ from tunesmith.serve.backends import (
     TextDelta,
     create_backend,
 )
+from tunesmith.serve.grammar import GrammarError, json_grammar
 from tunesmith.serve.keys import Caller, KeyRing
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.ratelimit import RateLimiter, Refusal
@@ -379,6 +380,7 @@ class Server:
                 code="context_length_exceeded",
             )
         return SamplingParams(
+            grammar=self._grammar(body, version),
             max_tokens=max_tokens,
             temperature=body.temperature
             if body.temperature is not None
@@ -387,6 +389,20 @@ class Server:
             seed=body.seed,
             stop=tuple(dict.fromkeys([*body.stops, *(settings.stop or [])])),
         )
+
+    def _grammar(self, body: ChatCompletionRequest | CompletionRequest, version: ModelVersion) -> str | None:
+        """The grammar of the request's `response_format`, or None for text; 400 for a schema that
+        cannot be enforced, or a backend that cannot enforce one."""
+        schema = body.json_schema()
+        if schema is None:
+            return None
+        refusal = self.backend.grammar_refusal(version.id)
+        if refusal is not None:
+            raise ApiError(400, f"response_format cannot be followed: {refusal}", param="response_format")
+        try:
+            return json_grammar(schema)
+        except GrammarError as exc:
+            raise ApiError(400, str(exc), param="response_format") from None
 
     async def _events(
         self, jobs: list[GenerationJob], trace: _Trace
@@ -601,6 +617,7 @@ class Server:
                 "seed": body.seed,
                 "stop": body.stops,
                 "stream": body.stream,
+                "response_format": body.response_format,
             },
             "status": status,
             "error": error,

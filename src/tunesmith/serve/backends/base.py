@@ -28,13 +28,15 @@ class OverloadedError(Exception):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one choice is decoded. Temperature 0 is greedy."""
+    """How one choice is decoded. Temperature 0 is greedy. `grammar`: an llguidance grammar (a JSON
+    schema's, from `response_format`) that every token must keep the answer within."""
 
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    grammar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,9 @@ class Backend(Protocol):
 
     name: str
 
+    def grammar_refusal(self, version_id: str) -> str | None:
+        """Why the version cannot decode within a grammar (response_format json); None when it can."""
+
     def start(self) -> None: ...
 
     def close(self) -> None: ...
@@ -195,6 +200,9 @@ class QueuedBackend(ABC):
     """
 
     name = "queued"
+
+    def grammar_refusal(self, version_id: str) -> str | None:
+        return f"the {self.name} backend does not enforce response_format (the transformers backend does)"
 
     def __init__(self, max_queue: int, batch_size: int = 1, max_per_tenant: int | None = None) -> None:
         self.max_queue = max_queue

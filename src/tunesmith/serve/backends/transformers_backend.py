@@ -22,6 +22,7 @@ from typing import Any
 
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, ServeConfig
 from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
+from tunesmith.serve.grammar import TokenMasks, grammar_tokenizer
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
@@ -42,6 +43,27 @@ class _Group:
     peft: bool
     context_length: int
     versions: set[str] = field(default_factory=set)
+    grammar_tokenizer: Any = None  # llguidance's view of the tokenizer, built on the first response_format
+
+    grammar_error: str | None = None
+
+    def grammar_refusal(self) -> str | None:
+        """Why this model's tokenizer cannot be constrained by a grammar; None when it can."""
+        if self.grammar_tokenizer is None and self.grammar_error is None:
+            try:
+                vocab = int(self.model.get_output_embeddings().weight.shape[0])
+                self.grammar_tokenizer = grammar_tokenizer(self.tokenizer, vocab, self.eos)
+            except Exception as exc:  # a slow tokenizer, or one without a byte-level decoder
+                self.grammar_error = f"this model's tokenizer cannot be constrained by a grammar ({exc})"
+        return self.grammar_error
+
+    def masks(self, grammars: list[str | None]) -> TokenMasks | None:
+        """The grammar matchers of a batch's rows, or None when no row has a grammar."""
+        if not any(grammars):
+            return None
+        if self.grammar_refusal() is not None:
+            raise BackendError(self.grammar_error)
+        return TokenMasks(self.grammar_tokenizer, grammars, self.eos)
 
 
 class TransformersBackend(QueuedBackend):
@@ -62,6 +84,9 @@ class TransformersBackend(QueuedBackend):
 
     def tokenizer(self, version_id: str) -> Any:
         return self._groups[self._group_of[version_id]].tokenizer
+
+    def grammar_refusal(self, version_id: str) -> str | None:
+        return self._groups[self._group_of[version_id]].grammar_refusal()
 
     def context_length(self, version_id: str) -> int:
         return self._groups[self._group_of[version_id]].context_length
@@ -284,7 +309,9 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
         extra["adapter_names"] = adapters  # a mixed batch: each row through its own adapter
     elif group.peft and model.active_adapter != adapters[0]:
         model.set_adapter(adapters[0])  # one adapter: the plain forward pass, without per-row routing
-    processors = [_RowSampler(rows)] if any(c.params.temperature > 0 for _, c in rows) else []
+    masks = group.masks([c.params.grammar for _, c in rows])
+    sampled = any(c.params.temperature > 0 for _, c in rows)
+    processors = [_RowSampler(rows, masks)] if sampled or masks else []
     settings = GenerationConfig(
         max_new_tokens=max(choice.params.max_tokens for _, choice in rows),
         do_sample=False,
@@ -308,12 +335,14 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
 
 
 class _RowSampler:
-    """Each row's next token by its own temperature, top-p and generator; greedy decoding then takes it."""
+    """Each row's next token by its own temperature, top-p, generator and grammar; greedy decoding
+    then takes it."""
 
-    def __init__(self, rows: list[tuple[GenerationJob, Any]]) -> None:
+    def __init__(self, rows: list[tuple[GenerationJob, Any]], masks: TokenMasks | None = None) -> None:
         import torch
 
         self.rows = rows
+        self.masks = masks
         self.generators: list[Any] = []
         for _, choice in rows:
             generator = None
@@ -331,6 +360,8 @@ class _RowSampler:
         chosen = torch.full_like(scores, float("-inf"))
         for i, (_, choice) in enumerate(self.rows):
             row = scores[i].float()
+            if self.masks is not None and not choice.done:
+                row = self.masks.apply(i, row)
             # A temperature this close to 0 is greedy decoding: dividing by it overflows to inf.
             if choice.params.temperature < GREEDY_BELOW or self.generators[i] is None:
                 token = int(torch.argmax(row))
@@ -342,6 +373,8 @@ class _RowSampler:
                     keep[0] = True  # the most likely token always stays (a tiny top_p is 0 in float32)
                     probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
                 token = int(torch.multinomial(probs.cpu(), 1, generator=self.generators[i]))
+            if self.masks is not None and not choice.done:
+                self.masks.consume(i, token)
             chosen[i, token] = 0.0
         return chosen
 
