@@ -63,9 +63,6 @@ class TokenMasks:
             for grammar in grammars
         ]
 
-    def __bool__(self) -> bool:
-        return any(m is not None for m in self.matchers)
-
     def apply(self, row: int, logits: Any) -> Any:
         """`logits` (one row's, 1-D) with every token the grammar forbids next at -inf."""
         import torch

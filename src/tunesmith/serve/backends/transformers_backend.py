@@ -44,8 +44,7 @@ class _Group:
     context_length: int
     versions: set[str] = field(default_factory=set)
     grammar_tokenizer: Any = None  # llguidance's view of the tokenizer, built on the first response_format
-
-    grammar_error: str | None = None
+    grammar_error: str | None = None  # why it cannot be built (a word-level tokenizer...)
 
     def grammar_refusal(self) -> str | None:
         """Why this model's tokenizer cannot be constrained by a grammar; None when it can."""
@@ -311,7 +310,7 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
         model.set_adapter(adapters[0])  # one adapter: the plain forward pass, without per-row routing
     masks = group.masks([c.params.grammar for _, c in rows])
     sampled = any(c.params.temperature > 0 for _, c in rows)
-    processors = [_RowSampler(rows, masks)] if sampled or masks else []
+    processors = [_RowSampler(rows, masks)] if sampled or masks is not None else []
     settings = GenerationConfig(
         max_new_tokens=max(choice.params.max_tokens for _, choice in rows),
         do_sample=False,
