@@ -288,10 +288,71 @@ def test_alerts_fire_to_a_webhook_and_roll_back_the_alias(serve_project):
     )
     with session(workspace.engine) as s:
         events = list(s.query(AlertEvent).order_by(AlertEvent.id))
-    assert [e.rule for e in events].count("unhappy") == 1  # cooldown: fired once
+    unhappy = [e for e in events if e.rule == "unhappy"]  # cooldown: fired once for the second version
+    assert [e.version_id for e in unhappy].count(get_version(workspace, second).id) == 1
+    assert sum(1 for e in unhappy if (e.action or "").startswith("rolled ")) == 1  # and moved it once
     assert next(e for e in events if e.rule == "slow").channels == {"log": "sent", "webhook": "sent"}
     listed = runner.invoke(app, ["monitor", "alerts", "--no-check", "--config", str(serve_project["path"])])
     assert listed.exit_code == 0 and "unhappy" in listed.output
+
+
+def test_a_rollback_rule_moves_the_alias_once_when_the_version_it_restores_is_failing_too(tmp_path):
+    from tunesmith.config import MonitorConfig, RegistryConfig
+    from tunesmith.monitor.alerts import check_alerts
+    from tunesmith.registry.versions import alias_target, get_version, move_alias
+    from tunesmith.store import ModelVersion, Run
+    from tunesmith.workspace import init_project, open_workspace
+
+    workspace = open_workspace(load_config(init_project(tmp_path / "p")))
+    with session(workspace.engine) as s:
+        s.add(
+            Run(id="run-1", kind="train", status="finished", project="p", config={}, base_model="m", path="p")
+        )
+    for n in (1, 2, 3):
+        with session(workspace.engine) as s:
+            s.add(
+                ModelVersion(
+                    id=f"mv-{n}",
+                    name=f"p-v{n}",
+                    family="p",
+                    number=n,
+                    run_id="run-1",
+                    base_model="m",
+                    method="lora",
+                    weights_sha256="0" * 64,
+                    seed=0,
+                    config={},
+                    path="p",
+                    created_by="alice",
+                )
+            )
+        move_alias(workspace, "p", "production", get_version(workspace, f"p-v{n}"), actor="alice")
+    with session(workspace.engine) as s:  # v2 and v3 both get thumbs down
+        s.add_all(
+            Feedback(request_id=f"r{n}{i}", version_id=f"mv-{n}", rating=0.0, scale="thumbs")
+            for n in (2, 3)
+            for i in range(3)
+        )
+    monitor = MonitorConfig.model_validate(
+        {
+            "alerts": [
+                {
+                    "name": "unhappy",
+                    "metric": "negative_feedback_rate",
+                    "threshold": 0.5,
+                    "min_requests": 2,
+                    "model": "p@production",
+                    "action": "rollback",
+                }
+            ]
+        }
+    )
+    first = check_alerts(workspace, monitor, RegistryConfig())
+    assert [e.action for e in first] == ["rolled p@production back to p-v2"]
+    second = check_alerts(workspace, monitor, RegistryConfig())  # v2, now production, fails as well
+    assert len(second) == 1 and second[0].version_id == "mv-2"
+    assert second[0].action.startswith("no rollback: this rule moved p@production back at")
+    assert alias_target(workspace, "p", "production").name == "p-v2"  # not walked down to v1
 
 
 def test_monitor_report_writes_time_series_per_version_with_alerts(serve_project, tmp_path):

@@ -200,7 +200,7 @@ def _fire(
         f"{rule.metric} of {version.name} is {value:.4g} ({rule.op} {rule.threshold:g}) over the last "
         f"{rule.window_minutes:g} min, from {support} data points"
     )
-    action = _act(workspace, rule, version, message) if rule.action == "rollback" else None
+    action = _act(workspace, rule, version, message, now) if rule.action == "rollback" else None
     alert = {
         "rule": rule.name,
         "version": version.name,
@@ -235,8 +235,11 @@ def _fire(
     return event
 
 
-def _act(workspace: Workspace, rule: AlertRule, version: ModelVersion, message: str) -> str:
-    """Roll the rule's alias back when it still points at the version that fired."""
+ROLLED = "rolled "  # how an action that moved the alias begins
+
+
+def _act(workspace: Workspace, rule: AlertRule, version: ModelVersion, message: str, now: datetime) -> str:
+    """Roll the rule's alias back when it still points at the version that fired, once per cooldown."""
     from tunesmith.registry.aliases import rollback
 
     assert rule.model is not None
@@ -244,6 +247,18 @@ def _act(workspace: Workspace, rule: AlertRule, version: ModelVersion, message: 
     current = alias_target(workspace, family, alias)
     if current is None or current.id != version.id:
         return f"no rollback: {rule.model} no longer points at {version.name}"
+    with session(workspace.engine) as s:
+        moved = s.scalar(
+            select(func.max(AlertEvent.at)).where(
+                AlertEvent.rule == rule.name, AlertEvent.action.startswith(ROLLED)
+            )
+        )
+    moved = moved if moved is None or moved.tzinfo is not None else moved.replace(tzinfo=UTC)
+    if moved is not None and now - moved < timedelta(minutes=rule.cooldown_minutes):
+        return (
+            f"no rollback: this rule moved {rule.model} back at {moved:%Y-%m-%d %H:%M:%S} UTC and waits "
+            f"{rule.cooldown_minutes:g} min before moving it again; look at {version.name} yourself"
+        )
     try:
         event = rollback(
             workspace, family, alias=alias, reason=f"alert {rule.name}: {message}", actor="tunesmith-monitor"
@@ -252,7 +267,7 @@ def _act(workspace: Workspace, rule: AlertRule, version: ModelVersion, message: 
         return f"rollback failed: {exc}"
     with session(workspace.engine) as s:
         previous = s.get(ModelVersion, event.to_version_id)
-    return f"rolled {rule.model} back to {previous.name if previous else event.to_version_id}"
+    return f"{ROLLED}{rule.model} back to {previous.name if previous else event.to_version_id}"
 
 
 def recent_alerts(workspace: Workspace, limit: int = 50) -> list[AlertEvent]:
