@@ -293,7 +293,11 @@ def test_push_to_a_real_mlflow_registry(tmp_path, tiny_model_dir):
 
 
 @pytest.mark.slow
-def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
+def test_gguf_export_of_the_bundled_model_agrees_when_llama_cpp_runs_it(tmp_path, monkeypatch):
+    from tunesmith.models.llamacpp import find_server
+
+    if find_server() is None:
+        pytest.skip("llama.cpp's llama-server is not installed (make setup builds it)")
     config_path = write_demo_project(tmp_path)
     settings = ["train.method=lora", "train.max_steps=3", "train.forgetting.probe=false"]
     version = train(load_config(config_path, settings)).version
@@ -304,6 +308,7 @@ def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
         folder = tmp_path / ".tunesmith" / "exports" / f"{name}-gguf-{quant}"
         parity = json.loads((folder / "parity.json").read_text())
         assert parity["passed"] and parity["token_agreement"] >= 0.9, parity
+        assert parity["checked_with"] == "llama.cpp" and parity["prompt_tokens_identical"]
         assert parity["gguf_chat_template_sha256"] == parity["chat_template_sha256"]
         assert (folder / f"{name}-{quant}.gguf").exists() and not (folder / "merged").exists()
         assert f"FROM ./{name}-{quant}.gguf" in (folder / "Modelfile").read_text()
@@ -315,6 +320,15 @@ def test_gguf_export_of_the_bundled_model_loads_back_and_agrees(tmp_path):
     assert (
         size < 0.3 * 4 * version.metrics["total_parameters"]
     )  # about one byte per weight, against four in float32
+
+    # a conversion that forgets llama.cpp's rotary layout of q and k fails the check it runs
+    from tunesmith.registry import export, gguf_export
+
+    monkeypatch.setattr(gguf_export, "_permute", lambda weights, n_head: weights)
+    workspace = open_workspace(load_config(config_path))
+    with pytest.raises(export.ExportError, match=r"llama\.cpp ranks first only"):
+        export.export_version(workspace, version, "gguf", tmp_path / "broken")
+    assert not json.loads((tmp_path / "broken" / "parity.json").read_text())["passed"]
 
 
 def test_gguf_export_refuses_what_it_cannot_write(tmp_path, tiny_model_dir):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import threading
+import time
 from pathlib import Path
 
 import httpx2 as httpx  # the HTTP client the openai package ships with
@@ -505,9 +507,11 @@ def test_optional_backends_that_cannot_run_here_say_what_is_missing(project):
 
     import torch
 
-    if importlib.util.find_spec("llama_cpp") is None:
+    from tunesmith.models.llamacpp import find_server
+
+    if find_server() is None:
         result = cli(project, "serve", "--backend", "llamacpp")
-        assert result.exit_code == 1 and "pip install 'tunesmith[llamacpp]'" in result.output
+        assert result.exit_code == 1 and "needs llama.cpp's llama-server" in result.output
     if importlib.util.find_spec("vllm") is None or not torch.cuda.is_available():
         result = cli(project, "serve", "--backend", "vllm")
         assert result.exit_code == 1 and "vllm backend needs" in result.output
@@ -522,15 +526,16 @@ def test_optional_backends_that_cannot_run_here_say_what_is_missing(project):
 
 
 @pytest.mark.slow
-def test_the_llamacpp_backend_serves_the_gguf_export_through_the_same_api(tmp_path):
-    pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed (pip install 'tunesmith[llamacpp]')"
-    )
+def test_the_llamacpp_backend_serves_the_gguf_export_with_continuous_batching(tmp_path):
+    from tunesmith.models.llamacpp import find_server
+
+    if find_server() is None:
+        pytest.skip("llama.cpp's llama-server is not installed (make setup builds it)")
     config_path = write_demo_project(tmp_path)
     settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
     version = train(load_config(config_path, settings)).version
     serving = ["serve.backend=llamacpp", f"serve.models=[{version.name}]", "serve.auth=none"]
-    config = load_config(config_path, [*settings, *serving])
+    config = load_config(config_path, [*settings, *serving, "serve.max_batch_size=4"])
     with running(config) as (url, server):
         api = client(url)
         answer = api.chat.completions.create(
@@ -541,9 +546,39 @@ def test_the_llamacpp_backend_serves_the_gguf_export_through_the_same_api(tmp_pa
         )
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert answer.model == version.name and streamed == answer.choices[0].message.content
-        assert answer.choices[0].message.content.strip()
+        assert answer.choices[0].message.content.strip() and answer.usage.completion_tokens <= 8
         parity = server.workspace.root / "exports" / f"{version.name}-gguf-q8_0" / "parity.json"
         assert json.loads(parity.read_text())["passed"]
+
+        # a request that arrives while a long one decodes joins the running batch: it is answered
+        # while the long one is still streaming, not after it
+        counting = [{"role": "user", "content": "Count from 1 to 100, one number per line."}]
+        long = api.chat.completions.create(
+            model=version.name, messages=counting, max_tokens=300, temperature=0, stream=True
+        )
+        arrivals: list[float] = []
+        first = threading.Event()
+
+        def read_long() -> None:
+            for chunk in long:
+                arrivals.append(time.monotonic())
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first.set()
+
+        reader = threading.Thread(target=read_long)
+        reader.start()
+        assert first.wait(60)
+        short = api.chat.completions.create(
+            model=version.name, messages=QUESTION, max_tokens=4, temperature=0
+        )
+        answered = time.monotonic()
+        reader.join(120)
+        assert short.choices[0].finish_reason == "length" and len(arrivals) > 50
+        assert sum(1 for t in arrivals if t > answered) >= 10  # well before the long answer ended
+        two = api.chat.completions.create(
+            model=version.name, messages=QUESTION, max_tokens=6, temperature=0.9, seed=1, n=2
+        )
+        assert [c.index for c in two.choices] == [0, 1] and two.usage.completion_tokens <= 12
 
 
 @pytest.mark.slow

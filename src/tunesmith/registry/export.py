@@ -4,6 +4,8 @@ Every export ends with a parity check, written to `parity.json` beside the files
 
 - tokens: greedy answers of the exported artefact to a fixed prompt set are the same tokens as
   the registered version's (both in float32, so the comparison is of the weights, not of rounding);
+  a GGUF file is run by llama.cpp itself (`llama-server`), with the template and tokenizer inside
+  the file, and must rank first at least 90% of the version's answer tokens (GGUF is lossy);
 - stop: the exported generation config stops at the chat template's end-of-turn token and the
   tokenizer's end-of-sequence token, as training taught;
 - template: the exported tokenizer's chat template is the version's (same sha256) and renders a
@@ -139,20 +141,16 @@ def _write_merged(
 def _check_parity(
     target: Path, version: ModelVersion, fmt: ExportFormat, workspace: Workspace, max_new_tokens: int
 ) -> dict[str, Any]:
-    """Greedy answers of the version and of its export, compared (GGUF: also token agreement)."""
+    """Greedy answers of the version and of its export, compared (GGUF: through llama.cpp itself)."""
     from tunesmith.registry.loading import load_row
 
     reference_model, reference_tokenizer = load_row(version, workspace)
     reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
-    exported_model, exported_tokenizer = _load_export(target, fmt, version, workspace)
-    if fmt != "gguf":  # a model read from GGUF is already float32, and refuses .float()
-        exported_model = exported_model.float()
-    exported = _answers(exported_model, exported_tokenizer, max_new_tokens)
-    report = _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, exported_model)
     if fmt == "gguf":
-        report["token_agreement"] = _forced_agreement(exported_model, reference_tokenizer, reference)
-        _gguf_parity(report, target, version)
-    return report
+        return _gguf_parity(target, version, reference, reference_tokenizer, max_new_tokens)
+    exported_model, exported_tokenizer = _load_export(target, fmt, version, workspace)
+    exported = _answers(exported_model.float(), exported_tokenizer, max_new_tokens)
+    return _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, exported_model)
 
 
 def _load_export(
@@ -167,12 +165,6 @@ def _load_export(
     tokenizer = AutoTokenizer.from_pretrained(target)
     from tunesmith.models.loading import LOAD_LOCK
 
-    if fmt == "gguf":
-        (gguf_file,) = target.glob("*.gguf")
-        with LOAD_LOCK:
-            return AutoModelForCausalLM.from_pretrained(
-                target, gguf_file=gguf_file.name, dtype="float32"
-            ), tokenizer
     if fmt == "merged":
         with LOAD_LOCK:
             return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
@@ -193,24 +185,24 @@ def _load_export(
 
 def _answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
     """Greedy new tokens for each parity prompt, one at a time (no padding to differ)."""
+    import torch
+
     from tunesmith.models.generate import inference, stop_token_ids
 
     stops = stop_token_ids(tokenizer, model)
     out = []
     with inference(model):
         for prompt in PARITY_PROMPTS:
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(model.device)
+            ids = torch.tensor([_prompt_ids(tokenizer, prompt)], device=model.device)
             generated = model.generate(
-                **ids,
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=stops,
                 pad_token_id=tokenizer.pad_token_id,
             )
-            out.append([int(t) for t in generated[0, ids["input_ids"].shape[1] :]])
+            out.append([int(t) for t in generated[0, ids.shape[1] :]])
     return out
 
 
@@ -267,53 +259,72 @@ def _gguf_pre(version: ModelVersion) -> str:
     return entry.gguf_pre if entry is not None else "default"
 
 
-def _forced_agreement(model: Any, tokenizer: Any, reference: list[list[int]]) -> float:
-    """Share of the version's answer tokens that `model` also ranks first, fed the same prefix.
+def _gguf_parity(
+    target: Path,
+    version: ModelVersion,
+    reference: list[list[int]],
+    reference_tokenizer: Any,
+    max_new_tokens: int,
+) -> dict[str, Any]:
+    """The GGUF file run by llama.cpp itself, with the chat template and tokenizer inside the file.
 
-    Free-running greedy answers of a lossy copy drift apart after the first near-tie; fed the
-    version's own answer, every position is compared on equal terms (top-1 agreement).
+    GGUF is lossy (f16, q8_0), so identical answers are reported but the gate is the top-1 agreement
+    rate: fed the version's own answer, how many of its tokens llama.cpp also ranks first (free-running
+    answers of a lossy copy drift apart after the first near-tie). The prompt tokens that the file's
+    template and tokenizer give must be the version's, and so must the embedded template.
     """
-    import torch
+    from transformers import AutoTokenizer
 
-    from tunesmith.models.generate import inference
-
-    same = total = 0
-    with inference(model):
-        for prompt, answer in zip(PARITY_PROMPTS, reference, strict=True):
-            if not answer:
-                continue
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids = torch.tensor([prompt_ids + answer], device=model.device)
-            predicted = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].argmax(-1).tolist()
-            same += sum(p == t for p, t in zip(predicted, answer, strict=True))
-            total += len(answer)
-    return same / total if total else 0.0
-
-
-def _gguf_parity(report: dict[str, Any], target: Path, version: ModelVersion) -> None:
-    """GGUF is lossy (f16, q8_0): the top-1 agreement rate replaces identical answers; the template
-    embedded in the file must be the version's."""
-    import gguf
+    from tunesmith.models.llamacpp import LlamaServer, LlamaServerError
 
     (gguf_file,) = target.glob("*.gguf")
-    field = gguf.GGUFReader(gguf_file).get_field("tokenizer.chat_template")
-    embedded = field.contents() if field is not None else ""
-    embedded_sha = hashlib.sha256(str(embedded).encode()).hexdigest()
+    exported_tokenizer = AutoTokenizer.from_pretrained(target)
+    try:
+        with LlamaServer(gguf_file, slots=1, context=2048) as server:
+            embedded = str(server.call("/props").get("chat_template") or "")
+            prompts = [server.chat_prompt([{"role": "user", "content": p}]) for p in PARITY_PROMPTS]
+            exported = [server.greedy(ids, max_new_tokens) for ids in prompts]
+            same = total = 0
+            for ids, answer in zip(prompts, reference, strict=True):
+                for k, token in enumerate(answer):
+                    same += server.greedy(ids + answer[:k], 1) == [token]
+                    total += 1
+    except LlamaServerError as exc:
+        raise ExportError(
+            f"the GGUF export of {version.name} could not be checked with llama.cpp: {exc}"
+        ) from None
+    report = _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, None)
+    report["token_agreement"] = same / total if total else 0.0
+    embedded_sha = hashlib.sha256(embedded.encode()).hexdigest()
     problems = [p for p in report["problems"] if "gave other tokens" not in p]
     if embedded_sha != version.lineage.get("chat_template_sha256"):
         problems.append("the chat template inside the GGUF file is not the version's")
+    expected = [_prompt_ids(reference_tokenizer, p) for p in PARITY_PROMPTS]
+    if prompts != expected:
+        problems.append("llama.cpp tokenises the prompts differently from the version's tokenizer")
     if report["token_agreement"] < GGUF_MIN_AGREEMENT:
         problems.append(
-            f"the GGUF model ranks first only {report['token_agreement']:.0%} of the version's answer tokens "
+            f"llama.cpp ranks first only {report['token_agreement']:.0%} of the version's answer tokens "
             f"(at least {GGUF_MIN_AGREEMENT:.0%} expected of a faithful conversion)"
         )
     report.update(
-        {"gguf_file": gguf_file.name, "gguf_chat_template_sha256": embedded_sha, "problems": problems}
+        {
+            "checked_with": "llama.cpp",
+            "gguf_file": gguf_file.name,
+            "gguf_chat_template_sha256": embedded_sha,
+            "prompt_tokens_identical": prompts == expected,
+            "problems": problems,
+            "passed": not problems,
+        }
     )
-    report["passed"] = not problems
+    return report
+
+
+def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
 def _write_modelfile(directory: Path, tokenizer: Any, version: ModelVersion, source: str = ".") -> None:

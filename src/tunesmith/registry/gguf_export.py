@@ -7,8 +7,8 @@ half precision; `q8_0` quantises them with gguf's reference Q8_0 quantiser. Norm
 llama.cpp picks its pre-tokenizer by name: catalogue models carry theirs (SmolLM2: `smollm`, as in
 its bundled GGUF); other models get `default`.
 
-The parity check loads the file back with transformers (which reads GGUF and reverses the
-permutation) and measures how many of the version's answer tokens it also ranks first.
+The parity check (`registry.export`) runs the file with llama.cpp itself and measures how many of
+the version's answer tokens it also ranks first.
 """
 
 from __future__ import annotations
@@ -100,12 +100,18 @@ def _metadata(writer: Any, config: dict[str, Any], qtype: GgufType, name: str) -
 def _vocabulary(writer: Any, merged_dir: Path, pre: str) -> None:
     """BPE tokens, merges, special tokens and the chat template, from the tokenizer files."""
     import gguf
+    from transformers import AutoTokenizer
 
     vocab = gguf.BpeVocab(merged_dir)
+    added = AutoTokenizer.from_pretrained(merged_dir).added_tokens_decoder
     tokens, toktypes = [], []
-    for text, _score, toktype in vocab.all_tokens():
+    for index, (text, _score, kind) in enumerate(vocab.all_tokens()):
         tokens.append(text)
-        toktypes.append(toktype)
+        extra = added.get(index)  # as convert_hf_to_gguf.py: llama.cpp parses these in text as one token
+        special = (
+            gguf.TokenType.CONTROL if extra is not None and extra.special else gguf.TokenType.USER_DEFINED
+        )
+        toktypes.append(kind if extra is None else special)
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(pre)  # llama.cpp splits text before BPE by this name
     writer.add_vocab_size(len(tokens))

@@ -1,9 +1,12 @@
-"""CPU and edge serving from a version's GGUF export with llama.cpp (`pip install 'tunesmith[llamacpp]'`).
+"""CPU and edge serving on llama.cpp's own server, with continuous batching.
 
-The GGUF file is the registry's export (`tunesmith registry export VERSION --format gguf`), made on
-first load when missing, so the weights, chat template and stop tokens are the ones its parity
-check proved. Requests are decoded one at a time in a worker thread: llama.cpp gives one sequence
-its full CPU, which on small machines beats batching.
+Each served version runs in one `llama-server` (see `tunesmith.models.llamacpp`) started from the
+version's q8_0 GGUF export, made on first load when missing, so the weights, chat template and stop
+tokens are the ones its parity check proved. The process has `serve.max_batch_size` slots: a request
+takes a free slot and joins the running batch at the next decode step, and a finished one leaves it
+at once, so a new request never waits for a whole batch to end. Sampling, stop strings and
+incremental detokenisation are llama.cpp's; the prompt is the version's chat template, tokenised
+by its tokenizer as on every backend. A client that goes away closes its stream, which frees the slot.
 """
 
 from __future__ import annotations
@@ -11,43 +14,73 @@ from __future__ import annotations
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
+from tunesmith.models.llamacpp import INSTALL_HINT, LlamaServer, LlamaServerError, find_server
+from tunesmith.serve.backends.base import (
+    BackendError,
+    Choice,
+    GenerationJob,
+    QueuedBackend,
+    SamplingParams,
+)
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.serve")
 QUANT = "q8_0"
+CONTEXT = 2048  # each slot's context
+
+
+class _Served:
+    def __init__(self, server: LlamaServer, tokenizer: Any, eos: set[int]) -> None:
+        self.server, self.tokenizer, self.eos = server, tokenizer, eos
 
 
 class LlamaCppBackend(QueuedBackend):
     name = "llamacpp"
 
     def __init__(self, workspace: Workspace, config: ServeConfig) -> None:
-        try:
-            import llama_cpp  # noqa: F401
-        except ImportError:
-            raise BackendError(
-                "the llamacpp backend needs llama-cpp-python: pip install 'tunesmith[llamacpp]'"
-            ) from None
+        if find_server() is None:
+            raise BackendError(f"the llamacpp backend needs llama.cpp's llama-server: {INSTALL_HINT}")
         super().__init__(config.max_queue, max_per_tenant=config.max_queue_per_key)
         self.workspace = workspace
-        self._models: dict[str, tuple[Any, Any, set[int]]] = {}  # version id -> (Llama, tokenizer, eos)
+        self.slots = config.max_batch_size
+        self._models: dict[str, _Served] = {}
+        self._threads: list[Any] = []
 
     def loaded(self) -> set[str]:
         return set(self._models)
 
     def tokenizer(self, version_id: str) -> Any:
-        return self._models[version_id][1]
+        return self._models[version_id].tokenizer
 
     def context_length(self, version_id: str) -> int:
-        return int(self._models[version_id][0].n_ctx())
+        return self._models[version_id].server.context
+
+    def start(self) -> None:
+        """One worker per slot, so as many requests decode together as the server has slots."""
+        import threading
+
+        for slot in range(self.slots):
+            thread = threading.Thread(target=self._work, name=f"tunesmith-llamacpp-{slot}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=60)
+        for served in list(self._models.values()):
+            served.server.close()
+        self._models.clear()
 
     def load(self, version: ModelVersion) -> None:
-        from llama_cpp import Llama
         from transformers import AutoTokenizer
 
         from tunesmith.models.generate import stop_token_ids
@@ -56,10 +89,19 @@ class LlamaCppBackend(QueuedBackend):
             self._retired.discard(version.id)
             return
         folder = gguf_export(self.workspace, version)
-        gguf = next(folder.glob("*.gguf"))
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        llm = Llama(model_path=str(gguf), n_ctx=2048, verbose=False, logits_all=False)
-        self._models[version.id] = (llm, tokenizer, set(stop_token_ids(tokenizer)))
+        logs = self.workspace.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            server = LlamaServer(
+                next(folder.glob("*.gguf")),
+                slots=self.slots,
+                context=CONTEXT,
+                log_file=logs / f"llama-server-{version.name}.log",
+            )
+        except LlamaServerError as exc:
+            raise BackendError(str(exc)) from None
+        self._models[version.id] = _Served(server, tokenizer, set(stop_token_ids(tokenizer)))
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
         )
@@ -72,52 +114,69 @@ class LlamaCppBackend(QueuedBackend):
             self.submit(job, force=True)
             job.wait(300)
         except Exception:
-            self._models.pop(version.id, None)
+            self._models.pop(version.id).server.close()
             raise
 
     def _drop(self, version_id: str) -> None:
-        self._models.pop(version_id, None)
+        served = self._models.pop(version_id, None)
         self._retired.discard(version_id)
+        if served is not None:
+            served.server.close()
 
     def _work(self) -> None:
         while (jobs := self._wait_for_jobs(take=1)) is not None:
             job = jobs[0]
             started = time.perf_counter()
             try:
-                self._decode(job)
+                served = self._models[job.version_id]
+                if len(job.choices) == 1:
+                    self._decode(served, job, job.choices[0])
+                else:  # n > 1: the choices take slots side by side
+                    with ThreadPoolExecutor(len(job.choices)) as pool:
+                        for done in [pool.submit(self._decode, served, job, c) for c in job.choices]:
+                            done.result()
             except Exception as exc:
                 log.exception("llama.cpp generation failed")
                 job.fail(BackendError(f"generation failed: {exc}"))
             finally:
                 self._done(jobs, time.perf_counter() - started)
 
-    def _decode(self, job: GenerationJob) -> None:
-        llm, tokenizer, eos = self._models[job.version_id]
-
-        def decode(ids: list[int]) -> str:
-            return str(tokenizer.decode(ids, skip_special_tokens=True))
-
-        for choice in job.choices:
-            params = choice.params
-            if params.seed is not None:
-                llm.set_seed(params.seed + choice.index)
-            greedy = params.temperature <= 0
-            tokens = llm.generate(
-                job.prompt_ids,
-                temp=0.0 if greedy else params.temperature,
-                top_p=1.0 if greedy else params.top_p,
-                top_k=1 if greedy else 0,
-                repeat_penalty=1.0,
-                reset=True,
-            )
-            for token in tokens:
+    def _decode(self, served: _Served, job: GenerationJob, choice: Choice) -> None:
+        params = choice.params
+        request: dict[str, Any] = {
+            "n_predict": params.max_tokens,
+            "temperature": max(params.temperature, 0.0),
+            "top_p": params.top_p,
+            "stop": list(params.stop),
+            "seed": -1 if params.seed is None else params.seed + choice.index,
+        }
+        chunks = served.server.stream(job.prompt_ids, request)
+        try:
+            for chunk in chunks:
                 if job.cancelled.is_set():
                     choice.finish_reason = "cancelled"
                     job.deliver(choice, "")
-                    break
-                job.deliver(choice, choice.advance(int(token), decode, eos))
-                if choice.done:
-                    break
+                    return
+                tokens = [int(t) for t in chunk.get("tokens", [])]
+                content = str(chunk.get("content", ""))
+                ended = next((i for i, t in enumerate(tokens) if t in served.eos), None)
+                if ended is not None:  # a stop token llama.cpp does not count as end of generation
+                    tokens, content = tokens[:ended], ""
+                choice.tokens.extend(tokens)
+                choice.text += content
+                if ended is not None or chunk.get("stop"):
+                    limit = ended is None and chunk.get("stop_type") == "limit"
+                    choice.finish_reason = "length" if limit else "stop"
+                    choice.sent = len(choice.text)
+                    job.deliver(choice, content)
+                    return
+                choice.sent = len(choice.text)
+                job.deliver(choice, content)
+        finally:
+            chunks.close()  # type: ignore[attr-defined]
+        if not choice.done:
+            choice.finish_reason = "stop"
+            job.deliver(choice, "")
 
 
 def gguf_export(workspace: Workspace, version: ModelVersion, quant: str = QUANT) -> Path:
