@@ -8,11 +8,12 @@ under a real uvicorn on 127.0.0.1 and called through the official `openai` clien
   requests together;
 - `per-request`: `serve.max_batch_size=1`, i.e. one `model.generate` call per request, one after
   another: what a plain "call generate in the handler" server does;
-- `llamacpp` (when llama-cpp-python is installed): the version's q8_0 GGUF export on llama.cpp.
+- `llamacpp` (when llama.cpp's `llama-server` is installed; `make setup` builds it): the version's
+  q8_0 GGUF export on llama-server, whose slots decode concurrent requests with continuous batching.
 
 Decoding is greedy, so both servers write the same tokens and the comparison is of serving only.
 
-    .venv/bin/python bench/serve.py [--requests 16] [--max-tokens 48] [--clients 1,4,8]
+    .venv/bin/python bench/serve.py [--requests 16] [--max-tokens 64] [--clients 1,4,8]
 
 Prints p50/p95 latency, p50/p95 time to first token, aggregate tokens/s and errors per level, and
 the batched server's throughput over the per-request one at the same concurrency.
@@ -21,7 +22,6 @@ the batched server's throughput over the per-request one at the same concurrency
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
 import tempfile
@@ -118,20 +118,24 @@ def _p95(values: list[float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
-    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--clients", default="1,4,8")
     args = parser.parse_args()
 
     from tunesmith.config import load_config
+    from tunesmith.models.llamacpp import find_server
     from tunesmith.serve import serve_in_background
 
     levels = [int(c) for c in args.clients.split(",")]
     console.print("Training a short LoRA version of the bundled model to serve…")
     config_path, model = make_project()
     results: dict[tuple[str, int], dict[str, Any]] = {}
-    modes = [("per-request", ["serve.max_batch_size=1"]), ("batched", ["serve.max_batch_size=8"])]
-    if importlib.util.find_spec("llama_cpp") is not None:
-        modes.append(("llamacpp", ["serve.backend=llamacpp"]))
+    modes = [
+        ("per-request", ["serve.backend=transformers", "serve.max_batch_size=1"]),
+        ("batched", ["serve.backend=transformers", "serve.max_batch_size=8"]),
+    ]
+    if find_server() is not None:  # the default backend (auto) serves this version with llama.cpp
+        modes.append(("llamacpp", ["serve.backend=llamacpp", "serve.max_batch_size=8"]))
     for mode, settings in modes:
         config = load_config(config_path, [*settings, "serve.batch_wait_ms=5", "serve.auth=none"])  # loopback
         with serve_in_background(config) as (url, _):

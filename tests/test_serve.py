@@ -237,7 +237,8 @@ def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_ret
 def test_concurrent_requests_for_two_adapters_are_batched_and_answer_as_alone(project):
     first, second = project["first"], project["second"]
     prompts = [f"Question {i}: when does the library open?" for i in range(8)]
-    with running(config_of(project, "serve.batch_wait_ms=100")) as (url, server):
+    settings = ["serve.batch_wait_ms=100", "serve.backend=transformers"]  # its batches, looked into
+    with running(config_of(project, *settings)) as (url, server):
         api = client(url)
 
         def ask(i: int) -> str:
@@ -342,7 +343,8 @@ def test_api_keys_scopes_groups_and_revocation(project):
             forbidden = httpx.post(f"{url}/admin/reload", headers={"authorization": f"Bearer {user_key}"})
             assert forbidden.status_code == 403 and forbidden.json()["error"]["type"] == "permission_error"
             allowed = httpx.get(f"{url}/admin/status", headers={"authorization": f"Bearer {admin_key}"})
-            assert allowed.status_code == 200 and allowed.json()["backend"] == "transformers"
+            assert allowed.status_code == 200 and allowed.json()["backend"] == "auto"
+            assert set(allowed.json()["engines"].values()) == {"transformers"}  # word-level: not for GGUF
 
             database = Path(server.workspace.root / "tunesmith.db").read_bytes()
             assert user_key.encode() not in database and admin_key.encode() not in database
@@ -522,11 +524,27 @@ def test_optional_backends_that_cannot_run_here_say_what_is_missing(project):
     )
     assert refused.exit_code == 2 and "broken-runtime.yaml:3" in refused.output
     unknown = cli(project, "serve", "--backend", "tgi")
-    assert unknown.exit_code == 1 and "known: llamacpp, transformers, vllm" in unknown.output
+    assert unknown.exit_code == 1 and "known: auto, llamacpp, transformers, vllm" in unknown.output
+
+
+def test_the_default_backend_serves_what_llama_cpp_cannot_run_with_transformers_and_says_why(project, caplog):
+    import logging
+
+    from tunesmith.registry.export import gguf_refusal
+
+    workspace = open_workspace(config_of(project))
+    version = get_version(workspace, project["first"])
+    assert gguf_refusal(version) == "GGUF export covers BPE tokenizers; this one is WordLevel"
+    with caplog.at_level(logging.INFO, "tunesmith.serve"), running(config_of(project)) as (url, server):
+        assert server.backend.name == "auto"
+        assert server.backend.backend_of(version.id) is server.backend.transformers
+        answer = client(url).chat.completions.create(model=project["family"], messages=QUESTION, max_tokens=3)
+        assert answer.choices[0].message.content is not None
+    assert f"{version.name} is served by transformers: GGUF export covers BPE tokenizers" in caplog.text
 
 
 @pytest.mark.slow
-def test_the_llamacpp_backend_serves_the_gguf_export_with_continuous_batching(tmp_path):
+def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tmp_path):
     from tunesmith.models.llamacpp import find_server
 
     if find_server() is None:
@@ -534,8 +552,9 @@ def test_the_llamacpp_backend_serves_the_gguf_export_with_continuous_batching(tm
     config_path = write_demo_project(tmp_path)
     settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
     version = train(load_config(config_path, settings)).version
-    serving = ["serve.backend=llamacpp", f"serve.models=[{version.name}]", "serve.auth=none"]
-    config = load_config(config_path, [*settings, *serving, "serve.max_batch_size=4"])
+    serving = [f"serve.models=[{version.name}]", "serve.auth=none", "serve.max_batch_size=4"]
+    config = load_config(config_path, [*settings, *serving])
+    assert config.serve.backend == "auto"  # the default picks llama.cpp for this version
     with running(config) as (url, server):
         api = client(url)
         answer = api.chat.completions.create(
@@ -549,6 +568,26 @@ def test_the_llamacpp_backend_serves_the_gguf_export_with_continuous_batching(tm
         assert answer.choices[0].message.content.strip() and answer.usage.completion_tokens <= 8
         parity = server.workspace.root / "exports" / f"{version.name}-gguf-q8_0" / "parity.json"
         assert json.loads(parity.read_text())["passed"]
+        assert (server.workspace.root / "logs" / f"llama-server-{version.name}.log").exists()
+        shaped = api.chat.completions.create(
+            model=version.name,
+            messages=[{"role": "user", "content": "Give me the opening hours as JSON."}],
+            max_tokens=100,
+            temperature=0,
+            response_format={
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "hours",
+                    "schema": {
+                        "type": "object",
+                        "properties": {"open": {"type": "integer"}, "close": {"type": "integer"}},
+                        "required": ["open", "close"],
+                    },
+                },
+            },
+        )
+        assert shaped.choices[0].finish_reason == "stop"  # llama.cpp's own grammar kept it to the schema
+        assert set(json.loads(shaped.choices[0].message.content)) == {"open", "close"}
 
         # a request that arrives while a long one decodes joins the running batch: it is answered
         # while the long one is still streaming, not after it
@@ -645,7 +684,7 @@ def test_a_client_that_goes_away_mid_stream_stops_its_decoding_and_is_logged(pro
         with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=60) as response:
             request_id = response.headers["x-request-id"]
             next(response.iter_lines())
-        wait_for(lambda: server.backend.queue_depth() == 0 and not any(server.backend._active.values()))
+        wait_for(lambda: server.backend.in_flight() == 0)
         server.request_log.flush()
 
         def row() -> RequestLog | None:
@@ -780,7 +819,7 @@ def test_a_client_that_goes_away_before_a_whole_answer_stops_its_decoding(projec
         before = utcnow()
         with pytest.raises(httpx.ReadTimeout):  # the client leaves a quarter of the way through
             httpx.post(f"{url}/v1/completions", json={**body, "seed": seed}, timeout=whole / 4)
-        wait_for(lambda: server.backend.queue_depth() == 0 and not any(server.backend._active.values()))
+        wait_for(lambda: server.backend.in_flight() == 0)
 
         def row() -> RequestLog | None:
             server.request_log.flush()
@@ -828,6 +867,7 @@ def test_response_format_json_schema_is_enforced_while_decoding(tmp_path, tiny_b
     config_path = write_demo_project(tmp_path)
     settings = [f"model.id={tiny_byte_model_dir}", "train.method=lora", "train.max_steps=2"]
     settings += ["train.save_strategy=no", "train.forgetting.probe=false", "serve.auth=none"]
+    settings += ["serve.backend=transformers"]  # llguidance's masks on the transformers backend
     family = train(load_config(config_path, settings)).version.name
     schema = {
         "type": "object",

@@ -776,7 +776,9 @@ class ServeConfig(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, gt=0, lt=65536)
-    backend: str = "transformers"  # transformers, llamacpp, vllm (`tunesmith serve --list-backends`)
+    # auto: llama.cpp on a CPU for the versions it can run, transformers for the rest (and on a GPU);
+    # or transformers, llamacpp, vllm (`tunesmith serve --list-backends`)
+    backend: str = "auto"
     # loaded and warmed up at start, and the only names (with the routes' targets) that may be served;
     # empty: the production aliases at start, and any registered generative version on demand
     models: list[str] = Field(default_factory=list)

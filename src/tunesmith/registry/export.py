@@ -112,6 +112,35 @@ def export_version(
     return target, report
 
 
+def gguf_refusal(version: ModelVersion) -> str | None:
+    """Why `version` has no GGUF export llama.cpp could run, seen from its files without loading
+    it; None when it may have one (whether it does is the export's parity check)."""
+    from tunesmith.registry.gguf_export import SUPPORTED
+
+    if version.config.get("train", {}).get("objective", "sft") not in GENERATIVE_OBJECTIVES:
+        return "it is a classifier"
+    folder = Path(version.path)
+    tokenizer = folder / "tokenizer.json"
+    kind = (
+        json.loads(tokenizer.read_text(encoding="utf-8")).get("model", {}).get("type")
+        if tokenizer.exists()
+        else None
+    )
+    if kind != "BPE":
+        return f"GGUF export covers BPE tokenizers; this one is {kind or 'not a tokenizer.json'}"
+    config = folder / "config.json"
+    if not config.exists() and (folder / "adapter_config.json").exists():
+        base = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get(
+            "base_model_name_or_path"
+        )
+        config = Path(base or "") / "config.json"
+    if config.is_file():
+        architecture = (json.loads(config.read_text(encoding="utf-8")).get("architectures") or ["?"])[0]
+        if architecture not in SUPPORTED:
+            return f"GGUF export covers {', '.join(SUPPORTED)}; this model is {architecture}"
+    return None
+
+
 def _write_merged(
     tmp: Path, model: Any, tokenizer: Any, version: ModelVersion, fmt: ExportFormat, quant: str
 ) -> None:

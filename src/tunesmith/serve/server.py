@@ -379,8 +379,10 @@ class Server:
                 param="messages",
                 code="context_length_exceeded",
             )
+        schema = body.json_schema()
         return SamplingParams(
-            grammar=self._grammar(body, version),
+            grammar=self._grammar(schema, version),
+            schema=None if schema is None else json.dumps(schema),
             max_tokens=max_tokens,
             temperature=body.temperature
             if body.temperature is not None
@@ -390,10 +392,9 @@ class Server:
             stop=tuple(dict.fromkeys([*body.stops, *(settings.stop or [])])),
         )
 
-    def _grammar(self, body: ChatCompletionRequest | CompletionRequest, version: ModelVersion) -> str | None:
-        """The grammar of the request's `response_format`, or None for text; 400 for a schema that
-        cannot be enforced, or a backend that cannot enforce one."""
-        schema = body.json_schema()
+    def _grammar(self, schema: dict[str, Any] | None, version: ModelVersion) -> str | None:
+        """The grammar of the request's `response_format` JSON schema, or None for text; 400 for a
+        schema that cannot be enforced, or a backend that cannot enforce one."""
         if schema is None:
             return None
         refusal = self.backend.grammar_refusal(version.id)

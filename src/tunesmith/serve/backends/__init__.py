@@ -1,8 +1,9 @@
 """Serving backends: what turns a prompt's token ids into tokens, behind one small interface.
 
-`transformers` (the default) batches concurrent requests on one base model that carries every
-served adapter; `llamacpp` runs a version's GGUF export on CPU; `vllm` runs on a GPU with
-multi-LoRA. Outside packages add a backend with `register_backend` or the `tunesmith.backends`
+`auto` (the default) serves each version with llama.cpp on a CPU when it can, else transformers;
+`transformers` batches concurrent requests on one base model that carries every served adapter;
+`llamacpp` runs a version's GGUF export on llama.cpp's server with continuous batching; `vllm` runs
+on a GPU with multi-LoRA. Outside packages add a backend with `register_backend` or the `tunesmith.backends`
 entry point group.
 """
 
@@ -49,8 +50,9 @@ def _load_builtin_and_entry_points() -> None:
     if _ENTRY_POINTS["loaded"]:
         return
     _ENTRY_POINTS["loaded"] = True
-    from tunesmith.serve.backends import llamacpp_backend, transformers_backend, vllm_backend
+    from tunesmith.serve.backends import auto_backend, llamacpp_backend, transformers_backend, vllm_backend
 
+    register_backend("auto")(auto_backend.AutoBackend)
     register_backend("transformers")(transformers_backend.TransformersBackend)
     register_backend("llamacpp")(llamacpp_backend.LlamaCppBackend)
     register_backend("vllm")(vllm_backend.VllmBackend)

@@ -29,7 +29,8 @@ class OverloadedError(Exception):
 @dataclass(frozen=True)
 class SamplingParams:
     """How one choice is decoded. Temperature 0 is greedy. `grammar`: an llguidance grammar (a JSON
-    schema's, from `response_format`) that every token must keep the answer within."""
+    schema's, from `response_format`) that every token must keep the answer within; `schema` is that
+    JSON schema itself, for engines that compile their own (llama.cpp)."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -37,6 +38,7 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     grammar: str | None = None
+    schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,12 @@ class Backend(Protocol):
 
     def queue_depth(self) -> int: ...
 
+    def in_flight(self) -> int:
+        """Jobs queued or decoding."""
+
+    def engine(self, version_id: str) -> str:
+        """The name of the engine that serves a loaded version (a backend may hold several)."""
+
 
 class QueuedBackend(ABC):
     """The bounded job queue and worker thread that the built-in backends share.
@@ -239,6 +247,14 @@ class QueuedBackend(ABC):
     def queue_depth(self) -> int:
         with self._cond:
             return sum(len(job.choices) for job in self._queue)
+
+    def engine(self, version_id: str) -> str:
+        return self.name
+
+    def in_flight(self) -> int:
+        """Jobs queued or decoding."""
+        with self._cond:
+            return sum(self._active.values())
 
     def retire(self, version_id: str) -> None:
         with self._cond:

@@ -52,6 +52,9 @@ class LlamaCppBackend(QueuedBackend):
         self._models: dict[str, _Served] = {}
         self._threads: list[Any] = []
 
+    def grammar_refusal(self, version_id: str) -> str | None:
+        return None  # llama.cpp compiles the JSON schema into its own grammar
+
     def loaded(self) -> set[str]:
         return set(self._models)
 
@@ -150,6 +153,8 @@ class LlamaCppBackend(QueuedBackend):
             "stop": list(params.stop),
             "seed": -1 if params.seed is None else params.seed + choice.index,
         }
+        if params.schema is not None:
+            request["json_schema"] = json.loads(params.schema)
         chunks = served.server.stream(job.prompt_ids, request)
         try:
             for chunk in chunks:

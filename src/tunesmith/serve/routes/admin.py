@@ -130,6 +130,7 @@ async def admin_status(_: Caller = Depends(admin), server: Server = Depends(serv
         "ready": server.ready,
         "models": {name: v.name for name, v in server.table.names().items()},
         "loaded": sorted(server.backend.loaded()),
+        "engines": {v: server.backend.engine(v) for v in sorted(server.backend.loaded())},
         "queue": server.backend.queue_depth(),
         "runtime_config": str(server.runtime.path) if server.runtime.path else None,
         "request_log_pending": server.request_log.pending() if server.request_log else None,
