@@ -5,7 +5,20 @@
 #
 # Mount the project folder (tunesmith.yaml and its .tunesmith/ workspace) at /project, or point
 # TUNESMITH_DB_URL at a shared PostgreSQL store. See README "Serving" for the environment variables.
+
+# llama.cpp's llama-server, the default CPU engine (serve.backend: auto), built from the same pinned
+# source as `make setup`, for x86-64 CPUs with AVX2 (2013 on) rather than for the build machine's.
+FROM python:3.11-slim AS llama
+RUN apt-get update && apt-get install -y --no-install-recommends cmake g++ make && rm -rf /var/lib/apt/lists/*
+COPY scripts/build_llama_server.sh /build/
+RUN python -m venv /opt/llama \
+ && LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+    /build/build_llama_server.sh /opt/llama 0.3.36
+
 FROM python:3.11-slim
+
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 && rm -rf /var/lib/apt/lists/*
+COPY --from=llama /opt/llama/bin/llama-server /usr/local/bin/llama-server
 
 ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \

@@ -6,6 +6,9 @@
 # server target is built, CPU only, without curl, SSL or the web UI; about 4.5 minutes on 2 cores.
 # The tree's conversion scripts (convert_hf_to_gguf.py, convert_lora_to_gguf.py) are kept beside it.
 #
+# It is built for this machine's CPU (GGML_NATIVE); LLAMA_CMAKE_ARGS adds cmake options, e.g.
+# "-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" for an image that runs elsewhere.
+#
 #   scripts/build_llama_server.sh VENV LLAMA_CPP_PYTHON_VERSION
 set -euo pipefail
 venv=${1:?usage: build_llama_server.sh VENV VERSION}
@@ -21,7 +24,8 @@ tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 source_dir=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
 cmake -S "$source_dir" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
 	-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF \
-	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF >/dev/null
+	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
+	${LLAMA_CMAKE_ARGS:-} >/dev/null
 cmake --build "$work/build" --target llama-server -j "$(nproc)" >"$work/build.log" 2>&1 \
 	|| { tail -40 "$work/build.log"; exit 1; }
 install -m 755 "$work/build/bin/llama-server" "$venv/bin/llama-server"

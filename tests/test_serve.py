@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -287,7 +288,7 @@ def test_runtime_config_reloads_on_edit_and_a_bad_edit_keeps_the_old_settings(pr
         assert metric(url, "tunesmith_config_reloads_total", result="rejected") >= 1
 
 
-def test_stop_works_through_the_client_and_penalties_are_refused_not_ignored(project):
+def test_stop_and_the_penalties_work_through_the_client(project):
     family = project["family"]
     with running(config_of(project)) as (url, _):
         api = client(url)
@@ -302,10 +303,16 @@ def test_stop_works_through_the_client_and_penalties_are_refused_not_ignored(pro
             "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
             == whole[: whole.index(cut)]
         )
+        long = {**ask, "max_tokens": 40}
+        plain = api.chat.completions.create(**long).choices[0].message.content
         for name in ("presence_penalty", "frequency_penalty"):
-            with pytest.raises(openai.BadRequestError, match=f"`{name}` is not supported"):
-                api.chat.completions.create(**ask, **{name: 0.5})
-            assert api.chat.completions.create(**ask, **{name: 0}).choices[0].message.content == whole
+            assert api.chat.completions.create(**long, **{name: 0}).choices[0].message.content == plain
+            penalised = api.chat.completions.create(**long, **{name: 2.0}).choices[0].message.content
+            assert penalised != plain  # applied, not ignored
+            words = penalised.split()
+            assert len(set(words)) >= len(set(plain.split())) or len(words) < len(plain.split())
+        with pytest.raises(openai.BadRequestError, match="frequency_penalty"):
+            api.chat.completions.create(**ask, frequency_penalty=3)  # OpenAI's range is -2 to 2
 
 
 def test_unknown_model_names_are_one_metric_label(project):
@@ -543,6 +550,18 @@ def test_the_default_backend_serves_what_llama_cpp_cannot_run_with_transformers_
     assert f"{version.name} is served by transformers: GGUF export covers BPE tokenizers" in caplog.text
 
 
+def llama_servers() -> int:
+    """llama-server processes this test process started and that are still running."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, tail = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        count += head.split("(", 1)[1] == "llama-server" and int(tail.split()[1]) == os.getpid()
+    return count
+
+
 @pytest.mark.slow
 def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tmp_path):
     from tunesmith.models.llamacpp import find_server
@@ -552,11 +571,26 @@ def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tm
     config_path = write_demo_project(tmp_path)
     settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
     version = train(load_config(config_path, settings)).version
-    serving = [f"serve.models=[{version.name}]", "serve.auth=none", "serve.max_batch_size=4"]
+    other = train(load_config(config_path, [*settings, "train.seed=7", "train.lr=1e-3"])).version
+    serving = [f"serve.models=[{version.name}, {other.name}]", "serve.auth=none", "serve.max_batch_size=4"]
     config = load_config(config_path, [*settings, *serving])
     assert config.serve.backend == "auto"  # the default picks llama.cpp for this version
     with running(config) as (url, server):
         api = client(url)
+        status = httpx.get(f"{url}/admin/status").json()
+        assert status["engines"] == {version.id: "llamacpp", other.id: "llamacpp"}
+        # both LoRA versions are GGUF adapters over one base GGUF, in one llama-server
+        wait_for(lambda: llama_servers() == 1, timeout=30)
+        for name in (version.name, other.name):
+            raw = api.chat.completions.with_raw_response.create(
+                model=name, messages=QUESTION, max_tokens=4, temperature=0
+            )
+            assert raw.headers["x-tunesmith-version"] == name and raw.parse().choices[0].message.content
+        lora = server.workspace.root / "exports" / f"{version.name}-gguf-lora" / "parity.json"
+        assert (
+            json.loads(lora.read_text())["passed"]
+            and json.loads(lora.read_text())["checked_with"] == "llama.cpp"
+        )
         answer = api.chat.completions.create(
             model=version.name, messages=QUESTION, max_tokens=8, temperature=0
         )
@@ -566,9 +600,6 @@ def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tm
         streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         assert answer.model == version.name and streamed == answer.choices[0].message.content
         assert answer.choices[0].message.content.strip() and answer.usage.completion_tokens <= 8
-        parity = server.workspace.root / "exports" / f"{version.name}-gguf-q8_0" / "parity.json"
-        assert json.loads(parity.read_text())["passed"]
-        assert (server.workspace.root / "logs" / f"llama-server-{version.name}.log").exists()
         shaped = api.chat.completions.create(
             model=version.name,
             messages=[{"role": "user", "content": "Give me the opening hours as JSON."}],

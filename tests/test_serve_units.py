@@ -113,3 +113,19 @@ def test_jobs_leave_the_queue_in_turns_across_keys_and_one_key_cannot_fill_it():
     queue.submit(GenerationJob("v", [1], [SamplingParams(max_tokens=1)], tenant="c"))
     assert [j.tenant for j in queue.fair_order()] == ["a", "b", "c", "a", "a", "a"]
     assert [j.tenant for j in queue._wait_for_jobs(take=3)] == ["a", "b", "c"]
+
+
+def test_penalties_lower_the_logits_of_tokens_already_in_the_answer_as_openai_defines_them():
+    import torch
+
+    from tunesmith.serve.backends.transformers_backend import penalised
+
+    logits = torch.zeros(6)
+    choice = Choice(0, SamplingParams(max_tokens=9, presence_penalty=0.5, frequency_penalty=0.25))
+    assert torch.equal(penalised(logits, choice), logits)  # nothing written yet
+    choice.tokens = [2, 2, 2, 4]
+    # token 2: presence 0.5 + 3 x 0.25; token 4: 0.5 + 0.25; the others untouched
+    assert penalised(logits, choice).tolist() == [0.0, 0.0, -1.25, 0.0, -0.75, 0.0]
+    plain = Choice(0, SamplingParams(max_tokens=9))
+    plain.tokens = [2, 2]
+    assert torch.equal(penalised(logits, plain), logits)

@@ -286,7 +286,11 @@ def registry_export(
     version: VersionArg,
     format_: Annotated[
         str,
-        typer.Option("--format", help="adapter (PEFT), merged (safetensors) or gguf (llama.cpp, Ollama)."),
+        typer.Option(
+            "--format",
+            help="adapter (PEFT), merged (safetensors), gguf (llama.cpp, Ollama) or gguf-lora (a GGUF "
+            "LoRA adapter over the base model's GGUF).",
+        ),
     ] = "merged",
     quant: Annotated[str, typer.Option(help="gguf: f16 or q8_0.")] = "q8_0",
     output: Annotated[
@@ -298,8 +302,8 @@ def registry_export(
     from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.export import export_version
 
-    if format_ not in ("adapter", "merged", "gguf"):
-        raise fail(f"--format {format_!r}: use adapter, merged or gguf", 2)
+    if format_ not in ("adapter", "merged", "gguf", "gguf-lora"):
+        raise fail(f"--format {format_!r}: use adapter, merged, gguf or gguf-lora", 2)
     if quant not in ("f16", "q8_0"):
         raise fail(f"--quant {quant!r}: use f16 or q8_0", 2)
     workspace = project_workspace(config)

@@ -154,10 +154,10 @@ class LlamaServer:
             ]
         ]
 
-    def greedy(self, prompt: list[int], max_tokens: int) -> list[int]:
-        """Greedy new tokens after `prompt`, the end-of-generation token included."""
+    def greedy(self, prompt: list[int], max_tokens: int, lora: int | None = None) -> list[int]:
+        """Greedy new tokens after `prompt` (through adapter `lora`), the end-of-generation token included."""
         body = {"prompt": prompt, "n_predict": max_tokens, "temperature": 0.0, "return_tokens": True}
-        return [int(t) for t in self.call("/completion", {**NEUTRAL, **body})["tokens"]]
+        return [int(t) for t in self.call("/completion", {**NEUTRAL, **body, **_applied(lora)})["tokens"]]
 
     def stream(
         self, prompt: list[int], params: dict[str, Any], lora: int | None = None
@@ -169,9 +169,14 @@ class LlamaServer:
         """
         import httpx2
 
-        body = {"prompt": prompt, "stream": True, "return_tokens": True, **NEUTRAL, **params}
-        if lora is not None:
-            body["lora"] = [{"id": lora, "scale": 1.0}]
+        body = {
+            "prompt": prompt,
+            "stream": True,
+            "return_tokens": True,
+            **NEUTRAL,
+            **params,
+            **_applied(lora),
+        }
         timeout = httpx2.Timeout(10.0, read=None)
         with httpx2.stream("POST", f"{self.url}/completion", json=body, timeout=timeout) as response:
             if response.status_code != 200:
@@ -189,6 +194,7 @@ class LlamaServer:
                     return
 
     def close(self) -> None:
+        """Stop the server (requests still streaming from it end)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -196,3 +202,8 @@ class LlamaServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def _applied(lora: int | None) -> dict[str, Any]:
+    """A request's adapter: index `lora` of the server's `--lora` list at full scale, the others off."""
+    return {} if lora is None else {"lora": [{"id": lora, "scale": 1.0}]}

@@ -340,6 +340,20 @@ def _quiet_load() -> Iterator[None]:
         hf_logging.enable_progress_bar()
 
 
+def local_dir(model: Any) -> Path:
+    """The folder a project's `model:` section (or a version's) loads from: converting a bundled
+    GGUF, or downloading from the hub, first when needed."""
+    fields = model if isinstance(model, dict) else model.model_dump()
+    resolved = resolve(fields["id"], fields["source"], fields["revision"])
+    if resolved.origin == "bundled-gguf":
+        resolved = convert_bundled(resolved)
+    if resolved.path is None:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(resolved.hub_id or fields["id"], revision=resolved.revision))
+    return resolved.path
+
+
 def convert_bundled(resolved: ResolvedModel) -> ResolvedModel:
     """Dequantise the bundled GGUF into cached safetensors; atomic, so a killed run leaves no half cache.
 

@@ -28,7 +28,7 @@ from tunesmith.registry.versions import RegistryError
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace, atomic_dir
 
-ExportFormat = Literal["adapter", "merged", "gguf"]
+ExportFormat = Literal["adapter", "merged", "gguf", "gguf-lora"]
 GGUF_MIN_AGREEMENT = 0.9  # top-1 agreement below this means a broken conversion, not rounding
 
 PARITY_PROMPTS = [
@@ -62,6 +62,8 @@ def export_version(
     """Write `version` as `fmt` to `output` (default `exports/NAME-FMT/` in the workspace).
 
     `gguf` writes one `NAME-QUANT.gguf` (`quant`: f16 or q8_0) with an Ollama Modelfile.
+    `gguf-lora` writes the LoRA adapter as `NAME-lora.gguf` for llama.cpp to apply over the base
+    model's GGUF (`base_gguf`, written once per base), so versions of one base share it.
 
     Returns the folder and the parity report.
 
@@ -73,11 +75,14 @@ def export_version(
 
     if version.config.get("train", {}).get("objective", "sft") not in GENERATIVE_OBJECTIVES:
         raise ExportError(f"{version.name} is a classifier; export covers generative versions")
+    if fmt == "gguf-lora" and (version.method not in ("lora", "qlora") or version.parent_id is not None):
+        raise ExportError(f"{version.name} is not a LoRA adapter on its base model: export it as gguf")
     if fmt == "adapter" and version.method not in ("lora", "qlora"):
         raise ExportError(
             f"{version.name} was trained with method {version.method}: it has no adapter; use merged"
         )
     suffix = f"gguf-{quant}" if fmt == "gguf" else fmt
+    base = base_gguf(workspace, version, quant) if fmt == "gguf-lora" else None
     target = output or workspace.root / "exports" / f"{version.name}-{suffix}"
     model, tokenizer = load_row(version, workspace)
     model = model.float()
@@ -86,6 +91,8 @@ def export_version(
             for item in Path(version.path).iterdir():
                 if item.is_file():
                     shutil.copy2(item, tmp / item.name)
+        elif base is not None:
+            _write_gguf_lora(tmp, version, base)
         else:
             _write_merged(tmp, model, tokenizer, version, fmt, quant)
         tokenizer.save_pretrained(tmp)
@@ -99,13 +106,14 @@ def export_version(
                     "base_revision": version.base_revision,
                     "weights_sha256": version.weights_sha256,
                     "parent_version": version.parent_id,  # an adapter export needs its parent merged in
+                    "base_gguf": str(base) if base is not None else None,
                 },
                 indent=2,
             ),
             encoding="utf-8",
         )
     del model
-    report = _check_parity(target, version, fmt, workspace, max_new_tokens)
+    report = _check_parity(target, version, fmt, workspace, max_new_tokens, base)
     (target / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     if not report["passed"]:
         raise ExportError(f"the {fmt} export of {version.name} failed its parity check: {report['problems']}")
@@ -141,6 +149,49 @@ def gguf_refusal(version: ModelVersion) -> str | None:
     return None
 
 
+def base_gguf(workspace: Workspace, version: ModelVersion, quant: str = "q8_0") -> Path:
+    """The base model of `version` as one GGUF file, written once per base model and revision into
+    `exports/bases/` and shared by the GGUF LoRA adapters of every version trained on it."""
+    import os
+    import re
+
+    from filelock import FileLock
+
+    from tunesmith.models.loading import local_dir
+    from tunesmith.registry.gguf_export import write_gguf
+
+    model_id = str(version.config["model"]["id"])
+    key = hashlib.sha256(f"{model_id}@{version.base_revision}".encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", model_id.strip("/"))[-40:]
+    target = workspace.root / "exports" / "bases" / f"{slug}-{key}-{quant}.gguf"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if not target.exists():
+            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            try:
+                write_gguf(local_dir(version.config["model"]), partial, quant, model_id, _gguf_pre(version))  # type: ignore[arg-type]
+            except (ValueError, FileNotFoundError) as exc:
+                partial.unlink(missing_ok=True)
+                raise ExportError(f"GGUF export of the base model {model_id}: {exc}") from None
+            partial.replace(target)
+    return target
+
+
+def _write_gguf_lora(tmp: Path, version: ModelVersion, base: Path) -> None:
+    from transformers import AutoConfig, AutoTokenizer
+
+    from tunesmith.models.loading import local_dir
+    from tunesmith.registry.gguf_export import write_gguf_lora
+
+    base_config = AutoConfig.from_pretrained(local_dir(version.config["model"])).to_dict()
+    adapter = f"{version.name}-lora.gguf"
+    try:
+        write_gguf_lora(Path(version.path), base_config, tmp / adapter, version.name)
+    except (ValueError, FileNotFoundError) as exc:
+        raise ExportError(f"GGUF LoRA export of {version.name}: {exc}") from None
+    _write_modelfile(tmp, AutoTokenizer.from_pretrained(version.path), version, str(base), f"./{adapter}")
+
+
 def _write_merged(
     tmp: Path, model: Any, tokenizer: Any, version: ModelVersion, fmt: ExportFormat, quant: str
 ) -> None:
@@ -168,15 +219,20 @@ def _write_merged(
 
 
 def _check_parity(
-    target: Path, version: ModelVersion, fmt: ExportFormat, workspace: Workspace, max_new_tokens: int
+    target: Path,
+    version: ModelVersion,
+    fmt: ExportFormat,
+    workspace: Workspace,
+    max_new_tokens: int,
+    base: Path | None = None,
 ) -> dict[str, Any]:
     """Greedy answers of the version and of its export, compared (GGUF: through llama.cpp itself)."""
     from tunesmith.registry.loading import load_row
 
     reference_model, reference_tokenizer = load_row(version, workspace)
     reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
-    if fmt == "gguf":
-        return _gguf_parity(target, version, reference, reference_tokenizer, max_new_tokens)
+    if fmt in ("gguf", "gguf-lora"):
+        return _gguf_parity(target, version, reference, reference_tokenizer, max_new_tokens, base)
     exported_model, exported_tokenizer = _load_export(target, fmt, version, workspace)
     exported = _answers(exported_model.float(), exported_tokenizer, max_new_tokens)
     return _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, exported_model)
@@ -294,13 +350,15 @@ def _gguf_parity(
     reference: list[list[int]],
     reference_tokenizer: Any,
     max_new_tokens: int,
+    base: Path | None = None,
 ) -> dict[str, Any]:
     """The GGUF file run by llama.cpp itself, with the chat template and tokenizer inside the file.
 
     GGUF is lossy (f16, q8_0), so identical answers are reported but the gate is the top-1 agreement
     rate: fed the version's own answer, how many of its tokens llama.cpp also ranks first (free-running
     answers of a lossy copy drift apart after the first near-tie). The prompt tokens that the file's
-    template and tokenizer give must be the version's, and so must the embedded template.
+    template and tokenizer give must be the version's, and so must the embedded template. A
+    `gguf-lora` export is run as llama.cpp serves it: over the `base` GGUF, with the adapter applied.
     """
     from transformers import AutoTokenizer
 
@@ -308,15 +366,16 @@ def _gguf_parity(
 
     (gguf_file,) = target.glob("*.gguf")
     exported_tokenizer = AutoTokenizer.from_pretrained(target)
+    model, loras, lora = (gguf_file, [], None) if base is None else (base, [gguf_file], 0)
     try:
-        with LlamaServer(gguf_file, slots=1, context=2048) as server:
+        with LlamaServer(model, slots=1, context=2048, loras=loras) as server:
             embedded = str(server.call("/props").get("chat_template") or "")
             prompts = [server.chat_prompt([{"role": "user", "content": p}]) for p in PARITY_PROMPTS]
-            exported = [server.greedy(ids, max_new_tokens) for ids in prompts]
+            exported = [server.greedy(ids, max_new_tokens, lora) for ids in prompts]
             same = total = 0
             for ids, answer in zip(prompts, reference, strict=True):
                 for k, token in enumerate(answer):
-                    same += server.greedy(ids + answer[:k], 1) == [token]
+                    same += server.greedy(ids + answer[:k], 1, lora) == [token]
                     total += 1
     except LlamaServerError as exc:
         raise ExportError(
@@ -356,10 +415,14 @@ def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 
-def _write_modelfile(directory: Path, tokenizer: Any, version: ModelVersion, source: str = ".") -> None:
+def _write_modelfile(
+    directory: Path, tokenizer: Any, version: ModelVersion, source: str = ".", adapter: str | None = None
+) -> None:
     """An Ollama Modelfile for the export, with the template and stop token spelled out."""
     template = tokenizer.chat_template or ""
     lines = [f"# Ollama: `ollama create {version.name} -f Modelfile` in this folder", f"FROM {source}"]
+    if adapter is not None:
+        lines.append(f"ADAPTER {adapter}")
     if "<|im_start|>" in template:
         lines += [f"TEMPLATE {CHATML_MODELFILE_TEMPLATE}", 'PARAMETER stop "<|im_end|>"']
     else:

@@ -78,6 +78,58 @@ def write_gguf(merged_dir: Path, target: Path, qtype: GgufType, name: str, pre: 
     return target
 
 
+def write_gguf_lora(adapter_dir: Path, base_config: dict[str, Any], target: Path, name: str) -> Path:
+    """Write the PEFT LoRA adapter in `adapter_dir` as a GGUF LoRA adapter for llama.cpp.
+
+    As convert_lora_to_gguf.py writes one: each A and B matrix under the base tensor's GGUF name
+    with `.lora_a` / `.lora_b`, B's rows of q and k permuted as the base's are, and `lora_alpha` for
+    llama.cpp's scale alpha / r (rsLoRA's alpha / sqrt(r) folded into alpha). float32: an adapter is small.
+
+    Raises:
+        ValueError: an architecture this writer does not cover, or an adapter llama.cpp cannot apply
+            (DoRA, per-module ranks, trained modules besides the LoRA matrices).
+    """
+    import math
+
+    import gguf
+    from safetensors.numpy import load_file
+
+    settings = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    architecture = (base_config.get("architectures") or ["?"])[0]
+    if architecture not in SUPPORTED:
+        raise ValueError(f"GGUF export covers {', '.join(SUPPORTED)}; this model is {architecture}")
+    if settings.get("use_dora") or settings.get("rank_pattern") or settings.get("alpha_pattern"):
+        raise ValueError("a DoRA adapter, or one with per-module ranks, has no GGUF LoRA form: export merged")
+    alpha = float(settings["lora_alpha"]) * (math.sqrt(settings["r"]) if settings.get("use_rslora") else 1.0)
+    n_layers, n_head = base_config["num_hidden_layers"], base_config["num_attention_heads"]
+    n_kv = base_config.get("num_key_value_heads", n_head)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, n_layers)
+    writer = gguf.GGUFWriter(str(target), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer.add_name(name)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    for key, value in sorted(load_file(adapter_dir / "adapter_model.safetensors").items()):
+        part = "lora_a" if ".lora_A." in key else "lora_b" if ".lora_B." in key else None
+        if part is None:
+            raise ValueError(f"{key} is not a LoRA matrix; a GGUF LoRA adapter holds only those")
+        hf_name = key.removeprefix("base_model.model.").replace(f".lora_{part[-1].upper()}.", ".")
+        gguf_name = names.get_name(hf_name, try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise ValueError(f"tensor {hf_name} has no GGUF name")
+        data = value.astype(np.float32)
+        if part == "lora_b" and hf_name.endswith("q_proj.weight"):
+            data = _permute(data, n_head)
+        elif part == "lora_b" and hf_name.endswith("k_proj.weight"):
+            data = _permute(data, n_kv)
+        writer.add_tensor(f"{gguf_name}.{part}", data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
 def _metadata(writer: Any, config: dict[str, Any], qtype: GgufType, name: str) -> None:
     import gguf
 

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_TEXT = 200_000  # characters in one message or prompt
 MAX_MESSAGES = 512
 UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "logit_bias", "audio", "prediction")
-PENALTIES = ("presence_penalty", "frequency_penalty")  # refused unless 0, never silently ignored
 
 
 class ApiError(Exception):
@@ -80,6 +79,9 @@ class _Sampling(BaseModel):
     metadata: dict[str, str] | None = None
     logprobs: bool | int | None = None
     response_format: dict[str, Any] | None = None
+    # as OpenAI's: each generated token's logit less presence (once it appeared) + frequency x count
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
 
     @field_validator("stop")
     @classmethod
@@ -95,12 +97,6 @@ class _Sampling(BaseModel):
         for name in UNSUPPORTED:
             if extra.get(name) not in (None, [], {}):
                 raise ValueError(f"`{name}` is not supported by this server")
-        for name in PENALTIES:
-            if extra.get(name) not in (None, 0, 0.0):
-                raise ValueError(
-                    f"`{name}` is not supported by this server (it would be ignored, so it is refused); "
-                    "send 0 or leave it out"
-                )
         if self.logprobs:
             raise ValueError("`logprobs` is not supported by this server")
         if self.response_format is not None:

@@ -390,6 +390,8 @@ class Server:
             top_p=body.top_p if body.top_p is not None else (settings.top_p or 1.0),
             seed=body.seed,
             stop=tuple(dict.fromkeys([*body.stops, *(settings.stop or [])])),
+            presence_penalty=body.presence_penalty,
+            frequency_penalty=body.frequency_penalty,
         )
 
     def _grammar(self, schema: dict[str, Any] | None, version: ModelVersion) -> str | None:

@@ -30,7 +30,8 @@ class OverloadedError(Exception):
 class SamplingParams:
     """How one choice is decoded. Temperature 0 is greedy. `grammar`: an llguidance grammar (a JSON
     schema's, from `response_format`) that every token must keep the answer within; `schema` is that
-    JSON schema itself, for engines that compile their own (llama.cpp)."""
+    JSON schema itself, for engines that compile their own (llama.cpp). `presence_penalty` and
+    `frequency_penalty` lower a token's logit once it appeared in the answer, and per appearance."""
 
     max_tokens: int
     temperature: float = 1.0
@@ -39,6 +40,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     grammar: str | None = None
     schema: str | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -1,20 +1,28 @@
 """CPU and edge serving on llama.cpp's own server, with continuous batching.
 
-Each served version runs in one `llama-server` (see `tunesmith.models.llamacpp`) started from the
-version's q8_0 GGUF export, made on first load when missing, so the weights, chat template and stop
-tokens are the ones its parity check proved. The process has `serve.max_batch_size` slots: a request
-takes a free slot and joins the running batch at the next decode step, and a finished one leaves it
-at once, so a new request never waits for a whole batch to end. Sampling, stop strings and
-incremental detokenisation are llama.cpp's; the prompt is the version's chat template, tokenised
-by its tokenizer as on every backend. A client that goes away closes its stream, which frees the slot.
+Versions run in `llama-server` processes (see `tunesmith.models.llamacpp`) with `serve.max_batch_size`
+slots: a request takes a free slot and joins the running batch at the next decode step, and a
+finished one leaves it at once, so a new request never waits for a whole batch to end. Sampling,
+penalties, stop strings, JSON-schema grammars and incremental detokenisation are llama.cpp's; the
+prompt is the version's chat template, tokenised by its tokenizer as on every backend. A client that
+goes away closes its stream, which frees the slot.
+
+A LoRA version is served as its GGUF LoRA export over the base model's GGUF: every LoRA version of one
+base shares one server and one copy of the base, each request applying its own adapter. Loading one
+more starts a server with the longer adapter list and moves requests to it once it is warm; the old
+one stops when its last stream ends. Other versions (full fine-tunes, adapters on another version, or
+an adapter llama.cpp cannot apply) run their own q8_0 GGUF export. Exports are made on first load
+when missing; each passed its parity check through llama.cpp.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +43,22 @@ QUANT = "q8_0"
 CONTEXT = 2048  # each slot's context
 
 
+class _Engine:
+    """One llama-server, the versions it serves (by `--lora` position; None: the model itself), and
+    how many streams it has open, so a replaced one stops only when its last stream ends."""
+
+    def __init__(self, server: LlamaServer, loras: list[tuple[str, Path]]) -> None:
+        self.server, self.loras = server, loras
+        self.streams = 0
+        self.replaced = False
+
+
+@dataclass
 class _Served:
-    def __init__(self, server: LlamaServer, tokenizer: Any, eos: set[int]) -> None:
-        self.server, self.tokenizer, self.eos = server, tokenizer, eos
+    engine: _Engine
+    lora: int | None
+    tokenizer: Any
+    eos: set[int]
 
 
 class LlamaCppBackend(QueuedBackend):
@@ -50,6 +71,8 @@ class LlamaCppBackend(QueuedBackend):
         self.workspace = workspace
         self.slots = config.max_batch_size
         self._models: dict[str, _Served] = {}
+        self._bases: dict[Path, _Engine] = {}  # base GGUF -> the engine serving its LoRA versions
+        self._engines_lock = threading.Lock()
         self._threads: list[Any] = []
 
     def grammar_refusal(self, version_id: str) -> str | None:
@@ -62,12 +85,10 @@ class LlamaCppBackend(QueuedBackend):
         return self._models[version_id].tokenizer
 
     def context_length(self, version_id: str) -> int:
-        return self._models[version_id].server.context
+        return self._models[version_id].engine.server.context
 
     def start(self) -> None:
         """One worker per slot, so as many requests decode together as the server has slots."""
-        import threading
-
         for slot in range(self.slots):
             thread = threading.Thread(target=self._work, name=f"tunesmith-llamacpp-{slot}", daemon=True)
             thread.start()
@@ -79,9 +100,10 @@ class LlamaCppBackend(QueuedBackend):
             self._cond.notify_all()
         for thread in self._threads:
             thread.join(timeout=60)
-        for served in list(self._models.values()):
-            served.server.close()
+        for engine in {id(s.engine): s.engine for s in self._models.values()}.values():
+            engine.server.close()
         self._models.clear()
+        self._bases.clear()
 
     def load(self, version: ModelVersion) -> None:
         from transformers import AutoTokenizer
@@ -91,20 +113,15 @@ class LlamaCppBackend(QueuedBackend):
         if version.id in self._models:
             self._retired.discard(version.id)
             return
-        folder = gguf_export(self.workspace, version)
+        adapter = self._lora_export(version)
+        folder = adapter.parent if adapter is not None else gguf_export(self.workspace, version)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        logs = self.workspace.root / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        try:
-            server = LlamaServer(
-                next(folder.glob("*.gguf")),
-                slots=self.slots,
-                context=CONTEXT,
-                log_file=logs / f"llama-server-{version.name}.log",
-            )
-        except LlamaServerError as exc:
-            raise BackendError(str(exc)) from None
-        self._models[version.id] = _Served(server, tokenizer, set(stop_token_ids(tokenizer)))
+        eos = set(stop_token_ids(tokenizer))
+        if adapter is None:
+            engine = self._start(next(folder.glob("*.gguf")), [], version.name)
+            self._models[version.id] = _Served(engine, None, tokenizer, eos)
+        else:
+            self._add_lora(version, adapter, tokenizer, eos)
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
         )
@@ -117,21 +134,88 @@ class LlamaCppBackend(QueuedBackend):
             self.submit(job, force=True)
             job.wait(300)
         except Exception:
-            self._models.pop(version.id).server.close()
+            self._drop(version.id)
             raise
 
+    def _lora_export(self, version: ModelVersion) -> Path | None:
+        """The version's GGUF LoRA adapter, or None when it is served from a GGUF of its own."""
+        from tunesmith.registry import RegistryError
+
+        if version.method not in ("lora", "qlora") or version.parent_id is not None:
+            return None
+        try:
+            folder = gguf_export(self.workspace, version, "gguf-lora")
+        except RegistryError as exc:
+            log.info("%s runs as a GGUF of its own: %s", version.name, exc)
+            return None
+        return next(folder.glob("*-lora.gguf"))
+
+    def _add_lora(self, version: ModelVersion, adapter: Path, tokenizer: Any, eos: set[int]) -> None:
+        """Serve `version` from its base's engine: a new one with one more adapter, warm before use."""
+        export = json.loads((adapter.parent / "tunesmith-export.json").read_text(encoding="utf-8"))
+        base = Path(export["base_gguf"])
+        with self._engines_lock:
+            old = self._bases.get(base)
+            loras = [(v, p) for v, p in (old.loras if old else []) if v in self._models] + [
+                (version.id, adapter)
+            ]
+        engine = self._start(base, loras, f"{base.stem}")
+        with self._engines_lock:
+            for index, (version_id, _) in enumerate(loras):
+                served = self._models.get(version_id)
+                self._models[version_id] = _Served(
+                    engine, index, *((served.tokenizer, served.eos) if served else (tokenizer, eos))
+                )
+            self._bases[base] = engine
+            if old is not None:
+                old.replaced = True
+                if old.streams == 0:
+                    old.server.close()
+
+    def _start(self, model: Path, loras: list[tuple[str, Path]], label: str) -> _Engine:
+        logs = self.workspace.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        try:
+            server = LlamaServer(
+                model,
+                slots=self.slots,
+                context=CONTEXT,
+                loras=[path for _, path in loras],
+                log_file=logs / f"llama-server-{label}.log",
+            )
+        except LlamaServerError as exc:
+            raise BackendError(str(exc)) from None
+        return _Engine(server, loras)
+
     def _drop(self, version_id: str) -> None:
-        served = self._models.pop(version_id, None)
-        self._retired.discard(version_id)
-        if served is not None:
-            served.server.close()
+        with self._engines_lock:
+            served = self._models.pop(version_id, None)
+            self._retired.discard(version_id)
+            if served is None or any(s.engine is served.engine for s in self._models.values()):
+                return  # its adapter stays loaded, unused, until the engine is next replaced
+            served.engine.replaced = True
+            self._bases = {b: e for b, e in self._bases.items() if e is not served.engine}
+            if served.engine.streams == 0:
+                served.engine.server.close()
+
+    def _open(self, version_id: str) -> _Served:
+        with self._engines_lock:
+            served = self._models[version_id]
+            served.engine.streams += 1
+            return served
+
+    def _close(self, served: _Served) -> None:
+        with self._engines_lock:
+            served.engine.streams -= 1
+            if served.engine.replaced and served.engine.streams == 0:
+                served.engine.server.close()
 
     def _work(self) -> None:
         while (jobs := self._wait_for_jobs(take=1)) is not None:
             job = jobs[0]
             started = time.perf_counter()
+            served = self._open(job.version_id)
             try:
-                served = self._models[job.version_id]
                 if len(job.choices) == 1:
                     self._decode(served, job, job.choices[0])
                 else:  # n > 1: the choices take slots side by side
@@ -142,6 +226,7 @@ class LlamaCppBackend(QueuedBackend):
                 log.exception("llama.cpp generation failed")
                 job.fail(BackendError(f"generation failed: {exc}"))
             finally:
+                self._close(served)
                 self._done(jobs, time.perf_counter() - started)
 
     def _decode(self, served: _Served, job: GenerationJob, choice: Choice) -> None:
@@ -152,10 +237,13 @@ class LlamaCppBackend(QueuedBackend):
             "top_p": params.top_p,
             "stop": list(params.stop),
             "seed": -1 if params.seed is None else params.seed + choice.index,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+            "repeat_last_n": CONTEXT,  # penalties count the whole answer, as OpenAI's do
         }
         if params.schema is not None:
             request["json_schema"] = json.loads(params.schema)
-        chunks = served.server.stream(job.prompt_ids, request)
+        chunks = served.engine.server.stream(job.prompt_ids, request, served.lora)
         try:
             for chunk in chunks:
                 if job.cancelled.is_set():
@@ -184,14 +272,18 @@ class LlamaCppBackend(QueuedBackend):
             job.deliver(choice, "")
 
 
-def gguf_export(workspace: Workspace, version: ModelVersion, quant: str = QUANT) -> Path:
-    """The folder of the version's GGUF export, exported now when there is none that passed parity."""
+def gguf_export(workspace: Workspace, version: ModelVersion, kind: str = QUANT) -> Path:
+    """The folder of the version's GGUF export (`kind`: q8_0, or gguf-lora for a LoRA adapter over
+    the base's GGUF), exported now when there is none that passed its parity check."""
     from tunesmith.registry.export import export_version
 
-    folder = workspace.root / "exports" / f"{version.name}-gguf-{quant}"
+    fmt, quant, suffix = (
+        ("gguf-lora", QUANT, "gguf-lora") if kind == "gguf-lora" else ("gguf", kind, f"gguf-{kind}")
+    )
+    folder = workspace.root / "exports" / f"{version.name}-{suffix}"
     parity = folder / "parity.json"
     if parity.exists() and json.loads(parity.read_text(encoding="utf-8")).get("passed"):
         return folder
-    log.info("exporting %s to GGUF (%s) for llama.cpp", version.name, quant)
-    target, _ = export_version(workspace, version, "gguf", folder, quant=quant)
+    log.info("exporting %s to GGUF (%s) for llama.cpp", version.name, suffix)
+    target, _ = export_version(workspace, version, fmt, folder, quant=quant)  # type: ignore[arg-type]
     return target

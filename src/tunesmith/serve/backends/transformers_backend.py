@@ -309,7 +309,9 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
     elif group.peft and model.active_adapter != adapters[0]:
         model.set_adapter(adapters[0])  # one adapter: the plain forward pass, without per-row routing
     masks = group.masks([c.params.grammar for _, c in rows])
-    sampled = any(c.params.temperature > 0 for _, c in rows)
+    sampled = any(
+        c.params.temperature > 0 or c.params.presence_penalty or c.params.frequency_penalty for _, c in rows
+    )
     processors = [_RowSampler(rows, masks)] if sampled or masks is not None else []
     settings = GenerationConfig(
         max_new_tokens=max(choice.params.max_tokens for _, choice in rows),
@@ -322,7 +324,7 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
             input_ids=input_ids.to(device),
             attention_mask=mask.to(device),
             generation_config=settings,
-            logits_processor=LogitsProcessorList(processors),  # none: every row is greedy
+            logits_processor=LogitsProcessorList(processors),  # none: every row is plain greedy
             stopping_criteria=StoppingCriteriaList([_RowsDone(rows)]),
             streamer=_RowStreamer(rows, tokenizer, group.eos),
             **extra,
@@ -334,8 +336,8 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
 
 
 class _RowSampler:
-    """Each row's next token by its own temperature, top-p, generator and grammar; greedy decoding
-    then takes it."""
+    """Each row's next token by its own penalties, temperature, top-p, generator and grammar; greedy
+    decoding then takes it."""
 
     def __init__(self, rows: list[tuple[GenerationJob, Any]], masks: TokenMasks | None = None) -> None:
         import torch
@@ -358,7 +360,7 @@ class _RowSampler:
 
         chosen = torch.full_like(scores, float("-inf"))
         for i, (_, choice) in enumerate(self.rows):
-            row = scores[i].float()
+            row = penalised(scores[i].float(), choice)
             if self.masks is not None and not choice.done:
                 row = self.masks.apply(i, row)
             # A temperature this close to 0 is greedy decoding: dividing by it overflows to inf.
@@ -376,6 +378,18 @@ class _RowSampler:
                 self.masks.consume(i, token)
             chosen[i, token] = 0.0
         return chosen
+
+
+def penalised(row: Any, choice: Any) -> Any:
+    """OpenAI's penalties on one row's logits: less `presence_penalty` for each token already in the
+    answer, and less `frequency_penalty` times the number of times it appeared."""
+    import torch
+
+    params = choice.params
+    if not choice.tokens or (params.presence_penalty == 0 and params.frequency_penalty == 0):
+        return row
+    counts = torch.bincount(torch.tensor(choice.tokens), minlength=row.shape[0])[: row.shape[0]].to(row)
+    return row - params.frequency_penalty * counts - params.presence_penalty * (counts > 0).to(row)
 
 
 class _RowStreamer:

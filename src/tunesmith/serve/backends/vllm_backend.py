@@ -121,6 +121,8 @@ class VllmBackend(QueuedBackend):
                             temperature=c.params.temperature,
                             top_p=c.params.top_p,
                             seed=None if c.params.seed is None else c.params.seed + c.index,
+                            presence_penalty=c.params.presence_penalty,
+                            frequency_penalty=c.params.frequency_penalty,
                             stop_token_ids=sorted(self._eos),
                             skip_special_tokens=True,
                         )
