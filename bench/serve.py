@@ -1,22 +1,22 @@
-"""Benchmark: `tunesmith serve` under load on this machine, batched against one `generate` per request.
+"""Benchmark: `tunesmith serve` under load on this machine, llama.cpp and transformers side by side.
 
 A LoRA version of the bundled SmolLM2-135M-Instruct (a short fine-tune on the demo data) is served
-under a real uvicorn on 127.0.0.1 and called through the official `openai` client, streaming, by
-1, 4 and 8 concurrent clients. Two servers take the same requests:
+with the default config under a real uvicorn on 127.0.0.1 and called through the official `openai`
+client, streaming, by 1, 4 and 8 concurrent clients. Three servers take the same requests:
 
-- `batched`: the default transformers backend (`serve.max_batch_size=8`), which decodes concurrent
-  requests together;
-- `per-request`: `serve.max_batch_size=1`, i.e. one `model.generate` call per request, one after
-  another: what a plain "call generate in the handler" server does;
-- `llamacpp` (when llama.cpp's `llama-server` is installed; `make setup` builds it): the version's
-  q8_0 GGUF export on llama-server, whose slots decode concurrent requests with continuous batching.
+- `per-request`: transformers with `serve.max_batch_size=1`, i.e. one `model.generate` call per
+  request, one after another: what a plain "call generate in the handler" server does;
+- `batched`: transformers decoding up to 8 concurrent requests together, in batches formed per wave;
+- `llamacpp` (when llama.cpp's `llama-server` is installed; `make setup` builds it): what the default
+  backend (`auto`) serves this version with on a CPU: its GGUF LoRA adapter over the base GGUF on
+  llama-server, whose 8 slots decode concurrent requests with continuous batching.
 
-Decoding is greedy, so both servers write the same tokens and the comparison is of serving only.
+Decoding is greedy; answers differ slightly between engines (q8_0 weights), so the table counts tokens.
 
     .venv/bin/python bench/serve.py [--requests 16] [--max-tokens 64] [--clients 1,4,8]
 
 Prints p50/p95 latency, p50/p95 time to first token, aggregate tokens/s and errors per level, and
-the batched server's throughput over the per-request one at the same concurrency.
+each server's throughput over the per-request one at the same concurrency.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 #
 # The source is the llama.cpp tree that llama-cpp-python's source release carries (PyPI is the one
 # registry every setup reaches), pinned by version, so each setup builds the same llama.cpp. Only the
-# server target is built, CPU only, without curl, SSL or the web UI; about 4.5 minutes on 2 cores.
+# server target is built, CPU only, without curl, SSL or the web UI; about 5 minutes on 2 cores.
 # The tree's conversion scripts (convert_hf_to_gguf.py, convert_lora_to_gguf.py) are kept beside it.
 #
 # It is built for this machine's CPU (GGML_NATIVE); LLAMA_CMAKE_ARGS adds cmake options, e.g.
@@ -22,7 +22,9 @@ trap 'rm -rf "$work"' EXIT
 "$venv/bin/pip" download --quiet --no-deps --no-binary :all: -d "$work" "llama-cpp-python==$version"
 tar -xzf "$work"/llama_cpp_python-*.tar.gz -C "$work"
 source_dir=$(echo "$work"/llama_cpp_python-*/vendor/llama.cpp)
-cmake -S "$source_dir" -B "$work/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+generator=()
+command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)  # schedules the 200 objects better than make
+cmake -S "$source_dir" -B "$work/build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
 	-DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DLLAMA_BUILD_COMMON=ON -DLLAMA_BUILD_TESTS=OFF \
 	-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_USE_PREBUILT_UI=OFF \
 	${LLAMA_CMAKE_ARGS:-} >/dev/null

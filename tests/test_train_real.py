@@ -32,7 +32,7 @@ def test_sst2_classify_on_smollm2_with_lora_beats_the_majority_class_widely(tmp_
 data:
   path: {path}
   columns: {{text: sentence}}
-  sample: 600
+  sample: 400
   split: {{val: 0.1, test: 0.25}}
 train:
   objective: classify
