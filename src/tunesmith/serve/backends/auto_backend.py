@@ -80,6 +80,9 @@ class AutoBackend:
                     return
                 except (BackendError, RegistryError) as exc:
                     refusal = str(exc)
+                except Exception as exc:  # an export that broke: the version is still served, by transformers
+                    log.warning("llama.cpp could not load %s", version.name, exc_info=True)
+                    refusal = f"llama.cpp could not load it ({type(exc).__name__}: {exc})"
             log.info("%s is served by transformers: %s", version.name, refusal)
         self.transformers.load(version)
         self._owner[version.id] = self.transformers
