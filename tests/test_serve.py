@@ -894,6 +894,48 @@ def test_servers_sharing_a_store_decide_a_rollout_step_once(project):
         )
 
 
+def test_a_server_killed_between_claiming_a_rollout_and_promoting_leaves_it_to_the_next_tick(
+    project, monkeypatch
+):
+    from datetime import UTC, datetime, timedelta
+
+    from tunesmith.registry import aliases
+    from tunesmith.registry.versions import alias_target
+    from tunesmith.serve import rollout as rollouts
+
+    family, first, second = project["family"], project["first"], project["second"]
+    route = f"serve.routes=[{{model: '{family}@production', rollout: {{steps: [100], gates: []}}}}]"
+    config = config_of(project, route, "registry.gated=[]")
+    workspace = open_workspace(config)
+    started = rollouts.start_rollout(
+        workspace, config.serve, f"{family}@production", get_version(workspace, second)
+    )
+    later = datetime.now(UTC) + timedelta(hours=2)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the claim, before the alias moves
+
+    try:
+        monkeypatch.setattr(aliases, "promote", killed)
+        with pytest.raises(KeyboardInterrupt):
+            rollouts.tick(workspace, config.serve, config.registry, lambda _: None, later)
+        monkeypatch.undo()
+        (claimed,) = [r for r in rollouts.list_rollouts(workspace) if r.id == started.id]
+        assert claimed.status == "promoting" and alias_target(workspace, family, "production").name == first
+        assert (
+            rollouts.tick(workspace, config.serve, config.registry, lambda _: None, later) == []
+        )  # too soon
+        monkeypatch.setattr(rollouts, "STALLED_SECONDS", 0.0)  # as a minute later
+        (finished,) = rollouts.tick(workspace, config.serve, config.registry, lambda _: None, later)
+        assert finished[0].status == "completed" and finished[1] == "complete"
+        assert alias_target(workspace, family, "production").name == second
+        assert "finished after the server that claimed it stopped" in finished[0].history[-1]["reasons"]
+    finally:
+        promote(
+            workspace, config.registry, get_version(workspace, first), "production", force=True, reason="t"
+        )
+
+
 def test_response_format_json_schema_is_enforced_while_decoding(tmp_path, tiny_byte_model_dir):
     config_path = write_demo_project(tmp_path)
     settings = [f"model.id={tiny_byte_model_dir}", "train.method=lora", "train.max_steps=2"]

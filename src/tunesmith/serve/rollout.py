@@ -2,7 +2,9 @@
 
 A step advances when its hold time has passed with every gate holding; any gate failing rolls the
 rollout back (traffic returns to the route's primary at once). After the last step the version is
-promoted to the route's alias through the registry, so the eval gates apply there too.
+promoted to the route's alias through the registry, so the eval gates apply there too: one server
+claims the rollout (`promoting`), moves the alias, then marks it completed; a claim left by a server
+that stopped in between is finished by the next tick of any server after a minute.
 
 Gates are functions registered by name (`register_rollout_gate`); the plan lists the ones it
 uses. The built-in ones read the request log: `error_rate` and `latency` (p95 against the
@@ -22,12 +24,14 @@ from sqlalchemy import and_, case, func, or_, select, update
 
 from tunesmith.config import RegistryConfig, RolloutPlan, RouteConfig, ServeConfig
 from tunesmith.plugins import Registry
-from tunesmith.registry.versions import RegistryError, who
+from tunesmith.registry.versions import RegistryError, alias_target, who
 from tunesmith.store import ModelVersion, RequestLog, Rollout, session
 from tunesmith.store.schema import utcnow
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.serve")
+PROMOTING = "promoting"  # a server claimed the last step and is moving the alias
+STALLED_SECONDS = 60.0  # a claim this old, still promoting, was left by a server that stopped
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ def start_rollout(
         raise RegistryError(f"{version.name} is of family {version.family}, the route serves {family}")
     with session(workspace.engine) as s:
         running = s.scalars(
-            select(Rollout).where(Rollout.route == route.model, Rollout.status == "running")
+            select(Rollout).where(Rollout.route == route.model, Rollout.status.in_(("running", PROMOTING)))
         ).first()
         if running is not None:
             raise RegistryError(f"rollout {running.id} is already running on {route.model}; abort it first")
@@ -213,10 +217,8 @@ def tick(
     `seen`: the running rollouts as this server read them (default: read now). A decision is only
     recorded if the rollout is still as seen, so servers sharing a store never decide a step twice.
     """
-    from tunesmith.registry.aliases import PromotionError, promote
-
     now = now or datetime.now(UTC)
-    changed: list[tuple[Rollout, str]] = []
+    changed: list[tuple[Rollout, str]] = [*_finish_stalled(workspace, registry)]
     for rollout in list_rollouts(workspace, running_only=True) if seen is None else seen:
         try:
             plan = route_of(config, rollout.route).rollout
@@ -236,29 +238,63 @@ def tick(
         elif held and all(r.passed for r in results):
             reasons = [f"{r.name}: {r.detail}" for r in results]
             status, event = "running", "advance"
-            if rollout.step + 1 == len(rollout.steps):
-                status, event = "completed", "complete"
+            if rollout.step + 1 == len(rollout.steps):  # claimed first, promoted next (see _finish)
+                status, event = PROMOTING, "complete"
         else:
             continue
         if not _transition(workspace, rollout, status, event, reasons, now):
             log.info("rollout %s: another server decided this step first", rollout.id)
             continue
         if event == "complete":
-            version = _version(workspace, rollout.version_id)
-            alias = rollout.route.split("@", 1)[1]
-            try:
-                promote(workspace, registry, version, alias, reason=f"rollout {rollout.id} completed")
-                reasons.append(f"{version.name} promoted to {alias}")
-            except (PromotionError, RegistryError) as exc:
-                event = "blocked"
-                reasons.append(str(exc))
-            _amend(workspace, rollout.id, event, reasons)
+            event = _finish(workspace, registry, rollout, reasons)
         with session(workspace.engine) as s:
             row = s.get(Rollout, rollout.id)
         assert row is not None
         changed.append((row, event))
         log.info("rollout %s on %s: %s %s", row.id, row.route, event, "; ".join(reasons))
     return changed
+
+
+def _finish(workspace: Workspace, registry: RegistryConfig, rollout: Rollout, reasons: list[str]) -> str:
+    """Promote a rollout this server claimed (status `promoting`) and mark it completed, or blocked
+    when the promotion is refused. A version the alias already points at is not promoted twice."""
+    from tunesmith.registry.aliases import PromotionError, promote
+
+    version = _version(workspace, rollout.version_id)
+    family, alias = rollout.route.split("@", 1)
+    event = "complete"
+    current = alias_target(workspace, family, alias)
+    if current is not None and current.id == version.id:
+        reasons.append(f"{version.name} was already on {alias}")
+    else:
+        try:
+            promote(workspace, registry, version, alias, reason=f"rollout {rollout.id} completed")
+            reasons.append(f"{version.name} promoted to {alias}")
+        except (PromotionError, RegistryError) as exc:
+            event = "blocked"
+            reasons.append(str(exc))
+    _amend(workspace, rollout.id, event, reasons)
+    return event
+
+
+def _finish_stalled(workspace: Workspace, registry: RegistryConfig) -> list[tuple[Rollout, str]]:
+    """Finish rollouts claimed for promotion by a server that stopped before promoting (killed
+    between the claim and the alias move): after `STALLED_SECONDS`, any server completes them."""
+    finished = []
+    with session(workspace.engine) as s:
+        claimed = list(s.scalars(select(Rollout).where(Rollout.status == PROMOTING)))
+    for rollout in claimed:
+        at = datetime.fromisoformat(rollout.history[-1]["at"])
+        if (datetime.now(UTC) - _aware(at)).total_seconds() < STALLED_SECONDS:
+            continue
+        reasons = [*rollout.history[-1]["reasons"], "finished after the server that claimed it stopped"]
+        event = _finish(workspace, registry, rollout, reasons)
+        log.warning("rollout %s on %s: %s after a stalled promotion", rollout.id, rollout.route, event)
+        with session(workspace.engine) as s:
+            row = s.get(Rollout, rollout.id)
+        assert row is not None
+        finished.append((row, event))
+    return finished
 
 
 def _transition(
@@ -300,8 +336,7 @@ def _amend(workspace: Workspace, rollout_id: str, event: str, reasons: list[str]
         history = list(row.history)
         history[-1] = {**history[-1], "event": event, "reasons": reasons}
         row.history = history
-        if event == "blocked":
-            row.status = "blocked"
+        row.status = "blocked" if event == "blocked" else "completed"
 
 
 def _version(workspace: Workspace, version_id: str) -> ModelVersion:
