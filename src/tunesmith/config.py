@@ -488,10 +488,12 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     logging_steps: int = Field(5, gt=0)
     seed: int = 0
-    # Recomputes activations in the backward pass instead of keeping them: far less memory; on a
-    # CPU, where memory traffic dominates, about as fast (bench/train_throughput.py measures both).
-    activation_checkpointing: bool = Field(
-        True, validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
+    # Recomputes activations in the backward pass instead of keeping them: far less memory, at the
+    # cost of a second forward pass through the checkpointed blocks (about a fifth of a LoRA step).
+    # auto: off when the run's estimated peak without it (its longest rows, up to max_length) takes
+    # at most half of the memory free on the device, on otherwise (`tunesmith.train.fit`).
+    activation_checkpointing: bool | Literal["auto"] = Field(
+        "auto", validation_alias=AliasChoices("activation_checkpointing", "gradient_checkpointing")
     )
     # Checkpoint every n-th block only (the others keep their activations): 1 saves the most memory,
     # 2 gives back about half of the recomputation for a little more memory.

@@ -77,6 +77,7 @@ def estimate_epoch_time(
     from datasets.utils.logging import disable_progress_bar
     from transformers import PrinterCallback
 
+    from tunesmith.train.methods import share_lora_inputs_under_autocast
     from tunesmith.train.objectives import TrainerJob, get_objective
     from tunesmith.train.sft import count_parameters
 
@@ -95,6 +96,7 @@ def estimate_epoch_time(
             TrainerJob(calibration, base, {"train": clean}, Path(tmp), [timer], workspace)
         )
         trainer.remove_callback(PrinterCallback)
+        share_lora_inputs_under_autocast(trainer.model)  # as the run does
         lengths = _token_lengths(trainer.train_dataset)
         trainable, total = count_parameters(trainer.model)
         trainer.train()

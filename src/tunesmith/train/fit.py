@@ -16,6 +16,9 @@ from tunesmith.config import ProjectConfig
 
 GIB = 2**30
 HEADROOM = 0.9  # leave a tenth of the memory to the rest of the system
+# activation_checkpointing: auto keeps every activation when the estimate without checkpointing
+# takes at most this share of the free memory (the estimate is deliberately on the high side)
+AUTO_CHECKPOINTING_SHARE = 0.5
 
 
 class DoesNotFitError(MemoryError):
@@ -75,6 +78,10 @@ class FitEstimate:
         )
 
 
+def _blocks(every: int) -> str:
+    return "every block" if every == 1 else f"one block in {every}"
+
+
 def _gib(n: int) -> str:
     return f"{n / GIB:.2f} GiB"
 
@@ -111,6 +118,39 @@ def count_parameters(config: ProjectConfig, model_config: Any) -> tuple[int, int
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def decide_checkpointing(
+    config: ProjectConfig, model_config: Any, sequence_length: int
+) -> tuple[ProjectConfig, str | None]:
+    """`config` with `train.activation_checkpointing: auto` decided for this machine, and why.
+
+    Off (every activation kept, no recomputation) when the estimated peak without checkpointing
+    takes at most `AUTO_CHECKPOINTING_SHARE` of the free memory, shared between the processes of
+    a run on one machine; on otherwise. A config that sets it is returned as is, with no reason.
+    """
+    import os
+
+    train = config.train
+    if train.activation_checkpointing != "auto":
+        return config, None
+    without = config.model_copy(
+        update={"train": train.model_copy(update={"activation_checkpointing": False})}
+    ).with_base_dir(config.base_dir)
+    estimate = estimate_fit(without, model_config, sequence_length)
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    budget = int(AUTO_CHECKPOINTING_SHARE * estimate.available_bytes / processes)
+    keep = estimate.peak_bytes <= budget
+    decided = config.model_copy(
+        update={"train": train.model_copy(update={"activation_checkpointing": not keep})}
+    ).with_base_dir(config.base_dir)
+    share = f"{_gib(estimate.peak_bytes)} estimated without it, {_gib(budget)} budget"
+    reason = (
+        f"activation checkpointing off: {share}"
+        if keep
+        else f"activation checkpointing on ({_blocks(train.checkpoint_every_n_layers)}): {share}"
+    )
+    return decided, reason
 
 
 def estimate_fit(config: ProjectConfig, model_config: Any, sequence_length: int) -> FitEstimate:

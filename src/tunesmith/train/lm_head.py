@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-CHUNK = 1024  # positions per chunk: bounds the (chunk, vocabulary) float32 logits held at once
+CHUNK = 256  # positions per chunk: bounds the (chunk, vocabulary) float32 logits held at once
 KEEP_LOGITS_BYTES = 512 * 2**20  # keep the logits for the backward pass up to this size, else recompute
 
 

@@ -18,7 +18,7 @@ from tunesmith.data import prepare_data
 from tunesmith.registry import RegistryError, get_version, register_trained
 from tunesmith.registry.loading import check_base
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
-from tunesmith.train.fit import DoesNotFitError, FitEstimate, estimate_fit
+from tunesmith.train.fit import DoesNotFitError, FitEstimate, decide_checkpointing, estimate_fit
 from tunesmith.train.objectives import RunContext, TrainerJob, check_objective, get_objective
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
@@ -88,9 +88,13 @@ def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
     resolved = resolve(config.model.id, config.model.source, config.model.revision)
     location = str(resolved.path) if resolved.path is not None else str(resolved.hub_id)
     model_config = AutoConfig.from_pretrained(location, trust_remote_code=config.model.trust_remote_code)
-    longest = dataset.meta.get("report", {}).get("stats", {}).get("splits", {}).get("train", {})
-    longest_tokens = longest.get("tokens", {}).get("max", config.train.max_length)
-    return estimate_fit(config, model_config, min(config.train.max_length, longest_tokens))
+    return estimate_fit(config, model_config, longest_tokens(config, dataset))
+
+
+def longest_tokens(config: ProjectConfig, dataset: DatasetVersion) -> int:
+    """The tokens of the dataset's longest train row (from its report), up to train.max_length."""
+    train = dataset.meta.get("report", {}).get("stats", {}).get("splits", {}).get("train", {})
+    return int(min(config.train.max_length, train.get("tokens", {}).get("max", config.train.max_length)))
 
 
 def dry_run(
@@ -108,7 +112,8 @@ def dry_run(
     timing = None
     if estimate.fits and calibrate:
         base = load_base(config, dataset, workspace)
-        timing = estimate_epoch_time(config, dataset, base, workspace, steps=steps)
+        decided = with_checkpointing_decided(config, dataset, base)  # as the run will decide it
+        timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps)
     return dataset, estimate, timing
 
 
@@ -304,9 +309,11 @@ def run_objective(
     from datasets.utils.logging import disable_progress_bar
 
     from tunesmith.train.forgetting import probe_baseline
+    from tunesmith.train.methods import share_lora_inputs_under_autocast
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
     check_objective(config.train.objective, dataset, config.train)
+    config = with_checkpointing_decided(config, dataset, base)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
@@ -318,6 +325,7 @@ def run_objective(
         disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough
         callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
         trainer = objective.trainer(TrainerJob(config, base, records, run_dir, callbacks, workspace))
+        share_lora_inputs_under_autocast(trainer.model)
         finish, context = objective.finish, RunContext(config, dataset, kind, base, records)
         return conclude_run(
             trainer,
@@ -332,6 +340,17 @@ def run_objective(
             probe=probe,
             extra=(lambda t, r, w: finish(context, t, r, w)) if finish is not None else None,
         )
+
+
+def with_checkpointing_decided(config: ProjectConfig, dataset: DatasetVersion, base: Any) -> ProjectConfig:
+    """`config` with `train.activation_checkpointing: auto` decided for this run (`decide_checkpointing`)
+    and the decision printed; the same for a run and its dry-run."""
+    from tunesmith.progress import console
+
+    decided, reason = decide_checkpointing(config, base.model.config, longest_tokens(config, dataset))
+    if reason is not None and is_main_process():
+        console.print(f"[dim]{reason}[/dim]")
+    return decided
 
 
 def reproduce(

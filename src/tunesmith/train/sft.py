@@ -104,6 +104,8 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
     """
     import torch
 
+    from tunesmith.config import native_bf16
+
     known = {f.name for f in dataclasses.fields(args_class)}
     name = args_class.__name__
     owner = f"TRL's {name}" if name != "TrainingArguments" else "transformers' TrainingArguments"
@@ -150,8 +152,9 @@ def trainer_kwargs(train: TrainConfig, output_dir: Path, has_eval: bool, args_cl
         "report_to": list(train.report_to),
         "train_sampling_strategy": "group_by_length" if train.group_by_length else "random",
         "disable_tqdm": True,  # the rich bar replaces it
-        # Mixed precision where the hardware has it; TRL's bf16 default fails outright on a CPU.
-        "bf16": torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        # bfloat16 autocast where the hardware multiplies bfloat16 natively (a GPU that has it, a CPU
+        # with AVX512-BF16 or AMX); the trainable weights stay float32 masters.
+        "bf16": native_bf16(),
         "use_cpu": not torch.cuda.is_available(),
     }
     kwargs.update(train.args)
