@@ -404,3 +404,21 @@ def test_packing_joins_rows_into_full_sequences(tmp_path, tiny_model_dir):
     # 160 short rows packed into 256-token sequences: far fewer than the 20 steps of batch 8 unpacked
     assert 0 < packed["global_step"] < 10
     assert packed["train_loss"] > 0
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_every_trainer_autocasts_to_bfloat16_only_where_the_hardware_multiplies_it(
+    tmp_path, tiny_model_dir, monkeypatch, native
+):
+    """Where bfloat16 is not native, torch's bfloat16 matrix products fall back to a single-threaded
+    loop (about 1/90 of the float32 speed here): TRL's own default (`bf16=True`) would take it."""
+    from transformers import TrainingArguments
+    from trl import DPOConfig, GRPOConfig, RewardConfig, SFTConfig
+
+    import tunesmith.config
+    from tunesmith.train.sft import trainer_kwargs
+
+    monkeypatch.setattr(tunesmith.config, "native_bf16", lambda: native)
+    _, config = project(tmp_path, tiny_model_dir)
+    for args_class in (SFTConfig, DPOConfig, RewardConfig, GRPOConfig, TrainingArguments):
+        assert trainer_kwargs(config.train, tmp_path, False, args_class)["bf16"] is native, args_class
