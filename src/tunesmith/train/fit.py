@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tunesmith.config import ProjectConfig
+from tunesmith.config import ProjectConfig, native_bf16
 
 GIB = 2**30
 HEADROOM = 0.9  # leave a tenth of the memory to the rest of the system
@@ -155,7 +155,6 @@ def decide_checkpointing(
 
 def estimate_fit(config: ProjectConfig, model_config: Any, sequence_length: int) -> FitEstimate:
     """Estimate the peak memory of training `config` on sequences of `sequence_length` tokens."""
-    import torch
 
     train = config.train
     total, trainable = count_parameters(config, model_config)
@@ -173,7 +172,7 @@ def estimate_fit(config: ProjectConfig, model_config: Any, sequence_length: int)
     heads = model_config.num_attention_heads
     layers = model_config.num_hidden_layers
     vocab = model_config.vocab_size
-    mixed = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    mixed = native_bf16()  # the trainers autocast to bfloat16 exactly there
     scale = 1.0 if mixed or dtype_bytes == 2 else 2.0  # the 16-bit estimate doubles for fp32 activations
     full_layer = seq * batch * hidden * (34 + 5 * heads * seq / hidden) * scale
     if train.activation_checkpointing:
