@@ -77,7 +77,6 @@ def estimate_epoch_time(
     from datasets.utils.logging import disable_progress_bar
     from transformers import PrinterCallback
 
-    from tunesmith.train.methods import share_lora_inputs_under_autocast
     from tunesmith.train.objectives import TrainerJob, get_objective
     from tunesmith.train.sft import count_parameters
 
@@ -92,11 +91,10 @@ def estimate_epoch_time(
     disable_progress_bar()
     with tempfile.TemporaryDirectory() as tmp:
         calibration = _calibration_config(config, steps)
-        trainer = objective.trainer(
+        trainer = objective.build_trainer(
             TrainerJob(calibration, base, {"train": clean}, Path(tmp), [timer], workspace)
         )
         trainer.remove_callback(PrinterCallback)
-        share_lora_inputs_under_autocast(trainer.model)  # as the run does
         lengths = _token_lengths(trainer.train_dataset)
         trainable, total = count_parameters(trainer.model)
         trainer.train()

@@ -94,6 +94,15 @@ class Objective:
         """Its versions are causal LMs: they answer prompts (and serve), and forgetting is probed."""
         return self.head == "causal-lm"
 
+    def build_trainer(self, job: TrainerJob) -> Any:
+        """Its trainer for `job`, with what every run (and its dry-run calibration) trains with:
+        LoRA adapters that read their layer's input as is under autocast."""
+        from tunesmith.train.methods import share_lora_inputs_under_autocast
+
+        trainer = self.trainer(job)
+        share_lora_inputs_under_autocast(trainer.model)
+        return trainer
+
 
 OBJECTIVES: dict[str, Objective] = {}
 

@@ -309,7 +309,6 @@ def run_objective(
     from datasets.utils.logging import disable_progress_bar
 
     from tunesmith.train.forgetting import probe_baseline
-    from tunesmith.train.methods import share_lora_inputs_under_autocast
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
     check_objective(config.train.objective, dataset, config.train)
@@ -324,8 +323,7 @@ def run_objective(
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough
         callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
-        trainer = objective.trainer(TrainerJob(config, base, records, run_dir, callbacks, workspace))
-        share_lora_inputs_under_autocast(trainer.model)
+        trainer = objective.build_trainer(TrainerJob(config, base, records, run_dir, callbacks, workspace))
         finish, context = objective.finish, RunContext(config, dataset, kind, base, records)
         return conclude_run(
             trainer,
