@@ -78,23 +78,29 @@ print(json.dumps({"seconds": seconds, "tokens": tokens, "train_loss": result.tra
 """
 )
 
-TUNESMITH = (
-    COMMON
-    + """
+# tunesmith trains `train_rows` with these settings (SETTINGS, then the side's own from argv) as a
+# user would: its own data preparation (cleaning off, so every side sees the same rows) and run.
+TUNESMITH_RUN = """
 import tempfile
 from tunesmith.config import load_config
 from tunesmith.train.run import train
-from tunesmith.train.forgetting import answer_loss
 folder = Path(tempfile.mkdtemp())
 (folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in train_rows), encoding="utf-8")
 config = load_config(None, [
     f"workspace={folder / 'ws'}", f"data.path={folder / 'rows.jsonl'}", "data.split.val=0",
-    "data.split.test=0",
-    "data.clean.dedup=false", "data.clean.near_dedup=false", "data.clean.pii=false", "train.epochs=1",
-    "train.lr=2e-4", "train.batch_size=8", "train.max_length=512", "train.save_strategy=no",
-    "train.forgetting.probe=false",
-    *sys.argv[3:],
+    "data.split.test=0", "data.clean.dedup=false", "data.clean.near_dedup=false", "data.clean.pii=false",
+    "train.batch_size=8", "train.save_strategy=no", *SETTINGS, *sys.argv[3:],
 ])
+"""
+
+TUNESMITH = (
+    COMMON
+    + """
+from tunesmith.train.forgetting import answer_loss
+SETTINGS = ["train.epochs=1", "train.lr=2e-4", "train.max_length=512", "train.forgetting.probe=false"]
+"""
+    + TUNESMITH_RUN
+    + """
 if config.train.method == "full":
     config.train.learning_rate = 2e-5
 outcome = train(config)
@@ -202,17 +208,10 @@ print(json.dumps({"seconds": seconds, "tokens": tokens, "train_loss": result.tra
 TUNESMITH_CLS = (
     CLS_COMMON
     + """
-import tempfile
-from tunesmith.config import load_config
-from tunesmith.train.run import train
-folder = Path(tempfile.mkdtemp())
-(folder / "rows.jsonl").write_text("".join(json.dumps(r) + "\\n" for r in train_rows), encoding="utf-8")
-config = load_config(None, [
-    f"workspace={folder / 'ws'}", f"data.path={folder / 'rows.jsonl'}", "data.split.val=0",
-    "data.split.test=0", "data.clean.dedup=false", "data.clean.near_dedup=false", "data.clean.pii=false",
-    "train.objective=classify", "train.epochs=2", "train.lr=1e-3", "train.batch_size=8",
-    "train.max_length=128", "train.save_strategy=no", *sys.argv[3:],
-])
+SETTINGS = ["train.objective=classify", "train.epochs=2", "train.lr=1e-3", "train.max_length=128"]
+"""
+    + TUNESMITH_RUN
+    + """
 outcome = train(config)
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 m = outcome.version.metrics
