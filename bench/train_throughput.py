@@ -78,6 +78,13 @@ print(json.dumps({"seconds": seconds, "tokens": tokens, "train_loss": result.tra
 """
 )
 
+# The tunesmith sides start as `tunesmith train` does: its training process settings first, before
+# torch loads.
+PRELUDE = """
+from tunesmith.train.openmp import prepare_training_process
+prepare_training_process()
+"""
+
 # tunesmith trains `train_rows` with these settings (SETTINGS, then the side's own from argv) as a
 # user would: its own data preparation (cleaning off, so every side sees the same rows) and run.
 TUNESMITH_RUN = """
@@ -94,7 +101,8 @@ config = load_config(None, [
 """
 
 TUNESMITH = (
-    COMMON
+    PRELUDE
+    + COMMON
     + """
 from tunesmith.train.forgetting import answer_loss
 SETTINGS = ["train.epochs=1", "train.lr=2e-4", "train.max_length=512", "train.forgetting.probe=false"]
@@ -206,7 +214,8 @@ print(json.dumps({"seconds": seconds, "tokens": tokens, "train_loss": result.tra
 )
 
 TUNESMITH_CLS = (
-    CLS_COMMON
+    PRELUDE
+    + CLS_COMMON
     + """
 SETTINGS = ["train.objective=classify", "train.epochs=2", "train.lr=1e-3", "train.max_length=128"]
 """

@@ -259,6 +259,84 @@ def test_auto_checkpointing_keeps_activations_when_memory_allows_and_recomputes_
     assert recorded is False
 
 
+def test_auto_attention_is_eager_for_short_rows_on_a_cpu_and_the_run_uses_it(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import torch
+
+    from tunesmith.train.run import EAGER_ATTENTION_MAX_TOKENS, decide_attention
+
+    _, config = project(tmp_path, tiny_model_dir)
+    assert config.model.attn_implementation == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    chosen, reason = decide_attention(config, 40)
+    assert chosen == "eager" and "rows of at most 40 tokens" in reason
+    assert decide_attention(config, EAGER_ATTENTION_MAX_TOKENS + 1) == (None, None)  # sdpa beats it there
+    _, packed = project(tmp_path, tiny_model_dir, "train.packing=true")
+    assert decide_attention(packed, 40) == (None, None)  # packed rows are max_length long
+    _, named = project(tmp_path, tiny_model_dir, "model.attn_implementation=sdpa")
+    assert decide_attention(named, 40) == (None, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert decide_attention(config, 40) == (None, None)
+    monkeypatch.undo()
+
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(tmp_path / "tunesmith.yaml"),
+            "--set",
+            f"model.id={tiny_model_dir}",
+            "--set",
+            "train.epochs=1",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "attention: eager" in " ".join(result.output.split())
+    # a name the user sets is used by every load (training, eval, serving)
+    from tunesmith.models import load_configured
+
+    loaded = load_configured(named.model, "float32")
+    assert loaded.model.config._attn_implementation == "sdpa"
+
+
+def test_the_trainer_counts_the_same_flops_with_the_parameters_counted_once(tmp_path, tiny_model_dir):
+    import torch
+    from transformers import Trainer
+
+    from tunesmith.data import prepare_data
+    from tunesmith.train.objectives import TrainerJob, get_objective
+    from tunesmith.train.run import load_base
+
+    _, config = project(tmp_path, tiny_model_dir)
+    dataset = prepare_data(config)
+    base = load_base(config, dataset)
+    objective = get_objective("sft")
+    workspace = open_workspace(config)
+    job = TrainerJob(config, base, objective.records(config, dataset), tmp_path / "run", [], workspace)
+    trainer = objective.build_trainer(job)
+    inputs = {"input_ids": torch.ones(4, 17, dtype=torch.long)}
+    assert trainer.floating_point_ops(inputs) == Trainer.floating_point_ops(trainer, inputs) > 0
+
+
+def test_a_training_process_waits_actively_for_its_threads_unless_told_otherwise(tmp_path):
+    script = (
+        "import os, sys\n"
+        "import tunesmith.cli\n"
+        "assert 'torch' not in sys.modules  # so `tunesmith train` sets it before torch loads\n"
+        "from tunesmith.train.openmp import prepare_training_process\n"
+        "print(prepare_training_process(), os.environ.get('OMP_WAIT_POLICY'))\n"
+        "import torch\n"
+        "print(prepare_training_process())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:2] == ["{'OMP_WAIT_POLICY': 'ACTIVE'} ACTIVE", "{}"]
+    env["OMP_WAIT_POLICY"] = "PASSIVE"  # the user's setting wins
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("{} PASSIVE")
+
+
 def test_lora_adapters_share_their_layers_input_under_autocast(tiny_model_dir):
     import torch
     from peft import LoraConfig, get_peft_model

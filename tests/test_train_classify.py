@@ -236,3 +236,45 @@ def test_classifier_eval_slices_gates_and_cross_validation(tmp_path, tiny_model_
         "macro_recall",
     }
     assert all(0 <= v <= 1 for v in cv["summary"]["accuracy"]["values"])
+
+
+def test_a_lora_classifier_over_a_bfloat16_body_trains_its_head_in_float32_and_reloads_alike(
+    tmp_path, tiny_model_dir
+):
+    import torch
+
+    config_path = write_project(
+        tmp_path, tiny_model_dir, topic_rows(), "objective: classify", "method: lora", "lr: 5e-3"
+    )
+    config = load_config(config_path, ["model.dtype=bfloat16"])
+    outcome = train(config)
+    trained = dict(outcome.model.named_parameters())
+    head = {n: p for n, p in trained.items() if p.requires_grad and ".score." in n}
+    assert head and all(p.dtype == torch.float32 for p in head.values())  # exact optimizer updates
+    assert any(p.dtype == torch.bfloat16 for n, p in trained.items() if "layers.0.mlp" in n)
+    # the test split was scored outside autocast: the body's bfloat16 output reached the float32 head
+    assert "test_accuracy" in outcome.version.metrics
+
+    _, model, _ = load_version(outcome_workspace(config_path), outcome.version.name)
+    reloaded = {n: p for n, p in model.named_parameters() if ".score." in n and "modules_to_save" in n}
+    assert reloaded and all(p.dtype == torch.float32 for p in reloaded.values())
+    results = run_eval(config, outcome.version.name, outcome_workspace(config_path)).systems
+    assert results[1].scores["accuracy"].value == pytest.approx(outcome.version.metrics["test_accuracy"])
+
+
+def test_auto_dtype_puts_a_lora_classifier_body_in_bfloat16_where_it_is_native_and_reward_in_float32(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import tunesmith.config
+
+    config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify", "method: lora")
+    for native, objective, method, dtype in [
+        (True, "classify", "lora", "bfloat16"),
+        (True, "tag", "lora", "bfloat16"),
+        (True, "classify", "full", "float32"),
+        (True, "reward", "lora", "float32"),  # TRL's reward trainer would train its new head in bfloat16
+        (False, "classify", "lora", "float32"),
+    ]:
+        monkeypatch.setattr(tunesmith.config, "native_bf16", lambda native=native: native)
+        config = load_config(config_path, [f"train.objective={objective}", f"train.method={method}"])
+        assert config.weights_dtype == dtype, (native, objective, method)

@@ -279,10 +279,13 @@ class ModelConfig(_Section):
     id: str = "smollm2-135m-instruct"
     source: Literal["auto", "bundled", "hub"] = "auto"
     revision: str | None = None
-    # auto: bfloat16 base weights under LoRA adapters (which train in float32) where the hardware
-    # multiplies bfloat16 natively (recent x86 CPUs, CUDA GPUs); float32 otherwise and for every
-    # method that updates the base weights themselves.
+    # auto: bfloat16 base weights under LoRA adapters (which train in float32, as does a classifier's
+    # new head) where the hardware multiplies bfloat16 natively (recent x86 CPUs, CUDA GPUs);
+    # float32 otherwise and for every method that updates the base weights themselves.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # transformers' attention implementation. auto: the library's default (sdpa), except that a
+    # training run on a CPU with rows of at most 256 tokens uses eager, which is faster there.
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = "auto"
     # Run the Python code a hub repository ships with its model (custom architectures). It runs with
     # your rights: turn it on only for a repository you trust, pinned with `revision`.
     trust_remote_code: bool = False
@@ -953,8 +956,10 @@ class ProjectConfig(_Section):
         """The dtype the base weights load in: `model.dtype`, with `auto` decided for this run and machine."""
         if self.model.dtype != "auto":
             return self.model.dtype
-        generative = self.train.objective in GENERATIVE_OBJECTIVES
-        if generative and self.train.method in ("lora", "qlora"):
+        # reward keeps float32: TRL's reward trainer wraps the model itself and would train its new
+        # head in bfloat16; classify and tag put their head in float32 (classify.classifier_trainer).
+        adapters_train = self.train.objective in (*GENERATIVE_OBJECTIVES, "classify", "tag")
+        if adapters_train and self.train.method in ("lora", "qlora"):
             return "bfloat16" if native_bf16() else "float32"
         return "float32"
 

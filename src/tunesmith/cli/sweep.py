@@ -41,6 +41,9 @@ def sweep(
     """Hyperparameter search judged on a validation metric, or a learning curve (--learning-curve)."""
     if ctx.invoked_subcommand is not None:
         return
+    from tunesmith.train.openmp import prepare_training_process
+
+    prepare_training_process()  # first: before anything loads torch
     from tunesmith.data import DataError
     from tunesmith.sweep import SweepError, run_sweep
     from tunesmith.sweep import learning_curve as run_curve

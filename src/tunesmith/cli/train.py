@@ -33,6 +33,10 @@ def train_cmd(
     ] = None,
 ) -> None:
     """Fine-tune the base model on data.path and register the result as a new version."""
+    from tunesmith.train.openmp import prepare_training_process
+
+    if num_processes == 1:  # a launcher gives each of several processes its own thread settings
+        prepare_training_process()  # first: before anything loads torch
     from tunesmith.data import DataError
     from tunesmith.models import ModelNotFoundError
     from tunesmith.registry import RegistryError

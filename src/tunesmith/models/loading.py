@@ -129,6 +129,8 @@ HEADS = {
 }
 
 
+NEW_HEADS = ("score", "classifier")  # where transformers puts a classifier's (or reward model's) head
+
 LABELS_FILE = "labels.json"  # beside a classifier's weights: its label names in head order
 _PEFT_HEADS = {
     "CAUSAL_LM": "causal-lm",
@@ -140,6 +142,30 @@ _PEFT_HEADS = {
 def read_labels(weights_dir: Path) -> list[str]:
     """The label names a trained classifier predicts, in head order."""
     return list(json.loads((weights_dir / LABELS_FILE).read_text(encoding="utf-8"))["labels"])
+
+
+def float32_heads(model: Any) -> None:
+    """Keep a classifier's head (`NEW_HEADS`) in float32 over a 16-bit body.
+
+    `model.dtype: auto` loads a LoRA classifier's frozen body in bfloat16, while its new head is
+    trained whole: in float32 its optimizer updates stay exact, and autocast still runs its products
+    in bfloat16. Outside autocast (scoring, eval) the body's 16-bit output is cast to float32 on the
+    way in. A version loads back the same way, so it predicts what the trained model did.
+    """
+    import torch
+
+    for name in NEW_HEADS:
+        head = getattr(model, name, None)
+        if head is None or all(p.dtype == torch.float32 for p in head.parameters()):
+            continue
+        head.float()
+        head.register_forward_pre_hook(_to_float32)
+
+
+def _to_float32(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    import torch
+
+    return tuple(a.float() if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
 
 
 def saved_head(weights_dir: Path) -> tuple[str, dict[str, Any]]:
@@ -199,6 +225,9 @@ def load_causal_lm(
 def load_configured(model: Any, dtype: str, quantization_config: Any = None, **kwargs: Any) -> LoadedModel:
     """`load_model` for a project's `model:` section, as a `ModelConfig` or the dict a version keeps."""
     fields = model if isinstance(model, dict) else model.model_dump()
+    attention = fields.get("attn_implementation", "auto")
+    if attention != "auto":  # set by the user: every load (training, eval, serving) uses it
+        kwargs.setdefault("attn_implementation", attention)
     return load_model(
         fields["id"],
         fields["source"],

@@ -58,7 +58,7 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
     from peft import PeftModel
 
     from tunesmith.models import load_configured
-    from tunesmith.models.loading import HEADS, saved_head
+    from tunesmith.models.loading import HEADS, float32_heads, saved_head
 
     model_cfg = version.config["model"]
     remote_code = bool(model_cfg.get("trust_remote_code", False))  # as the version was trained
@@ -72,11 +72,14 @@ def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, 
         if hasattr(parent_model, "merge_and_unload"):
             parent_model = parent_model.merge_and_unload()
         dtype = ProjectConfig.model_validate(version.config).weights_dtype
-        return PeftModel.from_pretrained(parent_model.to(getattr(torch, dtype)), version.path), tokenizer
+        parent_model = parent_model.to(getattr(torch, dtype))
+        float32_heads(parent_model)  # as classify trained it
+        return PeftModel.from_pretrained(parent_model, version.path), tokenizer
     if version.method in ("lora", "qlora"):
         dtype = ProjectConfig.model_validate(version.config).weights_dtype
         base = load_configured(model_cfg, dtype, head=head, **extra)
         check_base(version, base.base_revision, "loading")
+        float32_heads(base.model)
         return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
     auto_class = getattr(transformers, HEADS[head])
     return (

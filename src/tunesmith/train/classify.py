@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig
 from tunesmith.data import load_split
-from tunesmith.models.loading import LABELS_FILE
+from tunesmith.models.loading import LABELS_FILE, NEW_HEADS, float32_heads
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion
 
@@ -209,7 +209,8 @@ def _peft_wrap(model: Any, config: ProjectConfig) -> Any:
 
     settings = config.train.lora.model_dump()
     # The new head is trained whole (PEFT's modules_to_save), so LoRA leaves it out of its targets.
-    heads = [name for name in ("score", "classifier") if hasattr(model, name)]
+    heads = [name for name in NEW_HEADS if hasattr(model, name)]
+    float32_heads(model)
     return get_peft_model(
         model,
         LoraConfig(task_type=_PEFT_TASKS[config.train.objective], exclude_modules=heads or None, **settings),

@@ -112,7 +112,7 @@ def dry_run(
     timing = None
     if estimate.fits and calibrate:
         base = load_base(config, dataset, workspace)
-        decided = with_checkpointing_decided(config, dataset, base)  # as the run will decide it
+        decided = with_settings_decided(config, dataset, base)  # as the run will decide them
         timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps)
     return dataset, estimate, timing
 
@@ -312,7 +312,7 @@ def run_objective(
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
     check_objective(config.train.objective, dataset, config.train)
-    config = with_checkpointing_decided(config, dataset, base)
+    config = with_settings_decided(config, dataset, base)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
@@ -340,15 +340,46 @@ def run_objective(
         )
 
 
-def with_checkpointing_decided(config: ProjectConfig, dataset: DatasetVersion, base: Any) -> ProjectConfig:
-    """`config` with `train.activation_checkpointing: auto` decided for this run (`decide_checkpointing`)
-    and the decision printed; the same for a run and its dry-run."""
+def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: Any) -> ProjectConfig:
+    """`config` with `train.activation_checkpointing: auto` decided for this run (`decide_checkpointing`),
+    and `model.attn_implementation: auto` decided and set on `base` (`decide_attention`); each
+    decision printed, the same for a run and its dry-run."""
     from tunesmith.progress import console
 
-    decided, reason = decide_checkpointing(config, base.model.config, longest_tokens(config, dataset))
-    if reason is not None and is_main_process():
-        console.print(f"[dim]{reason}[/dim]")
+    longest = longest_tokens(config, dataset)
+    decided, reason = decide_checkpointing(config, base.model.config, longest)
+    attention, why = decide_attention(config, longest)
+    if attention is not None:
+        base.model.set_attn_implementation(attention)
+    for line in (reason, why):
+        if line is not None and is_main_process():
+            console.print(f"[dim]{line}[/dim]")
     return decided
+
+
+# On a CPU, eager attention (plain matrix products and a softmax) is faster than sdpa's flash kernel
+# for short rows and slower for long ones: `bench/attention.py` measured the crossover between 256
+# and 512 tokens (a LoRA step of SmolLM2-135M, batch 8, bfloat16 autocast).
+EAGER_ATTENTION_MAX_TOKENS = 256
+
+
+def decide_attention(config: ProjectConfig, sequence_length: int) -> tuple[str | None, str | None]:
+    """The attention implementation `model.attn_implementation: auto` takes for a training run, and why.
+
+    Eager on a CPU when no row is longer than `EAGER_ATTENTION_MAX_TOKENS` (its memory grows with the
+    square of the length, which the fit estimate already counts); None (the model's default, sdpa)
+    elsewhere: on a GPU, for packed rows (as long as max_length), or when the config names one.
+    """
+    import torch
+
+    if config.model.attn_implementation != "auto" or config.train.packing or torch.cuda.is_available():
+        return None, None
+    if sequence_length > EAGER_ATTENTION_MAX_TOKENS:
+        return None, None
+    return "eager", (
+        f"attention: eager (rows of at most {sequence_length} tokens; on a CPU it is faster than sdpa "
+        f"up to {EAGER_ATTENTION_MAX_TOKENS})"
+    )
 
 
 def reproduce(
