@@ -259,47 +259,6 @@ def test_auto_checkpointing_keeps_activations_when_memory_allows_and_recomputes_
     assert recorded is False
 
 
-def test_auto_attention_is_eager_for_short_rows_on_a_cpu_and_the_run_uses_it(
-    tmp_path, tiny_model_dir, monkeypatch
-):
-    import torch
-
-    from tunesmith.train.run import EAGER_ATTENTION_MAX_TOKENS, decide_attention
-
-    _, config = project(tmp_path, tiny_model_dir)
-    assert config.model.attn_implementation == "auto"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    chosen, reason = decide_attention(config, 40)
-    assert chosen == "eager" and "rows of at most 40 tokens" in reason
-    assert decide_attention(config, EAGER_ATTENTION_MAX_TOKENS + 1) == (None, None)  # sdpa beats it there
-    _, packed = project(tmp_path, tiny_model_dir, "train.packing=true")
-    assert decide_attention(packed, 40) == (None, None)  # packed rows are max_length long
-    _, named = project(tmp_path, tiny_model_dir, "model.attn_implementation=sdpa")
-    assert decide_attention(named, 40) == (None, None)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert decide_attention(config, 40) == (None, None)
-    monkeypatch.undo()
-
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(tmp_path / "tunesmith.yaml"),
-            "--set",
-            f"model.id={tiny_model_dir}",
-            "--set",
-            "train.epochs=1",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "attention: eager" in " ".join(result.output.split())
-    # a name the user sets is used by every load (training, eval, serving)
-    from tunesmith.models import load_configured
-
-    loaded = load_configured(named.model, "float32")
-    assert loaded.model.config._attn_implementation == "sdpa"
-
-
 def test_the_trainer_counts_the_same_flops_with_the_parameters_counted_once(tmp_path, tiny_model_dir):
     import torch
     from transformers import Trainer

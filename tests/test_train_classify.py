@@ -278,3 +278,32 @@ def test_auto_dtype_puts_a_lora_classifier_body_in_bfloat16_where_it_is_native_a
         monkeypatch.setattr(tunesmith.config, "native_bf16", lambda native=native: native)
         config = load_config(config_path, [f"train.objective={objective}", f"train.method={method}"])
         assert config.weights_dtype == dtype, (native, objective, method)
+
+
+def test_auto_attention_is_eager_for_a_classifier_with_short_rows_on_a_cpu_and_the_run_uses_it(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    import torch
+
+    from tunesmith.models import load_configured
+    from tunesmith.train.run import EAGER_ATTENTION_MAX_TOKENS, decide_attention
+
+    config_path = write_project(tmp_path, tiny_model_dir, topic_rows(), "objective: classify", "method: lora")
+    config = load_config(config_path)
+    assert config.model.attn_implementation == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    chosen, reason = decide_attention(config, 40)
+    assert chosen == "eager" and "rows of at most 40 tokens" in reason
+    assert decide_attention(config, EAGER_ATTENTION_MAX_TOKENS + 1) == (None, None)  # sdpa beats it there
+    for overrides in (["model.attn_implementation=sdpa"], ["train.objective=sft"]):
+        assert decide_attention(load_config(config_path, overrides), 40) == (None, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert decide_attention(config, 40) == (None, None)
+    monkeypatch.undo()
+
+    result = runner.invoke(app, ["train", str(config_path)])
+    assert result.exit_code == 0, result.output
+    assert "attention: eager" in " ".join(result.output.split())
+    # a name the user sets is used by every load (training, eval, serving)
+    named = load_config(config_path, ["model.attn_implementation=sdpa"])
+    assert load_configured(named.model, "float32").model.config._attn_implementation == "sdpa"

@@ -284,7 +284,8 @@ class ModelConfig(_Section):
     # float32 otherwise and for every method that updates the base weights themselves.
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     # transformers' attention implementation. auto: the library's default (sdpa), except that a
-    # training run on a CPU with rows of at most 256 tokens uses eager, which is faster there.
+    # classifier (classify, tag) trained on a CPU with rows of at most 256 tokens uses eager, which
+    # is faster there.
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2", "flex_attention"] = "auto"
     # Run the Python code a hub repository ships with its model (custom architectures). It runs with
     # your rights: turn it on only for a repository you trust, pinned with `revision`.

@@ -361,18 +361,24 @@ def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: 
 # for short rows and slower for long ones: `bench/attention.py` measured the crossover between 256
 # and 512 tokens (a LoRA step of SmolLM2-135M, batch 8, bfloat16 autocast).
 EAGER_ATTENTION_MAX_TOKENS = 256
+# Measured and kept for the classifiers, whose rows are short; the generative objectives keep sdpa,
+# the implementation their versions are evaluated and served with.
+EAGER_ATTENTION_OBJECTIVES = ("classify", "tag")
 
 
 def decide_attention(config: ProjectConfig, sequence_length: int) -> tuple[str | None, str | None]:
     """The attention implementation `model.attn_implementation: auto` takes for a training run, and why.
 
-    Eager on a CPU when no row is longer than `EAGER_ATTENTION_MAX_TOKENS` (its memory grows with the
-    square of the length, which the fit estimate already counts); None (the model's default, sdpa)
-    elsewhere: on a GPU, for packed rows (as long as max_length), or when the config names one.
+    Eager for a classifier (`EAGER_ATTENTION_OBJECTIVES`) on a CPU when no row is longer than
+    `EAGER_ATTENTION_MAX_TOKENS` (its memory grows with the square of the length, which the fit
+    estimate already counts); None (the model's default, sdpa) elsewhere: on a GPU, for packed rows
+    (as long as max_length), for the generative objectives, or when the config names one.
     """
     import torch
 
     if config.model.attn_implementation != "auto" or config.train.packing or torch.cuda.is_available():
+        return None, None
+    if config.train.objective not in EAGER_ATTENTION_OBJECTIVES:
         return None, None
     if sequence_length > EAGER_ATTENTION_MAX_TOKENS:
         return None, None
