@@ -958,7 +958,7 @@ class ProjectConfig(_Section):
         if self.model.dtype != "auto":
             return self.model.dtype
         # reward keeps float32: TRL's reward trainer wraps the model itself and would train its new
-        # head in bfloat16; classify and tag put their head in float32 (classify.classifier_trainer).
+        # head in bfloat16; classify and tag keep their head in float32 (models.loading.float32_heads).
         adapters_train = self.train.objective in (*GENERATIVE_OBJECTIVES, "classify", "tag")
         if adapters_train and self.train.method in ("lora", "qlora"):
             return "bfloat16" if native_bf16() else "float32"

@@ -359,7 +359,7 @@ def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: 
 
 # On a CPU, eager attention (plain matrix products and a softmax) is faster than sdpa's flash kernel
 # for short rows and slower for long ones: `bench/attention.py` measured the crossover between 256
-# and 512 tokens (a LoRA step of SmolLM2-135M, batch 8, bfloat16 autocast).
+# and 384 tokens (a LoRA step of SmolLM2-135M, batch 8, bfloat16 autocast).
 EAGER_ATTENTION_MAX_TOKENS = 256
 # Measured and kept for the classifiers, whose rows are short; the generative objectives keep sdpa,
 # the implementation their versions are evaluated and served with.
