@@ -9,12 +9,9 @@ import pytest
 from transformers import TrainerCallback
 
 from tunesmith.config import load_config
-from tunesmith.data import prepare_data
 from tunesmith.pipeline import write_demo_project
 from tunesmith.train.callbacks import extra_callbacks
-from tunesmith.train.estimate import estimate_epoch_time
-from tunesmith.train.run import load_base, train
-from tunesmith.workspace import open_workspace
+from tunesmith.train.run import dry_run, train
 
 
 def write_rows(path, rows):
@@ -23,9 +20,10 @@ def write_rows(path, rows):
 
 
 def estimated(config, steps: int = 3):
-    dataset = prepare_data(config)
-    workspace = open_workspace(config)
-    return estimate_epoch_time(config, dataset, load_base(config, dataset, workspace), workspace, steps=steps)
+    """The dry run's timing, with every `auto` setting decided as the run decides it."""
+    _, fit, timing = dry_run(config, steps=steps)
+    assert timing is not None, fit.rows()
+    return timing
 
 
 def trainable_share(method: str) -> float:
