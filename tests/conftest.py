@@ -34,6 +34,11 @@ CHATML = (
 )
 
 
+def logged_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows a run logged to its metrics.jsonl, in order."""
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 def demo_rows() -> list[dict]:
     text = resources.files("tunesmith").joinpath("demo", "fernwick.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]

@@ -27,6 +27,29 @@ RECORDS = {  # each immutable table, and a field to try to change in it
 }
 
 
+def stored_run() -> Run:
+    """A finished run record for versions to point at."""
+    return Run(id="run-1", kind="train", status="finished", project="p", config={}, base_model="m", path="p")
+
+
+def stored_version(number: int, method: str = "lora") -> ModelVersion:
+    """Version `number` of family "p", from `stored_run()`, as a record (no weights behind it)."""
+    return ModelVersion(
+        id=f"mv-{number}",
+        name=f"p-v{number}",
+        family="p",
+        number=number,
+        run_id="run-1",
+        base_model="m",
+        method=method,
+        weights_sha256="0" * 64,
+        seed=0,
+        config={},
+        path="p",
+        created_by="alice",
+    )
+
+
 def add_one_of_each(engine: Engine) -> None:
     """One row in every immutable table (and the dataset and run they point at)."""
     with session(engine) as s:
@@ -35,26 +58,9 @@ def add_one_of_each(engine: Engine) -> None:
                 id="ds-1", name="d", content_hash="h", source="f", format="chat", counts={}, path="p"
             )
         )
-        s.add(
-            Run(id="run-1", kind="train", status="finished", project="p", config={}, base_model="m", path="p")
-        )
+        s.add(stored_run())
     with session(engine) as s:
-        s.add(
-            ModelVersion(
-                id="mv-1",
-                name="p-v1",
-                family="p",
-                number=1,
-                run_id="run-1",
-                base_model="m",
-                method="full",
-                weights_sha256="0" * 64,
-                seed=0,
-                config={},
-                path="p",
-                created_by="alice",
-            )
-        )
+        s.add(stored_version(1, "full"))
     with session(engine) as s:
         s.add(AliasEvent(family="p", alias="production", to_version_id="mv-1", actor="alice"))
         s.add(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import logged_metrics
 from tunesmith.config import load_config
 from tunesmith.data import prepare_data
 from tunesmith.store import DatasetVersion, session
@@ -211,7 +212,7 @@ def _one_run(config_path: Path):
 
 
 def _steps_logged(run_dir: Path) -> int:
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = logged_metrics(run_dir)
     return max(row.get("step", 0) for row in rows)
 
 

@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from serve_helpers import metric, wait_for, webhook_receiver
+from store_helpers import stored_run, stored_version
 from tunesmith.cli import app
 from tunesmith.config import DriftConfig, load_config
 from tunesmith.monitor.drift import measure_drift, population_stability
@@ -300,32 +301,14 @@ def test_a_rollback_rule_moves_the_alias_once_when_the_version_it_restores_is_fa
     from tunesmith.config import MonitorConfig, RegistryConfig
     from tunesmith.monitor.alerts import check_alerts
     from tunesmith.registry.versions import alias_target, get_version, move_alias
-    from tunesmith.store import ModelVersion, Run
     from tunesmith.workspace import init_project, open_workspace
 
     workspace = open_workspace(load_config(init_project(tmp_path / "p")))
     with session(workspace.engine) as s:
-        s.add(
-            Run(id="run-1", kind="train", status="finished", project="p", config={}, base_model="m", path="p")
-        )
+        s.add(stored_run())
     for n in (1, 2, 3):
         with session(workspace.engine) as s:
-            s.add(
-                ModelVersion(
-                    id=f"mv-{n}",
-                    name=f"p-v{n}",
-                    family="p",
-                    number=n,
-                    run_id="run-1",
-                    base_model="m",
-                    method="lora",
-                    weights_sha256="0" * 64,
-                    seed=0,
-                    config={},
-                    path="p",
-                    created_by="alice",
-                )
-            )
+            s.add(stored_version(n))
         move_alias(workspace, "p", "production", get_version(workspace, f"p-v{n}"), actor="alice")
     with session(workspace.engine) as s:  # v2 and v3 both get thumbs down
         s.add_all(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from conftest import demo_rows
+from conftest import demo_rows, logged_metrics
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import load_split
 from tunesmith.data.formats import transcript_messages
@@ -190,7 +190,7 @@ def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_m
         "train.rl.num_iterations=2",
     )
     outcome = train(config)
-    logged = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = logged_metrics(outcome.run_dir)
     steps = [r for r in logged if "kl" in r]
     assert len(steps) == 3  # one point per step; with two passes per sample batch, rewards every other step
     assert [r["step"] for r in steps if "reward" in r] == [1, 3]
@@ -275,5 +275,5 @@ def test_rloo_runs_with_a_reward_model_as_its_reward(tmp_path, tiny_model_dir):
     )
     outcome = train(config)
     assert outcome.version.config["train"]["rl"]["algorithm"] == "rloo"
-    logged = [json.loads(line) for line in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    logged = logged_metrics(outcome.run_dir)
     assert any(f"rewards/{reward.version.name}/mean" in r for r in logged)

@@ -79,6 +79,11 @@ def test_schema_matches_the_orm_tables(tmp_path):
     for table in Base.metadata.sorted_tables:
         db_columns = {c["name"] for c in inspector.get_columns(table.name)}
         assert db_columns == set(table.columns.keys()), table.name
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as connection:  # types, keys and constraints too: what autogenerate would write
+        assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
 
 
 def test_atomic_dir_leaves_nothing_behind_on_failure(tmp_path):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from shared_data import shared_dataset
+from shared_data import sst2_project
 from tunesmith.cli import app
 from tunesmith.config import ParamRange, load_config
 from tunesmith.store import ModelVersion, Run, schema_head, session
@@ -44,38 +44,22 @@ def test_a_power_law_is_fitted_and_extrapolated():
     assert predict(fit, 800) > predict(fit, 400)
 
 
-def sst2_project(tmp_path: Path, *sweep: str) -> Path:
-    path = shared_dataset("sst2", "train.tsv")
-    config_path = tmp_path / "tunesmith.yaml"
-    config_path.write_text(
-        f"""project: sentiment
-model: {{id: minilm-l6}}
-data:
-  path: {path}
-  columns: {{text: sentence}}
-  sample: 160
-  split: {{val: 0.2, test: 0.25}}
-train:
-  objective: classify
-  method: freeze
-  freeze: {{train_top: 2}}
-  epochs: 1
-  batch_size: 16
-  max_length: 40
-  activation_checkpointing: false
-  save_strategy: 'no'
-sweep:
-  objective: accuracy
-  startup_trials: 1
-""",
-        encoding="utf-8",
+def minilm_sst2_project(tmp_path: Path) -> Path:
+    train = {"objective": "classify", "method": "freeze", "freeze": {"train_top": 2}, "epochs": 1}
+    train |= {"batch_size": 16, "max_length": 40, "activation_checkpointing": False, "save_strategy": "no"}
+    return sst2_project(
+        tmp_path,
+        160,
+        {"val": 0.2, "test": 0.25},
+        model={"id": "minilm-l6"},
+        train=train,
+        sweep={"objective": "accuracy", "startup_trials": 1},
     )
-    return config_path
 
 
 @pytest.mark.slow
 def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path):
-    config_path = sst2_project(tmp_path)
+    config_path = minilm_sst2_project(tmp_path)
     space = "sweep.space={train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}, train.seed: {choices: [0, 1]}}"
     result = runner.invoke(
         app, ["sweep", "--config", str(config_path), "--trials", "2", "--set", space, "--strategy", "random"]
@@ -115,7 +99,7 @@ def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path
 
 @pytest.mark.slow
 def test_learning_curve_on_sst2_fits_a_power_law_and_predicts_doubling(tmp_path):
-    config_path = sst2_project(tmp_path)
+    config_path = minilm_sst2_project(tmp_path)
     result = runner.invoke(
         app,
         [

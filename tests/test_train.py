@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from conftest import logged_metrics
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
@@ -85,7 +86,7 @@ def test_metrics_go_to_jsonl_and_the_store_and_checkpoints_rotate(tmp_path, tiny
         "train.report_to=[tensorboard]",
     )
     outcome = train(config)
-    lines = [json.loads(x) for x in (outcome.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = logged_metrics(outcome.run_dir)
     losses = [entry for entry in lines if "loss" in entry]
     assert len(losses) == 10 and all({"learning_rate", "memory_mb", "step"} <= set(e) for e in losses)
     with session(open_workspace(config).engine) as s:

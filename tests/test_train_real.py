@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared_data import shared_dataset
+from shared_data import shared_dataset, sst2_project
 from tunesmith.config import load_config
 from tunesmith.train.run import train
 
@@ -25,26 +25,9 @@ def project(tmp_path: Path, text: str) -> Path:
 
 
 def test_sst2_classify_on_smollm2_with_lora_beats_the_majority_class_widely(tmp_path):
-    path = dataset("sst2", "train.tsv")
-    config_path = project(
-        tmp_path,
-        f"""project: sentiment
-data:
-  path: {path}
-  columns: {{text: sentence}}
-  sample: 400
-  split: {{val: 0.1, test: 0.25}}
-train:
-  objective: classify
-  method: lora
-  epochs: 2
-  lr: 1e-3
-  batch_size: 16
-  max_length: 64
-  activation_checkpointing: false
-  save_strategy: 'no'
-""",
-    )
+    train_section = {"objective": "classify", "method": "lora", "epochs": 2, "lr": 1e-3, "batch_size": 16}
+    train_section |= {"max_length": 64, "activation_checkpointing": False, "save_strategy": "no"}
+    config_path = sst2_project(tmp_path, 400, {"val": 0.1, "test": 0.25}, train=train_section)
     metrics = train(load_config(config_path)).version.metrics
     assert metrics["majority_accuracy"] < 0.6
     assert metrics["test_accuracy"] > metrics["majority_accuracy"] + 0.15, metrics

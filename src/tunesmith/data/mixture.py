@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from tunesmith.config import ProjectConfig, TaskConfig
-from tunesmith.data.prepare import DataError, get_dataset, load_split, prepare_dataset
+from tunesmith.data.prepare import DataError, get_dataset, load_split, prepare_for_project
 from tunesmith.data.versions import find_derived, store_derived
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
@@ -107,15 +107,8 @@ def prepare_mixture(
     for task in train.tasks:
         if task.data is not None:
             try:
-                version, _ = prepare_dataset(
-                    workspace,
-                    task.data,
-                    base_dir=config.base_dir,
-                    tokenizer=tokenizer,
-                    max_tokens=max_tokens,
-                    truncate_at=train.max_length,
-                    name=task.name,
-                    model_id=config.model.id,
+                version = prepare_for_project(
+                    config, workspace, task.data, tokenizer, max_tokens, name=task.name
                 )
             except DataError as exc:
                 raise DataError(f"train.tasks, task {task.name!r}: {exc}") from None

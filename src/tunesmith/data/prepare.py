@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from tunesmith.config import DataConfig
+from tunesmith.config import DataConfig, ProjectConfig
 from tunesmith.data import clean as cleaning
 from tunesmith.data.formats import (
     FORMATS,
@@ -651,6 +651,29 @@ def content_hash(prepared: Prepared, config: DataConfig) -> str:
         )
         digest.update(b"\n")
     return digest.hexdigest()
+
+
+def prepare_for_project(
+    config: ProjectConfig,
+    workspace: Workspace,
+    data: DataConfig,
+    tokenizer: Any,
+    max_tokens: int | None,
+    **options: Any,
+) -> DatasetVersion:
+    """`prepare_dataset` of `data` for the project's model: paths from the config's folder, tokens counted
+    with `tokenizer` up to `max_tokens`, rows cut at `train.max_length`; `options` as `prepare_dataset`'s."""
+    version, _ = prepare_dataset(
+        workspace,
+        data,
+        base_dir=config.base_dir,
+        tokenizer=tokenizer,
+        max_tokens=max_tokens,
+        truncate_at=config.train.max_length,
+        model_id=config.model.id,
+        **options,
+    )
+    return version
 
 
 def prepare_dataset(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ProjectConfig
-from tunesmith.data.prepare import DataError, Prepared, check_rows, get_dataset, prepare_dataset
+from tunesmith.data.prepare import DataError, Prepared, check_rows, get_dataset, prepare_for_project
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -45,17 +45,7 @@ def prepare_data(
     if stored is not None:
         return stored
     tokenizer, context = tokenizer_and_context(config)
-    version, _ = prepare_dataset(
-        workspace,
-        config.data,
-        base_dir=config.base_dir,
-        tokenizer=tokenizer,
-        max_tokens=context,
-        truncate_at=config.train.max_length,
-        model_id=config.model.id,
-        lineage=lineage,
-    )
-    return version
+    return prepare_for_project(config, workspace, config.data, tokenizer, context, lineage=lineage)
 
 
 def _stored_version(config: ProjectConfig, workspace: Workspace) -> DatasetVersion | None:

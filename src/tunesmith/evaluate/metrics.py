@@ -379,31 +379,30 @@ register(
 # -- judged ------------------------------------------------------------------------------------
 
 
-def _judged(*_: Any) -> np.ndarray:
-    raise ValueError("judge_score comes from the LLM judge: enable eval.judge (or pass --judge)")
+def _scored_elsewhere(name: str, where: str) -> Callable[..., np.ndarray]:
+    """The per-item function of a metric whose scores another scorer supplies (`where` says which)."""
+
+    def refuse(*_: Any) -> np.ndarray:
+        raise ValueError(f"{name} comes from {where}")
+
+    return refuse
 
 
 register(
     Metric(
         "judge_score",
         "generation",
-        _judged,
+        _scored_elsewhere("judge_score", "the LLM judge: enable eval.judge (or pass --judge)"),
         _mean,
         description="LLM judge G-Eval score 1-5 (probability-weighted), mean over items",
         scale=5.0,
     )
 )
-
-
-def _rewarded(*_: Any) -> np.ndarray:
-    raise ValueError("reward comes from a reward model: set eval.reward_model (or pass --reward-model)")
-
-
 register(
     Metric(
         "reward",
         "generation",
-        _rewarded,
+        _scored_elsewhere("reward", "a reward model: set eval.reward_model (or pass --reward-model)"),
         _mean,
         description="score of a trained reward model (eval.reward_model), mean over items",
     )

@@ -71,11 +71,7 @@ def write_gguf(merged_dir: Path, target: Path, qtype: GgufType, name: str, pre: 
             writer.add_tensor(gguf_name, quantised, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:
             writer.add_tensor(gguf_name, data.astype(np.float16))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return target
+    return _written(writer, target)
 
 
 def write_gguf_lora(adapter_dir: Path, base_config: dict[str, Any], target: Path, name: str) -> Path:
@@ -123,6 +119,11 @@ def write_gguf_lora(adapter_dir: Path, base_config: dict[str, Any], target: Path
         elif part == "lora_b" and hf_name.endswith("k_proj.weight"):
             data = _permute(data, n_kv)
         writer.add_tensor(f"{gguf_name}.{part}", data)
+    return _written(writer, target)
+
+
+def _written(writer: Any, target: Path) -> Path:
+    """Write the header, the key-values and the tensors `writer` holds to `target`, and close it."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

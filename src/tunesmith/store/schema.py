@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -20,6 +20,13 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Authored:
+    """Who wrote a record and when: the columns of every record a person answers for."""
+
+    created_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class DatasetVersion(Base):
@@ -57,10 +64,11 @@ class Run(Base):
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ModelVersion(Base):
+class ModelVersion(Authored, Base):
     """An immutable model version: what was trained, from what, with which result."""
 
     __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("family", "number", name="uq_model_versions_family_number"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)  # <family>-v<number>
@@ -78,8 +86,6 @@ class ModelVersion(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # library versions, template hashes
     path: Mapped[str] = mapped_column(Text)
-    created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class AliasEvent(Base):
@@ -128,7 +134,7 @@ class RunMetric(Base):
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class EvalReport(Base):
+class EvalReport(Authored, Base):
     """One evaluation: systems compared on a dataset split, its files, and whether its gates passed.
 
     Promotion looks for a passing report of the version it moves.
@@ -146,8 +152,6 @@ class EvalReport(Base):
     gate_passed: Mapped[bool | None] = mapped_column(Boolean)  # None: no gates were configured
     gates: Mapped[list[Any]] = mapped_column(JSON, default=list)
     path: Mapped[str] = mapped_column(Text)  # the folder with report.json and report.html
-    created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class Approval(Base):
@@ -190,7 +194,7 @@ class RequestLog(Base):
     client: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # metadata, user agent
 
 
-class ApiKey(Base):
+class ApiKey(Authored, Base):
     """An API key of the server: only its SHA-256 is stored; revoked keys stay for the record."""
 
     __tablename__ = "api_keys"
@@ -203,12 +207,10 @@ class ApiKey(Base):
     user_group: Mapped[str | None] = mapped_column(String(100))  # internal, beta...: for targeting rules
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the server's serve.rate_limit
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
-    created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class Rollout(Base):
+class Rollout(Authored, Base):
     """A version's way through a route's traffic plan (shadow, internal, 5%, ...), one step at a time."""
 
     __tablename__ = "rollouts"
@@ -222,8 +224,6 @@ class Rollout(Base):
     hold_seconds: Mapped[float] = mapped_column(Float)  # how long each step's gates must hold
     step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # {at, step, event, reasons}
-    created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class RequestScore(Base):

@@ -170,8 +170,7 @@ async def promote_version(request: Request, ref: str, who: Caller = Depends(admi
     from tunesmith.registry.aliases import PromotionError, promote
     from tunesmith.store import EvalReport, session
 
-    form = await checked_form(request)
-    state = ui_state(request)
+    form, state = await checked_form(request), ui_state(request)
     alias = form.get("alias", "production")
     try:
         version = get_version(state.workspace, ref)
@@ -212,8 +211,7 @@ async def promote_version(request: Request, ref: str, who: Caller = Depends(admi
 async def rollback_alias(request: Request, family: str, who: Caller = Depends(admin)) -> HTMLResponse:
     from tunesmith.registry.aliases import rollback
 
-    form = await checked_form(request)
-    state = ui_state(request)
+    form, state = await checked_form(request), ui_state(request)
     alias = form.get("alias", "production")
     try:
         event = rollback(
