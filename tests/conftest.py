@@ -34,6 +34,30 @@ CHATML = (
 )
 
 
+def train_killed_at_checkpoint(command: list[str], project: Path, step: int, timeout: float = 300) -> None:
+    """Run the `tunesmith train` `command` for the project in `project`, and kill -9 it (with every
+    process it started, as when the machine dies) once its run has saved checkpoint `step`."""
+    import signal
+    import subprocess
+    import time
+
+    import psutil
+
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    runs, deadline = project / ".tunesmith" / "runs", time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if any((p / "trainer_state.json").exists() for p in runs.glob(f"*/trainer/checkpoint-{step}")):
+            for child in psutil.Process(process.pid).children(recursive=True):  # torchrun's own sessions too
+                child.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    output = process.communicate()[0].decode()
+    assert process.returncode == -signal.SIGKILL, f"the run finished before it could be killed:\n{output}"
+
+
 def logged_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """The rows a run logged to its metrics.jsonl, in order."""
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

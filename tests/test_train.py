@@ -2,10 +2,8 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ from safetensors.torch import load_file
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from conftest import logged_metrics
+from conftest import logged_metrics, train_killed_at_checkpoint
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
@@ -170,18 +168,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
     command = [sys.executable, "-m", "tunesmith.cli", "train", str(config_b)]
     for setting in settings:
         command += ["--set", setting]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
-    )
-    runs = tmp_path / "b" / ".tunesmith" / "runs"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if any((p / "trainer_state.json").exists() for p in runs.glob("*/trainer/checkpoint-30")):
-            os.killpg(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.01)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    train_killed_at_checkpoint(command, tmp_path / "b", 30, timeout=120)
 
     config = load_config(config_b)
     with session(open_workspace(config).engine) as s:
@@ -195,6 +182,10 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
     resumed_from = min(step for step in got if step > 30)
     for step in range(resumed_from, 81):
         assert got[step] == pytest.approx(expected[step], rel=1e-4, abs=1e-6), step
+    # the registered figure is the whole run's, not only the steps after the checkpoint
+    assert resumed.version.metrics["train_loss"] == pytest.approx(
+        reference.version.metrics["train_loss"], rel=1e-4
+    )
 
 
 def test_fit_estimate_counts_exactly_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir, monkeypatch):
@@ -406,8 +397,9 @@ def test_pretrain_on_raw_text_and_objective_kind_mismatch(tmp_path, tiny_model_d
     assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_two_process_ddp_run_on_cpu(tmp_path, tiny_model_dir):
-    """`--num-processes 2` trains with DDP over gloo: each process takes half of every epoch."""
+def test_two_process_ddp_run_on_cpu_through_torchrun(tmp_path, tiny_model_dir):
+    """`--num-processes 2 --launcher torchrun` trains with DDP over gloo: each process takes half of
+    every epoch (Accelerate, the default launcher, is in test_distributed.py)."""
     config_path = write_demo_project(tmp_path)
     result = runner.invoke(
         app,
@@ -416,6 +408,8 @@ def test_two_process_ddp_run_on_cpu(tmp_path, tiny_model_dir):
             str(config_path),
             "--num-processes",
             "2",
+            "--launcher",
+            "torchrun",
             "--set",
             f"model.id={tiny_model_dir}",
             "--set",

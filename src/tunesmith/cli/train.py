@@ -23,7 +23,12 @@ def train_cmd(
         bool, typer.Option("--dry-run", help="Check data, memory fit and time per epoch; train nothing.")
     ] = False,
     num_processes: Annotated[
-        int, typer.Option("--num-processes", min=1, help="Processes (GPUs) to train with; >1 runs DDP.")
+        int,
+        typer.Option(
+            "--num-processes",
+            min=1,
+            help="Processes (GPUs) to train with; >1 runs DDP (or FSDP/DeepSpeed: --accelerate-config).",
+        ),
     ] = 1,
     launcher: Annotated[
         str, typer.Option(help="accelerate (multi-GPU, DeepSpeed, FSDP) or torchrun.")
@@ -70,6 +75,7 @@ def train_cmd(
                 num_processes,
                 launcher,
                 accelerate_config,
+                resume,
             )
         out.print(
             f"Registered [bold]{version.name}[/bold] from run {version.run_id} on {num_processes} "

@@ -124,31 +124,26 @@ def launch_distributed(
     num_processes: int,
     launcher: str = "accelerate",
     accelerate_config: Path | None = None,
+    resume: str | None = None,
 ) -> ModelVersion:
-    """Train with `num_processes` processes (DDP; DeepSpeed or FSDP through an Accelerate config file).
+    """Train with `num_processes` processes: DDP, or DeepSpeed/FSDP through an Accelerate config file.
 
-    With CUDA, `accelerate launch` starts the workers; on a CPU, where Accelerate's multi-CPU mode
-    needs MPI, `torch.distributed.run` starts them and the trainer joins them over gloo.
+    `accelerate launch` starts the workers (on a CPU they join over gloo), or `torch.distributed.run`
+    with `launcher="torchrun"`. With `resume`, that stopped run continues from its newest complete
+    checkpoint on the new processes, with its own recorded config.
 
     Raises:
-        TrainLaunchError: when a worker fails; the run is marked failed.
+        TrainLaunchError: when the launch cannot run here, or a worker fails; a failed run is marked so.
+        RegistryError: when `resume` names no run, or a finished one.
     """
     import subprocess
-    import sys
-
-    import torch
 
     workspace = open_workspace(config)
-    run_id = open_train_run(config, workspace)
-    worker = ["-m", "tunesmith.train.worker", str(config_path), run_id]
+    command = launch_command(num_processes, launcher, accelerate_config)
+    run_id = resumable_run(workspace, resume).id if resume else open_train_run(config, workspace)
+    worker = ["-m", "tunesmith.train.worker", str(config_path), run_id, *(["--resume"] if resume else [])]
     for override in overrides:
         worker += ["--set", override]
-    if launcher == "accelerate" and torch.cuda.is_available():
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
-        command += ["--multi_gpu"] if num_processes > 1 else []
-        command += ["--config_file", str(accelerate_config)] if accelerate_config is not None else []
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
     completed = subprocess.run([*command, *worker], check=False)
     with session(workspace.engine) as s:
         run = s.get(Run, run_id)
@@ -158,9 +153,77 @@ def launch_distributed(
     if completed.returncode != 0 or version is None:
         raise TrainLaunchError(
             f"run {run_id}: the distributed workers failed (exit code {completed.returncode}); "
-            f"see the output above. Resume with `tunesmith train --resume {run_id}`."
+            f"see the output above. Resume with `tunesmith train --resume {run_id} --num-processes "
+            f"{num_processes}`."
         )
     return version
+
+
+def launch_command(num_processes: int, launcher: str, accelerate_config: Path | None) -> list[str]:
+    """The launcher's command line for `num_processes` workers.
+
+    Raises:
+        TrainLaunchError: for an unknown launcher, an Accelerate config file that cannot be read, an
+            FSDP one on a machine without CUDA, or a DeepSpeed one without the deepspeed package.
+    """
+    import importlib.util
+    import sys
+
+    import torch
+
+    if launcher == "torchrun":
+        if accelerate_config is not None:
+            raise TrainLaunchError(
+                "--accelerate-config is read by the accelerate launcher; drop --launcher torchrun"
+            )
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
+    if launcher != "accelerate":
+        raise TrainLaunchError(f"--launcher {launcher!r}: use accelerate or torchrun")
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(num_processes)]
+    if accelerate_config is None:  # one machine, DDP through Accelerate's torchrun launcher (gloo on a CPU);
+        # the trainer decides mixed precision by the hardware (train.bf16), so the launcher leaves it be
+        return [
+            *command,
+            "--multi_gpu",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    kind = accelerate_distributed_type(accelerate_config)
+    if (
+        kind == "FSDP" and not torch.cuda.is_available()
+    ):  # Accelerate 1.x shards with FSDP on accelerators only
+        raise TrainLaunchError(
+            f"{accelerate_config}: distributed_type FSDP shards the model over GPUs, and this machine has "
+            "no CUDA device (Accelerate would run plain DDP instead). Run it on a GPU machine, use a "
+            "DeepSpeed config (its CPU accelerator shards over gloo), or drop --accelerate-config for DDP."
+        )
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise TrainLaunchError(
+            f"{accelerate_config}: distributed_type DEEPSPEED needs the deepspeed package: "
+            "pip install deepspeed"
+        )
+    return [*command, "--config_file", str(accelerate_config)]
+
+
+def accelerate_distributed_type(path: Path) -> str:
+    """The `distributed_type` an Accelerate config file (YAML or JSON) names, as Accelerate reads it.
+
+    Raises:
+        TrainLaunchError: when the file is missing or Accelerate cannot read it.
+    """
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    if not path.is_file():
+        raise TrainLaunchError(f"--accelerate-config {path}: no such file")
+    try:
+        loaded = load_config_from_file(str(path))
+    except Exception as exc:  # Accelerate raises several kinds for an unreadable file
+        raise TrainLaunchError(f"--accelerate-config {path}: Accelerate cannot read it: {exc}") from None
+    return str(getattr(loaded.distributed_type, "value", loaded.distributed_type))
 
 
 def open_train_run(config: ProjectConfig, workspace: Workspace) -> str:
@@ -176,15 +239,40 @@ def open_train_run(config: ProjectConfig, workspace: Workspace) -> str:
     return run_id
 
 
-def train_existing_run(config: ProjectConfig, run_id: str) -> TrainOutcome | None:
-    """Train a run that a launcher opened; the main process registers it, the others return None."""
-    workspace = open_workspace(config)
+def train_existing_run(
+    config: ProjectConfig, run_id: str, *, resume: bool = False, workspace: Workspace | None = None
+) -> TrainOutcome | None:
+    """Train a run that a launcher opened, or with `resume` continue a stopped one (with its own
+    recorded config); the main process registers it, the others return None.
+
+    Raises:
+        RegistryError: with `resume`, when there is no such run, or it already finished.
+    """
+    workspace = workspace or open_workspace(config)
+    run = resumable_run(workspace, run_id) if resume else None
+    if run is not None:
+        config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
     with session(workspace.engine) as s:
         run = s.get(Run, run_id)
         assert run is not None, f"no run {run_id}"
         dataset = s.get(DatasetVersion, run.dataset_version_id)
     assert dataset is not None
-    return _train_and_register(config, workspace, dataset, kind=run.kind, run=run_id)
+    return _train_and_register(config, workspace, dataset, kind=run.kind, run=run_id, resume=resume)
+
+
+def resumable_run(workspace: Workspace, run_id: str) -> Run:
+    """The stopped run `run_id`, to continue from its newest complete checkpoint.
+
+    Raises:
+        RegistryError: when there is no such run, or it already finished.
+    """
+    with session(workspace.engine) as s:
+        run = s.get(Run, run_id)
+    if run is None:
+        raise RegistryError(f"no run {run_id!r} in {workspace.root}")
+    if run.status == "finished":
+        raise RegistryError(f"run {run_id} already finished; nothing to resume")
+    return run
 
 
 class TrainLaunchError(RuntimeError):
@@ -199,19 +287,8 @@ def resume_run(config: ProjectConfig, run_id: str, workspace: Workspace | None =
     Raises:
         RegistryError: when there is no such run, or it already finished.
     """
-    workspace = workspace or open_workspace(config)
-    with session(workspace.engine) as s:
-        run = s.get(Run, run_id)
-    if run is None:
-        raise RegistryError(f"no run {run_id!r} in {workspace.root}")
-    if run.status == "finished":
-        raise RegistryError(f"run {run_id} already finished; nothing to resume")
-    run_config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
-    with session(workspace.engine) as s:
-        dataset = s.get(DatasetVersion, run.dataset_version_id)
-    assert dataset is not None
-    outcome = _train_and_register(run_config, workspace, dataset, kind=run.kind, run=run_id, resume=True)
-    assert outcome is not None
+    outcome = train_existing_run(config, run_id, resume=True, workspace=workspace)
+    assert outcome is not None  # a single process is the main process
     return outcome
 
 
@@ -317,8 +394,9 @@ def run_objective(
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
         records = objective.records(config, dataset)
-        # the forgetting probe: general answers' loss before and after, for every objective that writes
-        probing = objective.generative and is_main_process()
+        # the forgetting probe: general answers' loss before and after, for every objective that writes;
+        # on every process of a distributed run, as a sharded model (ZeRO-3, FSDP) forwards only together
+        probing = objective.generative
         probe = probe_baseline(train.forgetting, config.base_dir, base.model, base.tokenizer, enabled=probing)
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough

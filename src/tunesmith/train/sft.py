@@ -483,6 +483,7 @@ class Fitted:
     weights_dir: Path
     trainable: int
     total: int
+    resumed_at: int = 0  # the checkpoint's step when the run resumed
 
 
 def fit_and_save(
@@ -512,7 +513,8 @@ def fit_and_save(
             raise
         raise _disk_full(run_dir, exc) from exc
     tokens = _tokens_seen_in(trainer.state.log_history) - tokens_before
-    return Fitted(output, seconds, tokens, weights_dir, trainable, total)
+    resumed_at = int(checkpoint.name.rsplit("-", 1)[1]) if checkpoint is not None else 0
+    return Fitted(output, seconds, tokens, weights_dir, trainable, total, resumed_at)
 
 
 def _forgetting_report(
@@ -569,12 +571,45 @@ def count_parameters(model: Any) -> tuple[int, int]:
     return trainable, total
 
 
+def whole_run_loss(
+    history: list[dict[str, Any]], session_loss: float, resumed_at: int, global_step: int
+) -> float:
+    """The mean training loss per step over the whole run.
+
+    The trainer's own figure covers only the steps since `resumed_at` (its checkpoint) when a run
+    resumed; the steps before come from the logged losses up to that checkpoint (each the mean of its
+    logging interval). Steps between the last log and the checkpoint, if any, are not known, and
+    the mean is over the steps that are.
+    """
+    if resumed_at == 0:
+        return session_loss
+    total, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry and last < entry["step"] <= resumed_at:
+            total, last = total + entry["loss"] * (entry["step"] - last), entry["step"]
+    session_steps = max(global_step - resumed_at, 0)
+    steps = last + session_steps
+    return (total + session_loss * session_steps) / steps if steps else session_loss
+
+
+def distribution(accelerator: Any) -> str:
+    """How the run's processes shared the work: single, ddp, fsdp1/fsdp2, deepspeed-zero1..3."""
+    kind = str(getattr(accelerator.distributed_type, "value", accelerator.distributed_type))
+    if kind == "DEEPSPEED":
+        return f"deepspeed-zero{accelerator.state.deepspeed_plugin.zero_stage}"
+    if kind == "FSDP":
+        return f"fsdp{getattr(accelerator.state.fsdp_plugin, 'fsdp_version', 1)}"
+    return "single" if kind == "NO" else "ddp"
+
+
 def run_metrics(trainer: Any, done: Fitted) -> dict[str, Any]:
     """The run's figures: losses, time, throughput, parameters, steps, and the last validation scores."""
     history = trainer.state.log_history
     losses = [h["loss"] for h in history if "loss" in h]
     metrics: dict[str, Any] = {
-        "train_loss": float(done.output.training_loss),
+        "train_loss": whole_run_loss(
+            history, float(done.output.training_loss), done.resumed_at, trainer.state.global_step
+        ),
         "first_logged_loss": float(losses[0]) if losses else float("nan"),
         "last_logged_loss": float(losses[-1]) if losses else float("nan"),
         "train_seconds": round(done.seconds, 2),
@@ -584,6 +619,7 @@ def run_metrics(trainer: Any, done: Fitted) -> dict[str, Any]:
         "total_parameters": done.total,
         "global_step": trainer.state.global_step,
         "world_size": trainer.args.world_size,
+        "distributed": distribution(trainer.accelerator),
     }
     evals = [h for h in history if "eval_loss" in h]
     if evals:

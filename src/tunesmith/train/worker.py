@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("config")
     parser.add_argument("run_id")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--resume", action="store_true", help="continue the stopped run from its checkpoint")
     args = parser.parse_args(argv)
-    train_existing_run(load_config(args.config, args.overrides), args.run_id)
+    train_existing_run(load_config(args.config, args.overrides), args.run_id, resume=args.resume)
 
 
 if __name__ == "__main__":
