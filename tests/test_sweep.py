@@ -87,9 +87,9 @@ def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path
     assert (plots / "optimization_history.png").stat().st_size > 10_000
     assert (plots / "parallel_coordinate.png").exists()
 
-    # A second worker joins the same study and adds its trials to it.
+    # A second worker joins the same study and takes the one trial its raised budget leaves.
     more = runner.invoke(
-        app, ["sweep", "--config", str(config_path), "--trials", "1", "--set", space, "--no-register"]
+        app, ["sweep", "--config", str(config_path), "--trials", "3", "--set", space, "--no-register"]
     )
     assert more.exit_code == 0, more.output
     from tunesmith.sweep import open_study
@@ -200,3 +200,48 @@ def test_the_project_postgresql_store_holds_a_study_in_its_own_schema(tmp_path, 
         assert conn.execute(text("select version_num from public.alembic_version")).scalar() == schema_head()
         assert conn.execute(text("select count(*) from tunesmith_sweeps.trials")).scalar() == 3
     assert optuna.__version__
+
+
+def test_two_workers_on_one_postgresql_share_the_budget_and_register_the_best_once(
+    tmp_path, tiny_model_dir, postgres_server, monkeypatch
+):
+    """Two `tunesmith sweep` processes started at once on one PostgreSQL store (and the study in it)
+    run the study's 4 trials between them, none twice, and the best is registered once, by the last."""
+    import os
+    import subprocess
+    import sys
+
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.sweep import open_study
+
+    config_path = write_demo_project(tmp_path)
+    env = {**os.environ, "TUNESMITH_DB_URL": postgres_server()}
+    command = [sys.executable, "-m", "tunesmith.cli", "sweep", "--config", str(config_path), "--trials", "4"]
+    command += ["--strategy", "random", "--objective", "eval_loss"]
+    for setting in [
+        f"model.id={tiny_model_dir}",
+        "train.save_strategy=no",
+        "train.epochs=1",
+        "train.forgetting.probe=false",
+        "sweep.prune=false",
+        "sweep.space={train.lr: {low: 1.0e-4, high: 5.0e-2, log: true}}",
+    ]:
+        command += ["--set", setting]
+    workers = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n".join(outputs)
+
+    monkeypatch.setenv("TUNESMITH_DB_URL", env["TUNESMITH_DB_URL"])
+    config = load_config(config_path, [f"model.id={tiny_model_dir}", "sweep.objective=eval_loss"])
+    study = open_study(config, create=False)
+    with session(open_workspace(config).engine) as s:
+        runs = s.query(Run).filter(Run.kind == "sweep").all()
+        versions = s.query(ModelVersion).all()
+    counted = [t for t in study.trials if t.user_attrs.get("budget_slot")]
+    assert len(counted) == 4 and all(t.state.name == "COMPLETE" for t in counted)
+    assert len({t.user_attrs["run_id"] for t in counted}) == 4 and len(runs) == 4  # no trial twice
+    (version,) = versions  # registered once
+    assert version.run_id == study.best_trial.user_attrs["run_id"]
+    assert sum(f"registered as {version.name}" in o for o in outputs) == 1, outputs

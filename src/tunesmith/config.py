@@ -262,7 +262,7 @@ class SweepConfig(_Section):
     # dotted config fields, e.g. {train.lr: {low: 1e-5, high: 1e-3, log: true}, train.lora.r:
     # {choices: [8, 16, 32]}}; empty: sensible ranges for the configured method
     space: dict[str, ParamRange] = Field(default_factory=dict)
-    trials: int | None = Field(8, gt=0)  # budget: trials (in this process)
+    trials: int | None = Field(8, gt=0)  # budget: trials in the study, over every worker sharing it
     timeout_minutes: float | None = Field(None, gt=0)  # budget: wall time
     max_tokens: int | None = Field(None, gt=0)  # budget: training tokens over all trials
     prune: bool = True  # stop trials whose validation scores trail the median of earlier trials

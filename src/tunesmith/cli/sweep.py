@@ -24,7 +24,7 @@ def sweep(
     ctx: typer.Context,
     config: ConfigOpt = None,
     set_: SetOpt = None,
-    trials: Annotated[int | None, typer.Option(help="Budget: trials run by this worker.")] = None,
+    trials: Annotated[int | None, typer.Option(help="Budget: trials in the study, all workers.")] = None,
     timeout_minutes: Annotated[float | None, typer.Option(help="Budget: wall time.")] = None,
     max_tokens: Annotated[int | None, typer.Option(help="Budget: training tokens over all trials.")] = None,
     strategy: Annotated[str | None, typer.Option(help="tpe, random or grid.")] = None,
@@ -69,8 +69,9 @@ def sweep(
         result = run_sweep(config, overrides, storage=storage, register_best=register)
     _print_study(result.study, cfg, storage)
     if result.version is not None:
+        how = "registered as" if result.registered_now else "was registered earlier as"
         out.print(
-            f"Best trial's run {result.best_run} registered as [bold]{result.version.name}[/bold] "
+            f"Best trial's run {result.best_run} {how} [bold]{result.version.name}[/bold] "
             f"(candidate); compare it with `tunesmith eval {result.version.name}`"
         )
 

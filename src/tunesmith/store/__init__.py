@@ -1,6 +1,6 @@
 """The store: SQLAlchemy tables behind Alembic migrations; SQLite (WAL) by default, any URL at scale."""
 
-from tunesmith.store.engine import ImmutableRecordError, open_store, schema_head, session
+from tunesmith.store.engine import ImmutableRecordError, exclusive, open_store, schema_head, session
 from tunesmith.store.schema import (
     AlertEvent,
     AliasEvent,
@@ -36,6 +36,7 @@ __all__ = [
     "Run",
     "RunMetric",
     "VersionMetric",
+    "exclusive",
     "open_store",
     "schema_head",
     "session",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import ORMExecuteState, Session, UOWTransaction
 
@@ -60,6 +61,35 @@ def session(engine: Engine) -> Iterator[Session]:
     """A session that commits on success and rolls back on error."""
     with Session(engine, expire_on_commit=False) as s, s.begin():
         yield s
+
+
+@contextmanager
+def exclusive(engine: Engine, name: str) -> Iterator[None]:
+    """Hold the lock `name` against every other process that uses the same database, for the block.
+
+    On PostgreSQL, a session advisory lock (processes on any machine); on SQLite, a file lock beside
+    the database file (processes on this machine, the only ones that can open it).
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_advisory_lock(hashtextextended(:name, 0))"), {"name": name})
+            try:
+                yield
+            finally:
+                connection.execute(
+                    text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))"), {"name": name}
+                )
+                connection.commit()
+        return
+    from filelock import FileLock
+
+    database = engine.url.database
+    if not database or database == ":memory:":  # one process owns an in-memory database
+        yield
+        return
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    with FileLock(f"{database}.{digest}.lock"):
+        yield
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

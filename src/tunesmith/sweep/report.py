@@ -25,6 +25,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             else None,
         }
         for t in study.trials
+        if not t.user_attrs.get("over_budget")  # a worker's look past the budget: it trained nothing
     ]
     done = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: r["value"], reverse=maximize)
     return done + [r for r in rows if r["state"] != "complete"]

@@ -23,6 +23,7 @@ from typing import Any
 
 from tunesmith.config import ParamRange, ProjectConfig, load_config
 from tunesmith.progress import console
+from tunesmith.store import exclusive
 from tunesmith.workspace import Workspace, open_workspace
 
 # Ranges that suit each method when `sweep.space` is empty: the learning rate matters most,
@@ -62,6 +63,7 @@ class SweepResult:
     best_run: str | None
     version: Any  # the registered best trial (ModelVersion), or None
     warnings: list[str]
+    registered_now: bool = False  # this worker registered `version` (not another, or an earlier sweep)
 
 
 def search_space(config: ProjectConfig) -> dict[str, ParamRange]:
@@ -135,13 +137,26 @@ def storage_url(config: ProjectConfig, storage: str | None) -> tuple[str, dict[s
     return url, {}
 
 
+HEARTBEAT_SECONDS = 30
+GRACE_SECONDS = 120
+
+
+BUDGET_SLOT = "budget_slot"  # a trial's user attribute: it counts against sweep.trials
+
+
 def open_study(config: ProjectConfig, storage: str | None = None, *, create: bool = True) -> Any:
     import optuna
     from optuna.storages import RDBStorage
 
     sweep = config.sweep
     url, engine_kwargs = storage_url(config, storage)
-    rdb = RDBStorage(url, engine_kwargs=engine_kwargs or None)
+    # heartbeats: a trial whose worker was killed is marked failed, not left running for ever
+    rdb = RDBStorage(
+        url,
+        engine_kwargs=engine_kwargs or None,
+        heartbeat_interval=HEARTBEAT_SECONDS,
+        grace_period=GRACE_SECONDS,
+    )
     name = study_name(config)
     if not create:
         return optuna.load_study(study_name=name, storage=rdb)
@@ -271,6 +286,10 @@ class _Trials:
         from tunesmith.train.callbacks import extra_callbacks
         from tunesmith.train.run import load_base, run_objective
 
+        if not self.take_budget_slot(trial):
+            trial.set_user_attr("over_budget", True)
+            self.study.stop()
+            raise optuna.TrialPruned(f"the study's {self.config.sweep.trials} trials are taken")
         params = {name: suggest(trial, name, p) for name, p in self.space.items()}
         config = load_config(self.config_path, [*self.overrides, *(f"{k}={v}" for k, v in params.items())])
         console.rule(f"[bold]Trial {trial.number}[/bold] " + ", ".join(f"{k}={v}" for k, v in params.items()))
@@ -297,6 +316,26 @@ class _Trials:
         # what registering needs, not the model: memory stays flat however many trials run
         self.finished[result.run_id] = (config, replace(result, model=None), base.base_revision)
         return value
+
+    def budget_left(self) -> int | None:
+        """Trials of `sweep.trials` no worker has taken yet; None without a trial budget."""
+        budget = self.config.sweep.trials
+        taken = sum(1 for t in self.study.get_trials(deepcopy=False) if t.user_attrs.get(BUDGET_SLOT))
+        return None if budget is None else max(budget - taken, 0)
+
+    def take_budget_slot(self, trial: Any) -> bool:
+        """Count `trial` against `sweep.trials`, the study's budget over every worker; False when the
+        other workers have taken it all. Workers take slots one at a time (a lock in the project's store,
+        which workers of one study share)."""
+        with exclusive(self.workspace.engine, f"tunesmith sweep budget {self.study.study_name}"):
+            if self.budget_left() == 0:
+                return False
+            trial.set_user_attr(BUDGET_SLOT, True)
+        return True
+
+    def stop_when_budget_taken(self, study: Any, _: Any) -> None:
+        if self.budget_left() == 0:  # the usual end; a worker that still asks finds the budget taken
+            study.stop()
 
     def stop_on_tokens(self, study: Any, _: Any) -> None:
         limit = self.config.sweep.max_tokens
@@ -336,18 +375,66 @@ def run_sweep(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(config, storage)
     trials = _Trials(config_path, overrides, config, dataset, study)
-    study.optimize(
-        trials,
-        n_trials=sweep.trials,
-        timeout=sweep.timeout_minutes * 60 if sweep.timeout_minutes else None,
-        callbacks=[trials.stop_on_tokens],
-    )
-    best_run, version = None, None
+    optuna.storages.fail_stale_trials(study)  # trials of workers that were killed
+    if trials.budget_left() == 0:
+        console.print(
+            f"Study {study.study_name} already holds its {sweep.trials} trials (sweep.trials counts every "
+            "worker's); raise --trials to run more"
+        )
+    else:
+        _optimize(study, trials)
+    best_run, version, now = None, None, False
     if any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         best_run = study.best_trial.user_attrs.get("run_id")
         if register_best:
-            version = register_best_trial(study, trials.workspace, trials.finished)
-    return SweepResult(study, trials.direction, sweep.objective, best_run, version, warnings)
+            version, now = register_if_last(study, trials.workspace, trials.finished)
+    return SweepResult(study, trials.direction, sweep.objective, best_run, version, warnings, now)
+
+
+def _optimize(study: Any, trials: _Trials) -> None:
+    timeout = trials.config.sweep.timeout_minutes
+    study.optimize(
+        trials,  # until the study's budget (sweep.trials, over every worker) is taken, or time or tokens
+        timeout=timeout * 60 if timeout else None,
+        callbacks=[trials.stop_when_budget_taken, trials.stop_on_tokens],
+    )
+
+
+def register_if_last(
+    study: Any, workspace: Workspace, finished: dict[str, tuple[ProjectConfig, Any, str | None]]
+) -> tuple[Any, bool]:
+    """Register the study's best trial when no other worker still trains one (the last worker to
+    finish registers it, once): (its version, whether this call registered it); (None, False) while
+    another worker trains. Workers decide one at a time (a lock in the store)."""
+    import optuna
+
+    with exclusive(workspace.engine, f"tunesmith sweep register {study.study_name}"):
+        optuna.storages.fail_stale_trials(study)
+        running = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if t.user_attrs.get(BUDGET_SLOT)
+        ]
+        if running:
+            console.print(
+                f"{len(running)} trial(s) still running on other workers; the last one to finish "
+                "registers the best trial"
+            )
+            return None, False
+        earlier = registered_version(workspace, study.best_trial.user_attrs.get("run_id"))
+        if earlier is not None:
+            return earlier, False
+        return register_best_trial(study, workspace, finished), True
+
+
+def registered_version(workspace: Workspace, run_id: str | None) -> Any:
+    """The version registered from run `run_id`, or None."""
+    from sqlalchemy import select
+
+    from tunesmith.store import ModelVersion, session
+
+    with session(workspace.engine) as s:
+        return s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
 
 
 def register_best_trial(
@@ -360,19 +447,17 @@ def register_best_trial(
     Raises:
         SweepError: the best trial's weights are not on this machine.
     """
-    from sqlalchemy import select
-
     from tunesmith.registry import register_trained
-    from tunesmith.store import ModelVersion, Run, session
+    from tunesmith.store import Run, session
 
     best = study.best_trial
     run_id = best.user_attrs.get("run_id")
     extra = {"sweep_study": study.study_name, "sweep_trial": best.number}
-    with session(workspace.engine) as s:
-        existing = s.scalars(select(ModelVersion).where(ModelVersion.run_id == run_id)).first()
-        row = s.get(Run, run_id)
+    existing = registered_version(workspace, run_id)
     if existing is not None:
         return existing
+    with session(workspace.engine) as s:
+        row = s.get(Run, run_id)
     if finished and run_id in finished:
         config, result, revision = finished[run_id]
         return register_trained(config, workspace, result, revision, extra)
