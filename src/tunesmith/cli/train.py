@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -48,7 +48,6 @@ def train_cmd(
     from tunesmith.train import DiskFullError, TrainConfigError
     from tunesmith.train.fit import DoesNotFitError
     from tunesmith.train.methods import MethodError
-    from tunesmith.train.objectives import get_objective
     from tunesmith.train.run import resume_run, train
 
     cfg = load_project(config, set_)
@@ -84,6 +83,13 @@ def train_cmd(
         return
     with reported(*errors):
         outcome = resume_run(cfg, resume) if resume else train(cfg)
+    _print_trained(cfg, outcome)
+
+
+def _print_trained(cfg: ProjectConfig, outcome: Any) -> None:
+    """What a single-process run registered, and what to run next."""
+    from tunesmith.train.objectives import get_objective
+
     m = outcome.version.metrics
     out.print(
         f"Registered [bold]{outcome.version.name}[/bold] from run {outcome.run_id}: train loss "

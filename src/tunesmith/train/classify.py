@@ -275,12 +275,16 @@ def describe_classifier(config: ProjectConfig, trainer: Any) -> str:
 
 def finish_classifier(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
     """labels.json beside the weights; the test split scored beside the majority-class baseline."""
+    from tunesmith.train.sft import is_main_process
+
     objective, train = run.config.train.objective, run.config.train
     id2label = {int(i): name for i, name in run.base.model.config.id2label.items()}
     names = [id2label[i] for i in sorted(id2label)]
-    (weights_dir / LABELS_FILE).write_text(
-        json.dumps({"objective": objective, "labels": names}, indent=2), encoding="utf-8"
-    )
+    main = is_main_process()  # every process scores a sharded model; the main one writes
+    if main:
+        (weights_dir / LABELS_FILE).write_text(
+            json.dumps({"objective": objective, "labels": names}, indent=2), encoding="utf-8"
+        )
     metrics: dict[str, Any] = {"labels": len(names)}
     # A sweep trial is chosen on validation: its test scores stay unseen until the final eval.
     test_records = load_split(run.dataset, "test") if run.kind != "sweep" else []
@@ -295,6 +299,8 @@ def finish_classifier(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) 
             "Scoring the test split",
         )
         report = test_report(objective, *found, names, _majority(objective, run.records["train"]))
+        if not main:
+            return metrics
         (run_dir / "test_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
         metrics.update({f"test_{k}": v for k, v in report["scores"].items()})
         metrics.update({f"majority_{k}": v for k, v in report["majority_scores"].items()})

@@ -262,6 +262,10 @@ def _reward_test_report(
         "test_pairwise_accuracy_ci": [low, high],
         "test_mean_margin": sum(margins) / len(margins),
     }
+    from tunesmith.train.sft import is_main_process
+
+    if not is_main_process():  # every process scores a sharded model; the main one writes
+        return report
     (run_dir / "reward_report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     console.print(
         f"Reward model on {len(pairs)} held-out pairs: pairwise accuracy "

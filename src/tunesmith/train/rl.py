@@ -107,7 +107,10 @@ def describe_rl(config: ProjectConfig, trainer: Any) -> str:
 
 def finish_rl(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, float]:
     """The reward curves plotted, and the reward's gain, the last KL and clip fraction."""
-    plot_rl(trainer.state.log_history, run_dir / "rewards.png")
+    from tunesmith.train.sft import is_main_process
+
+    if is_main_process():
+        plot_rl(trainer.state.log_history, run_dir / "rewards.png")
     return reward_trend(trainer.state.log_history)
 
 

@@ -444,8 +444,9 @@ def conclude_run(
     """Train, save the weights and tokenizer, measure, write the run's artifacts and close it.
 
     `probe` is the forgetting probe's rows and the base model's loss on them (None: no probe);
-    `extra(trainer, run_dir, weights_dir)` adds objective-specific metrics (and files) on the main
-    process, after the weights are saved.
+    `extra(trainer, run_dir, weights_dir)` adds objective-specific metrics (and files) after the weights
+    are saved: on the main process, or on every one for a sharded model (files and output from the main
+    one only).
     """
     from transformers import PrinterCallback
 
@@ -455,8 +456,10 @@ def conclude_run(
     if main:
         tokenizer.save_pretrained(str(done.weights_dir))
     metrics = run_metrics(trainer, done)
-    if extra is not None and main:
-        metrics.update(extra(trainer, run_dir, done.weights_dir))
+    # a sharded model (ZeRO-3, FSDP) forwards only with every process: each one scores, the main one writes
+    if extra is not None and (main or metrics["distributed"] in SHARDED):
+        found = extra(trainer, run_dir, done.weights_dir)
+        metrics.update(found if main else {})
     probe_rows, before = probe
     if before is not None:
         metrics.update(_forgetting_report(trainer.model, tokenizer, probe_rows, before))
@@ -590,6 +593,9 @@ def whole_run_loss(
     session_steps = max(global_step - resumed_at, 0)
     steps = last + session_steps
     return (total + session_loss * session_steps) / steps if steps else session_loss
+
+
+SHARDED = ("deepspeed-zero3", "fsdp1", "fsdp2")  # `distribution`s whose weights are split over processes
 
 
 def distribution(accelerator: Any) -> str:
