@@ -397,39 +397,6 @@ def test_pretrain_on_raw_text_and_objective_kind_mismatch(tmp_path, tiny_model_d
     assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").exists()
 
 
-def test_two_process_ddp_run_on_cpu_through_torchrun(tmp_path, tiny_model_dir):
-    """`--num-processes 2 --launcher torchrun` trains with DDP over gloo: each process takes half of
-    every epoch (Accelerate, the default launcher, is in test_distributed.py)."""
-    config_path = write_demo_project(tmp_path)
-    result = runner.invoke(
-        app,
-        [
-            "train",
-            str(config_path),
-            "--num-processes",
-            "2",
-            "--launcher",
-            "torchrun",
-            "--set",
-            f"model.id={tiny_model_dir}",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "train.batch_size=4",
-            "--set",
-            "train.save_strategy=no",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    assert "on 2 processes" in result.output
-    from tunesmith.registry import get_version
-
-    version = get_version(open_workspace(load_config(config_path)), "fernwick-support-v1")
-    assert version.metrics["world_size"] == 2
-    assert version.metrics["global_step"] == 20  # 160 rows / (4 per process x 2 processes)
-    assert (Path(version.path) / "adapter_model.safetensors").exists()
-
-
 def test_packing_joins_rows_into_full_sequences(tmp_path, tiny_model_dir):
     _, config = project(tmp_path, tiny_model_dir, "train.packing=true", "train.save_strategy=no")
     packed = train(config).version.metrics
