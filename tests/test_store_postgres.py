@@ -67,3 +67,15 @@ def test_governance_records_refuse_update_and_delete_on_postgresql(postgres_serv
     assert_records_immutable(engine)
     with pytest.raises(DBAPIError, match="immutable"), engine.begin() as conn:
         conn.execute(text("TRUNCATE model_versions CASCADE"))
+
+
+def test_processes_that_open_a_fresh_postgresql_store_at_once_all_migrate_it(postgres_server):
+    """Replicas and sweep workers start together on an empty database: one migrates, the others wait."""
+    import subprocess
+    import sys
+
+    url = postgres_server()
+    code = "import sys; from tunesmith.store import open_store; open_store(sys.argv[1])"
+    starts = [subprocess.Popen([sys.executable, "-c", code, url], stderr=subprocess.PIPE) for _ in range(4)]
+    errors = [p.communicate(timeout=120)[1].decode() for p in starts]
+    assert all(p.returncode == 0 for p in starts), "\n".join(errors)

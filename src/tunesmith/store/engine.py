@@ -49,9 +49,13 @@ def schema_head() -> str:
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema of `engine`'s database to `revision` with the packaged Alembic migrations."""
+    """Bring the schema of `engine`'s database to `revision` with the packaged Alembic migrations.
+
+    One process at a time (`exclusive`): replicas or sweep workers that start together on a fresh
+    database would otherwise both create Alembic's table, and all but one fail.
+    """
     config = _alembic()
-    with engine.begin() as connection:
+    with exclusive(engine, "tunesmith migrate"), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 
