@@ -193,9 +193,8 @@ def launch_command(num_processes: int, launcher: str, accelerate_config: Path | 
             "no",
         ]
     kind = accelerate_distributed_type(accelerate_config)
-    if (
-        kind == "FSDP" and not torch.cuda.is_available()
-    ):  # Accelerate 1.x shards with FSDP on accelerators only
+    # Accelerate 1.x shards with FSDP on accelerators only; on a CPU it would run plain DDP
+    if kind == "FSDP" and not torch.cuda.is_available():
         raise TrainLaunchError(
             f"{accelerate_config}: distributed_type FSDP shards the model over GPUs, and this machine has "
             "no CUDA device (Accelerate would run plain DDP instead). Run it on a GPU machine, use a "
@@ -249,12 +248,15 @@ def train_existing_run(
         RegistryError: with `resume`, when there is no such run, or it already finished.
     """
     workspace = workspace or open_workspace(config)
-    run = resumable_run(workspace, run_id) if resume else None
-    if run is not None:
+    if resume:  # the run's own recorded config, not the current file's
+        run = resumable_run(workspace, run_id)
         config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
+    else:
+        with session(workspace.engine) as s:
+            found = s.get(Run, run_id)
+        assert found is not None, f"no run {run_id}"
+        run = found
     with session(workspace.engine) as s:
-        run = s.get(Run, run_id)
-        assert run is not None, f"no run {run_id}"
         dataset = s.get(DatasetVersion, run.dataset_version_id)
     assert dataset is not None
     return _train_and_register(config, workspace, dataset, kind=run.kind, run=run_id, resume=resume)
