@@ -6,6 +6,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tunesmith.sweep.search import OVER_BUDGET
+
 
 def trial_rows(study: Any) -> list[dict[str, Any]]:
     """One row per trial, best first among the finished ones, then pruned and failed ones."""
@@ -25,7 +27,7 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
             else None,
         }
         for t in study.trials
-        if not t.user_attrs.get("over_budget")  # a worker's look past the budget: it trained nothing
+        if not t.user_attrs.get(OVER_BUDGET)
     ]
     done = sorted((r for r in rows if r["state"] == "complete"), key=lambda r: r["value"], reverse=maximize)
     return done + [r for r in rows if r["state"] != "complete"]

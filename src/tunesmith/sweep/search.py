@@ -142,6 +142,7 @@ GRACE_SECONDS = 120
 
 
 BUDGET_SLOT = "budget_slot"  # a trial's user attribute: it counts against sweep.trials
+OVER_BUDGET = "over_budget"  # a trial's user attribute: a worker's look past the budget, it trained nothing
 
 
 def open_study(config: ProjectConfig, storage: str | None = None, *, create: bool = True) -> Any:
@@ -287,7 +288,7 @@ class _Trials:
         from tunesmith.train.run import load_base, run_objective
 
         if not self.take_budget_slot(trial):
-            trial.set_user_attr("over_budget", True)
+            trial.set_user_attr(OVER_BUDGET, True)
             self.study.stop()
             raise optuna.TrialPruned(f"the study's {self.config.sweep.trials} trials are taken")
         params = {name: suggest(trial, name, p) for name, p in self.space.items()}
