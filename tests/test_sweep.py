@@ -202,6 +202,27 @@ def test_the_project_postgresql_store_holds_a_study_in_its_own_schema(tmp_path, 
     assert optuna.__version__
 
 
+def test_workers_that_open_a_fresh_study_at_once_all_open_it(tmp_path, postgres_server):
+    """Sweep workers started together on an empty PostgreSQL store each open the one study: Optuna's
+    creation of its own tables (and of alembic's table in the sweep schema) runs one at a time."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from tunesmith.config import load_config; from tunesmith.sweep import open_study; "
+        "config = load_config(None, [f'workspace={sys.argv[1]}', "
+        "'sweep.space={train.lr: {low: 1.0e-4, high: 1.0e-2}}']); open_study(config)"
+    )
+    env = {**os.environ, "TUNESMITH_DB_URL": postgres_server()}
+    starts = [
+        subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "ws")], env=env, stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in starts]
+    assert all(p.returncode == 0 for p in starts), "\n".join(errors)
+
+
 def test_two_workers_on_one_postgresql_share_the_budget_and_register_the_best_once(
     tmp_path, tiny_model_dir, postgres_server, monkeypatch
 ):

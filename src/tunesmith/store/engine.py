@@ -72,7 +72,8 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
     """Hold the lock `name` against every other process that uses the same database, for the block.
 
     On PostgreSQL, a session advisory lock (processes on any machine); on SQLite, a file lock beside
-    the database file (processes on this machine, the only ones that can open it).
+    the database file (processes on this machine, the only ones that can open it). Other databases
+    (an Optuna storage on MySQL, say) get no lock: the block runs as it would without one.
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as connection:
@@ -84,6 +85,9 @@ def exclusive(engine: Engine, name: str) -> Iterator[None]:
                     text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))"), {"name": name}
                 )
                 connection.commit()
+        return
+    if engine.dialect.name != "sqlite":
+        yield
         return
     from filelock import FileLock
 

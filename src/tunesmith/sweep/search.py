@@ -127,14 +127,38 @@ def storage_url(config: ProjectConfig, storage: str | None) -> tuple[str, dict[s
         path = Path(url.removeprefix("sqlite:///"))
         return f"sqlite:///{path.with_name(path.stem + '-sweeps.db')}", {}
     if url.startswith("postgresql"):
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(url)
-        with engine.begin() as connection:
-            connection.execute(sqlalchemy.text("CREATE SCHEMA IF NOT EXISTS tunesmith_sweeps"))
-        engine.dispose()
-        return url, {"connect_args": {"options": "-csearch_path=tunesmith_sweeps"}}
+        return url, {"connect_args": {"options": f"-csearch_path={SWEEP_SCHEMA}"}}
     return url, {}
+
+
+SWEEP_SCHEMA = "tunesmith_sweeps"
+
+
+def optuna_storage(config: ProjectConfig, storage: str | None = None) -> Any:
+    """Optuna's RDB storage for this project's sweeps, its tables created if they are missing.
+
+    Workers started together on a fresh database create the tables one at a time, under a lock held
+    in that database: Optuna's own creation of its tables is not safe against a concurrent start.
+    """
+    import sqlalchemy
+    from optuna.storages import RDBStorage
+
+    url, engine_kwargs = storage_url(config, storage)
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with exclusive(engine, "tunesmith sweep storage"):
+            if engine_kwargs:  # the project's PostgreSQL store: the study lives in a schema of its own
+                with engine.begin() as connection:
+                    connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {SWEEP_SCHEMA}"))
+            # heartbeats: a trial whose worker was killed is marked failed, not left running for ever
+            return RDBStorage(
+                url,
+                engine_kwargs=engine_kwargs or None,
+                heartbeat_interval=HEARTBEAT_SECONDS,
+                grace_period=GRACE_SECONDS,
+            )
+    finally:
+        engine.dispose()
 
 
 HEARTBEAT_SECONDS = 30
@@ -147,17 +171,9 @@ OVER_BUDGET = "over_budget"  # a trial's user attribute: a worker's look past th
 
 def open_study(config: ProjectConfig, storage: str | None = None, *, create: bool = True) -> Any:
     import optuna
-    from optuna.storages import RDBStorage
 
     sweep = config.sweep
-    url, engine_kwargs = storage_url(config, storage)
-    # heartbeats: a trial whose worker was killed is marked failed, not left running for ever
-    rdb = RDBStorage(
-        url,
-        engine_kwargs=engine_kwargs or None,
-        heartbeat_interval=HEARTBEAT_SECONDS,
-        grace_period=GRACE_SECONDS,
-    )
+    rdb = optuna_storage(config, storage)
     name = study_name(config)
     if not create:
         return optuna.load_study(study_name=name, storage=rdb)
