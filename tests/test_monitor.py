@@ -392,6 +392,7 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
         "Do you sell coffee?",
         held_out,
         "Where do I return books?",
+        *[f"Is room {n} free on Friday?" for n in range(5)],  # 10 corrections: 2 are held out
     ]
     with running(config_of(serve_project)) as (url, _):
         api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
@@ -429,26 +430,38 @@ def test_improve_turns_feedback_into_a_gated_candidate_in_shadow(serve_project):
     result = runner.invoke(app, improve)
     assert result.exit_code == 0, result.output
     rows = int(re.search(r"(\d+) SFT row\(s\)", result.output.replace("\n", " ")).group(1))
-    assert rows >= 5 and "shadow →" in result.output  # (earlier tests may have left corrections too)
+    assert rows >= 10 and "shadow →" in result.output, result.output  # (earlier tests may leave more)
 
     shadow = alias_target(workspace, family, "shadow")
     assert shadow is not None and shadow.parent_id == production.id
     assert alias_target(workspace, family, "production").id == production.id  # never straight to production
     with session(workspace.engine) as s:
         dataset = s.get(DatasetVersion, shadow.dataset_version_id)
-    assert dataset.counts["train"] == rows - 1  # the correction of a test question was taken out
+    kept_out = dataset.meta["lineage"]["held_out"]  # a fifth of the corrected requests, at least one
+    # two corrected requests held out (one may be the test question's, which decontamination removes)
+    assert len(kept_out) >= 2 and 1 <= dataset.counts["test"] <= len(kept_out)
+    assert dataset.counts["train"] + dataset.counts["test"] == rows - 1  # a test question's correction went
+    said = " ".join(result.output.split())
+    assert f"On the {dataset.counts['test']} corrected request(s) held out of training" in said
+    corrected = said.split("held out of training")[1]  # its table and verdicts: shadow vs production
+    assert re.search(
+        rf"rouge_l: (no significant difference between {shadow.name}|{shadow.name} is)", corrected
+    )
+    assert f"and {production.name}" in corrected or f"than {production.name}" in corrected
     assert (
         len(dataset.meta["lineage"]["requests"]) >= 5
         and dataset.meta["lineage"]["version"] == production.name
     )
     preferences = [json.loads(line) for line in (Path(dataset.source).parent / "preferences.jsonl").open()]
-    assert len(preferences) >= 5 + 1 + 1  # corrections, the explicit preference, the good-vs-bad pair
+    # the corrections (but those held out), the explicit preference, the good-vs-bad pair
+    assert len(preferences) >= 10 - len(kept_out) + 1 + 1
     assert any(p["chosen"] != p["rejected"] and "joke" in p["prompt"][0]["content"] for p in preferences)
     pairs = re.search(r"preference dataset (ds-\w+)", result.output)
     with session(workspace.engine) as s:
         stored = s.get(DatasetVersion, pairs.group(1))
     assert stored.format == "preference" and stored.meta["lineage"]["version"] == production.name
-    assert stored.counts["train"] < len(preferences)  # the pair on a test question was decontaminated
+    # a pair on production's test question is decontaminated (when it was not held out already)
+    assert stored.counts["train"] == sum(p["prompt"][-1]["content"] != held_out for p in preferences)
     clustered = runner.invoke(app, [*improve, "--drift-cluster", "--no-train"])
     assert clustered.exit_code == 0, clustered.output
     narrowed = int(

@@ -84,7 +84,7 @@ def test_two_replicas_on_one_postgresql_store_follow_each_other_and_lose_nothing
         def finished() -> Rollout | None:
             with session(workspace.engine) as s:
                 row = s.get(Rollout, rollout_id)
-            return row if row is not None and row.status != "running" else None
+            return row if row is not None and row.status not in ("running", "promoting") else None
 
         done = wait_for(finished, timeout=60, every=0.2)
         assert done.status == "completed", done.history

@@ -480,7 +480,8 @@ def _rollout(server):
 
 
 def test_a_rollout_whose_gate_fails_is_rolled_back(project):
-    from tunesmith.serve.rollout import GateResult, list_rollouts, register_rollout_gate
+    from tunesmith.monitor.gates import GateResult, register_rollout_gate
+    from tunesmith.serve.rollout import list_rollouts
 
     @register_rollout_gate("test_quality_drop")
     def quality_drop(ctx) -> GateResult:

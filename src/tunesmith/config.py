@@ -737,6 +737,19 @@ class RolloutPlan(_Section):
     max_error_rate: float = Field(0.02, ge=0, le=1)  # error_rate: share of the version's requests failing
     max_latency_ratio: float = Field(1.5, gt=0)  # latency: its p95 over the primary's p95
     min_requests: int = Field(20, ge=0)  # a step with fewer requests waits instead of advancing
+    # score gate: online scores compared with the primary's, each with the drop it tolerates (in its units)
+    scores: dict[str, float] = Field(default_factory=lambda: {"relevance": 0.05})
+    min_scores: int = Field(20, ge=2)  # score gate: scores needed on each side before it decides
+    max_feedback_increase: float = Field(0.05, ge=0, le=1)  # feedback gate: negative rate over the primary's
+    min_feedback: int = Field(10, ge=2)  # feedback gate: ratings needed on each side before it decides
+    level: float = Field(0.95, gt=0.5, lt=1)  # confidence of the score and feedback gates' intervals
+
+    @field_validator("scores")
+    @classmethod
+    def _tolerances(cls, scores: dict[str, float]) -> dict[str, float]:
+        if any(t < 0 for t in scores.values()):
+            raise ValueError("each score's tolerated drop is 0 or more, in the score's own units")
+        return scores
 
     @field_validator("steps")
     @classmethod

@@ -162,6 +162,14 @@ def improve_cmd(
     drift_cluster: Annotated[
         bool, typer.Option(help="Only the cluster of requests least like the training data.")
     ] = False,
+    holdout: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Share of the corrected requests kept out of training to measure the candidate on.",
+        ),
+    ] = 0.2,
     train: Annotated[
         bool, typer.Option(help="Fine-tune, evaluate and gate (--no-train: datasets only).")
     ] = True,
@@ -186,10 +194,12 @@ def improve_cmd(
             feedback=tuple(k.strip() for k in feedback.split(",") if k.strip()),
             limit=limit,
             drift_cluster=drift_cluster,
+            holdout=holdout,
         )
         result = improve(cfg, workspace, selection, train=train, objective=objective)
     out.print(
-        f"{result.production.name}: {len(result.requests)} request(s) with feedback → "
+        f"{result.production.name}: {result.matched:,} logged request(s) matched the selection, "
+        f"{result.feedback_rows:,} feedback row(s) read; {len(result.requests)} request(s) with feedback → "
         f"{result.sft_rows} SFT row(s), {result.dpo_rows} preference pair(s) in {result.folder}",
         highlight=False,
         soft_wrap=True,
@@ -201,6 +211,13 @@ def improve_cmd(
         out.print(f"trained {result.version.name} from {result.production.name}", highlight=False)
     if result.report is not None:
         print_report(result.report)
+    if result.corrected is not None:
+        out.print(
+            f"\nOn the {result.corrected['items']} corrected request(s) held out of training "
+            f"(report {result.corrected['id']}):",
+            highlight=False,
+        )
+        print_report(result.corrected)
     if result.shadow and result.version is not None:
         out.print(
             f"shadow → {result.version.name} (gate report {result.report['id'] if result.report else ''})",

@@ -114,3 +114,15 @@ def paired_test(
         improved = observed > 0 if higher_is_better else observed < 0
         verdict = "better" if improved else "worse"
     return PairedTest(Interval(observed, float(low), float(high)), p_value, verdict)
+
+
+def difference_interval(a: np.ndarray, b: np.ndarray, *, level: float = 0.95) -> Interval:
+    """The mean of `a` minus the mean of `b`, two independent samples (two versions' online scores,
+    not the same items), with Welch's t interval: unequal variances, unequal sizes."""
+    from scipy import stats
+
+    delta = float(a.mean() - b.mean())
+    if len(a) < 2 or len(b) < 2 or (a.var() == 0 and b.var() == 0):
+        return Interval(delta, delta, delta)
+    low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return Interval(delta, float(low), float(high))

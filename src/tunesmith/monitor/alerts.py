@@ -21,6 +21,7 @@ import numpy as np
 from sqlalchemy import func, select
 
 from tunesmith.config import AlertRule, MonitorConfig, RegistryConfig
+from tunesmith.monitor.feedback import is_negative
 from tunesmith.plugins import Registry
 from tunesmith.registry.versions import RegistryError, alias_target
 from tunesmith.store import AlertEvent, Feedback, ModelVersion, RequestLog, RequestScore, session
@@ -100,7 +101,7 @@ def measure(
                     Feedback.version_id == version.id, Feedback.at >= since, Feedback.rating.is_not(None)
                 )
             ).all()
-            negative = sum(1 for rating, scale in rated if (rating or 0) <= (2 if scale == "stars" else 0.5))
+            negative = sum(1 for rating, scale in rated if is_negative(rating, scale))
             return (negative / len(rated) if rated else None), len(rated)
         rows = s.execute(
             select(RequestLog.status, RequestLog.latency_ms).where(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -76,16 +77,25 @@ def reference_texts(
     return dataset, prompts, answers
 
 
-def recent_texts(workspace: Workspace, version: ModelVersion, window: int) -> tuple[list[str], list[str]]:
-    """(prompts, first answers) of the version's latest answered requests, shadow answers excluded."""
+def recent_texts(
+    workspace: Workspace,
+    version: ModelVersion,
+    window: int,
+    *,
+    since: datetime | None = None,
+    shadow: bool = False,
+) -> tuple[list[str], list[str]]:
+    """(prompts, first answers) of the version's latest answered requests (since `since`), its
+    shadow answers included only with `shadow`."""
+    conditions = [RequestLog.version_id == version.id, RequestLog.status == 200]
+    if not shadow:
+        conditions.append(RequestLog.route != "shadow")
+    if since is not None:
+        conditions.append(RequestLog.at >= since)
     with session(workspace.engine) as s:
         rows = s.execute(
             select(RequestLog.prompt, RequestLog.output)  # the two columns it compares, not whole rows
-            .where(
-                RequestLog.version_id == version.id,
-                RequestLog.status == 200,
-                RequestLog.route != "shadow",
-            )
+            .where(*conditions)
             .order_by(RequestLog.at.desc())
             .limit(window)
         ).all()
@@ -172,11 +182,18 @@ def measure_drift(
 
 
 def drift_for_version(
-    workspace: Workspace, version: ModelVersion, config: DriftConfig, *, embedder: Any = None
+    workspace: Workspace,
+    version: ModelVersion,
+    config: DriftConfig,
+    *,
+    embedder: Any = None,
+    since: datetime | None = None,
+    shadow: bool = False,
 ) -> DriftReport:
-    """Drift of the version's recent prompts against its own training data."""
+    """Drift of the version's recent prompts (since `since`; its shadow traffic too with `shadow`)
+    against its own training data."""
     dataset, ref_prompts, ref_answers = reference_texts(workspace, version)
-    cur_prompts, cur_answers = recent_texts(workspace, version, config.window)
+    cur_prompts, cur_answers = recent_texts(workspace, version, config.window, since=since, shadow=shadow)
     report = measure_drift(
         ref_prompts,
         cur_prompts,

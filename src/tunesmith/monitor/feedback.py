@@ -18,6 +18,16 @@ from tunesmith.store.schema import utcnow
 from tunesmith.workspace import Workspace
 
 
+def is_positive(rating: float | None, scale: str | None) -> bool:
+    """A thumbs up, or 4-5 stars."""
+    return rating is not None and rating >= (4 if scale == "stars" else 0.5)
+
+
+def is_negative(rating: float | None, scale: str | None) -> bool:
+    """A thumbs down, or 1-2 stars: what the negative-feedback rate counts (alerts, gates, reports)."""
+    return rating is not None and (rating <= 2 if scale == "stars" else rating < 0.5)
+
+
 class FeedbackError(LookupError):
     """Feedback that cannot be stored: the message says why."""
 

@@ -13,19 +13,21 @@
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 
 from tunesmith.config import ProjectConfig
+from tunesmith.monitor.feedback import is_negative, is_positive
 from tunesmith.registry.versions import move_alias, resolve_name
 from tunesmith.store import DatasetVersion, Feedback, ModelVersion, RequestLog, RequestScore, session
 from tunesmith.workspace import Workspace
@@ -47,6 +49,7 @@ class Selection:
     feedback: tuple[str, ...] = ("correction", "preference", "rating")
     limit: int | None = None
     drift_cluster: bool = False  # only the cluster of requests least like the training data
+    holdout: float = 0.2  # share of the corrected requests kept out of training, to measure the candidate on
 
 
 @dataclass
@@ -56,6 +59,10 @@ class ImproveOutcome:
     requests: list[str]
     sft_rows: int
     dpo_rows: int
+    matched: int = 0  # logged requests that passed the selection's filters
+    feedback_rows: int = 0  # feedback rows read on them
+    held_out: list[str] = field(default_factory=list)  # corrected requests kept out of training
+    corrected: dict[str, Any] | None = None  # the report of the candidate vs production on them
     dataset: DatasetVersion | None = None
     preference_dataset: DatasetVersion | None = None
     version: ModelVersion | None = None
@@ -71,65 +78,102 @@ def parse_condition(text: str) -> tuple[str, str, float]:
     return match.group(1), match.group(2), float(match.group(3))
 
 
+CHUNK = 1000  # rows a query streams at a time: improve reads any size of log in bounded memory
+
+
+def request_conditions(production: ModelVersion, selection: Selection) -> list[Any]:
+    """SQL conditions on `RequestLog` for the version's answered requests (not shadow ones) that pass
+    the selection's time and score filters; a score filter is an EXISTS on the request's scores, so
+    no list of request ids is ever built."""
+    from tunesmith.monitor.alerts import OPS
+
+    conditions: list[Any] = [
+        RequestLog.version_id == production.id,
+        RequestLog.status == 200,
+        RequestLog.route != "shadow",
+    ]
+    if selection.since is not None:
+        conditions.append(RequestLog.at >= datetime.now(UTC) - selection.since)
+    compare: dict[str, Callable[[Any, float], Any]] = dict(OPS)  # on a column, they build SQL
+    for name, op, value in (parse_condition(c) for c in selection.where):
+        conditions.append(
+            exists().where(
+                RequestScore.request_id == RequestLog.id,
+                RequestScore.name == name,
+                compare[op](RequestScore.value, value),
+            )
+        )
+    return conditions
+
+
 def select_requests(workspace: Workspace, production: ModelVersion, selection: Selection) -> list[RequestLog]:
     """The version's answered requests (not shadow ones) that pass the selection's time, score and
     drift filters, oldest first."""
-    from tunesmith.monitor.alerts import OPS
-
-    conditions = [parse_condition(c) for c in selection.where]
+    query = select(RequestLog).where(*request_conditions(production, selection)).order_by(RequestLog.at)
     with session(workspace.engine) as s:
-        query = select(RequestLog).where(
-            RequestLog.version_id == production.id, RequestLog.status == 200, RequestLog.route != "shadow"
-        )
-        if selection.since is not None:
-            query = query.where(RequestLog.at >= datetime.now(UTC) - selection.since)
-        requests = {r.id: r for r in s.scalars(query.order_by(RequestLog.at))}
-        scores: dict[str, dict[str, float]] = {}
-        if conditions:
-            for score in s.scalars(select(RequestScore).where(RequestScore.request_id.in_(requests))):
-                scores.setdefault(score.request_id, {})[score.name] = score.value
+        requests = {r.id: r for r in s.scalars(query.execution_options(yield_per=CHUNK))}
     if selection.drift_cluster:
-        requests = _least_like_training(workspace, production, requests)
-    if conditions:
-        requests = {
-            rid: r
-            for rid, r in requests.items()
-            if all(
-                name in scores.get(rid, {}) and OPS[op](scores[rid][name], value)
-                for name, op, value in conditions
-            )
-        }
+        drifted = _least_like_training(workspace, production, {i: r.prompt for i, r in requests.items()})
+        requests = {i: r for i, r in requests.items() if i in drifted}
     chosen = list(requests.values())
     return chosen[-selection.limit :] if selection.limit else chosen
 
 
-def select_examples(
-    workspace: Workspace, production: ModelVersion, selection: Selection
-) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(request ids used, SFT rows, DPO rows) from the version's logged requests and their feedback."""
-    unlimited = dataclasses.replace(selection, limit=None)  # the limit counts rows, not requests
-    requests = {r.id: r for r in select_requests(workspace, production, unlimited)}
+@dataclass
+class Examples:
+    """What `select_examples` found: the rows it made and how many log rows it read for them."""
+
+    used: list[str] = field(default_factory=list)  # request ids that taught something, in order
+    sft: list[dict[str, Any]] = field(default_factory=list)
+    dpo: list[dict[str, Any]] = field(default_factory=list)
+    matched: int = 0  # logged requests that pass the selection's filters
+    feedback: int = 0  # feedback rows read on those requests
+
+
+def select_examples(workspace: Workspace, production: ModelVersion, selection: Selection) -> Examples:
+    """SFT rows and DPO pairs from the feedback on the version's selected requests.
+
+    The feedback and its requests are streamed from the store in chunks of `CHUNK` rows, joined in
+    SQL: memory grows with the rows made, never with the size of the request log.
+    """
+    conditions = request_conditions(production, selection)
+    found = Examples()
     with session(workspace.engine) as s:
-        feedback = list(
-            s.scalars(select(Feedback).where(Feedback.request_id.in_(requests)).order_by(Feedback.id))
-        )
-    sft: list[dict[str, Any]] = []
-    dpo: list[dict[str, Any]] = []
+        found.matched = int(s.scalar(select(func.count()).select_from(RequestLog).where(*conditions)) or 0)
+    allowed = _drift_cluster_ids(workspace, production, conditions) if selection.drift_cluster else None
     rated: dict[str, list[tuple[float, str, str]]] = {}  # prompt key -> (goodness, answer, request id)
-    used: list[str] = []
-    for item in feedback:
-        request = requests.get(item.request_id)
-        if request is None or not request.output:
-            continue
-        _learn(item, request, selection.feedback, sft, dpo, rated)
-        if request.id not in used:
-            used.append(request.id)
-    for key, answers in rated.items():  # good-vs-bad answers to the same conversation
+    seen: set[str] = set()
+    query = (
+        select(Feedback, RequestLog)
+        .join(RequestLog, RequestLog.id == Feedback.request_id)
+        .where(*conditions)
+        .order_by(Feedback.id)
+        .execution_options(yield_per=CHUNK)
+    )
+    with session(workspace.engine) as s:
+        for item, request in s.execute(query):
+            found.feedback += 1
+            if not request.output or (allowed is not None and request.id not in allowed):
+                continue
+            taught = _learn(item, request, selection.feedback, found.sft, found.dpo, rated)
+            if taught and request.id not in seen:
+                seen.add(request.id)
+                found.used.append(request.id)
+    found.dpo += _rated_pairs(rated)
+    if selection.limit is not None:
+        found.sft, found.dpo = found.sft[: selection.limit], found.dpo[: selection.limit]
+    return found
+
+
+def _rated_pairs(rated: dict[str, list[tuple[float, str, str]]]) -> list[dict[str, Any]]:
+    """DPO pairs of a well-rated and a badly-rated answer to the same conversation."""
+    pairs = []
+    for key, answers in rated.items():
         goods = [a for a in answers if a[0] == 1.0]
         bads = [a for a in answers if a[0] == 0.0]
         for (_, chosen, chosen_id), (_, rejected, rejected_id) in zip(goods, bads, strict=False):
             if chosen != rejected:
-                dpo.append(
+                pairs.append(
                     {
                         "prompt": json.loads(key),
                         "chosen": chosen,
@@ -137,25 +181,34 @@ def select_examples(
                         "origin": {"request_ids": [chosen_id, rejected_id]},
                     }
                 )
-    if selection.limit is not None:
-        sft, dpo = sft[: selection.limit], dpo[: selection.limit]
-    return used, sft, dpo
+    return pairs
 
 
-def _least_like_training(
-    workspace: Workspace, production: ModelVersion, requests: dict[str, RequestLog]
-) -> dict[str, RequestLog]:
-    """The requests in the k-means cluster of prompts least like the version's training prompts."""
+def _drift_cluster_ids(workspace: Workspace, production: ModelVersion, conditions: list[Any]) -> set[str]:
+    """The ids of the requests with feedback in the cluster of prompts least like the training data."""
+    query = (
+        select(RequestLog.id, RequestLog.prompt)
+        .where(*conditions, exists().where(Feedback.request_id == RequestLog.id))
+        .execution_options(yield_per=CHUNK)
+    )
+    with session(workspace.engine) as s:
+        prompts = {rid: prompt for rid, prompt in s.execute(query)}
+    return _least_like_training(workspace, production, prompts)
+
+
+def _least_like_training(workspace: Workspace, production: ModelVersion, prompts: dict[str, Any]) -> set[str]:
+    """The ids (keys of `prompts`: request id -> logged prompt) in the k-means cluster of prompts
+    least like the version's training prompts."""
     from tunesmith.monitor.drift import drift_clusters, reference_texts
     from tunesmith.monitor.scorers import prompt_of
 
-    if len(requests) < 3:
-        return requests
+    if len(prompts) < 3:
+        return set(prompts)
     _, reference, _ = reference_texts(workspace, production)
-    ids = list(requests)
-    labels, similarity = drift_clusters(reference, [prompt_of({"prompt": requests[i].prompt}) for i in ids])
+    ids = list(prompts)
+    labels, similarity = drift_clusters(reference, [prompt_of({"prompt": prompts[i]}) for i in ids])
     drifted = int(np.argmin(similarity))
-    return {i: requests[i] for i, label in zip(ids, labels, strict=True) if label == drifted}
+    return {i for i, label in zip(ids, labels, strict=True) if label == drifted}
 
 
 def _learn(
@@ -165,8 +218,9 @@ def _learn(
     sft: list[dict[str, Any]],
     dpo: list[dict[str, Any]],
     rated: dict[str, list[tuple[float, str, str]]],
-) -> None:
-    """Add what one piece of feedback teaches: an SFT row, DPO pairs, or a rated answer."""
+) -> bool:
+    """Add what one piece of feedback teaches: an SFT row, DPO pairs, or a rated answer; False when
+    it is of a kind the selection leaves out."""
     messages = request_messages(request.prompt)
     answer = str(request.output[min(item.choice, len(request.output) - 1)])
     origin = {"request_id": request.id, "feedback_id": item.id}
@@ -178,12 +232,17 @@ def _learn(
     if item.preference and "preference" in kinds:
         dpo.append({"prompt": messages, **item.preference, "origin": origin})
     if item.rating is not None and "rating" in kinds:
-        good = item.rating >= (4 if item.scale == "stars" else 0.5)
-        bad = item.rating <= (2 if item.scale == "stars" else 0.5) and not good
+        good = is_positive(item.rating, item.scale)
+        bad = is_negative(item.rating, item.scale)
         if good or bad:
             rated.setdefault(json.dumps(messages, sort_keys=True), []).append(
                 (float(good), answer, request.id)
             )
+    return bool(
+        (item.correction and "correction" in kinds)
+        or (item.preference and "preference" in kinds)
+        or (item.rating is not None and "rating" in kinds)
+    )
 
 
 def request_messages(prompt: Any) -> list[dict[str, str]]:
@@ -212,9 +271,18 @@ def improve(
     from tunesmith.data import prepare_data
 
     production = resolve_name(workspace, selection.model)
-    used, sft, dpo = select_examples(workspace, production, selection)
-    folder, lineage = _write_examples(workspace, production, selection, used, sft, dpo)
-    outcome = ImproveOutcome(folder, production, used, len(sft), len(dpo))
+    found = select_examples(workspace, production, selection)
+    held = hold_out(found.sft, selection.holdout)
+    used, sft = found.used, found.sft
+    dpo = [r for r in found.dpo if not held & set(_origin_requests(r))]  # no held-out answer leaks in
+    folder, lineage = _write_examples(workspace, production, selection, used, sft, dpo, held)
+    outcome = ImproveOutcome(folder, production, used, len(sft), len(dpo), found.matched, found.feedback)
+    outcome.held_out = sorted(held)
+    if found.sft and not held:
+        outcome.notes.append(
+            f"{len(found.sft)} correction(s): too few to hold any out ({HOLDOUT_MIN} needed), so the "
+            "candidate is not measured on corrected items it did not train on"
+        )
     eval_dataset = production.dataset_version_id
     contamination = [*config.data.contamination, *_held_out_split(workspace, config, eval_dataset, folder)]
     pairs = _derived(config, folder / "preferences.jsonl", "preference", contamination)
@@ -242,6 +310,24 @@ def improve(
     return _train_and_shadow(improved, workspace, production, eval_dataset, outcome)
 
 
+HOLDOUT_MIN = 5  # corrections needed before any is held out
+
+
+def hold_out(sft: list[dict[str, Any]], share: float) -> set[str]:
+    """The corrected requests kept out of training: a `share` of them (at least one, once there are
+    `HOLDOUT_MIN`), chosen by a hash of the request id, so the same log holds out the same ones."""
+    corrected = list(dict.fromkeys(r["origin"]["request_id"] for r in sft))
+    if share <= 0 or len(corrected) < HOLDOUT_MIN:
+        return set()
+    count = min(len(corrected) - 1, max(1, round(len(corrected) * share)))
+    return set(sorted(corrected, key=lambda rid: hashlib.sha256(rid.encode()).hexdigest())[:count])
+
+
+def _origin_requests(row: dict[str, Any]) -> list[str]:
+    origin = row["origin"]
+    return list(origin.get("request_ids") or [origin["request_id"]])
+
+
 def _write_examples(
     workspace: Workspace,
     production: ModelVersion,
@@ -249,17 +335,26 @@ def _write_examples(
     used: list[str],
     sft: list[dict[str, Any]],
     dpo: list[dict[str, Any]],
+    held: set[str],
 ) -> tuple[Path, dict[str, Any]]:
-    """A new `improve/imp-…` folder with the SFT rows, the preference pairs and their lineage."""
+    """A new `improve/imp-…` folder with the SFT rows (the held-out corrections in the test split),
+    the preference pairs and their lineage."""
     folder = workspace.root / "improve" / f"imp-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     folder.mkdir(parents=True)
-    _write_jsonl(folder / "sft.jsonl", [{"messages": r["messages"]} for r in sft])
+    _write_jsonl(
+        folder / "sft.jsonl",
+        [
+            {"messages": r["messages"], "split": "test" if r["origin"]["request_id"] in held else "train"}
+            for r in sft
+        ],
+    )
     _write_jsonl(folder / "preferences.jsonl", [{k: v for k, v in r.items() if k != "origin"} for r in dpo])
     lineage = {
         "source": "production",
         "version": production.name,
         "requests": used,
         "rows": [r["origin"] for r in sft],
+        "held_out": sorted(held),
         "selection": {
             "model": selection.model,
             "since": str(selection.since or ""),
@@ -307,6 +402,13 @@ def _train_and_shadow(
         improved, trained.version.name, workspace, compare=["base", production.name], dataset=eval_dataset
     )
     outcome.report = evaluated.report
+    worse = _measure_on_corrections(improved, workspace, trained.version, production, outcome)
+    if worse:
+        outcome.notes.append(
+            f"on the corrected items it did not train on, {trained.version.name} is worse than "
+            f"{production.name} ({'; '.join(worse)}), so shadow was not moved"
+        )
+        return outcome
     if evaluated.report.get("gate_passed"):
         move_alias(
             workspace,
@@ -328,6 +430,35 @@ def _train_and_shadow(
         )
     )
     return outcome
+
+
+def _measure_on_corrections(
+    improved: ProjectConfig,
+    workspace: Workspace,
+    candidate: ModelVersion,
+    production: ModelVersion,
+    outcome: ImproveOutcome,
+) -> list[str]:
+    """Evaluate the candidate against production on exactly the corrected requests held out of its
+    training (the test split of the improve dataset), keep the report, and return the metrics on which
+    the candidate is significantly worse there."""
+    from tunesmith.evaluate.runner import run_eval
+
+    if outcome.dataset is None or not outcome.dataset.counts.get("test"):
+        return []
+    settings = improved.model_copy(deep=True)
+    settings.eval = settings.eval.model_copy(update={"gates": [], "split": "test"})
+    measured = run_eval(
+        settings,
+        candidate.name,
+        workspace,
+        compare=[production.name],
+        dataset=outcome.dataset.id,
+        probe=False,
+        judge=False,
+    )
+    outcome.corrected = measured.report
+    return [line for line in measured.report["verdicts"] if f"{candidate.name} is worse" in line]
 
 
 def _derived(config: ProjectConfig, path: Path, fmt: str, contamination: list[str]) -> ProjectConfig:

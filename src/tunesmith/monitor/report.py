@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from tunesmith.config import MonitorConfig
 from tunesmith.monitor.alerts import recent_alerts
+from tunesmith.monitor.feedback import is_negative
 from tunesmith.plots import png_base64, pyplot
 from tunesmith.registry.versions import version_names
 from tunesmith.store import Feedback, ModelVersion, RequestLog, RequestScore, session
@@ -95,7 +96,7 @@ def collect(workspace: Workspace, since: datetime, now: datetime) -> dict[str, A
         summary[name][f"score:{score_name}"].append(value)
     for version_id, at, rating, scale in feedback:
         name = names.get(version_id or "", "?")
-        negative = rating is not None and rating <= (2 if scale == "stars" else 0.5)
+        negative = is_negative(rating, scale)
         series[name]["feedback"][bucket(at)].append(float(negative))
         summary[name]["feedback"].append(float(negative) if rating is not None else np.nan)
     return {"edges": edges, "series": series, "summary": summary}

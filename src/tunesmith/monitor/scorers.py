@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tunesmith.plugins import Registry
 from tunesmith.store import RequestScore, session
@@ -65,16 +65,21 @@ class Scorer:
     name: str
     fn: ScoreFn
     description: str
+    better: Literal["higher", "lower"] | None = None  # which way is better; None: neither (length)
 
 
 SCORERS: Registry[Scorer] = Registry("scorer")
 
 
-def register_scorer(name: str, description: str = "") -> Callable[[ScoreFn], ScoreFn]:
-    """Register `fn(prompt, answer, row, context) -> float | None` (None: does not apply) as a scorer."""
+def register_scorer(
+    name: str, description: str = "", *, better: Literal["higher", "lower"] | None = None
+) -> Callable[[ScoreFn], ScoreFn]:
+    """Register `fn(prompt, answer, row, context) -> float | None` (None: does not apply) as a scorer;
+    `better` says which way is better, for the rollout score gate (`tunesmith.monitor.gates`)."""
 
     def decorator(fn: ScoreFn) -> ScoreFn:
-        SCORERS.add(name, Scorer(name, fn, description or (fn.__doc__ or name).strip().splitlines()[0]))
+        summary = description or (fn.__doc__ or name).strip().splitlines()[0]
+        SCORERS.add(name, Scorer(name, fn, summary, better))
         return fn
 
     return decorator
@@ -97,25 +102,25 @@ def load_toxic_words(path: Path | None = None) -> frozenset[str]:
     return frozenset(w.strip().lower() for w in text.split("\n") if w.strip() and not w.startswith("#"))
 
 
-@register_scorer("empty")
+@register_scorer("empty", better="lower")
 def empty(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
     """1 when the answer has no text."""
     return float(not answer.strip())
 
 
-@register_scorer("truncated")
+@register_scorer("truncated", better="lower")
 def truncated(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
     """1 when the answer stopped at its token limit, not at its end."""
     return float("length" in (row.get("finish_reasons") or []))
 
 
-@register_scorer("refusal")
+@register_scorer("refusal", better="lower")
 def refusal(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
     """1 when the answer declines ("I'm sorry, but I can't...")."""
     return float(bool(REFUSAL.search(answer)))
 
 
-@register_scorer("toxicity")
+@register_scorer("toxicity", better="lower")
 def toxicity(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
     """1 when the answer uses a word or phrase of the toxic word list."""
     text = answer.lower()
@@ -126,7 +131,7 @@ def toxicity(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext)
     )
 
 
-@register_scorer("relevance")
+@register_scorer("relevance", better="higher")
 def relevance(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float | None:
     """Cosine similarity of the prompt's and the answer's MiniLM embeddings (-1 to 1)."""
     if not prompt.strip() or not answer.strip():
@@ -141,7 +146,7 @@ def length(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -
     return float(len(answer.split()))
 
 
-@register_scorer("pii")
+@register_scorer("pii", better="lower")
 def pii(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
     """Pieces of personal data (emails, phones, cards, IBANs, IPs...) in the answer."""
     from tunesmith.data.clean import scrub_pii
@@ -151,7 +156,7 @@ def pii(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> f
     return float(sum(counts.values()))
 
 
-@register_scorer("judge")
+@register_scorer("judge", better="higher")
 def judge(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float | None:
     """The judge's G-Eval score 1-5 (monitor.judge), on a `monitor.judge_sample_rate` share of answers."""
     if ctx.judge is None or random.random() >= ctx.judge_sample_rate or not answer.strip():
@@ -159,7 +164,7 @@ def judge(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) ->
     return ctx.judge.score(prompt, answer, None)
 
 
-@register_scorer("reward")
+@register_scorer("reward", better="higher")
 def reward(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float | None:
     """The reward model's score of the answer (monitor.reward_model), given the whole conversation."""
     if ctx.reward_model is None or not answer.strip():

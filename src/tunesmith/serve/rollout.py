@@ -7,8 +7,8 @@ claims the rollout (`promoting`), moves the alias, then marks it completed; a cl
 that stopped in between is finished by the next tick of any server after a minute.
 
 Gates are functions registered by name (`register_rollout_gate`); the plan lists the ones it
-uses. The built-in ones read the request log: `error_rate` and `latency` (p95 against the
-primary's). Monitoring adds score, drift and feedback gates the same way.
+uses. The monitor stage registers them (`tunesmith.monitor.gates`): `error_rate` and `latency`
+from the request log, `score`, `feedback` and `drift` from online scores, ratings and prompts.
 """
 
 from __future__ import annotations
@@ -16,112 +16,21 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import or_, select, update
 
-from tunesmith.config import RegistryConfig, RolloutPlan, RouteConfig, ServeConfig
-from tunesmith.plugins import Registry
+from tunesmith.config import MonitorConfig, RegistryConfig, RolloutPlan, RouteConfig, ServeConfig
+from tunesmith.monitor.gates import GATES, GateContext, gate_names, score_direction
 from tunesmith.registry.versions import RegistryError, alias_target, who
-from tunesmith.store import ModelVersion, RequestLog, Rollout, session
+from tunesmith.store import ModelVersion, Rollout, session
 from tunesmith.store.schema import utcnow
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.serve")
 PROMOTING = "promoting"  # a server claimed the last step and is moving the alias
 STALLED_SECONDS = 60.0  # a claim this old, still promoting, was left by a server that stopped
-
-
-@dataclass(frozen=True)
-class GateContext:
-    workspace: Workspace
-    rollout: Rollout
-    plan: RolloutPlan
-    primary_version_id: str | None
-    since: datetime
-
-
-@dataclass(frozen=True)
-class GateResult:
-    name: str
-    passed: bool | None  # None: not enough traffic yet to tell
-    detail: str
-
-
-GateFn = Callable[[GateContext], GateResult]
-GATES: Registry[GateFn] = Registry("rollout gate")
-
-
-def register_rollout_gate(name: str) -> Callable[[GateFn], GateFn]:
-    """Register `fn(GateContext) -> GateResult` as a rollout gate plans can name."""
-    return GATES.register(name)
-
-
-def gate_names() -> list[str]:
-    return GATES.names()
-
-
-def _window(ctx: GateContext, version_id: str, *, shadow: bool) -> Any:
-    """The request-log conditions of a version's traffic since the step started."""
-    conditions = [RequestLog.version_id == version_id, RequestLog.at >= ctx.since]
-    if not shadow:
-        conditions.append(RequestLog.route != "shadow")
-    return and_(*conditions)
-
-
-def _counts(ctx: GateContext, version_id: str) -> tuple[int, int]:
-    """(requests, server errors) of the rollout's version in the window, counted by the store."""
-    with session(ctx.workspace.engine) as s:
-        total, failed = s.execute(
-            select(
-                func.count(), func.coalesce(func.sum(case((RequestLog.status >= 500, 1), else_=0)), 0)
-            ).where(_window(ctx, version_id, shadow=True))
-        ).one()
-    return int(total), int(failed)
-
-
-def _latencies(ctx: GateContext, version_id: str | None, *, shadow: bool) -> list[float]:
-    """The latencies alone (never the prompts and answers) of a version's requests in the window."""
-    if version_id is None:
-        return []
-    with session(ctx.workspace.engine) as s:
-        query = select(RequestLog.latency_ms).where(
-            _window(ctx, version_id, shadow=shadow), RequestLog.latency_ms.is_not(None)
-        )
-        return [float(v) for v in s.scalars(query) if v is not None]
-
-
-@register_rollout_gate("error_rate")
-def error_rate_gate(ctx: GateContext) -> GateResult:
-    total, failed = _counts(ctx, ctx.rollout.version_id)
-    if total < ctx.plan.min_requests:
-        return GateResult("error_rate", None, f"{total} of {ctx.plan.min_requests} requests so far")
-    rate = failed / total
-    return GateResult(
-        "error_rate",
-        rate <= ctx.plan.max_error_rate,
-        f"{rate:.1%} of {total} requests failed (limit {ctx.plan.max_error_rate:.1%})",
-    )
-
-
-@register_rollout_gate("latency")
-def latency_gate(ctx: GateContext) -> GateResult:
-    import numpy as np
-
-    mine = _latencies(ctx, ctx.rollout.version_id, shadow=True)
-    theirs = _latencies(ctx, ctx.primary_version_id, shadow=False)
-    if len(mine) < ctx.plan.min_requests:
-        return GateResult("latency", None, f"{len(mine)} of {ctx.plan.min_requests} requests so far")
-    if not theirs:
-        return GateResult("latency", True, "no primary traffic in the window to compare with")
-    ratio = float(np.percentile(mine, 95)) / max(float(np.percentile(theirs, 95)), 1e-9)
-    return GateResult(
-        "latency",
-        ratio <= ctx.plan.max_latency_ratio,
-        f"p95 {ratio:.2f}x the primary's (limit {ctx.plan.max_latency_ratio}x)",
-    )
 
 
 def route_of(config: ServeConfig, model: str) -> RouteConfig:
@@ -144,6 +53,7 @@ def start_rollout(
         raise RegistryError(
             f"route {route.model!r} names a version; a rollout ends by moving an alias: use family@alias"
         )
+    check_plan(route.rollout)
     family = route.model.split("@", 1)[0]
     if version.family != family:
         raise RegistryError(f"{version.name} is of family {version.family}, the route serves {family}")
@@ -169,6 +79,23 @@ def start_rollout(
         )
         s.add(rollout)
     return rollout
+
+
+def check_plan(plan: RolloutPlan) -> None:
+    """Refuse, before anything moves, a plan naming a gate nobody registered or a score without a
+    better direction (which the score gate could only fail on)."""
+    unknown = [name for name in plan.gates if name not in GATES]
+    if unknown:
+        raise RegistryError(
+            f"rollout.gates names {', '.join(map(repr, unknown))}: known gates are {', '.join(gate_names())}"
+        )
+    if "score" in plan.gates:
+        aimless = [name for name in plan.scores if score_direction(name) is None]
+        if aimless:
+            raise RegistryError(
+                f"rollout.scores names {', '.join(map(repr, aimless))}, which no scorer says is better "
+                "higher or lower; name scorers such as relevance or reference_rouge_l"
+            )
 
 
 def list_rollouts(workspace: Workspace, *, running_only: bool = False) -> list[Rollout]:
@@ -211,11 +138,15 @@ def tick(
     primary_of: Callable[[str], str | None],
     now: datetime | None = None,
     seen: list[Rollout] | None = None,
+    *,
+    monitor: MonitorConfig | None = None,
+    embedder: Any = None,
 ) -> list[tuple[Rollout, str]]:
     """Check each running rollout's gates once: advance, complete, roll back or wait; returns the changes.
 
     `seen`: the running rollouts as this server read them (default: read now). A decision is only
     recorded if the rollout is still as seen, so servers sharing a store never decide a step twice.
+    `monitor` and `embedder`: the drift gate's thresholds and a loaded embedder to share.
     """
     now = now or datetime.now(UTC)
     changed: list[tuple[Rollout, str]] = [*_finish_stalled(workspace, registry)]
@@ -225,7 +156,7 @@ def tick(
         except RegistryError:
             plan = RolloutPlan()
         since = _aware(rollout.step_started_at)
-        ctx = GateContext(workspace, rollout, plan, primary_of(rollout.route), since)
+        ctx = GateContext(workspace, rollout, plan, primary_of(rollout.route), since, monitor, embedder)
         results = [GATES.get(name)(ctx) for name in plan.gates if name in GATES]
         missing = [name for name in plan.gates if name not in GATES]
         failed = [r for r in results if r.passed is False]

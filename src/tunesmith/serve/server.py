@@ -186,23 +186,36 @@ class Server:
             self.metrics.reloads.labels("ok").inc()
         elif self.runtime.failures > failures:
             self.metrics.reloads.labels("rejected").inc()
-        for row, event in rollouts.tick(self.workspace, self.serve, self.config.registry, self._primary_of):
+        drifting = any("drift" in route.rollout.gates for route in self.serve.routes)
+        for row, event in rollouts.tick(
+            self.workspace,
+            self.serve,
+            self.config.registry,
+            self._primary_of,
+            monitor=self.config.monitor,
+            embedder=self._embedder() if drifting else None,
+        ):
             self.metrics.rollouts.labels(row.route, event).inc()
         self.router.refresh_rollouts()
         if self.config.monitor.alerts and time.monotonic() >= self._next_alert_check:
             self._next_alert_check = time.monotonic() + self.config.monitor.alert_interval_seconds
-            embedder = self.scorer.ctx if self.scorer is not None else None
-            if embedder is not None and any(
-                r.metric.startswith("drift_") for r in self.config.monitor.alerts
-            ):
-                embedder.embed([""])  # load the scorers' MiniLM once; drift rules share it
-            shared = embedder.embedder if embedder is not None else None
+            drifting = any(r.metric.startswith("drift_") for r in self.config.monitor.alerts)
             for alert in check_alerts(
-                self.workspace, self.config.monitor, self.config.registry, embedder=shared
+                self.workspace,
+                self.config.monitor,
+                self.config.registry,
+                embedder=self._embedder() if drifting else None,
             ):
                 self.metrics.alerts.labels(alert.rule).inc()
         self.table.refresh()  # a completed rollout, or an alert's rollback, moved an alias
         self.metrics.loaded.set(len(self.backend.loaded()))
+
+    def _embedder(self) -> Any:
+        """The online scorers' MiniLM, loaded once, for the drift checks (rules and rollout gates)."""
+        if self.scorer is None:
+            return None
+        self.scorer.ctx.embed([""])
+        return self.scorer.ctx.embedder
 
     def _primary_of(self, route: str) -> str | None:
         try:
