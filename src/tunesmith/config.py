@@ -342,6 +342,12 @@ class ForgettingConfig(_Section):
     fisher_samples: int = Field(16, gt=0)  # ewc: general rows used to estimate the diagonal Fisher
     l2sp_alpha: float = Field(0.01, gt=0.0)  # l2sp: weight of the plain pull to the start weights
     probe: bool = True  # report the loss change on held-out general rows vs the base model
+    # auto: when the probe's general answer loss rises by more than `max_increase` (relative), train
+    # again with the next guard (replay of general data, then replay and a third of the learning
+    # rate), at most `max_attempts` more times; `tunesmith improve` does the same on its eval gates
+    auto: bool = False
+    max_increase: float = Field(0.05, ge=0)
+    max_attempts: int = Field(2, ge=0, le=2)
 
 
 class TaskConfig(_Section):

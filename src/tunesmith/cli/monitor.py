@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -197,6 +197,11 @@ def improve_cmd(
             holdout=holdout,
         )
         result = improve(cfg, workspace, selection, train=train, objective=objective)
+    _print_improved(result)
+
+
+def _print_improved(result: Any) -> None:
+    """What `improve` read, made, trained and judged, and where the candidate went."""
     out.print(
         f"{result.production.name}: {result.matched:,} logged request(s) matched the selection, "
         f"{result.feedback_rows:,} feedback row(s) read; {len(result.requests)} request(s) with feedback → "
@@ -211,6 +216,12 @@ def improve_cmd(
         out.print(f"trained {result.version.name} from {result.production.name}", highlight=False)
     if result.report is not None:
         print_report(result.report)
+    if len(result.attempts) > 1:
+        table = new_table("attempt", "guard", "version", "gates failed")
+        table.title = "The forgetting gate failed, so improve trained again with each guard in turn"
+        for n, tried in enumerate(result.attempts, 1):
+            table.add_row(str(n), tried["guard"], tried["version"], "; ".join(tried["failed"]) or "none")
+        out.print(table)
     if result.corrected is not None:
         out.print(
             f"\nOn the {result.corrected['items']} corrected request(s) held out of training "

@@ -84,6 +84,25 @@ def train_cmd(
     with reported(*errors):
         outcome = resume_run(cfg, resume) if resume else train(cfg)
     _print_trained(cfg, outcome)
+    if outcome.attempts:
+        _print_attempts(outcome.attempts, cfg.train.forgetting.max_increase)
+
+
+def _print_attempts(attempts: list[dict[str, Any]], bound: float) -> None:
+    """The runs `train.forgetting.auto` tried; exit 3 when none held the forgetting probe."""
+    table = new_table("attempt", "guard", "version", "general answer loss", "within the bound")
+    for n, tried in enumerate(attempts, 1):
+        rise = "no probe" if tried["rise"] is None else f"{tried['rise']:+.1%}"
+        table.add_row(str(n), tried["guard"], tried["version"], rise, "yes" if tried["passed"] else "no")
+    table.title = f"Forgetting guard: the general answer loss may rise by at most {bound:.0%}"
+    out.print(table)
+    if not attempts[-1]["passed"]:
+        raise fail(
+            f"no attempt kept the general answer loss within +{bound:.0%}: {attempts[-1]['version']} is "
+            "the candidate but forgets; try train.forgetting.general_data closer to your use, or a "
+            "smaller train.lora.r",
+            code=3,
+        )
 
 
 def _print_trained(cfg: ProjectConfig, outcome: Any) -> None:

@@ -63,6 +63,7 @@ class ImproveOutcome:
     feedback_rows: int = 0  # feedback rows read on them
     held_out: list[str] = field(default_factory=list)  # corrected requests kept out of training
     corrected: dict[str, Any] | None = None  # the report of the candidate vs production on them
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # {guard, version, report, failed}
     dataset: DatasetVersion | None = None
     preference_dataset: DatasetVersion | None = None
     version: ModelVersion | None = None
@@ -391,45 +392,76 @@ def _train_and_shadow(
     eval_dataset: str | None,
     outcome: ImproveOutcome,
 ) -> ImproveOutcome:
-    """Train the candidate, judge it against production on production's split, and shadow it if the
-    gates pass."""
-    from tunesmith.evaluate.runner import run_eval
-    from tunesmith.train.run import train as train_version
-
-    trained = train_version(improved, workspace)
-    outcome.version = trained.version
-    evaluated = run_eval(
-        improved, trained.version.name, workspace, compare=["base", production.name], dataset=eval_dataset
-    )
-    outcome.report = evaluated.report
-    worse = _measure_on_corrections(improved, workspace, trained.version, production, outcome)
+    """Train the candidate, judge it against production on production's split (again with the next
+    forgetting guard while the forgetting gate fails), and shadow it if the gates pass."""
+    _try_guards(improved, workspace, production, eval_dataset, outcome)
+    assert outcome.version is not None and outcome.report is not None
+    candidate, report = outcome.version, outcome.report
+    worse = _measure_on_corrections(improved, workspace, candidate, production, outcome)
     if worse:
         outcome.notes.append(
-            f"on the corrected items it did not train on, {trained.version.name} is worse than "
+            f"on the corrected items it did not train on, {candidate.name} is worse than "
             f"{production.name} ({'; '.join(worse)}), so shadow was not moved"
         )
         return outcome
-    if evaluated.report.get("gate_passed"):
+    if report.get("gate_passed"):
         move_alias(
             workspace,
             production.family,
             "shadow",
-            trained.version,
+            candidate,
             reason=f"improve from {production.name} feedback",
-            gate_report_id=evaluated.report["id"],
+            gate_report_id=report["id"],
             action="promote",
         )
         outcome.shadow = True
         return outcome
     outcome.notes.append(
         "the gates did not pass (or none are set under eval.gates), so shadow was not moved: "
-        + "; ".join(
-            f"{g.get('gate')}: {g.get('detail')}"
-            for g in evaluated.report.get("gates", [])
-            if not g.get("passed")
-        )
+        + "; ".join(_failed_gates(report))
     )
     return outcome
+
+
+def _try_guards(
+    improved: ProjectConfig,
+    workspace: Workspace,
+    production: ModelVersion,
+    eval_dataset: str | None,
+    outcome: ImproveOutcome,
+) -> None:
+    """Train and evaluate as configured, then with each forgetting guard (`train.forgetting
+    .max_attempts` of them) while the forgetting gate fails; every attempt is listed in `attempts`
+    (and `attempts.json`), and the outcome's version is the last one tried."""
+    from tunesmith.evaluate.runner import run_eval
+    from tunesmith.train.forgetting import remedies
+    from tunesmith.train.run import train as train_version
+
+    judged = improved.train.forgetting.model_copy(update={"auto": False})  # the gates judge here
+    first = improved.model_copy(update={"train": improved.train.model_copy(update={"forgetting": judged})})
+    tries = [("as configured", first), *[(r.label, r.config) for r in remedies(first)]]
+    for guard, config in tries:
+        trained = train_version(config, workspace)
+        evaluated = run_eval(
+            config, trained.version.name, workspace, compare=["base", production.name], dataset=eval_dataset
+        )
+        outcome.version, outcome.report = trained.version, evaluated.report
+        failed = _failed_gates(evaluated.report)
+        outcome.attempts.append(
+            {
+                "guard": guard,
+                "version": trained.version.name,
+                "report": evaluated.report["id"],
+                "failed": failed,
+            }
+        )
+        (outcome.folder / "attempts.json").write_text(json.dumps(outcome.attempts, indent=2))
+        if not any(g.get("kind") == "forgetting" and not g.get("passed") for g in evaluated.report["gates"]):
+            return
+
+
+def _failed_gates(report: dict[str, Any]) -> list[str]:
+    return [f"{g.get('gate')}: {g.get('detail')}" for g in report.get("gates", []) if not g.get("passed")]
 
 
 def _measure_on_corrections(

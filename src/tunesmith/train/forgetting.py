@@ -9,13 +9,52 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from trl import SFTTrainer
 
-from tunesmith.config import ForgettingConfig
+from tunesmith.config import ForgettingConfig, ProjectConfig
+
+
+@dataclass(frozen=True)
+class Remedy:
+    """A guard to train again with after a run forgot too much: what it changes, and the config."""
+
+    label: str
+    config: ProjectConfig
+
+
+def remedies(config: ProjectConfig) -> list[Remedy]:
+    """The guards tried in turn (`train.forgetting.auto`, and `tunesmith improve` when its forgetting
+    gate fails): replay of general data (twice the share when replay was on already), then replay
+    and a third of the learning rate. Replay measured best on the quickstart; a lower rate next."""
+    train, guard = config.train, config.train.forgetting
+    share = min(1.0, guard.replay_fraction * 2) if guard.method == "replay" else guard.replay_fraction
+    replay = train.model_copy(
+        update={"forgetting": guard.model_copy(update={"method": "replay", "replay_fraction": share})}
+    )
+    slower = replay.model_copy(update={"learning_rate": train.learning_rate / 3})
+    return [
+        Remedy(
+            f"replay of general data ({share:.0%} of the train rows)",
+            config.model_copy(update={"train": replay}),
+        ),
+        Remedy(
+            f"replay and a third of the learning rate ({slower.learning_rate:.2g})",
+            config.model_copy(update={"train": slower}),
+        ),
+    ][: guard.max_attempts]
+
+
+def forgetting_rise(metrics: dict[str, Any]) -> float | None:
+    """The relative rise of the probe's general answer loss over a run (None when no probe ran)."""
+    before, after = metrics.get("general_loss_base"), metrics.get("general_loss_after")
+    if before is None or after is None or not before:
+        return None
+    return float(after / before - 1)
 
 
 def general_rows(

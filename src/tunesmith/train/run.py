@@ -7,7 +7,7 @@ objective table (`tunesmith.train.objectives`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ class TrainOutcome:
     version: ModelVersion
     model: Any
     tokenizer: Any
+    metrics: dict[str, Any] = field(default_factory=dict)
+    # train.forgetting.auto: every run tried, {guard, version, rise, passed}; the outcome is the first
+    # that held the probe within the bound, else the last
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 def train(
@@ -55,6 +59,47 @@ def train(
         config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics
     )
     assert outcome is not None  # a single process is the main process
+    if config.train.forgetting.auto:
+        return _guard_forgetting(config, workspace, dataset, outcome, kind, extra_metrics)
+    return outcome
+
+
+def _guard_forgetting(
+    config: ProjectConfig,
+    workspace: Workspace,
+    dataset: DatasetVersion,
+    outcome: TrainOutcome,
+    kind: str,
+    extra_metrics: dict[str, Any] | None,
+) -> TrainOutcome:
+    """`train.forgetting.auto`: while the probe's general answer loss rose more than
+    `forgetting.max_increase`, train again with the next guard (`remedies`); each try is a version."""
+    from tunesmith.progress import console
+    from tunesmith.train.forgetting import forgetting_rise, remedies
+
+    bound = config.train.forgetting.max_increase
+
+    def attempt(guard: str, tried: TrainOutcome) -> dict[str, Any]:
+        rise = forgetting_rise(tried.metrics)
+        held = rise is None or rise <= bound
+        return {"guard": guard, "version": tried.version.name, "rise": rise, "passed": held}
+
+    attempts = [attempt("as configured", outcome)]
+    for remedy in remedies(config):
+        if attempts[-1]["passed"]:
+            break
+        console.print(
+            f"{attempts[-1]['version']} raised the general answer loss by {attempts[-1]['rise']:+.1%} "
+            f"(at most +{bound:.0%}): training again with {remedy.label}",
+            highlight=False,
+        )
+        retried = _train_and_register(
+            remedy.config, workspace, dataset, kind=kind, extra_metrics=extra_metrics
+        )
+        assert retried is not None
+        outcome = retried
+        attempts.append(attempt(remedy.label, outcome))
+    outcome.attempts = attempts
     return outcome
 
 
@@ -542,4 +587,5 @@ def _train_and_register(
         version=version,
         model=result.model,
         tokenizer=result.tokenizer,
+        metrics=dict(result.metrics),
     )
