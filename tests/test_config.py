@@ -113,3 +113,28 @@ def test_effective_batch_size_counts_every_process(monkeypatch):
     assert train.processes == 2 and train.accumulation_steps == 2
     monkeypatch.setenv("WORLD_SIZE", "8")
     assert train.accumulation_steps == 1
+
+
+def test_plugins_are_imported_once_and_a_broken_one_is_named_with_its_line(tmp_path):
+    from tunesmith.monitor.scorers import SCORERS
+
+    plugin = tmp_path / "checks.py"
+    plugin.write_text(
+        "from tunesmith.monitor.scorers import register_scorer\n\n"
+        "@register_scorer('test_says_hello', better='higher')\n"
+        "def says_hello(prompt, answer, row, ctx):\n"
+        "    return float('hello' in answer.lower())\n"
+    )
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text("project: p\nplugins:\n  - checks.py\n  - json\n")
+    load_config(config)
+    load_config(config)  # a second load in the same process registers nothing twice
+    assert SCORERS.get("test_says_hello").better == "higher"
+
+    (tmp_path / "broken.py").write_text("raise RuntimeError('the plugin is broken')\n")
+    config.write_text("project: p\nplugins:\n  - broken.py\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(config)
+    [issue] = raised.value.issues
+    assert issue.path == "plugins[0]" and issue.location == f"{config}:3"
+    assert "RuntimeError: the plugin is broken" in issue.message

@@ -6,6 +6,7 @@ from the file, the file and line it sits on.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -950,6 +951,9 @@ class ProjectConfig(_Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     ui: UiConfig = Field(default_factory=UiConfig)
+    # Python modules (dotted names) or files (.py, relative to this file) imported when the config
+    # loads, before any command runs: they register scorers, rollout gates, alert channels, metrics
+    plugins: list[str] = Field(default_factory=list)
 
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)  # relative paths start here
 
@@ -1051,7 +1055,47 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(issues + _issues(exc, file, lines), source) from None
     if issues:
         raise ConfigError(issues, source)
+    load_plugins(config, source, lines)
     return config
+
+
+def load_plugins(config: ProjectConfig, source: str, lines: dict[tuple[str, ...], int]) -> None:
+    """Import each of `config.plugins` once per process (a file under a name made from its path).
+
+    Raises:
+        ConfigError: naming the plugin, its line, and the error its import raised.
+    """
+    import importlib
+    import importlib.util
+    import sys
+
+    for n, plugin in enumerate(config.plugins):
+        try:
+            if not plugin.endswith(".py"):
+                importlib.import_module(plugin)
+                continue
+            path = config.resolve_path(plugin)
+            name = "tunesmith_plugin_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
+            if name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            if spec is None or spec.loader is None or not path.is_file():
+                raise FileNotFoundError(f"no such file: {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[name]
+                raise
+        except Exception as exc:
+            at = lines.get(("plugins", str(n))) or lines.get(("plugins",))
+            issue = ConfigIssue(
+                path=f"plugins[{n}]",
+                message=f"cannot import {plugin!r}: {type(exc).__name__}: {exc}",
+                location=f"{source}:{at}" if at else None,
+            )
+            raise ConfigError([issue], source) from None
 
 
 def load_section_file(path: Path, section: type[SectionT]) -> SectionT:
