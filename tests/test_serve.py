@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx  # the HTTP client the openai package ships with
 import openai
@@ -184,6 +185,38 @@ def test_alias_moves_swap_without_restart_and_a_failed_load_keeps_the_old_versio
             adapter.write_bytes(good)
             rollback = httpx.post(f"{url}/admin/rollback", json={"family": family, "reason": "restore"})
             assert rollback.status_code == 200
+
+
+def test_a_route_whose_shadow_and_canary_aliases_are_not_set_yet_serves_and_follows_them(project):
+    """A server started before its shadow or canary alias is set (the closed loop's first day) serves
+    the primary, and mirrors or splits once the registry sets the alias."""
+    from tunesmith.registry.versions import move_alias
+
+    family, first, second = project["family"], project["first"], project["second"]
+    route = (
+        f"serve.routes=[{{model: '{family}@production', shadow: '{family}@staging', "
+        f"canary: [{{to: '{family}@staging', percent: 50}}]}}]"
+    )
+    with running(config_of(project, route)) as (url, server):
+        api = client(url)
+
+        def ask(user: int) -> Any:
+            return api.chat.completions.with_raw_response.create(
+                model=f"{family}@production", messages=QUESTION, max_tokens=2, user=f"user-{user}"
+            ).headers
+
+        before = [ask(user) for user in range(8)]
+        assert {h["x-tunesmith-version"] for h in before} == {first}
+        assert all("x-tunesmith-shadow" not in h for h in before)
+        try:
+            staged = get_version(server.workspace, second)
+            move_alias(server.workspace, family, "staging", staged, reason="test")
+            wait_for(lambda: any(ask(user)["x-tunesmith-version"] == second for user in range(8)), timeout=10)
+            after = [ask(user) for user in range(8)]
+            assert {h["x-tunesmith-route"] for h in after} == {"primary", "canary"}
+            assert all(h["x-tunesmith-shadow"] == second for h in after if h["x-tunesmith-version"] == first)
+        finally:
+            move_alias(server.workspace, family, "staging", None, reason="test done")
 
 
 def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_returned(project):

@@ -230,17 +230,34 @@ class Router:
         self.table = table
         self._served = configured_names(config) if config.models else None
         self._rollouts: dict[str, tuple[Rollout, ModelVersion]] = {}
+        self._unset: set[str] = set()  # route targets seen as aliases not set yet
         self._lock = threading.Lock()
 
     def preload(self, models: list[str]) -> None:
-        """Load every name the routes and `models` use, so the first requests do not wait."""
+        """Load every name the routes and `models` use, so the first requests do not wait. A canary,
+        rule or shadow alias that is not set yet is no error: its share goes to the primary (and
+        nothing is mirrored) until the registry sets it, which the server follows."""
         for name in [*models, *self.routes]:
             self.table.ensure(name)
         for route in self.routes.values():
             for target in [*(c.to for c in route.canary), *(r.to for r in route.rules)]:
-                self.table.ensure(target)
+                self._optional(target)
             if route.shadow:
-                self.table.ensure(route.shadow)
+                self._optional(route.shadow)
+
+    def _optional(self, name: str) -> ModelVersion | None:
+        """The loaded version of a route's secondary target, or None while `name` is an alias not set."""
+        try:
+            return self.table.ensure(name)
+        except UnknownModelError:
+            if "@" not in name:
+                raise  # a version that does not exist is a mistake in the config
+            with self._lock:
+                first = name not in self._unset
+                self._unset.add(name)
+            if first:
+                log.info("%s is not set yet: its traffic goes to the primary until it is", name)
+            return None
 
     def refresh_rollouts(self) -> None:
         """Re-read the running rollouts; their versions are loaded before traffic reaches them."""
@@ -298,7 +315,8 @@ class Router:
         chosen: Decision | None = None
         for rule in route.rules:
             if _matches(rule.headers, headers) and (not rule.groups or caller.group in rule.groups):
-                chosen = Decision(self.table.ensure(rule.to), f"rule:{rule.name}")
+                target = self._optional(rule.to)
+                chosen = Decision(target, f"rule:{rule.name}") if target is not None else None
                 break
         shadow_name: str | None = None
         running = self.rollout(route.model)
@@ -309,16 +327,16 @@ class Router:
             for split in route.canary:
                 edge += split.percent
                 if bucket < edge:
-                    chosen = Decision(self.table.ensure(split.to), "canary")
+                    target = self._optional(split.to)
+                    chosen = Decision(target, "canary") if target is not None else None
                     break
         if chosen is None:
             chosen = Decision(self.table.ensure(route.model), "primary")
         if shadow_name is None and route.shadow and random.random() * 100 < route.shadow_percent:
             shadow_name = route.shadow
-        if shadow_name is not None:
-            shadow = self.table.ensure(shadow_name)
-            if shadow.id != chosen.version.id:
-                chosen = Decision(chosen.version, chosen.route, shadow)
+        shadow = self._optional(shadow_name) if shadow_name is not None else None
+        if shadow is not None and shadow.id != chosen.version.id:
+            chosen = Decision(chosen.version, chosen.route, shadow)
         return chosen
 
     def _rollout_step(
