@@ -4,11 +4,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-done
 DEMO_DIR ?= demo-workspace
+LOOP_DIR ?= loop-demo
 TEST_WORKERS ?= 2
 LLAMA_CPP_VERSION := 0.3.36
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test check bench fuzz audit lint clean upgrade
+.PHONY: setup demo loop-demo test check bench fuzz audit lint clean upgrade
 
 setup: $(STAMP)
 
@@ -40,6 +41,11 @@ $(STAMP): pyproject.toml requirements.lock scripts/build_llama_server.sh
 
 demo: setup
 	$(BIN)/tunesmith quickstart $(DEMO_DIR)
+
+# The closed loop on the bundled model (examples/closed_loop): production -> feedback -> candidate ->
+# gate -> shadow -> rollout -> live, then a bad candidate refused and a forced canary rolled back.
+loop-demo: setup
+	$(BIN)/python examples/closed_loop/loop.py --workdir $(LOOP_DIR) --fresh
 
 # The whole suite, slow real-model tests included, on two workers (pytest-xdist; TEST_WORKERS=1 for one).
 # pytest exits 5 when it collects nothing: that fails.

@@ -124,3 +124,24 @@ def test_a_fifth_of_the_corrected_requests_is_held_out_the_same_way_each_time():
     assert len(held) == 2 and held == hold_out(list(reversed(rows(10))), 0.2)
     assert held <= hold_out(rows(10), 0.5) and hold_out(rows(10), 0.0) == set()
     assert len(hold_out(rows(5), 0.9)) == 4  # never all of them: something is left to train on
+
+
+def test_rehearsal_takes_a_seeded_share_of_what_production_trained_on(tmp_path):
+    from tunesmith.data.prepare import load_split, prepare_dataset
+    from tunesmith.monitor.improve import rehearsal_rows
+    from tunesmith.pipeline import write_demo_project
+
+    config = load_config(write_demo_project(tmp_path))
+    workspace = open_workspace(config)
+    dataset, _ = prepare_dataset(workspace, config.data, base_dir=config.base_dir)
+    with session(workspace.engine) as s:
+        s.add(stored_run())
+    production = stored_version(1)
+    production.dataset_version_id = dataset.id
+    with session(workspace.engine) as s:
+        s.add(production)
+    trained = [r["messages"] for r in load_split(dataset, "train")]
+    half = rehearsal_rows(workspace, production, 0.5)
+    assert len(half) == round(len(trained) / 2) and half == rehearsal_rows(workspace, production, 0.5)
+    assert all(set(row) == {"messages"} and row["messages"] in trained for row in half)
+    assert rehearsal_rows(workspace, production, 0.0) == []

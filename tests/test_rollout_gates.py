@@ -215,3 +215,29 @@ def test_a_rollout_plan_with_an_unknown_gate_or_an_aimless_score_is_refused_at_s
         serve = ServeConfig(routes=[{"model": "p@production", "rollout": plan}])
         with pytest.raises(RegistryError, match=message):
             start_rollout(workspace, serve, "p@production", candidate)
+
+
+def test_the_last_step_compares_with_the_primary_since_the_rollout_started(workspace):
+    """At 100% the primary answers nothing more; its scores and ratings from the earlier steps are
+    the baseline, so the rollout completes instead of waiting for ever."""
+    from tunesmith.serve.rollout import start_rollout, tick
+
+    route = {"model": "p@production", "rollout": {"steps": [50, 100], "hold_minutes": 0.01}}
+    route["rollout"] |= {"gates": ["score", "feedback"], "min_requests": 5}
+    serve = ServeConfig(routes=[route])
+    with session(workspace.engine) as s:
+        candidate = s.get(ModelVersion, CANDIDATE)
+    start_rollout(workspace, serve, "p@production", candidate)
+    _scores(workspace, PRIMARY, "relevance", _normal(0.6, 30, 11))
+    _ratings(workspace, PRIMARY, downs=10, ups=190)
+
+    def step() -> list[tuple[Rollout, str]]:
+        _scores(workspace, CANDIDATE, "relevance", _normal(0.6, 30, 12))  # the version's traffic only
+        _ratings(workspace, CANDIDATE, downs=6, ups=194)
+        time.sleep(0.7)
+        return tick(workspace, serve, RegistryConfig(), lambda _: PRIMARY)
+
+    [(_, advanced)] = step()
+    [(last, finished)] = step()
+    assert advanced == "advance" and finished in ("complete", "blocked"), last.history[-1]
+    assert any(r.startswith("score: relevance mean") for r in last.history[-1]["reasons"])

@@ -162,6 +162,14 @@ def improve_cmd(
     drift_cluster: Annotated[
         bool, typer.Option(help="Only the cluster of requests least like the training data.")
     ] = False,
+    rehearse: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of production's own training rows trained on again beside the corrections.",
+        ),
+    ] = 0.0,
     holdout: Annotated[
         float,
         typer.Option(
@@ -195,6 +203,7 @@ def improve_cmd(
             limit=limit,
             drift_cluster=drift_cluster,
             holdout=holdout,
+            rehearse=rehearse,
         )
         result = improve(cfg, workspace, selection, train=train, objective=objective)
     _print_improved(result)
@@ -209,6 +218,8 @@ def _print_improved(result: Any) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    if result.rehearsed:
+        out.print(f"with {result.rehearsed} of production's training rows rehearsed", highlight=False)
     for label, dataset in (("SFT", result.dataset), ("preference", result.preference_dataset)):
         if dataset is not None:
             out.print(f"{label} dataset {dataset.id}: {dataset.counts}", highlight=False, soft_wrap=True)

@@ -8,7 +8,8 @@ it uses (`serve.routes[].rollout.gates`); the serving stage ticks them (`tunesmi
 - `error_rate`: the share of the version's requests that failed (5xx), against a limit.
 - `latency`: its p95 latency over the primary's.
 - `score`: each online score named in `rollout.scores` (the monitor's scorers, or the
-  `reference_<metric>` scores given by corrections), the version's mean against the primary's:
+  `reference_<metric>` scores given by corrections), the version's mean in the step against the
+  primary's since the rollout started (at 100% the primary answers nothing more):
   passes when the interval of the difference rules out a drop larger than the tolerated one,
   fails when it rules out anything better than that drop, waits in between.
 - `feedback`: the negative-feedback rate (thumbs down, 1-2 stars), the same way.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -126,6 +127,13 @@ def latency_gate(ctx: GateContext) -> GateResult:
     )
 
 
+def primary_since(ctx: GateContext) -> datetime:
+    """Where the primary's side of a comparison starts: the rollout's start, not the step's, so that
+    the last step (all traffic to the version, none left to the primary) still has a baseline."""
+    started = ctx.rollout.created_at or ctx.since
+    return started if started.tzinfo is not None else started.replace(tzinfo=UTC)
+
+
 def score_values(workspace: Workspace, version_id: str | None, name: str, since: datetime) -> list[float]:
     """A version's online scores `name` given since `since` (its shadow answers' included)."""
     if version_id is None:
@@ -177,7 +185,7 @@ def score_gate(ctx: GateContext) -> GateResult:
         if sign is None:
             return GateResult("score", False, f"score {name!r} has no better direction to compare")
         mine = score_values(ctx.workspace, ctx.rollout.version_id, name, ctx.since)
-        theirs = score_values(ctx.workspace, ctx.primary_version_id, name, ctx.since)
+        theirs = score_values(ctx.workspace, ctx.primary_version_id, name, primary_since(ctx))
         if min(len(mine), len(theirs)) < ctx.plan.min_scores:
             details.append(f"{name}: {len(mine)} and {len(theirs)} of {ctx.plan.min_scores} scores so far")
             results.append(None)
@@ -207,7 +215,7 @@ def negative_ratings(workspace: Workspace, version_id: str | None, since: dateti
 def feedback_gate(ctx: GateContext) -> GateResult:
     """The version's negative-feedback rate against the primary's in the window."""
     mine = negative_ratings(ctx.workspace, ctx.rollout.version_id, ctx.since)
-    theirs = negative_ratings(ctx.workspace, ctx.primary_version_id, ctx.since)
+    theirs = negative_ratings(ctx.workspace, ctx.primary_version_id, primary_since(ctx))
     if min(len(mine), len(theirs)) < ctx.plan.min_feedback:
         return GateResult(
             "feedback", None, f"{len(mine)} and {len(theirs)} of {ctx.plan.min_feedback} ratings so far"

@@ -50,6 +50,7 @@ class Selection:
     limit: int | None = None
     drift_cluster: bool = False  # only the cluster of requests least like the training data
     holdout: float = 0.2  # share of the corrected requests kept out of training, to measure the candidate on
+    rehearse: float = 0.0  # share of production's own training rows trained on again beside the corrections
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ImproveOutcome:
     held_out: list[str] = field(default_factory=list)  # corrected requests kept out of training
     corrected: dict[str, Any] | None = None  # the report of the candidate vs production on them
     attempts: list[dict[str, Any]] = field(default_factory=list)  # {guard, version, report, failed}
+    rehearsed: int = 0  # production's own training rows trained on again
     dataset: DatasetVersion | None = None
     preference_dataset: DatasetVersion | None = None
     version: ModelVersion | None = None
@@ -276,9 +278,10 @@ def improve(
     held = hold_out(found.sft, selection.holdout)
     used, sft = found.used, found.sft
     dpo = [r for r in found.dpo if not held & set(_origin_requests(r))]  # no held-out answer leaks in
-    folder, lineage = _write_examples(workspace, production, selection, used, sft, dpo, held)
+    rehearsed = rehearsal_rows(workspace, production, selection.rehearse)
+    folder, lineage = _write_examples(workspace, production, selection, used, sft, dpo, held, rehearsed)
     outcome = ImproveOutcome(folder, production, used, len(sft), len(dpo), found.matched, found.feedback)
-    outcome.held_out = sorted(held)
+    outcome.held_out, outcome.rehearsed = sorted(held), len(rehearsed)
     if found.sft and not held:
         outcome.notes.append(
             f"{len(found.sft)} correction(s): too few to hold any out ({HOLDOUT_MIN} needed), so the "
@@ -314,6 +317,23 @@ def improve(
 HOLDOUT_MIN = 5  # corrections needed before any is held out
 
 
+def rehearsal_rows(workspace: Workspace, production: ModelVersion, share: float) -> list[dict[str, Any]]:
+    """A seeded `share` of the rows production was trained on, to train on again beside the
+    corrections (rehearsal): a fine-tune on a few corrections alone forgets what production knew."""
+    import random
+
+    from tunesmith.data.prepare import load_split
+
+    if share <= 0 or production.dataset_version_id is None:
+        return []
+    with session(workspace.engine) as s:
+        dataset = s.get(DatasetVersion, production.dataset_version_id)
+    if dataset is None:
+        return []
+    rows = [{"messages": r["messages"]} for r in load_split(dataset, "train") if r.get("messages")]
+    return random.Random(0).sample(rows, round(len(rows) * min(share, 1.0)))
+
+
 def hold_out(sft: list[dict[str, Any]], share: float) -> set[str]:
     """The corrected requests kept out of training: a `share` of them (at least one, once there are
     `HOLDOUT_MIN`), chosen by a hash of the request id, so the same log holds out the same ones."""
@@ -337,16 +357,20 @@ def _write_examples(
     sft: list[dict[str, Any]],
     dpo: list[dict[str, Any]],
     held: set[str],
+    rehearsed: list[dict[str, Any]],
 ) -> tuple[Path, dict[str, Any]]:
-    """A new `improve/imp-…` folder with the SFT rows (the held-out corrections in the test split),
-    the preference pairs and their lineage."""
+    """A new `improve/imp-…` folder with the SFT rows (the held-out corrections in the test split,
+    production's rehearsed rows in train), the preference pairs and their lineage."""
     folder = workspace.root / "improve" / f"imp-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     folder.mkdir(parents=True)
     _write_jsonl(
         folder / "sft.jsonl",
         [
-            {"messages": r["messages"], "split": "test" if r["origin"]["request_id"] in held else "train"}
-            for r in sft
+            *(
+                {"messages": r["messages"], "split": "test" if r["origin"]["request_id"] in held else "train"}
+                for r in sft
+            ),
+            *({**r, "split": "train"} for r in (rehearsed if sft else [])),
         ],
     )
     _write_jsonl(folder / "preferences.jsonl", [{k: v for k, v in r.items() if k != "origin"} for r in dpo])
@@ -356,6 +380,7 @@ def _write_examples(
         "requests": used,
         "rows": [r["origin"] for r in sft],
         "held_out": sorted(held),
+        "rehearsed": {"rows": len(rehearsed), "from": production.dataset_version_id},
         "selection": {
             "model": selection.model,
             "since": str(selection.since or ""),
