@@ -145,3 +145,36 @@ def test_rehearsal_takes_a_seeded_share_of_what_production_trained_on(tmp_path):
     assert len(half) == round(len(trained) / 2) and half == rehearsal_rows(workspace, production, 0.5)
     assert all(set(row) == {"messages"} and row["messages"] in trained for row in half)
     assert rehearsal_rows(workspace, production, 0.0) == []
+
+
+def test_a_version_improve_made_is_judged_on_the_split_its_parent_was_judged_on(tmp_path):
+    """Its own dataset's test split holds only the held-out corrections: the next improve must judge
+    its candidate on the project's test split, as the first production was judged."""
+    from tunesmith.monitor.improve import judged_on
+    from tunesmith.store import DatasetVersion
+
+    workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
+    with session(workspace.engine) as s:
+        s.add(stored_run())
+        for name, lineage in (("ds-project", {}), ("ds-improve-1", {"source": "production"})):
+            meta = {"lineage": lineage} if lineage else {}
+            s.add(
+                DatasetVersion(
+                    id=name,
+                    name=name,
+                    content_hash=name,
+                    source="f",
+                    format="chat",
+                    counts={},
+                    path="p",
+                    meta=meta,
+                )
+            )
+    first, second, third = stored_version(1), stored_version(2), stored_version(3)
+    first.dataset_version_id = "ds-project"
+    second.dataset_version_id, second.parent_id = "ds-improve-1", first.id
+    third.dataset_version_id, third.parent_id = "ds-improve-1", second.id
+    for version in (first, second, third):
+        with session(workspace.engine) as s:
+            s.add(version)
+    assert [judged_on(workspace, v) for v in (first, second, third)] == ["ds-project"] * 3

@@ -287,7 +287,7 @@ def improve(
             f"{len(found.sft)} correction(s): too few to hold any out ({HOLDOUT_MIN} needed), so the "
             "candidate is not measured on corrected items it did not train on"
         )
-    eval_dataset = production.dataset_version_id
+    eval_dataset = judged_on(workspace, production)
     contamination = [*config.data.contamination, *_held_out_split(workspace, config, eval_dataset, folder)]
     pairs = _derived(config, folder / "preferences.jsonl", "preference", contamination)
     if dpo:
@@ -315,6 +315,23 @@ def improve(
 
 
 HOLDOUT_MIN = 5  # corrections needed before any is held out
+
+
+def judged_on(workspace: Workspace, version: ModelVersion) -> str | None:
+    """The dataset version whose test split `version` is judged on: its own; or, for a version
+    `improve` made (its own test split holds only the held-out corrections), its parent's, back
+    to the first version trained on the project's data."""
+    seen: set[str] = set()
+    current: ModelVersion | None = version
+    while current is not None and current.id not in seen and current.dataset_version_id is not None:
+        seen.add(current.id)
+        with session(workspace.engine) as s:
+            dataset = s.get(DatasetVersion, current.dataset_version_id)
+            parent = s.get(ModelVersion, current.parent_id) if current.parent_id else None
+        if dataset is None or (dataset.meta or {}).get("lineage", {}).get("source") != "production":
+            return current.dataset_version_id
+        current = parent
+    return version.dataset_version_id
 
 
 def rehearsal_rows(workspace: Workspace, production: ModelVersion, share: float) -> list[dict[str, Any]]:
