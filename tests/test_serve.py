@@ -261,8 +261,10 @@ def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_ret
             )
         )
         server.request_log.flush()
-        with session(server.workspace.engine) as s:
-            shadows = list(s.query(RequestLog).filter(RequestLog.route == "shadow"))
+        with session(server.workspace.engine) as s:  # (other tests' shadows share the store)
+            shadows = list(
+                s.query(RequestLog).filter(RequestLog.route == "shadow", RequestLog.shadow_of.in_(shadowed))
+            )
         assert sorted(r.shadow_of for r in shadows) == sorted(shadowed)
         assert {r.version_id for r in shadows} == {get_version(server.workspace, second).id}
         assert metric(url, "tunesmith_requests_total", route="canary") > 0
