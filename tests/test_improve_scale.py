@@ -16,6 +16,7 @@ from store_helpers import stored_run, stored_version
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.monitor.improve import Selection, select_examples
+from tunesmith.registry.versions import resolve_name
 from tunesmith.store import Feedback, RequestLog, RequestScore, session
 from tunesmith.workspace import open_workspace
 
@@ -81,7 +82,7 @@ def test_improve_streams_a_100k_request_log_in_bounded_memory_and_reports_what_i
     settings = [f"workspace={tmp_path / 'ws'}", "project=p", f"model.id={tiny_model_dir}"]
     workspace = open_workspace(load_config(None, settings))
     _fill(workspace)
-    production = workspace_version(workspace)
+    production = resolve_name(workspace, "p-v1")
 
     tracemalloc.start()
     found = select_examples(workspace, production, Selection(model="p-v1", where=["relevance>=0.5"]))
@@ -105,12 +106,6 @@ def test_improve_streams_a_100k_request_log_in_bounded_memory_and_reports_what_i
     text = " ".join(result.output.split())
     assert "100,000 logged request(s) matched the selection, 5,000 feedback row(s) read" in text
     assert re.search(r"\b3000 request\(s\) with feedback → 3000 SFT row\(s\)", text), text
-
-
-def workspace_version(workspace):
-    from tunesmith.registry.versions import resolve_name
-
-    return resolve_name(workspace, "p-v1")
 
 
 def test_a_fifth_of_the_corrected_requests_is_held_out_the_same_way_each_time():
