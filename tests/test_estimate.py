@@ -21,7 +21,7 @@ def write_rows(path, rows):
 
 def estimated(config, steps: int = 3):
     """The dry run's timing, with every `auto` setting decided as the run decides it."""
-    _, fit, timing = dry_run(config, steps=steps)
+    _, _, fit, timing = dry_run(config, steps=steps)
     assert timing is not None, fit.rows()
     return timing
 

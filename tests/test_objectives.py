@@ -126,3 +126,90 @@ def test_the_table_refuses_duplicate_unknown_and_incomplete_entries():
         OBJECTIVES["sft"] = sft
     # the config's list of causal-LM objectives is checked against the table's heads
     assert {n for n, o in OBJECTIVES.items() if o.generative} == set(GENERATIVE_OBJECTIVES)
+
+
+AUTO_DATA = {  # objective train.objective auto must pick -> the shape of rows the test writes
+    "sft": "sft",
+    "pretrain": "pretrain",
+    "classify": "classify",
+    "tag": "tag",
+    "dpo": "pairs",
+    "reward": "ranking",
+    "dpo with KTO": "thumbs",
+}
+
+
+@pytest.mark.parametrize("expected", sorted(AUTO_DATA))
+def test_auto_picks_the_objective_from_the_rows_and_says_why(tmp_path, tiny_model_dir, expected):
+    shape = AUTO_DATA[expected]
+    config, settings = objective_project(tmp_path, tiny_model_dir, shape if shape in OBJECTIVES else "dpo")
+    if shape in ("ranking", "thumbs"):
+        settings.append(f"data.path={preference_data(tmp_path, shape)}")
+    settings = [s for s in settings if not s.startswith("train.objective=")]  # the default: auto
+    sets = [arg for s in settings for arg in ("--set", s)]
+    picked = expected.split()[0]
+
+    checked = invoke("validate", str(config), *sets)
+    said = " ".join(checked.output.split())
+    assert checked.exit_code == 0, said
+    assert f"train.objective auto chose {picked}" in said and "the rows are" in said, said
+    assert f"lora {picked}" in said
+    if expected == "dpo with KTO":
+        assert "train.preference.loss_type: kto" in said and "learned by KTO" in said
+
+    dry = invoke("train", str(config), *sets, "--dry-run")
+    said = " ".join(dry.output.split())
+    assert dry.exit_code == 0 and f"Dry run: lora {picked}" in said, said
+    assert f"train.objective auto chose {picked}" in said
+
+
+def test_every_row_format_has_one_objective_that_auto_picks():
+    from tunesmith.data.formats import FORMATS
+    from tunesmith.train.objectives import choose_objective
+
+    for name, spec in FORMATS.items():
+        choice = choose_objective(name, spec.kind)
+        assert OBJECTIVES[choice.objective].rows == spec.kind or spec.kind == "unpaired", name
+        assert spec.description in choice.reason
+    # a dataset version another stage made (a format no row detection names) goes by its kind
+    assert choose_objective("improve", "sft").objective == "sft"
+    assert choose_objective("mixture", "classification").objective == "classify"
+
+
+def test_an_auto_run_records_the_objective_it_trained_and_refuses_settings_that_do_not_fit(
+    tmp_path, tiny_model_dir
+):
+    config, settings = objective_project(tmp_path, tiny_model_dir, "classify")
+    settings = [s for s in settings if not s.startswith("train.objective=")]
+    sets = [arg for s in settings for arg in ("--set", s)]
+    trained = invoke("train", str(config), *sets)
+    assert trained.exit_code == 0, trained.output
+    assert "majority class vs this version" in " ".join(trained.output.split())
+    workspace = open_workspace(load_config(config))
+    from tunesmith.registry import get_version
+
+    recorded = get_version(workspace, "walk-v1").config["train"]["objective"]
+    assert recorded == "classify"  # so eval, serving and `registry reproduce` load it as a classifier
+
+    packed = invoke("train", str(config), *sets, "--set", "train.packing=true")
+    said = " ".join(packed.output.split())
+    assert packed.exit_code == 1, said  # as `train` refuses any setting that does not fit
+    assert "train.objective auto chose classify" in said and "packing joins rows of text" in said
+
+
+def test_auto_with_tasks_is_multitask_and_an_explicit_objective_wins(tmp_path, tiny_model_dir):
+    config = write_multitask_project(tmp_path, tiny_model_dir)
+    assert load_config(config, ["train.objective=auto"]).train.objective == "multitask"
+    data = write_rows(tmp_path / "topics.jsonl", topic_rows(40))
+    mismatch = invoke(
+        "validate",
+        str(config),
+        "--set",
+        f"data.path={data}",
+        "--set",
+        "train.tasks=[]",
+        "--set",
+        "train.objective=sft",
+    )
+    said = " ".join(mismatch.output.split())
+    assert mismatch.exit_code == 2 and "needs sft rows" in said and "set train.objective: classify" in said

@@ -476,7 +476,12 @@ class TrainConfig(_Section):
     # multitask: several instruction datasets (train.tasks) mixed by weight, optionally on a schedule;
     # reward: a reward model from preference pairs or rankings; dpo: preference optimisation of the
     # LM (train.preference); rl: online RL against rewards (train.rl)
-    objective: Literal["sft", "pretrain", "classify", "tag", "multitask", "reward", "dpo", "rl"] = "sft"
+    # auto: chosen from the data's row format when a run starts (printed with the reason): chat and
+    # instruction rows sft, raw text pretrain, text+label classify, tagged tokens tag, chosen/rejected
+    # pairs dpo, ranked responses reward, thumbs-up/down rows dpo with KTO; with train.tasks, multitask
+    objective: Literal["auto", "sft", "pretrain", "classify", "tag", "multitask", "reward", "dpo", "rl"] = (
+        "auto"
+    )
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
     # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
     method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"
@@ -536,6 +541,8 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
+        if self.objective == "auto" and self.tasks:  # several datasets mixed: nothing else trains them
+            self.objective = "multitask"
         if self.method == "freeze" and self.freeze is None:
             raise ValueError("method freeze needs train.freeze.layers or train.freeze.train_top")
         if self.packing and self.objective in ("classify", "tag"):

@@ -118,11 +118,12 @@ def data_validate(
     _print_steps(prepared)
     out.print(f"{len(prepared.items)} rows usable, {len(prepared.rejected)} rejected → {rejected_path}")
     if cfg.train.objective != "multitask":  # the rows are fine; training them as configured is not
-        from tunesmith.train.objectives import check_rows_kind
+        from tunesmith.train.objectives import objective_for_rows
         from tunesmith.train.sft import TrainConfigError
 
+        fmt = prepared.detection.format if prepared.detection is not None else cfg.data.format
         try:
-            check_rows_kind(cfg.train.objective, prepared.kind, str(cfg.data.path), cfg.train)
+            objective_for_rows(cfg, fmt, prepared.kind, str(cfg.data.path), announce=True)
         except TrainConfigError as exc:
             err.print(f"[yellow]warning:[/yellow] {escape(str(exc))}", soft_wrap=True, highlight=False)
     if cfg.data.strict and prepared.rejected:
@@ -200,7 +201,7 @@ def data_estimate(
 
     cfg = load_project(config, set_)
     with reported(DataError, ModelNotFoundError, TrainConfigError):
-        dataset, _, estimate = dry_run(cfg, steps=max(2, steps))
+        cfg, dataset, _, estimate = dry_run(cfg, steps=max(2, steps))
     if estimate is None:
         raise fail(
             f"{cfg.train.method} {cfg.train.objective} does not fit here: see `tunesmith train --dry-run`"

@@ -42,14 +42,15 @@ def validate(config: ConfigArg = None, set_: SetOpt = None) -> None:
         and cfg.train.objective != "multitask"
         and not cfg.data.path.startswith("ds-")
     ):
-        from tunesmith.data.prepare import data_kind
+        from tunesmith.data.formats import kind_of
+        from tunesmith.data.prepare import data_format
         from tunesmith.errors import InputError
-        from tunesmith.train.objectives import check_rows_kind
+        from tunesmith.train.objectives import objective_for_rows
         from tunesmith.train.sft import TrainConfigError
 
         try:
-            kind = data_kind(cfg.data, cfg.base_dir)
-            check_rows_kind(cfg.train.objective, kind, cfg.data.path, cfg.train)
+            fmt = data_format(cfg.data, cfg.base_dir)
+            cfg = objective_for_rows(cfg, fmt, kind_of(fmt), cfg.data.path, announce=True)
         except (InputError, TrainConfigError) as exc:
             raise fail(str(exc), code=2) from None
     out.print(

@@ -83,7 +83,7 @@ def train_cmd(
         return
     with reported(*errors):
         outcome = resume_run(cfg, resume) if resume else train(cfg)
-    _print_trained(cfg, outcome)
+    _print_trained(outcome)
     if outcome.attempts:
         _print_attempts(outcome.attempts, cfg.train.forgetting.max_increase)
 
@@ -105,11 +105,11 @@ def _print_attempts(attempts: list[dict[str, Any]], bound: float) -> None:
         )
 
 
-def _print_trained(cfg: ProjectConfig, outcome: Any) -> None:
+def _print_trained(outcome: Any) -> None:
     """What a single-process run registered, and what to run next."""
     from tunesmith.train.objectives import get_objective
 
-    m = outcome.version.metrics
+    m, trained = outcome.version.metrics, get_objective(outcome.version.config["train"]["objective"])
     out.print(
         f"Registered [bold]{outcome.version.name}[/bold] from run {outcome.run_id}: train loss "
         f"{m['train_loss']:.3f}"
@@ -118,7 +118,7 @@ def _print_trained(cfg: ProjectConfig, outcome: Any) -> None:
     )
     out.print(
         f"Next: `tunesmith eval {outcome.version.name}` ("
-        + ("majority class" if get_objective(cfg.train.objective).labelled else "base")
+        + ("majority class" if trained.labelled else "base")
         + " vs this version on the held-out split), "
         f"`tunesmith registry show {outcome.version.name}`"
     )
@@ -128,7 +128,7 @@ def _dry_run(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
     from tunesmith.train.run import dry_run
 
     with reported(*errors):
-        dataset, estimate, timing = dry_run(cfg)
+        cfg, dataset, estimate, timing = dry_run(cfg)
     out.print(f"Dry run: {cfg.train.method} {cfg.train.objective} of {cfg.model.id} on dataset {dataset.id}")
     table = new_table("memory", "estimate")
     for label, value in estimate.rows():

@@ -162,15 +162,15 @@ def _check_mapping(read: ReadResult, config: DataConfig) -> None:
         )
 
 
-def data_kind(config: DataConfig, base_dir: Path | None = None) -> str:
-    """The kind of rows `config.path` holds (sft, classification, preference...), from its format or
-    from detection on its rows: what `tunesmith validate` checks the objective against.
+def data_format(config: DataConfig, base_dir: Path | None = None) -> str:
+    """The row format `config.path` holds (a FORMATS name: chat, text_label, preference...), as
+    configured or detected on its rows: what `tunesmith validate` checks the objective against.
 
     Raises:
         DataError: when the source cannot be read or no row fits any format.
     """
     if config.format != "auto":
-        return FORMATS[config.format].kind
+        return config.format
     assert config.path is not None
     try:
         read = read_source(config.path, base_dir)
@@ -181,7 +181,7 @@ def data_kind(config: DataConfig, base_dir: Path | None = None) -> str:
         detection = detect_format([apply_mapping(row.row, config.columns) for row in read.rows])
     except RowError as exc:
         raise DataError(f"{', '.join(read.files[:3])}: {exc}") from None
-    return FORMATS[detection.format].kind
+    return detection.format
 
 
 def _convert_rows(

@@ -25,7 +25,7 @@ from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context
 from tunesmith.evaluate.runner import eval_items, item_references, model_outputs
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion, EvalReport, session
-from tunesmith.train.objectives import get_objective
+from tunesmith.train.objectives import get_objective, resolve_objective
 from tunesmith.workspace import Workspace, atomic_dir
 
 
@@ -67,17 +67,18 @@ def cross_validate(config: ProjectConfig, folds: int, workspace: Workspace | Non
 
     if folds < 2:
         raise DataError("--cv needs at least 2 folds")
-    objective = get_objective(config.train.objective)
-    if not objective.cross_validates:
+    named = config.train.objective  # auto never picks an objective that mixes datasets
+    if named != "auto" and not get_objective(named).cross_validates:
         raise DataError(
-            f"--cv works on one dataset; {objective.name} mixes several (evaluate each task's data instead)"
+            f"--cv works on one dataset; {named} mixes several (evaluate each task's data instead)"
         )
     if config.data.split.folds != folds:
         split = config.data.split.model_copy(update={"folds": folds})
         config = config.model_copy(update={"data": config.data.model_copy(update={"split": split})})
     workspace = workspace or open_workspace(config)
     parent = prepare_data(config, workspace)
-    kind = objective.task
+    config = resolve_objective(config, parent, announce=True)
+    kind = get_objective(config.train.objective).task
     metrics = [m for m in config.eval.metrics or DEFAULT_METRICS.get(kind, []) if m != "judge_score"]
     per_fold = []
     for fold in range(folds):

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, TrainConfig
+from tunesmith.data.formats import FORMATS
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
 
@@ -88,6 +89,9 @@ class Objective:
     labelled: bool = False  # the head's outputs are the data's labels
     cross_validates: bool = True  # `eval --cv` folds its one dataset
     single_pass: bool = False  # the train split already holds every epoch (a mixture's stream)
+    # the row formats (`data` stage's FORMATS) for which `train.objective: auto` picks it, and why
+    auto_for: tuple[str, ...] = ()
+    auto_reason: str = ""
 
     @property
     def generative(self) -> bool:
@@ -99,6 +103,8 @@ class Objective:
         LoRA adapters that read their layer's input as is under autocast."""
         from tunesmith.train.methods import share_lora_inputs_under_autocast
 
+        if job.config.train.objective != self.name:  # `auto` is decided by resolve_objective first
+            raise ValueError(f"a {self.name} trainer for train.objective {job.config.train.objective}")
         trainer = self.trainer(job)
         share_lora_inputs_under_autocast(trainer.model)
         _count_parameters_once(trainer)
@@ -134,7 +140,7 @@ def register_objective(objective: Objective) -> Objective:
     if objective.name in OBJECTIVES:
         raise ValueError(f"objective {objective.name!r} is registered twice")
     accepted = get_args(TrainConfig.model_fields["objective"].annotation)
-    if objective.name not in accepted:
+    if objective.name not in accepted or objective.name == "auto":
         raise ValueError(
             f"objective {objective.name!r} is not one train.objective accepts ({', '.join(accepted)}); "
             "add it to TrainConfig.objective"
@@ -148,8 +154,100 @@ def register_objective(objective: Objective) -> Objective:
 
 
 def get_objective(name: str) -> Objective:
-    """The table's entry for `name` (a version recorded before `objective` existed is `sft`)."""
+    """The table's entry for `name` (a version recorded before `objective` existed is `sft`).
+
+    Raises:
+        ValueError: for `auto`, which `resolve_objective` decides from the data first.
+    """
+    if name == "auto":
+        raise ValueError("train.objective auto is decided from the data: call resolve_objective first")
     return OBJECTIVES[name or "sft"]
+
+
+@dataclass(frozen=True)
+class ObjectiveChoice:
+    """What `train.objective: auto` picks for rows of one format, and why."""
+
+    objective: str
+    reason: str
+    settings: dict[str, Any]  # other train settings the rows need (`--set` keys -> values)
+
+    def describe(self) -> str:
+        extra = "".join(f", {key}: {value}" for key, value in self.settings.items())
+        return f"train.objective auto chose {self.objective}{extra}: {self.reason}"
+
+
+def choose_objective(fmt: str, kind: str) -> ObjectiveChoice:
+    """The objective `train.objective: auto` trains rows of format `fmt` (of `kind`) with.
+
+    A format no entry names (a dataset version made by another stage) takes the first objective
+    that picks any format of its kind.
+    """
+    for entry in OBJECTIVES.values():
+        if fmt in entry.auto_for:
+            break
+    else:
+        entry = next(e for e in OBJECTIVES.values() if e.auto_for and e.rows == kind)
+    reason = entry.auto_reason.format(format=FORMATS[fmt].description if fmt in FORMATS else f"{kind} rows")
+    if FORMATS.get(fmt) is not None and FORMATS[fmt].kind == "unpaired":
+        return ObjectiveChoice(entry.name, reason + ", learned by KTO", {"train.preference.loss_type": "kto"})
+    return ObjectiveChoice(entry.name, reason, {})
+
+
+def resolve_objective(
+    config: ProjectConfig, dataset: DatasetVersion, *, announce: bool = False
+) -> ProjectConfig:
+    """`config` with `train.objective: auto` decided from the dataset's row format (and printed when
+    `announce`); an explicit objective is kept. Either way the rows are checked against it.
+
+    Raises:
+        TrainConfigError: when the rows do not fit the objective, or the settings do not fit the
+            objective auto picked (packing for a classifier, say), naming both.
+    """
+    kind = dataset.meta.get("kind", "sft")
+    return objective_for_rows(config, dataset.format, kind, f"dataset {dataset.id}", announce=announce)
+
+
+def objective_for_rows(
+    config: ProjectConfig, fmt: str, kind: str, where: str, *, announce: bool = False
+) -> ProjectConfig:
+    """`resolve_objective` for rows of format `fmt` and `kind` found in `where` (a dataset version,
+    or a data file that `tunesmith validate` reads)."""
+    if config.train.objective == "auto":
+        choice = choose_objective(fmt, kind)
+        config = with_objective(config, choice)
+        if announce:
+            from tunesmith.progress import console
+
+            console.print(f"[dim]{choice.describe()}[/dim]", highlight=False)
+    check_rows_kind(config.train.objective, kind, where, config.train)
+    return config
+
+
+def with_objective(config: ProjectConfig, choice: ObjectiveChoice) -> ProjectConfig:
+    """`config` training `choice`'s objective with its settings, checked as a config file would be.
+
+    Raises:
+        TrainConfigError: when another setting does not fit that objective.
+    """
+    from pydantic import ValidationError
+
+    from tunesmith.train.sft import TrainConfigError
+
+    train = config.train.model_dump()
+    train["objective"] = choice.objective
+    for key, value in choice.settings.items():
+        section = train
+        *parents, last = key.removeprefix("train.").split(".")
+        for parent in parents:
+            section = section[parent]
+        section[last] = value
+    try:
+        checked = TrainConfig.model_validate(train)
+    except ValidationError as exc:
+        problems = "; ".join(error["msg"].removeprefix("Value error, ") for error in exc.errors())
+        raise TrainConfigError(f"{choice.describe()}, but {problems}") from None
+    return config.model_copy(update={"train": checked})
 
 
 def check_objective(objective: str, dataset: DatasetVersion, train: TrainConfig | None = None) -> None:
@@ -189,10 +287,19 @@ def check_rows_kind(objective: str, kind: str, where: str, train: TrainConfig | 
 
 
 def _check_complete() -> None:
-    accepted = set(get_args(TrainConfig.model_fields["objective"].annotation))
+    accepted = set(get_args(TrainConfig.model_fields["objective"].annotation)) - {"auto"}
     unregistered = accepted - set(OBJECTIVES)
     if unregistered:
         raise ValueError(f"train.objective accepts {sorted(unregistered)} but no entry trains them")
+    picked = [fmt for entry in OBJECTIVES.values() for fmt in entry.auto_for]
+    unpicked = set(FORMATS) - set(picked)
+    twice = {fmt for fmt in picked if picked.count(fmt) > 1}
+    if unpicked or twice or not set(picked) <= set(FORMATS):
+        raise ValueError(
+            f"every row format needs one objective that train.objective auto picks for it: "
+            f"none for {sorted(unpicked)}, several for {sorted(twice)}, "
+            f"unknown {sorted(set(picked) - set(FORMATS))}"
+        )
     generative = {name for name, entry in OBJECTIVES.items() if entry.generative}
     if generative != set(GENERATIVE_OBJECTIVES):
         raise ValueError(
@@ -224,8 +331,26 @@ def _register_all() -> None:
         "records": sft_records,
         "describe": describe_lm,
     }
-    register_objective(Objective("sft", rows="sft", task="generation", **lm))
-    register_objective(Objective("pretrain", rows="text", task="lm", **lm))
+    register_objective(
+        Objective(
+            "sft",
+            rows="sft",
+            task="generation",
+            auto_for=("chat", "sharegpt", "prompt_completion", "alpaca"),
+            auto_reason="the rows are {format}, so supervised fine-tuning with the loss on the answers",
+            **lm,
+        )
+    )
+    register_objective(
+        Objective(
+            "pretrain",
+            rows="text",
+            task="lm",
+            auto_for=("text",),
+            auto_reason="the rows are {format}, so continued pre-training on every token",
+            **lm,
+        )
+    )
     register_objective(
         Objective("multitask", rows="sft", task="generation", cross_validates=False, single_pass=True, **lm)
     )
@@ -241,11 +366,21 @@ def _register_all() -> None:
             rows="classification",
             head="sequence-classification",
             task="classification",
+            auto_for=("text_label",),
+            auto_reason="the rows are {format}, so a classifier with one output per label",
             **classifier,
         )
     )
     register_objective(
-        Objective("tag", rows="tagging", head="token-classification", task="tagging", **classifier)
+        Objective(
+            "tag",
+            rows="tagging",
+            head="token-classification",
+            task="tagging",
+            auto_for=("tagging",),
+            auto_reason="the rows are {format}, so a tagger with one label per word",
+            **classifier,
+        )
     )
     preference: dict[str, Any] = {
         "rows": "preference",
@@ -253,9 +388,26 @@ def _register_all() -> None:
         "describe": describe_preference,
     }
     register_objective(
-        Objective("reward", head="sequence-classification", task="reward", finish=finish_reward, **preference)
+        Objective(
+            "reward",
+            head="sequence-classification",
+            task="reward",
+            finish=finish_reward,
+            auto_for=("ranking",),
+            auto_reason="the rows are {format}, so a reward model that scores answers",
+            **preference,
+        )
     )
-    register_objective(Objective("dpo", head="causal-lm", task="generation", **preference))
+    register_objective(
+        Objective(
+            "dpo",
+            head="causal-lm",
+            task="generation",
+            auto_for=("preference", "feedback"),
+            auto_reason="the rows are {format}, so preference optimisation of the model itself",
+            **preference,
+        )
+    )
     register_objective(
         Objective(
             "rl",

@@ -19,7 +19,7 @@ from tunesmith.registry import RegistryError, get_version, register_trained
 from tunesmith.registry.loading import check_base
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, decide_checkpointing, estimate_fit
-from tunesmith.train.objectives import RunContext, TrainerJob, check_objective, get_objective
+from tunesmith.train.objectives import RunContext, TrainerJob, get_objective, resolve_objective
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -54,7 +54,7 @@ def train(
         MethodError: before anything loads, when the method needs hardware this machine lacks.
     """
     workspace = workspace or open_workspace(config)
-    dataset, _ = checked_dataset(config, workspace)
+    config, dataset, _ = checked_dataset(config, workspace)
     outcome = _train_and_register(
         config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics
     )
@@ -105,10 +105,10 @@ def _guard_forgetting(
 
 def checked_dataset(
     config: ProjectConfig, workspace: Workspace, *, refuse: bool = True
-) -> tuple[DatasetVersion, FitEstimate]:
-    """Everything checked before a run starts: the method on this hardware, the prepared data, its
-    rows against the objective, and the memory fit (refused when it does not fit, unless `refuse`
-    is off).
+) -> tuple[ProjectConfig, DatasetVersion, FitEstimate]:
+    """Everything checked before a run starts: the method on this hardware, the prepared data, the
+    objective (`auto` decided from the rows, and printed) and the rows against it, and the memory fit
+    (refused when it does not fit, unless `refuse` is off). Returns the config as the run trains it.
 
     Raises:
         MethodError, DataError, TrainConfigError, DoesNotFitError: naming what to change.
@@ -117,11 +117,11 @@ def checked_dataset(
 
     check_method_supported(config.train)
     dataset = prepare_data(config, workspace)
-    check_objective(config.train.objective, dataset, config.train)
+    config = resolve_objective(config, dataset, announce=is_main_process())
     estimate = fit_estimate(config, dataset)
     if refuse and not estimate.fits:
         raise DoesNotFitError(estimate.refusal())
-    return dataset, estimate
+    return config, dataset, estimate
 
 
 def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
@@ -144,22 +144,23 @@ def longest_tokens(config: ProjectConfig, dataset: DatasetVersion) -> int:
 
 def dry_run(
     config: ProjectConfig, workspace: Workspace | None = None, calibrate: bool = True, steps: int = 4
-) -> tuple[DatasetVersion, FitEstimate, Any]:
+) -> tuple[ProjectConfig, DatasetVersion, FitEstimate, Any]:
     """Everything `train` checks before it starts, and a measured time estimate; nothing is trained.
 
-    The estimate (None when it does not fit or `calibrate` is off) runs a few steps of the
-    objective's own trainer on the base model as the objective loads it.
+    Returns the config as the run would train it, the dataset version, the memory fit, and the
+    estimate (None when it does not fit or `calibrate` is off): a few steps of the objective's own
+    trainer on the base model as the objective loads it.
     """
     from tunesmith.train.estimate import estimate_epoch_time
 
     workspace = workspace or open_workspace(config)
-    dataset, estimate = checked_dataset(config, workspace, refuse=False)
+    config, dataset, estimate = checked_dataset(config, workspace, refuse=False)
     timing = None
     if estimate.fits and calibrate:
         base = load_base(config, dataset, workspace)
         decided = with_settings_decided(config, dataset, base)  # as the run will decide them
         timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps)
-    return dataset, estimate, timing
+    return config, dataset, estimate, timing
 
 
 def launch_distributed(
@@ -278,7 +279,7 @@ def open_train_run(config: ProjectConfig, workspace: Workspace) -> str:
     """
     from tunesmith.train.sft import open_run
 
-    dataset, _ = checked_dataset(config, workspace)
+    config, dataset, _ = checked_dataset(config, workspace)
     run_id, _ = open_run(config, workspace, dataset, "train")
     return run_id
 
@@ -349,6 +350,7 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspa
     from tunesmith.train.classify import label_names
     from tunesmith.train.methods import quantization_config
 
+    config = resolve_objective(config, dataset)
     if config.train.init_from:
         return _load_parent(config, workspace or open_workspace(config))
     objective, dtype = get_objective(config.train.objective), config.weights_dtype
@@ -435,8 +437,7 @@ def run_objective(
     from tunesmith.train.forgetting import probe_baseline
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
-    check_objective(config.train.objective, dataset, config.train)
-    config = with_settings_decided(config, dataset, base)
+    config = with_settings_decided(resolve_objective(config, dataset), dataset, base)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
@@ -575,6 +576,7 @@ def _train_and_register(
     resume: bool = False,
     extra_metrics: dict[str, Any] | None = None,
 ) -> TrainOutcome | None:
+    config = resolve_objective(config, dataset)
     base = base or load_base(config, dataset, workspace)
     result = run_objective(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     if not is_main_process():
