@@ -252,7 +252,20 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
     result = runner.invoke(app, ["data", "validate", str(config), "--map", "text=content,label=sentiment"])
     assert result.exit_code == 0, result.output
     assert "text_label (100% of 41 sampled rows)" in result.output
-    assert "warning: train.objective=sft needs sft rows" in " ".join(result.output.split())
+    assert "train.objective auto chose classify" in " ".join(result.output.split())
+    named = runner.invoke(
+        app,
+        [
+            "data",
+            "validate",
+            str(config),
+            "--map",
+            "text=content,label=sentiment",
+            "--set",
+            "train.objective=sft",
+        ],
+    )
+    assert "warning: train.objective=sft needs sft rows" in " ".join(named.output.split())
     strict = runner.invoke(
         app,
         [

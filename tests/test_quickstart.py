@@ -124,10 +124,12 @@ def test_epoch_time_estimate_is_measured(tmp_path, tiny_model_dir):
     from tunesmith.models import load_causal_lm
     from tunesmith.pipeline import write_demo_project
     from tunesmith.train.estimate import estimate_epoch_time
+    from tunesmith.train.recipe import plan_run
     from tunesmith.workspace import open_workspace
 
     config = load_config(write_demo_project(tmp_path / "qs"), [f"model.id={tiny_model_dir}"])
     dataset = prepare_data(config)
+    config = plan_run(config, dataset)  # as a run (and `train --dry-run`) plans it
     base = load_causal_lm(str(tiny_model_dir))
     estimate = estimate_epoch_time(config, dataset, base, open_workspace(config), steps=3)
     assert estimate.tokens_per_second > 0 and estimate.seconds_per_step > 0

@@ -257,10 +257,12 @@ def test_the_trainer_counts_the_same_flops_with_the_parameters_counted_once(tmp_
 
     from tunesmith.data import prepare_data
     from tunesmith.train.objectives import TrainerJob, get_objective
+    from tunesmith.train.recipe import plan_run
     from tunesmith.train.run import load_base
 
     _, config = project(tmp_path, tiny_model_dir)
     dataset = prepare_data(config)
+    config = plan_run(config, dataset)
     base = load_base(config, dataset)
     objective = get_objective("sft")
     workspace = open_workspace(config)
@@ -388,11 +390,12 @@ def test_pretrain_on_raw_text_and_objective_kind_mismatch(tmp_path, tiny_model_d
         "train:\n  epochs: 1\n  save_strategy: 'no'\n",
         encoding="utf-8",
     )
-    refused = runner.invoke(app, ["train", str(config_path)])
+    refused = runner.invoke(app, ["train", str(config_path), "--set", "train.objective=sft"])
     assert refused.exit_code == 1
     assert "train.objective=sft needs sft rows, but dataset" in refused.output
     assert "set train.objective: pretrain" in refused.output
-    outcome = train(load_config(config_path, ["train.objective=pretrain"]))
+    outcome = train(load_config(config_path))  # train.objective auto: raw text is continued pre-training
+    assert outcome.version.config["train"]["objective"] == "pretrain"
     assert outcome.version.metrics["train_loss"] > 0
     assert (outcome.run_dir / "adapter" / "adapter_model.safetensors").exists()
 

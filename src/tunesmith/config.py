@@ -482,6 +482,12 @@ class TrainConfig(_Section):
     objective: Literal["auto", "sft", "pretrain", "classify", "tag", "multitask", "reward", "dpo", "rl"] = (
         "auto"
     )
+    # auto: each of max_length, batch size, epochs, learning rate, LoRA rank, warm-up and early
+    # stopping that this file leaves unset is sized to the dataset version when a run starts, and
+    # printed with the reason (`train --plan` prints the plan and stops); off: the defaults below
+    recipe: Literal["auto", "off"] = "auto"
+    # what the recipe chose, setting -> reason: filled in by the run, recorded with the version
+    chosen_by_recipe: dict[str, str] = Field(default_factory=dict)
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
     # lora: low-rank adapters; qlora: adapters on a 4/8-bit base (CUDA).
     method: Literal["lora", "qlora", "full", "freeze", "head"] = "lora"
@@ -538,6 +544,7 @@ class TrainConfig(_Section):
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
     _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))
+    _recipe_off = field_validator("recipe", mode="before")(lambda v: _yaml_word(v, "off"))
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

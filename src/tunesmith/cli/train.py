@@ -11,6 +11,16 @@ from tunesmith.cli.common import app, fail, load_project, new_table, out, report
 from tunesmith.cli.options import ConfigArg, SetOpt
 from tunesmith.config import CONFIG_FILENAME, ProjectConfig
 
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Check data, memory fit and time per epoch; train nothing.")
+]
+PlanOpt = Annotated[
+    bool,
+    typer.Option(
+        "--plan", help="Print the objective and settings the run would train with, and why; train nothing."
+    ),
+]
+
 
 @app.command("train", rich_help_panel="Lifecycle")
 def train_cmd(
@@ -19,9 +29,8 @@ def train_cmd(
     resume: Annotated[
         str | None, typer.Option(help="Continue this stopped run from its last checkpoint.")
     ] = None,
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Check data, memory fit and time per epoch; train nothing.")
-    ] = False,
+    dry_run: DryRunOpt = False,
+    plan: PlanOpt = False,
     num_processes: Annotated[
         int,
         typer.Option(
@@ -60,6 +69,9 @@ def train_cmd(
         DoesNotFitError,
         DiskFullError,
     )
+    if plan:
+        _plan(cfg, errors)
+        return
     if dry_run:
         _dry_run(cfg, errors)
         return
@@ -116,11 +128,45 @@ def _print_trained(outcome: Any) -> None:
         + (f", validation loss {m['eval_loss']:.3f}" if "eval_loss" in m else "")
         + f", {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
     )
+    if "best_step" in m:  # early stopping kept the best evaluation's weights
+        planned = outcome.version.config["train"]["num_train_epochs"]
+        stopped = (
+            f"stopped early after {m['epochs']:g} of {planned:g} epochs; " if m.get("stopped_early") else ""
+        )
+        out.print(f"{stopped}kept the weights of step {m['best_step']}, the best validation score")
     out.print(
         f"Next: `tunesmith eval {outcome.version.name}` ("
         + ("majority class" if trained.labelled else "base")
         + " vs this version on the held-out split), "
         f"`tunesmith registry show {outcome.version.name}`"
+    )
+
+
+def _plan(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
+    """`train --plan`: the objective and the recipe's settings for this data, each with where it
+    came from, and the memory estimate; nothing loads but the tokenizer and the model's config."""
+    from tunesmith.train.recipe import plan_rows, set_by_config
+    from tunesmith.train.run import checked_dataset
+    from tunesmith.workspace import open_workspace
+
+    named = set_by_config(cfg.train)
+    with reported(*errors):
+        planned, dataset, estimate = checked_dataset(cfg, open_workspace(cfg), refuse=False, announce=False)
+    train = planned.train
+    table = new_table("setting", "value", "from")
+    objective_from = train.chosen_by_recipe.get("objective") or (
+        "your config" if "objective" in named else "default"
+    )
+    table.add_row("objective", train.objective, objective_from)
+    for row in plan_rows(named, train):
+        table.add_row(*row)
+    table.title = f"Plan: {train.method} {train.objective} of {planned.model.id} on dataset {dataset.id}"
+    out.print(table)
+    peak, free = estimate.peak_bytes / 2**30, estimate.available_bytes / 2**30
+    out.print(
+        f"Estimated peak memory {peak:.2f} GiB of {free:.1f} GiB "
+        f"({estimate.device}): {'it fits' if estimate.fits else 'it does not fit'}. Set any of these in "
+        "tunesmith.yaml or with --set to override the recipe; `train --dry-run` measures the time."
     )
 
 

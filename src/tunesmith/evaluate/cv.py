@@ -25,7 +25,8 @@ from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context
 from tunesmith.evaluate.runner import eval_items, item_references, model_outputs
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion, EvalReport, session
-from tunesmith.train.objectives import get_objective, resolve_objective
+from tunesmith.train.objectives import get_objective
+from tunesmith.train.recipe import plan_run
 from tunesmith.workspace import Workspace, atomic_dir
 
 
@@ -77,7 +78,7 @@ def cross_validate(config: ProjectConfig, folds: int, workspace: Workspace | Non
         config = config.model_copy(update={"data": config.data.model_copy(update={"split": split})})
     workspace = workspace or open_workspace(config)
     parent = prepare_data(config, workspace)
-    config = resolve_objective(config, parent, announce=True)
+    config = plan_run(config, parent, announce=True)
     kind = get_objective(config.train.objective).task
     metrics = [m for m in config.eval.metrics or DEFAULT_METRICS.get(kind, []) if m != "judge_score"]
     per_fold = []

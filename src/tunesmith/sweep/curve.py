@@ -144,13 +144,13 @@ def predict(fit: dict[str, float], rows: float) -> float:
 def learning_curve(config: ProjectConfig, workspace: Workspace) -> LearningCurve:
     """Train on each share of the train split (`sweep.learning_curve`), score on test, fit, plot."""
     from tunesmith.data import prepare_data
-    from tunesmith.train.objectives import resolve_objective
+    from tunesmith.train.recipe import plan_run
     from tunesmith.train.run import load_base, run_objective
 
     settings = config.sweep.learning_curve
     metric, direction = config.sweep.objective, direction_of(config)
     dataset = prepare_data(config, workspace)
-    config = resolve_objective(config, dataset, announce=True)
+    config = plan_run(config, dataset, announce=True)
     if not dataset.counts.get("test"):
         raise SweepError(f"dataset {dataset.id} has no test rows to score the curve on (data.split.test)")
     stamp = f"{datetime.now(UTC):%Y%m%d-%H%M%S}"

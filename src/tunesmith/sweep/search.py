@@ -301,7 +301,7 @@ class _Trials:
 
         from tunesmith.store import Run, session
         from tunesmith.train.callbacks import extra_callbacks
-        from tunesmith.train.objectives import resolve_objective
+        from tunesmith.train.recipe import plan_run
         from tunesmith.train.run import load_base, run_objective
 
         if not self.take_budget_slot(trial):
@@ -310,7 +310,7 @@ class _Trials:
             raise optuna.TrialPruned(f"the study's {self.config.sweep.trials} trials are taken")
         params = {name: suggest(trial, name, p) for name, p in self.space.items()}
         config = load_config(self.config_path, [*self.overrides, *(f"{k}={v}" for k, v in params.items())])
-        config = resolve_objective(config, self.dataset)
+        config = plan_run(config, self.dataset)
         console.rule(f"[bold]Trial {trial.number}[/bold] " + ", ".join(f"{k}={v}" for k, v in params.items()))
         base = load_base(config, self.dataset, self.workspace)
         pruning = PruningCallback(trial, config.sweep.objective, self.direction)
@@ -378,13 +378,13 @@ def run_sweep(
     import optuna
 
     from tunesmith.data import prepare_data
-    from tunesmith.train.objectives import resolve_objective
+    from tunesmith.train.recipe import plan_run
 
     overrides = list(overrides or [])
     config = load_config(config_path, overrides)
     sweep = config.sweep
     dataset = prepare_data(config, open_workspace(config))
-    config = resolve_objective(config, dataset, announce=True)
+    config = plan_run(config, dataset, announce=True)
     if not dataset.counts.get("val"):
         raise SweepError(
             f"dataset {dataset.id} has no validation rows; trials are judged on the validation split "

@@ -236,6 +236,7 @@ def with_objective(config: ProjectConfig, choice: ObjectiveChoice) -> ProjectCon
 
     train = config.train.model_dump()
     train["objective"] = choice.objective
+    train["chosen_by_recipe"] = {**train["chosen_by_recipe"], "objective": choice.reason}
     for key, value in choice.settings.items():
         section = train
         *parents, last = key.removeprefix("train.").split(".")
@@ -320,8 +321,12 @@ def _rl_rows_per_step(train: TrainConfig) -> float:
 
 
 def _register_all() -> None:
-    from tunesmith.train.classify import classifier_trainer, describe_classifier, finish_classifier
-    from tunesmith.train.preference import describe_preference, finish_reward, preference_trainer
+    _register_language_models()
+    _register_heads_and_preferences()
+    _check_complete()
+
+
+def _register_language_models() -> None:
     from tunesmith.train.rl import describe_rl, finish_rl, rl_trainer
     from tunesmith.train.sft import describe_lm, sft_records, sft_trainer
 
@@ -354,6 +359,25 @@ def _register_all() -> None:
     register_objective(
         Objective("multitask", rows="sft", task="generation", cross_validates=False, single_pass=True, **lm)
     )
+    register_objective(
+        Objective(
+            "rl",
+            rows="sft",
+            head="causal-lm",
+            task="generation",
+            trainer=rl_trainer,
+            describe=describe_rl,
+            finish=finish_rl,
+            rows_per_step=_rl_rows_per_step,
+            step_cycle=_rl_cycle,
+        )
+    )
+
+
+def _register_heads_and_preferences() -> None:
+    from tunesmith.train.classify import classifier_trainer, describe_classifier, finish_classifier
+    from tunesmith.train.preference import describe_preference, finish_reward, preference_trainer
+
     classifier: dict[str, Any] = {
         "trainer": classifier_trainer,
         "describe": describe_classifier,
@@ -408,20 +432,6 @@ def _register_all() -> None:
             **preference,
         )
     )
-    register_objective(
-        Objective(
-            "rl",
-            rows="sft",
-            head="causal-lm",
-            task="generation",
-            trainer=rl_trainer,
-            describe=describe_rl,
-            finish=finish_rl,
-            rows_per_step=_rl_rows_per_step,
-            step_cycle=_rl_cycle,
-        )
-    )
-    _check_complete()
 
 
 _register_all()

@@ -19,7 +19,8 @@ from tunesmith.registry import RegistryError, get_version, register_trained
 from tunesmith.registry.loading import check_base
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, decide_checkpointing, estimate_fit
-from tunesmith.train.objectives import RunContext, TrainerJob, get_objective, resolve_objective
+from tunesmith.train.objectives import RunContext, TrainerJob, get_objective
+from tunesmith.train.recipe import plan_run
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -104,7 +105,7 @@ def _guard_forgetting(
 
 
 def checked_dataset(
-    config: ProjectConfig, workspace: Workspace, *, refuse: bool = True
+    config: ProjectConfig, workspace: Workspace, *, refuse: bool = True, announce: bool = True
 ) -> tuple[ProjectConfig, DatasetVersion, FitEstimate]:
     """Everything checked before a run starts: the method on this hardware, the prepared data, the
     objective (`auto` decided from the rows, and printed) and the rows against it, and the memory fit
@@ -117,7 +118,7 @@ def checked_dataset(
 
     check_method_supported(config.train)
     dataset = prepare_data(config, workspace)
-    config = resolve_objective(config, dataset, announce=is_main_process())
+    config = plan_run(config, dataset, announce=announce and is_main_process())
     estimate = fit_estimate(config, dataset)
     if refuse and not estimate.fits:
         raise DoesNotFitError(estimate.refusal())
@@ -350,7 +351,7 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspa
     from tunesmith.train.classify import label_names
     from tunesmith.train.methods import quantization_config
 
-    config = resolve_objective(config, dataset)
+    config = plan_run(config, dataset)
     if config.train.init_from:
         return _load_parent(config, workspace or open_workspace(config))
     objective, dtype = get_objective(config.train.objective), config.weights_dtype
@@ -437,7 +438,7 @@ def run_objective(
     from tunesmith.train.forgetting import probe_baseline
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
-    config = with_settings_decided(resolve_objective(config, dataset), dataset, base)
+    config = with_settings_decided(plan_run(config, dataset), dataset, base)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
@@ -576,7 +577,7 @@ def _train_and_register(
     resume: bool = False,
     extra_metrics: dict[str, Any] | None = None,
 ) -> TrainOutcome | None:
-    config = resolve_objective(config, dataset)
+    config = plan_run(config, dataset)
     base = base or load_base(config, dataset, workspace)
     result = run_objective(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
     if not is_main_process():

@@ -628,12 +628,20 @@ def run_metrics(trainer: Any, done: Fitted) -> dict[str, Any]:
         "distributed": distribution(trainer.accelerator),
     }
     evals = [h for h in history if "eval_loss" in h]
-    if evals:
+    state, args = trainer.state, trainer.args
+    metrics["epochs"] = round(float(state.epoch or 0), 3)
+    kept = evals[-1] if evals else None
+    if args.load_best_model_at_end and state.best_global_step is not None:
+        # the weights kept are the best evaluation's (train.early_stopping_patience): so are its scores
+        kept = next((h for h in evals if h.get("step") == state.best_global_step), kept)
+        metrics["best_step"] = int(state.best_global_step)
+        metrics["stopped_early"] = state.global_step < state.max_steps
+    if kept is not None:
         timing = ("runtime", "per_second")
         metrics.update(
             {
                 k: float(v)
-                for k, v in evals[-1].items()
+                for k, v in kept.items()
                 if k.startswith("eval_") and not any(t in k for t in timing)
             }
         )

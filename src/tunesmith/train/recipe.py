@@ -1,0 +1,286 @@
+"""The default recipe: the training settings a config leaves unset, sized to its dataset version.
+
+`train.recipe: auto` (the default) decides, for each setting the config does not name, a value from
+the dataset version's row count and token statistics and the run's objective and method, and says
+why; `train --plan` prints the plan and stops. A setting the config names is kept as it is, and
+`train.recipe: off` keeps every default. The choices are recorded in the version's config, each
+with its reason under `train.chosen_by_recipe`, so a reproduced run trains exactly the same.
+
+The rules and the measurements behind them are written down in docs/recipes.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, TrainConfig
+from tunesmith.store import DatasetVersion
+
+# max_length: rows longer than the longest train row by this share over its 99th percentile are
+# outliers, cut at the percentile instead of sizing every batch's memory for them
+OUTLIER_SHARE = 1.25
+LENGTH_STEP = 32  # max_length is a multiple of this
+# the data report counts a row's tokens as the trainer renders it (the chat template included), not the
+# special tokens a trainer may add around it (BOS, EOS, a classifier's CLS and SEP)
+SPECIAL_TOKENS = 8
+CPU_MAX_LENGTH, GPU_MAX_LENGTH = 1024, 4096
+# batch: about this many tokens a step at the 95th-percentile row length, as a power of two in the
+# range, and small enough to leave at least STEPS_PER_EPOCH steps an epoch (a small dataset learns from
+# more, smaller steps)
+TOKENS_PER_STEP = 2048
+BATCH_RANGE = (4, 32)
+STEPS_PER_EPOCH = 20
+# epochs: enough to take about this many optimizer steps, within the objective's range
+TARGET_STEPS = 100
+EPOCH_RANGE = {"generative": (1, 5), "head": (1, 3)}
+# LoRA rank by the train split's tokens: (at most this many tokens, rank)
+LORA_RANKS = ((100_000, 8), (1_000_000, 16))
+LORA_RANK_LARGE = 32
+LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 5e-5, "head": 1e-3}
+WARMUP_SHARE = 0.05
+EARLY_STOPPING_PATIENCE = 2  # evaluations (one per epoch) without a better validation loss
+MIN_VAL_ROWS = 8  # fewer validation rows give a loss too noisy to stop on
+# the settings the recipe decides (under `train.`), in the order the plan prints them
+PLANNED = (
+    "max_length",
+    "per_device_train_batch_size",
+    "num_train_epochs",
+    "learning_rate",
+    "lora.r",
+    "warmup_steps",
+    "early_stopping_patience",
+)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One setting of the plan: its value, and where it came from (the recipe's reason, or the config)."""
+
+    key: str  # under `train.`
+    value: Any
+    reason: str
+    chosen: bool  # by the recipe; False: the config named it (or the recipe left the default)
+
+
+def set_by_config(train: TrainConfig) -> set[str]:
+    """The settings (dotted, under `train.`) that the config file or `--set` named."""
+    named = set(train.model_fields_set)
+    for section in ("lora", "forgetting", "preference", "rl"):
+        if section in named:
+            named |= {f"{section}.{key}" for key in getattr(train, section).model_fields_set}
+    return named
+
+
+def plan_recipe(config: ProjectConfig, dataset: DatasetVersion, named: set[str]) -> list[Choice]:
+    """Every setting in `PLANNED` for a run of `config` (its objective decided) on `dataset`, where
+    the config named the settings in `named` (`set_by_config`)."""
+    train = config.train
+    stats = dataset.meta.get("report", {}).get("stats", {})
+    splits = stats.get("splits", {})
+    tokens = splits.get("train", {}).get("tokens") or {}
+    rows = int(dataset.counts.get("train", 0))
+    recipe = _Recipe(config, tokens, rows, int(dataset.counts.get("val", 0)), stats.get("context_window"))
+    plan = []
+    values: dict[str, Any] = {}
+    for key in PLANNED:
+        current = _get(train, key)
+        if train.recipe == "off" or key in named or _not_for(train, key, named):
+            why = "your config" if key in named else "default"
+            plan.append(Choice(key, current, why, chosen=False))
+            values[key] = current
+            continue
+        decided = getattr(recipe, key.replace(".", "_"))(values)
+        if decided is None or isinstance(decided, str):  # the default stays, maybe with the reason
+            plan.append(Choice(key, current, f"default ({decided})" if decided else "default", chosen=False))
+            values[key] = current
+        else:
+            value, reason = decided
+            plan.append(Choice(key, value, reason, chosen=True))
+            values[key] = value
+    return plan
+
+
+def _not_for(train: TrainConfig, key: str, named: set[str]) -> bool:
+    """Settings the recipe leaves alone for this run."""
+    if train.objective == "rl":  # its batch holds groups of sampled answers: train.rl decides it
+        return True
+    if key == "lora.r":
+        return train.method not in ("lora", "qlora")
+    if key == "per_device_train_batch_size":
+        return "effective_batch_size" in named or "gradient_accumulation_steps" in named
+    if key == "num_train_epochs":
+        return "max_steps" in named or train.objective == "multitask"  # a mixture streams its epochs
+    if key == "early_stopping_patience":
+        return train.save_strategy == "no"  # nothing to restore the best epoch from
+    return False
+
+
+def _get(train: TrainConfig, key: str) -> Any:
+    value: Any = train
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+class _Recipe:
+    """The rules, one method per setting; each returns (value, reason), or None to keep the default."""
+
+    def __init__(
+        self, config: ProjectConfig, tokens: dict[str, Any], rows: int, val_rows: int, context: int | None
+    ) -> None:
+        self.config, self.train = config, config.train
+        self.tokens, self.rows, self.val_rows, self.context = tokens, rows, val_rows, context
+        self.generative = config.train.objective in GENERATIVE_OBJECTIVES
+
+    def max_length(self, _: dict[str, Any]) -> tuple[int, str] | None:
+        if "p99" not in self.tokens:
+            return None
+        import torch
+
+        longest, p99 = int(self.tokens["max"]) + SPECIAL_TOKENS, int(self.tokens["p99"]) + SPECIAL_TOKENS
+        ceiling = GPU_MAX_LENGTH if torch.cuda.is_available() else CPU_MAX_LENGTH
+        where = "on a GPU" if torch.cuda.is_available() else "on a CPU"
+        if self.context:
+            ceiling, where = (
+                (min(ceiling, self.context), where)
+                if self.context >= ceiling
+                else (
+                    self.context,
+                    "the model's context window",
+                )
+            )
+        if longest <= OUTLIER_SHARE * p99:
+            value = min(_round_up(longest, LENGTH_STEP), ceiling)
+            reason = f"the longest train row has {longest} tokens with the special tokens"
+        else:
+            value = min(_round_up(p99, LENGTH_STEP), ceiling)
+            reason = f"99% of train rows have at most {p99} tokens (the longest {longest}: an outlier)"
+        if value == ceiling and value < longest:
+            reason += f"; at most {ceiling} {where}"
+        cut = "" if value >= longest else "; longer rows are cut to it (the data report counts them)"
+        return value, reason + cut
+
+    def per_device_train_batch_size(self, values: dict[str, Any]) -> tuple[int, str] | None:
+        if "p95" not in self.tokens:
+            return None
+        typical = max(1, min(int(self.tokens["p95"]), int(values["max_length"])))
+        low, high = BATCH_RANGE
+        by_tokens = _power_of_two(TOKENS_PER_STEP // typical)
+        by_rows = _power_of_two(self.rows // STEPS_PER_EPOCH)
+        batch = max(low, min(high, by_tokens, by_rows))
+        if by_rows < by_tokens and batch > low:
+            return batch, f"at least {STEPS_PER_EPOCH} steps an epoch over {self.rows:,} train rows"
+        return batch, f"about {TOKENS_PER_STEP:,} tokens a step at the 95th-percentile row ({typical} tokens)"
+
+    def num_train_epochs(self, values: dict[str, Any]) -> tuple[float, str] | None:
+        if not self.rows:
+            return None
+        per_step = int(values["per_device_train_batch_size"]) * self.train.processes
+        per_step *= self.train.gradient_accumulation_steps
+        steps = math.ceil(self.rows / per_step)
+        low, high = EPOCH_RANGE["generative" if self.generative else "head"]
+        epochs = max(low, min(high, round(TARGET_STEPS / steps)))
+        return float(epochs), (
+            f"{self.rows:,} train rows are {steps} steps an epoch; about {TARGET_STEPS} steps in all, "
+            f"{low}-{high} epochs"
+        )
+
+    def learning_rate(self, _: dict[str, Any]) -> tuple[float, str] | None:
+        method = self.train.method
+        return LEARNING_RATES[method], f"the usual rate for {method}"
+
+    def lora_r(self, _: dict[str, Any]) -> tuple[int, str] | None:
+        total = int(self.tokens.get("total", 0))
+        if not total:
+            return None
+        rank = next((r for limit, r in LORA_RANKS if total <= limit), LORA_RANK_LARGE)
+        return rank, f"{total:,} train tokens"
+
+    def warmup_steps(self, _: dict[str, Any]) -> tuple[float, str] | None:
+        return WARMUP_SHARE, f"{WARMUP_SHARE:.0%} of the steps"
+
+    def early_stopping_patience(self, values: dict[str, Any]) -> tuple[int, str] | str:
+        if self.val_rows < MIN_VAL_ROWS:
+            return f"{self.val_rows} validation rows, too few to stop on (at least {MIN_VAL_ROWS})"
+        if float(values["num_train_epochs"]) < 2:
+            return "one epoch: nothing to stop early"
+        return EARLY_STOPPING_PATIENCE, (
+            f"stop after {EARLY_STOPPING_PATIENCE} epochs without a better validation loss "
+            f"({self.val_rows} validation rows); the best epoch's weights are kept"
+        )
+
+
+def _power_of_two(value: int) -> int:
+    """The largest power of two at most `value` (1 for less)."""
+    return 2 ** int(math.log2(value)) if value >= 1 else 1
+
+
+def _round_up(value: int, step: int) -> int:
+    return max(step, -(-value // step) * step)
+
+
+def plan_run(config: ProjectConfig, dataset: DatasetVersion, *, announce: bool = False) -> ProjectConfig:
+    """`config` as a run on `dataset` trains it: `train.objective: auto` decided from the rows
+    (`resolve_objective`) and the recipe's choices applied, each recorded with its reason under
+    `train.chosen_by_recipe` (and printed when `announce`).
+
+    A planned config names every setting, so planning it again changes nothing: a resumed,
+    reproduced or distributed run trains what the first plan chose.
+
+    Raises:
+        TrainConfigError: when the rows do not fit the objective, or a setting does not fit the
+            objective `auto` picked.
+    """
+    from tunesmith.train.objectives import resolve_objective
+
+    named = set_by_config(config.train)
+    config = resolve_objective(config, dataset, announce=announce)
+    chosen = [c for c in plan_recipe(config, dataset, named) if c.chosen]
+    if not chosen:
+        return config
+    train = config.train.model_dump()
+    for choice in chosen:
+        _put(train, choice.key, choice.value)
+    if "lora.r" in {c.key for c in chosen} and "lora.lora_alpha" not in named:
+        train["lora"]["lora_alpha"] = 2 * train["lora"]["r"]  # the scale LoRA is usually trained at
+    train["chosen_by_recipe"] = {**train["chosen_by_recipe"], **{c.key: c.reason for c in chosen}}
+    config = config.model_copy(update={"train": TrainConfig.model_validate(train)})
+    if announce:
+        from tunesmith.progress import console
+
+        console.print(
+            "[dim]recipe (train.recipe auto; a setting your config names is kept; `train --plan` "
+            "prints the plan):[/dim]",
+            highlight=False,
+        )
+        for choice in chosen:
+            console.print(
+                f"[dim]  {choice.key} {_show(choice.value)}: {choice.reason}[/dim]", highlight=False
+            )
+    return config
+
+
+def plan_rows(named: set[str], planned: TrainConfig) -> list[tuple[str, str, str]]:
+    """(setting, value, where it came from) for each setting the recipe decides: `train --plan`."""
+    rows = []
+    for key in PLANNED:
+        value = _get(planned, key)
+        source = planned.chosen_by_recipe.get(key) or ("your config" if key in named else "default")
+        rows.append((key, _show(value), source))
+    return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, float) and 0 < value < 0.01:
+        return f"{value:.0e}"
+    return str(value)
+
+
+def _put(train: dict[str, Any], key: str, value: Any) -> None:
+    *parents, last = key.split(".")
+    section = train
+    for parent in parents:
+        section = section[parent]
+    section[last] = value

@@ -1,0 +1,208 @@
+"""The default recipe: settings a config leaves unset are sized to the data, said why, and recorded."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import demo_rows
+from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.store import DatasetVersion
+from tunesmith.train.recipe import plan_recipe, plan_run, set_by_config
+
+runner = CliRunner()
+
+
+def dataset(
+    rows: int, *, p95: int, p99: int, longest: int, val: int = 20, total=None, context=None, fmt="chat"
+):
+    """A dataset version as the data stage records it: counts and the train split's token statistics."""
+    from tunesmith.data.formats import kind_of
+
+    tokens = {"p50": p95 // 2, "p95": p95, "p99": p99, "max": longest, "total": total or rows * p95}
+    stats = {"context_window": context, "splits": {"train": {"tokens": tokens}}}
+    return DatasetVersion(
+        id="ds-recipe",
+        format=fmt,
+        counts={"train": rows, "val": val, "test": 10},
+        meta={"kind": kind_of(fmt), "report": {"stats": stats}},
+    )
+
+
+def planned(data: DatasetVersion, *settings: str) -> dict:
+    config = load_config(None, list(settings))
+    return {
+        c.key: c for c in plan_recipe(plan_run_objective(config, data), data, set_by_config(config.train))
+    }
+
+
+def plan_run_objective(config, data):
+    from tunesmith.train.objectives import resolve_objective
+
+    return resolve_objective(config, data)
+
+
+def test_max_length_covers_every_row_unless_a_few_are_outliers():
+    plan = planned(dataset(1000, p95=180, p99=200, longest=230))
+    # 230 tokens + room for the special tokens a trainer adds, as a multiple of 32
+    assert plan["max_length"].value == 256 and "longest train row has 238 tokens" in plan["max_length"].reason
+    outliers = planned(dataset(1000, p95=180, p99=200, longest=900))
+    assert outliers["max_length"].value == 224 and "99% of train rows" in outliers["max_length"].reason
+    assert "longer rows are cut" in outliers["max_length"].reason
+    # never past the model's context window, nor 1,024 tokens on a CPU
+    assert planned(dataset(1000, p95=1500, p99=2000, longest=2100))["max_length"].value == 1024
+    small = planned(dataset(1000, p95=150, p99=600, longest=700, context=512))["max_length"]
+    assert small.value == 512 and "context window" in small.reason
+
+
+def test_batch_epochs_and_rank_follow_the_rows_and_their_tokens():
+    few = planned(dataset(160, p95=60, p99=70, longest=72))
+    assert few["per_device_train_batch_size"].value == 8  # 20 steps an epoch, not one batch of 32
+    assert few["num_train_epochs"].value == 5.0 and few["lora.r"].value == 8
+    many = planned(dataset(50_000, p95=60, p99=70, longest=72))
+    assert many["per_device_train_batch_size"].value == 32  # ~2,048 tokens a step
+    assert many["num_train_epochs"].value == 1.0  # 1,563 steps an epoch already
+    assert many["lora.r"].value == 32  # 3M train tokens
+    assert planned(dataset(5_000, p95=60, p99=70, longest=72))["lora.r"].value == 16  # 300k
+    long_rows = planned(dataset(50_000, p95=700, p99=800, longest=820))
+    assert long_rows["per_device_train_batch_size"].value == 4
+    assert planned(dataset(50_000, p95=700, p99=800, longest=820, total=40_000_000))["lora.r"].value == 32
+    # a classifier (auto's choice for text with a label) trains a new head: at most 3 epochs
+    head = planned(dataset(200, p95=20, p99=24, longest=25, fmt="text_label"))
+    assert head["num_train_epochs"].value == 3.0
+
+
+def test_early_stopping_needs_epochs_and_validation_rows():
+    assert planned(dataset(160, p95=60, p99=70, longest=72))["early_stopping_patience"].value == 2
+    one_epoch = planned(dataset(50_000, p95=60, p99=70, longest=72))["early_stopping_patience"]
+    assert one_epoch.value is None and "one epoch" in one_epoch.reason and not one_epoch.chosen
+    no_val = planned(dataset(160, p95=60, p99=70, longest=72, val=3))["early_stopping_patience"]
+    assert no_val.value is None and "3 validation rows" in no_val.reason
+    assert not planned(dataset(160, p95=60, p99=70, longest=72), "train.save_strategy=no")[
+        "early_stopping_patience"
+    ].chosen
+
+
+def test_what_the_config_names_is_kept_and_recipe_off_keeps_every_default():
+    plan = planned(
+        dataset(160, p95=60, p99=70, longest=72), "train.lr=1e-3", "train.lora.r=64", "train.epochs=2"
+    )
+    assert plan["learning_rate"].value == 1e-3 and plan["learning_rate"].reason == "your config"
+    assert plan["lora.r"].value == 64 and plan["num_train_epochs"].value == 2.0
+    assert plan["max_length"].chosen  # the rest is still sized
+    off = planned(dataset(160, p95=60, p99=70, longest=72), "train.recipe=off")
+    assert not any(c.chosen for c in off.values())
+    assert off["max_length"].value == 512 and off["num_train_epochs"].value == 3.0
+    # a full fine-tune takes a tenth of LoRA's rate; the rank is LoRA's alone
+    full = planned(dataset(160, p95=60, p99=70, longest=72), "train.method=full")
+    assert full["learning_rate"].value == 2e-5 and not full["lora.r"].chosen
+
+
+def test_a_planned_config_records_each_choice_and_plans_to_itself():
+    data = dataset(160, p95=60, p99=70, longest=72)
+    config = plan_run(load_config(None, ["train.lora.r=4"]), data)
+    train = config.train
+    assert train.objective == "sft" and train.max_length == 96 and train.per_device_train_batch_size == 8
+    assert train.lora.r == 4 and "lora.r" not in train.chosen_by_recipe  # named: kept
+    assert set(train.chosen_by_recipe) >= {"objective", "max_length", "num_train_epochs", "learning_rate"}
+    assert plan_run(config, data) == config  # a resumed or reproduced run trains the same
+    rank = plan_run(load_config(None, []), data).train.lora
+    assert (rank.r, rank.lora_alpha) == (8, 16)  # alpha follows the chosen rank
+
+
+def write_project(tmp_path: Path, model_dir: Path) -> Path:
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows()[:80]), encoding="utf-8")
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text(
+        f"project: recipe\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n"
+        "train:\n  forgetting: {probe: false}\n  save_strategy: 'no'\n  max_steps: 2\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_train_plan_prints_the_plan_and_trains_nothing_and_train_records_it(tmp_path, tiny_model_dir):
+    from tunesmith.registry import get_version
+    from tunesmith.registry.versions import version_names
+    from tunesmith.workspace import open_workspace
+
+    config = write_project(tmp_path, tiny_model_dir)
+    shown = runner.invoke(app, ["train", str(config), "--plan", "--set", "train.lr=5e-4"])
+    said = " ".join(shown.output.split())
+    assert shown.exit_code == 0, said
+    assert "Plan: lora sft" in said and "max_length" in said and "the longest train row" in said
+    assert "learning_rate 5e-04 your config" in said and "max_steps" not in said
+    assert "it fits" in said
+    workspace = open_workspace(load_config(config))
+    assert not version_names(workspace)  # nothing trained
+
+    trained = runner.invoke(app, ["train", str(config)])
+    assert trained.exit_code == 0, trained.output
+    recorded = get_version(workspace, "recipe-v1").config["train"]
+    assert recorded["max_length"] == int(recorded["max_length"]) < 512
+    assert "max_length" in recorded["chosen_by_recipe"] and recorded["recipe"] == "auto"
+    shown = runner.invoke(app, ["registry", "show", "recipe-v1", "--config", str(config)])
+    assert "chosen_by_recipe" in shown.output
+
+
+@pytest.mark.parametrize("objective", ["rl"])
+def test_rl_keeps_its_own_batching(objective):
+    plan = planned(
+        dataset(160, p95=60, p99=70, longest=72),
+        f"train.objective={objective}",
+        'train.rl.rewards=[{"checker": "contains"}]',
+    )
+    assert not any(c.chosen for c in plan.values())
+
+
+def test_a_run_that_kept_its_best_evaluation_records_that_evaluations_scores(tmp_path, tiny_model_dir):
+    from tunesmith.registry import get_version
+    from tunesmith.workspace import open_workspace
+
+    config = write_project(tmp_path, tiny_model_dir)
+    sets = ["train.save_strategy=epoch", "train.max_steps=-1", "train.epochs=3", "train.lr=0.01"]
+    trained = runner.invoke(app, ["train", str(config), *(a for s in sets for a in ("--set", s))])
+    said = " ".join(trained.output.split())
+    assert trained.exit_code == 0, said
+    assert "kept the weights of step" in said and "the best validation score" in said
+    workspace = open_workspace(load_config(config))
+    version = get_version(workspace, "recipe-v1")
+    assert version.config["train"]["early_stopping_patience"] == 2  # the recipe's, for 3 epochs
+    history = [
+        json.loads(line) for line in (workspace.root / "runs" / version.run_id / "metrics.jsonl").open()
+    ]
+    losses = {h["step"]: h["eval_loss"] for h in history if "eval_loss" in h}
+    best = min(losses, key=losses.get)
+    assert version.metrics["best_step"] == best and version.metrics["eval_loss"] == pytest.approx(
+        losses[best]
+    )
+
+
+def test_the_scores_recorded_are_those_of_the_weights_kept():
+    """An early-stopped run keeps its best evaluation's weights, and records that evaluation's scores."""
+    from types import SimpleNamespace
+
+    from tunesmith.train.sft import Fitted, run_metrics
+
+    history = [
+        {"step": 10, "loss": 2.0},
+        {"step": 10, "eval_loss": 1.5, "eval_accuracy": 0.7},
+        {"step": 20, "loss": 1.0},
+        {"step": 20, "eval_loss": 1.2, "eval_accuracy": 0.8},
+        {"step": 30, "loss": 0.5},
+        {"step": 30, "eval_loss": 1.4, "eval_accuracy": 0.75},
+        {"step": 40, "eval_loss": 1.6, "eval_accuracy": 0.7},
+    ]
+    state = SimpleNamespace(log_history=history, global_step=40, max_steps=60, epoch=4.0, best_global_step=20)
+    args = SimpleNamespace(load_best_model_at_end=True, world_size=1)
+    accelerator = SimpleNamespace(distributed_type="NO")
+    trainer = SimpleNamespace(state=state, args=args, accelerator=accelerator)
+    done = Fitted(SimpleNamespace(training_loss=1.0), 1.0, 100, Path(), 1, 2)
+    metrics = run_metrics(trainer, done)
+    assert metrics["eval_loss"] == 1.2 and metrics["eval_accuracy"] == 0.8
+    assert metrics["best_step"] == 20 and metrics["stopped_early"] and metrics["epochs"] == 4.0
+    state.best_global_step, args.load_best_model_at_end = None, False  # no best kept: the last evaluation
+    assert run_metrics(trainer, done)["eval_loss"] == 1.6
