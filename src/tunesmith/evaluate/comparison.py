@@ -14,7 +14,7 @@ import numpy as np
 from rich.table import Table
 
 from tunesmith.config import EvalConfig
-from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, Metric, get_metric
+from tunesmith.evaluate.metrics import Context, Metric, get_metric
 from tunesmith.evaluate.stats import Interval, bootstrap_interval, paired_test
 
 GAP_MIN_ITEMS = 5
@@ -187,6 +187,7 @@ def evaluate_model(
     model: Any, tokenizer: Any, items: list[dict[str, Any]], config: EvalConfig, label: str
 ) -> EvalResult:
     """Generate answers for `items` and score them with `config.metrics`, as `tunesmith eval` does."""
+    from tunesmith.evaluate.defaults import default_metrics
     from tunesmith.models.generate import generate_answers
 
     answers = generate_answers(
@@ -197,7 +198,7 @@ def evaluate_model(
         batch_size=config.batch_size,
         label=f"Asking {label}",
     )
-    names = config.metrics or DEFAULT_METRICS["generation"]
+    names = config.metrics or default_metrics("generation", items).metrics
     references = [item["messages"][-1]["content"] for item in items]
     system = score_system(
         SystemResult(label, label, None, answers),

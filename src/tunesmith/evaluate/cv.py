@@ -21,7 +21,8 @@ import numpy as np
 from tunesmith.config import ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, score_system
-from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context
+from tunesmith.evaluate.defaults import default_metrics
+from tunesmith.evaluate.metrics import Context
 from tunesmith.evaluate.runner import eval_items, item_references, model_outputs
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion, EvalReport, session
@@ -80,7 +81,15 @@ def cross_validate(config: ProjectConfig, folds: int, workspace: Workspace | Non
     parent = prepare_data(config, workspace)
     config = plan_run(config, parent, announce=True)
     kind = get_objective(config.train.objective).task
-    metrics = [m for m in config.eval.metrics or DEFAULT_METRICS.get(kind, []) if m != "judge_score"]
+    metrics = config.eval.metrics
+    if metrics is None:  # chosen once for every fold, from the rows the folds are cut from
+        chosen = default_metrics(
+            kind, eval_items(load_split(parent, "train"), parent.meta.get("kind", "sft"))
+        )
+        metrics = chosen.metrics
+        if chosen.reason:
+            console.print(f"[dim]{chosen.describe()}[/dim]", highlight=False)
+    metrics = [m for m in metrics if m != "judge_score"]
     per_fold = []
     for fold in range(folds):
         console.rule(f"[bold]Fold {fold + 1}/{folds}")

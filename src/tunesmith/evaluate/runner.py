@@ -23,7 +23,7 @@ from tunesmith.config import EvalConfig, ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
 from tunesmith.evaluate.gates import References, check_gates
-from tunesmith.evaluate.metrics import DEFAULT_METRICS, Context, TaskKind, get_metric, metric_names
+from tunesmith.evaluate.metrics import Context, TaskKind, get_metric, metric_names
 from tunesmith.evaluate.stats import bootstrap_interval, paired_test
 from tunesmith.models.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
 from tunesmith.progress import console
@@ -315,7 +315,8 @@ def plan_eval(
     data, items = _eval_data(workspace, candidate, dataset, settings.split)
     items, excluded = exclude_trained_on(workspace, subjects, items)
     notes += [f"{row['items']} items excluded: {row['system']} trained on them" for row in excluded]
-    metrics = _metrics_for(settings, kind, candidate.name)
+    metrics, why = _metrics_for(settings, kind, candidate.name, items)
+    notes += [why] if why else []
     reward_ref = _reward_model_ref(workspace, (reward_model or settings.reward_model), kind, metrics)
     if "judge_score" in metrics:
         metrics.remove("judge_score")  # the judge adds it
@@ -468,10 +469,16 @@ def _trained_prompts(workspace: Workspace, version: ModelVersion) -> set[str]:
     return prompts
 
 
-def _metrics_for(settings: EvalConfig, kind: TaskKind, name: str) -> list[str]:
-    """`eval.metrics` (or the task's defaults); an unknown or mismatched metric fails before any load."""
-    metrics = list(settings.metrics or DEFAULT_METRICS[kind])
-    if kind == "generation" and settings.metrics is None:
+def _metrics_for(
+    settings: EvalConfig, kind: TaskKind, name: str, items: list[dict[str, Any]]
+) -> tuple[list[str], str | None]:
+    """`eval.metrics`, or the defaults for what the items are (and why); an unknown or mismatched
+    metric fails before any load."""
+    from tunesmith.evaluate.defaults import default_metrics
+
+    chosen = default_metrics(kind, items) if settings.metrics is None else None
+    metrics = list(chosen.metrics if chosen is not None else settings.metrics or [])
+    if kind == "generation" and chosen is not None:
         metrics.append("perplexity")
     for metric in metrics:
         metric_kind = get_metric(metric).kind
@@ -480,7 +487,7 @@ def _metrics_for(settings: EvalConfig, kind: TaskKind, name: str) -> list[str]:
                 f"eval.metrics: {metric} is a {metric_kind} metric and {name} is a {kind} model; "
                 f"its metrics: {', '.join(metric_names(kind))}"
             )
-    return metrics
+    return metrics, chosen.describe() if chosen is not None and chosen.reason else None
 
 
 def _reward_model_ref(
