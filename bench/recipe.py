@@ -4,7 +4,7 @@ The quickstart's task (teach SmolLM2-135M-Instruct the facts of a fictional comp
 holds paraphrased questions training never saw), trained four ways, each in a fresh process:
 
 - `recipe`: nothing set under `train:` (train.recipe auto sizes every setting to the data);
-- `recipe, lr 1e-3`: the same with the learning rate the hand-tuned recipe uses;
+- `recipe at lr 1e-3`: the same with the learning rate the hand-tuned recipe uses;
 - `defaults`: `train.recipe: off` (max_length 512, batch 8, 3 epochs, LoRA r 16, lr 2e-4);
 - `hand-tuned`: the quickstart's own train section, chosen by hand on this task.
 
@@ -31,7 +31,7 @@ from rich.table import Table
 
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "recipe": {"seed": 0},
-    "recipe, lr 1e-3": {"seed": 0, "learning_rate": 1.0e-3},
+    "recipe at lr 1e-3": {"seed": 0, "learning_rate": 1.0e-3},
     "defaults": {"seed": 0, "recipe": "off"},
     "hand-tuned": None,  # the quickstart's train section as shipped
 }

@@ -295,14 +295,16 @@ def train_existing_run(
         RegistryError: with `resume`, when there is no such run, or it already finished.
     """
     workspace = workspace or open_workspace(config)
-    if resume:  # the run's own recorded config, not the current file's
+    if resume:
         run = resumable_run(workspace, run_id)
-        config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
     else:
         with session(workspace.engine) as s:
             found = s.get(Run, run_id)
         assert found is not None, f"no run {run_id}"
         run = found
+    # the run's own recorded config, as `open_train_run` planned it, not the current file's: every
+    # worker of a distributed launch (and a resumed run) trains what the run recorded
+    config = ProjectConfig.model_validate(run.config).with_base_dir(config.base_dir)
     with session(workspace.engine) as s:
         dataset = s.get(DatasetVersion, run.dataset_version_id)
     assert dataset is not None
