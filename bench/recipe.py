@@ -4,7 +4,8 @@ The quickstart's task (teach SmolLM2-135M-Instruct the facts of a fictional comp
 holds paraphrased questions training never saw), trained four ways, each in a fresh process:
 
 - `recipe`: nothing set under `train:` (train.recipe auto sizes every setting to the data);
-- `recipe at lr 1e-3`: the same with the learning rate the hand-tuned recipe uses;
+- `recipe at lr 2e-4` and `at lr 5e-4`: the same at the usual LoRA rate and between;
+- `recipe with replay`: the same with replay of general data (`train.forgetting.method: replay`);
 - `defaults`: `train.recipe: off` (max_length 512, batch 8, 3 epochs, LoRA r 16, lr 2e-4);
 - `hand-tuned`: the quickstart's own train section, chosen by hand on this task.
 
@@ -31,7 +32,9 @@ from rich.table import Table
 
 VARIANTS: dict[str, dict[str, Any] | None] = {
     "recipe": {"seed": 0},
-    "recipe at lr 1e-3": {"seed": 0, "learning_rate": 1.0e-3},
+    "recipe at lr 2e-4": {"seed": 0, "learning_rate": 2.0e-4},
+    "recipe at lr 5e-4": {"seed": 0, "learning_rate": 5.0e-4},
+    "recipe with replay": {"seed": 0, "forgetting": {"method": "replay"}},
     "defaults": {"seed": 0, "recipe": "off"},
     "hand-tuned": None,  # the quickstart's train section as shipped
 }

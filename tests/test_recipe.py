@@ -95,9 +95,15 @@ def test_what_the_config_names_is_kept_and_recipe_off_keeps_every_default():
     off = planned(dataset(160, p95=60, p99=70, longest=72), "train.recipe=off")
     assert not any(c.chosen for c in off.values())
     assert off["max_length"].value == 512 and off["num_train_epochs"].value == 3.0
-    # a full fine-tune takes a tenth of LoRA's rate; the rank is LoRA's alone
+    # LoRA of the bundled 135M model takes 1e-3 (2e-4 learnt nothing: docs/recipes.md); a full
+    # fine-tune takes a tenth of LoRA's usual rate; the rank is LoRA's alone
+    small = planned(dataset(160, p95=60, p99=70, longest=72))["learning_rate"]
+    assert small.value == 1e-3 and "135M-parameter model" in small.reason
     full = planned(dataset(160, p95=60, p99=70, longest=72), "train.method=full")
     assert full["learning_rate"].value == 2e-5 and not full["lora.r"].chosen
+    # a classifier's LoRA keeps the usual rate
+    head = planned(dataset(400, p95=20, p99=24, longest=25, fmt="text_label"))["learning_rate"]
+    assert head.value == 2e-4
 
 
 def test_a_planned_config_records_each_choice_and_plans_to_itself():
@@ -206,3 +212,27 @@ def test_the_scores_recorded_are_those_of_the_weights_kept():
     assert metrics["best_step"] == 20 and metrics["stopped_early"] and metrics["epochs"] == 4.0
     state.best_global_step, args.load_best_model_at_end = None, False  # no best kept: the last evaluation
     assert run_metrics(trainer, done)["eval_loss"] == 1.6
+
+
+def test_replay_guards_forgetting_by_default_where_a_guard_applies():
+    replay = planned(dataset(160, p95=60, p99=70, longest=72))["forgetting.method"]
+    assert replay.value == "replay" and replay.chosen and "-24% with replay" in replay.reason
+    kept = planned(dataset(160, p95=60, p99=70, longest=72), "train.forgetting.method=none")[
+        "forgetting.method"
+    ]
+    assert kept.value == "none" and kept.reason == "your config"
+    head = planned(dataset(400, p95=20, p99=24, longest=25, fmt="text_label"))["forgetting.method"]
+    assert head.value == "none" and not head.chosen  # a new head: no guard (the config refuses one)
+
+
+def test_a_run_that_forgets_past_the_bound_says_so_and_names_the_guard():
+    from tunesmith.train.forgetting import forgetting_warning
+
+    forgot = {"general_loss_base": 1.0, "general_loss_after": 1.3}
+    unguarded = forgetting_warning(forgot, {"method": "none", "max_increase": 0.05})
+    assert "+30.0%" in unguarded and "train.forgetting.method: replay" in unguarded
+    guarded = forgetting_warning(forgot, {"method": "replay", "max_increase": 0.05})
+    assert "train.forgetting.auto: true" in guarded
+    held = {"general_loss_base": 1.0, "general_loss_after": 1.04}
+    assert forgetting_warning(held, {"method": "none", "max_increase": 0.05}) is None
+    assert forgetting_warning({}, {"method": "none"}) is None  # no probe ran

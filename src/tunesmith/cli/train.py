@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import app, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, err, fail, load_project, new_table, out, reported
 from tunesmith.cli.options import ConfigArg, SetOpt
 from tunesmith.config import CONFIG_FILENAME, ProjectConfig
 
@@ -128,6 +128,11 @@ def _print_trained(outcome: Any) -> None:
         + (f", validation loss {m['eval_loss']:.3f}" if "eval_loss" in m else "")
         + f", {m['tokens_per_second']:.0f} tokens/s. Artifacts: {outcome.run_dir}"
     )
+    from tunesmith.train.forgetting import forgetting_warning
+
+    warning = forgetting_warning(m, outcome.version.config["train"]["forgetting"])
+    if warning is not None and not outcome.attempts:  # train.forgetting.auto prints its own table
+        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True, highlight=False)
     if "best_step" in m:  # early stopping kept the best evaluation's weights
         planned = outcome.version.config["train"]["num_train_epochs"]
         stopped = (

@@ -49,6 +49,25 @@ def remedies(config: ProjectConfig) -> list[Remedy]:
     ][: guard.max_attempts]
 
 
+def forgetting_warning(metrics: dict[str, Any], guard: dict[str, Any]) -> str | None:
+    """What to say when a run's probe rose past `train.forgetting.max_increase` (`guard` is the
+    run's recorded `train.forgetting`), naming the guard to try next; None when it held."""
+    rise, bound = forgetting_rise(metrics), float(guard.get("max_increase", 0.05))
+    if rise is None or rise <= bound:
+        return None
+    if guard.get("method") == "none":
+        fix = "train.forgetting.method: replay (or train.forgetting.auto: true, which tries it for you)"
+    else:
+        fix = (
+            "train.forgetting.auto: true (more replay, then a third of the learning rate), or general data "
+            "closer to your use in train.forgetting.general_data"
+        )
+    return (
+        f"the general answer loss rose {rise:+.1%}, more than train.forgetting.max_increase "
+        f"(+{bound:.0%}): this version forgets what the base model knew; set {fix}"
+    )
+
+
 def forgetting_rise(metrics: dict[str, Any]) -> float | None:
     """The relative rise of the probe's general answer loss over a run (None when no probe ran)."""
     before, after = metrics.get("general_loss_base"), metrics.get("general_loss_after")

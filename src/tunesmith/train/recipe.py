@@ -39,6 +39,11 @@ EPOCH_RANGE = {"generative": (1, 5), "head": (1, 3)}
 LORA_RANKS = ((100_000, 8), (1_000_000, 16))
 LORA_RANK_LARGE = 32
 LEARNING_RATES = {"lora": 2e-4, "qlora": 2e-4, "full": 2e-5, "freeze": 5e-5, "head": 1e-3}
+# a generative LoRA run of a model under SMALL_MODEL parameters takes SMALL_MODEL_LORA_RATE: on the
+# bundled 135M model 2e-4 left the quickstart's facts unlearnt in 100 steps (key facts 0.05), 1e-3
+# learnt them (0.81; bench/recipe.py, docs/recipes.md)
+SMALL_MODEL = 1_000_000_000
+SMALL_MODEL_LORA_RATE = 1e-3
 WARMUP_SHARE = 0.05
 EARLY_STOPPING_PATIENCE = 2  # evaluations (one per epoch) without a better validation loss
 MIN_VAL_ROWS = 8  # fewer validation rows give a loss too noisy to stop on
@@ -51,7 +56,12 @@ PLANNED = (
     "lora.r",
     "warmup_steps",
     "early_stopping_patience",
+    "forgetting.method",
 )
+# objectives and methods for which the recipe turns replay of general data on (the config validator
+# refuses a guard for the others: a new head, a mixture, preference and RL runs)
+REPLAY_OBJECTIVES = ("sft", "pretrain")
+REPLAY_METHODS = ("lora", "qlora", "full", "freeze")
 
 
 @dataclass(frozen=True)
@@ -106,15 +116,20 @@ def _not_for(train: TrainConfig, key: str, named: set[str]) -> bool:
     """Settings the recipe leaves alone for this run."""
     if train.objective == "rl":  # its batch holds groups of sampled answers: train.rl decides it
         return True
-    if key == "lora.r":
-        return train.method not in ("lora", "qlora")
-    if key == "per_device_train_batch_size":
-        return "effective_batch_size" in named or "gradient_accumulation_steps" in named
-    if key == "num_train_epochs":
-        return "max_steps" in named or train.objective == "multitask"  # a mixture streams its epochs
-    if key == "early_stopping_patience":
-        return train.save_strategy == "no"  # nothing to restore the best epoch from
-    return False
+    rules = {
+        "lora.r": lambda: train.method not in ("lora", "qlora"),
+        "per_device_train_batch_size": lambda: bool(
+            {"effective_batch_size", "gradient_accumulation_steps"} & named
+        ),
+        # a mixture streams its own epochs
+        "num_train_epochs": lambda: "max_steps" in named or train.objective == "multitask",
+        "early_stopping_patience": lambda: train.save_strategy == "no",  # no checkpoint to restore
+        "forgetting.method": lambda: (
+            train.objective not in REPLAY_OBJECTIVES or train.method not in REPLAY_METHODS
+        ),
+    }
+    rule = rules.get(key)
+    return rule is not None and rule()
 
 
 def _get(train: TrainConfig, key: str) -> Any:
@@ -189,6 +204,16 @@ class _Recipe:
 
     def learning_rate(self, _: dict[str, Any]) -> tuple[float, str] | None:
         method = self.train.method
+        if method in ("lora", "qlora") and self.generative:
+            from tunesmith.models import model_info
+
+            model = self.config.model
+            size = model_info(model.id, model.source, model.revision).parameters
+            if size is not None and size < SMALL_MODEL:
+                return SMALL_MODEL_LORA_RATE, (
+                    f"{method} of a {size / 1e6:,.0f}M-parameter model: small models take a higher rate "
+                    f"than the usual {LEARNING_RATES[method]:.0e}"
+                )
         return LEARNING_RATES[method], f"the usual rate for {method}"
 
     def lora_r(self, _: dict[str, Any]) -> tuple[int, str] | None:
@@ -209,6 +234,13 @@ class _Recipe:
         return EARLY_STOPPING_PATIENCE, (
             f"stop after {EARLY_STOPPING_PATIENCE} epochs without a better validation loss "
             f"({self.val_rows} validation rows); the best epoch's weights are kept"
+        )
+
+    def forgetting_method(self, _: dict[str, Any]) -> tuple[str, str]:
+        share = self.train.forgetting.replay_fraction
+        return "replay", (
+            f"general rows ({share:.0%} of the train rows) replayed beside them keep what the model "
+            "knew (the quickstart: general answer loss -24% with replay, +33% without)"
         )
 
 
