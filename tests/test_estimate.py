@@ -33,9 +33,10 @@ def trainable_share(method: str) -> float:
 @pytest.mark.parametrize(
     ("settings", "timed"),
     [
-        (["train.method=freeze", "train.freeze.train_top=1"], "freeze ("),
+        (["train.method=freeze", "train.freeze.train_top=1", "train.forgetting.method=none"], "freeze ("),
         (["train.method=head"], "head ("),
-        (["train.method=full"], "full ("),
+        (["train.method=full", "train.forgetting.method=none"], "full ("),
+        (["train.method=full"], "full with general-data replay ("),  # the recipe's guard
         (["train.forgetting.method=ewc", "train.forgetting.fisher_samples=4"], "lora with an EWC penalty ("),
         (["train.method=full", "train.forgetting.method=l2sp"], "full with an L2-SP penalty ("),
         (["train.forgetting.method=replay"], "lora with general-data replay ("),

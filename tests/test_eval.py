@@ -55,9 +55,13 @@ def test_eval_compares_base_and_version_on_the_same_items_and_stores_the_report(
     result = run_eval(config, outcome.version.name)
     report = result.report
     assert [s["label"] for s in report["systems"]] == ["base", outcome.version.name]
-    assert report["notes"] == [f"production is not set in {config.project}: not compared"]
+    assert report["notes"] == [
+        f"production is not set in {config.project}: not compared",
+        "metrics key_fact, exact_match, rouge_l, rouge_1, rouge_2, bleu, chrf: 40 of 40 items list key facts "
+        "(eval.metrics overrides)",
+    ]
     names = [m["name"] for m in report["metrics"]]
-    assert names == ["exact_match", "key_fact", "rouge_1", "rouge_2", "rouge_l", "bleu", "chrf", "perplexity"]
+    assert names == ["key_fact", "exact_match", "rouge_l", "rouge_1", "rouge_2", "bleu", "chrf", "perplexity"]
     for system in report["systems"]:
         for name in names:
             score = system["scores"][name]

@@ -40,6 +40,7 @@ def project(tmp_path, tiny_model_dir):
         "train.save_strategy=no",
         f"train.forgetting.general_data={general}",
         "train.forgetting.replay_fraction=1.0",
+        "train.forgetting.method=none",  # the guards start from an unguarded run (the recipe replays)
     ]
     return {"config": write_demo_project(tmp_path), "settings": settings, "general": general}
 

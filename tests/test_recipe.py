@@ -72,6 +72,9 @@ def test_batch_epochs_and_rank_follow_the_rows_and_their_tokens():
     # a classifier (auto's choice for text with a label) trains a new head: at most 3 epochs
     head = planned(dataset(200, p95=20, p99=24, longest=25, fmt="text_label"))
     assert head["num_train_epochs"].value == 3.0
+    # and keeps LoRA's rank 16 and no warm-up (measured better on sst2: docs/recipes.md)
+    assert not head["lora.r"].chosen and head["lora.r"].value == 16
+    assert not head["warmup_steps"].chosen and head["warmup_steps"].value == 0.0
 
 
 def test_early_stopping_needs_epochs_and_validation_rows():

@@ -61,8 +61,10 @@ def minilm_sst2_project(tmp_path: Path) -> Path:
 def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path):
     config_path = minilm_sst2_project(tmp_path)
     space = "sweep.space={train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}, train.seed: {choices: [0, 1]}}"
+    never_pruned = "sweep.startup_trials=2"  # both trials finish: the importance and parallel plots need two
+    sets = ["--set", space, "--set", never_pruned]
     result = runner.invoke(
-        app, ["sweep", "--config", str(config_path), "--trials", "2", "--set", space, "--strategy", "random"]
+        app, ["sweep", "--config", str(config_path), "--trials", "2", *sets, "--strategy", "random"]
     )
     assert result.exit_code == 0, result.output
     assert "warning" in result.output and "sparsely" in result.output  # 2 trials for a continuous space

@@ -82,6 +82,7 @@ def test_metrics_go_to_jsonl_and_the_store_and_checkpoints_rotate(tmp_path, tiny
         "train.save_steps=5",
         "train.save_total_limit=2",
         "train.report_to=[tensorboard]",
+        "train.recipe=off",  # the steps of the plain defaults: 10 logged losses
     )
     outcome = train(config)
     lines = logged_metrics(outcome.run_dir)
@@ -161,6 +162,7 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
         "train.save_steps=10",
         "train.save_total_limit=3",
         "data.split.val=0",
+        "train.recipe=off",  # no early stopping on the demo's own validation rows: all 80 steps
     ]
     reference = train(load_config(write_demo_project(tmp_path / "a"), settings))
 
