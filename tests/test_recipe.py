@@ -239,3 +239,14 @@ def test_a_run_that_forgets_past_the_bound_says_so_and_names_the_guard():
     held = {"general_loss_base": 1.0, "general_loss_after": 1.04}
     assert forgetting_warning(held, {"method": "none", "max_increase": 0.05}) is None
     assert forgetting_warning({}, {"method": "none"}) is None  # no probe ran
+
+
+def test_a_project_from_tunesmith_init_leaves_the_recipes_settings_to_it(tmp_path):
+    """The template documents every setting; the ones the recipe decides are commented out, or an
+    init'd project would name them all and never get the recipe."""
+    from tunesmith.train.recipe import PLANNED
+    from tunesmith.workspace import init_project
+
+    config = load_config(init_project(tmp_path / "p"))
+    assert config.train.recipe == "auto" and config.train.objective == "auto"
+    assert not set(PLANNED) & set_by_config(config.train)
