@@ -249,22 +249,12 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
     config.write_text(
         f"project: reviews\nmodel:\n  id: {tiny_model_dir}\ndata:\n  path: {path}\n", encoding="utf-8"
     )
-    result = runner.invoke(app, ["data", "validate", str(config), "--map", "text=content,label=sentiment"])
+    validate = ["data", "validate", str(config), "--map", "text=content,label=sentiment"]
+    result = runner.invoke(app, validate)
     assert result.exit_code == 0, result.output
     assert "text_label (100% of 41 sampled rows)" in result.output
     assert "train.objective auto chose classify" in " ".join(result.output.split())
-    named = runner.invoke(
-        app,
-        [
-            "data",
-            "validate",
-            str(config),
-            "--map",
-            "text=content,label=sentiment",
-            "--set",
-            "train.objective=sft",
-        ],
-    )
+    named = runner.invoke(app, [*validate, "--set", "train.objective=sft"])
     assert "warning: train.objective=sft needs sft rows" in " ".join(named.output.split())
     strict = runner.invoke(
         app,

@@ -224,6 +224,14 @@ def objective_for_rows(
     return config
 
 
+def put_setting(section: dict[str, Any], key: str, value: Any) -> None:
+    """Set the dotted `key` (`lora.r`) in a dumped config section."""
+    *parents, last = key.split(".")
+    for parent in parents:
+        section = section[parent]
+    section[last] = value
+
+
 def with_objective(config: ProjectConfig, choice: ObjectiveChoice) -> ProjectConfig:
     """`config` training `choice`'s objective with its settings, checked as a config file would be.
 
@@ -238,11 +246,7 @@ def with_objective(config: ProjectConfig, choice: ObjectiveChoice) -> ProjectCon
     train["objective"] = choice.objective
     train["chosen_by_recipe"] = {**train["chosen_by_recipe"], "objective": choice.reason}
     for key, value in choice.settings.items():
-        section = train
-        *parents, last = key.removeprefix("train.").split(".")
-        for parent in parents:
-            section = section[parent]
-        section[last] = value
+        put_setting(train, key.removeprefix("train."), value)
     try:
         checked = TrainConfig.model_validate(train)
     except ValidationError as exc:

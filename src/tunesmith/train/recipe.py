@@ -270,7 +270,7 @@ def plan_run(config: ProjectConfig, dataset: DatasetVersion, *, announce: bool =
         TrainConfigError: when the rows do not fit the objective, or a setting does not fit the
             objective `auto` picked.
     """
-    from tunesmith.train.objectives import resolve_objective
+    from tunesmith.train.objectives import put_setting, resolve_objective
 
     named = set_by_config(config.train)
     config = resolve_objective(config, dataset, announce=announce)
@@ -279,7 +279,7 @@ def plan_run(config: ProjectConfig, dataset: DatasetVersion, *, announce: bool =
         return config
     train = config.train.model_dump()
     for choice in chosen:
-        _put(train, choice.key, choice.value)
+        put_setting(train, choice.key, choice.value)
     if "lora.r" in {c.key for c in chosen} and "lora.lora_alpha" not in named:
         train["lora"]["lora_alpha"] = 2 * train["lora"]["r"]  # the scale LoRA is usually trained at
     train["chosen_by_recipe"] = {**train["chosen_by_recipe"], **{c.key: c.reason for c in chosen}}
@@ -313,11 +313,3 @@ def _show(value: Any) -> str:
     if isinstance(value, float) and 0 < value < 0.01:
         return f"{value:.0e}"
     return str(value)
-
-
-def _put(train: dict[str, Any], key: str, value: Any) -> None:
-    *parents, last = key.split(".")
-    section = train
-    for parent in parents:
-        section = section[parent]
-    section[last] = value
