@@ -128,8 +128,46 @@ def test_detection_reports_confidence_and_mixes():
     detection = detect_format(rows)
     assert detection.format == "chat" and detection.confidence == pytest.approx(0.8)
     assert detection.votes == {"chat": 8, "prompt_completion": 2}
-    with pytest.raises(RowError, match=r"fields seen: content, sentiment.*--map"):
-        detect_format([{"content": "x", "sentiment": "pos"}])
+    with pytest.raises(RowError, match=r"fields seen: body, mood.*--map"):
+        detect_format([{"body": "x", "mood": "pos"}])
+
+
+@pytest.mark.parametrize(
+    ("row", "fmt", "columns"),
+    [
+        ({"sentence": "a fine film", "label": 1}, "text_label", {"text": "sentence"}),
+        ({"text": "card not arrived", "category": "card_arrival"}, "text_label", {"label": "category"}),
+        ({"Review": "dull", "Sentiment": "neg"}, "text_label", {"text": "Review", "label": "Sentiment"}),
+        ({"question": "2+2?", "answer": "#### 4"}, "prompt_completion",
+         {"prompt": "question", "completion": "answer"}),
+        ({"dialogue": "#P1#: hi", "summary": "P1 greets.", "topic": "greeting"}, "prompt_completion",
+         {"prompt": "dialogue", "completion": "summary"}),
+        ({"instruction": "Cancel my order", "response": "Done.", "intent": "cancel_order"}, "alpaca",
+         {"output": "response"}),
+    ],
+)  # fmt: skip
+def test_common_column_names_are_read_as_the_fields_they_mean(row, fmt, columns):
+    rows = [dict(row) for _ in range(3)] + [
+        {**row, **{k: "other" for k in row if k.lower() in ("category", "sentiment")}}
+    ]
+    detection = detect_format(rows)
+    assert (detection.format, detection.columns) == (fmt, columns)
+    assert (
+        "columns read as" in detection.describe()
+        and "data.columns or data.format overrides" in detection.describe()
+    )
+    assert convert(apply_mapping(row, detection.columns), fmt)
+
+
+def test_a_column_is_read_as_a_label_only_when_its_values_look_like_classes():
+    prose = [
+        {"text": f"paragraph {i}", "category": f"a long free-text note number {i} about it"} for i in range(6)
+    ]
+    unique = [{"text": f"paragraph {i}", "category": f"c{i}"} for i in range(6)]
+    for rows in (prose, unique):
+        detection = detect_format(rows)
+        assert (detection.format, detection.columns) == ("text", {})
+    assert detect_format([{"text": "x", "label": "a"}]).columns == {}  # canonical names: nothing to read
 
 
 def test_column_mapping_renames_odd_columns():

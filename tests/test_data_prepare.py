@@ -274,7 +274,7 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
     said = " ".join(typo.output.split())
     assert typo.exit_code == 2 and "names 'contents' (for text), but no row has that column" in said
     assert "the columns are: content, sentiment" in said and "Traceback" not in said
-    ids = []
+    ids, summaries = [], []
     for seed in (0, 1):
         prepared = runner.invoke(
             app,
@@ -292,8 +292,26 @@ def test_data_cli_validate_prepare_show_diff(tmp_path, tiny_model_dir):
         )
         assert prepared.exit_code == 0, prepared.output
         ids.append(prepared.output.split("Dataset version ")[1].split(":")[0])
+        summaries.append(prepared.output.split("Dataset version ")[1].split(":")[1].split("→")[0])
     shown = runner.invoke(app, ["data", "show", ids[0], "--config", str(config)])
     assert "classification" in shown.output and "neg" in shown.output
+    # without --map, the columns are read by their names, said, and give the same rows
+    by_name = runner.invoke(
+        app,
+        [
+            "data",
+            "prepare",
+            str(config),
+            "--set",
+            "data.split.seed=0",
+            "--set",
+            "data.split.strategy=stratified",
+        ],
+    )
+    said = " ".join(by_name.output.split())
+    assert by_name.exit_code == 0, by_name.output
+    assert "columns read as text ← content, label ← sentiment: data.columns or data.format overrides" in said
+    assert by_name.output.split("Dataset version ")[1].split(":")[1].split("→")[0] == summaries[0]
     diff = runner.invoke(app, ["data", "diff", ids[0], ids[1], "--config", str(config)])
     assert diff.exit_code == 0 and "data.split.seed: 0 → 1" in diff.output
 

@@ -49,6 +49,12 @@ def test_key_facts_short_answers_summaries_and_open_answers():
     sums = [chat(f"What is {a} plus {b}?", str(a + b)) for a, b in zip(range(10), range(10, 20), strict=True)]
     short = default_metrics("generation", sums)
     assert short.metrics[0] == "exact_match" and "short answers" in short.reason
+    worked = [
+        chat(f"Ann has {a} apples and buys {b} more. How many now?", f"{a} + {b} = {a + b}.\n#### {a + b}")
+        for a, b in zip(range(10), range(10, 20), strict=True)
+    ]
+    finals = default_metrics("generation", worked)
+    assert finals.metrics[0] == "numeric_match" and "10 of 10 answers end in a final answer" in finals.reason
     story = " ".join(
         f"On day {i} the committee met again and discussed the budget at length." for i in range(12)
     )

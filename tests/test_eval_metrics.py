@@ -267,3 +267,12 @@ def test_quickstart_sweeps_and_reports_score_corpus_metrics_one_way(monkeypatch)
     assert result.means["bleu"] == pytest.approx(reported.scores["bleu"].value)
     low, high = result.intervals["bleu"].low, result.intervals["bleu"].high
     assert low <= result.means["bleu"] <= high
+
+
+def test_numeric_match_scores_the_final_number_as_the_rl_checker_does():
+    metric = get_metric("numeric_match")
+    reference = "She sells 16 - 3 - 4 = 9 eggs.\n#### 18"
+    answers = ["9 eggs at $2 is 18.\n#### 18", "The answer is 18", "So 9 * 2 = 18 dollars", "#### 9", ""]
+    stats = metric.stats(answers, [reference] * 5, [{}] * 5, None)
+    assert [row[0] for row in stats] == [1.0, 1.0, 1.0, 0.0, 0.0]
+    assert metric.score(stats.sum(0)) == pytest.approx(0.6)

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from conftest import demo_rows, logged_metrics
+from tunesmith.answers import final_number, numeric_match
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import load_split
 from tunesmith.data.formats import transcript_messages
@@ -15,7 +16,6 @@ from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.reward import RewardModel
 from tunesmith.store import DatasetVersion, RunMetric, session
 from tunesmith.train.preference import preference_rows, unpaired_rows
-from tunesmith.train.rewards import final_number, numeric_match
 from tunesmith.train.run import train
 from tunesmith.workspace import open_workspace
 

@@ -75,6 +75,11 @@ def _print_version(version: DatasetVersion) -> None:
         f"{version.source}",
         soft_wrap=True,
     )
+    columns = (report.get("detection") or {}).get("columns")
+    if columns:
+        from tunesmith.data.formats import describe_columns
+
+        out.print(f"Format: {report['detection']['format']}, {describe_columns(columns)}", soft_wrap=True)
     lineage = version.meta.get("lineage")
     if lineage:
         shown = {

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from itertools import pairwise
 from typing import Any
 
@@ -420,12 +421,76 @@ class Detection:
     confidence: float  # share of sampled rows that match it
     votes: dict[str, int]  # format -> sampled rows that match it best (`unknown` for none)
     sampled: int
+    columns: dict[str, str] = dataclass_field(default_factory=dict)  # canonical field -> column, read by name
 
     def describe(self) -> str:
         others = ", ".join(f"{name} {count}" for name, count in self.votes.items() if name != self.format)
-        return f"{self.format} ({100 * self.confidence:.0f}% of {self.sampled} sampled rows" + (
-            f"; others: {others})" if others else ")"
+        return (
+            f"{self.format} ({100 * self.confidence:.0f}% of {self.sampled} sampled rows"
+            + (f"; others: {others}" if others else "")
+            + (f"; {describe_columns(self.columns)}" if self.columns else "")
+            + ")"
         )
+
+
+def describe_columns(columns: dict[str, str]) -> str:
+    """How `detect_format` read columns by their names, and what overrides it."""
+    read_as = ", ".join(f"{canonical} ← {column}" for canonical, column in columns.items())
+    return f"columns read as {read_as}: data.columns or data.format overrides"
+
+
+# Column names that commonly mean a canonical field, by the format they make. Tried, in this order,
+# only when no format fits the rows as they are, or only raw text does (which would train on one
+# column and ignore the rest): the mapping a practitioner would otherwise write in data.columns.
+SYNONYMS: dict[str, dict[str, tuple[str, ...]]] = {
+    "alpaca": {"instruction": ("instruction",), "output": ("output", "response", "answer")},
+    "prompt_completion": {
+        "prompt": (
+            "prompt", "question", "query", "input", "dialogue", "dialog", "conversation", "document",
+            "article", "passage", "source", "text",
+        ),
+        "completion": (
+            "completion", "answer", "response", "output", "summary", "highlights", "reply", "target",
+        ),
+    },
+    "text_label": {
+        "text": ("text", "sentence", "content", "utterance", "review", "tweet", "comment", "document"),
+        "label": ("label", "category", "intent", "class", "sentiment", "emotion"),
+    },
+}  # fmt: skip
+
+
+def infer_columns(rows: list[dict[str, Any]]) -> tuple[str, dict[str, str]] | None:
+    """A format and the columns (canonical field -> column) that the rows' column names suggest,
+    or None. A label column must look like classes: short scalar values that repeat."""
+    names: dict[str, str] = {}
+    for row in rows:
+        for key in row:
+            names.setdefault(key.lower(), key)
+    for fmt, fields in SYNONYMS.items():
+        mapping: dict[str, str] = {}
+        for canonical, candidates in fields.items():
+            column = next(
+                (names[c] for c in candidates if c in names and names[c] not in mapping.values()), None
+            )
+            if column is None:
+                break
+            mapping[canonical] = column
+        else:
+            if fmt == "text_label" and not _looks_like_classes([row.get(mapping["label"]) for row in rows]):
+                continue
+            renamed = {canonical: column for canonical, column in mapping.items() if canonical != column}
+            if renamed:
+                return fmt, renamed
+    return None
+
+
+def _looks_like_classes(values: list[Any]) -> bool:
+    present = [v for v in values if v is not None and v != ""]
+    if not present or not all(isinstance(v, str | int | bool) for v in present):
+        return False
+    words = sum(len(str(v).split()) for v in present) / len(present)
+    return words <= 5 and len(set(map(str, present))) <= max(2, len(present) // 2)
 
 
 def match_format(row: dict[str, Any]) -> str | None:
@@ -440,7 +505,8 @@ def match_format(row: dict[str, Any]) -> str | None:
 
 
 def detect_format(rows: list[dict[str, Any]], sample: int = 1000) -> Detection:
-    """Vote over (up to `sample`) rows for the format that fits them best.
+    """Vote over (up to `sample`) rows for the format that fits them best; when none fits, or only
+    raw text, read their columns by name (`infer_columns`, reported in `Detection.columns`).
 
     Raises:
         RowError: when no sampled row matches any format, listing the fields seen.
@@ -449,6 +515,11 @@ def detect_format(rows: list[dict[str, Any]], sample: int = 1000) -> Detection:
     picked = rows[::step][:sample]
     votes = Counter(match_format(row) or "unknown" for row in picked)
     known = [(count, name) for name, count in votes.items() if name != "unknown"]
+    columns: dict[str, str] = {}
+    if {name for _, name in known} <= {"text"} and (inferred := infer_columns(picked)) is not None:
+        columns = inferred[1]
+        votes = Counter(match_format(apply_mapping(row, columns)) or "unknown" for row in picked)
+        known = [(count, name) for name, count in votes.items() if name != "unknown"]
     if not known:
         fields = Counter(field for row in picked for field in row)
         seen = ", ".join(f for f, _ in fields.most_common(8)) or "none"
@@ -459,7 +530,11 @@ def detect_format(rows: list[dict[str, Any]], sample: int = 1000) -> Detection:
         )
     count, name = max(known)
     return Detection(
-        format=name, confidence=count / len(picked), votes=dict(votes.most_common()), sampled=len(picked)
+        format=name,
+        confidence=count / len(picked),
+        votes=dict(votes.most_common()),
+        sampled=len(picked),
+        columns=columns,
     )
 
 

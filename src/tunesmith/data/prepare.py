@@ -184,21 +184,33 @@ def data_format(config: DataConfig, base_dir: Path | None = None) -> str:
     return detection.format
 
 
+def _detect(
+    read: ReadResult, config: DataConfig, mapped: list[tuple[str, dict[str, Any]]]
+) -> tuple[Detection | None, str, dict[str, Any]]:
+    """The rows' format (None: `data.format` names it), its kind, and the convert step's details."""
+    if config.format != "auto":
+        kind = FORMATS[config.format].kind
+        return None, kind, {"format": config.format, "kind": kind}
+    try:
+        detection = detect_format([row for _, row in mapped])
+    except RowError as exc:
+        raise DataError(f"{', '.join(read.files[:3])}: {exc}") from None
+    kind = FORMATS[detection.format].kind
+    details = {"format": detection.format, "kind": kind}
+    if detection.columns:
+        details["columns"] = ", ".join(f"{k}={v}" for k, v in detection.columns.items())
+    return detection, kind, details
+
+
 def _convert_rows(
     read: ReadResult, config: DataConfig, rejected: list[Rejected], steps: list[Step]
 ) -> tuple[list[Item], str, Detection | None]:
     _check_mapping(read, config)
     mapped = [(row.location, apply_mapping(row.row, config.columns)) for row in read.rows]
-    if config.format == "auto":
-        try:
-            detection: Detection | None = detect_format([row for _, row in mapped])
-        except RowError as exc:
-            raise DataError(f"{', '.join(read.files[:3])}: {exc}") from None
-        assert detection is not None
-        kind = FORMATS[detection.format].kind
-    else:
-        detection, kind = None, FORMATS[config.format].kind
-    step = Step("convert", details={"format": detection.format if detection else config.format, "kind": kind})
+    detection, kind, details = _detect(read, config, mapped)
+    if detection is not None and detection.columns:  # the columns read by their names
+        mapped = [(location, apply_mapping(row, detection.columns)) for location, row in mapped]
+    step = Step("convert", details=details)
     items: list[Item] = []
     labels = set(config.labels) if config.labels is not None else None
     for location, row in mapped:
@@ -801,6 +813,7 @@ def _detection_json(detection: Detection | None) -> dict[str, Any] | None:
         "confidence": detection.confidence,
         "votes": detection.votes,
         "sampled": detection.sampled,
+        "columns": detection.columns,
     }
 
 

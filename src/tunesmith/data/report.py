@@ -6,6 +6,7 @@ import html
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.data.formats import describe_columns
 from tunesmith.plots import png_base64
 
 if TYPE_CHECKING:
@@ -101,7 +102,9 @@ def write_html_report(report: dict[str, Any], prepared: Prepared, path: Path) ->
         f"<p>Source <code>{html.escape(str(report['source']))}</code>, kind <b>{report['kind']}</b>"
         + (
             f", detected format <b>{detection['format']}</b> ({100 * detection['confidence']:.0f}% of "
-            f"{detection['sampled']} sampled rows)"
+            f"{detection['sampled']} sampled rows"
+            + (f"; {html.escape(describe_columns(detection['columns']))}" if detection.get("columns") else "")
+            + ")"
             if detection
             else ""
         )

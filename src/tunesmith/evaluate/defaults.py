@@ -6,6 +6,8 @@ generation the set follows the references:
 - translation (the answers are in another language than the prompts, by `py3langid`): chrF and
   BLEU first; exact match and key facts say nothing about a translation;
 - items that list `key_facts`: the key-fact score first;
+- answers that end in a final answer (`#### 42`, "The answer is 42": worked maths such as gsm8k):
+  the final number's match first;
 - short answers (a median of at most `SHORT_ANSWER_WORDS` words): exact match first;
 - summaries (answers that condense long prompts): ROUGE first;
 - other open answers: ROUGE-L first.
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tunesmith.answers import has_final_answer
 from tunesmith.evaluate.metrics import DEFAULT_METRICS, TaskKind
 
 SAMPLE = 200  # items looked at
@@ -38,6 +42,7 @@ MIN_IDENTIFIED = 5
 GENERATION_SETS: dict[str, list[str]] = {
     "translation": ["chrf", "bleu", "rouge_l", "exact_match"],
     "key facts": ["key_fact", "exact_match", "rouge_l", "rouge_1", "rouge_2", "bleu", "chrf"],
+    "final answers": ["numeric_match", "exact_match", "rouge_l", "chrf"],
     "short answers": ["exact_match", "key_fact", "chrf", "rouge_l"],
     "summaries": ["rouge_1", "rouge_2", "rouge_l", "bleu", "chrf"],
     "open answers": ["rouge_l", "rouge_1", "rouge_2", "chrf", "bleu", "exact_match", "key_fact"],
@@ -61,29 +66,45 @@ def default_metrics(kind: TaskKind | str, items: list[dict[str, Any]]) -> Metric
         return MetricChoice(list(DEFAULT_METRICS.get(kind, [])))
     sample = items[:: max(1, len(items) // SAMPLE)][:SAMPLE]
     pairs = [(_prompt(item), _reference(item)) for item in sample]
-    translated = _translation(pairs)
-    if translated is not None:
-        return MetricChoice(GENERATION_SETS["translation"], translated)
-    with_facts = sum(bool(item.get("key_facts")) for item in sample)
-    if with_facts * 2 >= len(sample):
-        return MetricChoice(
-            GENERATION_SETS["key facts"], f"{with_facts} of {len(sample)} items list key facts"
-        )
+    for name, rule in RULES:
+        reason = rule(sample, pairs)
+        if reason is not None:
+            return MetricChoice(GENERATION_SETS[name], reason)
     answer_words = statistics.median(len(reference.split()) for _, reference in pairs)
-    if answer_words <= SHORT_ANSWER_WORDS:
-        return MetricChoice(
-            GENERATION_SETS["short answers"], f"short answers (a median of {answer_words:g} words)"
-        )
-    prompt_words = statistics.median(len(prompt.split()) for prompt, _ in pairs)
-    if prompt_words >= SUMMARY_PROMPT_WORDS and answer_words <= SUMMARY_RATIO * prompt_words:
-        return MetricChoice(
-            GENERATION_SETS["summaries"],
-            f"summaries (answers of {answer_words:g} words from prompts of {prompt_words:g}, medians)",
-        )
     return MetricChoice(GENERATION_SETS["open answers"], f"open answers (a median of {answer_words:g} words)")
 
 
-def _translation(pairs: list[tuple[str, str]]) -> str | None:
+Pairs = list[tuple[str, str]]  # (prompt, reference) per sampled item
+
+
+def _key_facts(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
+    with_facts = sum(bool(item.get("key_facts")) for item in sample)
+    return f"{with_facts} of {len(sample)} items list key facts" if with_facts * 2 >= len(sample) else None
+
+
+def _final_answers(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
+    finals = sum(has_final_answer(reference) for _, reference in pairs)
+    if finals * 2 < len(pairs):
+        return None
+    return f"{finals} of {len(pairs)} answers end in a final answer (#### or 'the answer is')"
+
+
+def _short_answers(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
+    answer_words = statistics.median(len(reference.split()) for _, reference in pairs)
+    if answer_words > SHORT_ANSWER_WORDS:
+        return None
+    return f"short answers (a median of {answer_words:g} words)"
+
+
+def _summaries(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
+    answer_words = statistics.median(len(reference.split()) for _, reference in pairs)
+    prompt_words = statistics.median(len(prompt.split()) for prompt, _ in pairs)
+    if prompt_words < SUMMARY_PROMPT_WORDS or answer_words > SUMMARY_RATIO * prompt_words:
+        return None
+    return f"summaries (answers of {answer_words:g} words from prompts of {prompt_words:g}, medians)"
+
+
+def _translation(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
     """Why the items look like translation (their answers in another language), or None."""
     identified = []
     for prompt, reference in pairs:
@@ -125,3 +146,13 @@ def _prompt(item: dict[str, Any]) -> str:
 def _reference(item: dict[str, Any]) -> str:
     messages = item.get("messages") or [{"content": ""}]
     return str(messages[-1].get("content") or "")
+
+
+# tried in this order; the first that holds picks the set (else: open answers)
+RULES: list[tuple[str, Callable[[list[dict[str, Any]], Pairs], str | None]]] = [
+    ("translation", _translation),
+    ("key facts", _key_facts),
+    ("final answers", _final_answers),
+    ("short answers", _short_answers),
+    ("summaries", _summaries),
+]

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tunesmith import answers
+
 TaskKind = Literal["generation", "classification", "tagging", "lm"]
 ItemFn = Callable[[str, str, dict[str, Any]], float]
 StatsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[dict[str, Any]], "Context"], np.ndarray]
@@ -192,6 +194,13 @@ def normalise(text: str) -> str:
 def exact_match(answer: str, reference: str, item: dict[str, Any]) -> float:
     """1 when the normalised answer equals the normalised reference."""
     return float(normalise(answer) == normalise(reference))
+
+
+@register_metric("numeric_match")
+def numeric_match(answer: str, reference: str, item: dict[str, Any]) -> float:
+    """1 when the answer's final number (after `####` or "the answer is", else its last number)
+    equals the reference's: gsm8k-style maths, scored as the RL checker of the same name scores it."""
+    return answers.numeric_match(answer, reference)
 
 
 @register_metric("key_fact")

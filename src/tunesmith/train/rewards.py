@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.answers import CHECKERS
 from tunesmith.config import RewardSpec
 from tunesmith.models.reward import completion_text
 from tunesmith.registry.reward import RewardError, RewardModel
@@ -22,55 +22,6 @@ if TYPE_CHECKING:
     from tunesmith.workspace import Workspace
 
 RewardFn = Callable[..., list[float]]
-
-
-# --- checkers ------------------------------------------------------------------------------------
-
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-_FINAL = re.compile(r"(?:####|answer is|answer:|answer =)\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)", re.IGNORECASE)
-
-
-def final_number(text: str) -> float | None:
-    """The answer's number: after `####` or "the answer is" when present, else the last number."""
-    final = _FINAL.findall(text)
-    found = final[-1] if final else (_NUMBER.findall(text) or [None])[-1]
-    if found is None:
-        return None
-    try:
-        return float(found.replace(",", ""))
-    except ValueError:
-        return None
-
-
-def _normal(text: str) -> str:
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
-
-
-def numeric_match(answer: str, reference: str) -> float:
-    expected, got = final_number(reference), final_number(answer)
-    return float(expected is not None and got is not None and abs(expected - got) < 1e-6)
-
-
-def exact_match(answer: str, reference: str) -> float:
-    return float(_normal(answer) == _normal(reference))
-
-
-def contains(answer: str, reference: str) -> float:
-    return float(bool(_normal(reference)) and _normal(reference) in _normal(answer))
-
-
-def answer_format(answer: str, reference: str) -> float:
-    """1 when the answer closes with a final-answer line (`#### 42`, "The answer is 42"), else 0."""
-    last = answer.strip().splitlines()[-1] if answer.strip() else ""
-    return float(bool(_FINAL.search(last)))
-
-
-CHECKERS: dict[str, Callable[[str, str], float]] = {
-    "numeric_match": numeric_match,
-    "exact_match": exact_match,
-    "contains": contains,
-    "answer_format": answer_format,
-}
 
 
 def checker_function(name: str) -> RewardFn:
