@@ -248,5 +248,50 @@ def test_a_project_from_tunesmith_init_leaves_the_recipes_settings_to_it(tmp_pat
     from tunesmith.workspace import init_project
 
     config = load_config(init_project(tmp_path / "p"))
+    chats = dataset(2000, p95=60, p99=70, longest=72)
     assert config.train.recipe == "auto" and config.train.objective == "auto"
     assert not set(PLANNED) & set_by_config(config.train)
+    plan = {
+        c.key: c for c in plan_recipe(plan_run_objective(config, chats), chats, set_by_config(config.train))
+    }
+    assert all(c.chosen for c in plan.values()), [c for c in plan.values() if not c.chosen]
+
+
+def test_a_time_budget_caps_the_steps_to_what_fits_with_its_evaluations():
+    from tunesmith.train.recipe import budget_steps
+    from tunesmith.train.sft import TrainConfigError
+
+    data = dataset(4000, p95=60, p99=70, longest=72, val=160)
+    config = load_config(None, ["train.batch_size=8", "train.epochs=3", "train.time_budget_minutes=10"])
+    config = plan_run_objective(config, data)
+    # 500 steps an epoch at 0.5 s: 3 epochs are 12.5 min; each evaluation 20 batches x 0.5 s / 3
+    steps, reason = budget_steps(config, data, 0.5, 30.0)
+    evaluation = 20 * 0.5 / 3
+    assert steps == int((600 - 30 - 2 * evaluation) / 0.5)  # the two epochs' evaluations it reaches
+    assert "the 10-min budget allows 1126 steps at 0.50 s a step (measured), 2.3 epochs" in reason
+    assert budget_steps(config, data, 0.1, 30.0) is None  # 1,500 steps of 0.1 s fit
+    big = dataset(400_000, p95=60, p99=70, longest=72, val=160)
+    _, share = budget_steps(config, big, 0.5, 30.0)
+    assert "2% of the 400,000 train rows" in share  # the budget trains on a share of a large set
+    with pytest.raises(TrainConfigError, match="allows 4 steps .* at least 10"):
+        budget_steps(config, data, 120.0, 30.0)
+
+
+def test_a_run_with_a_time_budget_times_its_steps_and_trains_what_fits(tmp_path, tiny_model_dir):
+    from tunesmith.registry import get_version
+    from tunesmith.workspace import open_workspace
+
+    config = write_project(tmp_path, tiny_model_dir)
+    sets = ["train.max_steps=-1", "train.epochs=500", "train.time_budget_minutes=0.3"]
+    trained = runner.invoke(app, ["train", str(config), *(a for s in sets for a in ("--set", s))])
+    said = " ".join(trained.output.split())
+    assert trained.exit_code == 0, said
+    assert "recipe: max_steps" in said and "the 0.3-min budget allows" in said and "(measured)" in said
+    workspace = open_workspace(load_config(config))
+    version = get_version(workspace, "recipe-v1")
+    steps = version.config["train"]["max_steps"]
+    assert steps > 10 and "budget" in version.config["train"]["chosen_by_recipe"]["max_steps"]
+    logged = [
+        json.loads(line) for line in (workspace.root / "runs" / version.run_id / "metrics.jsonl").open()
+    ]
+    assert max(h["step"] for h in logged) == steps

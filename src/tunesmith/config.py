@@ -496,6 +496,10 @@ class TrainConfig(_Section):
     init_from: str | None = None
     num_train_epochs: float = Field(3.0, gt=0, validation_alias=AliasChoices("num_train_epochs", "epochs"))
     max_steps: int = -1  # > 0 overrides the epochs
+    # minutes the run may train for (its timing steps and evaluations included): a few steps are
+    # timed when it starts, and max_steps is capped to what fits, which trains on a share of the
+    # rows when the data is larger than the budget allows (printed, and recorded as the recipe's)
+    time_budget_minutes: float | None = Field(None, gt=0)
     learning_rate: float = Field(2e-4, gt=0, validation_alias=AliasChoices("learning_rate", "lr"))
     per_device_train_batch_size: int = Field(
         8, gt=0, validation_alias=AliasChoices("per_device_train_batch_size", "batch_size")

@@ -123,11 +123,12 @@ def _not_for(train: TrainConfig, key: str, named: set[str]) -> bool:
             train.method not in ("lora", "qlora") or train.objective not in GENERATIVE_OBJECTIVES
         ),
         "warmup_steps": lambda: train.objective not in GENERATIVE_OBJECTIVES,
-        "per_device_train_batch_size": lambda: bool(
-            {"effective_batch_size", "gradient_accumulation_steps"} & named
+        # by value, not by being named: a template that spells out the defaults still gets the recipe
+        "per_device_train_batch_size": lambda: (
+            train.effective_batch_size is not None or train.gradient_accumulation_steps != 1
         ),
-        # a mixture streams its own epochs
-        "num_train_epochs": lambda: "max_steps" in named or train.objective == "multitask",
+        # a step count decides the length instead; a mixture streams its own epochs
+        "num_train_epochs": lambda: train.max_steps > 0 or train.objective == "multitask",
         "early_stopping_patience": lambda: train.save_strategy == "no",  # no checkpoint to restore
         "forgetting.method": lambda: (
             train.objective not in REPLAY_OBJECTIVES or train.method not in REPLAY_METHODS
@@ -247,6 +248,62 @@ class _Recipe:
             f"general rows ({share:.0%} of the train rows) replayed beside them keep what the model "
             "knew (the quickstart: general answer loss -24% with replay, +33% without)"
         )
+
+
+# a time budget: evaluating a batch costs about this share of a training step (a forward pass, no
+# backward), and a budget that allows fewer steps than this is refused as too small to learn in
+EVAL_STEP_SHARE = 1 / 3
+MIN_BUDGET_STEPS = 10
+
+
+def budget_steps(
+    config: ProjectConfig, dataset: DatasetVersion, seconds_per_step: float, spent: float
+) -> tuple[int, str] | None:
+    """The optimizer steps that `train.time_budget_minutes` allows at a measured `seconds_per_step`
+    after `spent` seconds of measuring, and why; None when the planned run fits in it.
+
+    Each epoch's evaluation on the validation split is counted in (about `EVAL_STEP_SHARE` of a
+    step per batch).
+
+    Raises:
+        TrainConfigError: when the budget allows fewer than `MIN_BUDGET_STEPS` steps.
+    """
+    from tunesmith.train.objectives import get_objective
+    from tunesmith.train.sft import TrainConfigError
+
+    train = config.train
+    assert train.time_budget_minutes is not None
+    budget = train.time_budget_minutes * 60
+    per_step = get_objective(train.objective).rows_per_step(train)
+    rows = int(dataset.counts.get("train", 0))
+    if train.forgetting.method == "replay":  # general rows join every epoch
+        rows += math.ceil(rows * train.forgetting.replay_fraction)
+    val_rows = int(dataset.counts.get("val", 0))  # evaluated once an epoch
+    steps_per_epoch = max(1, math.ceil(rows / per_step))
+    evaluation = math.ceil(val_rows / train.per_device_train_batch_size) * seconds_per_step * EVAL_STEP_SHARE
+    planned = math.ceil(steps_per_epoch * train.num_train_epochs)
+    epochs = math.ceil(train.num_train_epochs)
+    if spent + planned * seconds_per_step + epochs * evaluation <= budget:
+        return None
+    # evaluations at the epochs the capped run still reaches, then whatever is left for steps
+    allowed = int((budget - spent) / seconds_per_step)
+    for _ in range(3):
+        reached = allowed // steps_per_epoch
+        allowed = int((budget - spent - reached * evaluation) / seconds_per_step)
+    if allowed < MIN_BUDGET_STEPS:
+        raise TrainConfigError(
+            f"train.time_budget_minutes={train.time_budget_minutes:g} allows {max(allowed, 0)} steps at "
+            f"{seconds_per_step:.2f} s a step (measured); at least {MIN_BUDGET_STEPS} are needed to learn "
+            "anything: raise the budget, or shorten train.max_length"
+        )
+    share = min(1.0, allowed * per_step / rows) if rows else 1.0
+    seen = (
+        f"{share:.0%} of the {rows:,} train rows" if share < 1 else f"{allowed / steps_per_epoch:.1f} epochs"
+    )
+    return allowed, (
+        f"the {train.time_budget_minutes:g}-min budget allows {allowed} steps at {seconds_per_step:.2f} s a "
+        f"step (measured), {seen}, instead of the planned {planned}"
+    )
 
 
 def _power_of_two(value: int) -> int:
