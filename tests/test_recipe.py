@@ -273,7 +273,7 @@ def test_a_time_budget_caps_the_steps_to_what_fits_with_its_evaluations():
     big = dataset(400_000, p95=60, p99=70, longest=72, val=160)
     _, share = budget_steps(config, big, 0.5, 30.0)
     assert "2% of the 400,000 train rows" in share  # the budget trains on a share of a large set
-    with pytest.raises(TrainConfigError, match="allows 4 steps .* at least 10"):
+    with pytest.raises(TrainConfigError, match=r"allows 4 steps .* at least 10"):
         budget_steps(config, data, 120.0, 30.0)
 
 
