@@ -101,3 +101,7 @@ def test_eval_prints_the_choice_and_eval_metrics_overrides_it(tmp_path, tiny_byt
         app, ["eval", "de-v1", "--config", str(config), "--set", "eval.metrics=[exact_match]"]
     )
     assert named.exit_code == 0 and "translation" not in " ".join(named.output.split())
+    sampled = runner.invoke(app, ["eval", "de-v1", "--config", str(config), "--set", "eval.max_items=5"])
+    said = " ".join(sampled.output.split())
+    assert sampled.exit_code == 0 and "a seeded sample of 5 of the 8 items (eval.max_items)" in said
+    assert "5 items" in said or "on 5" in said, said

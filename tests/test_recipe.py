@@ -265,15 +265,27 @@ def test_a_time_budget_caps_the_steps_to_what_fits_with_its_evaluations():
     config = load_config(None, ["train.batch_size=8", "train.epochs=3", "train.time_budget_minutes=10"])
     config = plan_run_objective(config, data)
     # 500 steps an epoch at 0.5 s: 3 epochs are 12.5 min; each evaluation 20 batches x 0.5 s / 3
-    steps, reason = budget_steps(config, data, 0.5, 30.0)
+    plan = budget_steps(config, data, 0.5, 30.0)
     evaluation = 20 * 0.5 / 3
-    assert steps == int((600 - 30 - 2 * evaluation) / 0.5)  # the two epochs' evaluations it reaches
-    assert "the 10-min budget allows 1126 steps at 0.50 s a step (measured), 2.3 epochs" in reason
-    assert budget_steps(config, data, 0.1, 30.0) is None  # 1,500 steps of 0.1 s fit
+    # the three epochs it starts each end with an evaluation (the last one cut short too)
+    assert plan.steps == int((600 - 30 - 3 * evaluation) / 0.5) and plan.reserve == pytest.approx(evaluation)
+    assert "the 10-min budget allows 1120 steps at 0.50 s a step (measured), 2.2 epochs" in plan.reason
+    assert budget_steps(config, data, 0.1, 30.0).steps is None  # 1,500 steps of 0.1 s fit
     big = dataset(400_000, p95=60, p99=70, longest=72, val=160)
-    _, share = budget_steps(config, big, 0.5, 30.0)
-    assert "2% of the 400,000 train rows" in share  # the budget trains on a share of a large set
-    with pytest.raises(TrainConfigError, match=r"allows 4 steps .* at least 10"):
+    assert "2% of the 400,000 train rows" in budget_steps(config, big, 0.5, 30.0).reason
+    # a new head scores the test split when it ends: that is kept out of the steps too
+    labels = dataset(4000, p95=60, p99=70, longest=72, val=160, fmt="text_label")
+    head = budget_steps(
+        plan_run_objective(
+            load_config(None, ["train.batch_size=8", "train.epochs=3", "train.time_budget_minutes=10"]),
+            labels,
+        ),
+        labels,
+        0.5,
+        30.0,
+    )
+    assert head.reserve == pytest.approx(evaluation + 2 * 0.5 / 3)  # 10 test rows: 2 batches
+    with pytest.raises(TrainConfigError, match=r"allows 0 steps at 120.00 s a step .* at least 10"):
         budget_steps(config, data, 120.0, 30.0)
 
 
@@ -295,3 +307,18 @@ def test_a_run_with_a_time_budget_times_its_steps_and_trains_what_fits(tmp_path,
         json.loads(line) for line in (workspace.root / "runs" / version.run_id / "metrics.jsonl").open()
     ]
     assert max(h["step"] for h in logged) == steps
+
+
+def test_the_budget_guard_stops_a_run_whose_steps_run_slower_than_timed():
+    import time
+
+    from transformers import TrainerControl, TrainerState
+
+    from tunesmith.train.callbacks import BudgetStop
+
+    state, control = TrainerState(global_step=3, max_steps=10), TrainerControl()
+    BudgetStop(time.monotonic() + 60, 1.0).on_step_end(None, state, control)
+    assert not control.should_training_stop  # before the deadline
+    late = BudgetStop(time.monotonic() - 1, 1.0)
+    late.on_step_end(None, state, control)
+    assert control.should_training_stop and late.stopped_at == 3

@@ -82,6 +82,14 @@ def test_classify_trains_a_head_reports_the_test_split_and_beats_the_majority(tm
     assert set(results[1].outputs) <= {"billing", "hardware"}
     shown = runner.invoke(app, ["eval", "topics-v1", "--config", str(config_path)])
     assert shown.exit_code == 0 and "macro_f1" in shown.output
+    # with few-shot on, the base LM is also asked by prompting, zero-shot and with 3 train examples,
+    # each label scored as the answer, and the version is tested against them
+    prompted = run_eval(config, "topics-v1", few_shot=3)
+    systems = prompted.systems
+    assert [r.label for r in systems] == ["majority", "base 0-shot", "base 3-shot", "topics-v1"]
+    assert all(set(r.outputs) <= {"billing", "hardware"} for r in systems)
+    assert systems[-1].scores["accuracy"].value == pytest.approx(report["scores"]["accuracy"])
+    assert any("base 3-shot" in line for line in prompted.report["verdicts"])
 
 
 def test_classify_with_lora_saves_the_head_in_the_adapter(tmp_path, tiny_model_dir):

@@ -709,6 +709,7 @@ class EvalConfig(_Section):
     seed: int = 0
     compare: list[str] = Field(default_factory=lambda: ["base", "production"])  # beside the version
     few_shot: int = Field(0, ge=0)  # also score the base model prompted with k train examples
+    max_items: int | None = Field(None, gt=0)  # a seeded sample of the split's items (said in the report)
     slices: list[str] = Field(default_factory=list)  # columns to score separately (label, language...)
     bootstrap_resamples: int = Field(1000, ge=100)
     alpha: float = Field(0.05, gt=0, lt=1)  # significance level of the paired tests

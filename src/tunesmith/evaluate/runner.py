@@ -78,6 +78,7 @@ class Subject:
     label: str
     version: ModelVersion | None = None
     shots: int = 0
+    prompted: bool = False  # a classifier's task asked of the base LM (`evaluate.prompted`)
 
 
 @dataclass
@@ -298,7 +299,7 @@ def plan_eval(
     candidate = _candidate(workspace, config, ref)
     objective = candidate.config.get("train", {}).get("objective", "sft")
     kind = task_kind(objective)
-    few_shot = (settings.few_shot if few_shot is None else few_shot) if kind == "generation" else 0
+    few_shot = (settings.few_shot if few_shot is None else few_shot) if kind in PROMPTED_KINDS else 0
     judge = (settings.judge.enabled if judge is None else judge) and kind == "generation"
     subjects, notes = resolve_subjects(
         workspace,
@@ -309,12 +310,16 @@ def plan_eval(
         explicit=compare is not None,
         aliases=aliases,
     )
-    for subject in subjects:
-        if subject.ref == "base" and kind in ("classification", "tagging"):
-            subject.label = "majority" if kind == "classification" else "all O"  # a new head only guesses
+    subjects = _baselines(subjects, kind, few_shot)
     data, items = _eval_data(workspace, candidate, dataset, settings.split)
     items, excluded = exclude_trained_on(workspace, subjects, items)
     notes += [f"{row['items']} items excluded: {row['system']} trained on them" for row in excluded]
+    if settings.max_items is not None and len(items) > settings.max_items:
+        import random
+
+        notes.append(f"a seeded sample of {settings.max_items} of the {len(items)} items (eval.max_items)")
+        kept = sorted(random.Random(settings.seed).sample(range(len(items)), settings.max_items))
+        items = [items[i] for i in kept]
     metrics, why = _metrics_for(settings, kind, candidate.name, items)
     notes += [why] if why else []
     reward_ref = _reward_model_ref(workspace, (reward_model or settings.reward_model), kind, metrics)
@@ -686,13 +691,34 @@ def _probe_inputs(config: ProjectConfig) -> tuple[list[dict[str, Any]], list[dic
     return load_questions(probe, config.base_dir, config.eval.seed), load_text(probe, config.base_dir)
 
 
+# the task kinds whose base model few-shot prompting can be scored: generation (answers) and
+# classification (each label's likelihood as the answer); a tagger's base is all O
+PROMPTED_KINDS = ("generation", "classification")
+
+
+def _baselines(subjects: list[Subject], kind: TaskKind, few_shot: int) -> list[Subject]:
+    """A new head's base only guesses: it is the majority class (all O for a tagger). With few-shot
+    on, a classifier is also compared with the base LM prompted zero-shot and with k examples."""
+    out = []
+    for subject in subjects:
+        if subject.ref == "base" and kind in ("classification", "tagging"):
+            subject.label = "majority" if kind == "classification" else "all O"
+            out.append(subject)
+            if kind == "classification" and few_shot:
+                out.append(Subject("base+0shot", "base 0-shot", prompted=True))
+            continue
+        subject.prompted = kind == "classification" and subject.shots > 0
+        out.append(subject)
+    return out
+
+
 def _ordered_for_loading(subjects: list[Subject]) -> list[Subject]:
     """Few-shot right after base: the base model is loaded once for both."""
     return sorted(subjects, key=lambda s: 0 if s.version is None else 1)
 
 
 def _shots(dataset: DatasetVersion, k: int, seed: int) -> list[dict[str, Any]]:
-    train = [r for r in load_split(dataset, "train") if "messages" in r]
+    train = [r for r in load_split(dataset, "train") if "messages" in r or "label" in r]
     if len(train) < k:
         raise DataError(f"few-shot k={k} but dataset {dataset.id} has only {len(train)} train rows")
     return random.Random(seed).sample(train, k)
@@ -728,7 +754,9 @@ def _run_subject(
     cache_dir = plan.workspace.root / "eval_cache"
     result = SystemResult(subject.label, subject.ref, subject.version.id if subject.version else None, [])
     if kind in ("classification", "tagging") and subject.version is None:
-        result.outputs = _majority(kind, dataset, items)
+        result.outputs = (
+            _prompted(subject, plan, shots) if subject.prompted else _majority(kind, dataset, items)
+        )
         return result, None, None
     model, tokenizer, identity = _load(subject, candidate, plan.workspace)
     probed = None
@@ -823,6 +851,25 @@ def _load(subject: Subject, candidate: ModelVersion, workspace: Workspace) -> tu
     base = load_configured(model_cfg, dtype)
     check_base(candidate, base.base_revision, "comparing with the base of")
     return base.model, base.tokenizer, f"{model_cfg['id']}@{base.base_revision}:{dtype}"
+
+
+def _prompted(subject: Subject, plan: EvalPlan, shots: list[dict[str, Any]]) -> list[str]:
+    """A classifier's items asked of the base LM (`evaluate.prompted`), with the subject's shots."""
+    from tunesmith.evaluate.prompted import prompted_labels
+
+    model, tokenizer, _ = _load(subject, plan.candidate, plan.workspace)
+    try:
+        return prompted_labels(
+            model,
+            tokenizer,
+            plan.items,
+            plan.context.labels,
+            shots if subject.shots else [],
+            label=f"Asking {subject.label}",
+        )
+    finally:
+        del model
+        gc.collect()
 
 
 def _majority(kind: TaskKind, dataset: DatasetVersion, items: list[dict[str, Any]]) -> list[Any]:

@@ -161,3 +161,27 @@ def extra_callbacks(*callbacks: Any) -> Iterator[None]:
 
 def added_callbacks() -> list[Any]:
     return list(_EXTRA.get())
+
+
+class BudgetStop(TrainerCallback):
+    """Ends training at the step that reaches `deadline` (`time.monotonic()`): the wall-clock guard
+    of `train.time_budget_minutes`, for steps that run slower than they were timed. The step it
+    stops at is in `stopped_at` (None: the run ended on its own)."""
+
+    def __init__(self, deadline: float, minutes: float | None) -> None:
+        self.deadline, self.minutes = deadline, minutes
+        self.stopped_at: int | None = None
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if time.monotonic() >= self.deadline and state.global_step < state.max_steps:
+            from tunesmith.progress import console
+
+            self.stopped_at = state.global_step
+            control.should_training_stop = True
+            console.print(
+                f"time budget ({self.minutes:g} min): stopping at step {state.global_step} of "
+                f"{state.max_steps}, keeping the rest for the final evaluation",
+                highlight=False,
+            )

@@ -256,14 +256,25 @@ EVAL_STEP_SHARE = 1 / 3
 MIN_BUDGET_STEPS = 10
 
 
+@dataclass(frozen=True)
+class BudgetPlan:
+    """What `train.time_budget_minutes` allows: the steps (None: the planned run fits), why, and the
+    seconds kept for the work after the last step (the final evaluation, a classifier's test split)."""
+
+    steps: int | None
+    reason: str
+    reserve: float
+
+
 def budget_steps(
     config: ProjectConfig, dataset: DatasetVersion, seconds_per_step: float, spent: float
-) -> tuple[int, str] | None:
+) -> BudgetPlan:
     """The optimizer steps that `train.time_budget_minutes` allows at a measured `seconds_per_step`
-    after `spent` seconds of measuring, and why; None when the planned run fits in it.
+    after `spent` seconds of measuring.
 
-    Each epoch's evaluation on the validation split is counted in (about `EVAL_STEP_SHARE` of a
-    step per batch).
+    Counted in: one evaluation of the validation split at the end of every epoch the run starts
+    (the last, cut short, still ends with one), and for an objective with a new head the scoring of
+    the test split when it ends; a batch of either costs about `EVAL_STEP_SHARE` of a step.
 
     Raises:
         TrainConfigError: when the budget allows fewer than `MIN_BUDGET_STEPS` steps.
@@ -274,22 +285,33 @@ def budget_steps(
     train = config.train
     assert train.time_budget_minutes is not None
     budget = train.time_budget_minutes * 60
-    per_step = get_objective(train.objective).rows_per_step(train)
+    objective = get_objective(train.objective)
+    per_step = objective.rows_per_step(train)
     rows = int(dataset.counts.get("train", 0))
     if train.forgetting.method == "replay":  # general rows join every epoch
         rows += math.ceil(rows * train.forgetting.replay_fraction)
-    val_rows = int(dataset.counts.get("val", 0))  # evaluated once an epoch
     steps_per_epoch = max(1, math.ceil(rows / per_step))
-    evaluation = math.ceil(val_rows / train.per_device_train_batch_size) * seconds_per_step * EVAL_STEP_SHARE
+    batch_cost = seconds_per_step * EVAL_STEP_SHARE
+    evaluation = math.ceil(int(dataset.counts.get("val", 0)) / train.per_device_train_batch_size) * batch_cost
+    testing = (
+        0.0
+        if objective.generative
+        else math.ceil(int(dataset.counts.get("test", 0)) / train.per_device_train_batch_size) * batch_cost
+    )
     planned = math.ceil(steps_per_epoch * train.num_train_epochs)
-    epochs = math.ceil(train.num_train_epochs)
-    if spent + planned * seconds_per_step + epochs * evaluation <= budget:
-        return None
-    # evaluations at the epochs the capped run still reaches, then whatever is left for steps
-    allowed = int((budget - spent) / seconds_per_step)
-    for _ in range(3):
-        reached = allowed // steps_per_epoch
-        allowed = int((budget - spent - reached * evaluation) / seconds_per_step)
+    if (
+        spent + planned * seconds_per_step + math.ceil(train.num_train_epochs) * evaluation + testing
+        <= budget
+    ):
+        return BudgetPlan(
+            None,
+            f"the planned {planned} steps fit at {seconds_per_step:.2f} s a step (measured)",
+            evaluation + testing,
+        )
+    allowed = int((budget - spent - testing) / seconds_per_step)
+    for _ in range(3):  # the evaluations the capped run still reaches, then what is left for steps
+        started_epochs = math.ceil(max(allowed, 1) / steps_per_epoch)
+        allowed = int((budget - spent - testing - started_epochs * evaluation) / seconds_per_step)
     if allowed < MIN_BUDGET_STEPS:
         raise TrainConfigError(
             f"train.time_budget_minutes={train.time_budget_minutes:g} allows {max(allowed, 0)} steps at "
@@ -300,9 +322,11 @@ def budget_steps(
     seen = (
         f"{share:.0%} of the {rows:,} train rows" if share < 1 else f"{allowed / steps_per_epoch:.1f} epochs"
     )
-    return allowed, (
+    return BudgetPlan(
+        allowed,
         f"the {train.time_budget_minutes:g}-min budget allows {allowed} steps at {seconds_per_step:.2f} s a "
-        f"step (measured), {seen}, instead of the planned {planned}"
+        f"step (measured), {seen}, instead of the planned {planned}",
+        evaluation + testing,
     )
 
 

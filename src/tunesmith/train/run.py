@@ -161,7 +161,7 @@ def dry_run(
         base = load_base(config, dataset, workspace)
         decided = with_settings_decided(config, dataset, base)  # as the run will decide them
         timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps)
-        config = apply_budget(config, dataset, timing.seconds_per_step, 0.0)
+        config, _ = apply_budget(config, dataset, timing.seconds_per_step, 0.0)
     return config, dataset, estimate, timing
 
 
@@ -442,7 +442,7 @@ def run_objective(
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
     config = with_settings_decided(plan_run(config, dataset), dataset, base)
-    config = fit_budget(config, dataset, workspace)
+    config, deadline = fit_budget(config, dataset, workspace)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
@@ -454,6 +454,10 @@ def run_objective(
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough
         callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
+        if deadline is not None:
+            from tunesmith.train.callbacks import BudgetStop
+
+            callbacks.append(BudgetStop(deadline, train.time_budget_minutes))
         trainer = objective.build_trainer(TrainerJob(config, base, records, run_dir, callbacks, workspace))
         finish, context = objective.finish, RunContext(config, dataset, kind, base, records)
         return conclude_run(
@@ -488,14 +492,21 @@ def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: 
     return decided
 
 
-BUDGET_TIMING_STEPS = 4  # timed by `fit_budget` (the first warms up)
+BUDGET_TIMING_STEPS = 8  # timed by `fit_budget` (the first warms up): a new row length costs a
+# step some kernel set-up, so few steps overstate the time a long run takes per step
 
 
-def fit_budget(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspace) -> ProjectConfig:
-    """`config` fitted into `train.time_budget_minutes`: a few steps of the run are timed on a base
-    loaded for the purpose (the run's own stays untouched), and `train.max_steps` is capped to what
-    the budget allows (`recipe.budget_steps`), recorded as the recipe's choice and printed. Runs that
-    name max_steps (or resume one whose budget was fitted) and distributed runs are left as they are.
+def fit_budget(
+    config: ProjectConfig, dataset: DatasetVersion, workspace: Workspace
+) -> tuple[ProjectConfig, float | None]:
+    """`config` fitted into `train.time_budget_minutes`, and the wall-clock deadline (`time.monotonic`)
+    by which its last step must end (None: no budget).
+
+    A few steps of the run are timed on a base loaded for the purpose (the run's own stays
+    untouched), and `train.max_steps` is capped to what the budget allows (`recipe.budget_steps`),
+    recorded as the recipe's choice and printed. The deadline keeps time for the work after the last
+    step; `BudgetStop` holds the run to it should the steps run slower than timed. Runs that name
+    max_steps (or resume one whose budget was fitted) and distributed runs are left as they are.
 
     Raises:
         TrainConfigError: when the budget is too small to learn in.
@@ -508,12 +519,12 @@ def fit_budget(config: ProjectConfig, dataset: DatasetVersion, workspace: Worksp
 
     train = config.train
     if train.time_budget_minutes is None or train.max_steps > 0:
-        return config
+        return config, None
     if train.processes > 1:
         if is_main_process():
             console.print("[yellow]train.time_budget_minutes is not applied to a distributed run[/yellow]")
-        return config
-    started = time.perf_counter()
+        return config, None
+    started = time.monotonic()
     timed = load_base(config, dataset, workspace)
     attention, _ = decide_attention(config, longest_tokens(config, dataset))
     if attention is not None:
@@ -521,33 +532,32 @@ def fit_budget(config: ProjectConfig, dataset: DatasetVersion, workspace: Worksp
     timing = estimate_epoch_time(config, dataset, timed, workspace, steps=BUDGET_TIMING_STEPS)
     del timed
     gc.collect()
-    return apply_budget(config, dataset, timing.seconds_per_step, time.perf_counter() - started)
+    config, reserve = apply_budget(config, dataset, timing.seconds_per_step, time.monotonic() - started)
+    return config, started + train.time_budget_minutes * 60 - reserve
 
 
 def apply_budget(
     config: ProjectConfig, dataset: DatasetVersion, seconds_per_step: float, spent: float
-) -> ProjectConfig:
+) -> tuple[ProjectConfig, float]:
     """`config` with max_steps capped to what `train.time_budget_minutes` allows at `seconds_per_step`
-    after `spent` seconds (`recipe.budget_steps`), the choice printed and recorded as the recipe's."""
+    after `spent` seconds (`recipe.budget_steps`), the choice printed and recorded as the recipe's;
+    and the seconds the budget keeps for the work after the last step."""
     from tunesmith.progress import console
     from tunesmith.train.recipe import budget_steps
 
     train = config.train
     if train.time_budget_minutes is None or train.max_steps > 0:
-        return config
-    decided = budget_steps(config, dataset, seconds_per_step, spent)
-    if decided is None:
+        return config, 0.0
+    plan = budget_steps(config, dataset, seconds_per_step, spent)
+    if plan.steps is None:
         console.print(
-            f"[dim]time budget: the planned run fits in {train.time_budget_minutes:g} min at "
-            f"{seconds_per_step:.2f} s a step (measured)[/dim]",
-            highlight=False,
+            f"[dim]time budget of {train.time_budget_minutes:g} min: {plan.reason}[/dim]", highlight=False
         )
-        return config
-    steps, reason = decided
-    console.print(f"[dim]recipe: max_steps {steps}: {reason}[/dim]", highlight=False)
-    chosen = {**train.chosen_by_recipe, "max_steps": reason}
-    capped = train.model_copy(update={"max_steps": steps, "chosen_by_recipe": chosen})
-    return config.model_copy(update={"train": capped})
+        return config, plan.reserve
+    console.print(f"[dim]recipe: max_steps {plan.steps}: {plan.reason}[/dim]", highlight=False)
+    chosen = {**train.chosen_by_recipe, "max_steps": plan.reason}
+    capped = train.model_copy(update={"max_steps": plan.steps, "chosen_by_recipe": chosen})
+    return config.model_copy(update={"train": capped}), plan.reserve
 
 
 # On a CPU, eager attention (plain matrix products and a softmax) is faster than sdpa's flash kernel

@@ -1,0 +1,71 @@
+"""A classifier's task asked of the base language model by prompting: the baseline a fine-tune must beat.
+
+Each item becomes a chat turn (the text as the user's message) answered by the label, after `k`
+train examples as earlier turns (none: zero-shot). Every label is scored as the answer by its
+likelihood per character (lm-eval's `acc_norm`, so long label names are not penalised for their
+length), and the likeliest is the prediction: the model is never asked to spell a label it would
+then have to be matched against, so a prompted base and a trained head are scored on the same
+labels, by the same metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tunesmith.models.generate import continuation_nll, render_prompt
+
+INSTRUCTION = "Label the text. Answer with the label only."
+
+
+def as_chat(text: str, label: str) -> dict[str, Any]:
+    """A classification row as the chat the base model is prompted with."""
+    return {
+        "messages": [
+            {"role": "system", "content": INSTRUCTION},
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": label},
+        ]
+    }
+
+
+def prompted_labels(
+    model: Any,
+    tokenizer: Any,
+    items: Sequence[dict[str, Any]],
+    labels: Sequence[str],
+    shots: Sequence[dict[str, Any]] = (),
+    *,
+    batch_size: int = 16,
+    label: str = "Prompting",
+) -> list[str]:
+    """The label the model finds likeliest as the answer to each item's text (see the module)."""
+    examples = [as_chat(str(shot["text"]), str(shot["label"])) for shot in shots]
+    ending = _turn_end(tokenizer)
+    pairs = []
+    for item in items:
+        context = render_prompt(tokenizer, as_chat(str(item["text"]), ""), examples)
+        pairs += [(context, f"{name}{ending}") for name in labels]
+    nll = continuation_nll(model, tokenizer, pairs, batch_size=batch_size, label=label)
+    predicted = []
+    for start in range(0, len(nll), len(labels)):
+        scores = [-total / max(len(name), 1) for (total, _), name in zip(nll[start:], labels, strict=False)]
+        predicted.append(labels[max(range(len(labels)), key=scores.__getitem__)])
+    return predicted
+
+
+def _turn_end(tokenizer: Any) -> str:
+    """What the chat template writes right after an assistant's answer (e.g. `<|im_end|>`), so that
+    a label is scored as a whole answer, not as the start of a longer one."""
+    marker = "TUNESMITH_LABEL"
+    try:
+        text = str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+            )
+        )
+    except Exception:  # no chat template: the label alone
+        return ""
+    after = text.split(marker, 1)[1] if marker in text else ""
+    special = [t for t in tokenizer.all_special_tokens if t and after.startswith(t)]
+    return max(special, key=len) if special else ""
