@@ -25,6 +25,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,8 +59,11 @@ TASKS: dict[str, Task] = {
 SHOTS = 3
 
 
-def run_task(name: str, task: Task, budget: float, items: int, folder: Path) -> dict[str, Any]:
-    """Train with the default recipe in `budget` minutes, then score base 0-shot, 3-shot and tuned."""
+def run_task(
+    name: str, task: Task, budget: float, items: int, folder: Path, extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Train with the default recipe in `budget` minutes, then score base 0-shot, 3-shot and tuned
+    (`extra`: more settings, e.g. `data.sample=3000` for a quick run at reduced size)."""
     from tunesmith.config import load_config
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.train.forgetting import forgetting_rise
@@ -76,6 +80,7 @@ def run_task(name: str, task: Task, budget: float, items: int, folder: Path) -> 
             f"eval.few_shot={SHOTS}",
             f"eval.max_new_tokens={task.max_new_tokens}",
             "eval.compare=[base]",
+            *extra,
         ],
     )
     started = time.perf_counter()

@@ -104,9 +104,9 @@ def test_what_the_config_names_is_kept_and_recipe_off_keeps_every_default():
     assert small.value == 1e-3 and "135M-parameter model" in small.reason
     full = planned(dataset(160, p95=60, p99=70, longest=72), "train.method=full")
     assert full["learning_rate"].value == 2e-5 and not full["lora.r"].chosen
-    # a classifier's LoRA keeps the usual rate
+    # a classifier's new head beside LoRA adapters takes 1e-3 too (sst2: 0.80 against 0.63 at 2e-4)
     head = planned(dataset(400, p95=20, p99=24, longest=25, fmt="text_label"))["learning_rate"]
-    assert head.value == 2e-4
+    assert head.value == 1e-3 and "new classify head" in head.reason
 
 
 def test_a_planned_config_records_each_choice_and_plans_to_itself():
@@ -306,7 +306,10 @@ def test_a_run_with_a_time_budget_times_its_steps_and_trains_what_fits(tmp_path,
     logged = [
         json.loads(line) for line in (workspace.root / "runs" / version.run_id / "metrics.jsonl").open()
     ]
-    assert max(h["step"] for h in logged) == steps
+    last = max(h["step"] for h in logged)
+    # all the steps it planned, unless the steps ran slower than timed (a busy machine) and the
+    # budget's guard stopped the run, saying where
+    assert last == steps or f"stopping at step {last} of {steps}" in said, said
 
 
 def test_the_budget_guard_stops_a_run_whose_steps_run_slower_than_timed():

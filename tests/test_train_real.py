@@ -3,11 +3,12 @@
 Small subsets so the suite stays quick on a 2-core CPU; `bench/train_results.py` runs larger ones.
 """
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from shared_data import shared_dataset, sst2_project
+from shared_data import shared_dataset
 from tunesmith.config import load_config
 from tunesmith.train.run import train
 
@@ -24,14 +25,20 @@ def project(tmp_path: Path, text: str) -> Path:
     return path
 
 
-def test_sst2_classify_on_smollm2_with_lora_beats_the_majority_class_widely(tmp_path):
-    train_section = {"objective": "classify", "method": "lora", "epochs": 2, "lr": 1e-3, "batch_size": 16}
-    train_section |= {"max_length": 64, "activation_checkpointing": False, "save_strategy": "no"}
-    config_path = sst2_project(tmp_path, 400, {"val": 0.1, "test": 0.25}, train=train_section)
-    metrics = train(load_config(config_path)).version.metrics
-    assert metrics["majority_accuracy"] < 0.6
-    assert metrics["test_accuracy"] > metrics["majority_accuracy"] + 0.15, metrics
-    assert metrics["test_macro_f1"] > 0.7, metrics
+def test_the_default_recipe_on_sst2_beats_prompting_the_base_model_within_its_budget(tmp_path):
+    """The task suite (bench/suite.py) at reduced size: nothing set but data.path, a sample of it and
+    a time budget; the tuned classifier beats the base model prompted with 3 examples, significantly."""
+    shared_dataset("sst2", "train.tsv")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from suite import TASKS, run_task
+
+    row = run_task("sst2", TASKS["sst2"], 1.5, 120, tmp_path, ["data.sample=3000"])
+    assert row["objective"] == "classify (lora)" and row["metric"] == "accuracy"
+    assert row["budget_choice"] is None or "1.5-min budget" in row["budget_choice"]
+    test = row["versus_3shot"]
+    assert test is not None and test["p_value"] < 0.05, row
+    tuned, prompted = row["scores"][row["tuned"]]["value"], row["scores"]["base 3-shot"]["value"]
+    assert tuned > prompted + 0.1 and tuned > row["scores"]["majority"]["value"], row
 
 
 def test_conll2003_tag_on_minilm_reports_seqeval_f1(tmp_path):
