@@ -13,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tunesmith.models.generate import continuation_nll, render_prompt
+from tunesmith.models.generate import choices_nll, render_prompt
+from tunesmith.progress import progress_bar
 
 INSTRUCTION = "Label the text. Answer with the label only."
 
@@ -36,21 +37,20 @@ def prompted_labels(
     labels: Sequence[str],
     shots: Sequence[dict[str, Any]] = (),
     *,
-    batch_size: int = 16,
+    batch_size: int = 32,
     label: str = "Prompting",
 ) -> list[str]:
     """The label the model finds likeliest as the answer to each item's text (see the module)."""
     examples = [as_chat(str(shot["text"]), str(shot["label"])) for shot in shots]
-    ending = _turn_end(tokenizer)
-    pairs = []
-    for item in items:
-        context = render_prompt(tokenizer, as_chat(str(item["text"]), ""), examples)
-        pairs += [(context, f"{name}{ending}") for name in labels]
-    nll = continuation_nll(model, tokenizer, pairs, batch_size=batch_size, label=label)
+    answers = [f"{name}{_turn_end(tokenizer)}" for name in labels]
     predicted = []
-    for start in range(0, len(nll), len(labels)):
-        scores = [-total / max(len(name), 1) for (total, _), name in zip(nll[start:], labels, strict=False)]
-        predicted.append(labels[max(range(len(labels)), key=scores.__getitem__)])
+    with progress_bar(label, total=len(items)) as advance:
+        for item in items:
+            context = render_prompt(tokenizer, as_chat(str(item["text"]), ""), examples)
+            nll = choices_nll(model, tokenizer, context, answers, batch_size=batch_size)
+            scores = [-total / max(len(name), 1) for (total, _), name in zip(nll, labels, strict=True)]
+            predicted.append(labels[max(range(len(labels)), key=scores.__getitem__)])
+            advance(1)
     return predicted
 
 
