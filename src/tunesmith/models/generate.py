@@ -279,7 +279,7 @@ def choices_nll(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with inference(model):
         out = model(input_ids=torch.tensor([context_ids], device=model.device), use_cache=True)
-        cache, first = out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+        cache, first = out.cache, torch.log_softmax(out.logits[0, -1].float(), dim=-1)
         order = list(tails)
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
@@ -293,7 +293,7 @@ def choices_nll(
             shared = copy.deepcopy(cache)
             shared.batch_repeat_interleave(len(batch))
             logits = model(
-                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), past_key_values=shared
+                input_ids=ids.to(model.device), attention_mask=mask.to(model.device), cache=shared
             ).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for b, i in enumerate(batch):
