@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tunesmith.models.generate import choices_nll, render_prompt
+from tunesmith.models.generate import choices_nll, render_prompt, turn_end_text
 from tunesmith.progress import progress_bar
 
 INSTRUCTION = "Label the text. Answer with the label only."
@@ -55,17 +55,8 @@ def prompted_labels(
 
 
 def _turn_end(tokenizer: Any) -> str:
-    """What the chat template writes right after an assistant's answer (e.g. `<|im_end|>`), so that
-    a label is scored as a whole answer, not as the start of a longer one."""
-    marker = "TUNESMITH_LABEL"
-    try:
-        text = str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
-            )
-        )
-    except Exception:  # no chat template: the label alone
-        return ""
-    after = text.split(marker, 1)[1] if marker in text else ""
+    """The special token that closes an assistant's answer (e.g. `<|im_end|>`), so that a label is
+    scored as a whole answer, not as the start of a longer one."""
+    after = turn_end_text(tokenizer)
     special = [t for t in tokenizer.all_special_tokens if t and after.startswith(t)]
     return max(special, key=len) if special else ""

@@ -47,6 +47,18 @@ def render_prompt(
     )
 
 
+def turn_end_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """What the chat template writes right after an assistant's answer ("" without a template)."""
+    marker = "TUNESMITH_END_MARKER"
+    try:
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+    except Exception:  # a tokenizer without a chat template: eos is all there is
+        text = ""
+    return str(text).split(marker, 1)[1] if marker in str(text) else ""
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> list[int]:
     """End-of-sequence ids plus the special token the chat template closes an assistant turn with."""
     ids: list[int] = []
@@ -55,14 +67,7 @@ def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: Any = None) -> lis
         if source is None:
             continue
         ids.extend(source if isinstance(source, list) else [source])
-    marker = "TUNESMITH_END_MARKER"
-    try:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
-        )
-    except Exception:  # a tokenizer without a chat template: eos is all there is
-        text = ""
-    after = str(text).split(marker, 1)[1] if marker in str(text) else ""
+    after = turn_end_text(tokenizer)
     if after:
         first = tokenizer(after, add_special_tokens=False)["input_ids"][:1]
         if first and first[0] in set(tokenizer.all_special_ids):
