@@ -13,7 +13,9 @@ time.
 
     .venv/bin/python bench/suite.py [--only sst2,gsm8k] [--budget 20] [--items 200] [--json FILE]
 
-A tagger has no prompting baseline: its base row is "all O" (what a new head guesses). The eval's
+Under a budget too tight for the bundled decoder to see a classifier's rows once, the recipe trains
+the bundled MiniLM encoder instead (`train.encoder: auto`); its prompting baselines still ask the
+decoder. A tagger has no prompting baseline: its base row is "all O" (what a new head guesses). The eval's
 generation length per task (`eval.max_new_tokens`) is a measurement setting, sized to the task's
 answers, not a training one.
 """
@@ -103,7 +105,7 @@ def run_task(
     return {
         "task": name,
         "what": task.what,
-        "objective": f"{train_config['objective']} ({train_config['method']})",
+        "objective": f"{train_config['objective']} ({outcome.version.base_model}, {train_config['method']})",
         "rows": dict(outcome.dataset.counts),
         "steps": outcome.version.metrics.get("global_step") or train_config.get("max_steps"),
         "budget_choice": train_config["chosen_by_recipe"].get("max_steps"),
@@ -137,7 +139,7 @@ def _versus(row: dict[str, Any]) -> str:
 
 def print_table(rows: list[dict[str, Any]], budget: float) -> None:
     table = results_table(
-        f"The default recipe against prompting: {budget:g} training minutes a task, SmolLM2-135M",
+        f"The default recipe against prompting: {budget:g} training minutes a task, the bundled models",
         [
             "task",
             "objective",

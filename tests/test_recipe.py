@@ -287,6 +287,12 @@ def test_a_time_budget_caps_the_steps_to_what_fits_with_its_evaluations():
     assert head.reserve == pytest.approx(evaluation + 2 * 0.5 / 3)  # 10 test rows: 2 batches
     with pytest.raises(TrainConfigError, match=r"allows 0 steps at 120.00 s a step .* at least 10"):
         budget_steps(config, data, 120.0, 30.0)
+    # a new head whose epochs the recipe chose trains as many more (up to 3) as the budget fits
+    recipe_epochs = plan_run(load_config(None, ["train.time_budget_minutes=10"]), labels)
+    assert recipe_epochs.train.num_train_epochs == 1.0  # 125 steps an epoch already
+    more = budget_steps(recipe_epochs, labels, 0.5, 30.0)
+    assert more.steps is None and more.epochs == 3.0 and "budget fits 3 epochs" in more.reason
+    assert budget_steps(recipe_epochs, labels, 1.5, 30.0).epochs == 2.0
 
 
 def test_a_run_with_a_time_budget_times_its_steps_and_trains_what_fits(tmp_path, tiny_model_dir):
@@ -325,3 +331,82 @@ def test_the_budget_guard_stops_a_run_whose_steps_run_slower_than_timed():
     late = BudgetStop(time.monotonic() - 1, 1.0)
     late.on_step_end(None, state, control)
     assert control.should_training_stop and late.stopped_at == 3
+
+
+def test_a_classifier_may_train_the_encoder_only_when_nothing_but_the_defaults_chose_its_body():
+    from tunesmith.train.recipe import encoder_blocker, with_encoder
+
+    labels = dataset(4000, p95=30, p99=40, longest=50, val=160, fmt="text_label")
+
+    def blocker(*settings: str, data: DatasetVersion = labels) -> str | None:
+        requested = load_config(None, ["train.time_budget_minutes=2", *settings])
+        return encoder_blocker(requested, plan_run(requested, data), data)
+
+    assert blocker() is None
+    for named in (
+        "train.time_budget_minutes=null",  # no budget to be tight
+        "train.encoder=off",
+        "train.method=full",  # a method the config chose
+        "model.id=HuggingFaceTB/SmolLM2-360M-Instruct",  # another model than the one measured
+        "train.max_steps=50",
+        "train.recipe=off",
+    ):
+        assert blocker(named) == "", named
+    assert blocker(data=dataset(4000, p95=30, p99=40, longest=50, fmt="chat")) == ""  # not a classifier
+    long_rows = dataset(4000, p95=300, p99=400, longest=500, fmt="text_label")
+    assert "more than minilm-l6's window of 256" in (blocker(data=long_rows) or "")
+
+    requested = load_config(None, ["train.time_budget_minutes=2"])
+    encoder = plan_run(with_encoder(requested), labels)
+    assert (encoder.model.id, encoder.train.method) == ("minilm-l6", "full")
+    assert (
+        encoder.train.learning_rate == 3e-4
+        and "encoder trained whole" in encoder.train.chosen_by_recipe["learning_rate"]
+    )
+    assert "22.7M parameters train whole" in encoder.train.chosen_by_recipe["method"]
+    # the rows were counted for the decoder: the encoder's own window caps max_length
+    near = dataset(4000, p95=200, p99=230, longest=240, fmt="text_label")
+    near.meta["report"]["model"] = "smollm2-135m-instruct"
+    assert plan_run(with_encoder(requested), near).train.max_length == 256
+
+
+def test_a_classifier_under_a_budget_too_tight_for_the_decoder_trains_the_encoder(tmp_path):
+    """Nothing set but the data and a budget: the bundled decoder (timed) cannot see the rows once in
+    it, MiniLM (timed) sees them all, so MiniLM trains; eval prompts the decoder for the baselines."""
+    import random
+
+    from test_train_classify import FILLER, HARDWARE, MONEY
+    from tunesmith.evaluate.runner import plan_eval
+    from tunesmith.registry import get_version
+    from tunesmith.workspace import open_workspace
+
+    rng = random.Random(0)
+    rows = tmp_path / "rows.jsonl"
+    with rows.open("w", encoding="utf-8") as out:
+        for i in range(2000):  # paragraphs of about 60 tokens: a decoder step costs seconds on a CPU
+            label, words = ("hardware", HARDWARE) if i % 3 else ("billing", MONEY)
+            text = [*rng.choices(FILLER, k=40), *rng.sample(words, 2)]
+            rng.shuffle(text)
+            out.write(json.dumps({"text": " ".join(text), "label": label}) + "\n")
+    config_path = tmp_path / "tunesmith.yaml"
+    config_path.write_text(
+        f"project: topics\nworkspace: {tmp_path / 'ws'}\ndata:\n  path: {rows}\n"
+        "train:\n  time_budget_minutes: 1\n",
+        encoding="utf-8",
+    )
+    trained = runner.invoke(app, ["train", str(config_path)])
+    said = " ".join(trained.output.split())
+    assert trained.exit_code == 0, said
+    assert "recipe: model minilm-l6 instead of smollm2-135m-instruct: in the 1-min budget" in said, said
+    assert "% of the 1,600 train rows once" in said and "s a step)" in said
+    assert "learning_rate 3e-04: a new classify head on a 22.7M-parameter encoder" in said
+    config = load_config(config_path)
+    version = get_version(open_workspace(config), "topics-v1")
+    assert version.base_model == "minilm-l6" and version.config["train"]["method"] == "full"
+    assert "minilm-l6 instead of" in version.config["train"]["chosen_by_recipe"]["encoder"]
+    assert version.metrics["test_accuracy"] > version.metrics["majority_accuracy"], version.metrics
+    # an encoder cannot be prompted: the few-shot baselines ask the project's language model
+    plan = plan_eval(config, "topics-v1", few_shot=2)
+    assert plan.prompted_model is not None and plan.prompted_model["id"] == "smollm2-135m-instruct"
+    assert any("ask smollm2-135m-instruct (the project's model.id)" in note for note in plan.notes)
+    assert [s.label for s in plan.subjects if s.prompted] == ["base 0-shot", "base 2-shot"]

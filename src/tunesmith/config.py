@@ -486,6 +486,10 @@ class TrainConfig(_Section):
     # stopping that this file leaves unset is sized to the dataset version when a run starts, and
     # printed with the reason (`train --plan` prints the plan and stops); off: the defaults below
     recipe: Literal["auto", "off"] = "auto"
+    # auto: a classifier trained within time_budget_minutes on the default model and method, when the
+    # model cannot see its train rows once in the budget, trains the bundled MiniLM encoder instead
+    # if it sees more of them (both timed; printed with the measurements); off: always model.id
+    encoder: Literal["auto", "off"] = "auto"
     # what the recipe chose, setting -> reason: filled in by the run, recorded with the version
     chosen_by_recipe: dict[str, str] = Field(default_factory=dict)
     # full: every weight; freeze: the top blocks and the head; head: the output head alone;
@@ -548,7 +552,7 @@ class TrainConfig(_Section):
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
     _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))
-    _recipe_off = field_validator("recipe", mode="before")(lambda v: _yaml_word(v, "off"))
+    _recipe_off = field_validator("recipe", "encoder", mode="before")(lambda v: _yaml_word(v, "off"))
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

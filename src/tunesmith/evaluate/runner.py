@@ -162,6 +162,9 @@ class EvalPlan:
     excluded: list[dict[str, Any]] = field(default_factory=list)  # items left out: a system trained on them
     live: dict[str, dict[str, str]] = field(default_factory=dict)  # gated alias -> the version it serves
     gate_references: References = field(default_factory=dict)  # each gate's `over` -> its version
+    # the language model a classifier's task is asked of (`prompted` subjects): the candidate's base,
+    # or the project's model when the candidate trained an encoder
+    prompted_model: dict[str, Any] | None = None
 
 
 class EvalOptions(TypedDict, total=False):
@@ -311,6 +314,12 @@ def plan_eval(
         aliases=aliases,
     )
     subjects = _baselines(subjects, kind, few_shot)
+    prompted_model = None
+    if any(subject.prompted for subject in subjects):
+        prompted_model, note = _prompted_model(config, candidate)
+        notes += [note] if note else []
+        if prompted_model is None:
+            subjects = [subject for subject in subjects if not subject.prompted]
     data, items = _eval_data(workspace, candidate, dataset, settings.split)
     items, excluded = exclude_trained_on(workspace, subjects, items)
     notes += [f"{row['items']} items excluded: {row['system']} trained on them" for row in excluded]
@@ -349,6 +358,7 @@ def plan_eval(
         excluded=excluded,
         live=_live_versions(workspace, candidate.family, config.registry.gated),
         gate_references=_gate_references(workspace, candidate.family, settings, aliases),
+        prompted_model=prompted_model,
     )
 
 
@@ -712,6 +722,32 @@ def _baselines(subjects: list[Subject], kind: TaskKind, few_shot: int) -> list[S
     return out
 
 
+def _prompted_model(config: ProjectConfig, candidate: ModelVersion) -> tuple[dict[str, Any] | None, str]:
+    """The model a classifier's prompted baselines ask, and a note when it is not the candidate's base:
+    an encoder cannot be prompted, so a version trained on one (`train.encoder`) is compared with the
+    project's language model asked the same task; None when neither writes."""
+    from tunesmith.models import model_info
+    from tunesmith.models.catalog import ModelNotFoundError
+
+    def writes(model: dict[str, Any]) -> bool:
+        try:
+            info = model_info(model["id"], model.get("source", "auto"), model.get("revision"))
+        except (ModelNotFoundError, OSError, ValueError):
+            return True  # unknown here: loading it says what it is
+        return info.kind != "encoder"
+
+    base = candidate.config["model"]
+    if writes(base):
+        return base, ""
+    project = config.model.model_dump(mode="json")
+    if writes(project):
+        return project, (
+            f"base 0-shot and {config.eval.few_shot}-shot ask {project['id']} (the project's model.id): "
+            f"{candidate.name} was trained on the encoder {base['id']}, which cannot be prompted"
+        )
+    return None, f"no prompted baselines: {base['id']} is an encoder, which cannot be prompted"
+
+
 def _ordered_for_loading(subjects: list[Subject]) -> list[Subject]:
     """Few-shot right after base: the base model is loaded once for both."""
     return sorted(subjects, key=lambda s: 0 if s.version is None else 1)
@@ -839,17 +875,21 @@ def model_outputs(
     return answers, nll
 
 
-def _load(subject: Subject, candidate: ModelVersion, workspace: Workspace) -> tuple[Any, Any, str]:
-    """(model, tokenizer, identity for the answer cache) of a subject."""
+def _load(
+    subject: Subject, candidate: ModelVersion, workspace: Workspace, model: dict[str, Any] | None = None
+) -> tuple[Any, Any, str]:
+    """(model, tokenizer, identity for the answer cache) of a subject: a version, or the base (`model`
+    instead of the candidate's, for prompted baselines that ask another model)."""
     if subject.version is not None:
-        model, tokenizer = load_row(subject.version, workspace)
-        return model, tokenizer, f"{subject.version.id}:{subject.version.weights_sha256}"
+        loaded, tokenizer = load_row(subject.version, workspace)
+        return loaded, tokenizer, f"{subject.version.id}:{subject.version.weights_sha256}"
     from tunesmith.models import load_configured
 
-    model_cfg = candidate.config["model"]
-    dtype = ProjectConfig.model_validate(candidate.config).weights_dtype
+    model_cfg = model or candidate.config["model"]
+    dtype = ProjectConfig.model_validate({**candidate.config, "model": model_cfg}).weights_dtype
     base = load_configured(model_cfg, dtype)
-    check_base(candidate, base.base_revision, "comparing with the base of")
+    if model_cfg == candidate.config["model"]:
+        check_base(candidate, base.base_revision, "comparing with the base of")
     return base.model, base.tokenizer, f"{model_cfg['id']}@{base.base_revision}:{dtype}"
 
 
@@ -857,7 +897,7 @@ def _prompted(subject: Subject, plan: EvalPlan, shots: list[dict[str, Any]]) -> 
     """A classifier's items asked of the base LM (`evaluate.prompted`), with the subject's shots."""
     from tunesmith.evaluate.prompted import prompted_labels
 
-    model, tokenizer, _ = _load(subject, plan.candidate, plan.workspace)
+    model, tokenizer, _ = _load(subject, plan.candidate, plan.workspace, plan.prompted_model)
     try:
         return prompted_labels(
             model,

@@ -18,9 +18,10 @@ from tunesmith.data import prepare_data
 from tunesmith.registry import RegistryError, get_version, register_trained
 from tunesmith.registry.loading import check_base
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
+from tunesmith.train.budget import StepTiming, apply_budget, choose_body, fit_budget
 from tunesmith.train.fit import DoesNotFitError, FitEstimate, decide_checkpointing, estimate_fit
 from tunesmith.train.objectives import RunContext, TrainerJob, get_objective
-from tunesmith.train.recipe import plan_run
+from tunesmith.train.recipe import plan_run, train_tokens
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
 
@@ -55,9 +56,13 @@ def train(
         MethodError: before anything loads, when the method needs hardware this machine lacks.
     """
     workspace = workspace or open_workspace(config)
+    requested = config
     config, dataset, _ = checked_dataset(config, workspace)
+    timing = None
+    if base is None:
+        config, timing = choose_body(requested, config, dataset, workspace)
     outcome = _train_and_register(
-        config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics
+        config, workspace, dataset, kind=kind, base=base, extra_metrics=extra_metrics, timing=timing
     )
     assert outcome is not None  # a single process is the main process
     if config.train.forgetting.auto:
@@ -139,8 +144,7 @@ def fit_estimate(config: ProjectConfig, dataset: DatasetVersion) -> FitEstimate:
 
 def longest_tokens(config: ProjectConfig, dataset: DatasetVersion) -> int:
     """The tokens of the dataset's longest train row (from its report), up to train.max_length."""
-    train = dataset.meta.get("report", {}).get("stats", {}).get("splits", {}).get("train", {})
-    return int(min(config.train.max_length, train.get("tokens", {}).get("max", config.train.max_length)))
+    return int(min(config.train.max_length, train_tokens(dataset).get("max", config.train.max_length)))
 
 
 def dry_run(
@@ -155,9 +159,11 @@ def dry_run(
     from tunesmith.train.estimate import estimate_epoch_time
 
     workspace = workspace or open_workspace(config)
+    requested = config
     config, dataset, estimate = checked_dataset(config, workspace, refuse=False)
     timing = None
     if estimate.fits and calibrate:
+        config, _ = choose_body(requested, config, dataset, workspace, steps)
         base = load_base(config, dataset, workspace)
         decided = with_settings_decided(config, dataset, base)  # as the run will decide them
         timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps)
@@ -424,8 +430,10 @@ def run_objective(
     kind: str,
     run: str | None = None,
     resume: bool = False,
+    timing: StepTiming | None = None,
 ) -> TrainResult:
     """One training run of the configured objective, recorded in the store; nothing is registered.
+    Within a time budget, its steps are timed first (unless `timing` already measured them).
 
     Every objective runs this one loop: open (or reopen) the run, take the objective's rows, measure
     the forgetting probe, build the objective's TRL trainer, train (from the newest complete
@@ -442,7 +450,7 @@ def run_objective(
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
     config = with_settings_decided(plan_run(config, dataset), dataset, base)
-    config, deadline = fit_budget(config, dataset, workspace)
+    config, deadline = fit_budget(config, dataset, workspace, timing)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
     with failing_run(workspace, run_id):
@@ -490,74 +498,6 @@ def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: 
         if line is not None and is_main_process():
             console.print(f"[dim]{line}[/dim]")
     return decided
-
-
-BUDGET_TIMING_STEPS = 8  # timed by `fit_budget` (the first warms up): a new row length costs a
-# step some kernel set-up, so few steps overstate the time a long run takes per step
-
-
-def fit_budget(
-    config: ProjectConfig, dataset: DatasetVersion, workspace: Workspace
-) -> tuple[ProjectConfig, float | None]:
-    """`config` fitted into `train.time_budget_minutes`, and the wall-clock deadline (`time.monotonic`)
-    by which its last step must end (None: no budget).
-
-    A few steps of the run are timed on a base loaded for the purpose (the run's own stays
-    untouched), and `train.max_steps` is capped to what the budget allows (`recipe.budget_steps`),
-    recorded as the recipe's choice and printed. The deadline keeps time for the work after the last
-    step; `BudgetStop` holds the run to it should the steps run slower than timed. Runs that name
-    max_steps (or resume one whose budget was fitted) and distributed runs are left as they are.
-
-    Raises:
-        TrainConfigError: when the budget is too small to learn in.
-    """
-    import gc
-    import time
-
-    from tunesmith.progress import console
-    from tunesmith.train.estimate import estimate_epoch_time
-
-    train = config.train
-    if train.time_budget_minutes is None or train.max_steps > 0:
-        return config, None
-    if train.processes > 1:
-        if is_main_process():
-            console.print("[yellow]train.time_budget_minutes is not applied to a distributed run[/yellow]")
-        return config, None
-    started = time.monotonic()
-    timed = load_base(config, dataset, workspace)
-    attention, _ = decide_attention(config, longest_tokens(config, dataset))
-    if attention is not None:
-        timed.model.set_attn_implementation(attention)
-    timing = estimate_epoch_time(config, dataset, timed, workspace, steps=BUDGET_TIMING_STEPS)
-    del timed
-    gc.collect()
-    config, reserve = apply_budget(config, dataset, timing.seconds_per_step, time.monotonic() - started)
-    return config, started + train.time_budget_minutes * 60 - reserve
-
-
-def apply_budget(
-    config: ProjectConfig, dataset: DatasetVersion, seconds_per_step: float, spent: float
-) -> tuple[ProjectConfig, float]:
-    """`config` with max_steps capped to what `train.time_budget_minutes` allows at `seconds_per_step`
-    after `spent` seconds (`recipe.budget_steps`), the choice printed and recorded as the recipe's;
-    and the seconds the budget keeps for the work after the last step."""
-    from tunesmith.progress import console
-    from tunesmith.train.recipe import budget_steps
-
-    train = config.train
-    if train.time_budget_minutes is None or train.max_steps > 0:
-        return config, 0.0
-    plan = budget_steps(config, dataset, seconds_per_step, spent)
-    if plan.steps is None:
-        console.print(
-            f"[dim]time budget of {train.time_budget_minutes:g} min: {plan.reason}[/dim]", highlight=False
-        )
-        return config, plan.reserve
-    console.print(f"[dim]recipe: max_steps {plan.steps}: {plan.reason}[/dim]", highlight=False)
-    chosen = {**train.chosen_by_recipe, "max_steps": plan.reason}
-    capped = train.model_copy(update={"max_steps": plan.steps, "chosen_by_recipe": chosen})
-    return config.model_copy(update={"train": capped}), plan.reserve
 
 
 # On a CPU, eager attention (plain matrix products and a softmax) is faster than sdpa's flash kernel
@@ -652,10 +592,11 @@ def _train_and_register(
     run: str | None = None,
     resume: bool = False,
     extra_metrics: dict[str, Any] | None = None,
+    timing: StepTiming | None = None,
 ) -> TrainOutcome | None:
     config = plan_run(config, dataset)
     base = base or load_base(config, dataset, workspace)
-    result = run_objective(config, workspace, dataset, base, kind=kind, run=run, resume=resume)
+    result = run_objective(config, workspace, dataset, base, kind=kind, run=run, resume=resume, timing=timing)
     if not is_main_process():
         return None  # other ranks of a distributed run only train
     version = register_trained(config, workspace, result, base.base_revision, extra_metrics)
