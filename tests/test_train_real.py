@@ -33,7 +33,7 @@ def test_the_default_recipe_on_sst2_beats_prompting_the_base_model_within_its_bu
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from suite import TASKS, run_task
 
-    row = run_task("sst2", TASKS["sst2"], 1.0, 120, tmp_path, ["data.sample=3000"])
+    row = run_task("sst2", TASKS["sst2"], 1.0, 80, tmp_path, ["data.sample=3000"])
     assert row["objective"] == "classify (minilm-l6, full)" and row["metric"] == "accuracy", row
     assert any("ask smollm2-135m-instruct" in note for note in row["notes"]), row["notes"]
     assert row["budget_choice"] is None or "1-min budget" in row["budget_choice"]

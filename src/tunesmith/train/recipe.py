@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunesmith.config import GENERATIVE_OBJECTIVES, ModelConfig, ProjectConfig, TrainConfig
-from tunesmith.models.catalog import CATALOG
+from tunesmith.models.catalog import CATALOG, ModelNotFoundError
 from tunesmith.store import DatasetVersion
 
 # max_length: rows longer than the longest train row by this share over its 99th percentile are
@@ -420,7 +420,11 @@ def encoder_blocker(requested: ProjectConfig, planned: ProjectConfig, dataset: D
             f"encoder: {planned.model.id} (99% of the train rows fit in {int(tokens['p99'])} tokens, "
             f"more than {encoder.id}'s window of {encoder.context_window})"
         )
-    if resolve(encoder.id, source=requested.model.source).origin == "hub" and requested.model.source != "hub":
+    try:
+        download = resolve(encoder.id, source=requested.model.source).origin == "hub"
+    except ModelNotFoundError:
+        download = True
+    if download and requested.model.source != "hub":
         return f"encoder: {planned.model.id} ({encoder.id} would need a download: {encoder.install_hint})"
     return None
 
