@@ -165,7 +165,7 @@ def choose_body(
         return planned, None
     started = time.monotonic()
     decoder = _seen(planned, dataset, time_steps(planned, dataset, workspace, steps), started)
-    if decoder.fits:
+    if decoder.fits or decoder.rows >= decoder.total:  # it sees every row at least once: it stays
         return planned, StepTiming(started, decoder.seconds_per_step)
     encoder_config = plan_run(with_encoder(requested), dataset)
     encoder = _seen(encoder_config, dataset, time_steps(encoder_config, dataset, workspace, steps), started)
