@@ -12,6 +12,7 @@ probe's change (general answer loss; a new head leaves the language model as it 
 time.
 
     .venv/bin/python bench/suite.py [--only sst2,gsm8k] [--budget 20] [--items 200] [--json FILE]
+    .venv/bin/python bench/suite.py --markdown FILE   # a --json file's rows as a Markdown table
 
 Under a budget too tight for the bundled decoder to see a classifier's rows once, the recipe trains
 the bundled MiniLM encoder instead (`train.encoder: auto`); its prompting baselines still ask the
@@ -178,13 +179,46 @@ def print_table(rows: list[dict[str, Any]], budget: float) -> None:
             )
 
 
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """The table as Markdown, for the README (`--markdown`, or from a `--json` file)."""
+    lines = [
+        f"| task | objective | train rows / test items | metric | base 0-shot | base {SHOTS}-shot | tuned "
+        f"| tuned − {SHOTS}-shot | forgetting | minutes (train / all) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        zero = row["scores"].get("base 0-shot") or row["scores"].get("base")
+        floor = next((name for name in ("majority", "all O") if name in row["scores"]), None)
+        zero_cell = _cell(zero) if zero else ""
+        if floor:
+            zero_cell = f"{zero_cell}; {floor} {_cell(row['scores'][floor])}".lstrip("; ")
+        cells = [
+            row["task"],
+            row["objective"],
+            f"{row['rows'].get('train', 0):,} / {row['items']}",
+            row["metric"],
+            zero_cell,
+            _cell(row["scores"].get(f"base {SHOTS}-shot")),
+            _cell(row["scores"][row["tuned"]]),
+            _versus(row),
+            "new head" if row["forgetting"] is None else f"{row['forgetting']:+.1%}",
+            f"{row['train_minutes']:.1f} / {row['minutes']:.1f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(TASKS), help="tasks, comma-separated")
     parser.add_argument("--budget", type=float, default=20.0, help="training minutes per task")
     parser.add_argument("--items", type=int, default=200, help="test items scored per task")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--markdown", type=Path, help="print the rows of this --json file as Markdown")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown_table(json.loads(args.markdown.read_text(encoding="utf-8"))))
+        return
     if not SHARED.exists():
         sys.exit(f"{SHARED} is absent: the suite runs on the real datasets there")
     names = [n for n in args.only.split(",") if n]
