@@ -17,7 +17,7 @@ from tunesmith.cli.common import (
     project_workspace,
     reported,
 )
-from tunesmith.cli.options import ConfigOpt, VersionArg
+from tunesmith.cli.options import ConfigOpt, SetOpt, VersionArg
 
 registry_app = typer.Typer(help="Registered model versions and their lineage.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry", rich_help_panel="Lifecycle")
@@ -360,3 +360,44 @@ def registry_push(
                 f"Logged {target.name} as MLflow run {logged['run_id']}, "
                 f"model {logged['model']} version {logged['model_version']}"
             )
+
+
+@registry_app.command("merge")
+def registry_merge(
+    versions: Annotated[list[str], typer.Argument(help="Two or more LoRA versions of one base.")],
+    method: Annotated[str, typer.Option(help="linear, ties, dare_linear or dare_ties.")] = "ties",
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            help="One weight per version, comma-separated (default: 1/n for linear, 1 for the rest)."
+        ),
+    ] = None,
+    density: Annotated[float, typer.Option(help="ties/dare: the share of each delta kept.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="dare: the seed of the random drop.")] = 0,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Merge LoRA versions into a new candidate version, with both parents in its lineage."""
+    from tunesmith.registry import RegistryError
+    from tunesmith.train.merge import MergeError, MergeSettingsError, MergeSpec, merge_versions
+    from tunesmith.workspace import open_workspace
+
+    try:
+        parsed = tuple(float(w) for w in weights.split(",")) if weights else None
+    except ValueError:
+        raise MergeSettingsError(
+            f"--weights {weights!r}: numbers separated by commas, e.g. 0.7,0.3"
+        ) from None
+    cfg = load_project(config, set_)
+    spec = MergeSpec(tuple(versions), method, parsed, density, seed)
+    with reported(RegistryError, MergeError):
+        outcome = merge_versions(cfg, open_workspace(cfg), spec)
+    merge = outcome.version.lineage["merge"]
+    parents = ", ".join(f"{p['name']} x{p['weight']:g}" for p in merge["parents"])
+    out.print(
+        f"Registered {outcome.version.name} ({method}: {parents}"
+        + (f", density {density:g}" if merge["density"] is not None else "")
+        + f"); the adapter keeps {outcome.energy_kept:.1%} of the merged deltas' energy.",
+        highlight=False,
+    )
+    out.print(f"Next: tunesmith eval {outcome.version.name}", highlight=False)

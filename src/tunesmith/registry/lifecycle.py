@@ -168,7 +168,6 @@ def model_card(workspace: Workspace, version: ModelVersion) -> str:
         dataset = s.get(DatasetVersion, version.dataset_version_id) if version.dataset_version_id else None
     reports = eval_reports(workspace, version)
     full = json.loads((Path(reports[0].path) / "report.json").read_text()) if reports else None
-    train = config.train
     lines = [
         f"# {version.name}",
         "",
@@ -188,19 +187,8 @@ def model_card(workspace: Workspace, version: ModelVersion) -> str:
         "",
     ]
     lines += _card_data(dataset, config)
-    lines += [
-        "",
-        "## Method and hyperparameters",
-        "",
-        f"- Objective `{train.objective}`, method `{version.method}`, seed {version.seed}",
-        f"- Learning rate {train.learning_rate:g}, {train.num_train_epochs:g} epochs, batch "
-        f"{train.per_device_train_batch_size} x {train.gradient_accumulation_steps} accumulation, "
-        f"max length {train.max_length}",
-    ]
-    if version.method in ("lora", "qlora"):
-        lora = train.lora
-        lines.append(f"- LoRA r {lora.r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}")
-    lines += ["", "## Evaluation", "", *_card_eval(version, full), "", "## Forgetting", ""]
+    lines += ["", "## Method and hyperparameters", "", *_card_method(version, config), ""]
+    lines += ["## Evaluation", "", *_card_eval(version, full), "", "## Forgetting", ""]
     lines += _card_forgetting(version, full)
     lineage = version.lineage
     lines += [
@@ -215,6 +203,31 @@ def model_card(workspace: Workspace, version: ModelVersion) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _card_method(version: ModelVersion, config: ProjectConfig) -> list[str]:
+    """How the weights were made: the training settings, or a merge of other versions'."""
+    train = config.train
+    lines = []
+    merge = version.lineage.get("merge")
+    if merge:
+        parents = ", ".join(f"`{p['name']}` (weight {p['weight']:g})" for p in merge["parents"])
+        density = f", density {merge['density']:g}" if merge.get("density") is not None else ""
+        lines += [
+            f"- Merged with `{merge['method']}`{density} (seed {merge['seed']}) from {parents}; the "
+            f"adapter keeps {merge['energy_kept']:.1%} of the merged deltas' energy",
+            f"- The training data above and the settings below are those of `{merge['parents'][0]['name']}`",
+        ]
+    lines += [
+        f"- Objective `{train.objective}`, method `{version.method}`, seed {version.seed}",
+        f"- Learning rate {train.learning_rate:g}, {train.num_train_epochs:g} epochs, batch "
+        f"{train.per_device_train_batch_size} x {train.gradient_accumulation_steps} accumulation, "
+        f"max length {train.max_length}",
+    ]
+    if version.method in ("lora", "qlora") and not merge:
+        lora = train.lora
+        lines.append(f"- LoRA r {lora.r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}")
+    return lines
 
 
 def _card_data(dataset: DatasetVersion | None, config: ProjectConfig) -> list[str]:

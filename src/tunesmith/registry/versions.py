@@ -36,8 +36,10 @@ def register_version(
     metrics: dict[str, Any],
     tokenizer: Any,
     parent_id: str | None = None,
+    lineage_extra: dict[str, Any] | None = None,
 ) -> ModelVersion:
-    """Record a trained model as the next version of `family` (`family-v1`, `family-v2`, ...)."""
+    """Record a trained model as the next version of `family` (`family-v1`, `family-v2`, ...);
+    `lineage_extra` adds to the lineage (a merge's parents and method)."""
     lineage = {
         "libraries": library_versions(),
         "git_commit": git_commit(),
@@ -45,6 +47,7 @@ def register_version(
         "tokenizer_sha256": _tokenizer_hash(tokenizer),
         "eos_token": getattr(tokenizer, "eos_token", None),
         "os_user": os_user(),  # who registered it, as the OS knows them (approvals are checked against it)
+        **(lineage_extra or {}),
     }
     with session(workspace.engine) as s:
         number = (

@@ -544,6 +544,10 @@ def reproduce(
     """
     from tunesmith.registry.lifecycle import NOT_COMPARABLE, is_number
 
+    if "merge" in version.lineage:  # made by merging versions, not by training: merge them again
+        from tunesmith.train.merge import reproduce_merge
+
+        return reproduce_merge(workspace, version)
     if version.dataset_version_id is None:
         raise RegistryError(f"{version.name} records no dataset version; it cannot be reproduced")
     with session(workspace.engine) as s:

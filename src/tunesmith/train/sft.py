@@ -328,7 +328,7 @@ def failing_run(workspace: Workspace, run_id: str) -> Iterator[None]:
         yield
     except BaseException as exc:
         if is_main_process():
-            _close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
+            close_run(workspace, run_id, "failed", {}, f"{exc.__class__.__name__}: {exc}")
         raise
 
 
@@ -465,7 +465,7 @@ def conclude_run(
         metrics.update(_forgetting_report(trainer.model, tokenizer, probe_rows, before))
     if main:
         _write_artifacts(run_dir, trainer.state, metrics)
-        _close_run(workspace, run_id, "finished", metrics, None)
+        close_run(workspace, run_id, "finished", metrics, None)
     return TrainResult(
         run_id=run_id,
         run_dir=run_dir,
@@ -557,9 +557,10 @@ def _tokens_seen(checkpoint: Path | None) -> float:
     return _tokens_seen_in(state.get("log_history", []))
 
 
-def _close_run(
+def close_run(
     workspace: Workspace, run_id: str, status: str, metrics: dict[str, Any], error: str | None
 ) -> None:
+    """Record a run's end: its status, metrics and error, and when it finished."""
     with session(workspace.engine) as s:
         run = s.get(Run, run_id)
         assert run is not None
