@@ -379,25 +379,12 @@ def registry_merge(
 ) -> None:
     """Merge LoRA versions into a new candidate version, with both parents in its lineage."""
     from tunesmith.registry import RegistryError
-    from tunesmith.train.merge import MergeError, MergeSettingsError, MergeSpec, merge_versions
+    from tunesmith.train.merge import MergeError, MergeSpec, merge_versions, parse_weights
     from tunesmith.workspace import open_workspace
 
-    try:
-        parsed = tuple(float(w) for w in weights.split(",")) if weights else None
-    except ValueError:
-        raise MergeSettingsError(
-            f"--weights {weights!r}: numbers separated by commas, e.g. 0.7,0.3"
-        ) from None
     cfg = load_project(config, set_)
-    spec = MergeSpec(tuple(versions), method, parsed, density, seed)
+    spec = MergeSpec(tuple(versions), method, parse_weights(weights), density, seed)
     with reported(RegistryError, MergeError):
         outcome = merge_versions(cfg, open_workspace(cfg), spec)
-    merge = outcome.version.lineage["merge"]
-    parents = ", ".join(f"{p['name']} x{p['weight']:g}" for p in merge["parents"])
-    out.print(
-        f"Registered {outcome.version.name} ({method}: {parents}"
-        + (f", density {density:g}" if merge["density"] is not None else "")
-        + f"); the adapter keeps {outcome.energy_kept:.1%} of the merged deltas' energy.",
-        highlight=False,
-    )
+    out.print(outcome.summary(), highlight=False)
     out.print(f"Next: tunesmith eval {outcome.version.name}", highlight=False)

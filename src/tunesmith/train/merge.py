@@ -88,6 +88,29 @@ class MergeOutcome:
     run_id: str
     energy_kept: float  # the share of the merged deltas' energy the adapter keeps (1.0: exact)
 
+    def summary(self) -> str:
+        merge = self.version.lineage["merge"]
+        parents = ", ".join(f"{p['name']} x{p['weight']:g}" for p in merge["parents"])
+        density = f", density {merge['density']:g}" if merge["density"] is not None else ""
+        return (
+            f"Registered {self.version.name} ({merge['method']}: {parents}{density}); the adapter keeps "
+            f"{self.energy_kept:.1%} of the merged deltas' energy."
+        )
+
+
+def parse_weights(text: str | None) -> tuple[float, ...] | None:
+    """`--weights 0.7,0.3` as numbers (None: the method's default).
+
+    Raises:
+        MergeSettingsError: a value that is not a number.
+    """
+    if not text:
+        return None
+    try:
+        return tuple(float(w) for w in text.split(","))
+    except ValueError:
+        raise MergeSettingsError(f"--weights {text!r}: numbers separated by commas, e.g. 0.7,0.3") from None
+
 
 def check_spec(spec: MergeSpec) -> None:
     """Refuse settings that cannot work, naming the setting and what to do.
