@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from conftest import demo_rows, logged_metrics
 from tunesmith.answers import final_number, numeric_match
+from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import load_split
 from tunesmith.data.formats import transcript_messages
@@ -188,6 +190,9 @@ def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_m
         "train.max_steps=3",
         "train.rl.max_completion_length=8",
         "train.rl.num_iterations=2",
+        "train.rl.loss_type=dr_grpo",
+        "train.rl.importance_sampling=sequence",  # GSPO
+        "train.rl.mask_truncated_completions=true",
     )
     outcome = train(config)
     logged = logged_metrics(outcome.run_dir)
@@ -198,6 +203,27 @@ def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_m
     assert {"reward", "kl", "rewards/contains/mean", "rewards/brevity/mean", "clip_ratio/region_mean"} <= keys
     assert {"reward_gain", "kl_last", "clip_fraction_last"} <= set(outcome.version.metrics)
     assert (outcome.run_dir / "rewards.png").stat().st_size > 0
+
+    # Every RL run ends with an audit (train/rl_audit.py); promote shows its verdict.
+    audit = json.loads((outcome.run_dir / "rl_audit.json").read_text())
+    assert audit["checker"] == "contains" and audit["steps"] == 2  # the steps that sampled and scored
+    assert audit["verdict"] in ("learning", "flat", "collapsed", "hacking") and audit["rule"]
+    assert {"reward", "reward/contains", "reward/brevity"} <= set(audit)
+    assert outcome.version.metrics["rl_verdict"] == audit["verdict"]
+    promoted = CliRunner().invoke(
+        app,
+        [
+            "registry",
+            "promote",
+            outcome.version.name,
+            "--to",
+            "staging",
+            "--config",
+            str(tmp_path / "tunesmith.yaml"),
+        ],
+    )
+    assert promoted.exit_code == 0, promoted.output
+    assert f"RL audit: {audit['verdict']} ({audit['rule']})" in " ".join(promoted.output.split())
 
 
 def test_rl_refuses_groups_that_do_not_fit_the_batch(tmp_path, tiny_model_dir):

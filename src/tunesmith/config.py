@@ -466,6 +466,38 @@ class RLSettings(_Section):
     # optimisation passes over each batch of samples; above 1 the policy moves away from the sampling
     # policy within a batch, and the clip starts to bite
     num_iterations: int = Field(1, ge=1)
+    # grpo only: how token losses are aggregated. dapo (TRL's default): over the batch's tokens;
+    # grpo: per answer, then averaged (favours short right answers and long wrong ones); dr_grpo:
+    # over a constant (max_completion_length), without that length bias; bnpo: over the local batch
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = "dapo"
+    # grpo only. token: one probability ratio per token; sequence: one per answer, the mean of its
+    # tokens' (GSPO), whose ratios are near 1, so epsilon defaults to 3e-4 and epsilon_high to 4e-4
+    importance_sampling: Literal["token", "sequence"] = "token"
+    # the upper clip (DAPO's clip-higher, e.g. 0.28): at least epsilon; null: epsilon
+    epsilon_high: float | None = Field(None, gt=0)
+    # rewards scaled by their std within each prompt's group, over the batch, or not at all (Dr. GRPO)
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    mask_truncated_completions: bool = False  # answers cut at max_completion_length carry no loss
+    # the audit's judge of right answers, to find top-rewarded answers that are wrong (reward
+    # hacking): auto: the first of numeric_match, exact_match, contains among the rewards; off: none
+    audit_checker: Literal["auto", "off", "numeric_match", "exact_match", "contains"] = "auto"
+
+    @model_validator(mode="after")
+    def _knobs_fit(self) -> RLSettings:
+        if self.algorithm == "rloo":
+            grpo_only = {"loss_type", "importance_sampling", "scale_rewards"} & self.model_fields_set
+            if grpo_only:
+                raise ValueError(f"{', '.join(sorted(grpo_only))}: GRPO settings; RLOO has its own estimator")
+        if self.importance_sampling == "sequence":
+            if "epsilon" not in self.model_fields_set:
+                self.epsilon = 3e-4  # GSPO's values: sequence ratios stay close to 1
+            if "epsilon_high" not in self.model_fields_set:
+                self.epsilon_high = 4e-4
+        if self.epsilon_high is not None and self.epsilon_high < self.epsilon:
+            raise ValueError(
+                f"epsilon_high {self.epsilon_high} is below epsilon {self.epsilon}: the clip's upper side"
+            )
+        return self
 
 
 class TrainConfig(_Section):

@@ -130,6 +130,10 @@ def registry_promote(
         else ""
     )
     out.print(f"{target.family}: {to} → {target.name}{how}", highlight=False)
+    if "rl_verdict" in target.metrics:  # an RL version: what its run's audit concluded
+        out.print(
+            f"RL audit: {target.metrics['rl_verdict']} ({target.metrics['rl_verdict_rule']})", highlight=False
+        )
 
 
 @registry_app.command("approve")

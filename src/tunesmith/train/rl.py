@@ -13,19 +13,27 @@ last answer is the `reference` the checkers compare against (gsm8k's `#### 72`, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig, TrainConfig
+from tunesmith.train.rl_audit import RewardAudit, audit_checker, audit_lines, run_audit
 
 if TYPE_CHECKING:
     from tunesmith.train.objectives import TrainerJob
 
 
-# The fields of train.rl that GRPOConfig and RLOOConfig take under the same names.
+# The fields of train.rl that GRPOConfig and RLOOConfig take under the same names, and GRPO's own.
 _TRL_FIELDS = {
-    "num_generations", "max_completion_length", "temperature", "top_p", "beta", "epsilon", "num_iterations"
+    "num_generations", "max_completion_length", "temperature", "top_p", "beta", "epsilon", "num_iterations",
+    "epsilon_high", "mask_truncated_completions",
 }  # fmt: skip
+_GRPO_FIELDS = {
+    "loss_type": "loss_type",
+    "importance_sampling": "importance_sampling_level",
+    "scale_rewards": "scale_rewards",
+}
 
 
 def rl_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -57,6 +65,8 @@ def rl_config(train: TrainConfig, output_dir: Path, has_eval: bool, weights: lis
     args_class = GRPOConfig if rl.algorithm == "grpo" else RLOOConfig
     kwargs = trainer_kwargs(train, output_dir, has_eval, args_class)
     kwargs.update(rl.model_dump(include=_TRL_FIELDS))  # train.rl's fields under TRL's names
+    if rl.algorithm == "grpo":
+        kwargs.update({trl_name: getattr(rl, ours) for ours, trl_name in _GRPO_FIELDS.items()})
     kwargs.update(
         reward_weights=weights,
         train_sampling_strategy="random",  # prompts have no answers yet to group by length
@@ -85,12 +95,13 @@ def rl_trainer(job: TrainerJob) -> Any:
     run_dir, callbacks = job.run_dir, job.callbacks
     train = config.train
     functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
+    audit = RewardAudit([fn.__name__ for fn in functions], weights)
     rows, val = rl_rows(records["train"]), rl_rows(records.get("val", []))
     trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
     base.tokenizer.padding_side = "left"  # generation pads on the left
-    return trainer_class(
+    trainer = trainer_class(
         model=base.model,
-        reward_funcs=list[Any](functions),
+        reward_funcs=list[Any](audit.wrap(functions)),
         args=rl_config(train, run_dir / "trainer", bool(val), weights),
         train_dataset=Dataset.from_list(rows),
         eval_dataset=Dataset.from_list(val) if val else None,
@@ -98,6 +109,8 @@ def rl_trainer(job: TrainerJob) -> Any:
         peft_config=lora_config(train) if train.method in ("lora", "qlora") else None,
         callbacks=callbacks,
     )
+    setattr(trainer, "reward_audit", audit)  # noqa: B010 (read by finish_rl)
+    return trainer
 
 
 def describe_rl(config: ProjectConfig, trainer: Any) -> str:
@@ -105,13 +118,25 @@ def describe_rl(config: ProjectConfig, trainer: Any) -> str:
     return f"{train.method} {train.rl.algorithm.upper()} ({len(trainer.reward_funcs)} rewards)"
 
 
-def finish_rl(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, float]:
-    """The reward curves plotted, and the reward's gain, the last KL and clip fraction."""
+def finish_rl(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
+    """The reward curves plotted, the reward's gain, the last KL and clip fraction, and the run's
+    audit (`rl_audit`): printed, written to `rl_audit.json`, its verdict kept with the version."""
+    from tunesmith.progress import console
     from tunesmith.train.sft import is_main_process
 
+    history = trainer.state.log_history
+    rl = run.config.train.rl
+    checker = audit_checker(rl.audit_checker, [spec.checker for spec in rl.rewards])
+    audit = run_audit(history, trainer.reward_audit.samples, checker)
     if is_main_process():
-        plot_rl(trainer.state.log_history, run_dir / "rewards.png")
-    return reward_trend(trainer.state.log_history)
+        plot_rl(history, run_dir / "rewards.png")
+        (run_dir / "rl_audit.json").write_text(json.dumps(audit, indent=2), encoding="utf-8")
+        for line in audit_lines(audit):
+            console.print(line, highlight=False, markup=False)
+    verdict = {"rl_verdict": audit["verdict"], "rl_verdict_rule": audit["rule"]}
+    if audit.get("top_rewarded_wrong_share") is not None:
+        verdict["rl_top_rewarded_wrong_share"] = audit["top_rewarded_wrong_share"]
+    return {**reward_trend(history), **verdict}
 
 
 def reward_trend(history: list[dict[str, Any]]) -> dict[str, float]:
