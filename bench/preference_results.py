@@ -147,25 +147,16 @@ def run_rl(workspace: Path, scale: float) -> dict[str, Any]:
     started = time.perf_counter()
     outcome = train(cfg)
     m = outcome.version.metrics
-    history = json.loads((outcome.run_dir / "log_history.json").read_text())
-    per_step = [h for h in history if "reward" in h]
-    quarter = max(1, len(per_step) // 4)
-
-    def mean(key: str, rows: list[dict[str, Any]]) -> float:
-        values = [r[key] for r in rows if key in r]
-        return sum(values) / len(values) if values else float("nan")
-
-    parts = {
-        key.split("/")[1]: (mean(key, per_step[:quarter]), mean(key, per_step[-quarter:]))
-        for key in ("rewards/numeric_match/mean", "rewards/answer_format/mean")
-    }
+    audit = json.loads((outcome.run_dir / "rl_audit.json").read_text())  # what every RL run ends with
+    parts = {key: audit[key] for key in ("reward/numeric_match", "reward/answer_format") if key in audit}
     return {
         "run": f"GRPO (LoRA) of SmolLM2-135M on gsm8k, {steps} steps x 1 prompt x 8 answers",
         "version": outcome.version.name,
         "result": f"mean reward {m['reward_first_quarter']:.3f} (first quarter) → "
         f"{m['reward_last_quarter']:.3f} (last quarter); "
-        + "; ".join(f"{k} {a:.3f} → {b:.3f}" for k, (a, b) in parts.items())
-        + f"; KL {m.get('kl_last', float('nan')):.4f}, clip {m.get('clip_fraction_last', float('nan')):.3f}",
+        + "; ".join(f"{k.split('/')[1]} {v['first']:.3f} → {v['last']:.3f}" for k, v in parts.items())
+        + f"; KL {m.get('kl_last', float('nan')):.4f}, clip {m.get('clip_fraction_last', float('nan')):.3f}"
+        + f"; audit: {audit['verdict']} ({audit['rule']})",
         "minutes": (time.perf_counter() - started) / 60,
         "plot": str(outcome.run_dir / "rewards.png"),
     }

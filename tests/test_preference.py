@@ -224,6 +224,10 @@ def test_rl_samples_scores_and_logs_reward_kl_and_clip_per_step(tmp_path, tiny_m
     )
     assert promoted.exit_code == 0, promoted.output
     assert f"RL audit: {audit['verdict']} ({audit['rule']})" in " ".join(promoted.output.split())
+    card = CliRunner().invoke(
+        app, ["registry", "card", outcome.version.name, "--config", str(tmp_path / "tunesmith.yaml")]
+    )
+    assert f"- RL audit: {audit['verdict']} ({audit['rule']})" in " ".join(card.output.split())
 
 
 def test_rl_refuses_groups_that_do_not_fit_the_batch(tmp_path, tiny_model_dir):

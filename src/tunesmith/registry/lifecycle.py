@@ -227,6 +227,8 @@ def _card_method(version: ModelVersion, config: ProjectConfig) -> list[str]:
     if version.method in ("lora", "qlora") and not merge:
         lora = train.lora
         lines.append(f"- LoRA r {lora.r}, alpha {lora.lora_alpha}, dropout {lora.lora_dropout}")
+    if "rl_verdict" in version.metrics:
+        lines.append(f"- RL audit: {version.metrics['rl_verdict']} ({version.metrics['rl_verdict_rule']})")
     return lines
 
 
