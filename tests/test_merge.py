@@ -150,3 +150,22 @@ def test_merges_that_cannot_work_are_refused_before_any_weights_load(tmp_path, t
     refused = command(config_path, "registry", "merge", first.name, full.name)
     assert refused.exit_code == 1
     assert f"{full.name} is a full version: only LoRA versions merge" in " ".join(refused.output.split())
+
+
+@pytest.mark.slow
+def test_merging_two_versions_of_the_bundled_model_answers_what_each_learned(tmp_path):
+    """bench/merge_results.py at reduced size: A learns 6 Fernwick facts, B 6 others; their average
+    answers held-out questions on both halves, where each parent knows only its own."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from merge_results import run
+
+    result = run(tmp_path, groups=6, merges=[("linear", "0.5,0.5", 0.5)])
+    (a, b), merged = result["parents"], result["merged"]["linear 0.5,0.5"]["version"]
+    key_fact = {
+        half: {name: score["value"] for name, score in scores.items()}
+        for half, scores in result["halves"].items()
+    }
+    assert key_fact["A"][a] >= 0.5 and key_fact["B"][b] >= 0.5, key_fact
+    assert key_fact["A"][merged] > key_fact["A"][b] and key_fact["B"][merged] > key_fact["B"][a], key_fact
