@@ -172,7 +172,7 @@ def test_forced_promotion_is_recorded_and_approval_must_come_from_someone_else(t
 
 def test_diff_card_and_reproduce(tmp_path, tiny_model_dir):
     config_path, settings = setup_project(tmp_path, tiny_model_dir, "data.licence=cc-by-4.0")
-    first = train(load_config(config_path, settings)).version.name
+    first = train(load_config(config_path, [*settings, "train.lr=1e-3"])).version.name
     second = train(load_config(config_path, [*settings, "train.lr=5e-3", "data.sample=150"])).version.name
 
     before = registry(config_path, "diff", first, second)

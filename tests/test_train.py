@@ -191,12 +191,11 @@ def test_killed_run_resumes_exactly(tmp_path, tiny_model_dir):
 
 
 def test_fit_estimate_counts_exactly_and_refuses_what_cannot_fit(tmp_path, tiny_model_dir, monkeypatch):
-    from tunesmith.data import prepare_data
     from tunesmith.train.fit import DoesNotFitError
-    from tunesmith.train.run import fit_estimate
+    from tunesmith.train.run import checked_dataset
 
     config_path, config = project(tmp_path, tiny_model_dir)
-    estimate = fit_estimate(config, prepare_data(config))
+    _, _, estimate = checked_dataset(config, open_workspace(config))  # as the run plans it (the recipe)
     outcome = train(config)
     assert estimate.trainable_parameters == outcome.version.metrics["trainable_parameters"]
     assert estimate.total_parameters == outcome.version.metrics["total_parameters"]
@@ -403,7 +402,9 @@ def test_pretrain_on_raw_text_and_objective_kind_mismatch(tmp_path, tiny_model_d
 
 
 def test_packing_joins_rows_into_full_sequences(tmp_path, tiny_model_dir):
-    _, config = project(tmp_path, tiny_model_dir, "train.packing=true", "train.save_strategy=no")
+    _, config = project(
+        tmp_path, tiny_model_dir, "train.packing=true", "train.max_length=256", "train.save_strategy=no"
+    )
     packed = train(config).version.metrics
     # 160 short rows packed into 256-token sequences: far fewer than the 20 steps of batch 8 unpacked
     assert 0 < packed["global_step"] < 10

@@ -1,4 +1,4 @@
-"""The default recipe, `classify` and `tag` on the bundled models and real public data from ../shared/datasets.
+"""The default recipe, `classify` and `tag` on the bundled models and real data from ../shared/datasets.
 
 Small subsets so the suite stays quick on a 2-core CPU; `bench/train_results.py` runs larger ones.
 """
