@@ -485,3 +485,19 @@ def test_a_judge_or_teacher_endpoint_gets_only_the_key_its_config_names(monkeypa
     assert "sk-openai-secret" not in app.state.keys
     assert app.state.keys[-1] == "judge-host-key"
     assert endpoint_api_key("https://api.openai.com/v1", None) == "sk-openai-secret"  # its own host
+
+
+def test_answer_likelihoods_are_computed_only_for_a_metric_that_reads_them(trained, monkeypatch):
+    """Perplexity needs a second pass over every reference answer; an eval without it skips the pass."""
+    import tunesmith.evaluate.runner as eval_runner
+
+    config_path, settings, outcome = trained
+    passes = []
+    real = eval_runner.answer_nll
+    monkeypatch.setattr(eval_runner, "answer_nll", lambda *a, **k: passes.append(1) or real(*a, **k))
+    run_eval(load_config(config_path, [*settings, "eval.metrics=[rouge_l]"]), outcome.version.name)
+    assert passes == []
+    report = run_eval(
+        load_config(config_path, [*settings, "eval.metrics=[rouge_l, perplexity]"]), outcome.version.name
+    )
+    assert len(passes) == 2 and "perplexity" in report.report["systems"][-1]["scores"]  # base and the version

@@ -176,6 +176,7 @@ def _fold_scores(
         config.eval,
         max_length=config.train.max_length,
         label=f"fold {fold}",
+        metrics=metrics,
     )
     system = score_system(
         SystemResult(f"fold {fold}", "cv", None, outputs),

@@ -825,6 +825,7 @@ def _run_subject(
             label=subject.label,
             shots=shots if subject.shots else [],
             cache=cache,
+            metrics=plan.metrics,
         )
         if probe_data is not None and kind not in ("classification", "tagging") and not subject.shots:
             probed = run_probe(model, tokenizer, *probe_data, settings.probe.scoring)
@@ -845,8 +846,10 @@ def model_outputs(
     label: str,
     shots: list[dict[str, Any]] | None = None,
     cache: AnswerCache | None = None,
+    metrics: list[str] | None = None,
 ) -> tuple[list[Any], list[tuple[float, int]] | None]:
-    """A loaded model's outputs on `items` (answers, labels or tag lists) and, for LMs, likelihoods."""
+    """A loaded model's outputs on `items` (answers, labels or tag lists) and, for LMs, the reference
+    answers' likelihoods when a metric of `metrics` reads them (None: always)."""
     if kind in ("classification", "tagging"):
         from tunesmith.train.classify import predict
 
@@ -871,7 +874,8 @@ def model_outputs(
     )
     if cache is not None and cache.hits:
         console.print(f"{label}: {cache.hits} of {len(items)} answers from the cache")
-    nll = None if shots else answer_nll(model, tokenizer, items, batch_size=nll_batch)
+    wanted = metrics is None or any(get_metric(m).kind == "lm" for m in metrics)
+    nll = answer_nll(model, tokenizer, items, batch_size=nll_batch) if wanted and not shots else None
     return answers, nll
 
 
