@@ -244,28 +244,15 @@ def _load_export(
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tunesmith.config import ProjectConfig
-    from tunesmith.models import load_configured
+    from tunesmith.models.loading import LOAD_LOCK
+    from tunesmith.registry.loading import adapter_base
 
     tokenizer = AutoTokenizer.from_pretrained(target)
-    from tunesmith.models.loading import LOAD_LOCK
-
     if fmt == "merged":
         with LOAD_LOCK:
             return AutoModelForCausalLM.from_pretrained(target, dtype="float32"), tokenizer
-    dtype = ProjectConfig.model_validate(version.config).weights_dtype
-    if version.parent_id is not None:  # the adapter sits on its parent version, merged
-        import torch
-
-        from tunesmith.registry.loading import load_row
-        from tunesmith.registry.versions import get_version
-
-        parent, _ = load_row(get_version(workspace, version.parent_id), workspace)
-        parent = parent.merge_and_unload() if hasattr(parent, "merge_and_unload") else parent
-        return PeftModel.from_pretrained(parent.to(getattr(torch, dtype)), target), tokenizer
-    model_cfg = version.config["model"]
-    base = load_configured(model_cfg, dtype)
-    return PeftModel.from_pretrained(base.model, target), tokenizer
+    model, _, _ = adapter_base(version, workspace, action="exporting")
+    return PeftModel.from_pretrained(model, target), tokenizer
 
 
 def _answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:

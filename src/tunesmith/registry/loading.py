@@ -52,35 +52,61 @@ def load_row(version: ModelVersion, workspace: Workspace | None = None) -> tuple
         return _load_row(version, workspace)
 
 
-def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, Any]:
+def merged_row(version: ModelVersion, workspace: Workspace | None, dtype: str) -> tuple[Any, Any]:
+    """(model, tokenizer) of a version as plain weights: its adapter, if it has one, merged in; in
+    `dtype` ("float32", "bfloat16"...), a classifier's head kept in float32 (`float32_heads`)."""
     import torch
-    import transformers
-    from peft import PeftModel
 
+    from tunesmith.models.loading import float32_heads
+
+    model, tokenizer = load_row(version, workspace)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model = model.to(getattr(torch, dtype))
+    float32_heads(model)
+    return model, tokenizer
+
+
+def adapter_base(
+    version: ModelVersion, workspace: Workspace | None, dtype: str | None = None, action: str = "loading"
+) -> tuple[Any, Any, str | None]:
+    """(model, tokenizer, base revision) that a LoRA or QLoRA version's adapter sits on: the version
+    it was trained from (`train.init_from`), merged, or else its base model, checked against the
+    revision it was trained on. In `dtype`, the version's own weights dtype unless given.
+
+    Raises:
+        RegistryError: the parent version cannot be found without the workspace, or the base
+            resolves to another revision (`check_base`; `action` says what was about to happen).
+    """
     from tunesmith.models import load_configured
-    from tunesmith.models.loading import HEADS, float32_heads, saved_head
+    from tunesmith.models.loading import float32_heads, saved_head
 
-    model_cfg = version.config["model"]
-    remote_code = bool(model_cfg.get("trust_remote_code", False))  # as the version was trained
-    head, extra = saved_head(Path(version.path))  # the weights say which head the objective trained
-    if version.method in ("lora", "qlora") and version.parent_id is not None:
+    dtype = dtype or ProjectConfig.model_validate(version.config).weights_dtype
+    if version.parent_id is not None:
         if workspace is None:
             raise RegistryError(
                 f"{version.name} was trained on top of another version; loading it needs the workspace"
             )
-        parent_model, tokenizer = load_row(get_version(workspace, version.parent_id), workspace)
-        if hasattr(parent_model, "merge_and_unload"):
-            parent_model = parent_model.merge_and_unload()
-        dtype = ProjectConfig.model_validate(version.config).weights_dtype
-        parent_model = parent_model.to(getattr(torch, dtype))
-        float32_heads(parent_model)  # as classify trained it
-        return PeftModel.from_pretrained(parent_model, version.path), tokenizer
+        model, tokenizer = merged_row(get_version(workspace, version.parent_id), workspace, dtype)
+        return model, tokenizer, version.base_revision
+    head, extra = saved_head(Path(version.path))  # the weights say which head the objective trained
+    base = load_configured(version.config["model"], dtype, head=head, **extra)
+    check_base(version, base.base_revision, action)
+    float32_heads(base.model)  # as classify trained it
+    return base.model, base.tokenizer, base.base_revision
+
+
+def _load_row(version: ModelVersion, workspace: Workspace | None) -> tuple[Any, Any]:
+    import transformers
+    from peft import PeftModel
+
+    from tunesmith.models.loading import HEADS, saved_head
+
     if version.method in ("lora", "qlora"):
-        dtype = ProjectConfig.model_validate(version.config).weights_dtype
-        base = load_configured(model_cfg, dtype, head=head, **extra)
-        check_base(version, base.base_revision, "loading")
-        float32_heads(base.model)
-        return PeftModel.from_pretrained(base.model, version.path), base.tokenizer
+        model, tokenizer, _ = adapter_base(version, workspace)
+        return PeftModel.from_pretrained(model, version.path), tokenizer
+    remote_code = bool(version.config["model"].get("trust_remote_code", False))  # as it was trained
+    head, _ = saved_head(Path(version.path))
     auto_class = getattr(transformers, HEADS[head])
     return (
         auto_class.from_pretrained(version.path, use_safetensors=True, trust_remote_code=remote_code),

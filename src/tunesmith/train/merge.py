@@ -33,7 +33,7 @@ from typing import Any
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
 from tunesmith.errors import InputError
 from tunesmith.registry import RegistryError, get_version
-from tunesmith.registry.loading import check_base, load_row
+from tunesmith.registry.loading import adapter_base
 from tunesmith.registry.versions import move_alias, register_version
 from tunesmith.store import DatasetVersion, ModelVersion, Run, session
 from tunesmith.train.sft import close_run, failing_run, open_run
@@ -242,7 +242,7 @@ def write_merge(
     """
     from peft import PeftModel
 
-    model, tokenizer, revision = _base_of(workspace, parents[0])
+    model, tokenizer, revision = adapter_base(parents[0], workspace, "float32", "merging")
     model = PeftModel.from_pretrained(model, parents[0].path, adapter_name="parent0")
     for i, v in enumerate(parents[1:], start=1):
         model.load_adapter(v.path, adapter_name=f"parent{i}")
@@ -261,19 +261,6 @@ def write_merge(
     del model
     gc.collect()
     return target, energy, tokenizer, revision
-
-
-def _base_of(workspace: Workspace, version: ModelVersion) -> tuple[Any, Any, str | None]:
-    """(model, tokenizer, base revision) the version's adapter goes on: its base, or its parent version
-    merged (`train.init_from`), in float32 so the merge's arithmetic loses nothing."""
-    from tunesmith.models import load_configured
-
-    if version.parent_id is not None:
-        model, tokenizer = load_row(get_version(workspace, version.parent_id), workspace)
-        return model.merge_and_unload().float(), tokenizer, version.base_revision
-    base = load_configured(version.config["model"], "float32")
-    check_base(version, base.base_revision, "merging")
-    return base.model, base.tokenizer, base.base_revision
 
 
 def _merge_deltas(model: Any, names: list[str], spec: MergeSpec) -> float:

@@ -386,10 +386,8 @@ def load_base(config: ProjectConfig, dataset: DatasetVersion, workspace: Workspa
 
 def _load_parent(config: ProjectConfig, workspace: Workspace) -> Any:
     """The version named by `train.init_from`, merged into plain weights, as a LoadedModel."""
-    import torch
-
     from tunesmith.models.loading import LoadedModel, resolve
-    from tunesmith.registry.loading import load_row
+    from tunesmith.registry.loading import merged_row
 
     assert config.train.init_from is not None
     parent = get_version(workspace, config.train.init_from)
@@ -407,14 +405,8 @@ def _load_parent(config: ProjectConfig, workspace: Workspace) -> Any:
             f"train.init_from: {parent.name} is a {parent_objective} version; objective "
             f"{config.train.objective} cannot start from it"
         )
-    model, tokenizer = load_row(parent, workspace)
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    model = (
-        model.to(getattr(torch, config.weights_dtype))
-        if config.train.method in ("lora", "qlora")
-        else model.float()
-    )
+    dtype = config.weights_dtype if config.train.method in ("lora", "qlora") else "float32"
+    model, tokenizer = merged_row(parent, workspace, dtype)
     resolved = resolve(config.model.id, config.model.source, config.model.revision)
     return LoadedModel(
         model=model, tokenizer=tokenizer, resolved=resolved, base_revision=parent.base_revision
