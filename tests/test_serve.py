@@ -187,6 +187,32 @@ def test_alias_moves_swap_without_restart_and_a_failed_load_keeps_the_old_versio
             assert rollback.status_code == 200
 
 
+def test_a_swap_between_routing_and_queueing_routes_the_request_again(project, monkeypatch):
+    """The registry poll may swap an alias after a request is routed and before its jobs are queued:
+    the request is routed again and answered by the new version, never 500 for one just unloaded."""
+    family, first, second = project["family"], project["first"], project["second"]
+    config = config_of(project, "serve.poll_seconds=600")
+    with running(config) as (url, server):
+        old = get_version(server.workspace, first)
+        ensure, armed = server.table.ensure, [True]
+
+        def swap_after_routing(name: str):
+            version = ensure(name)
+            if armed.pop() if armed else False:
+                new = get_version(server.workspace, second)
+                promote(server.workspace, config.registry, new, "production", force=True, reason="race")
+                assert server.table.refresh() == [(f"{family}@production", second, "swapped")]
+                wait_for(lambda: old.id not in server.backend.loaded())
+            return version
+
+        monkeypatch.setattr(server.table, "ensure", swap_after_routing)
+        raw = client(url).chat.completions.with_raw_response.create(
+            model=family, messages=QUESTION, max_tokens=2
+        )
+        assert raw.headers["x-tunesmith-version"] == second
+        promote(server.workspace, config.registry, old, "production", force=True, reason="restore")
+
+
 def test_a_route_whose_shadow_and_canary_aliases_are_not_set_yet_serves_and_follows_them(project):
     """A server started before its shadow or canary alias is set (the closed loop's first day) serves
     the primary, and mirrors or splits once the registry sets the alias."""

@@ -129,3 +129,54 @@ def test_penalties_lower_the_logits_of_tokens_already_in_the_answer_as_openai_de
     plain = Choice(0, SamplingParams(max_tokens=9))
     plain.tokens = [2, 2]
     assert torch.equal(penalised(logits, plain), logits)
+
+
+class _Recorder:
+    """A backend that only records the versions it is told to load and to retire."""
+
+    def __init__(self) -> None:
+        self.retired: list[str] = []
+
+    def load(self, version) -> None:
+        pass
+
+    def retire(self, version_id: str) -> None:
+        self.retired.append(version_id)
+
+
+def test_a_version_swapped_out_under_a_held_request_is_unloaded_when_the_last_hold_ends(tmp_path):
+    from store_helpers import stored_run, stored_version
+    from tunesmith.registry.aliases import promote
+    from tunesmith.serve.router import ModelTable
+    from tunesmith.store import session
+    from tunesmith.workspace import open_workspace
+
+    config = load_config(None, [f"workspace={tmp_path / 'ws'}"])
+    workspace = open_workspace(config)
+    with session(workspace.engine) as s:
+        s.add(stored_run())
+    first, second = stored_version(1), stored_version(2)
+    with session(workspace.engine) as s:
+        s.add_all([first, second])
+    promote(workspace, config.registry, first, "production", force=True, reason="test")
+    backend = _Recorder()
+    table = ModelTable(workspace, backend)  # type: ignore[arg-type]
+    assert table.ensure("p").id == first.id
+    assert table.hold(first) and table.hold(first)  # two requests routed to it
+
+    promote(workspace, config.registry, second, "production", force=True, reason="test")
+    assert table.refresh() == [("p@production", "p-v2", "swapped")]
+    assert backend.retired == []  # both requests still hold it
+    table.release(first)
+    assert backend.retired == []
+    table.release(first)
+    assert backend.retired == [first.id]
+    assert not table.hold(first)  # a request routed before the swap is routed again
+
+    assert table.hold(second)
+    promote(workspace, config.registry, first, "production", force=True, reason="test")
+    table.refresh()
+    promote(workspace, config.registry, second, "production", force=True, reason="test")
+    table.refresh()  # pointed at again before its hold ended: it stays loaded
+    table.release(second)
+    assert backend.retired == [first.id, first.id]

@@ -7,6 +7,8 @@ at it, and the old version is dropped once its in-flight requests are done. A ve
 to load leaves the old one serving, and is not tried again until the alias moves again. With
 `max_loaded`, loading one version more than that first unloads the least recently used name's
 version (once its in-flight requests finish); pinned names (`serve.models`, the routes) stay.
+A request holds its version from routing until its jobs are queued (`hold`, `release`), so a swap
+in between defers the unload instead of pulling the version from under it.
 
 `Router` applies a route's policy (`serve.routes`): targeting rules, a running rollout, canary
 splits, then the primary; and picks a shadow to mirror the request to.
@@ -14,6 +16,7 @@ splits, then the primary; and picks a shadow to mirror the request to.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import logging
 import random
@@ -26,7 +29,7 @@ from sqlalchemy import func, select
 
 from tunesmith.config import RouteConfig, ServeConfig
 from tunesmith.registry.versions import alias_target
-from tunesmith.serve.backends import Backend
+from tunesmith.serve.backends import Backend, BackendError
 from tunesmith.serve.keys import Caller
 from tunesmith.store import AliasEvent, ModelVersion, Rollout, session
 from tunesmith.workspace import Workspace
@@ -62,6 +65,8 @@ class ModelTable:
         self._locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._load_lock = threading.Lock()  # one eviction-and-load at a time keeps the count right
+        self._holds: collections.Counter[str] = collections.Counter()  # version id -> requests holding it
+        self._orphans: set[str] = set()  # versions no name points at, unloaded when the last hold ends
         self._last_event: int | None = self._latest_event()
         self.on_swap: Callable[[str, str, str], None] | None = None  # (name, version name, result)
 
@@ -82,6 +87,43 @@ class ModelTable:
     def in_use(self) -> set[str]:
         with self._lock:
             return {v.id for v in self._refs.values()}
+
+    def hold(self, version: ModelVersion) -> bool:
+        """Keep `version` loaded until `release`: a request between routing and queueing its jobs.
+
+        False when a swap or an eviction unloaded it since it was chosen: route the request again.
+        """
+        with self._lock:
+            if not self._holds[version.id] and version.id not in {v.id for v in self._refs.values()}:
+                return False
+            self._holds[version.id] += 1
+            return True
+
+    def release(self, version: ModelVersion) -> None:
+        """End a `hold`; a version swapped out meanwhile is unloaded once nothing holds it."""
+        with self._lock:
+            self._holds[version.id] -= 1
+            if self._holds[version.id] > 0:
+                return
+            del self._holds[version.id]
+            if version.id not in self._orphans:
+                return
+            self._orphans.discard(version.id)
+            if version.id in {v.id for v in self._refs.values()}:
+                return  # a name points at it again
+        self.backend.retire(version.id)
+
+    def _retire(self, version: ModelVersion) -> bool:
+        """Unload a version no name points at any more, now or when its last `hold` ends; False when
+        a name still points at it."""
+        with self._lock:
+            if version.id in {v.id for v in self._refs.values()}:
+                return False
+            if self._holds[version.id]:
+                self._orphans.add(version.id)
+                return True
+        self.backend.retire(version.id)  # dropped once its in-flight requests finish
+        return True
 
     def ensure(self, name: str) -> ModelVersion:
         """The loaded version `name` points at, loading (and warming up) on first use."""
@@ -125,9 +167,7 @@ class ModelTable:
                     )
                 victim = min(idle, key=lambda n: self._used.get(n, 0.0))
                 version = self._refs.pop(victim)
-                still_used = version.id in {v.id for v in self._refs.values()}
-            if not still_used:
-                self.backend.retire(version.id)  # dropped once its in-flight requests finish
+            if self._retire(version):
                 log.info("unloaded %s (%s): least recently used, serve.max_loaded", version.name, victim)
 
     def lookup(self, name: str) -> ModelVersion:
@@ -195,8 +235,7 @@ class ModelTable:
                 self._refs[name] = new
                 self._failed.pop(name, None)
             log.info("%s now serves %s (was %s)", name, new.name, old.name)
-            if old.id not in self.in_use():
-                self.backend.retire(old.id)  # dropped once its in-flight requests finish
+            self._retire(old)
             result = (name, new.name, "swapped")
         if self.on_swap is not None:
             self.on_swap(*result)
@@ -302,6 +341,23 @@ class Router:
         )
 
     def decide(
+        self, requested: str, caller: Caller, user: str | None, headers: Mapping[str, str]
+    ) -> Decision:
+        """The version that answers, held loaded until `release` (call it once the jobs are queued).
+
+        Raises:
+            BackendError: the name's version was swapped out under the request three times running.
+        """
+        for _ in range(3):
+            decision = self._choose(requested, caller, user, headers)
+            if self.table.hold(decision.version):
+                return decision
+        raise BackendError(f"`{requested}` kept moving to another version while the request was routed")
+
+    def release(self, decision: Decision) -> None:
+        self.table.release(decision.version)
+
+    def _choose(
         self, requested: str, caller: Caller, user: str | None, headers: Mapping[str, str]
     ) -> Decision:
         self.check_served(requested)

@@ -277,19 +277,11 @@ class Server:
                 503, f"the model `{body.model}` cannot be served: {exc}", type="server_error"
             ) from None
         trace.decision, version = decision, decision.version
-        settings = self.runtime.settings.for_request(body.model, version)
-        trace.prompt, prompt_ids = self._encode(body, version, settings)
-        params = self._params(body, settings, max(len(ids) for ids in prompt_ids), version)
-        wanted = sum(len(ids) + params.max_tokens * body.n for ids in prompt_ids)
-        self._check(self.limiter.admit_tokens(trace.caller, wanted))
-        tenant = trace.caller.key_id or "anonymous"
-        jobs = [
-            GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop(), tenant=tenant)
-            for ids in prompt_ids
-        ]
-        self._submit(jobs)
+        try:
+            jobs = self._queue(trace, version)
+        finally:
+            self.router.release(decision)  # queued jobs keep the version loaded from here on
         self.metrics.queue.set(self.backend.queue_depth())
-        trace.tokens_in = sum(len(i) for i in prompt_ids) * body.n
         response_headers = {
             "x-request-id": request_id,
             "x-tunesmith-version": version.name,
@@ -308,6 +300,23 @@ class Server:
             request_id, version, trace.chat, texts, reasons, _usage(trace.tokens_in, tokens)
         )
         return JSONResponse(payload, headers=response_headers)
+
+    def _queue(self, trace: _Trace, version: ModelVersion) -> list[GenerationJob]:
+        """Encode the request for `version`, admit its tokens and queue its jobs."""
+        body = trace.body
+        settings = self.runtime.settings.for_request(body.model, version)
+        trace.prompt, prompt_ids = self._encode(body, version, settings)
+        params = self._params(body, settings, max(len(ids) for ids in prompt_ids), version)
+        wanted = sum(len(ids) + params.max_tokens * body.n for ids in prompt_ids)
+        self._check(self.limiter.admit_tokens(trace.caller, wanted))
+        tenant = trace.caller.key_id or "anonymous"
+        jobs = [
+            GenerationJob(version.id, ids, [params] * body.n, asyncio.get_running_loop(), tenant=tenant)
+            for ids in prompt_ids
+        ]
+        self._submit(jobs)
+        trace.tokens_in = sum(len(i) for i in prompt_ids) * body.n
+        return jobs
 
     def _check(self, refusal: Refusal | None) -> None:
         """Raise a rate limit's refusal as 429 (with Retry-After when waiting helps)."""
@@ -688,7 +697,7 @@ class Server:
                 else:
                     reasons[index], tokens = event.finish_reason, tokens + event.tokens
             status, error = 200, None
-        except OverloadedError:
+        except (OverloadedError, BackendError):  # a full queue, or the shadow was swapped out meanwhile
             self.metrics.shadow.labels(shadow.name, "dropped").inc()
             return
         except Exception as exc:
