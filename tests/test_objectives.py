@@ -37,7 +37,7 @@ def objective_project(tmp_path: Path, model_dir: Path, objective: str) -> tuple[
     if objective == "multitask":
         return write_multitask_project(tmp_path, model_dir), ["train.schedule=constant", *COMMON]
     settings = [f"train.objective={objective}", "data.format=auto", *COMMON]
-    if objective in ("sft", "rl"):
+    if objective in ("sft", "rl", "distill"):
         data = write_rows(tmp_path / "qa.jsonl", demo_rows()[:60])
     elif objective == "pretrain":
         data = write_rows(
@@ -55,7 +55,9 @@ def objective_project(tmp_path: Path, model_dir: Path, objective: str) -> tuple[
             "train.rl.num_generations=2",
             "train.rl.max_completion_length=6",
         ]
-    if objective in ("dpo", "rl"):
+    if objective == "distill":  # the model as its own teacher: the same vocabulary, so on-policy
+        settings += [f"train.distill.teacher.model={model_dir}", "train.distill.max_completion_length=6"]
+    if objective in ("dpo", "rl", "distill"):
         settings += ["eval.max_new_tokens=4"]
     config = tmp_path / "tunesmith.yaml"
     config.write_text(

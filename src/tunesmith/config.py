@@ -26,7 +26,7 @@ from pydantic import (
 
 CONFIG_FILENAME = "tunesmith.yaml"
 # objectives whose versions are causal LMs
-GENERATIVE_OBJECTIVES = ("sft", "pretrain", "multitask", "dpo", "rl")
+GENERATIVE_OBJECTIVES = ("sft", "pretrain", "multitask", "dpo", "rl", "distill")
 # The losses `train.preference.loss_type` takes: TRL DPOTrainer's own (a list combines them, weighted
 # by loss_weights), and three that run on their own TRL trainers.
 DPO_LOSSES = (
@@ -500,6 +500,41 @@ class RLSettings(_Section):
         return self
 
 
+class DistillSettings(_Section):
+    """Distillation (`objective: distill`): the student learns from a teacher model.
+
+    on_policy: the student answers the train prompts and is pulled towards the teacher's token
+    distributions over its own answers (TRL's DistillationTrainer, the GKD method); teacher and
+    student must share a tokenizer. off_policy: the teacher answers each train prompt once (cached)
+    and the student learns those answers by SFT; any teacher, an OpenAI-compatible endpoint included.
+    auto: on_policy for a local teacher with the student's tokenizer, off_policy otherwise.
+    """
+
+    # teacher.model: a registered version (name or id), or a model id or folder; with teacher.endpoint,
+    # the endpoint's model name. Sampling (temperature, top_p, max_tokens) is for off-policy answers.
+    teacher: TeacherConfig = Field(default_factory=lambda: TeacherConfig(model=""))
+    mode: Literal["auto", "on_policy", "off_policy"] = "auto"
+    # on-policy: the generalised Jensen-Shannon divergence's interpolation, 0 forward KL (the
+    # student covers the teacher), 1 reverse KL (it seeks the teacher's modes), 0.5 symmetric JSD
+    beta: float = Field(0.5, ge=0.0, le=1.0)
+    max_completion_length: int = Field(128, gt=0)  # on-policy: tokens the student answers per prompt
+    temperature: float = Field(1.0, gt=0)  # on-policy: the student's sampling, and the loss's softening
+
+    @model_validator(mode="after")
+    def _teacher_named(self) -> DistillSettings:
+        if not self.teacher.model:
+            raise ValueError(
+                "teacher.model: name the teacher (a registered version, a model id or folder, or the "
+                "model of teacher.endpoint)"
+            )
+        if self.teacher.endpoint and self.mode == "on_policy":
+            raise ValueError(
+                "mode on_policy needs the teacher's token distributions, which an endpoint does not "
+                "give; use mode off_policy (or auto), or a local teacher"
+            )
+        return self
+
+
 class TrainConfig(_Section):
     """Training settings; the common ones under their TRL `SFTConfig` names, the rest in `args`."""
 
@@ -507,13 +542,14 @@ class TrainConfig(_Section):
     # classify: a label per text (sequence-classification head); tag: a label per word (NER);
     # multitask: several instruction datasets (train.tasks) mixed by weight, optionally on a schedule;
     # reward: a reward model from preference pairs or rankings; dpo: preference optimisation of the
-    # LM (train.preference); rl: online RL against rewards (train.rl)
+    # LM (train.preference); rl: online RL against rewards (train.rl); distill: learn from a teacher
+    # model (train.distill)
     # auto: chosen from the data's row format when a run starts (printed with the reason): chat and
     # instruction rows sft, raw text pretrain, text+label classify, tagged tokens tag, chosen/rejected
     # pairs dpo, ranked responses reward, thumbs-up/down rows dpo with KTO; with train.tasks, multitask
-    objective: Literal["auto", "sft", "pretrain", "classify", "tag", "multitask", "reward", "dpo", "rl"] = (
-        "auto"
-    )
+    objective: Literal[
+        "auto", "sft", "pretrain", "classify", "tag", "multitask", "reward", "dpo", "rl", "distill"
+    ] = "auto"
     # auto: each of max_length, batch size, epochs, learning rate, LoRA rank, warm-up and early
     # stopping that this file leaves unset is sized to the dataset version when a run starts, and
     # printed with the reason (`train --plan` prints the plan and stops); off: the defaults below
@@ -581,6 +617,7 @@ class TrainConfig(_Section):
     mixture_rows: int | None = Field(None, gt=0)  # multitask: rows per epoch (default: all train rows)
     preference: PreferenceSettings = Field(default_factory=PreferenceSettings)  # objective dpo
     rl: RLSettings = Field(default_factory=RLSettings)  # objective rl
+    distill: DistillSettings | None = None  # objective distill
     args: dict[str, Any] = Field(default_factory=dict)  # any other `SFTConfig` field, passed as is
 
     _save_strategy_no = field_validator("save_strategy", mode="before")(lambda v: _yaml_word(v, "no"))
@@ -627,10 +664,17 @@ class TrainConfig(_Section):
             raise ValueError(
                 "objective rl needs train.rl.rewards: a list of {model | function | checker, weight}"
             )
+        if self.objective == "distill" and self.distill is None:
+            raise ValueError("objective distill needs train.distill.teacher.model: the model to learn from")
         if self.packing and self.objective in ("reward", "dpo", "rl"):
             raise ValueError(f"packing joins rows of text; objective {self.objective} scores whole answers")
         if self.objective == "reward" and self.forgetting.method != "none":
             raise ValueError("objective reward trains a scoring head: set forgetting.method: none")
+        if self.objective == "distill" and self.forgetting.method != "none":
+            raise ValueError(
+                f"forgetting.method {self.forgetting.method} guards SFT runs; objective distill learns "
+                "the teacher's answers, so set forgetting.method: none"
+            )
         if self.objective in ("dpo", "rl") and self.forgetting.method != "none":
             raise ValueError(
                 f"forgetting.method {self.forgetting.method} guards SFT runs; objective {self.objective} "

@@ -279,6 +279,7 @@ def register_trained(
         metrics={**result.metrics, **(extra_metrics or {})},
         tokenizer=result.tokenizer,
         parent_id=get_version(workspace, config.train.init_from).id if config.train.init_from else None,
+        lineage_extra=getattr(result, "lineage", None),
     )
     if "candidate" in config.registry.aliases:  # the newest version is the one to evaluate next
         move_alias(

@@ -83,6 +83,8 @@ class Objective:
     describe: Callable[[ProjectConfig, Any], str]  # what it trains (method, guard, head), from its trainer
     records: Callable[[ProjectConfig, DatasetVersion], dict[str, list[dict[str, Any]]]] = _split_records
     finish: Finish | None = None  # metrics (and files) it adds once the weights are saved
+    # what it adds to its versions' lineage (a distillation's teacher)
+    lineage: Callable[[ProjectConfig, Workspace], dict[str, Any]] | None = None
     rows_per_step: Callable[[TrainConfig], float] = _one_row_per_sample
     # optimizer steps after which the work per step repeats: RL samples answers once per cycle
     step_cycle: Callable[[TrainConfig], int] = _every_step
@@ -327,6 +329,7 @@ def _rl_rows_per_step(train: TrainConfig) -> float:
 def _register_all() -> None:
     _register_language_models()
     _register_heads_and_preferences()
+    _register_distillation()
     _check_complete()
 
 
@@ -374,6 +377,30 @@ def _register_language_models() -> None:
             finish=finish_rl,
             rows_per_step=_rl_rows_per_step,
             step_cycle=_rl_cycle,
+        )
+    )
+
+
+def _register_distillation() -> None:
+    from tunesmith.train.distill import (
+        describe_distill,
+        distill_lineage,
+        distill_records,
+        distill_trainer,
+        finish_distill,
+    )
+
+    register_objective(
+        Objective(
+            "distill",
+            rows="sft",
+            head="causal-lm",
+            task="generation",
+            trainer=distill_trainer,
+            records=distill_records,
+            describe=describe_distill,
+            finish=finish_distill,
+            lineage=distill_lineage,
         )
     )
 

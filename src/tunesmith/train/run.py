@@ -460,7 +460,7 @@ def run_objective(
             callbacks.append(BudgetStop(deadline, train.time_budget_minutes))
         trainer = objective.build_trainer(TrainerJob(config, base, records, run_dir, callbacks, workspace))
         finish, context = objective.finish, RunContext(config, dataset, kind, base, records)
-        return conclude_run(
+        result = conclude_run(
             trainer,
             workspace,
             run_id,
@@ -473,6 +473,9 @@ def run_objective(
             probe=probe,
             extra=(lambda t, r, w: finish(context, t, r, w)) if finish is not None else None,
         )
+        if objective.lineage is not None:
+            result.lineage = objective.lineage(config, workspace)
+        return result
 
 
 def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: Any) -> ProjectConfig:

@@ -89,6 +89,7 @@ class TrainResult:
     metrics: dict[str, Any]
     model: Any
     tokenizer: Any
+    lineage: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the objective adds (a teacher)
 
 
 def new_run_id() -> str:

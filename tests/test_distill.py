@@ -1,0 +1,129 @@
+"""Distillation (`objective: distill`) through the CLI on the tiny models: on-policy from a registered
+version, off-policy from a teacher with another vocabulary and from an OpenAI-compatible endpoint
+(`tunesmith serve` itself), and the version's lineage naming the teacher."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import demo_rows
+from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.registry.versions import get_version
+from tunesmith.store import RequestLog, session
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+COMMON = ["train.max_steps=2", "train.batch_size=4", "train.save_strategy=no", "eval.max_new_tokens=4"]
+
+
+def write_project(tmp_path: Path, model_dir: Path) -> Path:
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows()[:40]), encoding="utf-8")
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text(
+        f"project: pupil\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n  clean:\n    near_dedup: false\n"
+        "train:\n  method: lora\n  lr: 1e-3\n  forgetting: {probe: false}\n",
+        encoding="utf-8",
+    )
+    return config
+
+
+def train(config: Path, *settings: str):
+    sets = [arg for s in [*COMMON, *settings] for arg in ("--set", s)]
+    result = runner.invoke(app, ["train", str(config), *sets])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result, " ".join(result.output.split())
+
+
+def test_on_policy_from_a_registered_version_and_the_lineage_names_it(tmp_path, tiny_model_dir):
+    config = write_project(tmp_path, tiny_model_dir)
+    teacher, _ = train(config)
+    assert teacher.exit_code == 0, teacher.output
+
+    distilled, said = train(
+        config,
+        "train.objective=distill",
+        "train.distill.teacher.model=pupil-v1",
+        "train.distill.max_completion_length=6",
+    )
+    assert distilled.exit_code == 0, distilled.output
+    assert "Distilling on-policy: the teacher pupil-v1 has the student's vocabulary" in said
+    assert "distillation from pupil-v1 (on-policy, generalised JSD beta=0.5)" in said
+    workspace = open_workspace(load_config(config))
+    first, second = get_version(workspace, "pupil-v1"), get_version(workspace, "pupil-v2")
+    assert second.lineage["distill"] == {
+        "teacher": {"version": "pupil-v1", "id": first.id, "weights_sha256": first.weights_sha256},
+        "beta": 0.5,
+    }
+    assert second.metrics["distill_on_policy"] == 1.0 and "divergence_last_quarter" in second.metrics
+
+
+def test_another_vocabulary_is_refused_on_policy_and_learned_off_policy(
+    tmp_path, tiny_model_dir, tiny_byte_model_dir
+):
+    config = write_project(tmp_path, tiny_model_dir)
+    teacher = [f"train.distill.teacher.model={tiny_byte_model_dir}", "train.distill.teacher.max_tokens=8"]
+    refused, said = train(config, "train.objective=distill", *teacher, "train.distill.mode=on_policy")
+    assert refused.exit_code == 1, refused.output
+    assert "mode on_policy needs the teacher's token distributions" in said
+    assert "set train.distill.mode: off_policy" in said
+
+    learned, said = train(config, "train.objective=distill", *teacher)
+    assert learned.exit_code == 0, learned.output
+    assert "Distilling off-policy: the teacher" in said and "vocabulary" in said
+    assert "(off-policy, SFT on its answers)" in said
+    workspace = open_workspace(load_config(config))
+    version = get_version(workspace, "pupil-v1")
+    assert version.lineage["distill"]["teacher"] == {"model": str(tiny_byte_model_dir)}
+    assert version.metrics["distill_on_policy"] == 0.0
+    assert list((workspace.root / "distill" / "cache").iterdir())  # the answers are kept for a rerun
+
+
+def test_off_policy_from_an_endpoint_asks_each_prompt_once(serve_project, tmp_path, tiny_model_dir):
+    """`tunesmith serve` is the teacher endpoint; a second run reuses every cached answer."""
+    from tunesmith.serve import serve_in_background
+
+    served = load_config(serve_project["path"], [*serve_project["settings"], "serve.poll_seconds=0.2"])
+    config = write_project(tmp_path, tiny_model_dir)
+    family = serve_project["family"]
+
+    def asked() -> int:
+        with session(open_workspace(served).engine) as s:
+            return s.query(RequestLog).filter(RequestLog.requested_model == family).count()
+
+    before = asked()
+    with serve_in_background(served) as (url, _):
+        settings = [
+            "train.objective=distill",
+            f"train.distill.teacher.endpoint={url}/v1",
+            f"train.distill.teacher.model={family}",
+            "train.distill.teacher.max_tokens=8",
+        ]
+        first, said = train(config, *settings)
+        assert first.exit_code == 0, first.output
+        assert f"Distilling off-policy: the teacher {family} is an endpoint" in said
+        answered = asked() - before
+        assert answered > 0
+        again, _ = train(config, *settings, "train.seed=1")
+        assert again.exit_code == 0, again.output
+        assert asked() - before == answered  # every answer came from the cache
+    workspace = open_workspace(load_config(config))
+    lineage = get_version(workspace, "pupil-v1").lineage["distill"]
+    assert lineage["teacher"] == {"endpoint": f"{url}/v1", "model": family}
+
+
+def test_an_unreachable_endpoint_is_a_clear_refusal(tmp_path, tiny_model_dir):
+    config = write_project(tmp_path, tiny_model_dir)
+    refused, said = train(
+        config,
+        "train.objective=distill",
+        "train.distill.teacher.endpoint=http://127.0.0.1:9/v1",
+        "train.distill.teacher.model=big",
+    )
+    assert refused.exit_code == 1, refused.output
+    assert "cannot reach the teacher endpoint http://127.0.0.1:9/v1 (train.distill.teacher.endpoint)" in said
+    assert "Traceback" not in refused.output
