@@ -14,7 +14,8 @@ teacher's knowledge reached the student.
     .venv/bin/python bench/distill_results.py [--minutes 5] [--json FILE]
 
 `--minutes`: the training budget of each student. Prints key-fact match and ROUGE-L with their
-intervals, each run's steps, and the minutes it all took.
+intervals, the change of each run's loss on general answers (the forgetting probe; negative is
+better), each run's steps, and the minutes it all took.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def run(folder: Path, minutes: float = 5.0, extra: tuple[str, ...] = ()) -> dict
 
 def _run_of(version: Any) -> dict[str, Any]:
     metrics = version.metrics
-    keys = ("global_step", "train_seconds", "divergence_first_quarter", "divergence_last_quarter")
+    keys = ("global_step", "train_seconds", "forgetting", "divergence_first_quarter")
+    keys += ("divergence_last_quarter",)
     return {key: metrics[key] for key in keys if key in metrics}
 
 
@@ -96,7 +98,7 @@ def print_table(result: dict[str, Any]) -> None:
     table = results_table(
         f"Held-out Fernwick questions ({result['items']} items; students {result['budget_minutes']:g} min "
         f"each; {result['minutes']:.1f} min in all)",
-        ["system", "key-fact match", "ROUGE-L", "steps", "train minutes"],
+        ["system", "key-fact match", "ROUGE-L", "general answer loss", "steps", "train minutes"],
     )
     rows = [("base (SmolLM2-135M-Instruct)", "base", None)]
     rows.append((f"teacher: SFT ({result['teacher']})", result["teacher"], "teacher"))
@@ -108,7 +110,8 @@ def print_table(result: dict[str, Any]) -> None:
         info = result["runs"].get(run, {}) if run else {}
         steps = f"{info['global_step']:.0f}" if "global_step" in info else "-"
         spent = f"{info['train_seconds'] / 60:.1f}" if "train_seconds" in info else "-"
-        table.add_row(label, *cells, steps, spent)
+        forgot = f"{info['forgetting']:+.3f}" if "forgetting" in info else "-"
+        table.add_row(label, *cells, forgot, steps, spent)
     console.print(table)
 
 

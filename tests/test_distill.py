@@ -82,6 +82,15 @@ def test_another_vocabulary_is_refused_on_policy_and_learned_off_policy(
     assert version.metrics["distill_on_policy"] == 0.0
     assert list((workspace.root / "distill" / "cache").iterdir())  # the answers are kept for a rerun
 
+    replay = ["train.forgetting.method=replay"]
+    refused, said = train(config, "train.objective=distill", *teacher, *replay)
+    assert refused.exit_code == 2 and "set train.distill.mode: off_policy" in said, refused.output
+    guarded, said = train(
+        config, "train.objective=distill", *teacher, *replay, "train.distill.mode=off_policy"
+    )
+    assert guarded.exit_code == 0, guarded.output
+    assert "Distilling off-policy: train.distill.mode is off_policy" in said
+
 
 def test_off_policy_from_an_endpoint_asks_each_prompt_once(serve_project, tmp_path, tiny_model_dir):
     """`tunesmith serve` is the teacher endpoint; a second run reuses every cached answer."""

@@ -670,10 +670,12 @@ class TrainConfig(_Section):
             raise ValueError(f"packing joins rows of text; objective {self.objective} scores whole answers")
         if self.objective == "reward" and self.forgetting.method != "none":
             raise ValueError("objective reward trains a scoring head: set forgetting.method: none")
-        if self.objective == "distill" and self.forgetting.method != "none":
+        distill = self.distill
+        off_policy = distill is not None and (distill.mode == "off_policy" or bool(distill.teacher.endpoint))
+        if self.objective == "distill" and self.forgetting.method != "none" and not off_policy:
             raise ValueError(
-                f"forgetting.method {self.forgetting.method} guards SFT runs; objective distill learns "
-                "the teacher's answers, so set forgetting.method: none"
+                f"forgetting.method {self.forgetting.method} guards SFT runs: with objective distill, set "
+                "train.distill.mode: off_policy (SFT on the teacher's answers), or forgetting.method: none"
             )
         if self.objective in ("dpo", "rl") and self.forgetting.method != "none":
             raise ValueError(
@@ -731,7 +733,9 @@ class JudgeConfig(_Section):
 class GateConfig(_Section):
     """One promotion gate. Which fields are set decides its kind:
 
-    - `metric` with `min` and/or `max`: an absolute threshold on the candidate;
+    - `metric` with `min` and/or `max`: an absolute threshold on the candidate: on the eval's score,
+      or on a metric the version's records hold (`registry parity`'s parity_*, a reward model's
+      accuracy) when the eval does not compute it;
     - `metric` with `min_improvement` (and `over`, `significant`): better than production (or the
       system named in `over`) by at least that much, significantly unless `significant: false`;
     - `max_forgetting` with `metric` `probe_accuracy` or `general_perplexity`: the most the

@@ -7,7 +7,7 @@ import warnings
 
 # isort: off
 # Importing a command module registers its commands, in the order `tunesmith --help` lists them.
-from tunesmith.cli import project, data, train, eval, registry, serve, sweep, monitor, feedback, ui  # noqa: F401
+from tunesmith.cli import project, data, train, eval, registry, artifacts, serve, sweep, monitor, feedback, ui  # noqa: F401
 
 # isort: on
 from tunesmith.cli.common import app

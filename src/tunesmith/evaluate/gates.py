@@ -206,7 +206,11 @@ def _against_reference(gate: GateConfig, ev: Evidence) -> tuple[SystemResult, st
 
 
 def _threshold(gate: GateConfig, ev: Evidence) -> tuple[bool, str]:
-    value = _candidate_metric(gate, ev.systems).scores[gate.metric].value
+    recorded = ev.report.get("recorded") or {}
+    if gate.metric not in ev.systems[-1].scores and gate.metric in recorded:
+        value = float(recorded[gate.metric])  # the version's own record: parity, a reward model's accuracy
+    else:
+        value = _candidate_metric(gate, ev.systems).scores[gate.metric].value
     problems = []
     if gate.min is not None and value < gate.min:
         problems.append(f"below the minimum {gate.min:g}")

@@ -28,7 +28,7 @@ from tunesmith.evaluate.stats import bootstrap_interval, paired_test
 from tunesmith.models.generate import AnswerCache, answer_nll, cache_path, generate_answers, render_prompt
 from tunesmith.progress import console
 from tunesmith.registry.loading import check_base, load_row
-from tunesmith.registry.versions import RegistryError, alias_target, get_version, who
+from tunesmith.registry.versions import RegistryError, alias_target, all_metrics, get_version, who
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
 from tunesmith.train.objectives import get_objective
 from tunesmith.workspace import Workspace, atomic_dir
@@ -221,6 +221,13 @@ def run_eval(
         "judge": judged,
         "reward_model": rewarded,
         "per_item": _per_item(plan.kind, plan.items, plan.references, systems, metrics),
+        # what the version's records hold beside this eval (parity, a reward model's accuracy...): a
+        # threshold gate on a metric this eval does not compute reads it here
+        "recorded": {
+            name: value
+            for name, value in all_metrics(plan.workspace, plan.candidate).items()
+            if isinstance(value, int | float) and not isinstance(value, bool)
+        },
     }
     report.update(_task_details(plan.kind, plan.references, systems, plan.context))
     gates = check_gates(settings.gates, report, systems, plan.items, settings, plan.gate_references)

@@ -159,6 +159,14 @@ class LlamaServer:
         body = {"prompt": prompt, "n_predict": max_tokens, "temperature": 0.0, "return_tokens": True}
         return [int(t) for t in self.call("/completion", {**NEUTRAL, **body, **_applied(lora)})["tokens"]]
 
+    def top_logprobs(self, prompt: list[int], k: int, lora: int | None = None) -> dict[int, float]:
+        """The `k` likeliest next tokens after `prompt` and their log-probabilities (the model's own
+        distribution, before any sampling setting)."""
+        body = {"prompt": prompt, "n_predict": 1, "temperature": 0.0, "n_probs": k, "return_tokens": True}
+        answer = self.call("/completion", {**NEUTRAL, **body, **_applied(lora)})
+        (step,) = answer["completion_probabilities"]
+        return {int(t["id"]): float(t["logprob"]) for t in step["top_logprobs"]}
+
     def stream(
         self, prompt: list[int], params: dict[str, Any], lora: int | None = None
     ) -> Iterator[dict[str, Any]]:

@@ -128,9 +128,7 @@ class LocalBackend:
 
         stops = stop_token_ids(self.tokenizer, self.model)
         texts = [
-            str(
-                self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False)
-            )
+            str(self.tokenizer.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=False))
             for r in requests
         ]
         order = sorted(range(len(requests)), key=lambda i: len(texts[i]))  # little padding per batch

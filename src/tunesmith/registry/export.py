@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace, atomic_dir
 
 ExportFormat = Literal["adapter", "merged", "gguf", "gguf-lora"]
+log = logging.getLogger("tunesmith.registry")
 GGUF_MIN_AGREEMENT = 0.9  # top-1 agreement below this means a broken conversion, not rounding
 
 PARITY_PROMPTS = [
@@ -230,11 +232,11 @@ def _check_parity(
     from tunesmith.registry.loading import load_row
 
     reference_model, reference_tokenizer = load_row(version, workspace)
-    reference = _answers(reference_model.float(), reference_tokenizer, max_new_tokens)
+    reference = greedy_answers(reference_model.float(), reference_tokenizer, max_new_tokens)
     if fmt in ("gguf", "gguf-lora"):
         return _gguf_parity(target, version, reference, reference_tokenizer, max_new_tokens, base)
     exported_model, exported_tokenizer = _load_export(target, fmt, version, workspace)
-    exported = _answers(exported_model.float(), exported_tokenizer, max_new_tokens)
+    exported = greedy_answers(exported_model.float(), exported_tokenizer, max_new_tokens)
     return _parity(version, reference, exported, reference_tokenizer, exported_tokenizer, exported_model)
 
 
@@ -255,7 +257,7 @@ def _load_export(
     return PeftModel.from_pretrained(model, target), tokenizer
 
 
-def _answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
+def greedy_answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
     """Greedy new tokens for each parity prompt, one at a time (no padding to differ)."""
     import torch
 
@@ -265,7 +267,7 @@ def _answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]
     out = []
     with inference(model):
         for prompt in PARITY_PROMPTS:
-            ids = torch.tensor([_prompt_ids(tokenizer, prompt)], device=model.device)
+            ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=model.device)
             generated = model.generate(
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
@@ -374,7 +376,7 @@ def _gguf_parity(
     problems = [p for p in report["problems"] if "gave other tokens" not in p]
     if embedded_sha != version.lineage.get("chat_template_sha256"):
         problems.append("the chat template inside the GGUF file is not the version's")
-    expected = [_prompt_ids(reference_tokenizer, p) for p in PARITY_PROMPTS]
+    expected = [prompt_ids(reference_tokenizer, p) for p in PARITY_PROMPTS]
     if prompts != expected:
         problems.append("llama.cpp tokenises the prompts differently from the version's tokenizer")
     if report["token_agreement"] < GGUF_MIN_AGREEMENT:
@@ -395,7 +397,7 @@ def _gguf_parity(
     return report
 
 
-def _prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
+def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
     )
@@ -418,3 +420,36 @@ def _write_modelfile(
         lines.append(f'PARAMETER stop "{tokenizer.eos_token}"')
     lines.append("PARAMETER temperature 0")
     (directory / "Modelfile").write_text("\n".join(dict.fromkeys(lines)) + "\n", encoding="utf-8")
+
+
+GGUF_QUANT = "q8_0"  # what llama.cpp serves: near-lossless, half the size of f16
+
+
+def workspace_export(
+    workspace: Workspace, version: ModelVersion, fmt: ExportFormat, quant: str = GGUF_QUANT
+) -> Path:
+    """The folder of the version's `fmt` export in the workspace (`exports/NAME-FORMAT`), exported
+    now when there is none there that passed its parity check."""
+    suffix = f"gguf-{quant}" if fmt == "gguf" else fmt
+    folder = workspace.root / "exports" / f"{version.name}-{suffix}"
+    parity = folder / "parity.json"
+    if parity.exists() and json.loads(parity.read_text(encoding="utf-8")).get("passed"):
+        return folder
+    log.info("exporting %s (%s)", version.name, suffix)
+    target, _ = export_version(workspace, version, fmt, folder, quant=quant)
+    return target
+
+
+def served_gguf(workspace: Workspace, version: ModelVersion) -> tuple[Path, Path | None]:
+    """(GGUF model file, GGUF LoRA adapter or None) as llama.cpp serves the version: a LoRA adapter
+    trained on its base model over the base's GGUF (versions of one base share it), anything else
+    (or an adapter llama.cpp cannot take) as a GGUF of its own."""
+    if version.method in ("lora", "qlora") and version.parent_id is None:
+        try:
+            folder = workspace_export(workspace, version, "gguf-lora")
+        except RegistryError as exc:
+            log.info("%s runs as a GGUF of its own: %s", version.name, exc)
+        else:
+            export = json.loads((folder / "tunesmith-export.json").read_text(encoding="utf-8"))
+            return Path(export["base_gguf"]), next(folder.glob("*-lora.gguf"))
+    return next(workspace_export(workspace, version, "gguf").glob("*.gguf")), None

@@ -125,19 +125,17 @@ def distill_mode(config: ProjectConfig, workspace: Workspace, student: Any) -> t
 def distill_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, list[dict[str, Any]]]:
     """The SFT rows; off-policy, each train row's last answer is the teacher's instead."""
     from tunesmith.models.loading import load_tokenizer
+    from tunesmith.models.teacher import TeacherError
     from tunesmith.progress import console
-    from tunesmith.train.sft import sft_records
+    from tunesmith.train.sft import TrainConfigError, split_records, with_replay
 
-    records = sft_records(config, dataset)
+    records = split_records(config, dataset)
     workspace = open_workspace(config)
     model = config.model
     mode, why = distill_mode(config, workspace, load_tokenizer(model.id, model.source, model.revision))
     console.print(f"Distilling {mode.replace('_', '-')}: {why}", highlight=False, markup=False)
-    if mode == "on_policy":
+    if mode == "on_policy":  # the config refuses a forgetting guard unless off_policy is certain
         return records
-    from tunesmith.models.teacher import TeacherError
-    from tunesmith.train.sft import TrainConfigError
-
     try:
         kept, rejected = teacher_answers(config, workspace, records["train"])
     except TeacherError as exc:
@@ -157,7 +155,7 @@ def distill_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str,
             f"the teacher answered none of the {len(records['train'])} train prompts; the reasons are in "
             f"{workspace.root / 'distill'}"
         )
-    return {**records, "train": kept}
+    return with_replay(config, {**records, "train": kept})  # general rows keep their own answers
 
 
 def teacher_answers(

@@ -413,9 +413,15 @@ def sft_trainer(job: TrainerJob) -> Any:
 
 def sft_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, list[dict[str, Any]]]:
     """The train and val rows of an LM objective; with `forgetting.method: replay`, general rows mixed in."""
+    return with_replay(config, split_records(config, dataset))
+
+
+def with_replay(
+    config: ProjectConfig, records: dict[str, list[dict[str, Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """`records` with general rows mixed into train when `forgetting.method` is replay."""
     from tunesmith.train.forgetting import general_rows, replay_mix
 
-    records = split_records(config, dataset)
     guard = config.train.forgetting
     if guard.method == "replay":
         replay = general_rows(guard, config.base_dir)[0]

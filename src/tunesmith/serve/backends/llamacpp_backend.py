@@ -28,6 +28,7 @@ from typing import Any
 
 from tunesmith.config import ServeConfig
 from tunesmith.models.llamacpp import INSTALL_HINT, LlamaServer, LlamaServerError, find_server
+from tunesmith.registry.export import served_gguf
 from tunesmith.serve.backends.base import (
     BackendError,
     Choice,
@@ -39,7 +40,6 @@ from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
 
 log = logging.getLogger("tunesmith.serve")
-QUANT = "q8_0"
 CONTEXT = 2048  # each slot's context
 
 
@@ -113,15 +113,14 @@ class LlamaCppBackend(QueuedBackend):
         if version.id in self._models:
             self._retired.discard(version.id)
             return
-        adapter = self._lora_export(version)
-        folder = adapter.parent if adapter is not None else gguf_export(self.workspace, version)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model_file, adapter = served_gguf(self.workspace, version)
+        tokenizer = AutoTokenizer.from_pretrained((adapter or model_file).parent)
         eos = set(stop_token_ids(tokenizer))
         if adapter is None:
-            engine = self._start(next(folder.glob("*.gguf")), [], version.name)
+            engine = self._start(model_file, [], version.name)
             self._models[version.id] = _Served(engine, None, tokenizer, eos)
         else:
-            self._add_lora(version, adapter, tokenizer, eos)
+            self._add_lora(version, model_file, adapter, tokenizer, eos)
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
         )
@@ -137,23 +136,10 @@ class LlamaCppBackend(QueuedBackend):
             self._drop(version.id)
             raise
 
-    def _lora_export(self, version: ModelVersion) -> Path | None:
-        """The version's GGUF LoRA adapter, or None when it is served from a GGUF of its own."""
-        from tunesmith.registry import RegistryError
-
-        if version.method not in ("lora", "qlora") or version.parent_id is not None:
-            return None
-        try:
-            folder = gguf_export(self.workspace, version, "gguf-lora")
-        except RegistryError as exc:
-            log.info("%s runs as a GGUF of its own: %s", version.name, exc)
-            return None
-        return next(folder.glob("*-lora.gguf"))
-
-    def _add_lora(self, version: ModelVersion, adapter: Path, tokenizer: Any, eos: set[int]) -> None:
+    def _add_lora(
+        self, version: ModelVersion, base: Path, adapter: Path, tokenizer: Any, eos: set[int]
+    ) -> None:
         """Serve `version` from its base's engine: a new one with one more adapter, warm before use."""
-        export = json.loads((adapter.parent / "tunesmith-export.json").read_text(encoding="utf-8"))
-        base = Path(export["base_gguf"])
         with self._engines_lock:
             old = self._bases.get(base)
             loras = [(v, p) for v, p in (old.loras if old else []) if v in self._models] + [
@@ -270,20 +256,3 @@ class LlamaCppBackend(QueuedBackend):
         if not choice.done:
             choice.finish_reason = "stop"
             job.deliver(choice, "")
-
-
-def gguf_export(workspace: Workspace, version: ModelVersion, kind: str = QUANT) -> Path:
-    """The folder of the version's GGUF export (`kind`: q8_0, or gguf-lora for a LoRA adapter over
-    the base's GGUF), exported now when there is none that passed its parity check."""
-    from tunesmith.registry.export import export_version
-
-    fmt, quant, suffix = (
-        ("gguf-lora", QUANT, "gguf-lora") if kind == "gguf-lora" else ("gguf", kind, f"gguf-{kind}")
-    )
-    folder = workspace.root / "exports" / f"{version.name}-{suffix}"
-    parity = folder / "parity.json"
-    if parity.exists() and json.loads(parity.read_text(encoding="utf-8")).get("passed"):
-        return folder
-    log.info("exporting %s to GGUF (%s) for llama.cpp", version.name, suffix)
-    target, _ = export_version(workspace, version, fmt, folder, quant=quant)  # type: ignore[arg-type]
-    return target

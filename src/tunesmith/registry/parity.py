@@ -1,0 +1,286 @@
+"""Cross-engine parity (`tunesmith registry parity VERSION`): does every engine that runs a version
+answer as the version does?
+
+A locked prompt set (`export.PARITY_PROMPTS`, its sha256 in the report) is rendered with the
+version's chat template. The reference is the version as it was trained: its PEFT adapter over its
+base (or its own weights), in float32, answering greedily. Each engine is then fed the reference's
+answers token by token (teacher forcing) and measured:
+
+- token agreement: the share of the reference's answer tokens the engine also ranks first;
+- mean KL: KL(reference || engine) of the next-token distributions, averaged over the answer
+  tokens, on the reference's top 20 tokens with the rest of the vocabulary as one more outcome (a
+  lower bound on the full KL, computed the same way for every engine);
+- identical answers: free-running greedy answers that are the reference's, token for token.
+
+Engines: `merged` (the merged export's weights, loaded from disk), `gguf` (the GGUF export as
+`tunesmith serve` runs it under llama.cpp: a LoRA adapter over its base's GGUF), and `server` (a
+running OpenAI-compatible server, `--server URL`: free-running answers only, as it gives no
+log-probabilities). Each engine has limits; the report goes to `parity/VERSION-<time>.json` in the
+workspace, and its figures are recorded as the version's metrics (`parity_ENGINE_token_agreement`,
+`parity_ENGINE_mean_kl`, `parity_ENGINE_identical_answers`, `parity_passed`), which `eval.gates`
+can require like any metric: `{metric: parity_passed, min: 1}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from tunesmith.config import GENERATIVE_OBJECTIVES
+from tunesmith.registry.export import (
+    PARITY_PROMPTS,
+    greedy_answers,
+    prompt_ids,
+    served_gguf,
+    workspace_export,
+)
+from tunesmith.registry.versions import RegistryError, add_metrics
+from tunesmith.store import ModelVersion
+from tunesmith.workspace import Workspace
+
+ENGINES = ("merged", "gguf", "server")
+TOP_K = 20  # the reference's tokens the KL is measured on (the rest of the vocabulary is one outcome)
+ENGINE_TOP_K = 50  # llama.cpp's top tokens asked for, to find the reference's top 20 among them
+# engine -> metric -> (bound, "min" or "max"). merged: the same weights, so the same answers up to
+# float32 rounding; gguf: q8_0 rounds every weight, so near-ties flip and answers drift apart once
+# they do, but the distributions stay close; server: free-running answers of whatever engine it runs
+LIMITS: dict[str, dict[str, tuple[float, str]]] = {
+    "merged": {"token_agreement": (0.99, "min"), "mean_kl": (0.001, "max")},
+    "gguf": {"token_agreement": (0.9, "min"), "mean_kl": (0.05, "max")},
+    "server": {"identical_answers": (0.6, "min")},
+}
+
+Forced = list[dict[int, float]]  # per answer token: log-probabilities of some of the next tokens
+
+
+@dataclass
+class Reference:
+    """The version's own greedy answers to the locked prompts, and its next-token top-K at each."""
+
+    prompts: list[list[int]]
+    answers: list[list[int]]
+    top: list[Forced]
+    tokenizer: Any
+
+
+@dataclass
+class EngineRun:
+    """What one engine gave: free-running answers (token ids), and teacher-forced log-probabilities
+    (None: the engine gives none)."""
+
+    answers: list[list[int]]
+    forced: list[Forced] | None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+def check_parity(
+    workspace: Workspace,
+    version: ModelVersion,
+    engines: Sequence[str] = ("merged", "gguf"),
+    *,
+    server: str | None = None,
+    max_new_tokens: int = 24,
+) -> dict[str, Any]:
+    """Measure each engine against the version, write the report and record its figures.
+
+    Raises:
+        RegistryError: an unknown engine, `server` without its URL, or a version that is not a
+            causal LM.
+    """
+    unknown = [e for e in engines if e not in ENGINES]
+    if unknown:
+        raise RegistryError(f"unknown parity engine {unknown[0]!r}; choose from {', '.join(ENGINES)}")
+    if "server" in engines and not server:
+        raise RegistryError("the server engine needs --server URL: the running server's /v1 base URL")
+    reference = _reference(workspace, version, max_new_tokens)
+    runs: dict[str, Callable[[], EngineRun]] = {
+        "merged": lambda: _merged(workspace, version, reference),
+        "gguf": lambda: _gguf(workspace, version, reference),
+        "server": lambda: _server(str(server), version, reference, max_new_tokens),
+    }
+    results = {engine: compare(reference, runs[engine](), LIMITS[engine]) for engine in engines}
+    report = {
+        "version": version.name,
+        "version_id": version.id,
+        "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "prompt_set_sha256": hashlib.sha256(json.dumps(PARITY_PROMPTS).encode()).hexdigest(),
+        "prompts": len(PARITY_PROMPTS),
+        "answer_tokens": sum(len(a) for a in reference.answers),
+        "max_new_tokens": max_new_tokens,
+        "engines": results,
+        "passed": all(r["passed"] for r in results.values()),
+    }
+    folder = workspace.root / "parity"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{version.name}-{datetime.now(UTC):%Y%m%d-%H%M%S}.json"
+    path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    report["path"] = str(path)
+    add_metrics(workspace, version, recorded_metrics(report), source="parity")
+    return report
+
+
+def recorded_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's figures as version metrics: parity_ENGINE_METRIC, and parity_passed (1 or 0)."""
+    metrics = {
+        f"parity_{engine}_{name}": value
+        for engine, result in report["engines"].items()
+        for name, value in result["metrics"].items()
+        if value is not None
+    }
+    return {**metrics, "parity_passed": float(report["passed"])}
+
+
+def compare(reference: Reference, run: EngineRun, limits: dict[str, tuple[float, str]]) -> dict[str, Any]:
+    """The engine's figures against the reference, and which limits it breaks."""
+    identical = [a == b for a, b in zip(reference.answers, run.answers, strict=True)]
+    metrics: dict[str, float | None] = {
+        "identical_answers": sum(identical) / len(identical),
+        "token_agreement": None,
+        "mean_kl": None,
+    }
+    if run.forced is not None:
+        agree = kls = 0.0
+        count = 0
+        for answer, top, forced in zip(reference.answers, reference.top, run.forced, strict=True):
+            for token, p, q in zip(answer, top, forced, strict=True):
+                agree += bool(q) and max(q, key=q.__getitem__) == token
+                kls += coarse_kl(p, q)
+                count += 1
+        metrics["token_agreement"] = agree / count if count else 0.0
+        metrics["mean_kl"] = kls / count if count else 0.0
+    problems = []
+    for name, (bound, kind) in limits.items():
+        value = metrics[name]
+        if value is not None and (value < bound if kind == "min" else value > bound):
+            problems.append(f"{name} {value:.4g} is {'below' if kind == 'min' else 'above'} {bound:g}")
+    return {"metrics": metrics, "limits": limits, "problems": problems, "passed": not problems, **run.detail}
+
+
+def coarse_kl(p: dict[int, float], q: dict[int, float]) -> float:
+    """KL(p || q) over the tokens both know the log-probability of, the rest of the vocabulary as one
+    outcome: a lower bound on the full KL (merging outcomes never raises a divergence)."""
+    shared = [t for t in p if t in q]
+    p_rest = max(1.0 - sum(math.exp(p[t]) for t in shared), 0.0)
+    q_rest = max(1.0 - sum(math.exp(q[t]) for t in shared), 1e-12)
+    kl = sum(math.exp(p[t]) * (p[t] - q[t]) for t in shared)
+    if p_rest > 0:
+        kl += p_rest * (math.log(p_rest) - math.log(q_rest))
+    return max(kl, 0.0)
+
+
+def _reference(workspace: Workspace, version: ModelVersion, max_new_tokens: int) -> Reference:
+    from tunesmith.registry.loading import load_row
+
+    if version.config["train"]["objective"] not in GENERATIVE_OBJECTIVES:
+        raise RegistryError(f"{version.name} is not a language model: parity compares generated answers")
+    model, tokenizer = load_row(version, workspace)
+    model = model.float()
+    prompts = [prompt_ids(tokenizer, p) for p in PARITY_PROMPTS]
+    answers = greedy_answers(model, tokenizer, max_new_tokens)
+    top = [_forced(model, ids, answer, None) for ids, answer in zip(prompts, answers, strict=True)]
+    return Reference(prompts, answers, top, tokenizer)
+
+
+def _forced(model: Any, prompt: list[int], answer: list[int], wanted: Forced | None) -> Forced:
+    """Teacher-forced next-token log-probabilities at each answer token: the top K, or those of the
+    tokens `wanted` names at each position."""
+    import torch
+
+    from tunesmith.models.generate import inference
+
+    with inference(model), torch.no_grad():
+        ids = torch.tensor([prompt + answer], device=model.device)
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : len(prompt) - 1 + len(answer)]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+    if wanted is None:
+        values, indices = logprobs.topk(TOP_K, dim=-1)
+        return [dict(zip(i.tolist(), v.tolist(), strict=True)) for i, v in zip(indices, values, strict=True)]
+    return [{t: float(row[t]) for t in want} for row, want in zip(logprobs, wanted, strict=True)]
+
+
+def _merged(workspace: Workspace, version: ModelVersion, reference: Reference) -> EngineRun:
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.models.loading import LOAD_LOCK
+
+    folder = workspace_export(workspace, version, "merged")
+    with LOAD_LOCK:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
+    answers = greedy_answers(model, reference.tokenizer, len(max(reference.answers, key=len)) or 1)
+    forced = [
+        _forced(model, ids, answer, top)
+        for ids, answer, top in zip(reference.prompts, reference.answers, reference.top, strict=True)
+    ]
+    return EngineRun(_cut(answers, reference), forced, {"export": str(folder)})
+
+
+def _gguf(workspace: Workspace, version: ModelVersion, reference: Reference) -> EngineRun:
+    from tunesmith.models.llamacpp import LlamaServer, LlamaServerError
+
+    try:
+        model_file, adapter = served_gguf(workspace, version)
+        lora = None if adapter is None else 0
+        with LlamaServer(model_file, slots=1, context=2048, loras=[adapter] if adapter else []) as server:
+            answers, forced = [], []
+            for ids, answer in zip(reference.prompts, reference.answers, strict=True):
+                answers.append(server.greedy(ids, max(len(answer), 1), lora))
+                forced.append(
+                    [server.top_logprobs(ids + answer[:k], ENGINE_TOP_K, lora) for k in range(len(answer))]
+                )
+    except LlamaServerError as exc:
+        raise RegistryError(f"llama.cpp could not run the GGUF export of {version.name}: {exc}") from None
+    files = {"gguf": str(model_file), "lora": str(adapter) if adapter else None}
+    return EngineRun(_cut(answers, reference), forced, files)
+
+
+def _server(url: str, version: ModelVersion, reference: Reference, max_new_tokens: int) -> EngineRun:
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=1)
+    answers = []
+    try:
+        for prompt in PARITY_PROMPTS:
+            reply = client.chat.completions.create(
+                model=version.name,
+                messages=[{"role": "user", "content": prompt}],
+                max_tokens=max_new_tokens,
+                temperature=0,
+            )
+            text = reply.choices[0].message.content or ""
+            answers.append(list(reference.tokenizer(text, add_special_tokens=False)["input_ids"]))
+    except openai.OpenAIError as exc:
+        raise RegistryError(f"the server at {url} did not answer as {version.name}: {exc}") from None
+    ended = [[*a, t] for a, t in zip(answers, _stops(reference), strict=True)]
+    return EngineRun(_cut(ended, reference), None, {"server": url})
+
+
+def _stops(reference: Reference) -> list[int]:
+    """The token each reference answer ends with (the chat's end of turn): a server's text has none."""
+    return [answer[-1] if answer else -1 for answer in reference.answers]
+
+
+def _cut(answers: list[list[int]], reference: Reference) -> list[list[int]]:
+    """Each answer cut to its reference's length: the engines were asked for at most that many."""
+    return [a[: len(r)] for a, r in zip(answers, reference.answers, strict=True)]
+
+
+def parity_lines(report: dict[str, Any]) -> list[str]:
+    """The report as a few printable lines."""
+    lines = [
+        f"Parity of {report['version']}: {report['prompts']} locked prompts, "
+        f"{report['answer_tokens']} answer tokens (prompt set {report['prompt_set_sha256'][:12]})"
+    ]
+    for engine, result in report["engines"].items():
+        m = result["metrics"]
+        figures = [f"identical answers {m['identical_answers']:.0%}"]
+        if m["token_agreement"] is not None:
+            figures += [f"token agreement {m['token_agreement']:.1%}", f"mean KL {m['mean_kl']:.2e}"]
+        verdict = "passed" if result["passed"] else "FAILED: " + "; ".join(result["problems"])
+        lines.append(f"  {engine}: {', '.join(figures)} — {verdict}")
+    lines.append(f"Written to {report['path']}; recorded as {report['version']}'s parity_* metrics")
+    return lines

@@ -1,0 +1,100 @@
+"""`tunesmith registry parity`: a version's answers on its merged export, its GGUF under llama.cpp and
+a running server, against the version itself; a broken export fails it, and a gate can require it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
+
+from tunesmith.cli import app
+from tunesmith.config import load_config
+from tunesmith.pipeline import write_demo_project
+from tunesmith.registry.versions import all_metrics, get_version
+from tunesmith.serve import serve_in_background
+from tunesmith.workspace import open_workspace
+
+runner = CliRunner()
+
+
+def parity(config: Path, version: str, *args: str):
+    result = runner.invoke(app, ["registry", "parity", version, *args, "--config", str(config)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    return result, " ".join(result.output.split())
+
+
+def latest_report(workspace) -> dict:
+    return json.loads(sorted((workspace.root / "parity").glob("*.json"))[-1].read_text())
+
+
+def test_the_merged_export_and_the_server_answer_as_the_version_and_a_gate_can_require_it(serve_project):
+    path, settings, name = serve_project["path"], serve_project["settings"], serve_project["first"]
+    config = load_config(path, settings)
+    workspace = open_workspace(config)
+    gated = [*settings, "eval.gates=[{metric: parity_passed, min: 1}]", "eval.compare=[base]"]
+    gates = [arg for s in gated for arg in ("--set", s)]
+    before = runner.invoke(app, ["eval", name, "--gate", "--config", str(path), *gates])
+    assert before.exit_code == 3, before.output
+    assert "metric 'parity_passed' was not computed" in " ".join(before.output.split())
+
+    with serve_in_background(load_config(path, [*settings, "serve.poll_seconds=0.2"])) as (url, _):
+        result, said = parity(path, name, "--engines", "merged,server", "--server", f"{url}/v1")
+    assert result.exit_code == 0, result.output
+    assert f"Parity of {name}: 5 locked prompts" in said
+    assert "merged: identical answers 100%, token agreement 100.0%" in said and "server: identical" in said
+    report = latest_report(workspace)
+    assert report["passed"] and report["engines"]["merged"]["metrics"]["mean_kl"] < 1e-6
+    recorded = all_metrics(workspace, get_version(workspace, name))
+    assert recorded["parity_passed"] == 1.0 and recorded["parity_merged_token_agreement"] == 1.0
+
+    after = runner.invoke(app, ["eval", name, "--gate", "--config", str(path), *gates])
+    assert after.exit_code == 0, after.output
+    assert "parity_passed = 1" in " ".join(after.output.split())
+
+
+def test_an_export_whose_weights_were_changed_fails_parity(serve_project):
+    path, settings, name = serve_project["path"], serve_project["settings"], serve_project["second"]
+    workspace = open_workspace(load_config(path, settings))
+    good, _ = parity(path, name, "--engines", "merged")
+    assert good.exit_code == 0, good.output
+    weights = workspace.root / "exports" / f"{name}-merged" / "model.safetensors"
+    tensors = load_file(weights)
+    head = next(k for k in tensors if "embed" in k or "lm_head" in k)
+    tensors[head] = tensors[head][
+        torch.randperm(tensors[head].shape[0], generator=torch.Generator().manual_seed(0))
+    ]
+    save_file(tensors, weights, metadata={"format": "pt"})
+
+    broken, said = parity(path, name, "--engines", "merged")
+    assert broken.exit_code == 3, broken.output
+    assert "merged:" in said and "FAILED:" in said and ("token_agreement" in said or "mean_kl" in said)
+    assert all_metrics(workspace, get_version(workspace, name))["parity_passed"] == 0.0
+
+
+def test_unknown_engines_and_a_server_without_its_url_are_refused(serve_project):
+    path, settings, name = serve_project["path"], serve_project["settings"], serve_project["first"]
+    unknown, said = parity(path, name, "--engines", "merged,onnx")
+    assert unknown.exit_code != 0 and "unknown parity engine 'onnx'" in said
+    no_url, said = parity(path, name, "--engines", "server")
+    assert no_url.exit_code != 0 and "the server engine needs --server URL" in said
+
+
+@pytest.mark.slow
+def test_the_gguf_export_under_llama_cpp_stays_close_to_the_bundled_model_version(tmp_path):
+    from tunesmith.models.llamacpp import find_server
+    from tunesmith.train.run import train
+
+    if find_server() is None:
+        pytest.skip("llama.cpp's llama-server is not installed (make setup builds it)")
+    path = write_demo_project(tmp_path)
+    settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
+    version = train(load_config(path, settings)).version
+    result, said = parity(path, version.name, "--engines", "merged,gguf")
+    assert result.exit_code == 0, result.output
+    gguf = latest_report(open_workspace(load_config(path, settings)))["engines"]["gguf"]
+    assert gguf["metrics"]["token_agreement"] >= 0.9 and gguf["metrics"]["mean_kl"] <= 0.05
+    assert gguf["lora"].endswith("-lora.gguf")  # as serve runs it: the adapter over the base's GGUF
