@@ -76,7 +76,7 @@ def test_an_export_whose_weights_were_changed_fails_parity(serve_project):
 
 
 def test_unknown_engines_and_a_server_without_its_url_are_refused(serve_project):
-    path, settings, name = serve_project["path"], serve_project["settings"], serve_project["first"]
+    path, name = serve_project["path"], serve_project["first"]
     unknown, said = parity(path, name, "--engines", "merged,onnx")
     assert unknown.exit_code != 0 and "unknown parity engine 'onnx'" in said
     no_url, said = parity(path, name, "--engines", "server")
@@ -93,7 +93,7 @@ def test_the_gguf_export_under_llama_cpp_stays_close_to_the_bundled_model_versio
     path = write_demo_project(tmp_path)
     settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
     version = train(load_config(path, settings)).version
-    result, said = parity(path, version.name, "--engines", "merged,gguf")
+    result, _ = parity(path, version.name, "--engines", "merged,gguf")
     assert result.exit_code == 0, result.output
     gguf = latest_report(open_workspace(load_config(path, settings)))["engines"]["gguf"]
     assert gguf["metrics"]["token_agreement"] >= 0.9 and gguf["metrics"]["mean_kl"] <= 0.05
