@@ -144,6 +144,9 @@ class DataConfig(_Section):
     format: DataFormat = "auto"
     columns: dict[str, str] = Field(default_factory=dict)  # canonical field -> source column
     system_prompt: str | None = None  # added to chat rows that have no system message
+    # reasoning traces of chat rows (`reasoning_content`, or a leading <think> block): train: learned
+    # with the answer; mask: kept as context, no loss on them; drop: removed when the data is prepared
+    reasoning: Literal["train", "mask", "drop"] = "train"
     labels: list[str] | None = None  # allowed labels (classification); others are rejected
     strict: bool = False  # any rejected row fails the preparation
     # keep a seeded random sample of this many clean rows (a quick run on part of a large set)

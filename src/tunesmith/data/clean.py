@@ -217,7 +217,7 @@ def map_texts(record: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any
     """Apply `fn` to every piece of free text in a canonical record (not to labels or tags)."""
     out = dict(record)
     if "messages" in out:
-        out["messages"] = [{**m, "content": fn(m["content"])} for m in out["messages"]]
+        out["messages"] = [_map_message(m, fn) for m in out["messages"]]
     for key in ("text", "prompt", "chosen", "rejected", "completion"):
         value = out.get(key)
         if isinstance(value, str):
@@ -227,6 +227,14 @@ def map_texts(record: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any
     if "tokens" in out:
         out["tokens"] = [fn(t) or t for t in out["tokens"]]
     return out
+
+
+def _map_message(message: dict[str, Any], fn: Callable[[str], str]) -> dict[str, Any]:
+    """`fn` on a message's content and on its reasoning trace, if it has one."""
+    mapped = {**message, "content": fn(message["content"])}
+    if message.get("reasoning_content"):
+        mapped["reasoning_content"] = fn(message["reasoning_content"])
+    return mapped
 
 
 def _flatten(value: Any) -> str:

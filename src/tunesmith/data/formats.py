@@ -22,6 +22,7 @@ from itertools import pairwise
 from typing import Any
 
 from tunesmith.errors import InputError
+from tunesmith.reasoning import ReasoningError, separate
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
@@ -83,11 +84,18 @@ def _messages(value: Any, field: str = "messages") -> list[dict[str, Any]]:
         if not isinstance(content, str):
             raise RowError(f"{field}[{i}].content: expected a string, got {type(content).__name__}")
         clean: dict[str, Any] = {"role": role, "content": content}
-        for extra in ("weight", "tool_calls", "tool_call_id", "name"):
+        for extra in ("weight", "tool_calls", "tool_call_id", "name", "reasoning_content"):
             if extra in message and message[extra] is not None:
                 clean[extra] = message[extra]
         if "weight" in clean and clean["weight"] not in (0, 1):
             raise RowError(f"{field}[{i}].weight: expected 0 or 1, got {_short(clean['weight'])}")
+        if not isinstance(clean.get("reasoning_content", ""), str):
+            got = _short(clean["reasoning_content"])
+            raise RowError(f"{field}[{i}].reasoning_content: expected a string, got {got}")
+        try:
+            clean = separate(clean, f"{field}[{i}]")
+        except ReasoningError as exc:
+            raise RowError(str(exc)) from None
         out.append(clean)
     _check_order(out, field)
     return out

@@ -33,6 +33,7 @@ from tunesmith.data.formats import (
 from tunesmith.data.sources import ReadResult, Rejected, SourceError, read_source
 from tunesmith.data.split import PAIRS_OF, SPLITS, assign_folds, assign_splits, group_of
 from tunesmith.errors import InputError
+from tunesmith.reasoning import ReasoningPolicy, apply_policy, inline
 from tunesmith.store import DatasetVersion, session
 from tunesmith.workspace import Workspace, atomic_dir
 
@@ -259,8 +260,23 @@ def _text_step(name: str, items: list[Item], fn: Any) -> Step:
     return step
 
 
+def _reasoning_step(items: list[Item], policy: ReasoningPolicy) -> Step:
+    """Count the rows with reasoning traces; `drop` removes the traces."""
+    step = Step("reasoning", details={"policy": policy, "rows_with_traces": 0, "traces": 0})
+    for item in items:
+        item.record, traces = apply_policy(item.record, policy)
+        if traces:
+            step.details["rows_with_traces"] += 1
+            step.details["traces"] += traces
+            step.changed += policy == "drop"
+    return step
+
+
 def _clean(items: list[Item], config: DataConfig, rejected: list[Rejected], steps: list[Step]) -> list[Item]:
     clean = config.clean
+    traces = _reasoning_step(items, config.reasoning)
+    if traces.details["rows_with_traces"]:  # a row in the report only for data that has traces
+        steps.append(traces)
     if clean.normalize:
         steps.append(_text_step("normalize", items, cleaning.normalise_text))
     if clean.collapse_whitespace:
@@ -292,7 +308,9 @@ def render_for_length(record: dict[str, Any], kind: str, tokenizer: Any) -> str:
     """The text whose tokens count against the context window, as training will see it."""
     if kind == "sft":
         kwargs = {"tools": record["tools"]} if record.get("tools") else {}
-        return str(tokenizer.apply_chat_template(record["messages"], tokenize=False, **kwargs))
+        return str(
+            tokenizer.apply_chat_template(inline(record["messages"], tokenizer), tokenize=False, **kwargs)
+        )
     if kind == "preference":
         prompt = cleaning.record_text({"prompt": record["prompt"]})
         longer = max((cleaning.record_text({"text": record[k]}) for k in ("chosen", "rejected")), key=len)

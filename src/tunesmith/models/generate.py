@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.progress import progress_bar
+from tunesmith.reasoning import inline, split_answer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,11 +41,10 @@ def prompt_messages(item: dict[str, Any], shots: Sequence[dict[str, Any]] = ()) 
 def render_prompt(
     tokenizer: PreTrainedTokenizerBase, item: dict[str, Any], shots: Sequence[dict] = ()
 ) -> str:
-    return str(
-        tokenizer.apply_chat_template(
-            prompt_messages(item, shots), add_generation_prompt=True, tokenize=False
-        )
-    )
+    """The item's prompt as the model sees it: its chat template, reasoning traces of earlier turns
+    written in as they were trained (`tunesmith.reasoning.inline`)."""
+    messages = inline(prompt_messages(item, shots), tokenizer)
+    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
 
 
 def turn_end_text(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -153,7 +153,8 @@ def generate_answers(
     seed: int = 0,
     cache: AnswerCache | None = None,
 ) -> list[str]:
-    """Answer each item's conversation greedily; answers come back in item order.
+    """Answer each item's conversation greedily; answers come back in item order, without the
+    reasoning trace a model may write first (a leading <think> block): what is scored is the answer.
 
     Batches are sorted by prompt length so padding stays small. Answers already in `cache` are
     not generated again; new ones are added to it and saved.
@@ -195,7 +196,7 @@ def generate_answers(
         finally:
             if cache:
                 cache.save()
-    return [a or "" for a in answers]
+    return [split_answer(a or "")[1].strip() for a in answers]
 
 
 def continuation_nll(

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
 from tunesmith.monitor.alerts import check_alerts
 from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words, start_judge
+from tunesmith.reasoning import TraceSplitter, split_answer
 from tunesmith.registry.versions import RegistryError
 from tunesmith.serve import rollout as rollouts
 from tunesmith.serve.backends import (
@@ -501,49 +502,31 @@ class Server:
     async def _stream(self, jobs: list[GenerationJob], trace: _Trace) -> AsyncIterator[str]:
         count = sum(len(j.choices) for j in jobs)
         texts, reasons, tokens = [""] * count, ["stop"] * count, 0
-        chat, created = trace.chat, int(time.time())
-        base = {
-            "id": ("chatcmpl-" if chat else "cmpl-") + trace.request_id[4:],
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": created,
-            "model": trace.routed.version.name,
-            "system_fingerprint": f"fp_{trace.routed.version.weights_sha256[:12]}",
-        }
-
-        def chunk(index: int, text: str | None, finish: str | None, first: bool = False) -> str:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
-                if text:
-                    delta["content"] = text
-                choice: dict[str, Any] = {
-                    "index": index,
-                    "delta": delta,
-                    "finish_reason": finish,
-                    "logprobs": None,
-                }
-            else:
-                choice = {"index": index, "text": text or "", "finish_reason": finish, "logprobs": None}
-            return f"data: {json.dumps({**base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
-
+        chunks = _Chunks(trace, count)
         status, error, logged = 200, None, False
         try:
-            if chat:
-                for index in range(count):
-                    yield chunk(index, None, None, first=True)
+            for line in chunks.opening():
+                yield line
             async for index, event in self._events(jobs, trace):
                 if isinstance(event, TextDelta):
                     texts[index] += event.text
-                    yield chunk(index, event.text, None)
+                    for line in chunks.text(index, event.text):
+                        yield line
                 else:
                     reasons[index] = event.finish_reason
                     tokens += event.tokens
-                    yield chunk(index, None, event.finish_reason)
+                    for line in chunks.finish(index, event.finish_reason):
+                        yield line
             # Logged before the end of the stream goes out: an answer the client has whole is on disk.
             logged = True
             self._finish(trace, status, texts, reasons, tokens, error)
             options = trace.body.stream_options
             if options is not None and options.include_usage:
-                usage: dict[str, Any] = {**base, "choices": [], "usage": _usage(trace.tokens_in, tokens)}
+                usage: dict[str, Any] = {
+                    **chunks.base,
+                    "choices": [],
+                    "usage": _usage(trace.tokens_in, tokens),
+                }
                 yield f"data: {json.dumps(usage)}\n\n"
             yield "data: [DONE]\n\n"
         except BackendError as exc:
@@ -782,9 +765,10 @@ def _completion(
     reasons: list[str],
     usage: dict[str, int],
 ) -> dict[str, Any]:
-    """The OpenAI response body of a finished (not streamed) chat or text completion."""
+    """The OpenAI response body of a finished (not streamed) chat or text completion; a chat answer's
+    leading <think> block is its `reasoning_content`, as reasoning models are served."""
     choices: list[dict[str, Any]] = [
-        {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": r, "logprobs": None}
+        {"index": i, "message": _message(t), "finish_reason": r, "logprobs": None}
         if chat
         else {"index": i, "text": t, "finish_reason": r, "logprobs": None}
         for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
@@ -798,6 +782,58 @@ def _completion(
         "choices": choices,
         "usage": usage,
     }
+
+
+class _Chunks:
+    """The server-sent events of a streamed completion; a chat answer's leading <think> block goes
+    out as `reasoning_content` deltas (`TraceSplitter`), the rest as `content`."""
+
+    def __init__(self, trace: _Trace, count: int) -> None:
+        version = trace.routed.version
+        self.chat, self.count = trace.chat, count
+        self.base = {
+            "id": ("chatcmpl-" if self.chat else "cmpl-") + trace.request_id[4:],
+            "object": "chat.completion.chunk" if self.chat else "text_completion",
+            "created": int(time.time()),
+            "model": version.name,
+            "system_fingerprint": f"fp_{version.weights_sha256[:12]}",
+        }
+        self.splitters = [TraceSplitter() for _ in range(count)]
+
+    def opening(self) -> list[str]:
+        """A chat stream starts with each choice's role."""
+        return (
+            [self._event(i, {"role": "assistant", "content": ""}, None) for i in range(self.count)]
+            if self.chat
+            else []
+        )
+
+    def text(self, index: int, text: str) -> list[str]:
+        if not self.chat:
+            return [self._event(index, text, None)]
+        return self._delta(index, *self.splitters[index].feed(text))
+
+    def finish(self, index: int, reason: str) -> list[str]:
+        held = self._delta(index, *self.splitters[index].flush()) if self.chat else []
+        return [*held, self._event(index, {} if self.chat else "", reason)]
+
+    def _delta(self, index: int, trace: str, text: str) -> list[str]:
+        delta = {**({"reasoning_content": trace} if trace else {}), **({"content": text} if text else {})}
+        return [self._event(index, delta, None)] if delta else []
+
+    def _event(self, index: int, delta: dict[str, Any] | str, finish: str | None) -> str:
+        choice: dict[str, Any] = (
+            {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+            if isinstance(delta, dict)
+            else {"index": index, "text": delta, "finish_reason": finish, "logprobs": None}
+        )
+        return f"data: {json.dumps({**self.base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+
+
+def _message(text: str) -> dict[str, Any]:
+    trace, answer = split_answer(text)
+    message = {"role": "assistant", "content": answer}
+    return message if trace is None else {**message, "reasoning_content": trace}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

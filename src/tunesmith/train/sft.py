@@ -25,6 +25,7 @@ import yaml
 from tunesmith.config import ProjectConfig, TrainConfig
 from tunesmith.data import load_split
 from tunesmith.progress import console
+from tunesmith.reasoning import ReasoningPolicy, inline
 from tunesmith.store import DatasetVersion, Run, session
 from tunesmith.workspace import Workspace
 
@@ -189,24 +190,31 @@ def lora_config(train: TrainConfig) -> Any:
     return LoraConfig(task_type="CAUSAL_LM", **train.lora.model_dump())
 
 
-def to_prompt_completion(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Canonical chat records as TRL's conversational prompt/completion rows (loss on the answer)."""
-    return [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
+def to_prompt_completion(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """Canonical chat records as TRL's conversational prompt/completion rows (loss on the answer),
+    reasoning traces written into their turns."""
+    rows = []
+    for record in records:
+        messages = inline(record["messages"], tokenizer)
+        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+    return rows
 
 
-def training_rows(objective: str, records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def training_rows(
+    objective: str, records: list[dict[str, Any]], tokenizer: Any, reasoning: ReasoningPolicy = "train"
+) -> list[dict[str, Any]]:
     """Rows in the shape TRL's SFTTrainer takes for the objective: chat records as tokens with a mask
     on every assistant turn (`tunesmith.train.turns`), or text for pretrain."""
-    if objective in ("sft", "multitask"):
+    if objective != "pretrain":  # sft, multitask, and distill's off-policy SFT on a teacher's answers
         from tunesmith.train.turns import assistant_token_rows, supports_spans
 
         if not records or supports_spans(tokenizer, records):
-            return assistant_token_rows(records, tokenizer)
+            return assistant_token_rows(records, tokenizer, reasoning)
         console.print(
             "[yellow]note:[/yellow] this chat template renders a conversation's turns differently inside "
             "the whole conversation; only the last assistant turn of each row trains"
         )
-        return to_prompt_completion(records)
+        return to_prompt_completion(records, tokenizer)
     return [
         {"text": r["text"]}
         if "text" in r
@@ -385,8 +393,9 @@ def sft_trainer(job: TrainerJob) -> Any:
 
     config, base, records, run_dir, callbacks = job.config, job.base, job.records, job.run_dir, job.callbacks
     train, guard = config.train, config.train.forgetting
-    train_rows = training_rows(train.objective, records["train"], base.tokenizer)
-    val_rows = training_rows(train.objective, records.get("val", []), base.tokenizer)
+    reasoning = config.data.reasoning
+    train_rows = training_rows(train.objective, records["train"], base.tokenizer, reasoning)
+    val_rows = training_rows(train.objective, records.get("val", []), base.tokenizer, reasoning)
     if train.method in ("freeze", "head"):
         apply_freeze(base.model, train)
     common: dict[str, Any] = {

@@ -17,6 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tunesmith.reasoning import CLOSE, OPEN, ReasoningPolicy, inline
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,14 +27,21 @@ class TemplateError(ValueError):
 
 
 def assistant_spans(
-    messages: list[dict[str, Any]], tokenizer: Any, tools: list[Any] | None = None
+    messages: list[dict[str, Any]],
+    tokenizer: Any,
+    tools: list[Any] | None = None,
+    reasoning: ReasoningPolicy = "train",
 ) -> tuple[str, list[tuple[int, int]]]:
-    """(the rendered conversation, the character spans of its trained assistant turns).
+    """(the rendered conversation, the character spans of its trained assistant turns). Reasoning
+    traces are rendered into their turns (`data.reasoning.inline`); with `reasoning: mask`, a turn's
+    <think> block is left out of its span, so it is context, not a target.
 
     Raises:
         TemplateError: the template renders a conversation's start differently inside the whole.
     """
     kwargs = {"tools": tools} if tools else {}
+    traced = {i for i, m in enumerate(messages) if m.get("reasoning_content")}
+    messages = inline(messages, tokenizer)
 
     def render(part: list[dict[str, Any]], prompt: bool) -> str:
         return str(
@@ -47,16 +56,34 @@ def assistant_spans(
         before, through = render(messages[:i], True), render(messages[: i + 1], False)
         if not (through.startswith(before) and full.startswith(through)):
             raise TemplateError(f"the chat template renders turn {i} differently inside the conversation")
-        spans.append((len(before), len(through)))
+        if reasoning == "mask" and i in traced:
+            spans += _without_trace(full, len(before), len(through))
+        else:
+            spans.append((len(before), len(through)))
     return full, spans
 
 
-def assistant_token_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+def _without_trace(text: str, start: int, end: int) -> list[tuple[int, int]]:
+    """The turn's span with its <think> block (and the blank after it) cut out."""
+    opened = text.find(OPEN, start, end)
+    closed = text.find(CLOSE, opened, end) if opened >= 0 else -1
+    if closed < 0:
+        return [(start, end)]
+    after = closed + len(CLOSE)
+    while after < end and text[after].isspace():
+        after += 1
+    return [(s, e) for s, e in ((start, opened), (after, end)) if e > s]
+
+
+def assistant_token_rows(
+    records: list[dict[str, Any]], tokenizer: Any, reasoning: ReasoningPolicy = "train"
+) -> list[dict[str, Any]]:
     """Chat records as tokenized rows {input_ids, assistant_masks}: the loss falls on every assistant
-    turn that is not `weight: 0`. Rows with nothing to learn are dropped (logged)."""
+    turn that is not `weight: 0` (and not on traces under `reasoning: mask`). Rows with nothing to
+    learn are dropped (logged)."""
     rows, empty = [], 0
     for record in records:
-        text, spans = assistant_spans(record["messages"], tokenizer, record.get("tools"))
+        text, spans = assistant_spans(record["messages"], tokenizer, record.get("tools"), reasoning)
         encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         mask = [
             int(any(start <= a and b <= end and b > a for start, end in spans))

@@ -1,0 +1,131 @@
+"""Reasoning traces: detected in chat rows (`reasoning_content` or a leading <think> block), kept apart
+from the answer, learned, masked or dropped by `data.reasoning`, and split off generated answers the
+same way, streamed or not."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from transformers import AutoTokenizer
+
+from test_turns import trained_spans
+from tunesmith.config import load_config
+from tunesmith.data.prepare import load_split, prepare_dataset
+from tunesmith.reasoning import TraceSplitter, split_answer
+from tunesmith.train.sft import training_rows
+from tunesmith.workspace import open_workspace
+
+TRACE = "The store opens at nine on weekdays. Sunday is an hour later."
+ROWS = [
+    {  # the trace as a field, as OpenAI-compatible servers return it
+        "messages": [
+            {"role": "user", "content": f"When does the Fernwick store open on day {i}?"},
+            {"role": "assistant", "reasoning_content": TRACE, "content": f"It opens at nine on day {i}."},
+        ]
+    }
+    for i in range(12)
+] + [
+    {  # the trace written into the answer, as Qwen3 and R1 distillations write it
+        "messages": [
+            {"role": "user", "content": f"Is the Fernwick cafe open on holiday {i}?"},
+            {
+                "role": "assistant",
+                "content": f"<think>\nHolidays follow the Sunday hours.\n</think>\n\nYes, from ten ({i}).",
+            },
+        ]
+    }
+    for i in range(12)
+]
+BROKEN = [
+    {
+        "messages": [
+            {"role": "user", "content": "Twice?"},
+            {"role": "assistant", "reasoning_content": "a", "content": "<think>b</think> c"},
+        ]
+    },
+    {
+        "messages": [
+            {"role": "user", "content": "Unclosed?"},
+            {"role": "assistant", "content": "<think>never closed"},
+        ]
+    },
+]
+
+
+def prepared(tmp_path, tiny_model_dir, policy: str):
+    data = tmp_path / f"rows-{policy}.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS + BROKEN), encoding="utf-8")
+    config = load_config(
+        None,
+        [
+            f"workspace={tmp_path / 'ws'}",
+            f"model.id={tiny_model_dir}",
+            f"data.path={data}",
+            f"data.reasoning={policy}",
+            "data.clean.near_dedup=false",
+        ],
+    )
+    dataset, report = prepare_dataset(open_workspace(config), config.data, base_dir=config.base_dir)
+    rows = [r for split in ("train", "val", "test") for r in load_split(dataset, split)]
+    return rows, report
+
+
+def test_traces_are_kept_apart_from_the_answer_and_counted(tmp_path, tiny_model_dir):
+    rows, report = prepared(tmp_path, tiny_model_dir, "train")
+    answers = [r["messages"][-1] for r in rows]
+    assert len(rows) == len(ROWS)
+    assert all(a["reasoning_content"] in (TRACE, "Holidays follow the Sunday hours.") for a in answers)
+    assert not any("<think>" in a["content"] for a in answers)
+    (step,) = [s for s in report.steps if s.name == "reasoning"]
+    assert step.details == {"policy": "train", "rows_with_traces": len(ROWS), "traces": len(ROWS)}
+    reasons = " ".join(r.reason for r in report.rejected)
+    assert "the trace is given twice" in reasons and "never closed with </think>" in reasons
+
+
+def test_drop_removes_the_traces_and_says_how_many(tmp_path, tiny_model_dir):
+    rows, report = prepared(tmp_path, tiny_model_dir, "drop")
+    assert rows and not any("reasoning_content" in m for r in rows for m in r["messages"])
+    (step,) = [s for s in report.steps if s.name == "reasoning"]
+    assert step.changed == len(ROWS) and step.details["policy"] == "drop"
+
+
+def test_a_trace_trains_with_its_answer_or_is_masked_as_context(tiny_byte_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_byte_model_dir)
+    row = {"messages": ROWS[0]["messages"]}
+    (learned,) = training_rows("sft", [row], tokenizer, "train")
+    (masked,) = training_rows("sft", [row], tokenizer, "mask")
+    assert learned["input_ids"] == masked["input_ids"]  # the same text: the trace stays in context
+    text = tokenizer.decode(learned["input_ids"])
+    assert f"<think>\n{TRACE}\n</think>\n\nIt opens at nine on day 0." in text
+    assert any(TRACE in span for span in trained_spans(learned, tokenizer))
+    spans = trained_spans(masked, tokenizer)
+    assert not any("think" in span or "weekdays" in span for span in spans)
+    assert any("It opens at nine on day 0." in span for span in spans)
+
+
+def test_generated_answers_are_split_the_same_way_whole_or_streamed():
+    assert split_answer("<think>\nfirst, the hours\n</think>\n\nNine.") == ("first, the hours", "Nine.")
+    assert split_answer("Nine, no thinking.") == (None, "Nine, no thinking.")
+    assert split_answer("<think>cut off befo") == ("cut off befo", "")
+
+
+@given(
+    trace=st.text(min_size=0, max_size=30).filter(lambda t: "<" not in t),
+    answer=st.text(min_size=0, max_size=30).filter(lambda t: "<" not in t),
+    thinks=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=7), max_size=30),
+)
+def test_a_streamed_answer_splits_as_the_whole_does(trace, answer, thinks, cuts):
+    text = f"<think>\n{trace}\n</think>\n\n{answer}" if thinks else answer
+    splitter, pieces, start = TraceSplitter(), [], 0
+    for cut in [*cuts, len(text)]:
+        pieces.append(splitter.feed(text[start : start + cut]))
+        start += cut
+        if start >= len(text):
+            break
+    pieces.append(splitter.flush())
+    streamed = ("".join(p[0] for p in pieces), "".join(p[1] for p in pieces))
+    whole_trace, whole_answer = split_answer(text)
+    assert streamed == (whole_trace or "", whole_answer)
