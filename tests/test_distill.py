@@ -136,3 +136,16 @@ def test_an_unreachable_endpoint_is_a_clear_refusal(tmp_path, tiny_model_dir):
     assert refused.exit_code == 1, refused.output
     assert "cannot reach the teacher endpoint http://127.0.0.1:9/v1 (train.distill.teacher.endpoint)" in said
     assert "Traceback" not in refused.output
+
+
+def test_off_policy_answers_train_with_the_loss_on_the_answers_only(tiny_model_dir):
+    """The teacher's answers are SFT rows: the prompt is context, as in `objective: sft`."""
+    from transformers import AutoTokenizer
+
+    from tunesmith.train.sft import training_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    records = [{"messages": demo_rows()[0]["messages"]}]
+    (row,) = training_rows("distill", records, tokenizer)
+    assert row["assistant_masks"].count(1) < len(row["input_ids"])  # not the whole conversation
+    assert row == training_rows("sft", records, tokenizer)[0]
