@@ -42,7 +42,8 @@ def test_the_merged_export_and_the_server_answer_as_the_version_and_a_gate_can_r
     assert "metric 'parity_passed' was not computed" in " ".join(before.output.split())
 
     with serve_in_background(load_config(path, [*settings, "serve.poll_seconds=0.2"])) as (url, _):
-        result, said = parity(path, name, "--engines", "merged,server", "--server", f"{url}/v1")
+        served_as = ["--server", f"{url}/v1", "--server-model", serve_project["family"]]  # production: v1
+        result, said = parity(path, name, "--engines", "merged,server", *served_as)
     assert result.exit_code == 0, result.output
     assert f"Parity of {name}: 5 locked prompts" in said
     assert "merged: identical answers 100%, token agreement 100.0%" in said and "server: identical" in said

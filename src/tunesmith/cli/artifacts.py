@@ -107,6 +107,12 @@ def registry_parity(
     server: Annotated[
         str | None, typer.Option(help="server: its /v1 base URL, e.g. http://127.0.0.1:8000/v1.")
     ] = None,
+    server_model: Annotated[
+        str | None,
+        typer.Option(
+            help="server: the model name it serves the version under (default: the version's name)."
+        ),
+    ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens of each greedy answer.")] = 24,
     config: ConfigOpt = None,
 ) -> None:
@@ -125,6 +131,7 @@ def registry_parity(
             get_version(workspace, version),
             [e.strip() for e in engines.split(",") if e.strip()],
             server=server,
+            server_model=server_model,
             max_new_tokens=max_new_tokens,
         )
     for line in parity_lines(report):

@@ -84,6 +84,7 @@ def check_parity(
     engines: Sequence[str] = ("merged", "gguf"),
     *,
     server: str | None = None,
+    server_model: str | None = None,
     max_new_tokens: int = 24,
 ) -> dict[str, Any]:
     """Measure each engine against the version, write the report and record its figures.
@@ -101,7 +102,7 @@ def check_parity(
     runs: dict[str, Callable[[], EngineRun]] = {
         "merged": lambda: _merged(workspace, version, reference),
         "gguf": lambda: _gguf(workspace, version, reference),
-        "server": lambda: _server(str(server), version, reference, max_new_tokens),
+        "server": lambda: _server(str(server), server_model or version.name, reference, max_new_tokens),
     }
     results = {engine: compare(reference, runs[engine](), LIMITS[engine]) for engine in engines}
     report = {
@@ -238,7 +239,7 @@ def _gguf(workspace: Workspace, version: ModelVersion, reference: Reference) -> 
     return EngineRun(_cut(answers, reference), forced, files)
 
 
-def _server(url: str, version: ModelVersion, reference: Reference, max_new_tokens: int) -> EngineRun:
+def _server(url: str, model: str, reference: Reference, max_new_tokens: int) -> EngineRun:
     import openai
 
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=1)
@@ -246,7 +247,7 @@ def _server(url: str, version: ModelVersion, reference: Reference, max_new_token
     try:
         for prompt in PARITY_PROMPTS:
             reply = client.chat.completions.create(
-                model=version.name,
+                model=model,
                 messages=[{"role": "user", "content": prompt}],
                 max_tokens=max_new_tokens,
                 temperature=0,
@@ -254,9 +255,9 @@ def _server(url: str, version: ModelVersion, reference: Reference, max_new_token
             text = reply.choices[0].message.content or ""
             answers.append(list(reference.tokenizer(text, add_special_tokens=False)["input_ids"]))
     except openai.OpenAIError as exc:
-        raise RegistryError(f"the server at {url} did not answer as {version.name}: {exc}") from None
+        raise RegistryError(f"the server at {url} did not answer as {model}: {exc}") from None
     ended = [[*a, t] for a, t in zip(answers, _stops(reference), strict=True)]
-    return EngineRun(_cut(ended, reference), None, {"server": url})
+    return EngineRun(_cut(ended, reference), None, {"server": url, "model": model})
 
 
 def _stops(reference: Reference) -> list[int]:
