@@ -1,19 +1,19 @@
 """`tunesmith registry parity`: a version's answers on its merged export, its GGUF under llama.cpp and
-a running server, against the version itself; a broken export fails it, and a gate can require it."""
+a running server, against the version itself; a broken export fails it, and a gate can require it.
+The GGUF engine on the bundled model is checked in test_serve's llama.cpp test, beside the server
+that runs the same export."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.config import load_config
-from tunesmith.pipeline import write_demo_project
 from tunesmith.registry.versions import all_metrics, get_version
 from tunesmith.serve import serve_in_background
 from tunesmith.workspace import open_workspace
@@ -82,20 +82,3 @@ def test_unknown_engines_and_a_server_without_its_url_are_refused(serve_project)
     assert unknown.exit_code != 0 and "unknown parity engine 'onnx'" in said
     no_url, said = parity(path, name, "--engines", "server")
     assert no_url.exit_code != 0 and "the server engine needs --server URL" in said
-
-
-@pytest.mark.slow
-def test_the_gguf_export_under_llama_cpp_stays_close_to_the_bundled_model_version(tmp_path):
-    from tunesmith.models.llamacpp import find_server
-    from tunesmith.train.run import train
-
-    if find_server() is None:
-        pytest.skip("llama.cpp's llama-server is not installed (make setup builds it)")
-    path = write_demo_project(tmp_path)
-    settings = ["train.max_steps=2", "train.save_strategy=no", "train.forgetting.probe=false"]
-    version = train(load_config(path, settings)).version
-    result, _ = parity(path, version.name, "--engines", "merged,gguf")
-    assert result.exit_code == 0, result.output
-    gguf = latest_report(open_workspace(load_config(path, settings)))["engines"]["gguf"]
-    assert gguf["metrics"]["token_agreement"] >= 0.9 and gguf["metrics"]["mean_kl"] <= 0.05
-    assert gguf["lora"].endswith("-lora.gguf")  # as serve runs it: the adapter over the base's GGUF

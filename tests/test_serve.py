@@ -712,6 +712,15 @@ def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tm
         )
         assert [c.index for c in two.choices] == [0, 1] and two.usage.completion_tokens <= 12
 
+        # the version on every engine that runs it: its GGUF under llama.cpp and this server
+        argv = ["registry", "parity", version.name, "--engines", "gguf,server", "--server", f"{url}/v1"]
+        checked = runner.invoke(app, [*argv, "--config", str(config_path)])
+        assert checked.exit_code == 0, checked.output
+        (report,) = (server.workspace.root / "parity").glob("*.json")
+        gguf = json.loads(report.read_text())["engines"]["gguf"]
+        assert gguf["metrics"]["token_agreement"] >= 0.9 and gguf["metrics"]["mean_kl"] <= 0.05
+        assert gguf["lora"].endswith("-lora.gguf")  # as the server runs it: the adapter over the base's GGUF
+
 
 @pytest.mark.slow
 def test_the_vllm_backend_serves_lora_versions_on_a_gpu(project):
