@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from conftest import demo_rows
@@ -149,3 +150,27 @@ def test_off_policy_answers_train_with_the_loss_on_the_answers_only(tiny_model_d
     (row,) = training_rows("distill", records, tokenizer)
     assert row["assistant_masks"].count(1) < len(row["input_ids"])  # not the whole conversation
     assert row == training_rows("sft", records, tokenizer)[0]
+
+
+@pytest.mark.slow
+def test_the_bundled_model_distils_on_policy_and_off_policy_from_its_fine_tune(tmp_path):
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.train.run import train as train_version
+
+    path = write_demo_project(tmp_path)
+    settings = ["data.sample=48", "train.max_steps=2", "train.save_strategy=no"]
+    settings += ["train.forgetting.probe=false"]
+    teacher = train_version(load_config(path, settings)).version
+    student = [
+        "train.objective=distill",
+        f"train.distill.teacher.model={teacher.name}",
+        "train.distill.max_completion_length=16",
+        "train.distill.teacher.max_tokens=16",
+    ]
+    for mode in ("on_policy", "off_policy"):
+        config = load_config(path, [*settings, *student, f"train.distill.mode={mode}"])
+        version = train_version(config).version
+        assert version.lineage["distill"]["teacher"]["id"] == teacher.id
+        assert version.metrics["distill_on_policy"] == float(mode == "on_policy")
+    workspace = open_workspace(load_config(path, settings))
+    assert list((workspace.root / "distill" / "cache").iterdir())  # the teacher's answers, kept
