@@ -129,3 +129,13 @@ def test_a_streamed_answer_splits_as_the_whole_does(trace, answer, thinks, cuts)
     streamed = ("".join(p[0] for p in pieces), "".join(p[1] for p in pieces))
     whole_trace, whole_answer = split_answer(text)
     assert streamed == (whole_trace or "", whole_answer)
+
+
+def test_rl_prompts_keep_the_traces_of_earlier_turns(tiny_byte_model_dir):
+    from tunesmith.train.rl import rl_rows
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_byte_model_dir)
+    messages = [*ROWS[0]["messages"], {"role": "user", "content": "And tomorrow?"}]
+    (row,) = rl_rows([{"messages": [*messages, {"role": "assistant", "content": "Nine too."}]}], tokenizer)
+    assert row["prompt"][1]["content"].startswith(f"<think>\n{TRACE}\n</think>\n\n")
+    assert row["reference"] == "Nine too."

@@ -228,7 +228,8 @@ def distill_trainer(job: TrainerJob) -> Any:
     if mode == "off_policy":
         return sft_trainer(job)
     teacher, _ = load_teacher_model(teacher_ref(config, job.workspace), config, job.workspace)
-    rows, val = rl_rows(job.records["train"]), rl_rows(job.records.get("val", []))
+    rows = rl_rows(job.records["train"], base.tokenizer)
+    val = rl_rows(job.records.get("val", []), base.tokenizer)
     base.tokenizer.padding_side = "left"  # the student generates: prompts pad on the left
     trainer = DistillationTrainer(
         model=base.model,

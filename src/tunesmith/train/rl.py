@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import ProjectConfig, TrainConfig
+from tunesmith.reasoning import inline
 from tunesmith.train.rl_audit import RewardAudit, audit_checker, audit_lines, run_audit
 
 if TYPE_CHECKING:
@@ -36,10 +37,11 @@ _GRPO_FIELDS = {
 }
 
 
-def rl_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """SFT records as RL prompts: the conversation before the last answer, and that answer as reference."""
+def rl_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
+    """SFT records as RL prompts: the conversation before the last answer (earlier turns' reasoning
+    traces written in as training renders them), and that answer as reference."""
     return [
-        {"prompt": r["messages"][:-1], "reference": r["messages"][-1]["content"]}
+        {"prompt": inline(r["messages"][:-1], tokenizer), "reference": r["messages"][-1]["content"]}
         for r in records
         if r["messages"][-1]["role"] == "assistant"
     ]
@@ -96,7 +98,7 @@ def rl_trainer(job: TrainerJob) -> Any:
     train = config.train
     functions, weights = reward_functions(train.rl.rewards, workspace, config.base_dir)
     audit = RewardAudit([fn.__name__ for fn in functions], weights)
-    rows, val = rl_rows(records["train"]), rl_rows(records.get("val", []))
+    rows, val = rl_rows(records["train"], base.tokenizer), rl_rows(records.get("val", []), base.tokenizer)
     trainer_class = GRPOTrainer if train.rl.algorithm == "grpo" else RLOOTrainer
     base.tokenizer.padding_side = "left"  # generation pads on the left
     trainer = trainer_class(
