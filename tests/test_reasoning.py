@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
+from typer.testing import CliRunner
 
 from test_turns import trained_spans
+from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.data.prepare import load_split, prepare_dataset
 from tunesmith.reasoning import TraceSplitter, split_answer
@@ -139,3 +142,78 @@ def test_rl_prompts_keep_the_traces_of_earlier_turns(tiny_byte_model_dir):
     (row,) = rl_rows([{"messages": [*messages, {"role": "assistant", "content": "Nine too."}]}], tokenizer)
     assert row["prompt"][1]["content"].startswith(f"<think>\n{TRACE}\n</think>\n\n")
     assert row["reference"] == "Nine too."
+
+
+@pytest.mark.slow
+def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_path):
+    """The bundled model taught to think before it answers: eval scores the answer alone, the server
+    (llama.cpp on the GGUF export, when installed) returns the trace as reasoning_content, streamed
+    the same, and the merged export, the GGUF and the server answer as the version does."""
+    import openai
+
+    from tunesmith.models.generate import generate_answers
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.registry.loading import load_row
+    from tunesmith.serve import serve_in_background
+    from tunesmith.train.run import train
+
+    path = write_demo_project(tmp_path)
+    data = tmp_path / "thinking.jsonl"
+    questions = [f"Question {i}: when does the Fernwick branch number {i} open?" for i in range(48)]
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": q},
+                        {"role": "assistant", "content": f"<think>\n{TRACE}\n</think>\n\nIt opens at nine."},
+                    ]
+                }
+            )
+            + "\n"
+            for q in questions
+        ),
+        encoding="utf-8",
+    )
+    settings = [f"data.path={data}", "train.max_steps=30", "train.lr=1e-3", "train.save_strategy=no"]
+    settings += ["train.forgetting.probe=false", "serve.auth=none", "data.clean.near_dedup=false"]
+    config = load_config(path, settings)
+    version = train(config).version
+    model, tokenizer = load_row(version, open_workspace(config))
+    item = {
+        "messages": [
+            {"role": "user", "content": "When does the Fernwick branch open?"},
+            {"role": "assistant", "content": "?"},
+        ]
+    }
+    (answer,) = generate_answers(model, tokenizer, [item], max_new_tokens=40)
+    assert "<think>" not in answer and "weekdays" not in answer  # eval scores the answer alone
+
+    with serve_in_background(load_config(path, [*settings, f"serve.models=[{version.name}]"])) as (url, _):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        question = [{"role": "user", "content": "When does the Fernwick branch open?"}]
+        whole = api.chat.completions.create(
+            model=version.name, messages=question, max_tokens=40, temperature=0
+        )
+        message = whole.choices[0].message
+        assert "weekdays" in (message.reasoning_content or "") and "<think>" not in (message.content or "")
+        chunks = list(
+            api.chat.completions.create(
+                model=version.name, messages=question, max_tokens=40, temperature=0, stream=True
+            )
+        )
+        streamed = "".join(
+            getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
+        )
+        assert streamed == message.reasoning_content
+        argv = [
+            "registry",
+            "parity",
+            version.name,
+            "--engines",
+            "merged,gguf,server",
+            "--server",
+            f"{url}/v1",
+        ]
+        checked = CliRunner().invoke(app, [*argv, "--config", str(path)])
+    assert checked.exit_code == 0, checked.output
