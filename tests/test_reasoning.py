@@ -16,7 +16,7 @@ from test_turns import trained_spans
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.data.prepare import load_split, prepare_dataset
-from tunesmith.reasoning import TraceSplitter, split_answer
+from tunesmith.reasoning import TraceSplitter, rejoin, split_answer
 from tunesmith.train.sft import training_rows
 from tunesmith.workspace import open_workspace
 
@@ -112,6 +112,12 @@ def test_generated_answers_are_split_the_same_way_whole_or_streamed():
     assert split_answer("<think>\nfirst, the hours\n</think>\n\nNine.") == ("first, the hours", "Nine.")
     assert split_answer("Nine, no thinking.") == (None, "Nine, no thinking.")
     assert split_answer("<think>cut off befo") == ("cut off befo", "")
+    # and put together again, as `registry parity` rebuilds a server's reply
+    assert rejoin(*split_answer("<think>\nfirst, the hours\n</think>\n\nNine.")) == (
+        "<think>\nfirst, the hours\n</think>\n\nNine."
+    )
+    assert rejoin("cut off befo", "", cut=True) == "<think>\ncut off befo"
+    assert rejoin(None, "Nine, no thinking.") == "Nine, no thinking."
 
 
 @given(
@@ -147,8 +153,10 @@ def test_rl_prompts_keep_the_traces_of_earlier_turns(tiny_byte_model_dir):
 @pytest.mark.slow
 def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_path):
     """The bundled model taught to think before it answers: eval scores the answer alone, the server
-    (llama.cpp on the GGUF export, when installed) returns the trace as reasoning_content, streamed
-    the same, and the merged export, the GGUF and the server answer as the version does."""
+    returns the trace as reasoning_content, streamed the same, and the merged export and the server
+    answer as the version does. (Transformers serves it here: the llama.cpp serving test checks the
+    GGUF engine, and two llama.cpp tests at once on two cores start too slowly. `<think>` is plain
+    text to SmolLM2's tokenizer, so the GGUF keeps it as it keeps any text.)"""
     import openai
 
     from tunesmith.models.generate import generate_answers
@@ -189,7 +197,8 @@ def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_p
     (answer,) = generate_answers(model, tokenizer, [item], max_new_tokens=40)
     assert "<think>" not in answer and "weekdays" not in answer  # eval scores the answer alone
 
-    with serve_in_background(load_config(path, [*settings, f"serve.models=[{version.name}]"])) as (url, _):
+    serving = [f"serve.models=[{version.name}]", "serve.backend=transformers"]
+    with serve_in_background(load_config(path, [*settings, *serving])) as (url, _):
         api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         question = [{"role": "user", "content": "When does the Fernwick branch open?"}]
         whole = api.chat.completions.create(
@@ -206,14 +215,9 @@ def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_p
             getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
         )
         assert streamed == message.reasoning_content
-        argv = [
-            "registry",
-            "parity",
-            version.name,
-            "--engines",
-            "merged,gguf,server",
-            "--server",
-            f"{url}/v1",
-        ]
+        argv = ["registry", "parity", version.name, "--engines", "merged,server", "--server", f"{url}/v1"]
         checked = CliRunner().invoke(app, [*argv, "--config", str(path)])
     assert checked.exit_code == 0, checked.output
+    (report,) = (open_workspace(config).root / "parity").glob("*.json")
+    merged = json.loads(report.read_text())["engines"]["merged"]
+    assert merged["metrics"]["identical_answers"] == 1.0

@@ -720,6 +720,8 @@ def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tm
         gguf = json.loads(report.read_text())["engines"]["gguf"]
         assert gguf["metrics"]["token_agreement"] >= 0.9 and gguf["metrics"]["mean_kl"] <= 0.05
         assert gguf["lora"].endswith("-lora.gguf")  # as the server runs it: the adapter over the base's GGUF
+        served = json.loads(report.read_text())["engines"]["server"]
+        assert set(served["identical_by_engine"]) == {"reference", "gguf"}  # matched to what it runs
 
 
 @pytest.mark.slow

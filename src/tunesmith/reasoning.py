@@ -98,6 +98,17 @@ def trace_block(trace: str) -> str:
     return f"{OPEN}\n{trace.strip()}\n{CLOSE}\n\n"
 
 
+def rejoin(trace: str | None, answer: str, cut: bool = False) -> str:
+    """The text a model wrote, from a reply's `reasoning_content` and `content` (what `split_answer`
+    took apart, the blanks around the markers as training writes them); `cut`: the reply ended at
+    its token limit, so a trace with no answer after it was never closed."""
+    if trace is None:
+        return answer
+    if cut and not answer:
+        return f"{OPEN}\n{trace.strip()}"
+    return trace_block(trace) + answer
+
+
 class TraceSplitter:
     """A streamed answer split as it arrives into trace and answer deltas, as `split_answer` splits
     the whole: text that may still turn out to be a marker (or the blank around one) is held back
