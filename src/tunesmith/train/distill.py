@@ -278,9 +278,9 @@ def describe_distill(config: ProjectConfig, trainer: Any) -> str:
 
 def finish_distill(run: Any, trainer: Any, run_dir: Path, weights_dir: Path) -> dict[str, Any]:
     """On-policy: the divergence to the teacher over the first and the last quarter of the steps."""
-    steps = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    if getattr(trainer, "distill_mode", "off_policy") != "on_policy" or not steps:
+    from tunesmith.train.rl_audit import quarter_means
+
+    first, last = quarter_means(trainer.state.log_history, "loss")
+    if getattr(trainer, "distill_mode", "off_policy") != "on_policy" or first is None:
         return {"distill_on_policy": 0.0}
-    quarter = max(1, len(steps) // 4)
-    first, last = sum(steps[:quarter]) / quarter, sum(steps[-quarter:]) / quarter
     return {"distill_on_policy": 1.0, "divergence_first_quarter": first, "divergence_last_quarter": last}

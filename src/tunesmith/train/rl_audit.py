@@ -116,7 +116,7 @@ def run_audit(history: list[dict[str, Any]], samples: list[Sample], checker: str
     named = {key: "reward/" + key.split("/")[1] for key in keys}
     named.update({"reward": "reward", **LOGGED})
     for key, name in named.items():
-        first, last = _quarters(steps, key)
+        first, last = quarter_means(steps, key)
         if first is not None:
             audit[name] = {"first": first, "last": last}
     clip = [h["clip_ratio/region_mean"] for h in steps if "clip_ratio/region_mean" in h]
@@ -126,7 +126,8 @@ def run_audit(history: list[dict[str, Any]], samples: list[Sample], checker: str
     return {**audit, "verdict": verdict, "rule": rule}
 
 
-def _quarters(steps: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+def quarter_means(steps: list[dict[str, Any]], key: str) -> tuple[float | None, float | None]:
+    """The mean of `key` over the first and the last quarter of the logged steps that have it."""
     values = [float(h[key]) for h in steps if key in h and not math.isnan(float(h[key]))]
     if not values:
         return None, None
