@@ -60,9 +60,11 @@ def test_every_assistant_turn_trains_and_a_weight_zero_turn_does_not(tiny_model_
 def test_tools_and_tool_calls_reach_the_template(tiny_model_dir):
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.chat_template = (
-        "{% if tools %}<|im_start|>system\ntools: {{ tools | map(attribute='name') | join(',') }}"
+        "{% if tools %}<|im_start|>system\ntools: {{ tools | map(attribute='function.name') | join(',') }}"
         "<|im_end|>\n{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n"
-        "{% if m.tool_calls %}call {{ m.tool_calls[0].function.name }}{% else %}{{ m.content }}{% endif %}"
+        "{% if m.tool_calls %}call {{ m.tool_calls[0].function.name }} "
+        "{{ m.tool_calls[0].function.arguments | tojson }}"
+        "{% else %}{{ m.content }}{% endif %}"
         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
     call = {"type": "function", "function": {"name": "opening_hours", "arguments": "{}"}}
@@ -72,11 +74,12 @@ def test_tools_and_tool_calls_reach_the_template(tiny_model_dir):
         {"role": "tool", "content": "nine", "tool_call_id": "1"},
         {"role": "assistant", "content": "The store opens at nine."},
     ]
-    text, spans = assistant_spans(messages, tokenizer, [{"name": "opening_hours"}])
+    tools = [{"type": "function", "function": {"name": "opening_hours"}}]
+    text, spans = assistant_spans(messages, tokenizer, tools)
     assert text.startswith("<|im_start|>system\ntools: opening_hours<|im_end|>")
     assert [text[a:b] for a, b in spans] == [
-        "call opening_hours<|im_end|>\n",
+        "call opening_hours {}<|im_end|>\n",
         "The store opens at nine.<|im_end|>\n",
     ]
-    (row,) = training_rows("sft", [{"messages": messages, "tools": [{"name": "opening_hours"}]}], tokenizer)
+    (row,) = training_rows("sft", [{"messages": messages, "tools": tools}], tokenizer)
     assert len(trained_spans(row, tokenizer)) == 2

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tunesmith.toolcalls import written_answer
+
 # Control characters other than tab and newline (a carriage return ends a line: it becomes \n), and
 # the invisible zero-width space, word joiner and byte-order mark. ZWJ and ZWNJ (U+200C, U+200D) are
 # letters' business in Persian, Indic scripts and emoji sequences: they stay.
@@ -241,10 +243,15 @@ def _flatten(value: Any) -> str:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return "\n".join(
-            f"{m.get('role', '')}: {m.get('content', '')}" if isinstance(m, dict) else str(m) for m in value
-        )
+        return "\n".join(_message_text(m) if isinstance(m, dict) else str(m) for m in value)
     return ""
+
+
+def _message_text(message: dict[str, Any]) -> str:
+    """A message as duplicates are judged: its trace and its tool calls count with its text."""
+    text = written_answer(message) if message.get("tool_calls") else message.get("content", "")
+    trace = message.get("reasoning_content")
+    return f"{message.get('role', '')}: {f'<think>{trace}</think>' if trace else ''}{text}"
 
 
 def record_text(record: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 
 from tunesmith.errors import InputError
 from tunesmith.reasoning import ReasoningError, separate
+from tunesmith.toolcalls import ToolCallError, check_conversation, check_tools
 
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
@@ -102,14 +103,25 @@ def _messages(value: Any, field: str = "messages") -> list[dict[str, Any]]:
 
 
 def _check_order(messages: list[dict[str, Any]], field: str) -> None:
-    """A system message only first; user and assistant turns alternate; the last turn is learned."""
+    """A system message only first; user and assistant turns alternate, with an assistant's tool
+    calls answered by `tool` messages before it goes on; the last turn is learned."""
     for i, message in enumerate(messages):
         if message["role"] == "system" and i != 0:
             raise RowError(f"{field}[{i}].role: a system message may only come first")
-    turns = [(i, m["role"]) for i, m in enumerate(messages) if m["role"] in ("user", "assistant")]
-    for (_, previous), (i, role) in pairwise(turns):
-        if role == previous:
+    try:
+        check_conversation(messages, field)
+    except ToolCallError as exc:
+        raise RowError(str(exc)) from None
+    turns = [(i, m) for i, m in enumerate(messages) if m["role"] in ("user", "assistant", "tool")]
+    for (_, previous), (i, message) in pairwise(turns):
+        role = message["role"]
+        answered = previous["role"] == "tool" or (
+            previous["role"] == "assistant" and previous.get("tool_calls")
+        )
+        if role == previous["role"] and role != "tool" and not (role == "assistant" and answered):
             raise RowError(f"{field}[{i}].role: two {role} turns in a row; user and assistant must alternate")
+        if previous.get("tool_calls") and role != "tool":
+            raise RowError(f"{field}[{i}].role: the tool calls of {field}[{i - 1}] need tool messages first")
     last = len(messages) - 1
     if messages[last]["role"] != "assistant":
         raise RowError(f"{field}[{last}].role: the last message must be the assistant's answer to learn")
@@ -124,8 +136,10 @@ def _meta(row: dict[str, Any], used: tuple[str, ...]) -> dict[str, Any]:
 def _chat(row: dict[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {"messages": _messages(row.get("messages"))}
     if row.get("tools"):
-        if not isinstance(row["tools"], list):
-            raise RowError("tools: expected a list of tool (function) definitions")
+        try:
+            check_tools(row["tools"])
+        except ToolCallError as exc:
+            raise RowError(str(exc)) from None
         record["tools"] = row["tools"]
     return {**record, **_meta(row, ("messages", "tools"))}
 

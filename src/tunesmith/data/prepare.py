@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from tunesmith.chat import render_chat
 from tunesmith.config import DataConfig, ProjectConfig
 from tunesmith.data import clean as cleaning
 from tunesmith.data.formats import (
@@ -33,7 +34,7 @@ from tunesmith.data.formats import (
 from tunesmith.data.sources import ReadResult, Rejected, SourceError, read_source
 from tunesmith.data.split import PAIRS_OF, SPLITS, assign_folds, assign_splits, group_of
 from tunesmith.errors import InputError
-from tunesmith.reasoning import ReasoningPolicy, apply_policy, inline
+from tunesmith.reasoning import ReasoningPolicy, apply_policy
 from tunesmith.store import DatasetVersion, session
 from tunesmith.workspace import Workspace, atomic_dir
 
@@ -307,10 +308,7 @@ def _clean(items: list[Item], config: DataConfig, rejected: list[Rejected], step
 def render_for_length(record: dict[str, Any], kind: str, tokenizer: Any) -> str:
     """The text whose tokens count against the context window, as training will see it."""
     if kind == "sft":
-        kwargs = {"tools": record["tools"]} if record.get("tools") else {}
-        return str(
-            tokenizer.apply_chat_template(inline(record["messages"], tokenizer), tokenize=False, **kwargs)
-        )
+        return render_chat(tokenizer, record["messages"], record.get("tools"))
     if kind == "preference":
         prompt = cleaning.record_text({"prompt": record["prompt"]})
         longer = max((cleaning.record_text({"text": record[k]}) for k in ("chosen", "rejected")), key=len)

@@ -3,6 +3,8 @@
 A classifier, a tagger and a language model each have one standard set (`DEFAULT_METRICS`). For
 generation the set follows the references:
 
+- tool use (the items offer tools, `tunesmith.toolcalls`): the calls' AST check first, then the
+  function names, exact arguments and valid JSON;
 - translation (the answers are in another language than the prompts, by `py3langid`): chrF and
   BLEU first; exact match and key facts say nothing about a translation;
 - items that list `key_facts`: the key-fact score first;
@@ -40,6 +42,7 @@ TRANSLATION_SHARE = 0.6
 MIN_IDENTIFIED = 5
 
 GENERATION_SETS: dict[str, list[str]] = {
+    "tool calls": ["tool_ast", "tool_name", "tool_args", "tool_json", "exact_match", "rouge_l"],
     "translation": ["chrf", "bleu", "rouge_l", "exact_match"],
     "key facts": ["key_fact", "exact_match", "rouge_l", "rouge_1", "rouge_2", "bleu", "chrf"],
     "final answers": ["numeric_match", "exact_match", "rouge_l", "chrf"],
@@ -75,6 +78,14 @@ def default_metrics(kind: TaskKind | str, items: list[dict[str, Any]]) -> Metric
 
 
 Pairs = list[tuple[str, str]]  # (prompt, reference) per sampled item
+
+
+def _tool_calls(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
+    offered = sum(bool(item.get("tools")) for item in sample)
+    if offered * 2 < len(sample):
+        return None
+    calling = sum(bool(item["messages"][-1].get("tool_calls")) for item in sample)
+    return f"tool use: {offered} of {len(sample)} items offer tools, {calling} expect a call"
 
 
 def _key_facts(sample: list[dict[str, Any]], pairs: Pairs) -> str | None:
@@ -150,6 +161,7 @@ def _reference(item: dict[str, Any]) -> str:
 
 # tried in this order; the first that holds picks the set (else: open answers)
 RULES: list[tuple[str, Callable[[list[dict[str, Any]], Pairs], str | None]]] = [
+    ("tool calls", _tool_calls),
     ("translation", _translation),
     ("key facts", _key_facts),
     ("final answers", _final_answers),

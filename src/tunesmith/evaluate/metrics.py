@@ -28,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from tunesmith import answers
+from tunesmith.evaluate import tool_metrics
 
 TaskKind = Literal["generation", "classification", "tagging", "lm"]
 ItemFn = Callable[[str, str, dict[str, Any]], float]
@@ -381,6 +382,22 @@ register(
         _perplexity,
         higher_is_better=False,
         description="exp of the mean negative log-likelihood per token of the held-out text",
+    )
+)
+
+
+# -- tool calls (`tunesmith.evaluate.tool_metrics`) -----------------------------------------------
+
+register(item_metric("tool_name", tool_metrics.tool_name))
+register(item_metric("tool_args", tool_metrics.tool_args))
+register(item_metric("tool_ast", tool_metrics.tool_ast))
+register(
+    Metric(
+        "tool_json",
+        "generation",
+        tool_metrics.tool_json_stats,
+        tool_metrics.tool_json_score,
+        description="share of attempted tool calls written as valid JSON with a name and arguments",
     )
 )
 

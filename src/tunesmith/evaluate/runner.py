@@ -30,6 +30,7 @@ from tunesmith.progress import console
 from tunesmith.registry.loading import check_base, load_row
 from tunesmith.registry.versions import RegistryError, alias_target, all_metrics, get_version, who
 from tunesmith.store import DatasetVersion, EvalReport, ModelVersion, session
+from tunesmith.toolcalls import written_answer
 from tunesmith.train.objectives import get_objective
 from tunesmith.workspace import Workspace, atomic_dir
 
@@ -780,7 +781,7 @@ def item_references(
         return [list(item["tags"]) for item in items], Context()
     if kind == "lm":
         return [item["text"] for item in items], Context()
-    return [item["messages"][-1]["content"] for item in items], Context()
+    return [written_answer(item["messages"][-1]) for item in items], Context()
 
 
 def _run_subject(

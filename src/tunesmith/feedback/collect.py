@@ -114,11 +114,12 @@ def read_prompts(path: Path) -> list[dict[str, Any]]:
 def prompt_of_row(row: Any) -> list[dict[str, Any]] | None:
     """The conversation to answer from a chat, prompt/completion or preference row; None if it has none."""
     from tunesmith.data.formats import as_messages
+    from tunesmith.monitor.improve import request_messages
 
     if not isinstance(row, dict):
         return None
     if isinstance(row.get("messages"), list) and row["messages"]:
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        messages = request_messages(row["messages"])  # tool calls and traces kept
         return messages[:-1] if messages[-1]["role"] == "assistant" else messages
     if isinstance(row.get("prompt"), (str, list)) and row["prompt"]:
         return as_messages(row["prompt"], "user")

@@ -17,8 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.chat import render_chat
 from tunesmith.progress import progress_bar
-from tunesmith.reasoning import inline, split_answer
+from tunesmith.reasoning import split_answer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -41,10 +42,9 @@ def prompt_messages(item: dict[str, Any], shots: Sequence[dict[str, Any]] = ()) 
 def render_prompt(
     tokenizer: PreTrainedTokenizerBase, item: dict[str, Any], shots: Sequence[dict] = ()
 ) -> str:
-    """The item's prompt as the model sees it: its chat template, reasoning traces of earlier turns
-    written in as they were trained (`tunesmith.reasoning.inline`)."""
-    messages = inline(prompt_messages(item, shots), tokenizer)
-    return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    """The item's prompt as the model sees it: its chat template, with reasoning traces of earlier
+    turns and the item's tools written in as they were trained (`tunesmith.chat`)."""
+    return render_chat(tokenizer, prompt_messages(item, shots), item.get("tools"), add_generation_prompt=True)
 
 
 def turn_end_text(tokenizer: PreTrainedTokenizerBase) -> str:

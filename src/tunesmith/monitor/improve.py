@@ -228,8 +228,13 @@ def _learn(
     answer = str(request.output[min(item.choice, len(request.output) - 1)])
     origin = {"request_id": request.id, "feedback_id": item.id}
     if item.correction and "correction" in kinds:
+        tools = {"tools": request.params["tools"]} if (request.params or {}).get("tools") else {}
         sft.append(
-            {"messages": [*messages, {"role": "assistant", "content": item.correction}], "origin": origin}
+            {
+                "messages": [*messages, {"role": "assistant", "content": item.correction}],
+                **tools,
+                "origin": origin,
+            }
         )
         dpo.append({"prompt": messages, "chosen": item.correction, "rejected": answer, "origin": origin})
     if item.preference and "preference" in kinds:
@@ -248,10 +253,11 @@ def _learn(
     )
 
 
-def request_messages(prompt: Any) -> list[dict[str, str]]:
+def request_messages(prompt: Any) -> list[dict[str, Any]]:
     """A logged request's prompt (chat messages, or a completion prompt) as chat messages."""
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
-        return [{"role": m["role"], "content": m["content"]} for m in prompt]
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):  # calls and traces kept
+        keep = ("role", "content", "tool_calls", "tool_call_id", "reasoning_content")
+        return [{k: m[k] for k in keep if m.get(k) is not None or k == "content"} for m in prompt]
     text = prompt[0] if isinstance(prompt, list) else prompt
     return [{"role": "user", "content": str(text)}]
 

@@ -83,3 +83,43 @@ class TokenMasks:
         matcher = self.matchers[row]
         if matcher is not None:
             matcher.consume_token(token)
+
+
+def tool_grammar(tools: list[dict[str, Any]], parallel: bool = True) -> str:
+    """The grammar of an answer that must call one of `tools` (tool_choice required or a named
+    function): `<tool_call>` blocks in the Hermes format (`tunesmith.toolcalls`), each a JSON object
+    with a function's name and arguments that follow its parameters' schema; several when `parallel`.
+
+    Raises:
+        GrammarError: a tool's parameters are not a schema llguidance can enforce.
+    """
+    calls = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": tool["function"]["name"]},
+                "arguments": tool["function"].get("parameters") or {"type": "object"},
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for tool in tools
+    ]
+    schema = {**(calls[0] if len(calls) == 1 else {"anyOf": calls}), "x-guidance": JSON_LAYOUT}
+    more = ' ("\\n" block)*' if parallel else ""
+    block = 'block: "<tool_call>\\n" call "\\n</tool_call>"'
+    return _lark(f"start: block{more}\n{block}\ncall: %json {json.dumps(schema)}\n")
+
+
+@functools.lru_cache(maxsize=256)
+def _lark(lark: str) -> str:
+    from llguidance import LLMatcher
+
+    try:
+        grammar = LLMatcher.grammar_from_lark(lark)
+    except ValueError as exc:
+        raise GrammarError(f"tools: {exc}") from None
+    failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
+    if failed:
+        raise GrammarError(f"tools: the parameters cannot be enforced: {messages[0]}")
+    return str(grammar)

@@ -1,8 +1,10 @@
 """OpenAI-shaped request models and the error shape, with the size limits every request is held to.
 
-Fields the server does not implement (tools, logprobs, response formats other than text) are
+Fields the server does not implement (logprobs, legacy `functions`, tools on text completions) are
 refused with a 400 naming the field, rather than silently ignored; other unknown fields are
-ignored, as OpenAI-compatible servers do.
+ignored, as OpenAI-compatible servers do. Chat requests take `tools` and `tool_choice` (auto, none,
+required or a named function), and tool calls and results in the conversation
+(`tunesmith.toolcalls`).
 """
 
 from __future__ import annotations
@@ -45,9 +47,21 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = Field(None, max_length=MAX_TEXT)
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_call_id: str | None = Field(None, max_length=200)
+    reasoning_content: str | None = Field(None, max_length=MAX_TEXT)
+
+    def as_record(self) -> dict[str, Any]:
+        """The message as training rows hold it (a developer message is the system's)."""
+        message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role}
+        message["content"] = self.text()
+        for key in ("tool_calls", "tool_call_id", "reasoning_content"):
+            if getattr(self, key):
+                message[key] = getattr(self, key)
+        return message
 
     def text(self) -> str:
         if self.content is None:
@@ -130,6 +144,41 @@ class _Sampling(BaseModel):
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage] = Field(min_length=1, max_length=MAX_MESSAGES)
     max_completion_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    tools: list[dict[str, Any]] | None = Field(None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+    parallel_tool_calls: bool = True
+
+    @model_validator(mode="after")
+    def _tools(self) -> ChatCompletionRequest:
+        from tunesmith.toolcalls import check_conversation, check_tools
+
+        messages = [m.as_record() for m in self.messages]
+        check_conversation(messages)  # a ToolCallError is a ValueError: answered 400
+        if self.tools:
+            self.tools = check_tools(self.tools)
+        if self.tool_choice not in (None, "none", "auto"):
+            if not self.tools:
+                raise ValueError("tool_choice needs `tools` to choose from")
+            self.forced_tools()  # a named function that is not offered is refused here
+        return self
+
+    def offered_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the model is shown (none under tool_choice none)."""
+        return None if self.tool_choice == "none" else self.tools or None
+
+    def forced_tools(self) -> list[dict[str, Any]] | None:
+        """The tools the answer must call one of (tool_choice required or a named function);
+        None when the model decides."""
+        choice = self.tool_choice
+        if choice in (None, "none", "auto") or not self.tools:
+            return None
+        if choice == "required":
+            return self.tools
+        name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        chosen = [t for t in self.tools if t["function"]["name"] == name]
+        if not chosen:
+            raise ValueError(f"tool_choice names {name!r}, which is not one of the request's tools")
+        return chosen
 
     @property
     def requested_max_tokens(self) -> int | None:

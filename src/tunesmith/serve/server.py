@@ -22,6 +22,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 
+from tunesmith.chat import render_chat
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
 from tunesmith.monitor.alerts import check_alerts
 from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words, start_judge
@@ -38,7 +39,7 @@ from tunesmith.serve.backends import (
     TextDelta,
     create_backend,
 )
-from tunesmith.serve.grammar import GrammarError, json_grammar
+from tunesmith.serve.grammar import GrammarError, json_grammar, tool_grammar
 from tunesmith.serve.keys import Caller, KeyRing
 from tunesmith.serve.metrics import ServeMetrics
 from tunesmith.serve.ratelimit import RateLimiter, Refusal
@@ -59,6 +60,7 @@ from tunesmith.serve.schemas import (
 )
 from tunesmith.store import AliasEvent, ModelVersion, session
 from tunesmith.store.schema import utcnow
+from tunesmith.toolcalls import CallSplitter, Parsed, parse_calls
 from tunesmith.workspace import Workspace, open_workspace
 
 log = logging.getLogger("tunesmith.serve")
@@ -298,7 +300,7 @@ class Server:
         if trace.disconnected:
             return Response(status_code=499)  # nobody reads it; logged as 499 by _collect
         payload = _completion(
-            request_id, version, trace.chat, texts, reasons, _usage(trace.tokens_in, tokens)
+            request_id, version, trace.chat, texts, reasons, _usage(trace.tokens_in, tokens), _calling(trace)
         )
         return JSONResponse(payload, headers=response_headers)
 
@@ -354,14 +356,11 @@ class Server:
     ) -> tuple[Any, list[list[int]]]:
         tokenizer = self.backend.tokenizer(version.id)
         if isinstance(body, ChatCompletionRequest):
-            messages = [
-                {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                for m in body.messages
-            ]
+            messages = [m.as_record() for m in body.messages]
             if settings.system_prompt and messages[0]["role"] != "system":
                 messages.insert(0, {"role": "system", "content": settings.system_prompt})
-            try:
-                text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            try:  # traces and tools written in as training wrote them
+                text = render_chat(tokenizer, messages, body.offered_tools(), add_generation_prompt=True)
             except Exception as exc:  # the template refuses the conversation (roles out of order...)
                 raise ApiError(
                     400, f"the model's chat template refused these messages: {exc}", param="messages"
@@ -403,8 +402,9 @@ class Server:
                 code="context_length_exceeded",
             )
         schema = body.json_schema()
+        forced = body.forced_tools() if isinstance(body, ChatCompletionRequest) else None
         return SamplingParams(
-            grammar=self._grammar(schema, version),
+            grammar=self._grammar(schema, version, forced, _parallel(body)),
             schema=None if schema is None else json.dumps(schema),
             max_tokens=max_tokens,
             temperature=body.temperature
@@ -417,18 +417,32 @@ class Server:
             frequency_penalty=body.frequency_penalty,
         )
 
-    def _grammar(self, schema: dict[str, Any] | None, version: ModelVersion) -> str | None:
-        """The grammar of the request's `response_format` JSON schema, or None for text; 400 for a
-        schema that cannot be enforced, or a backend that cannot enforce one."""
-        if schema is None:
+    def _grammar(
+        self,
+        schema: dict[str, Any] | None,
+        version: ModelVersion,
+        forced: list[dict[str, Any]] | None = None,
+        parallel: bool = True,
+    ) -> str | None:
+        """The grammar of the request's `response_format` JSON schema, or of the tool calls that
+        tool_choice requires; None for free text. 400 for a schema that cannot be enforced, or a
+        backend that cannot enforce one."""
+        if schema is None and forced is None:
             return None
-        refusal = self.backend.grammar_refusal(version.id)
+        param = "response_format" if forced is None else "tool_choice"
+        refusal = (self.backend.grammar_refusal if forced is None else self.backend.tool_grammar_refusal)(
+            version.id
+        )
         if refusal is not None:
-            raise ApiError(400, f"response_format cannot be followed: {refusal}", param="response_format")
+            raise ApiError(400, f"{param} cannot be followed: {refusal}", param=param)
+        if schema is not None and forced is not None:
+            raise ApiError(
+                400, "response_format and a required tool call cannot both shape the answer", param=param
+            )
         try:
-            return json_grammar(schema)
+            return json_grammar(schema) if schema is not None else tool_grammar(forced or [], parallel)
         except GrammarError as exc:
-            raise ApiError(400, str(exc), param="response_format") from None
+            raise ApiError(400, str(exc), param=param) from None
 
     async def _events(
         self, jobs: list[GenerationJob], trace: _Trace
@@ -626,6 +640,11 @@ class Server:
                 "stop": body.stops,
                 "stream": body.stream,
                 "response_format": body.response_format,
+                **(
+                    {"tools": body.tools, "tool_choice": body.tool_choice}
+                    if isinstance(body, ChatCompletionRequest) and body.tools
+                    else {}
+                ),
             },
             "status": status,
             "error": error,
@@ -753,7 +772,7 @@ class _Trace:
 
 def _prompt_of(body: ChatCompletionRequest | CompletionRequest) -> Any:
     if isinstance(body, ChatCompletionRequest):
-        return [{"role": m.role, "content": m.text()} for m in body.messages]
+        return [m.as_record() for m in body.messages]
     return body.prompt
 
 
@@ -764,15 +783,19 @@ def _completion(
     texts: list[str],
     reasons: list[str],
     usage: dict[str, int],
+    calling: bool = False,
 ) -> dict[str, Any]:
     """The OpenAI response body of a finished (not streamed) chat or text completion; a chat answer's
-    leading <think> block is its `reasoning_content`, as reasoning models are served."""
-    choices: list[dict[str, Any]] = [
-        {"index": i, "message": _message(t), "finish_reason": r, "logprobs": None}
-        if chat
-        else {"index": i, "text": t, "finish_reason": r, "logprobs": None}
-        for i, (t, r) in enumerate(zip(texts, reasons, strict=True))
-    ]
+    leading <think> block is its `reasoning_content`, as reasoning models are served, and when the
+    request offered tools, the calls it writes are its `tool_calls` (finish_reason tool_calls)."""
+    choices: list[dict[str, Any]] = []
+    for i, (text, reason) in enumerate(zip(texts, reasons, strict=True)):
+        if not chat:
+            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
+            continue
+        message = _message(text, calling)
+        finish = "tool_calls" if message.get("tool_calls") and reason == "stop" else reason
+        choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": None})
     return {
         "id": ("chatcmpl-" if chat else "cmpl-") + request_id[4:],
         "object": "chat.completion" if chat else "text_completion",
@@ -799,6 +822,7 @@ class _Chunks:
             "system_fingerprint": f"fp_{version.weights_sha256[:12]}",
         }
         self.splitters = [TraceSplitter() for _ in range(count)]
+        self.callers = [CallSplitter() for _ in range(count)] if _calling(trace) else None
 
     def opening(self) -> list[str]:
         """A chat stream starts with each choice's role."""
@@ -814,10 +838,24 @@ class _Chunks:
         return self._delta(index, *self.splitters[index].feed(text))
 
     def finish(self, index: int, reason: str) -> list[str]:
-        held = self._delta(index, *self.splitters[index].flush()) if self.chat else []
-        return [*held, self._event(index, {} if self.chat else "", reason)]
+        if not self.chat:
+            return [self._event(index, "", reason)]
+        held = self._delta(index, *self.splitters[index].flush())
+        if self.callers is None:
+            return [*held, self._event(index, {}, reason)]
+        called = _called(self.callers[index].finish())
+        calls = [{"index": k, **call} for k, call in enumerate(called.get("tool_calls") or [])]
+        tail = {
+            **({"content": called["content"]} if called["content"] else {}),
+            **({"tool_calls": calls} if calls else {}),
+        }
+        if calls and reason == "stop":
+            reason = "tool_calls"
+        return [*held, *([self._event(index, tail, None)] if tail else []), self._event(index, {}, reason)]
 
     def _delta(self, index: int, trace: str, text: str) -> list[str]:
+        if self.callers is not None and text:
+            text = self.callers[index].feed(text)  # a call is sent whole at the end
         delta = {**({"reasoning_content": trace} if trace else {}), **({"content": text} if text else {})}
         return [self._event(index, delta, None)] if delta else []
 
@@ -830,10 +868,35 @@ class _Chunks:
         return f"data: {json.dumps({**self.base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
 
 
-def _message(text: str) -> dict[str, Any]:
+def _parallel(body: ChatCompletionRequest | CompletionRequest) -> bool:
+    """Whether a required tool call may be several (a named function is called once)."""
+    return (
+        isinstance(body, ChatCompletionRequest)
+        and body.tool_choice == "required"
+        and body.parallel_tool_calls
+    )
+
+
+def _calling(trace: _Trace) -> bool:
+    """Whether the answer is read for tool calls: the request offered tools."""
+    return isinstance(trace.body, ChatCompletionRequest) and bool(trace.body.offered_tools())
+
+
+def _message(text: str, calling: bool = False) -> dict[str, Any]:
     trace, answer = split_answer(text)
-    message = {"role": "assistant", "content": answer}
+    message: dict[str, Any] = {"role": "assistant", "content": answer}
+    if calling:
+        message.update(_called(parse_calls(answer)))
     return message if trace is None else {**message, "reasoning_content": trace}
+
+
+def _called(parsed: Parsed) -> dict[str, Any]:
+    """A message's content and tool_calls from an answer read for calls (content None when the
+    answer is only calls, as OpenAI answers; blocks that are not valid calls stay in the text)."""
+    if not parsed.calls:
+        return {"content": parsed.content}
+    calls = [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in parsed.calls]
+    return {"content": parsed.content or None, "tool_calls": calls}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

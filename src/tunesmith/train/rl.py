@@ -17,8 +17,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.chat import chat_messages
 from tunesmith.config import ProjectConfig, TrainConfig
-from tunesmith.reasoning import inline
 from tunesmith.train.rl_audit import RewardAudit, audit_checker, audit_lines, run_audit
 
 if TYPE_CHECKING:
@@ -41,7 +41,10 @@ def rl_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any
     """SFT records as RL prompts: the conversation before the last answer (earlier turns' reasoning
     traces written in as training renders them), and that answer as reference."""
     return [
-        {"prompt": inline(r["messages"][:-1], tokenizer), "reference": r["messages"][-1]["content"]}
+        {
+            "prompt": chat_messages(r["messages"][:-1], tokenizer, r.get("tools"))[0],
+            "reference": r["messages"][-1]["content"],
+        }
         for r in records
         if r["messages"][-1]["role"] == "assistant"
     ]

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tunesmith.chat import chat_messages
 from tunesmith.config import ProjectConfig, TrainConfig
 from tunesmith.data import load_split
 from tunesmith.progress import console
-from tunesmith.reasoning import ReasoningPolicy, inline
+from tunesmith.reasoning import ReasoningPolicy
 from tunesmith.store import DatasetVersion, Run, session
 from tunesmith.workspace import Workspace
 
@@ -192,11 +193,11 @@ def lora_config(train: TrainConfig) -> Any:
 
 def to_prompt_completion(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """Canonical chat records as TRL's conversational prompt/completion rows (loss on the answer),
-    reasoning traces written into their turns."""
+    reasoning traces and tool calls written into their turns (`tunesmith.chat`)."""
     rows = []
     for record in records:
-        messages = inline(record["messages"], tokenizer)
-        rows.append({"prompt": messages[:-1], "completion": messages[-1:]})
+        messages, kwargs = chat_messages(record["messages"], tokenizer, record.get("tools"))
+        rows.append({"prompt": messages[:-1], "completion": messages[-1:], **kwargs})
     return rows
 
 

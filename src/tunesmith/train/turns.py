@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tunesmith.reasoning import CLOSE, OPEN, ReasoningPolicy, inline
+from tunesmith.chat import chat_messages
+from tunesmith.reasoning import CLOSE, OPEN, ReasoningPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +34,14 @@ def assistant_spans(
     reasoning: ReasoningPolicy = "train",
 ) -> tuple[str, list[tuple[int, int]]]:
     """(the rendered conversation, the character spans of its trained assistant turns). Reasoning
-    traces are rendered into their turns (`data.reasoning.inline`); with `reasoning: mask`, a turn's
-    <think> block is left out of its span, so it is context, not a target.
+    traces and tool calls are written into their turns as the server renders them
+    (`tunesmith.chat`); with `reasoning: mask`, a turn's <think> block is left out of its span, so it
+    is context, not a target. Tool results are context.
 
     Raises:
         TemplateError: the template renders a conversation's start differently inside the whole.
     """
-    kwargs = {"tools": tools} if tools else {}
-    traced = {i for i, m in enumerate(messages) if m.get("reasoning_content")}
-    messages = inline(messages, tokenizer)
+    messages, kwargs = chat_messages(messages, tokenizer, tools)
 
     def render(part: list[dict[str, Any]], prompt: bool) -> str:
         return str(
@@ -56,7 +56,7 @@ def assistant_spans(
         before, through = render(messages[:i], True), render(messages[: i + 1], False)
         if not (through.startswith(before) and full.startswith(through)):
             raise TemplateError(f"the chat template renders turn {i} differently inside the conversation")
-        if reasoning == "mask" and i in traced:
+        if reasoning == "mask" and full[len(before) : len(through)].lstrip().startswith(OPEN):
             spans += _without_trace(full, len(before), len(through))
         else:
             spans.append((len(before), len(through)))

@@ -173,6 +173,9 @@ class Backend(Protocol):
     def grammar_refusal(self, version_id: str) -> str | None:
         """Why the version cannot decode within a grammar (response_format json); None when it can."""
 
+    def tool_grammar_refusal(self, version_id: str) -> str | None:
+        """Why the version cannot be held to a required tool call (tool_choice); None when it can."""
+
     def start(self) -> None: ...
 
     def close(self) -> None: ...
@@ -214,6 +217,9 @@ class QueuedBackend(ABC):
 
     def grammar_refusal(self, version_id: str) -> str | None:
         return f"the {self.name} backend does not enforce response_format (the transformers backend does)"
+
+    def tool_grammar_refusal(self, version_id: str) -> str | None:
+        return self.grammar_refusal(version_id)
 
     def __init__(self, max_queue: int, batch_size: int = 1, max_per_tenant: int | None = None) -> None:
         self.max_queue = max_queue

@@ -78,6 +78,12 @@ class LlamaCppBackend(QueuedBackend):
     def grammar_refusal(self, version_id: str) -> str | None:
         return None  # llama.cpp compiles the JSON schema into its own grammar
 
+    def tool_grammar_refusal(self, version_id: str) -> str | None:
+        return (
+            "the llamacpp backend follows JSON schemas, not the tool-call grammar; tool_choice auto "
+            "works, or serve this version with serve.backend transformers"
+        )
+
     def loaded(self) -> set[str]:
         return set(self._models)
 

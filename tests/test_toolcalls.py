@@ -1,0 +1,350 @@
+"""Tool calls: read from data, trained through the chat template, scored by eval, and returned by
+the server in OpenAI's format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import openai
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tunesmith.chat import render_chat
+from tunesmith.data.clean import record_text
+from tunesmith.data.formats import RowError, _chat
+from tunesmith.evaluate.defaults import default_metrics
+from tunesmith.evaluate.metrics import get_metric
+from tunesmith.serve.grammar import GrammarError, tool_grammar
+from tunesmith.toolcalls import CallSplitter, parse_calls, template_knows_tools
+from tunesmith.train.turns import assistant_spans
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string"},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
+            },
+            "required": ["city"],
+        },
+    },
+}
+TIMER = {
+    "type": "function",
+    "function": {
+        "name": "set_timer",
+        "parameters": {
+            "type": "object",
+            "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}},
+            "required": ["minutes"],
+        },
+    },
+}
+# small enough for the tiny model's 512-token window, the grammar keeping the answers short
+MINUTES = {
+    "type": "function",
+    "function": {
+        "name": "set_timer",
+        "parameters": {
+            "type": "object",
+            "properties": {"minutes": {"type": "integer", "minimum": 1, "maximum": 60}},
+            "required": ["minutes"],
+        },
+    },
+}
+STOP = {"type": "function", "function": {"name": "stop", "parameters": {"type": "object", "properties": {}}}}
+CALL = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+CONVERSATION = [
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": None, "tool_calls": [CALL]},
+    {"role": "tool", "tool_call_id": "c1", "content": '{"temperature": 21}'},
+    {"role": "assistant", "content": "It is 21 degrees in Paris."},
+]
+# A template that renders tools and calls itself, as Qwen2.5's and Hermes' do (cut down).
+TOOL_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\nTOOLS {{ tools | tojson }}<|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content or '' }}"
+    "{% for c in m.tool_calls or [] %}<call>{{ c.function.name }} {{ c.function.arguments | tojson }}</call>"
+    "{% endfor %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tokenizer_of(model_dir: Path, template: str | None = None):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_an_openai_tool_conversation_is_read_and_bad_calls_say_where():
+    """The OpenAI shape (a call, the tool's answer, the final answer) was refused as 'two assistant
+    turns in a row'; now it is read, and a malformed call is refused naming its field."""
+    record = _chat({"messages": CONVERSATION, "tools": [WEATHER]})
+    assert record["messages"][1]["tool_calls"] == [CALL] and record["messages"][2]["role"] == "tool"
+    assert record["tools"] == [WEATHER]
+    assert _chat({"messages": CONVERSATION[:2], "tools": [WEATHER]})["messages"][1]["content"] == ""
+
+    def broken(change) -> str:
+        messages = json.loads(json.dumps(CONVERSATION))
+        change(messages)
+        with pytest.raises(RowError) as refused:
+            _chat({"messages": messages, "tools": [WEATHER]})
+        return str(refused.value)
+
+    def bad_json(m):
+        m[1]["tool_calls"][0]["function"]["arguments"] = "{city: Paris"
+
+    assert "messages[1].tool_calls[0].function.arguments: not valid JSON" in broken(bad_json)
+    assert "messages[2].tool_call_id: 'c9'" in broken(lambda m: m[2].update(tool_call_id="c9"))
+    assert "need tool messages first" in broken(lambda m: m.pop(2))
+    assert "must follow an assistant message with tool_calls" in broken(lambda m: m.pop(1))
+    # two rows that ask the same but call differently are not duplicates (calls were left out of the key)
+    five, fifty = (
+        {
+            "messages": [
+                {"role": "user", "content": "Timer, please."},
+                {
+                    "role": "assistant",
+                    "content": "",
+                    "tool_calls": [
+                        {"function": {"name": "set_timer", "arguments": json.dumps({"minutes": n})}}
+                    ],
+                },
+            ]
+        }
+        for n in (5, 50)
+    )
+    assert record_text(five) != record_text(fifty)
+    with pytest.raises(RowError, match=r"tools\[0\]"):
+        _chat({"messages": CONVERSATION, "tools": [{"type": "function", "function": {"parameters": {}}}]})
+
+
+def test_a_template_without_tools_learns_calls_in_the_hermes_format(tiny_byte_model_dir):
+    """The tiny model's ChatML drops tools and calls (as SmolLM2's does): training writes them in
+    the Hermes format, the call is a target and the tool's answer is context."""
+    tokenizer = tokenizer_of(tiny_byte_model_dir)
+    assert not template_knows_tools(tokenizer)
+    text, spans = assistant_spans(CONVERSATION, tokenizer, [WEATHER])
+    targets = [text[start:end] for start, end in spans]
+    assert targets[0].startswith(
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
+    )
+    assert targets[1].startswith("It is 21 degrees")
+    assert '"name": "get_weather", "parameters"' in text.split("<|im_start|>user")[0]  # the tools, first
+    assert "<tool_response>\n" + '{"temperature": 21}' in text and not any(
+        "temperature" in t for t in targets
+    )
+    # eval and the server ask with the same rendering
+    prompt = render_chat(tokenizer, CONVERSATION[:1], [WEATHER], add_generation_prompt=True)
+    assert text.startswith(prompt)
+
+
+def test_a_template_that_knows_tools_renders_them_itself(tiny_byte_model_dir):
+    tokenizer = tokenizer_of(tiny_byte_model_dir, TOOL_TEMPLATE)
+    assert template_knows_tools(tokenizer)
+    text, spans = assistant_spans(CONVERSATION, tokenizer, [WEATHER])
+    assert text.startswith("<|im_start|>system\nTOOLS [") and "<tools>" not in text
+    assert (
+        '<call>get_weather {"city": "Paris"}</call>' in text[spans[0][0] : spans[0][1]]
+    )  # arguments as an object
+
+
+def test_calls_are_read_back_and_what_is_not_a_call_is_kept():
+    parsed = parse_calls(
+        'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    )
+    assert parsed.content == "Sure." and [(c.name, c.arguments) for c in parsed.calls] == [
+        ("get_weather", {"city": "Oslo"})
+    ]
+    broken = parse_calls('<tool_call>\n{"name": "get_weather", "arguments": {"city": \n</tool_call>')
+    assert broken.calls == [] and broken.invalid == 1 and "get_weather" in broken.content  # nothing lost
+    cut = parse_calls('<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}')  # never closed
+    assert cut.calls == [] and cut.invalid == 1
+    bare = parse_calls('{"name": "set_timer", "parameters": {"minutes": 5}}')  # Llama 3.1's JSON
+    assert [c.arguments for c in bare.calls] == [{"minutes": 5}]
+    assert parse_calls('{"minutes": 5}').calls == []
+
+
+def test_a_required_call_is_a_grammar_over_every_offered_tool():
+    grammar = tool_grammar([WEATHER, TIMER])
+    assert '"anyOf"' in grammar and '("\\n" block)*' in grammar  # either tool, several calls
+    assert '("\\n" block)*' not in tool_grammar([TIMER], parallel=False)
+    with pytest.raises(GrammarError, match="tools"):
+        tool_grammar([{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    before=st.text(alphabet=st.characters(blacklist_characters="<"), max_size=20),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=8),
+)
+def test_a_streamed_answer_splits_into_the_same_text_and_calls_however_it_arrives(before, cuts):
+    text = before + '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
+    splitter, sent, last = CallSplitter(), "", 0
+    for cut in [*sorted(c % (len(text) + 1) for c in cuts), len(text)]:
+        sent += splitter.feed(text[last:cut])
+        last = max(last, cut)
+    parsed = splitter.finish()
+    assert sent + parsed.content == before.strip() or (sent + parsed.content).strip() == before.strip()
+    assert "<tool_" not in sent and [c.name for c in parsed.calls] == ["set_timer"]
+
+
+def test_eval_scores_calls_by_name_arguments_json_and_schema():
+    item = {
+        "messages": [
+            {"role": "user", "content": "x"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [
+                    {"function": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}}
+                ],
+            },
+        ],
+        "tools": [WEATHER, TIMER],
+    }
+    chat = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello!"}],
+        "tools": [WEATHER],
+    }
+
+    def call(arguments: str, name: str = "get_weather") -> str:
+        return f'<tool_call>\n{{"name": "{name}", "arguments": {arguments}}}\n</tool_call>'
+
+    answers = [
+        call('{"city": "Paris", "unit": "celsius"}'),  # exact
+        call('{"city": "paris"}'),  # the default left out, case differs: runs, not exact
+        call('{"city": "Paris", "unit": "kelvin"}'),  # outside the enum
+        call('{"city": "Paris", "when": "now"}'),  # an unknown parameter
+        call('{"minutes": 5}', "set_timer"),  # the wrong function
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": }\n</tool_call>',  # not JSON
+        "It is sunny.",  # no call
+        "Hello!",  # the chat item, rightly no call
+    ]
+    items = [item] * 7 + [chat]
+    scores = {
+        name: get_metric(name).compute(answers, [""] * 8, items)[1][:, 0].tolist()
+        for name in ("tool_name", "tool_args", "tool_ast")
+    }
+    assert scores["tool_name"] == [1, 1, 1, 1, 0, 0, 0, 1]
+    assert scores["tool_args"] == [1, 0, 0, 0, 0, 0, 0, 1]
+    assert scores["tool_ast"] == [1, 1, 0, 0, 0, 0, 0, 1]
+    value, _ = get_metric("tool_json").compute(answers, [""] * 8, items)
+    assert value == pytest.approx(5 / 6)  # five of six attempted calls are valid JSON
+    choice = default_metrics("generation", [item, chat])
+    assert choice.metrics[0] == "tool_ast" and "offer tools" in (choice.reason or "")
+
+
+@pytest.fixture(scope="module")
+def tool_server_project(tmp_path_factory, tiny_byte_model_dir):
+    from tunesmith.config import load_config
+    from tunesmith.pipeline import write_demo_project
+    from tunesmith.train.run import train
+
+    root = tmp_path_factory.mktemp("tools-serve")
+    config_path = write_demo_project(root)
+    settings_ = [f"model.id={tiny_byte_model_dir}", "train.method=lora", "train.max_steps=2"]
+    settings_ += ["train.save_strategy=no", "train.forgetting.probe=false", "serve.auth=none"]
+    settings_ += ["serve.backend=transformers"]
+    family = train(load_config(config_path, settings_)).version.name
+    return config_path, [*settings_, f"serve.models=[{family}]"], family
+
+
+def test_the_server_returns_tool_calls_in_openais_format(tool_server_project):
+    """tool_choice required or a named function holds even the tiny random model to a valid call
+    (the grammar follows each tool's schema); auto leaves it free; the conversation can carry the
+    calls and the tool's answers back."""
+    from tunesmith.config import load_config
+    from tunesmith.serve import serve_in_background as running
+
+    config_path, settings_, family = tool_server_project
+    ask = [{"role": "user", "content": "Set a timer for five minutes."}]
+    with running(load_config(config_path, settings_)) as (url, _):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        forced = api.chat.completions.create(
+            model=family,
+            messages=ask,
+            tools=[MINUTES],
+            tool_choice="required",
+            max_tokens=75,
+            temperature=1.0,
+            seed=1,
+            parallel_tool_calls=False,
+        )
+        choice = forced.choices[0]
+        assert choice.finish_reason == "tool_calls" and choice.message.content is None
+        (made,) = choice.message.tool_calls
+        assert made.type == "function" and made.id.startswith("call_")
+        arguments = json.loads(made.function.arguments)
+        assert arguments == {} if made.function.name == "stop" else 1 <= arguments["minutes"] <= 60
+        named = api.chat.completions.create(
+            model=family,
+            messages=ask,
+            tools=[MINUTES],
+            tool_choice={"type": "function", "function": {"name": "set_timer"}},
+            max_tokens=75,
+            temperature=0,
+        )
+        timer = named.choices[0].message.tool_calls[0]
+        assert timer.function.name == "set_timer" and isinstance(
+            json.loads(timer.function.arguments)["minutes"], int
+        )
+        chunks = list(
+            api.chat.completions.create(
+                model=family,
+                messages=ask,
+                tools=[MINUTES],
+                tool_choice={"type": "function", "function": {"name": "set_timer"}},
+                max_tokens=75,
+                temperature=0,
+                stream=True,
+            )
+        )
+        streamed = [c.choices[0] for c in chunks if c.choices]
+        (delta_call,) = [d for c in streamed for d in c.delta.tool_calls or []]
+        assert delta_call.function.name == "set_timer" and streamed[-1].finish_reason == "tool_calls"
+        assert json.loads(delta_call.function.arguments) == json.loads(timer.function.arguments)
+        assert not "".join(c.delta.content or "" for c in streamed)  # the call is not sent as text
+        follow = api.chat.completions.create(
+            model=family,
+            messages=[
+                *ask,
+                {"role": "assistant", "content": None, "tool_calls": [timer.model_dump()]},
+                {"role": "tool", "tool_call_id": timer.id, "content": '{"ok": true}'},
+            ],
+            max_tokens=8,  # no tools offered this time: the calls in the conversation are still written in
+        )
+        assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+        free = api.chat.completions.create(
+            model=family, messages=ask, tools=[MINUTES], max_tokens=8, temperature=0
+        )
+        assert free.choices[0].finish_reason in ("stop", "length", "tool_calls")  # auto: the model decides
+        for bad, match in (
+            (
+                {"tool_choice": {"type": "function", "function": {"name": "nope"}}},
+                "not one of the request's tools",
+            ),
+            ({"tool_choice": "required", "tools": None}, "tool_choice needs `tools`"),
+        ):
+            kwargs = {"tools": [MINUTES], **bad}
+            with pytest.raises(openai.BadRequestError, match=match):
+                api.chat.completions.create(model=family, messages=ask, max_tokens=4, **kwargs)
+        with pytest.raises(openai.BadRequestError, match="answers no call"):
+            api.chat.completions.create(
+                model=family,
+                messages=[
+                    *ask,
+                    {"role": "assistant", "content": None, "tool_calls": [timer.model_dump()]},
+                    {"role": "tool", "tool_call_id": "other", "content": "{}"},
+                ],
+                max_tokens=4,
+            )
+        with pytest.raises(openai.BadRequestError, match="tools"):
+            api.completions.create(model=family, prompt="x", max_tokens=4, extra_body={"tools": [MINUTES]})
