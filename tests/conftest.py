@@ -37,6 +37,7 @@ CHATML = (
 def train_killed_at_checkpoint(command: list[str], project: Path, step: int, timeout: float = 300) -> None:
     """Run the `tunesmith train` `command` for the project in `project`, and kill -9 it (with every
     process it started, as when the machine dies) once its run has saved checkpoint `step`."""
+    import contextlib
     import signal
     import subprocess
     import time
@@ -49,9 +50,17 @@ def train_killed_at_checkpoint(command: list[str], project: Path, step: int, tim
     runs, deadline = project / ".tunesmith" / "runs", time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
         if any((p / "trainer_state.json").exists() for p in runs.glob(f"*/trainer/checkpoint-{step}")):
-            for child in psutil.Process(process.pid).children(recursive=True):  # torchrun's own sessions too
-                child.kill()
+            # Every process is frozen first, then killed: killed one by one, a survivor could see a
+            # peer die and record the run as failed, which a machine that dies never does.
+            parent = psutil.Process(process.pid)
+            family = [parent, *parent.children(recursive=True)]  # torchrun's own sessions too
+            for member in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.suspend()
             os.killpg(process.pid, signal.SIGKILL)
+            for member in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.kill()
             break
         time.sleep(0.01)
     output = process.communicate()[0].decode()

@@ -150,6 +150,20 @@ def test_rl_prompts_keep_the_traces_of_earlier_turns(tiny_byte_model_dir):
     assert row["reference"] == "Nine too."
 
 
+def test_a_trace_a_client_sends_back_is_rendered_as_training_wrote_it(tiny_byte_model_dir):
+    """The server's request schema dropped an assistant message's reasoning_content, so the
+    conversation it rendered was not the one the model had written."""
+    from tunesmith.chat import render_chat
+    from tunesmith.serve.schemas import ChatCompletionRequest
+
+    messages = [*ROWS[0]["messages"], {"role": "user", "content": "And tomorrow?"}]
+    body = ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+    records = [m.as_record() for m in body.messages]
+    assert records[1]["reasoning_content"] == TRACE
+    tokenizer = AutoTokenizer.from_pretrained(tiny_byte_model_dir)
+    assert f"<think>\n{TRACE}\n</think>\n\n" in render_chat(tokenizer, records, add_generation_prompt=True)
+
+
 @pytest.mark.slow
 def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_path):
     """The bundled model taught to think before it answers: eval scores the answer alone, the server

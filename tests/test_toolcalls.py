@@ -348,3 +348,23 @@ def test_the_server_returns_tool_calls_in_openais_format(tool_server_project):
             )
         with pytest.raises(openai.BadRequestError, match="tools"):
             api.completions.create(model=family, prompt="x", max_tokens=4, extra_body={"tools": [MINUTES]})
+
+
+@pytest.mark.slow
+def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls(tmp_path):
+    """SmolLM2-135M-Instruct, whose template knows no tools, trained on the example tool-calling
+    set within a budget: eval's tool scores rise far above the base model's, and the served version
+    answers a held-out request with the expected call in OpenAI's format."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from tool_results import run
+
+    result = run(tmp_path, minutes=2.0, extra=("eval.max_items=24", "eval.max_new_tokens=48"), ask=12)
+    base, tuned = result["scores"]["base"], result["scores"][result["version"]]
+    assert base["tool_ast"]["value"] < 0.3, result
+    assert tuned["tool_ast"]["value"] >= base["tool_ast"]["value"] + 0.4, result
+    assert tuned["tool_json"]["value"] >= 0.9, result
+    served = result["served"]
+    assert served["answered_with_calls"] >= served["asked"] // 2, result
+    assert served["as_expected"] >= 0.5 * served["asked"], result
