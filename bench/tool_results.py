@@ -6,8 +6,9 @@ list), requests that need no call, and conversations that answer from a tool's r
 SmolLM2-135M-Instruct, whose chat template knows no tools, is fine-tuned with the default recipe
 within a time budget; the calls are written in the Hermes format (`tunesmith.toolcalls`). Then:
 
-- eval scores the base model and the version on the held-out test split (tool_ast, tool_name,
-  tool_args, tool_json, with 95% intervals);
+- eval scores the base model and the version on the held-out test split (tool_ast over the requests
+  that need a call, tool_abstain over those that need none, tool_name, tool_args and tool_json, with
+  95% intervals);
 - the version is served (transformers backend) and each test request is asked through the official
   `openai` client with its tools, greedily; the server's `tool_calls` are compared with the expected
   calls, as `tool_args` compares eval's answers (the two should agree: one rendering, one parser).
@@ -32,7 +33,7 @@ from tables import results_table
 
 console = Console(width=150)
 DATA = Path(__file__).resolve().parents[1] / "examples" / "tool_calling" / "tool_calls.jsonl"
-METRICS = ("tool_ast", "tool_name", "tool_args", "tool_json")
+METRICS = ("tool_ast", "tool_abstain", "tool_name", "tool_args", "tool_json")
 
 
 def run(

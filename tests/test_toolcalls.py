@@ -156,6 +156,30 @@ def test_a_template_that_knows_tools_renders_them_itself(tiny_byte_model_dir):
     )  # arguments as an object
 
 
+def test_the_likelihood_of_a_reference_call_is_taken_over_the_call(tiny_byte_model_dir, monkeypatch):
+    """answer_nll rendered the whole conversation without its tools, so it no longer extended the
+    prompt and fell back to the empty content: a call's likelihood was taken over nothing."""
+    from tunesmith.models import generate
+
+    seen = []
+    monkeypatch.setattr(generate, "continuation_nll", lambda model, tok, pairs, **_: seen.extend(pairs) or [])
+    generate.answer_nll(
+        None, tokenizer_of(tiny_byte_model_dir), [{"messages": CONVERSATION[:2], "tools": [WEATHER]}]
+    )
+    ((prompt, answer),) = seen
+    assert "<tools>" in prompt and answer.startswith('<tool_call>\n{"name": "get_weather"')
+
+
+def test_feedback_keeps_the_calls_of_a_logged_conversation():
+    from tunesmith.monitor.improve import request_messages
+
+    kept = request_messages(CONVERSATION)
+    assert kept[1]["tool_calls"] == [CALL] and kept[2]["tool_call_id"] == "c1"
+    _chat(
+        {"messages": [*kept, {"role": "user", "content": "Thanks"}, {"role": "assistant", "content": "Bye"}]}
+    )
+
+
 def test_calls_are_read_back_and_what_is_not_a_call_is_kept():
     parsed = parse_calls(
         'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
@@ -235,9 +259,15 @@ def test_eval_scores_calls_by_name_arguments_json_and_schema():
     }
     assert scores["tool_name"] == [1, 1, 1, 1, 0, 0, 0, 1]
     assert scores["tool_args"] == [1, 0, 0, 0, 0, 0, 0, 1]
-    assert scores["tool_ast"] == [1, 1, 0, 0, 0, 0, 0, 1]
-    value, _ = get_metric("tool_json").compute(answers, [""] * 8, items)
-    assert value == pytest.approx(5 / 6)  # five of six attempted calls are valid JSON
+    assert scores["tool_ast"] == [1, 1, 0, 0, 0, 0, 0, 0]  # the chat item expects no call: not counted
+
+    def value(name: str, outputs: list[str] = answers) -> float:
+        return get_metric(name).compute(outputs, [""] * len(outputs), items)[0]
+
+    assert value("tool_ast") == pytest.approx(2 / 7)  # of the seven items that expect a call
+    assert value("tool_json") == pytest.approx(5 / 6)  # five of six attempted calls are valid JSON
+    assert value("tool_abstain") == 1.0  # the one item that expects no call got none
+    assert value("tool_abstain", [*answers[:7], answers[0]]) == 0.0
     choice = default_metrics("generation", [item, chat])
     assert choice.metrics[0] == "tool_ast" and "offer tools" in (choice.reason or "")
 

@@ -42,7 +42,7 @@ TRANSLATION_SHARE = 0.6
 MIN_IDENTIFIED = 5
 
 GENERATION_SETS: dict[str, list[str]] = {
-    "tool calls": ["tool_ast", "tool_name", "tool_args", "tool_json", "exact_match", "rouge_l"],
+    "tool calls": ["tool_ast", "tool_name", "tool_args", "tool_abstain", "tool_json", "rouge_l"],
     "translation": ["chrf", "bleu", "rouge_l", "exact_match"],
     "key facts": ["key_fact", "exact_match", "rouge_l", "rouge_1", "rouge_2", "bleu", "chrf"],
     "final answers": ["numeric_match", "exact_match", "rouge_l", "chrf"],

@@ -390,17 +390,20 @@ register(
 
 register(item_metric("tool_name", tool_metrics.tool_name))
 register(item_metric("tool_args", tool_metrics.tool_args))
-register(item_metric("tool_ast", tool_metrics.tool_ast))
-register(
-    Metric(
+for _name, _stats, _text in (
+    (
+        "tool_ast",
+        tool_metrics.tool_ast_stats,
+        "share of the items expecting a call whose calls would run (BFCL-style AST check)",
+    ),
+    ("tool_abstain", tool_metrics.tool_abstain_stats, "share of the items expecting no call that make none"),
+    (
         "tool_json",
-        "generation",
         tool_metrics.tool_json_stats,
-        tool_metrics.tool_json_score,
-        description="share of attempted tool calls written as valid JSON with a name and arguments",
-    )
-)
-
+        "share of attempted tool calls written as valid JSON with a name and arguments",
+    ),
+):
+    register(Metric(_name, "generation", _stats, tool_metrics.share, description=_text))
 
 # -- judged ------------------------------------------------------------------------------------
 

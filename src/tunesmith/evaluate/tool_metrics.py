@@ -3,7 +3,9 @@ valid JSON, and would the call run against the tool's schema (an AST-style check
 the Berkeley Function-Calling Leaderboard)?
 
 Each item's expected calls are its reference answer's `tool_calls` (none: the right answer calls
-nothing, BFCL's irrelevance case); the answer's calls are read from the generated text with
+nothing, BFCL's irrelevance case). `tool_name` and `tool_args` count every item; `tool_ast` counts the
+items that expect a call, `tool_abstain` those that expect none, `tool_json` the calls attempted.
+The answer's calls are read from the generated text with
 `tunesmith.toolcalls.parse_calls`, as the server reads them. Calls are matched regardless of order
 (parallel calls).
 """
@@ -67,16 +69,37 @@ def tool_json_stats(
     return np.array(rows, dtype=np.float64).reshape(-1, 2)
 
 
-def tool_json_score(sums: np.ndarray) -> float:
-    """Valid calls over attempted ones (0 when nothing was attempted)."""
+def tool_ast_stats(
+    answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Any
+) -> np.ndarray:
+    """Per item that expects a call: (its calls would all run, 1); (0, 0) for the others."""
+    rows = []
+    for answer, item in zip(answers, items, strict=True):
+        expected = expected_calls(item)
+        rows.append([_all_run(str(answer), item, expected), 1.0] if expected else [0.0, 0.0])
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def tool_abstain_stats(
+    answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Any
+) -> np.ndarray:
+    """Per item that expects no call: (the answer calls nothing, 1); (0, 0) for the others."""
+    rows = []
+    for answer, item in zip(answers, items, strict=True):
+        expected = expected_calls(item)
+        rows.append([0.0, 0.0] if expected else [float(not parse_calls(str(answer)).attempted), 1.0])
+    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+
+def share(sums: np.ndarray) -> float:
+    """The first sum over the second (0 when no item counts)."""
     return float(sums[0] / sums[1]) if sums[1] else 0.0
 
 
-def tool_ast(answer: str, reference: str, item: dict[str, Any]) -> float:
-    """Share of items whose every call would run: a function the item offers, its required
-    parameters present, no unknown ones, each value of the schema's type and equal to the expected
-    value (strings compared without case, spaces or punctuation, as BFCL does)."""
-    expected, made = expected_calls(item), parse_calls(answer).calls
+def _all_run(answer: str, item: dict[str, Any], expected: list[Call]) -> float:
+    """1 when every call of the answer would run (see the module docstring), matched to the
+    expected calls in any order."""
+    made = parse_calls(answer).calls
     if len(expected) != len(made):
         return 0.0
     schemas = {t.get("function", t)["name"]: t.get("function", t) for t in item.get("tools") or []}

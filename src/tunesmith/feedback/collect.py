@@ -164,14 +164,13 @@ def sample_answers(
     """k sampled answers per prompt (distinct where the model gives distinct ones), prompts batched."""
     import torch
 
+    from tunesmith.chat import render_chat
     from tunesmith.models.generate import inference, stop_token_ids
     from tunesmith.progress import progress_bar
 
     torch.manual_seed(seed)
     stops = stop_token_ids(tokenizer, model)
-    texts = [
-        str(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False)) for p in prompts
-    ]
+    texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]  # as training renders
     answers: list[list[str]] = []
     with inference(model, tokenizer), progress_bar(f"Sampling {k} answers", total=len(prompts)) as advance:
         for start in range(0, len(texts), batch_size):

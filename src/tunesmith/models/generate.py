@@ -319,7 +319,7 @@ def answer_nll(
     for item in items:
         if "messages" in item:
             prompt = render_prompt(tokenizer, item)
-            full = str(tokenizer.apply_chat_template(item["messages"], tokenize=False))
+            full = render_chat(tokenizer, item["messages"], item.get("tools"))  # traces and calls as trained
             answer = full[len(prompt) :] if full.startswith(prompt) else item["messages"][-1]["content"]
             pairs.append((prompt, answer))
         else:
