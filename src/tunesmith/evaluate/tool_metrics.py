@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -58,37 +58,38 @@ def tool_args(answer: str, reference: str, item: dict[str, Any]) -> float:
     return float(_exact(parse_calls(answer).calls) == _exact(expected_calls(item)))
 
 
-def tool_json_stats(
-    answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Any
-) -> np.ndarray:
+StatsFn = Callable[[Sequence[Any], Sequence[Any], Sequence[dict[str, Any]], Any], np.ndarray]
+
+
+def _per_item(row: Callable[[str, dict[str, Any]], tuple[float, float]]) -> StatsFn:
+    """The stats function of a share: `row(answer, item)` gives each item's (count, out of)."""
+
+    def stats(answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Any):
+        rows = [row(str(answer), item) for answer, item in zip(answers, items, strict=True)]
+        return np.array(rows, dtype=np.float64).reshape(-1, 2)
+
+    stats.__doc__ = row.__doc__
+    return stats
+
+
+def _json_row(answer: str, item: dict[str, Any]) -> tuple[float, float]:
     """Per item: (calls written as valid JSON with a name and an arguments object, calls attempted)."""
-    rows = []
-    for answer in answers:
-        parsed = parse_calls(str(answer))
-        rows.append([len(parsed.calls), parsed.attempted])
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+    parsed = parse_calls(answer)
+    return float(len(parsed.calls)), float(parsed.attempted)
 
 
-def tool_ast_stats(
-    answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Any
-) -> np.ndarray:
+def _ast_row(answer: str, item: dict[str, Any]) -> tuple[float, float]:
     """Per item that expects a call: (its calls would all run, 1); (0, 0) for the others."""
-    rows = []
-    for answer, item in zip(answers, items, strict=True):
-        expected = expected_calls(item)
-        rows.append([_all_run(str(answer), item, expected), 1.0] if expected else [0.0, 0.0])
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+    expected = expected_calls(item)
+    return (_all_run(answer, item, expected), 1.0) if expected else (0.0, 0.0)
 
 
-def tool_abstain_stats(
-    answers: Sequence[Any], references: Sequence[Any], items: Sequence[dict[str, Any]], _: Any
-) -> np.ndarray:
+def _abstain_row(answer: str, item: dict[str, Any]) -> tuple[float, float]:
     """Per item that expects no call: (the answer calls nothing, 1); (0, 0) for the others."""
-    rows = []
-    for answer, item in zip(answers, items, strict=True):
-        expected = expected_calls(item)
-        rows.append([0.0, 0.0] if expected else [float(not parse_calls(str(answer)).attempted), 1.0])
-    return np.array(rows, dtype=np.float64).reshape(-1, 2)
+    return (0.0, 0.0) if expected_calls(item) else (float(not parse_calls(answer).attempted), 1.0)
+
+
+tool_json_stats, tool_ast_stats, tool_abstain_stats = map(_per_item, (_json_row, _ast_row, _abstain_row))
 
 
 def share(sums: np.ndarray) -> float:

@@ -38,9 +38,16 @@ def _compiled(schema: str) -> str:
         grammar = LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
     except ValueError as exc:
         raise GrammarError(f"response_format json_schema: {exc}") from None
+    return _validated(grammar, "response_format json_schema cannot be enforced")
+
+
+def _validated(grammar: Any, refusal: str) -> str:
+    """`grammar` once llguidance has checked it can be followed; `refusal` starts the error if not."""
+    from llguidance import LLMatcher
+
     failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
     if failed:
-        raise GrammarError(f"response_format json_schema cannot be enforced: {messages[0]}")
+        raise GrammarError(f"{refusal}: {messages[0]}")
     return str(grammar)
 
 
@@ -119,7 +126,4 @@ def _lark(lark: str) -> str:
         grammar = LLMatcher.grammar_from_lark(lark)
     except ValueError as exc:
         raise GrammarError(f"tools: {exc}") from None
-    failed, messages = LLMatcher.validate_grammar_with_warnings(grammar)
-    if failed:
-        raise GrammarError(f"tools: the parameters cannot be enforced: {messages[0]}")
-    return str(grammar)
+    return _validated(grammar, "tools: the parameters cannot be enforced")
