@@ -50,6 +50,9 @@ def test_the_merged_export_and_the_server_answer_as_the_version_and_a_gate_can_r
     assert "server: identical answers" in said and "answers as" in said
     report = latest_report(workspace)
     assert report["passed"] and report["engines"]["merged"]["metrics"]["mean_kl"] < 1e-6
+    served = report["engines"]["server"]  # fed the reference's answers through /v1/completions logprobs
+    assert served["logprobs"] and served["metrics"]["token_agreement"] == 1.0, served
+    assert served["metrics"]["mean_kl"] < 1e-6, served  # float32 weights here: the version itself
     recorded = all_metrics(workspace, get_version(workspace, name))
     assert recorded["parity_passed"] == 1.0 and recorded["parity_merged_token_agreement"] == 1.0
 

@@ -14,9 +14,11 @@ answers token by token (teacher forcing) and measured:
 
 Engines: `merged` (the merged export's weights, loaded from disk), `gguf` (the GGUF export as
 `tunesmith serve` runs it under llama.cpp: a LoRA adapter over its base's GGUF), and `server` (a
-running OpenAI-compatible server, `--server URL`: free-running answers only, as it gives no
-log-probabilities). A server runs one of the engines, so its answers are also matched against the
-reference's and every engine's measured beside it (`matches_engine`, and which one it matched).
+running OpenAI-compatible server, `--server URL`). The server is fed through its completions
+endpoint with `logprobs` (its top 20 at each position, matched to the reference's tokens by their
+text); a server that gives no logprobs is measured on its free-running answers only. A server runs
+one of the engines, so its answers are also matched against the reference's and every engine's
+measured beside it (`matches_engine`, and which one it matched).
 
 Each engine has limits; the report goes to `parity/VERSION-<time>.json` in the workspace, and its
 figures are recorded as the version's metrics (`parity_ENGINE_token_agreement`,
@@ -52,15 +54,16 @@ TOP_K = 20  # the reference's tokens the KL is measured on (the rest of the voca
 ENGINE_TOP_K = 50  # llama.cpp's top tokens asked for, to find the reference's top 20 among them
 # engine -> metric -> (bound, "min" or "max"). merged: the same weights, so the same answers up to
 # float32 rounding; gguf: q8_0 rounds every weight, so near-ties flip and answers drift apart once
-# they do, but the distributions stay close; server: no default limit. It gives answers only, and
-# they part from every engine measured here once a near-tie flips with the precision it runs in (the
-# transformers backend keeps a LoRA version's base weights in bfloat16); `matches_engine`, its best
-# share of identical answers with the reference or an engine measured beside it, is recorded for a
-# gate where it runs one of them (llama.cpp on the GGUF export answers as the gguf engine does)
+# they do, but the distributions stay close; server: what it runs (the GGUF under llama.cpp, or the
+# version under transformers with a LoRA version's base weights in bfloat16) rounds as much at most,
+# so the gguf limits, on its logprobs. Its free-running answers part from every engine once a
+# near-tie flips in the precision it runs in; `matches_engine`, its best share of identical answers
+# with the reference or an engine measured beside it, is recorded for a gate where it runs one of
+# them (llama.cpp on the GGUF export answers as the gguf engine does)
 LIMITS: dict[str, dict[str, tuple[float, str]]] = {
     "merged": {"token_agreement": (0.99, "min"), "mean_kl": (0.001, "max")},
     "gguf": {"token_agreement": (0.9, "min"), "mean_kl": (0.05, "max")},
-    "server": {},
+    "server": {"token_agreement": (0.9, "min"), "mean_kl": (0.05, "max")},
 }
 
 Forced = list[dict[int, float]]  # per answer token: log-probabilities of some of the next tokens
@@ -178,14 +181,16 @@ def compare(
         closest = {"closest_engine": best, "identical_by_engine": shares}
     if run.forced is not None:
         agree = kls = 0.0
-        count = 0
+        count = measured = 0
         for answer, top, forced in zip(reference.answers, reference.top, run.forced, strict=True):
             for token, p, q in zip(answer, top, forced, strict=True):
                 agree += bool(q) and max(q, key=q.__getitem__) == token
-                kls += coarse_kl(p, q)
                 count += 1
+                if q:  # a position the engine gave no distribution at counts against agreement only
+                    kls += coarse_kl(p, q)
+                    measured += 1
         metrics["token_agreement"] = agree / count if count else 0.0
-        metrics["mean_kl"] = kls / count if count else 0.0
+        metrics["mean_kl"] = kls / measured if measured else 0.0
     problems = []
     for name, (bound, kind) in limits.items():
         value = metrics[name]
@@ -299,10 +304,44 @@ def _server(url: str, model: str, reference: Reference, max_new_tokens: int) -> 
             choice = reply.choices[0]
             trace = getattr(choice.message, "reasoning_content", None)  # a <think> block, split off
             texts.append(rejoin(trace, choice.message.content or "", cut=choice.finish_reason == "length"))
+        forced = _server_forced(client, model, reference)
     except openai.OpenAIError as exc:
         raise RegistryError(f"the server at {url} did not answer as {model}: {exc}") from None
     answers = [list(reference.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    return EngineRun(answers, None, {"server": url, "model": model}, texts)
+    detail = {"server": url, "model": model, "logprobs": forced is not None}
+    return EngineRun(answers, forced, detail, texts)
+
+
+def _server_forced(client: Any, model: str, reference: Reference) -> list[Forced] | None:
+    """The server fed the reference's answers token by token: at each, its top next tokens through
+    the completions endpoint (`logprobs`), matched to the reference's top tokens by their text. None
+    when the server gives no logprobs; a position whose text the server would tokenize otherwise, or
+    whose likeliest token is the end of the answer (which has no entry), is left empty."""
+    import openai
+
+    tokenizer, forced = reference.tokenizer, []
+    for prompt, answer, top in zip(reference.prompts, reference.answers, reference.top, strict=True):
+        steps: Forced = []
+        for k, wanted in enumerate(top):
+            context = prompt + answer[:k]
+            text = tokenizer.decode(context, skip_special_tokens=False)
+            if list(tokenizer(text)["input_ids"]) != context:
+                steps.append({})
+                continue
+            try:
+                reply = client.completions.create(
+                    model=model, prompt=text, max_tokens=1, temperature=0, logprobs=TOP_K
+                )
+            except openai.BadRequestError as exc:
+                if "logprobs" in str(exc):
+                    return None  # a server that reports no logprobs: answers only
+                raise
+            logprobs = reply.choices[0].logprobs
+            given = dict(logprobs.top_logprobs[0]) if logprobs and logprobs.top_logprobs else {}
+            ids = {tokenizer.decode([t], skip_special_tokens=False): t for t in wanted}
+            steps.append({ids[name]: value for name, value in given.items() if name in ids})
+        forced.append(steps)
+    return forced
 
 
 def _cut(answers: list[list[int]], reference: Reference) -> list[list[int]]:

@@ -1,6 +1,6 @@
 """OpenAI-shaped request models and the error shape, with the size limits every request is held to.
 
-Fields the server does not implement (logprobs, legacy `functions`, tools on text completions) are
+Fields the server does not implement (legacy `functions`, tools on text completions) are
 refused with a 400 naming the field, rather than silently ignored; other unknown fields are
 ignored, as OpenAI-compatible servers do. Chat requests take `tools` and `tool_choice` (auto, none,
 required or a named function), and tool calls and results in the conversation
@@ -111,8 +111,6 @@ class _Sampling(BaseModel):
         for name in UNSUPPORTED:
             if extra.get(name) not in (None, [], {}):
                 raise ValueError(f"`{name}` is not supported by this server")
-        if self.logprobs:
-            raise ValueError("`logprobs` is not supported by this server")
         if self.response_format is not None:
             self.json_schema()  # refuse a malformed response_format before anything is routed
         return self
@@ -147,11 +145,20 @@ class ChatCompletionRequest(_Sampling):
     tools: list[dict[str, Any]] | None = Field(None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool = True
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+
+    def logprob_count(self) -> int | None:
+        """How many alternatives to report per token (0: the chosen token's only); None: no logprobs."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @model_validator(mode="after")
     def _tools(self) -> ChatCompletionRequest:
         from tunesmith.toolcalls import check_conversation, check_tools
 
+        if self.logprobs is not None and not isinstance(self.logprobs, bool):
+            raise ValueError("logprobs is true or false for chat; top_logprobs says how many alternatives")
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         messages = [m.as_record() for m in self.messages]
         check_conversation(messages)  # a ToolCallError is a ValueError: answered 400
         if self.tools:
@@ -203,7 +210,13 @@ class CompletionRequest(_Sampling):
     def _no_echo(self) -> CompletionRequest:
         if self.echo or self.suffix:
             raise ValueError("`echo` and `suffix` are not supported by this server")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not 0 <= self.logprobs <= 20):
+            raise ValueError("logprobs takes the number of alternatives per token, 0 to 20")
         return self
+
+    def logprob_count(self) -> int | None:
+        """How many alternatives to report per token (0: the chosen token's only); None: no logprobs."""
+        return None if self.logprobs is None else int(self.logprobs)
 
     @property
     def requested_max_tokens(self) -> int | None:

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -37,6 +37,7 @@ from tunesmith.serve.backends import (
     OverloadedError,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
     create_backend,
 )
 from tunesmith.serve.grammar import GrammarError, json_grammar, tool_grammar
@@ -302,6 +303,9 @@ class Server:
         payload = _completion(
             request_id, version, trace.chat, texts, reasons, _usage(trace.tokens_in, tokens), _calling(trace)
         )
+        if trace.body.logprob_count() is not None:  # each choice's tokens, as OpenAI lays them out
+            for choice in payload["choices"]:
+                choice["logprobs"] = _logprobs_json(trace.logprobs.get(choice["index"], []), trace.chat)
         return JSONResponse(payload, headers=response_headers)
 
     def _queue(self, trace: _Trace, version: ModelVersion) -> list[GenerationJob]:
@@ -415,7 +419,17 @@ class Server:
             stop=tuple(dict.fromkeys([*body.stops, *(settings.stop or [])])),
             presence_penalty=body.presence_penalty,
             frequency_penalty=body.frequency_penalty,
+            logprobs=self._logprobs(body, version),
         )
+
+    def _logprobs(self, body: ChatCompletionRequest | CompletionRequest, version: ModelVersion) -> int | None:
+        """How many alternatives per token the request asks logprobs with; 400 where the backend
+        serving the version cannot report them."""
+        count = body.logprob_count()
+        refusal = None if count is None else self.backend.logprobs_refusal(version.id)
+        if refusal is not None:
+            raise ApiError(400, f"logprobs cannot be reported: {refusal}", param="logprobs")
+        return count
 
     def _grammar(
         self,
@@ -489,6 +503,7 @@ class Server:
             async for index, event in self._events(jobs, trace):
                 if isinstance(event, TextDelta):
                     texts[index] += event.text
+                    trace.logprobs.setdefault(index, []).extend(event.logprobs)
                 else:
                     reasons[index] = event.finish_reason
                     tokens += event.tokens
@@ -524,7 +539,7 @@ class Server:
             async for index, event in self._events(jobs, trace):
                 if isinstance(event, TextDelta):
                     texts[index] += event.text
-                    for line in chunks.text(index, event.text):
+                    for line in chunks.text(index, event.text, event.logprobs):
                         yield line
                 else:
                     reasons[index] = event.finish_reason
@@ -762,6 +777,7 @@ class _Trace:
     first_token: float | None = None
     gone: Callable[[], Awaitable[bool]] | None = None  # whether the client has disconnected
     disconnected: bool = False
+    logprobs: dict[int, list[TokenLogprob]] = field(default_factory=dict)  # per choice, when asked
 
     @property
     def routed(self) -> Decision:
@@ -823,6 +839,7 @@ class _Chunks:
         }
         self.splitters = [TraceSplitter() for _ in range(count)]
         self.callers = [CallSplitter() for _ in range(count)] if _calling(trace) else None
+        self.offsets: dict[int, int] = {}  # each choice's text so far, in characters (text_offset)
 
     def opening(self) -> list[str]:
         """A chat stream starts with each choice's role."""
@@ -832,15 +849,21 @@ class _Chunks:
             else []
         )
 
-    def text(self, index: int, text: str) -> list[str]:
+    def text(self, index: int, text: str, entries: tuple[TokenLogprob, ...] = ()) -> list[str]:
+        """The events of one delta of choice `index`; its tokens' logprobs ride on the first."""
+        logprobs = None
+        if entries:
+            logprobs = _logprobs_json(list(entries), self.chat, self.offsets.get(index, 0))
+            self.offsets[index] = self.offsets.get(index, 0) + sum(len(e.token) for e in entries)
         if not self.chat:
-            return [self._event(index, text, None)]
-        return self._delta(index, *self.splitters[index].feed(text))
+            return [self._event(index, text, None, logprobs)]
+        deltas = self._deltas(index, *self.splitters[index].feed(text)) or ([{}] if logprobs else [])
+        return [self._event(index, d, None, logprobs if k == 0 else None) for k, d in enumerate(deltas)]
 
     def finish(self, index: int, reason: str) -> list[str]:
         if not self.chat:
             return [self._event(index, "", reason)]
-        held = self._delta(index, *self.splitters[index].flush())
+        held = [self._event(index, d, None) for d in self._deltas(index, *self.splitters[index].flush())]
         if self.callers is None:
             return [*held, self._event(index, {}, reason)]
         called = _called(self.callers[index].finish())
@@ -853,19 +876,50 @@ class _Chunks:
             reason = "tool_calls"
         return [*held, *([self._event(index, tail, None)] if tail else []), self._event(index, {}, reason)]
 
-    def _delta(self, index: int, trace: str, text: str) -> list[str]:
+    def _deltas(self, index: int, trace: str, text: str) -> list[dict[str, Any]]:
         if self.callers is not None and text:
             text = self.callers[index].feed(text)  # a call is sent whole at the end
         delta = {**({"reasoning_content": trace} if trace else {}), **({"content": text} if text else {})}
-        return [self._event(index, delta, None)] if delta else []
+        return [delta] if delta else []
 
-    def _event(self, index: int, delta: dict[str, Any] | str, finish: str | None) -> str:
+    def _event(
+        self,
+        index: int,
+        delta: dict[str, Any] | str,
+        finish: str | None,
+        logprobs: dict[str, Any] | None = None,
+    ) -> str:
         choice: dict[str, Any] = (
-            {"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}
+            {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
             if isinstance(delta, dict)
-            else {"index": index, "text": delta, "finish_reason": finish, "logprobs": None}
+            else {"index": index, "text": delta, "finish_reason": finish, "logprobs": logprobs}
         )
         return f"data: {json.dumps({**self.base, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+
+
+def _logprobs_json(entries: list[TokenLogprob], chat: bool, offset: int = 0) -> dict[str, Any]:
+    """Tokens' logprobs as OpenAI lays them out: a chat's `content` entries (with `bytes` and
+    `top_logprobs`), or a text completion's parallel lists (`text_offset` from `offset`)."""
+    if chat:
+        return {
+            "content": [
+                {
+                    "token": e.token,
+                    "logprob": e.logprob,
+                    "bytes": list(e.token.encode()),
+                    "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in e.top],
+                }
+                for e in entries
+            ],
+            "refusal": None,
+        }
+    offsets = [offset + sum(len(e.token) for e in entries[:i]) for i in range(len(entries))]
+    return {
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [dict(e.top) for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def _parallel(body: ChatCompletionRequest | CompletionRequest) -> bool:

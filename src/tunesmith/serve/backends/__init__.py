@@ -22,6 +22,7 @@ from tunesmith.serve.backends.base import (
     OverloadedError,
     SamplingParams,
     TextDelta,
+    TokenLogprob,
 )
 
 ENTRY_POINT_GROUP = "tunesmith.backends"
@@ -68,6 +69,7 @@ __all__ = [
     "OverloadedError",
     "SamplingParams",
     "TextDelta",
+    "TokenLogprob",
     "backend_names",
     "create_backend",
     "register_backend",

@@ -101,6 +101,9 @@ class AutoBackend:
     def tool_grammar_refusal(self, version_id: str) -> str | None:
         return self.backend_of(version_id).tool_grammar_refusal(version_id)
 
+    def logprobs_refusal(self, version_id: str) -> str | None:
+        return self.backend_of(version_id).logprobs_refusal(version_id)
+
     def tokenizer(self, version_id: str) -> Any:
         return self.backend_of(version_id).tokenizer(version_id)
 

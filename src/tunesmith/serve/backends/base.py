@@ -42,12 +42,24 @@ class SamplingParams:
     schema: str | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    logprobs: int | None = None  # report each token's log-probability and this many alternatives
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model (its own distribution, before penalties,
+    temperature or a grammar), and the likeliest tokens in its place."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TextDelta:
     index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()  # the tokens behind this text (with `logprobs` asked)
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,8 @@ class Choice:
     text: str = ""
     sent: int = 0
     finish_reason: str | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token, when asked
+    logprobs_sent: int = 0
 
     @property
     def done(self) -> bool:
@@ -141,8 +155,10 @@ class GenerationJob:
             self.sync_result.set()
 
     def deliver(self, choice: Choice, delta: str) -> None:
-        if delta:
-            self.emit(TextDelta(choice.index, delta))
+        entries = tuple(choice.logprobs[choice.logprobs_sent :]) if delta or choice.done else ()
+        choice.logprobs_sent += len(entries)
+        if delta or entries:
+            self.emit(TextDelta(choice.index, delta, entries))
         if choice.done:
             self.emit(Finished(choice.index, choice.finish_reason or "stop", len(choice.tokens)))
 
@@ -175,6 +191,9 @@ class Backend(Protocol):
 
     def tool_grammar_refusal(self, version_id: str) -> str | None:
         """Why the version cannot be held to a required tool call (tool_choice); None when it can."""
+
+    def logprobs_refusal(self, version_id: str) -> str | None:
+        """Why the version's token log-probabilities cannot be reported; None when they can."""
 
     def start(self) -> None: ...
 
@@ -220,6 +239,9 @@ class QueuedBackend(ABC):
 
     def tool_grammar_refusal(self, version_id: str) -> str | None:
         return self.grammar_refusal(version_id)
+
+    def logprobs_refusal(self, version_id: str) -> str | None:
+        return f"the {self.name} backend does not report logprobs (transformers and llamacpp do)"
 
     def __init__(self, max_queue: int, batch_size: int = 1, max_per_tenant: int | None = None) -> None:
         self.max_queue = max_queue

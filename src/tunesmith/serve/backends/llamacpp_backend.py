@@ -35,6 +35,7 @@ from tunesmith.serve.backends.base import (
     GenerationJob,
     QueuedBackend,
     SamplingParams,
+    TokenLogprob,
 )
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
@@ -77,6 +78,9 @@ class LlamaCppBackend(QueuedBackend):
 
     def grammar_refusal(self, version_id: str) -> str | None:
         return None  # llama.cpp compiles the JSON schema into its own grammar
+
+    def logprobs_refusal(self, version_id: str) -> str | None:
+        return None  # llama-server reports them (n_probs)
 
     def tool_grammar_refusal(self, version_id: str) -> str | None:
         return (
@@ -235,6 +239,8 @@ class LlamaCppBackend(QueuedBackend):
         }
         if params.schema is not None:
             request["json_schema"] = json.loads(params.schema)
+        if params.logprobs is not None:  # the model's own distribution: llama.cpp's default
+            request["n_probs"] = max(params.logprobs, 1)
         chunks = served.engine.server.stream(job.prompt_ids, request, served.lora)
         try:
             for chunk in chunks:
@@ -247,6 +253,8 @@ class LlamaCppBackend(QueuedBackend):
                 ended = next((i for i, t in enumerate(tokens) if t in served.eos), None)
                 if ended is not None:  # a stop token llama.cpp does not count as end of generation
                     tokens, content = tokens[:ended], ""
+                if params.logprobs is not None:
+                    choice.logprobs += _logprobs(chunk, len(tokens), params.logprobs)
                 choice.tokens.extend(tokens)
                 choice.text += content
                 if ended is not None or chunk.get("stop"):
@@ -262,3 +270,17 @@ class LlamaCppBackend(QueuedBackend):
         if not choice.done:
             choice.finish_reason = "stop"
             job.deliver(choice, "")
+
+
+def _logprobs(chunk: dict[str, Any], count: int, top: int) -> list[TokenLogprob]:
+    """The first `count` tokens' log-probabilities of a llama-server chunk (`n_probs`), with `top`
+    alternatives each."""
+    entries = chunk.get("completion_probabilities") or []
+    return [
+        TokenLogprob(
+            str(entry["token"]),
+            float(entry["logprob"]),
+            tuple((str(t["token"]), float(t["logprob"])) for t in entry.get("top_logprobs", [])[:top]),
+        )
+        for entry in entries[:count]
+    ]

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig, ServeConfig
-from tunesmith.serve.backends.base import BackendError, GenerationJob, QueuedBackend, SamplingParams
+from tunesmith.serve.backends.base import (
+    BackendError,
+    GenerationJob,
+    QueuedBackend,
+    SamplingParams,
+    TokenLogprob,
+)
 from tunesmith.serve.grammar import TokenMasks, grammar_tokenizer
 from tunesmith.store import ModelVersion
 from tunesmith.workspace import Workspace
@@ -56,6 +62,10 @@ class _Group:
                 self.grammar_error = f"this model's tokenizer cannot be constrained by a grammar ({exc})"
         return self.grammar_error
 
+    def token_text(self, token: int) -> str:
+        """A token as its own text (a byte-level piece of a character shows as U+FFFD)."""
+        return str(self.tokenizer.decode([token], skip_special_tokens=False))
+
     def masks(self, grammars: list[str | None]) -> TokenMasks | None:
         """The grammar matchers of a batch's rows, or None when no row has a grammar."""
         if not any(grammars):
@@ -86,6 +96,9 @@ class TransformersBackend(QueuedBackend):
 
     def grammar_refusal(self, version_id: str) -> str | None:
         return self._groups[self._group_of[version_id]].grammar_refusal()
+
+    def logprobs_refusal(self, version_id: str) -> str | None:
+        return None
 
     def context_length(self, version_id: str) -> int:
         return self._groups[self._group_of[version_id]].context_length
@@ -312,7 +325,8 @@ def _generate(group: _Group, jobs: list[GenerationJob]) -> None:
     sampled = any(
         c.params.temperature > 0 or c.params.presence_penalty or c.params.frequency_penalty for _, c in rows
     )
-    processors = [_RowSampler(rows, masks)] if sampled or masks is not None else []
+    scored = any(c.params.logprobs is not None for _, c in rows)
+    processors = [_RowSampler(rows, masks, group if scored else None)] if sampled or masks or scored else []
     settings = GenerationConfig(
         max_new_tokens=max(choice.params.max_tokens for _, choice in rows),
         do_sample=False,
@@ -339,11 +353,17 @@ class _RowSampler:
     """Each row's next token by its own penalties, temperature, top-p, generator and grammar; greedy
     decoding then takes it."""
 
-    def __init__(self, rows: list[tuple[GenerationJob, Any]], masks: TokenMasks | None = None) -> None:
+    def __init__(
+        self,
+        rows: list[tuple[GenerationJob, Any]],
+        masks: TokenMasks | None = None,
+        scoring: _Group | None = None,
+    ) -> None:
         import torch
 
         self.rows = rows
         self.masks = masks
+        self.scoring = scoring  # the group whose tokenizer names the tokens, when logprobs are asked
         self.generators: list[Any] = []
         for _, choice in rows:
             generator = None
@@ -376,8 +396,31 @@ class _RowSampler:
                 token = int(torch.multinomial(probs.cpu(), 1, generator=self.generators[i]))
             if self.masks is not None and not choice.done:
                 self.masks.consume(i, token)
+            wanted = choice.params.logprobs
+            # the end of the turn is not part of the answer: it has no entry
+            if (
+                self.scoring is not None
+                and wanted is not None
+                and not choice.done
+                and token not in self.scoring.eos
+            ):
+                choice.logprobs.append(token_logprob(scores[i], token, wanted, self.scoring))
             chosen[i, token] = 0.0
         return chosen
+
+
+def token_logprob(logits: Any, token: int, top: int, group: _Group) -> TokenLogprob:
+    """The chosen token's log-probability under the model's own distribution (`logits`, before
+    penalties, temperature or a grammar), with the `top` likeliest tokens."""
+    import torch
+
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    name = group.token_text
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = (
+        tuple(zip(map(name, best.indices.tolist()), best.values.tolist(), strict=True)) if best else ()
+    )
+    return TokenLogprob(name(token), float(logprobs[token]), alternatives)
 
 
 def penalised(row: Any, choice: Any) -> Any:
