@@ -68,6 +68,10 @@ def test_another_vocabulary_is_refused_on_policy_and_learned_off_policy(
 ):
     config = write_project(tmp_path, tiny_model_dir)
     teacher = [f"train.distill.teacher.model={tiny_byte_model_dir}", "train.distill.teacher.max_tokens=8"]
+    sets = [arg for s in ["train.objective=distill", *teacher] for arg in ("--set", s)]
+    planned = runner.invoke(app, ["train", str(config), "--plan", *sets])  # the mode, before a run
+    said = " ".join(planned.output.split())
+    assert planned.exit_code == 0 and "distill.mode" in said and "off_policy" in said, planned.output
     refused, said = train(config, "train.objective=distill", *teacher, "train.distill.mode=on_policy")
     assert refused.exit_code == 1, refused.output
     assert "mode on_policy needs the teacher's token distributions" in said

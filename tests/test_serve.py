@@ -722,6 +722,18 @@ def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tm
         assert gguf["lora"].endswith("-lora.gguf")  # as the server runs it: the adapter over the base's GGUF
         served = json.loads(report.read_text())["engines"]["server"]
         assert set(served["identical_by_engine"]) == {"reference", "gguf"}  # matched to what it runs
+        assert served["logprobs"] and served["metrics"]["token_agreement"] >= 0.9, (
+            served
+        )  # llama.cpp's n_probs
+        scored = api.chat.completions.create(
+            model=version.name, messages=QUESTION, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2
+        )
+        entries = scored.choices[0].logprobs.content
+        assert "".join(e.token for e in entries) == scored.choices[0].message.content
+        assert all(
+            len(e.top_logprobs) == 2 and e.logprob == pytest.approx(e.top_logprobs[0].logprob)
+            for e in entries
+        )
 
 
 @pytest.mark.slow

@@ -163,6 +163,12 @@ def _plan(cfg: ProjectConfig, errors: tuple[type[Exception], ...]) -> None:
         "your config" if "objective" in named else "default"
     )
     table.add_row("objective", train.objective, objective_from)
+    if train.objective == "distill":  # on- or off-policy follows from the teacher: say which, and why
+        from tunesmith.train.distill import planned_mode
+
+        with reported(*errors):
+            mode, why = planned_mode(planned, open_workspace(cfg))
+        table.add_row("distill.mode", mode, why)
     for row in plan_rows(named, train):
         table.add_row(*row)
     table.title = f"Plan: {train.method} {train.objective} of {planned.model.id} on dataset {dataset.id}"

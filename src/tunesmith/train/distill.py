@@ -122,17 +122,24 @@ def distill_mode(config: ProjectConfig, workspace: Workspace, student: Any) -> t
     return "off_policy", differs
 
 
+def planned_mode(config: ProjectConfig, workspace: Workspace) -> tuple[str, str]:
+    """`distill_mode` with the student's tokenizer loaded (its weights are not): what `train --plan`
+    shows and what the data for the run is prepared for."""
+    from tunesmith.models.loading import load_tokenizer
+
+    model = config.model
+    return distill_mode(config, workspace, load_tokenizer(model.id, model.source, model.revision))
+
+
 def distill_records(config: ProjectConfig, dataset: DatasetVersion) -> dict[str, list[dict[str, Any]]]:
     """The SFT rows; off-policy, each train row's last answer is the teacher's instead."""
-    from tunesmith.models.loading import load_tokenizer
     from tunesmith.models.teacher import TeacherError
     from tunesmith.progress import console
     from tunesmith.train.sft import TrainConfigError, split_records, with_replay
 
     records = split_records(config, dataset)
     workspace = open_workspace(config)
-    model = config.model
-    mode, why = distill_mode(config, workspace, load_tokenizer(model.id, model.source, model.revision))
+    mode, why = planned_mode(config, workspace)
     console.print(f"Distilling {mode.replace('_', '-')}: {why}", highlight=False, markup=False)
     if mode == "on_policy":  # the config refuses a forgetting guard unless off_policy is certain
         return records
