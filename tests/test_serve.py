@@ -111,11 +111,11 @@ def test_the_openai_client_works_unchanged_streaming_included(project):
             api.chat.completions.create(model=family, messages=QUESTION, max_tokens=250)
         unbounded = api.chat.completions.create(model=family, messages=QUESTION)  # default fits the window
         assert unbounded.usage.prompt_tokens + unbounded.usage.completion_tokens <= 256
-        with pytest.raises(openai.BadRequestError, match="tools"):
+        with pytest.raises(openai.BadRequestError, match="functions"):  # the legacy field: refused by name
             api.chat.completions.create(
                 model=family,
                 messages=QUESTION,
-                tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+                extra_body={"functions": [{"name": "f", "parameters": {}}]},
             )
         bad = httpx.post(
             f"{url}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}
