@@ -13,7 +13,10 @@ within a time budget; the calls are written in the Hermes format (`tunesmith.too
   `openai` client with its tools, greedily; the server's `tool_calls` are compared with the expected
   calls, as `tool_args` compares eval's answers (the two should agree: one rendering, one parser).
 
-    .venv/bin/python bench/tool_results.py [--minutes 4] [--json FILE]
+    .venv/bin/python bench/tool_results.py [--minutes 4] [--items N] [--ask N] [--json FILE]
+
+`--items`: the test requests eval scores (all when unset); `--ask`: how many of them the server is
+asked (all when unset).
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ METRICS = ("tool_ast", "tool_abstain", "tool_name", "tool_args", "tool_json")
 
 
 def run(
-    folder: Path, minutes: float = 4.0, extra: tuple[str, ...] = (), ask: int | None = None
+    folder: Path,
+    minutes: float | None = 4.0,
+    extra: tuple[str, ...] = (),
+    ask: int | None = None,
+    compare: tuple[str, ...] = ("base",),
 ) -> dict[str, Any]:
-    """Train on the tool set within `minutes`, score base and version, and ask the served version
-    the test requests (the first `ask` of them; None: all)."""
+    """Train on the tool set within `minutes` (None: as `extra` says), score the version beside
+    `compare`, and ask the served version the test requests (the first `ask` of them; None: all)."""
     from tunesmith.config import load_config
     from tunesmith.data import load_split
     from tunesmith.evaluate.runner import run_eval
@@ -51,7 +58,7 @@ def run(
         "project=tools",
         f"workspace={folder / 'ws'}",
         f"data.path={DATA}",
-        f"train.time_budget_minutes={minutes}",
+        *([f"train.time_budget_minutes={minutes}"] if minutes is not None else []),
         "eval.max_new_tokens=64",
         "serve.auth=none",
         "serve.backend=transformers",
@@ -60,7 +67,7 @@ def run(
     outcome = train(load_config(None, settings))
     version = outcome.version
     trained = time.perf_counter() - started
-    report = run_eval(load_config(None, settings), version.name, compare=["base"]).report
+    report = run_eval(load_config(None, settings), version.name, compare=list(compare)).report
     test = load_split(outcome.dataset, "test")[:ask]
     served = _ask_server(load_config(None, [*settings, f"serve.models=[{version.name}]"]), version.name, test)
     return {
@@ -101,7 +108,7 @@ def _ask_server(config: Any, model: str, items: list[dict[str, Any]]) -> dict[st
 
 def print_table(result: dict[str, Any]) -> None:
     table = results_table(
-        f"Held-out tool-calling requests ({result['items']} items; {result['budget_minutes']:g}-min budget, "
+        f"Held-out tool-calling requests ({result['items']} items; {result['budget_minutes']}-min budget, "
         f"{result['steps']:.0f} steps; {result['minutes']:.1f} min in all)",
         ["system", *METRICS],
     )
@@ -123,9 +130,12 @@ def _cell(score: dict[str, Any] | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=4.0, help="the training budget")
+    parser.add_argument("--items", type=int, help="test requests to score (default: all)")
+    parser.add_argument("--ask", type=int, help="test requests to ask the server (default: all)")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    result = run(Path(tempfile.mkdtemp(prefix="tunesmith-tools-")), args.minutes)
+    extra = (f"eval.max_items={args.items}",) if args.items else ()
+    result = run(Path(tempfile.mkdtemp(prefix="tunesmith-tools-")), args.minutes, extra, args.ask)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print_table(result)

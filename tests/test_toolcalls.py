@@ -382,23 +382,20 @@ def test_the_server_returns_tool_calls_in_openais_format(tool_server_project):
 
 @pytest.mark.slow
 def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls(tmp_path):
-    """SmolLM2-135M-Instruct, whose template knows no tools, trained on the example tool-calling
-    set within a minute and a half: eval's tool scores rise far above the base model's, and the served version
-    answers a held-out request with the expected call in OpenAI's format."""
+    """SmolLM2-135M-Instruct, whose template knows no tools and which never writes a call (the
+    README's figure: tool_json 0 for the base model), trained 16 steps on the example tool-calling
+    set: its calls are valid and right on held-out requests, it leaves the tools alone where no call
+    is needed, and the served version answers with OpenAI's tool_calls."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from tool_results import run
 
     metrics = "eval.metrics=[tool_ast, tool_abstain, tool_name, tool_json]"  # no perplexity: not needed here
-    result = run(tmp_path, minutes=1.5, extra=("eval.max_items=16", "eval.max_new_tokens=64", metrics), ask=6)
-    base, tuned = result["scores"]["base"], result["scores"][result["version"]]
-    assert base["tool_ast"]["value"] == 0 and base["tool_json"]["value"] == 0, (
-        result
-    )  # it never writes a call
+    extra = ("train.max_steps=16", "eval.max_items=16", "eval.max_new_tokens=64", metrics)
+    result = run(tmp_path, minutes=None, extra=extra, ask=6, compare=())
+    tuned = result["scores"][result["version"]]
     assert tuned["tool_ast"]["value"] >= 0.3 and tuned["tool_json"]["value"] >= 0.5, result
-    assert (
-        tuned["tool_name"]["value"] > base["tool_name"]["value"] and tuned["tool_abstain"]["value"] >= 0.75
-    ), result
+    assert tuned["tool_name"]["value"] >= 0.5 and tuned["tool_abstain"]["value"] >= 0.75, result
     served = result["served"]
     assert served["answered_with_calls"] >= 2 and served["as_expected"] >= served["asked"] // 2, result

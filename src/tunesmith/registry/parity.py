@@ -67,6 +67,7 @@ LIMITS: dict[str, dict[str, tuple[float, str]]] = {
 }
 
 Forced = list[dict[int, float]]  # per answer token: log-probabilities of some of the next tokens
+Measured = Sequence[dict[int, float] | None]  # an engine's per answer token (None: not measured)
 
 
 @dataclass
@@ -85,7 +86,7 @@ class EngineRun:
     (None: the engine gives none)."""
 
     answers: list[list[int]]
-    forced: list[Forced] | None
+    forced: Sequence[Measured] | None
     detail: dict[str, Any] = field(default_factory=dict)
     texts: list[str] | None = None  # a server's answers as text: compared as text, not re-tokenised
 
@@ -184,13 +185,16 @@ def compare(
         count = measured = 0
         for answer, top, forced in zip(reference.answers, reference.top, run.forced, strict=True):
             for token, p, q in zip(answer, top, forced, strict=True):
+                if q is None:  # a position the engine could not be fed exactly: not measured
+                    continue
                 agree += bool(q) and max(q, key=q.__getitem__) == token
                 count += 1
-                if q:  # a position the engine gave no distribution at counts against agreement only
+                if q:  # an empty distribution (the engine would end there) counts against agreement only
                     kls += coarse_kl(p, q)
                     measured += 1
         metrics["token_agreement"] = agree / count if count else 0.0
         metrics["mean_kl"] = kls / measured if measured else 0.0
+        metrics["positions_measured"] = count
     problems = []
     for name, (bound, kind) in limits.items():
         value = metrics[name]
@@ -312,34 +316,42 @@ def _server(url: str, model: str, reference: Reference, max_new_tokens: int) -> 
     return EngineRun(answers, forced, detail, texts)
 
 
-def _server_forced(client: Any, model: str, reference: Reference) -> list[Forced] | None:
+def _server_forced(client: Any, model: str, reference: Reference) -> list[Measured] | None:
     """The server fed the reference's answers token by token: at each, its top next tokens through
-    the completions endpoint (`logprobs`), matched to the reference's top tokens by their text. None
-    when the server gives no logprobs; a position whose text the server would tokenize otherwise, or
-    whose likeliest token is the end of the answer (which has no entry), is left empty."""
+    the completions endpoint (`logprobs`, every position of an answer in one request), matched to
+    the reference's top tokens by their text. None when the server gives no logprobs.
+
+    A position the server cannot be fed exactly (its text tokenizes otherwise) is None: not
+    measured. One where the server's likeliest token ends the answer (an end of turn has no entry)
+    is an empty distribution: measured, and not in agreement.
+    """
     import openai
 
-    tokenizer, forced = reference.tokenizer, []
+    tokenizer = reference.tokenizer
+    forced: list[Measured] = []
     for prompt, answer, top in zip(reference.prompts, reference.answers, reference.top, strict=True):
-        steps: Forced = []
-        for k, wanted in enumerate(top):
-            context = prompt + answer[:k]
-            text = tokenizer.decode(context, skip_special_tokens=False)
-            if list(tokenizer(text)["input_ids"]) != context:
-                steps.append({})
-                continue
+        contexts = [prompt + answer[:k] for k in range(len(top))]
+        texts = [tokenizer.decode(context, skip_special_tokens=False) for context in contexts]
+        exact = [
+            i for i, (t, c) in enumerate(zip(texts, contexts, strict=True)) if tokenizer(t)["input_ids"] == c
+        ]
+        steps: list[dict[int, float] | None] = [None] * len(top)
+        for start in range(0, len(exact), 64):  # a completions request takes up to 64 prompts
+            batch = exact[start : start + 64]
             try:
                 reply = client.completions.create(
-                    model=model, prompt=text, max_tokens=1, temperature=0, logprobs=TOP_K
+                    model=model, prompt=[texts[i] for i in batch], max_tokens=1, temperature=0, logprobs=TOP_K
                 )
             except openai.BadRequestError as exc:
                 if "logprobs" in str(exc):
                     return None  # a server that reports no logprobs: answers only
                 raise
-            logprobs = reply.choices[0].logprobs
-            given = dict(logprobs.top_logprobs[0]) if logprobs and logprobs.top_logprobs else {}
-            ids = {tokenizer.decode([t], skip_special_tokens=False): t for t in wanted}
-            steps.append({ids[name]: value for name, value in given.items() if name in ids})
+            for choice in reply.choices:
+                i = batch[choice.index]
+                logprobs = choice.logprobs
+                given = dict(logprobs.top_logprobs[0]) if logprobs and logprobs.top_logprobs else {}
+                names = {tokenizer.decode([t], skip_special_tokens=False): t for t in top[i]}
+                steps[i] = {names[name]: value for name, value in given.items() if name in names}
         forced.append(steps)
     return forced
 

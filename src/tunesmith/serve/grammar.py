@@ -124,6 +124,6 @@ def _lark(lark: str) -> str:
 
     try:
         grammar = LLMatcher.grammar_from_lark(lark)
-    except ValueError as exc:
+    except (ValueError, TypeError, RuntimeError) as exc:  # a schema llguidance cannot compile
         raise GrammarError(f"tools: {exc}") from None
     return _validated(grammar, "tools: the parameters cannot be enforced")

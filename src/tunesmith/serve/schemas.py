@@ -181,7 +181,8 @@ class ChatCompletionRequest(_Sampling):
             return None
         if choice == "required":
             return self.tools
-        name = (choice.get("function") or {}).get("name") if isinstance(choice, dict) else None
+        function = choice.get("function") if isinstance(choice, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
         chosen = [t for t in self.tools if t["function"]["name"] == name]
         if not chosen:
             raise ValueError(f"tool_choice names {name!r}, which is not one of the request's tools")
