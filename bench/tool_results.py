@@ -13,7 +13,8 @@ within a time budget; the calls are written in the Hermes format (`tunesmith.too
   `openai` client with its tools, greedily; the server's `tool_calls` are compared with the expected
   calls, as `tool_args` compares eval's answers (the two should agree: one rendering, one parser).
 
-    .venv/bin/python bench/tool_results.py [--minutes 4] [--items N] [--ask N] [--json FILE]
+    .venv/bin/python bench/tool_results.py [--minutes 4] [--items N] [--ask N] [--max-new-tokens 64]
+        [--json FILE]
 
 `--items`: the test requests eval scores (all when unset); `--ask`: how many of them the server is
 asked (all when unset).
@@ -132,9 +133,11 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=4.0, help="the training budget")
     parser.add_argument("--items", type=int, help="test requests to score (default: all)")
     parser.add_argument("--ask", type=int, help="test requests to ask the server (default: all)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="the eval's answer length")
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    extra = (f"eval.max_items={args.items}",) if args.items else ()
+    extra = (f"eval.max_new_tokens={args.max_new_tokens}",)
+    extra += (f"eval.max_items={args.items}",) if args.items else ()
     result = run(Path(tempfile.mkdtemp(prefix="tunesmith-tools-")), args.minutes, extra, args.ask)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
