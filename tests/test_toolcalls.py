@@ -90,6 +90,11 @@ def test_an_openai_tool_conversation_is_read_and_bad_calls_say_where():
     assert record["messages"][1]["tool_calls"] == [CALL] and record["messages"][2]["role"] == "tool"
     assert record["tools"] == [WEATHER]
     assert _chat({"messages": CONVERSATION[:2], "tools": [WEATHER]})["messages"][1]["content"] == ""
+    no_calls = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello", "tool_calls": []},
+    ]
+    assert _chat({"messages": no_calls})["messages"][1]["content"] == "Hello"  # an empty list: no calls
 
     def broken(change) -> str:
         messages = json.loads(json.dumps(CONVERSATION))

@@ -134,8 +134,8 @@ def check_conversation(messages: list[dict[str, Any]], field: str = "messages") 
         role = message["role"]
         if role == "assistant":
             calls = message.get("tool_calls")
-            if calls is not None and (not isinstance(calls, list) or not calls):
-                raise ToolCallError(f"{field}[{i}].tool_calls: expected a non-empty list of calls")
+            if calls is not None and not isinstance(calls, list):  # an empty list: no calls
+                raise ToolCallError(f"{field}[{i}].tool_calls: expected a list of calls")
             for j, call in enumerate(calls or []):
                 call_arguments(call, f"{field}[{i}].tool_calls[{j}]")
             open_ids = {str(c.get("id")) for c in calls or [] if isinstance(c, dict) and c.get("id")}
