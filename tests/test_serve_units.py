@@ -180,3 +180,17 @@ def test_a_version_swapped_out_under_a_held_request_is_unloaded_when_the_last_ho
     table.refresh()  # pointed at again before its hold ended: it stays loaded
     table.release(second)
     assert backend.retired == [first.id, first.id]
+
+
+def test_llama_cpp_keeps_to_the_thread_budget_torch_keeps_to(monkeypatch):
+    """A llama-server on every core beside a torch process on its own core spun against it (the
+    llama.cpp serving test took four times as long beside another test)."""
+    import os
+
+    from tunesmith.models.llamacpp import compute_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert compute_threads() == 1
+    for unset in ("", "auto", "0"):
+        monkeypatch.setenv("OMP_NUM_THREADS", unset)
+        assert compute_threads() == (os.cpu_count() or 1)

@@ -83,7 +83,7 @@ class LlamaServer:
         command = [
             binary, "--model", str(model), "--host", "127.0.0.1", "--port", str(self.port),
             "--parallel", str(slots), "--ctx-size", str(slots * context), "--no-webui",
-            "--cache-ram", "256", "--threads", str(threads or os.cpu_count() or 1),
+            "--cache-ram", "256", "--threads", str(threads or compute_threads()),
         ]  # fmt: skip
         for adapter in loras:
             command += ["--lora", str(adapter)]
@@ -215,3 +215,11 @@ class LlamaServer:
 def _applied(lora: int | None) -> dict[str, Any]:
     """A request's adapter: index `lora` of the server's `--lora` list at full scale, the others off."""
     return {} if lora is None else {"lora": [{"id": lora, "scale": 1.0}]}
+
+
+def compute_threads() -> int:
+    """The threads llama.cpp decodes with: `OMP_NUM_THREADS` when it is set (the budget torch keeps
+    to as well), else every core. More threads than cores spin against each other: a llama-server
+    beside a torch process that has its own core slowed fourfold."""
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return int(budget) if budget.isdigit() and int(budget) > 0 else os.cpu_count() or 1
