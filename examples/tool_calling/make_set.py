@@ -1,7 +1,9 @@
 """Write the tool-calling example set: requests that call one of the offered functions, requests
 answered without a call, and conversations that answer from a tool's result.
 
-    python examples/tool_calling/make_set.py [--rows 480] [--seed 7] [--out examples/tool_calling/tool_calls.jsonl]
+    python examples/tool_calling/make_set.py [--rows 480] [--seed 7] [--out FILE]
+
+The default output is `tool_calls.jsonl` beside this script.
 
 Every row offers two of the five tools below (always the one a call needs), so a model must pick
 the function by name, fill its arguments from the request, and leave the tools alone when none
@@ -99,7 +101,11 @@ def weather(rng: random.Random) -> tuple[str, str, dict[str, Any], str, str]:
     unit = rng.choice([None, "celsius", "fahrenheit"])
     said = {None: "", "celsius": " in celsius", "fahrenheit": " in fahrenheit"}[unit]
     ask = rng.choice(
-        ["What's the weather in {c}{u}?", "How warm is it in {c} right now{u}?", "Weather for {c}{u}, please."]
+        [
+            "What's the weather in {c}{u}?",
+            "How warm is it in {c} right now{u}?",
+            "Weather for {c}{u}, please.",
+        ]
     ).format(c=city, u=said)
     degrees = rng.randint(-5, 35) if unit != "fahrenheit" else rng.randint(25, 95)
     result = json.dumps({"city": city, "temperature": degrees, "unit": unit or "celsius", "sky": "clear"})
@@ -146,7 +152,13 @@ def flights(rng: random.Random) -> tuple[str, str, dict[str, Any], str, str]:
     date = f"2027-{number}-{day:02d}"
     result = json.dumps({"flights": [{"departs": "09:40", "price": rng.randint(90, 600)}]})
     arguments = {"origin": origin, "destination": destination, "date": date}
-    return ask, "search_flights", arguments, result, f"There is a flight from {origin} to {destination} at 09:40."
+    return (
+        ask,
+        "search_flights",
+        arguments,
+        result,
+        f"There is a flight from {origin} to {destination} at 09:40.",
+    )
 
 
 def shopping(rng: random.Random) -> tuple[str, str, dict[str, Any], str, str]:
@@ -182,7 +194,10 @@ def row(rng: random.Random, index: int) -> dict[str, Any]:
         "type": "function",
         "function": {"name": name, "arguments": json.dumps(arguments)},
     }
-    messages = [{"role": "user", "content": ask}, {"role": "assistant", "content": None, "tool_calls": [call]}]
+    messages = [
+        {"role": "user", "content": ask},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
     if rng.random() < 0.3:  # the conversation goes on: the tool answers, the assistant reports it
         messages += [
             {"role": "tool", "tool_call_id": call["id"], "content": result},
