@@ -12,6 +12,9 @@ from typing import Any
 from tunesmith.reasoning import inline
 from tunesmith.toolcalls import inline_tools
 
+# what a chat message carries beside its role and text, kept wherever messages are stored or sent on
+MESSAGE_EXTRAS = ("tool_calls", "tool_call_id", "reasoning_content")
+
 
 def chat_messages(
     messages: list[dict[str, Any]], tokenizer: Any, tools: list[dict[str, Any]] | None = None

@@ -256,7 +256,9 @@ def _learn(
 def request_messages(prompt: Any) -> list[dict[str, Any]]:
     """A logged request's prompt (chat messages, or a completion prompt) as chat messages."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):  # calls and traces kept
-        keep = ("role", "content", "tool_calls", "tool_call_id", "reasoning_content")
+        from tunesmith.chat import MESSAGE_EXTRAS
+
+        keep = ("role", "content", *MESSAGE_EXTRAS)
         return [{k: m[k] for k in keep if m.get(k) is not None or k == "content"} for m in prompt]
     text = prompt[0] if isinstance(prompt, list) else prompt
     return [{"role": "user", "content": str(text)}]

@@ -58,7 +58,9 @@ class ChatMessage(BaseModel):
         """The message as training rows hold it (a developer message is the system's)."""
         message: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role}
         message["content"] = self.text()
-        for key in ("tool_calls", "tool_call_id", "reasoning_content"):
+        from tunesmith.chat import MESSAGE_EXTRAS
+
+        for key in MESSAGE_EXTRAS:
             if getattr(self, key):
                 message[key] = getattr(self, key)
         return message
