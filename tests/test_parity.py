@@ -45,7 +45,7 @@ def test_the_merged_export_and_the_server_answer_as_the_version_and_a_gate_can_r
         served_as = ["--server", f"{url}/v1", "--server-model", serve_project["family"]]  # production: v1
         result, said = parity(path, name, "--engines", "merged,server", *served_as)
     assert result.exit_code == 0, result.output
-    assert f"Parity of {name}: 5 locked prompts" in said
+    assert f"Parity of {name}: 5 prompts (locked, sha256" in said
     assert "merged: identical answers 100%, token agreement 100.0%" in said
     assert "server: identical answers" in said and "answers as" in said
     report = latest_report(workspace)
@@ -86,3 +86,29 @@ def test_unknown_engines_and_a_server_without_its_url_are_refused(serve_project)
     assert unknown.exit_code != 0 and "unknown parity engine 'onnx'" in said
     no_url, said = parity(path, name, "--engines", "server")
     assert no_url.exit_code != 0 and "the server engine needs --server URL" in said
+
+
+def test_parity_on_your_own_prompts_with_their_tools_and_a_bad_file_says_where(serve_project, tmp_path):
+    path, settings, name = serve_project["path"], serve_project["settings"], serve_project["first"]
+    weather = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    asked = tmp_path / "asked.jsonl"
+    rows = [
+        {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [weather]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
+    ]
+    asked.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result, said = parity(path, name, "--engines", "merged", "--prompts", str(asked))
+    assert result.exit_code == 0, result.output
+    assert f"Parity of {name}: 2 prompts ({asked}, sha256" in said
+    report = latest_report(open_workspace(load_config(path, settings)))
+    assert report["prompt_set"] == str(asked) and len(report["answers"]) == 2
+    assert report["engines"]["merged"]["metrics"]["identical_answers"] == 1.0
+    locked = runner.invoke(app, ["registry", "parity", name, "--engines", "merged", "--config", str(path)])
+    assert (
+        latest_report(open_workspace(load_config(path, settings)))["prompt_set_sha256"]
+        != report["prompt_set_sha256"]
+    ), locked.output
+
+    asked.write_text('{"messages": [{"role": "user", "content": "Hi"}]}\nnot json\n')
+    bad, said = parity(path, name, "--engines", "merged", "--prompts", str(asked))
+    assert bad.exit_code == 2 and f"{asked}:2: not JSON" in said

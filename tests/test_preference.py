@@ -64,7 +64,10 @@ def project(tmp_path: Path, model_dir: Path, data: Path, *overrides: str):
     )
 
 
-def test_hh_transcripts_become_turns_and_pairs_become_conversations():
+def test_hh_transcripts_become_turns_and_pairs_become_conversations(tiny_byte_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_byte_model_dir)
     prompt = "\n\nHuman: Hi there\n\nAssistant: Hello! How can I help?\n\nHuman: Tell me a joke\n\nAssistant:"
     assert transcript_messages(prompt) == [
         {"role": "user", "content": "Hi there"},
@@ -73,7 +76,7 @@ def test_hh_transcripts_become_turns_and_pairs_become_conversations():
     ]
     assert transcript_messages("Just a question") == [{"role": "user", "content": "Just a question"}]
     (row,) = preference_rows(
-        [{"prompt": prompt, "chosen": " A pun.", "rejected": " No.", "margin": 2.0}], margin=True
+        [{"prompt": prompt, "chosen": " A pun.", "rejected": " No.", "margin": 2.0}], tokenizer, margin=True
     )
     assert row["chosen"] == [{"role": "assistant", "content": "A pun."}] and row["margin"] == 2.0
     # Whole conversations with no separate prompt: the shared turns become the prompt.
@@ -85,11 +88,14 @@ def test_hh_transcripts_become_turns_and_pairs_become_conversations():
                 "chosen": [*shared, {"role": "assistant", "content": "good"}],
                 "rejected": [*shared, {"role": "assistant", "content": "bad"}],
             }
-        ]
+        ],
+        tokenizer,
     )
     assert row["prompt"] == shared and row["rejected"] == [{"role": "assistant", "content": "bad"}]
     # KTO takes a pair as one thumbs-up and one thumbs-down answer.
-    assert [r["label"] for r in unpaired_rows([{"prompt": "Q", "chosen": "a", "rejected": "b"}])] == [
+    assert [
+        r["label"] for r in unpaired_rows([{"prompt": "Q", "chosen": "a", "rejected": "b"}], tokenizer)
+    ] == [
         True,
         False,
     ]
@@ -285,8 +291,9 @@ def test_lora_dpo_uses_the_adapterless_network_as_reference_and_full_keeps_a_cop
     from tunesmith.train.preference import dpo_trainer
 
     config = project(tmp_path, tiny_model_dir, preference_data(tmp_path, "pairs"), f"train.method={method}")
-    rows = preference_rows([{"prompt": "Q?", "chosen": "good", "rejected": "bad"}] * 4)
-    trainer = dpo_trainer(config.train, load_causal_lm(str(tiny_model_dir)), rows, [], tmp_path, [])
+    base = load_causal_lm(str(tiny_model_dir))
+    rows = preference_rows([{"prompt": "Q?", "chosen": "good", "rejected": "bad"}] * 4, base.tokenizer)
+    trainer = dpo_trainer(config.train, base, rows, [], tmp_path, [])
     assert (trainer.ref_model is not None) is separate_reference
 
 

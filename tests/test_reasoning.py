@@ -167,10 +167,10 @@ def test_a_trace_a_client_sends_back_is_rendered_as_training_wrote_it(tiny_byte_
 @pytest.mark.slow
 def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_path):
     """The bundled model taught to think before it answers: eval scores the answer alone, the server
-    returns the trace as reasoning_content, streamed the same, and the merged export and the server
-    answer as the version does. (Transformers serves it here: the llama.cpp serving test checks the
-    GGUF engine, and two llama.cpp tests at once on two cores start too slowly. `<think>` is plain
-    text to SmolLM2's tokenizer, so the GGUF keeps it as it keeps any text.)"""
+    returns the trace as reasoning_content, streamed the same, and the merged export, the GGUF under
+    llama.cpp and the server answer as the version does, `<think>` markers and all. (Transformers
+    serves it here, so that one llama.cpp runs at a time: the llama.cpp serving test checks serving
+    the GGUF.)"""
     import openai
 
     from tunesmith.models.generate import generate_answers
@@ -229,9 +229,23 @@ def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_p
             getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices
         )
         assert streamed == message.reasoning_content
-        argv = ["registry", "parity", version.name, "--engines", "merged,server", "--server", f"{url}/v1"]
+        asked = tmp_path / "asked.txt"  # its own kind of question: the locked set does not make it think
+        own = [
+            "When does the Fernwick branch open?",
+            "Question 60: when does the Fernwick branch number 60 open?",
+        ]
+        asked.write_text("\n".join(own) + "\n")
+        argv = ["registry", "parity", version.name, "--engines", "merged,gguf,server"]
+        argv += ["--server", f"{url}/v1", "--prompts", str(asked), "--max-new-tokens", "32"]
         checked = CliRunner().invoke(app, [*argv, "--config", str(path)])
     assert checked.exit_code == 0, checked.output
-    (report,) = (open_workspace(config).root / "parity").glob("*.json")
-    merged = json.loads(report.read_text())["engines"]["merged"]
-    assert merged["metrics"]["identical_answers"] == 1.0
+    (written,) = (open_workspace(config).root / "parity").glob("*.json")
+    report = json.loads(written.read_text())
+    thought = [a.startswith("<think>\n") and "\n</think>\n\n" in a for a in report["answers"]]
+    assert all(thought), report["answers"]  # it thinks first, and its answers keep both markers
+    assert report["engines"]["merged"]["metrics"]["identical_answers"] == 1.0
+    gguf = report["engines"]["gguf"]
+    assert gguf["passed"] and gguf["answers"] == report["answers"], gguf
+    assert all(
+        a.startswith("<think>\n") and "\n</think>\n\n" in a for a in report["engines"]["server"]["answers"]
+    )

@@ -385,6 +385,69 @@ def test_the_server_returns_tool_calls_in_openais_format(tool_server_project):
             api.completions.create(model=family, prompt="x", max_tokens=4, extra_body={"tools": [MINUTES]})
 
 
+def test_production_answers_that_call_tools_come_back_as_calls_in_the_next_dataset(tool_server_project):
+    """A served answer that called a tool, rated down and corrected with another call, becomes SFT
+    and preference rows that hold the calls as tool_calls and the tools offered, and a feedback
+    session over production keeps them so too: DPO then trains on the prompt with its tool
+    definitions and on each answer's call as the template writes calls. (They were raw `<tool_call>`
+    text under a prompt that offered no tools.)"""
+    import httpx2 as httpx  # the HTTP client the openai package ships with
+
+    from tunesmith.config import load_config
+    from tunesmith.data.formats import _preference
+    from tunesmith.feedback.collect import Session, collect, gather_prompts, preference_pairs
+    from tunesmith.monitor.improve import Selection, select_examples
+    from tunesmith.registry import get_version
+    from tunesmith.serve import serve_in_background as running
+    from tunesmith.train.preference import preference_rows
+    from tunesmith.workspace import open_workspace
+
+    config_path, settings_, family = tool_server_project
+    config = load_config(config_path, settings_)
+    ask = [{"role": "user", "content": "Set a timer for five minutes."}]
+    correction = '<tool_call>\n{"name": "set_timer", "arguments": {"minutes": 5}}\n</tool_call>'
+    with running(config) as (url, server):
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        answer = api.chat.completions.create(
+            model=family, messages=ask, tools=[MINUTES], tool_choice="required", max_tokens=75, temperature=0
+        )
+        (made,) = answer.choices[0].message.tool_calls
+        for feedback in ({"rating": "down"}, {"correction": correction}):
+            given = httpx.post(f"{url}/v1/feedback", json={"request_id": answer.id, **feedback})
+            assert given.status_code == 200, given.text
+        server.request_log.flush()
+    workspace = open_workspace(config)
+    version = get_version(workspace, family)
+    found = select_examples(workspace, version, Selection(model=family))
+    (sft,) = found.sft
+    assert sft["tools"] == [MINUTES] and sft["messages"][-1]["content"] is None
+    assert sft["messages"][-1]["tool_calls"][0]["function"] == {
+        "name": "set_timer",
+        "arguments": '{"minutes": 5}',
+    }
+    (pair,) = found.dpo
+    (served,) = pair["rejected"][0]["tool_calls"]
+    assert served["function"]["name"] == made.function.name
+    assert json.loads(served["function"]["arguments"]) == json.loads(made.function.arguments)
+
+    tokenizer = tokenizer_of(Path(config.model.id))
+    (row,) = preference_rows([_preference(pair)], tokenizer)
+    assert "<tools>" in row["prompt"][0]["content"] and '"set_timer"' in row["prompt"][0]["content"]
+    assert row["chosen"][-1]["content"] == correction
+
+    prompts, _ = gather_prompts(workspace, family, from_production=True)
+    session = collect(config, workspace, family, prompts, k=2, max_new_tokens=8, source="production")
+    (item,) = session.items
+    assert item["tools"] == [MINUTES]
+    served_candidate = next(c for c in item["candidates"] if c["origin"] == "served")
+    assert served_candidate["message"]["tool_calls"][0]["function"]["name"] == made.function.name
+    other = next(c["id"] for c in item["candidates"] if c["origin"] == "sampled")
+    session.add_review({"item": item["id"], "reviewer": "ana", "ranking": [other, "served"]})
+    pairs = list(preference_pairs(Session(session.folder, session.meta, session.items)))
+    (preferred,) = [p for p in pairs if p["origin"]["rejected"] == "served"]
+    assert preferred["tools"] == [MINUTES] and preferred["rejected"] == [served_candidate["message"]]
+
+
 @pytest.mark.slow
 def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls(tmp_path):
     """SmolLM2-135M-Instruct, whose template knows no tools and which never writes a call (the

@@ -114,6 +114,13 @@ def registry_parity(
         ),
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Tokens of each greedy answer.")] = 24,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Your own prompts instead of the five locked ones: a .txt file (one per line) or "
+            "JSONL rows (chat rows, their last answer dropped, or {prompt}; a row's tools come along)."
+        ),
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Compare a version's answers on every engine: token agreement and KL against the version itself.
@@ -122,6 +129,7 @@ def registry_parity(
     which eval.gates can require (e.g. {metric: parity_passed, min: 1}).
     """
     from tunesmith.registry import RegistryError, get_version
+    from tunesmith.data.prompts import read_prompts
     from tunesmith.registry.parity import check_parity, parity_lines
 
     workspace = project_workspace(config)
@@ -133,6 +141,8 @@ def registry_parity(
             server=server,
             server_model=server_model,
             max_new_tokens=max_new_tokens,
+            prompts=read_prompts(prompts) if prompts is not None else None,
+            prompt_source=str(prompts) if prompts is not None else None,
         )
     for line in parity_lines(report):
         out.print(line, highlight=False, markup=False)

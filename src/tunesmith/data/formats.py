@@ -5,8 +5,9 @@ Canonical records (metadata fields a row carries, such as `group` or `key_facts`
 - `sft`: `{"messages": [{"role", "content", ["weight"]}, ...], ["tools": [...]]}`
 - `classification`: `{"text": str, "label": str}`
 - `preference`: `{"prompt": str | messages, "chosen": str | messages, "rejected": str | messages,
-  ["margin": float]}`
-- `unpaired`: `{"prompt": str | messages, "completion": str | messages, "label": bool}` (thumbs up/down)
+  ["margin": float], ["tools": [...]]}`
+- `unpaired`: `{"prompt": str | messages, "completion": str | messages, "label": bool, ["tools": [...]]}`
+  (thumbs up/down)
 - `text`: `{"text": str}` (continued pre-training)
 - `tagging`: `{"tokens": [str, ...], "tags": [str, ...]}`
 """
@@ -21,6 +22,7 @@ from dataclasses import field as dataclass_field
 from itertools import pairwise
 from typing import Any
 
+from tunesmith.chat import MESSAGE_EXTRAS
 from tunesmith.errors import InputError
 from tunesmith.reasoning import ReasoningError, separate
 from tunesmith.toolcalls import ToolCallError, check_conversation, check_tools
@@ -134,13 +136,7 @@ def _meta(row: dict[str, Any], used: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _chat(row: dict[str, Any]) -> dict[str, Any]:
-    record: dict[str, Any] = {"messages": _messages(row.get("messages"))}
-    if row.get("tools"):
-        try:
-            check_tools(row["tools"])
-        except ToolCallError as exc:
-            raise RowError(str(exc)) from None
-        record["tools"] = row["tools"]
+    record = {"messages": _messages(row.get("messages")), **_tools(row)}
     return {**record, **_meta(row, ("messages", "tools"))}
 
 
@@ -200,7 +196,18 @@ def _side(row: dict[str, Any], field: str) -> str | list[dict[str, Any]]:
 def _prompt_messages(value: list[Any]) -> list[dict[str, Any]]:
     if not value or not all(isinstance(m, dict) and m.get("role") in ROLES for m in value):
         raise RowError("prompt: expected a string or a list of {role, content} messages")
-    return [{"role": m["role"], "content": m.get("content", "")} for m in value]
+    return as_messages(value, "user")
+
+
+def _tools(row: dict[str, Any]) -> dict[str, Any]:
+    """The row's tool definitions, checked: `{"tools": [...]}`, or nothing when it offers none."""
+    if not row.get("tools"):
+        return {}
+    try:
+        check_tools(row["tools"])
+    except ToolCallError as exc:
+        raise RowError(str(exc)) from None
+    return {"tools": row["tools"]}
 
 
 def _preference(row: dict[str, Any]) -> dict[str, Any]:
@@ -213,8 +220,8 @@ def _preference(row: dict[str, Any]) -> dict[str, Any]:
         prompt = ""
     if chosen == rejected:
         raise RowError("chosen and rejected are identical: the pair teaches nothing")
-    record: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
-    return {**record, **_meta(row, ("prompt", "chosen", "rejected"))}
+    record = {"prompt": prompt, "chosen": chosen, "rejected": rejected, **_tools(row)}
+    return {**record, **_meta(row, ("prompt", "chosen", "rejected", "tools"))}
 
 
 _THUMBS = {
@@ -233,7 +240,7 @@ def _unpaired(row: dict[str, Any]) -> dict[str, Any]:
             f"label: expected true/false (or up/down, good/bad, 1/0), got {_short(row.get('label'))}"
         )
     record = {"prompt": _side(row, "prompt"), "completion": _side(row, "completion"), "label": label}
-    return {**record, **_meta(row, ("prompt", "completion", "label"))}
+    return {**record, **_tools(row), **_meta(row, ("prompt", "completion", "label", "tools"))}
 
 
 _TURN = re.compile(r"(?:^|\n\n)(Human|Assistant|User|System):[ \t]?", re.IGNORECASE)
@@ -258,9 +265,14 @@ def transcript_messages(text: str) -> list[dict[str, str]]:
 
 
 def as_messages(value: str | list[dict[str, Any]], role: str) -> list[dict[str, Any]]:
-    """A prompt (`role` user) or an answer (`role` assistant) as a list of chat messages."""
+    """A prompt (`role` user) or an answer (`role` assistant) as a list of chat messages (tool calls,
+    their ids and reasoning traces kept)."""
     if isinstance(value, list):
-        return [{"role": m["role"], "content": m["content"]} for m in value]
+        return [
+            {"role": m["role"], "content": m.get("content") or ""}
+            | {k: m[k] for k in MESSAGE_EXTRAS if m.get(k) is not None}
+            for m in value
+        ]
     if role == "user":
         return transcript_messages(value)
     return [{"role": "assistant", "content": value.strip()}]
@@ -402,7 +414,7 @@ FORMATS: dict[str, FormatSpec] = {
             "preference",
             "preference",
             ("chosen", "rejected"),
-            ("prompt",),
+            ("prompt", "tools"),
             _preference,
             "chosen/rejected pairs, with or without a shared prompt",
         ),
@@ -418,7 +430,7 @@ FORMATS: dict[str, FormatSpec] = {
             "feedback",
             "unpaired",
             ("prompt", "completion", "label"),
-            (),
+            ("tools",),
             _unpaired,
             "one answer with a thumbs-up/down label (KTO)",
         ),

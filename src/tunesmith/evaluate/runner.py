@@ -541,7 +541,7 @@ def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
     if kind not in ("preference", "unpaired"):
         return records
     from tunesmith.data.formats import as_messages
-    from tunesmith.train.preference import preference_rows
+    from tunesmith.train.preference import pair_messages
 
     items = []
     for record in records:
@@ -551,8 +551,8 @@ def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
                 continue
             messages = as_messages(record["prompt"], "user") + as_messages(record["completion"], "assistant")
         else:
-            (row,) = preference_rows([record])
-            messages = row["prompt"] + row["chosen"][-1:]
+            prompt, chosen, _ = pair_messages(record)
+            messages = prompt + chosen[-1:]
         items.append({**meta, "messages": messages})
     return items
 

@@ -27,10 +27,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from tunesmith.chat import answer_message, numbered_call_id
 from tunesmith.config import ProjectConfig
+from tunesmith.data.prompts import prompt_of_row, read_prompts
 from tunesmith.errors import InputError
 from tunesmith.progress import console
 from tunesmith.store import DatasetVersion, ModelVersion, session
+from tunesmith.toolcalls import written_answer
 from tunesmith.workspace import Workspace
 
 LETTERS = string.ascii_uppercase
@@ -77,60 +80,17 @@ class Session:
 # --- prompts ------------------------------------------------------------------------------------
 
 
-def read_prompts(path: Path) -> list[dict[str, Any]]:
-    """Prompts from a file: JSONL chat rows (a closing answer is dropped), `{"prompt": ...}` rows, or
-    one prompt per line of a `.txt` file.
-
-    Raises:
-        FeedbackError: naming file:line.
-    """
-    if not path.is_file():
-        raise FeedbackError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".txt":
-        return [
-            {"prompt": [{"role": "user", "content": line.strip()}], "source": {"line": n}}
-            for n, line in enumerate(text.splitlines(), 1)
-            if line.strip()
-        ]
-    prompts = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise FeedbackError(f"{path}:{n}: not JSON ({exc.msg})") from None
-        messages = prompt_of_row(row)
-        if messages is None:
-            raise FeedbackError(
-                f'{path}:{n}: expected "messages" (a chat row) or "prompt" (a string or messages), '
-                f"got fields {', '.join(row) if isinstance(row, dict) else type(row).__name__}"
-            )
-        prompts.append({"prompt": messages, "source": {"line": n}})
-    return prompts
-
-
-def prompt_of_row(row: Any) -> list[dict[str, Any]] | None:
-    """The conversation to answer from a chat, prompt/completion or preference row; None if it has none."""
-    from tunesmith.data.formats import as_messages
-    from tunesmith.monitor.improve import request_messages
-
-    if not isinstance(row, dict):
-        return None
-    if isinstance(row.get("messages"), list) and row["messages"]:
-        messages = request_messages(row["messages"])  # tool calls and traces kept
-        return messages[:-1] if messages[-1]["role"] == "assistant" else messages
-    if isinstance(row.get("prompt"), (str, list)) and row["prompt"]:
-        return as_messages(row["prompt"], "user")
-    return None
-
-
 def production_prompts(
     workspace: Workspace, version: ModelVersion, *, since: Any = None, where: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """The version's served requests (filtered like `improve`), each with the answer it served."""
-    from tunesmith.monitor.improve import Selection, request_messages, select_requests
+    from tunesmith.monitor.improve import (
+        Selection,
+        request_messages,
+        request_tools,
+        select_requests,
+        served_as,
+    )
 
     requests = select_requests(
         workspace, version, Selection(model=version.name, since=since, where=where or [])
@@ -138,7 +98,9 @@ def production_prompts(
     return [
         {
             "prompt": request_messages(r.prompt),
+            **request_tools(r),
             "served": str(r.output[0]),
+            "served_message": served_as(r)(str(r.output[0])),  # as the client was sent it
             "source": {"request_id": r.id, "at": r.at.isoformat()},
         }
         for r in requests
@@ -155,13 +117,15 @@ def sample_answers(
     prompts: list[list[dict[str, Any]]],
     k: int,
     *,
+    tools: list[list[dict[str, Any]] | None] | None = None,
     max_new_tokens: int = 128,
     temperature: float = 0.9,
     top_p: float = 0.95,
     seed: int = 0,
     batch_size: int = 4,
 ) -> list[list[str]]:
-    """k sampled answers per prompt (distinct where the model gives distinct ones), prompts batched."""
+    """k sampled answers per prompt (distinct where the model gives distinct ones), prompts batched;
+    `tools`: the tools each prompt offers, rendered as training renders them."""
     import torch
 
     from tunesmith.chat import render_chat
@@ -170,7 +134,11 @@ def sample_answers(
 
     torch.manual_seed(seed)
     stops = stop_token_ids(tokenizer, model)
-    texts = [render_chat(tokenizer, p, add_generation_prompt=True) for p in prompts]  # as training renders
+    offered = tools or [None] * len(prompts)
+    texts = [  # as training renders
+        render_chat(tokenizer, p, t, add_generation_prompt=True)
+        for p, t in zip(prompts, offered, strict=True)
+    ]
     answers: list[list[str]] = []
     with inference(model, tokenizer), progress_bar(f"Sampling {k} answers", total=len(prompts)) as advance:
         for start in range(0, len(texts), batch_size):
@@ -230,6 +198,7 @@ def collect(
         tokenizer,
         [p["prompt"] for p in prompts],
         k,
+        tools=[p.get("tools") for p in prompts],
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         top_p=top_p,
@@ -263,21 +232,33 @@ def collect(
 
 
 def review_items(prompts: list[dict[str, Any]], sampled: list[list[str]]) -> list[dict[str, Any]]:
-    """One item per prompt with two or more different answers to rank (the served one first)."""
+    """One item per prompt with two or more different answers to rank (the served one first). Each
+    answer keeps the assistant message it stands for: its calls as tool_calls where tools were
+    offered, as the server answers."""
     items = []
     for n, (prompt, answers) in enumerate(zip(prompts, sampled, strict=True)):
+        calling = bool(prompt.get("tools"))
         candidates = []
         if "served" in prompt:
-            candidates.append({"id": "served", "text": prompt["served"], "origin": "served"})
+            served = prompt.get("served_message") or answer_message(
+                prompt["served"], calling, numbered_call_id
+            )
+            candidates.append(
+                {"id": "served", "text": prompt["served"], "message": served, "origin": "served"}
+            )
         for answer in answers:
             if all(answer != c["text"] for c in candidates):
-                candidates.append({"id": f"s{len(candidates)}", "text": answer, "origin": "sampled"})
+                message = answer_message(answer, calling, numbered_call_id)
+                candidates.append(
+                    {"id": f"s{len(candidates)}", "text": answer, "message": message, "origin": "sampled"}
+                )
         if len(candidates) < 2:
             continue  # nothing to compare: every sample said the same
         items.append(
             {
                 "id": f"p{n:04d}",
                 "prompt": prompt["prompt"],
+                **({"tools": prompt["tools"]} if prompt.get("tools") else {}),
                 "candidates": candidates,
                 "source": prompt.get("source", {}),
             }
@@ -384,7 +365,8 @@ def review_in_terminal(
         console.rule(f"[bold]{position} of {len(session.items)}[/bold] · {session.id} · {item['id']}")
         for message in item["prompt"]:
             style = "bold" if message is item["prompt"][-1] else "dim"
-            console.print(Text.assemble((f"{message['role']}: ", style), message["content"]), highlight=False)
+            said = written_answer(message)  # its calls written in
+            console.print(Text.assemble((f"{message['role']}: ", style), said), highlight=False)
         shown = session.order(item)
         texts = {c["id"]: c["text"] for c in item["candidates"]}
         for i, cid in enumerate(shown):
@@ -419,7 +401,7 @@ def write_page(session: Session) -> Path:
     data = [
         {
             "id": item["id"],
-            "prompt": item["prompt"],
+            "prompt": [{"role": m["role"], "content": written_answer(m)} for m in item["prompt"]],
             "shown": [
                 {"id": cid, "text": next(c["text"] for c in item["candidates"] if c["id"] == cid)}
                 for cid in session.order(item)
@@ -492,6 +474,8 @@ def preference_pairs(session: Session) -> Iterator[dict[str, Any]]:
             continue
         item = items[item_id]
         texts = {c["id"]: c["text"] for c in item["candidates"]}
+        said = {c["id"]: [c["message"]] if "message" in c else c["text"] for c in item["candidates"]}
+        tools = {"tools": item["tools"]} if item.get("tools") else {}
         origin = {c["id"]: c["origin"] for c in item["candidates"]}
         ranking = review.get("ranking") or [review["best"]]
         unranked = [cid for cid in texts if cid not in ranking]
@@ -503,8 +487,9 @@ def preference_pairs(session: Session) -> Iterator[dict[str, Any]]:
                     for worse in levels[j]:
                         yield {
                             "prompt": item["prompt"],
-                            "chosen": texts[better],
-                            "rejected": texts[worse],
+                            "chosen": said[better],
+                            "rejected": said[worse],
+                            **tools,
                             "margin": float(j - i),
                             "group": f"{session.id}:{item_id}",
                             "origin": {
@@ -583,7 +568,11 @@ def gather_prompts(
         if data is None:
             raise FeedbackError(f"no dataset version {dataset!r}; see `tunesmith data list`")
         rows = [
-            {"prompt": p, "source": {"dataset": data.id, "split": split, "row": n}}
+            {
+                "prompt": p,
+                **({"tools": r["tools"]} if r.get("tools") else {}),
+                "source": {"dataset": data.id, "split": split, "row": n},
+            }
             for n, r in enumerate(load_split(data, split))
             if (p := prompt_of_row(r)) is not None
         ]

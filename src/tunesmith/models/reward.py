@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tunesmith.chat import chat_messages
+
 
 def score_conversations(
     model: Any,
@@ -28,7 +30,8 @@ def score_conversations(
 
     encoded = []
     for conversation in conversations:
-        ids = tokenizer.apply_chat_template(list(conversation), tokenize=True, return_dict=True)["input_ids"]
+        written, kwargs = chat_messages(list(conversation), tokenizer)  # as training wrote them
+        ids = tokenizer.apply_chat_template(written, tokenize=True, return_dict=True, **kwargs)["input_ids"]
         encoded.append(list(ids)[-max_length:])
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding per batch
     scores = [0.0] * len(encoded)

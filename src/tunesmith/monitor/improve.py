@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import exists, func, select
 
+from tunesmith.chat import answer_message, numbered_call_id
 from tunesmith.config import ProjectConfig
 from tunesmith.monitor.feedback import is_negative, is_positive
 from tunesmith.registry.versions import move_alias, resolve_name
@@ -144,7 +145,8 @@ def select_examples(workspace: Workspace, production: ModelVersion, selection: S
     with session(workspace.engine) as s:
         found.matched = int(s.scalar(select(func.count()).select_from(RequestLog).where(*conditions)) or 0)
     allowed = _drift_cluster_ids(workspace, production, conditions) if selection.drift_cluster else None
-    rated: dict[str, list[tuple[float, str, str]]] = {}  # prompt key -> (goodness, answer, request id)
+    # prompt key -> (goodness, answer, request id)
+    rated: dict[str, list[tuple[float, dict[str, Any], str]]] = {}
     seen: set[str] = set()
     query = (
         select(Feedback, RequestLog)
@@ -168,7 +170,7 @@ def select_examples(workspace: Workspace, production: ModelVersion, selection: S
     return found
 
 
-def _rated_pairs(rated: dict[str, list[tuple[float, str, str]]]) -> list[dict[str, Any]]:
+def _rated_pairs(rated: dict[str, list[tuple[float, dict[str, Any], str]]]) -> list[dict[str, Any]]:
     """DPO pairs of a well-rated and a badly-rated answer to the same conversation."""
     pairs = []
     for key, answers in rated.items():
@@ -178,9 +180,9 @@ def _rated_pairs(rated: dict[str, list[tuple[float, str, str]]]) -> list[dict[st
             if chosen != rejected:
                 pairs.append(
                     {
-                        "prompt": json.loads(key),
-                        "chosen": chosen,
-                        "rejected": rejected,
+                        **json.loads(key),
+                        "chosen": [chosen],
+                        "rejected": [rejected],
                         "origin": {"request_ids": [chosen_id, rejected_id]},
                     }
                 )
@@ -220,37 +222,48 @@ def _learn(
     kinds: tuple[str, ...],
     sft: list[dict[str, Any]],
     dpo: list[dict[str, Any]],
-    rated: dict[str, list[tuple[float, str, str]]],
+    rated: dict[str, list[tuple[float, dict[str, Any], str]]],
 ) -> bool:
     """Add what one piece of feedback teaches: an SFT row, DPO pairs, or a rated answer; False when
     it is of a kind the selection leaves out."""
-    messages = request_messages(request.prompt)
-    answer = str(request.output[min(item.choice, len(request.output) - 1)])
+    messages, tools = request_messages(request.prompt), request_tools(request)
+    said = served_as(request)
+    answer = said(str(request.output[min(item.choice, len(request.output) - 1)]))
     origin = {"request_id": request.id, "feedback_id": item.id}
     if item.correction and "correction" in kinds:
-        tools = {"tools": request.params["tools"]} if (request.params or {}).get("tools") else {}
-        sft.append(
-            {
-                "messages": [*messages, {"role": "assistant", "content": item.correction}],
-                **tools,
-                "origin": origin,
-            }
-        )
-        dpo.append({"prompt": messages, "chosen": item.correction, "rejected": answer, "origin": origin})
+        corrected = said(item.correction)
+        sft.append({"messages": [*messages, corrected], **tools, "origin": origin})
+        pair = {"prompt": messages, "chosen": [corrected], "rejected": [answer]}
+        dpo.append({**pair, **tools, "origin": origin})
     if item.preference and "preference" in kinds:
-        dpo.append({"prompt": messages, **item.preference, "origin": origin})
+        sides = {k: [said(str(v))] if k in ("chosen", "rejected") else v for k, v in item.preference.items()}
+        dpo.append({"prompt": messages, **sides, **tools, "origin": origin})
     if item.rating is not None and "rating" in kinds:
         good = is_positive(item.rating, item.scale)
         bad = is_negative(item.rating, item.scale)
         if good or bad:
-            rated.setdefault(json.dumps(messages, sort_keys=True), []).append(
-                (float(good), answer, request.id)
-            )
+            key = json.dumps({"prompt": messages, **tools}, sort_keys=True)
+            rated.setdefault(key, []).append((float(good), answer, request.id))
     return bool(
         (item.correction and "correction" in kinds)
         or (item.preference and "preference" in kinds)
         or (item.rating is not None and "rating" in kinds)
     )
+
+
+def request_tools(request: RequestLog) -> dict[str, Any]:
+    """The tools a logged request offered, as a data row holds them: `{"tools": [...]}` or nothing."""
+    tools = (request.params or {}).get("tools")
+    return {"tools": tools} if tools else {}
+
+
+def served_as(request: RequestLog) -> Callable[[str], dict[str, Any]]:
+    """How an answer to a logged request reads as an assistant message: as the server sent it (a
+    trace apart, the calls as tool_calls where tools were offered), with call ids that are the same
+    each time, so the same answer is the same row."""
+    params = request.params or {}
+    calling = bool(params.get("tools")) and params.get("tool_choice") != "none"
+    return lambda text: answer_message(text, calling, numbered_call_id)
 
 
 def request_messages(prompt: Any) -> list[dict[str, Any]]:

@@ -21,9 +21,11 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith.chat import render_chat
 from tunesmith.config import GENERATIVE_OBJECTIVES
 from tunesmith.registry.versions import RegistryError
 from tunesmith.store import ModelVersion
@@ -257,8 +259,11 @@ def _load_export(
     return PeftModel.from_pretrained(model, target), tokenizer
 
 
-def greedy_answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list[int]]:
-    """Greedy new tokens for each parity prompt, one at a time (no padding to differ)."""
+def greedy_answers(
+    model: Any, tokenizer: Any, max_new_tokens: int, prompts: Sequence[str | dict[str, Any]] = PARITY_PROMPTS
+) -> list[list[int]]:
+    """Greedy new tokens for each prompt (the locked parity set unless given), one at a time (no
+    padding to differ)."""
     import torch
 
     from tunesmith.models.generate import inference, stop_token_ids
@@ -266,7 +271,7 @@ def greedy_answers(model: Any, tokenizer: Any, max_new_tokens: int) -> list[list
     stops = stop_token_ids(tokenizer, model)
     out = []
     with inference(model):
-        for prompt in PARITY_PROMPTS:
+        for prompt in prompts:
             ids = torch.tensor([prompt_ids(tokenizer, prompt)], device=model.device)
             generated = model.generate(
                 input_ids=ids,
@@ -397,10 +402,12 @@ def _gguf_parity(
     return report
 
 
-def prompt_ids(tokenizer: Any, prompt: str) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-    )
+def prompt_ids(tokenizer: Any, prompt: str | dict[str, Any]) -> list[int]:
+    """A prompt rendered as training renders it: a user message, or `{"prompt": messages, "tools"}`
+    (`tunesmith.data.prompts` reads them from a file)."""
+    if isinstance(prompt, str):
+        prompt = {"prompt": [{"role": "user", "content": prompt}]}
+    text = render_chat(tokenizer, prompt["prompt"], prompt.get("tools"), add_generation_prompt=True)
     return [int(t) for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
 
 

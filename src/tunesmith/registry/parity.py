@@ -1,10 +1,12 @@
 """Cross-engine parity (`tunesmith registry parity VERSION`): does every engine that runs a version
 answer as the version does?
 
-A locked prompt set (`export.PARITY_PROMPTS`, its sha256 in the report) is rendered with the
-version's chat template. The reference is the version as it was trained: its PEFT adapter over its
-base (or its own weights), in float32, answering greedily. Each engine is then fed the reference's
-answers token by token (teacher forcing) and measured:
+A locked prompt set (`export.PARITY_PROMPTS`), or the user's own (`--prompts FILE`: a version that
+learned a format, such as thinking first or calling tools, shows it on its own prompts), is
+rendered with the version's chat template; the set's sha256 is in the report. The reference is the
+version as it was trained: its PEFT adapter over its base (or its own weights), in float32,
+answering greedily. Each engine is then fed the reference's answers token by token (teacher
+forcing) and measured:
 
 - token agreement: the share of the reference's answer tokens the engine also ranks first;
 - mean KL: KL(reference || engine) of the next-token distributions, averaged over the answer
@@ -20,7 +22,8 @@ text); a server that gives no logprobs is measured on its free-running answers o
 one of the engines, so its answers are also matched against the reference's and every engine's
 measured beside it (`matches_engine`, and which one it matched).
 
-Each engine has limits; the report goes to `parity/VERSION-<time>.json` in the workspace, and its
+Each engine has limits; the report (each engine's answers as text beside the reference's, the
+template's markers left in) goes to `parity/VERSION-<time>.json` in the workspace, and its
 figures are recorded as the version's metrics (`parity_ENGINE_token_agreement`,
 `parity_ENGINE_mean_kl`, `parity_ENGINE_identical_answers`, `parity_server_matches_engine`,
 `parity_passed`), which `eval.gates` can require like any metric: `{metric: parity_passed, min: 1}`.
@@ -47,6 +50,7 @@ from tunesmith.registry.export import (
 )
 from tunesmith.registry.versions import RegistryError, add_metrics
 from tunesmith.store import ModelVersion
+from tunesmith.toolcalls import written_answer
 from tunesmith.workspace import Workspace
 
 ENGINES = ("merged", "gguf", "server")
@@ -74,6 +78,7 @@ Measured = Sequence[dict[int, float] | None]  # an engine's per answer token (No
 class Reference:
     """The version's own greedy answers to the locked prompts, and its next-token top-K at each."""
 
+    asked: list[dict[str, Any]]  # {"prompt": messages, ["tools"]}
     prompts: list[list[int]]
     answers: list[list[int]]
     top: list[Forced]
@@ -99,8 +104,12 @@ def check_parity(
     server: str | None = None,
     server_model: str | None = None,
     max_new_tokens: int = 24,
+    prompts: list[dict[str, Any]] | None = None,
+    prompt_source: str | None = None,
 ) -> dict[str, Any]:
-    """Measure each engine against the version, write the report and record its figures.
+    """Measure each engine against the version on `prompts` (`{"prompt": messages, ["tools"]}`, as
+    `tunesmith.data.prompts` reads them; the locked set when None), write the report and record its
+    figures.
 
     Raises:
         RegistryError: an unknown engine, `server` without its URL, or a version that is not a
@@ -111,7 +120,8 @@ def check_parity(
         raise RegistryError(f"unknown parity engine {unknown[0]!r}; choose from {', '.join(ENGINES)}")
     if "server" in engines and not server:
         raise RegistryError("the server engine needs --server URL: the running server's /v1 base URL")
-    reference = _reference(workspace, version, max_new_tokens)
+    asked = prompts or [{"prompt": [{"role": "user", "content": p}]} for p in PARITY_PROMPTS]
+    reference = _reference(workspace, version, max_new_tokens, asked)
     runs: dict[str, Callable[[], EngineRun]] = {
         "merged": lambda: _merged(workspace, version, reference),
         "gguf": lambda: _gguf(workspace, version, reference),
@@ -122,14 +132,17 @@ def check_parity(
     for engine in sorted(engines, key=ENGINES.index):  # the server last: it is matched to the others
         run = runs[engine]()
         results[engine] = compare(reference, run, LIMITS[engine], answers if engine == "server" else None)
+        results[engine]["answers"] = run.texts or [_text(reference, a) for a in run.answers]
         answers[engine] = run.answers
     report = {
         "version": version.name,
         "version_id": version.id,
         "checked_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "prompt_set_sha256": hashlib.sha256(json.dumps(PARITY_PROMPTS).encode()).hexdigest(),
-        "prompts": len(PARITY_PROMPTS),
+        "prompt_set": prompt_source or "locked",
+        "prompt_set_sha256": _fingerprint(prompts),
+        "prompts": len(asked),
         "answer_tokens": sum(len(a) for a in reference.answers),
+        "answers": [_text(reference, a) for a in reference.answers],  # each engine's beside its figures
         "max_new_tokens": max_new_tokens,
         "engines": results,
         "passed": all(r["passed"] for r in results.values()),
@@ -141,6 +154,16 @@ def check_parity(
     report["path"] = str(path)
     add_metrics(workspace, version, recorded_metrics(report), source="parity")
     return report
+
+
+def _fingerprint(prompts: list[dict[str, Any]] | None) -> str:
+    """The sha256 of a prompt set (what was asked: where it was read from is left out)."""
+    asked = (
+        PARITY_PROMPTS
+        if prompts is None
+        else [{k: p[k] for k in ("prompt", "tools") if k in p} for p in prompts]
+    )
+    return hashlib.sha256(json.dumps(asked).encode()).hexdigest()
 
 
 def recorded_metrics(report: dict[str, Any]) -> dict[str, float]:
@@ -166,7 +189,7 @@ def compare(
     def same(expected: list[list[int]]) -> float:
         if run.texts is None:
             return _identical(expected, run.answers)
-        decoded = [reference.tokenizer.decode(a, skip_special_tokens=True).strip() for a in expected]
+        decoded = [str(reference.tokenizer.decode(a, skip_special_tokens=True)).strip() for a in expected]
         return _identical(decoded, [t.strip() for t in run.texts])
 
     metrics: dict[str, float | None] = {
@@ -210,6 +233,11 @@ def compare(
     }
 
 
+def _text(reference: Reference, answer: list[int]) -> str:
+    """An answer as a reader sees it: special tokens left in (a template's markers are part of it)."""
+    return str(reference.tokenizer.decode(answer, skip_special_tokens=False))
+
+
 def _identical(expected: Sequence[Any], answers: Sequence[Any]) -> float:
     same = [a == b for a, b in zip(expected, answers, strict=True)]
     return sum(same) / len(same)
@@ -227,17 +255,19 @@ def coarse_kl(p: dict[int, float], q: dict[int, float]) -> float:
     return max(kl, 0.0)
 
 
-def _reference(workspace: Workspace, version: ModelVersion, max_new_tokens: int) -> Reference:
+def _reference(
+    workspace: Workspace, version: ModelVersion, max_new_tokens: int, asked: list[dict[str, Any]]
+) -> Reference:
     from tunesmith.registry.loading import load_row
 
     if version.config["train"]["objective"] not in GENERATIVE_OBJECTIVES:
         raise RegistryError(f"{version.name} is not a language model: parity compares generated answers")
     model, tokenizer = load_row(version, workspace)
     model = model.float()
-    prompts = [prompt_ids(tokenizer, p) for p in PARITY_PROMPTS]
-    answers = greedy_answers(model, tokenizer, max_new_tokens)
+    prompts = [prompt_ids(tokenizer, p) for p in asked]
+    answers = greedy_answers(model, tokenizer, max_new_tokens, asked)
     top = [_forced(model, ids, answer, None) for ids, answer in zip(prompts, answers, strict=True)]
-    return Reference(prompts, answers, top, tokenizer)
+    return Reference(asked, prompts, answers, top, tokenizer)
 
 
 def _forced(model: Any, prompt: list[int], answer: list[int], wanted: Forced | None) -> Forced:
@@ -265,7 +295,8 @@ def _merged(workspace: Workspace, version: ModelVersion, reference: Reference) -
     folder = workspace_export(workspace, version, "merged")
     with LOAD_LOCK:
         model = AutoModelForCausalLM.from_pretrained(folder, dtype="float32")
-    answers = greedy_answers(model, reference.tokenizer, len(max(reference.answers, key=len)) or 1)
+    longest = len(max(reference.answers, key=len)) or 1
+    answers = greedy_answers(model, reference.tokenizer, longest, reference.asked)
     forced = [
         _forced(model, ids, answer, top)
         for ids, answer, top in zip(reference.prompts, reference.answers, reference.top, strict=True)
@@ -298,16 +329,15 @@ def _server(url: str, model: str, reference: Reference, max_new_tokens: int) -> 
     client = openai.OpenAI(base_url=url, api_key="unused", max_retries=1)
     texts = []
     try:
-        for prompt in PARITY_PROMPTS:
+        for asked in reference.asked:
+            tools = {"tools": asked["tools"]} if asked.get("tools") else {}
             reply = client.chat.completions.create(
-                model=model,
-                messages=[{"role": "user", "content": prompt}],
-                max_tokens=max_new_tokens,
-                temperature=0,
+                model=model, messages=asked["prompt"], max_tokens=max_new_tokens, temperature=0, **tools
             )
             choice = reply.choices[0]
             trace = getattr(choice.message, "reasoning_content", None)  # a <think> block, split off
-            texts.append(rejoin(trace, choice.message.content or "", cut=choice.finish_reason == "length"))
+            said = written_answer(choice.message.model_dump())  # calls read back as the model wrote them
+            texts.append(rejoin(trace, said, cut=choice.finish_reason == "length"))
         forced = _server_forced(client, model, reference)
     except openai.OpenAIError as exc:
         raise RegistryError(f"the server at {url} did not answer as {model}: {exc}") from None
@@ -364,8 +394,8 @@ def _cut(answers: list[list[int]], reference: Reference) -> list[list[int]]:
 def parity_lines(report: dict[str, Any]) -> list[str]:
     """The report as a few printable lines."""
     lines = [
-        f"Parity of {report['version']}: {report['prompts']} locked prompts, "
-        f"{report['answer_tokens']} answer tokens (prompt set {report['prompt_set_sha256'][:12]})"
+        f"Parity of {report['version']}: {report['prompts']} prompts ({report['prompt_set']}, "
+        f"sha256 {report['prompt_set_sha256'][:12]}), {report['answer_tokens']} answer tokens"
     ]
     for engine, result in report["engines"].items():
         m = result["metrics"]

@@ -22,11 +22,11 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 
-from tunesmith.chat import render_chat
+from tunesmith.chat import answer_message, called_fields, render_chat
 from tunesmith.config import GENERATIVE_OBJECTIVES, ProjectConfig
 from tunesmith.monitor.alerts import check_alerts
 from tunesmith.monitor.scorers import OnlineScorer, load_toxic_words, start_judge
-from tunesmith.reasoning import TraceSplitter, split_answer
+from tunesmith.reasoning import TraceSplitter
 from tunesmith.registry.versions import RegistryError
 from tunesmith.serve import rollout as rollouts
 from tunesmith.serve.backends import (
@@ -61,7 +61,7 @@ from tunesmith.serve.schemas import (
 )
 from tunesmith.store import AliasEvent, ModelVersion, session
 from tunesmith.store.schema import utcnow
-from tunesmith.toolcalls import CallSplitter, Parsed, parse_calls
+from tunesmith.toolcalls import CallSplitter
 from tunesmith.workspace import Workspace, open_workspace
 
 log = logging.getLogger("tunesmith.serve")
@@ -809,7 +809,7 @@ def _completion(
         if not chat:
             choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": None})
             continue
-        message = _message(text, calling)
+        message = answer_message(text, calling)
         finish = "tool_calls" if message.get("tool_calls") and reason == "stop" else reason
         choices.append({"index": i, "message": message, "finish_reason": finish, "logprobs": None})
     return {
@@ -866,7 +866,7 @@ class _Chunks:
         held = [self._event(index, d, None) for d in self._deltas(index, *self.splitters[index].flush())]
         if self.callers is None:
             return [*held, self._event(index, {}, reason)]
-        called = _called(self.callers[index].finish())
+        called = called_fields(self.callers[index].finish())
         calls = [{"index": k, **call} for k, call in enumerate(called.get("tool_calls") or [])]
         tail = {
             **({"content": called["content"]} if called["content"] else {}),
@@ -934,23 +934,6 @@ def _parallel(body: ChatCompletionRequest | CompletionRequest) -> bool:
 def _calling(trace: _Trace) -> bool:
     """Whether the answer is read for tool calls: the request offered tools."""
     return isinstance(trace.body, ChatCompletionRequest) and bool(trace.body.offered_tools())
-
-
-def _message(text: str, calling: bool = False) -> dict[str, Any]:
-    trace, answer = split_answer(text)
-    message: dict[str, Any] = {"role": "assistant", "content": answer}
-    if calling:
-        message.update(_called(parse_calls(answer)))
-    return message if trace is None else {**message, "reasoning_content": trace}
-
-
-def _called(parsed: Parsed) -> dict[str, Any]:
-    """A message's content and tool_calls from an answer read for calls (content None when the
-    answer is only calls, as OpenAI answers; blocks that are not valid calls stay in the text)."""
-    if not parsed.calls:
-        return {"content": parsed.content}
-    calls = [call.openai(f"call_{uuid.uuid4().hex[:24]}") for call in parsed.calls]
-    return {"content": parsed.content or None, "tool_calls": calls}
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:

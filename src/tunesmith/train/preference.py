@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tunesmith.chat import chat_messages
 from tunesmith.config import ProjectConfig, TrainConfig
 from tunesmith.data import load_split
 from tunesmith.data.formats import as_messages
@@ -37,41 +38,67 @@ def _split_shared_turns(
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def preference_rows(records: list[dict[str, Any]], margin: bool = False) -> list[dict[str, Any]]:
-    """Preference records as TRL's conversational prompt/chosen/rejected rows (with `margin` if asked)."""
+def _written(
+    prompt: list[dict[str, Any]], answers: list[list[dict[str, Any]]], tokenizer: Any, tools: Any
+) -> tuple[list[dict[str, Any]], list[list[dict[str, Any]]], dict[str, Any]]:
+    """A prompt and its answers as the chat template should see them (traces, tool definitions and
+    calls written in, as SFT renders them), and the `tools` column TRL passes a template that takes
+    them itself (JSON text: rows' tool schemas differ, which a dataset column cannot hold)."""
+    written = [chat_messages(prompt + answer, tokenizer, tools) for answer in answers]
+    kwargs = written[0][1]
+    cut = len(written[0][0]) - len(answers[0])
+    endings = [w[len(w) - len(a) :] for (w, _), a in zip(written, answers, strict=True)]
+    return written[0][0][:cut], endings, ({"tools": json.dumps(kwargs["tools"])} if kwargs else {})
+
+
+def pair_messages(
+    record: dict[str, Any],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A preference record as (prompt, chosen, rejected) messages; a pair of whole transcripts is
+    split at its last shared turn."""
+    prompt = as_messages(record["prompt"], "user") if record["prompt"] else []
+    chosen, rejected = (
+        as_messages(record["chosen"], "assistant"),
+        as_messages(record["rejected"], "assistant"),
+    )
+    return (prompt, chosen, rejected) if prompt else _split_shared_turns(chosen, rejected)
+
+
+def preference_rows(
+    records: list[dict[str, Any]], tokenizer: Any, margin: bool = False
+) -> list[dict[str, Any]]:
+    """Preference records as TRL's conversational prompt/chosen/rejected rows (with `margin` if asked),
+    written as the chat template should see them."""
     rows = []
     for record in records:
-        prompt = as_messages(record["prompt"], "user") if record["prompt"] else []
-        chosen, rejected = (
-            as_messages(record["chosen"], "assistant"),
-            as_messages(record["rejected"], "assistant"),
+        prompt, chosen, rejected = pair_messages(record)
+        prompt, (chosen, rejected), tools = _written(
+            prompt, [chosen, rejected], tokenizer, record.get("tools")
         )
-        if not prompt:
-            prompt, chosen, rejected = _split_shared_turns(chosen, rejected)
-        row: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+        row: dict[str, Any] = {"prompt": prompt, "chosen": chosen, "rejected": rejected, **tools}
         if margin:
             row["margin"] = float(record.get("margin", 0.0))
         rows.append(row)
     return rows
 
 
-def unpaired_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def unpaired_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """Thumbs-up/down rows for KTO; preference pairs are split into one good and one bad answer."""
     rows = []
     for record in records:
         if "completion" in record:
-            prompt = as_messages(record["prompt"], "user")
-            rows.append(
-                {
-                    "prompt": prompt,
-                    "completion": as_messages(record["completion"], "assistant"),
-                    "label": bool(record["label"]),
-                }
+            prompt, (completion,), tools = _written(
+                as_messages(record["prompt"], "user"),
+                [as_messages(record["completion"], "assistant")],
+                tokenizer,
+                record.get("tools"),
             )
+            rows.append({"prompt": prompt, "completion": completion, "label": bool(record["label"]), **tools})
             continue
-        (pair,) = preference_rows([record])
-        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True})
-        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False})
+        (pair,) = preference_rows([record], tokenizer)
+        extra = {"tools": pair["tools"]} if "tools" in pair else {}
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"], "label": True, **extra})
+        rows.append({"prompt": pair["prompt"], "completion": pair["rejected"], "label": False, **extra})
     return rows
 
 
@@ -189,9 +216,12 @@ def preference_trainer(job: TrainerJob) -> Any:
     train = config.train
     reward = train.objective == "reward"
     if not reward and train.preference.trainer == "kto":
-        rows, val = (unpaired_rows(records.get(split, [])) for split in ("train", "val"))
+        rows, val = (unpaired_rows(records.get(split, []), base.tokenizer) for split in ("train", "val"))
     else:
-        rows, val = (preference_rows(records.get(split, []), margin=reward) for split in ("train", "val"))
+        rows, val = (
+            preference_rows(records.get(split, []), base.tokenizer, margin=reward)
+            for split in ("train", "val")
+        )
     _warn_too_long(rows, base.tokenizer, train.max_length)
     make = reward_trainer if reward else dpo_trainer
     return make(train, base, rows, val, run_dir, callbacks)
@@ -216,9 +246,9 @@ def _warn_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) 
     for row in rows:
         longest = max(
             len(
-                tokenizer.apply_chat_template(row["prompt"] + row[k], tokenize=True, return_dict=True)[
-                    "input_ids"
-                ]
+                tokenizer.apply_chat_template(
+                    row["prompt"] + row[k], tokenize=True, return_dict=True, **_template_tools(row)
+                )["input_ids"]
             )
             for k in keys
         )
@@ -230,8 +260,8 @@ def _warn_too_long(rows: list[dict[str, Any]], tokenizer: Any, max_length: int) 
         )
 
 
-def _token_count(tokenizer: Any, messages: list[dict[str, Any]]) -> int:
-    return len(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)["input_ids"])
+def _template_tools(row: dict[str, Any]) -> dict[str, Any]:
+    return {"tools": json.loads(row["tools"])} if "tools" in row else {}
 
 
 def _reward_test_report(
@@ -240,7 +270,7 @@ def _reward_test_report(
     """Pairwise accuracy of the trained reward model on the test split's pairs, with a 95% interval."""
     from tunesmith.models.reward import score_conversations, wilson_interval
 
-    pairs = preference_rows(load_split(dataset, "test"))
+    pairs = preference_rows(load_split(dataset, "test"), tokenizer)
     if not pairs:
         return {}
     chosen = score_conversations(
