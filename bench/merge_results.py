@@ -51,9 +51,14 @@ def write_halves(folder: Path, groups: int) -> tuple[Path, Path]:
 
 
 def run(
-    folder: Path, groups: int = 20, extra: tuple[str, ...] = (), merges: list[tuple[str, str, float]] = MERGES
+    folder: Path,
+    groups: int = 20,
+    extra: tuple[str, ...] = (),
+    merges: list[tuple[str, str, float]] = MERGES,
+    base: bool = True,
 ) -> dict[str, Any]:
-    """Train A and B, merge them each way, and score every system on both halves' test questions."""
+    """Train A and B, merge them each way, and score every system on both halves' test questions
+    (the base model too, unless `base` is False)."""
     from tunesmith.config import load_config
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.train.merge import MergeSpec, merge_versions, parse_weights
@@ -83,7 +88,7 @@ def run(
     halves = {}
     for half, parent in zip("AB", parents, strict=True):
         report = run_eval(
-            configs[0], names[-1], compare=["base", *names[:-1]], dataset=parent.dataset_version_id
+            configs[0], names[-1], compare=["base"] * base + names[:-1], dataset=parent.dataset_version_id
         ).report
         halves[half] = {s["label"]: s["scores"]["key_fact"] for s in report["systems"]}
     return {
