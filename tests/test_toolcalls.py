@@ -161,6 +161,19 @@ def test_a_template_that_knows_tools_renders_them_itself(tiny_byte_model_dir):
     )  # arguments as an object
 
 
+def test_rl_prompts_keep_their_tools_or_say_why_they_cannot(tiny_byte_model_dir):
+    """RL prompts were the messages alone: a template that renders tools itself lost each row's."""
+    from tunesmith.train.rl import rl_rows
+    from tunesmith.train.sft import TrainConfigError
+
+    row = {"messages": CONVERSATION, "tools": [WEATHER]}
+    (written,) = rl_rows([row], tokenizer_of(tiny_byte_model_dir))  # Hermes: written into the prompt
+    assert "<tools>" in written["prompt"][0]["content"] and "<tool_call>" in written["prompt"][2]["content"]
+    with pytest.raises(TrainConfigError, match="train row 1 offers tools"):
+        rl_rows([row], tokenizer_of(tiny_byte_model_dir, TOOL_TEMPLATE))
+    assert rl_rows([{"messages": [*CONVERSATION[:1], CONVERSATION[3]]}], tokenizer_of(tiny_byte_model_dir))
+
+
 def test_the_likelihood_of_a_reference_call_is_taken_over_the_call(tiny_byte_model_dir, monkeypatch):
     """answer_nll rendered the whole conversation without its tools, so it no longer extended the
     prompt and fell back to the empty content: a call's likelihood was taken over nothing."""

@@ -39,15 +39,27 @@ _GRPO_FIELDS = {
 
 def rl_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any]]:
     """SFT records as RL prompts: the conversation before the last answer (earlier turns' reasoning
-    traces written in as training renders them), and that answer as reference."""
-    return [
-        {
-            "prompt": chat_messages(r["messages"][:-1], tokenizer, r.get("tools"))[0],
-            "reference": r["messages"][-1]["content"],
-        }
-        for r in records
-        if r["messages"][-1]["role"] == "assistant"
-    ]
+    traces and tool calls written in as training renders them), and that answer as reference.
+
+    Raises:
+        TrainConfigError: for rows with tools under a template that renders tools itself: TRL
+            renders RL prompts with one set of tools for every row, so each row's would be lost.
+    """
+    from tunesmith.train.sft import TrainConfigError
+
+    rows = []
+    for n, r in enumerate(records):
+        if r["messages"][-1]["role"] != "assistant":
+            continue
+        prompt, kwargs = chat_messages(r["messages"][:-1], tokenizer, r.get("tools"))
+        if kwargs:
+            raise TrainConfigError(
+                f"train row {n + 1} offers tools, and this model's chat template renders tools itself: "
+                "TRL renders RL and on-policy distillation prompts with one set of tools for all rows, "
+                "so the row's would be lost. Train tool calls with sft or dpo, or drop the rows' tools."
+            )
+        rows.append({"prompt": prompt, "reference": r["messages"][-1]["content"]})
+    return rows
 
 
 def rl_config(train: TrainConfig, output_dir: Path, has_eval: bool, weights: list[float]) -> Any:
