@@ -11,9 +11,10 @@ from that teacher alone, never from the data's own answers, for the same budget 
 Every system answers the held-out paraphrased questions; key-fact match says how much of the
 teacher's knowledge reached the student.
 
-    .venv/bin/python bench/distill_results.py [--minutes 5] [--json FILE]
+    .venv/bin/python bench/distill_results.py [--minutes 5] [--modes on_policy,off_policy] [--json FILE]
 
-`--minutes`: the training budget of each student. Prints key-fact match and ROUGE-L with their
+`--minutes`: the training budget of each student; `--modes`: which students to train (one alone,
+for a longer run of it). Prints key-fact match and ROUGE-L with their
 intervals, the change of each run's loss on general answers (the forgetting probe; negative is
 better), each run's steps, and the minutes it all took.
 """
@@ -37,8 +38,14 @@ from tables import results_table
 console = Console(width=150)
 
 
-def run(folder: Path, minutes: float = 5.0, extra: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Train the teacher, distil two students from it, and score all four systems on the test split."""
+MODES = ("on_policy", "off_policy")
+
+
+def run(
+    folder: Path, minutes: float = 5.0, extra: tuple[str, ...] = (), modes: tuple[str, ...] = MODES
+) -> dict[str, Any]:
+    """Train the teacher, distil a student from it in each of `modes`, and score every system on the
+    test split."""
     from tunesmith.config import load_config
     from tunesmith.evaluate.runner import run_eval
     from tunesmith.train.run import train
@@ -61,7 +68,7 @@ def run(folder: Path, minutes: float = 5.0, extra: tuple[str, ...] = ()) -> dict
     ]
     teacher = train(load_config(None, settings)).version
     students, runs = {}, {"teacher": _run_of(teacher)}
-    for mode in ("on_policy", "off_policy"):
+    for mode in modes:
         distill = [
             "train.objective=distill",
             f"train.distill.teacher.model={teacher.name}",
@@ -74,8 +81,8 @@ def run(folder: Path, minutes: float = 5.0, extra: tuple[str, ...] = ()) -> dict
         students[mode] = train(load_config(None, [*settings, *distill])).version
         runs[mode] = _run_of(students[mode])
     config = load_config(None, settings)
-    names = [teacher.name, students["on_policy"].name]
-    report = run_eval(config, students["off_policy"].name, compare=["base", *names]).report
+    *earlier, last = [teacher.name, *(students[mode].name for mode in modes)]
+    report = run_eval(config, last, compare=["base", *earlier]).report
     return {
         "teacher": teacher.name,
         "students": {mode: version.name for mode, version in students.items()},
@@ -122,9 +129,16 @@ def _cell(score: dict[str, Any] | None) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training budget of each student")
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help="the students to train, comma-separated (default: both)"
+    )
     parser.add_argument("--json", type=Path, help="also write the result here")
     args = parser.parse_args()
-    result = run(Path(tempfile.mkdtemp(prefix="tunesmith-distill-")), args.minutes)
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        parser.error(f"--modes: choose from {', '.join(MODES)}")
+    result = run(Path(tempfile.mkdtemp(prefix="tunesmith-distill-")), args.minutes, modes=modes)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     print_table(result)

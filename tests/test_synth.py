@@ -393,3 +393,18 @@ def test_tunesmith_serve_is_a_teacher_like_any_endpoint(serve_project, tmp_path,
             for r in s.query(RequestLog).filter(RequestLog.requested_model == serve_project["family"])
         ]
     assert any("Below is a passage" in json.dumps(p) for p in logged)  # logged like any request
+
+
+def test_a_local_teacher_is_the_base_a_registered_version_or_any_model(tmp_path, tiny_model_dir):
+    """One loader serves synth's teacher and judge and distillation's teacher: each accepted a
+    different set of names before (synth took no model id; distillation no `base`)."""
+    from tunesmith.synth.teacher import TeacherError, load_local_model
+
+    config = load_config(write_demo_project(tmp_path), [f"model.id={tiny_model_dir}", "train.max_steps=1"])
+    workspace = open_workspace(config)
+    assert load_local_model(config, workspace, "base")[2] == f"{tiny_model_dir}@default"
+    assert load_local_model(config, workspace, str(tiny_model_dir))[2] == str(tiny_model_dir)
+    version = training.train(config).version
+    assert load_local_model(config, workspace, version.name)[2] == f"{version.name}:{version.id}"
+    with pytest.raises(TeacherError, match="neither `base`, a registered version"):
+        load_local_model(config, workspace, "no-such-model")

@@ -432,13 +432,14 @@ def test_production_answers_that_call_tools_come_back_as_calls_in_the_next_datas
     workspace = open_workspace(config)
     version = get_version(workspace, family)
     found = select_examples(workspace, version, Selection(model=family))
-    (sft,) = found.sft
+    request_id = "req-" + answer.id.removeprefix("chatcmpl-")  # the module's other tests asked too
+    (sft,) = [r for r in found.sft if r["origin"]["request_id"] == request_id]
     assert sft["tools"] == [MINUTES] and sft["messages"][-1]["content"] is None
     assert sft["messages"][-1]["tool_calls"][0]["function"] == {
         "name": "set_timer",
         "arguments": '{"minutes": 5}',
     }
-    (pair,) = found.dpo
+    (pair,) = [r for r in found.dpo if r["origin"].get("request_id") == request_id]
     (served,) = pair["rejected"][0]["tool_calls"]
     assert served["function"]["name"] == made.function.name
     assert json.loads(served["function"]["arguments"]) == json.loads(made.function.arguments)
@@ -450,7 +451,7 @@ def test_production_answers_that_call_tools_come_back_as_calls_in_the_next_datas
 
     prompts, _ = gather_prompts(workspace, family, from_production=True)
     session = collect(config, workspace, family, prompts, k=2, max_new_tokens=8, source="production")
-    (item,) = session.items
+    (item,) = [i for i in session.items if i["source"]["request_id"] == request_id]
     assert item["tools"] == [MINUTES]
     served_candidate = next(c for c in item["candidates"] if c["origin"] == "served")
     assert served_candidate["message"]["tool_calls"][0]["function"]["name"] == made.function.name

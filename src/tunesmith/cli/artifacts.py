@@ -128,8 +128,8 @@ def registry_parity(
     Exits 3 when an engine breaks a limit; the figures are recorded as the version's parity_* metrics,
     which eval.gates can require (e.g. {metric: parity_passed, min: 1}).
     """
-    from tunesmith.registry import RegistryError, get_version
     from tunesmith.data.prompts import read_prompts
+    from tunesmith.registry import RegistryError, get_version
     from tunesmith.registry.parity import check_parity, parity_lines
 
     workspace = project_workspace(config)

@@ -67,6 +67,38 @@ def merged_row(version: ModelVersion, workspace: Workspace | None, dtype: str) -
     return model, tokenizer
 
 
+def load_named_model(
+    workspace: Workspace, ref: str, config: ProjectConfig, dtype: str
+) -> tuple[Any, Any, str]:
+    """(model, tokenizer, identity) of a model a setting names (a teacher, a judge): `base` (the
+    project's model), a registered version (its adapter merged in), or any model id or folder the
+    catalog resolves; in `dtype`. The identity keys caches of its answers.
+
+    Raises:
+        RegistryError: `ref` is none of them.
+    """
+    from tunesmith.models import load_configured
+    from tunesmith.models.catalog import ModelNotFoundError
+    from tunesmith.models.loading import load_causal_lm
+
+    if ref == "base":
+        loaded = load_configured(config.model, dtype)
+        return loaded.model, loaded.tokenizer, f"{config.model.id}@{config.model.revision or 'default'}"
+    try:
+        version = get_version(workspace, ref)
+    except RegistryError:
+        try:
+            loaded = load_causal_lm(ref, dtype=dtype, trust_remote_code=config.model.trust_remote_code)
+        except ModelNotFoundError as exc:
+            raise RegistryError(
+                f"{ref!r} is neither `base`, a registered version (`tunesmith registry list`) nor a model "
+                f"that loads ({exc})"
+            ) from None
+        return loaded.model, loaded.tokenizer, ref
+    model, tokenizer = merged_row(version, workspace, dtype)
+    return model, tokenizer, f"{version.name}:{version.id}"
+
+
 def adapter_base(
     version: ModelVersion, workspace: Workspace | None, dtype: str | None = None, action: str = "loading"
 ) -> tuple[Any, Any, str | None]:

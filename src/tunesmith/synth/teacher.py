@@ -13,25 +13,19 @@ __all__ = ["Request", "Teacher", "TeacherError", "load_local_model", "load_teach
 
 
 def load_local_model(config: ProjectConfig, workspace: Workspace, ref: str) -> tuple[Any, Any, str]:
-    """(model, tokenizer, identity) of `base` (the configured model) or a registered version.
+    """(model, tokenizer, identity) of `base` (the configured model), a registered version or any
+    model (`registry.loading.load_named_model`), in float32.
 
     Raises:
-        TeacherError: when `ref` is neither.
+        TeacherError: when `ref` is none of them.
     """
-    if ref == "base":
-        from tunesmith.models import load_configured
-
-        model = config.model
-        loaded = load_configured(model, "float32")
-        return loaded.model, loaded.tokenizer, f"{model.id}@{model.revision or 'default'}"
-    from tunesmith.registry.loading import load_version
+    from tunesmith.registry.loading import load_named_model
     from tunesmith.registry.versions import RegistryError
 
     try:
-        version, model_, tokenizer = load_version(workspace, ref)
+        return load_named_model(workspace, ref, config, "float32")
     except RegistryError as exc:
         raise TeacherError(f"{ref}: {exc}") from None
-    return model_, tokenizer, f"{version.name}:{version.id}"
 
 
 def load_teacher(config: ProjectConfig, workspace: Workspace) -> Teacher:

@@ -201,24 +201,16 @@ def _teacher(config: ProjectConfig, workspace: Workspace) -> Any:
         key = endpoint_api_key(ref.endpoint, settings.api_key_env)
         backend: Any = EndpointBackend(ref.endpoint, settings.model, key, field="train.distill.teacher")
         return Teacher(backend, settings, cache)
-    model, tokenizer = load_teacher_model(ref, config, workspace)
-    identity = f"{ref.version.name}:{ref.version.id}" if ref.version is not None else settings.model
-    return Teacher(LocalBackend(model, tokenizer, identity), settings, cache)
+    return Teacher(LocalBackend(*load_teacher_model(ref, config, workspace)), settings, cache)
 
 
-def load_teacher_model(ref: TeacherRef, config: ProjectConfig, workspace: Workspace) -> tuple[Any, Any]:
-    """(model, tokenizer) of a local teacher, as plain weights in the run's weights dtype."""
-    from tunesmith.models.loading import load_causal_lm
-    from tunesmith.registry.loading import merged_row
+def load_teacher_model(ref: TeacherRef, config: ProjectConfig, workspace: Workspace) -> tuple[Any, Any, str]:
+    """(model, tokenizer, identity) of a local teacher, as plain weights in the run's weights dtype."""
+    from tunesmith.registry.loading import load_named_model
 
-    if ref.version is not None:
-        return merged_row(ref.version, workspace, config.weights_dtype)
-    loaded = load_causal_lm(
-        ref.settings.teacher.model,
-        dtype=config.weights_dtype,
-        trust_remote_code=config.model.trust_remote_code,
+    return load_named_model(
+        workspace, ref.version.id if ref.version else ref.name, config, config.weights_dtype
     )
-    return loaded.model, loaded.tokenizer
 
 
 def distill_trainer(job: TrainerJob) -> Any:
@@ -234,7 +226,7 @@ def distill_trainer(job: TrainerJob) -> Any:
     mode, _ = distill_mode(config, job.workspace, base.tokenizer)
     if mode == "off_policy":
         return sft_trainer(job)
-    teacher, _ = load_teacher_model(teacher_ref(config, job.workspace), config, job.workspace)
+    teacher, _, _ = load_teacher_model(teacher_ref(config, job.workspace), config, job.workspace)
     rows = rl_rows(job.records["train"], base.tokenizer)
     val = rl_rows(job.records.get("val", []), base.tokenizer)
     base.tokenizer.padding_side = "left"  # the student generates: prompts pad on the left
