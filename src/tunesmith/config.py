@@ -172,7 +172,7 @@ class TeacherConfig(_Section):
     """The model that writes synthetic rows: an OpenAI-compatible endpoint, or a local model."""
 
     endpoint: str | None = None  # an OpenAI-compatible base URL (…/v1), `tunesmith serve` included
-    model: str = "base"  # endpoint: its model name; local: `base` or a registered version
+    model: str = "base"  # endpoint: its model name; local: `base`, a registered version or a model id
     # the environment variable holding the endpoint's key; unset: no key is sent (api.openai.com
     # itself reads OPENAI_API_KEY), so a key is never sent to a host it was not meant for
     api_key_env: str | None = None
