@@ -28,7 +28,10 @@ def parity(config: Path, version: str, *args: str):
 
 
 def latest_report(workspace) -> dict:
-    return json.loads(sorted((workspace.root / "parity").glob("*.json"))[-1].read_text())
+    """The report written last (by time: another version's name may sort after this one's)."""
+    return json.loads(
+        max((workspace.root / "parity").glob("*.json"), key=lambda p: p.stat().st_mtime_ns).read_text()
+    )
 
 
 def test_the_merged_export_and_the_server_answer_as_the_version_and_a_gate_can_require_it(serve_project):
