@@ -198,6 +198,19 @@ def test_feedback_keeps_the_calls_of_a_logged_conversation():
     )
 
 
+def test_a_request_that_forbade_calls_gives_rows_without_tools():
+    """Under tool_choice none the server shows the model no tools: a row made from the request must
+    not teach an answer under definitions the model never saw, nor read its text as calls."""
+    from tunesmith.monitor.improve import request_tools, served_as
+    from tunesmith.store import RequestLog
+
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    forbidden = RequestLog(params={"tools": [WEATHER], "tool_choice": "none"})
+    assert request_tools(forbidden) == {} and "tool_calls" not in served_as(forbidden)(call)
+    offered = RequestLog(params={"tools": [WEATHER], "tool_choice": "auto"})
+    assert request_tools(offered) == {"tools": [WEATHER]} and served_as(offered)(call)["tool_calls"]
+
+
 def test_calls_are_read_back_and_what_is_not_a_call_is_kept():
     parsed = parse_calls(
         'Sure.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'

@@ -240,9 +240,7 @@ def review_items(prompts: list[dict[str, Any]], sampled: list[list[str]]) -> lis
         calling = bool(prompt.get("tools"))
         candidates = []
         if "served" in prompt:
-            served = prompt.get("served_message") or answer_message(
-                prompt["served"], calling, numbered_call_id
-            )
+            served = prompt["served_message"]  # as the server sent it (production_prompts)
             candidates.append(
                 {"id": "served", "text": prompt["served"], "message": served, "origin": "served"}
             )

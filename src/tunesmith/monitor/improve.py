@@ -252,17 +252,18 @@ def _learn(
 
 
 def request_tools(request: RequestLog) -> dict[str, Any]:
-    """The tools a logged request offered, as a data row holds them: `{"tools": [...]}` or nothing."""
-    tools = (request.params or {}).get("tools")
-    return {"tools": tools} if tools else {}
+    """The tools a logged request showed the model, as a data row holds them: `{"tools": [...]}`, or
+    nothing when it offered none or forbade calls (`tool_choice: none`: the server shows none)."""
+    params = request.params or {}
+    shown = params.get("tools") if params.get("tool_choice") != "none" else None
+    return {"tools": shown} if shown else {}
 
 
 def served_as(request: RequestLog) -> Callable[[str], dict[str, Any]]:
     """How an answer to a logged request reads as an assistant message: as the server sent it (a
-    trace apart, the calls as tool_calls where tools were offered), with call ids that are the same
+    trace apart, the calls as tool_calls where tools were shown), with call ids that are the same
     each time, so the same answer is the same row."""
-    params = request.params or {}
-    calling = bool(params.get("tools")) and params.get("tool_choice") != "none"
+    calling = bool(request_tools(request))
     return lambda text: answer_message(text, calling, numbered_call_id)
 
 
