@@ -77,6 +77,20 @@ def demo_rows() -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
+def demo_project(tmp_path: Path, model_dir: Path, name: str, rows: int, **sections: dict[str, Any]) -> Path:
+    """A project over the first `rows` demo rows and the model in `model_dir`: its config file, with
+    `sections` (data=..., train=...) merged into it."""
+    import yaml
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows()[:rows]), encoding="utf-8")
+    config = {"project": name, "model": {"id": str(model_dir)}, **sections}
+    config["data"] = {"path": str(data), **sections.get("data", {})}
+    path = tmp_path / "tunesmith.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama (about 0.1M parameters) and a word-level tokenizer trained on the demo text."""

@@ -4,13 +4,12 @@ version, off-policy from a teacher with another vocabulary and from an OpenAI-co
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import demo_rows
+from conftest import demo_project, demo_rows
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.registry.versions import get_version
@@ -22,15 +21,8 @@ COMMON = ["train.max_steps=2", "train.batch_size=4", "train.save_strategy=no", "
 
 
 def write_project(tmp_path: Path, model_dir: Path) -> Path:
-    data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows()[:40]), encoding="utf-8")
-    config = tmp_path / "tunesmith.yaml"
-    config.write_text(
-        f"project: pupil\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n  clean:\n    near_dedup: false\n"
-        "train:\n  method: lora\n  lr: 1e-3\n  forgetting: {probe: false}\n",
-        encoding="utf-8",
-    )
-    return config
+    train = {"method": "lora", "lr": 1e-3, "forgetting": {"probe": False}}
+    return demo_project(tmp_path, model_dir, "pupil", 40, data={"clean": {"near_dedup": False}}, train=train)
 
 
 def train(config: Path, *settings: str):

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import demo_rows
+from conftest import demo_project
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.store import DatasetVersion
@@ -122,15 +122,8 @@ def test_a_planned_config_records_each_choice_and_plans_to_itself():
 
 
 def write_project(tmp_path: Path, model_dir: Path) -> Path:
-    data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows()[:80]), encoding="utf-8")
-    config = tmp_path / "tunesmith.yaml"
-    config.write_text(
-        f"project: recipe\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n"
-        "train:\n  forgetting: {probe: false}\n  save_strategy: 'no'\n  max_steps: 2\n",
-        encoding="utf-8",
-    )
-    return config
+    train = {"forgetting": {"probe": False}, "save_strategy": "no", "max_steps": 2}
+    return demo_project(tmp_path, model_dir, "recipe", 80, train=train)
 
 
 def test_train_plan_prints_the_plan_and_trains_nothing_and_train_records_it(tmp_path, tiny_model_dir):

@@ -20,31 +20,11 @@ from tunesmith.serve.grammar import GrammarError, tool_grammar
 from tunesmith.toolcalls import CallSplitter, parse_calls, template_knows_tools
 from tunesmith.train.turns import assistant_spans
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
-            },
-            "required": ["city"],
-        },
-    },
+EXAMPLE_TOOLS = {  # the tool-calling example's five functions
+    tool["function"]["name"]: tool
+    for tool in json.loads((Path(__file__).parents[1] / "examples/tool_calling/tools.json").read_text())
 }
-TIMER = {
-    "type": "function",
-    "function": {
-        "name": "set_timer",
-        "parameters": {
-            "type": "object",
-            "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}},
-            "required": ["minutes"],
-        },
-    },
-}
+WEATHER, TIMER = EXAMPLE_TOOLS["get_weather"], EXAMPLE_TOOLS["set_timer"]
 # small enough for the tiny model's 512-token window, the grammar keeping the answers short
 MINUTES = {
     "type": "function",
@@ -142,7 +122,8 @@ def test_a_template_without_tools_learns_calls_in_the_hermes_format(tiny_byte_mo
         '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
     )
     assert targets[1].startswith("It is 21 degrees")
-    assert '"name": "get_weather", "parameters"' in text.split("<|im_start|>user")[0]  # the tools, first
+    tools = text.split("<|im_start|>user")[0]  # the tools come first
+    assert '"name": "get_weather", "description": "Current weather in a city", "parameters"' in tools
     assert "<tool_response>\n" + '{"temperature": 21}' in text and not any(
         "temperature" in t for t in targets
     )

@@ -5,7 +5,7 @@ answered without a call, and conversations that answer from a tool's result.
 
 The default output is `tool_calls.jsonl` beside this script.
 
-Every row offers two of the five tools below (always the one a call needs), so a model must pick
+Every row offers two of the five tools in `tools.json` (always the one a call needs), so a model must pick
 the function by name, fill its arguments from the request, and leave the tools alone when none
 fits. The rows are OpenAI chat rows (`messages` with `tool_calls` and `tool` messages, `tools`), as
 `tunesmith data prepare` reads them.
@@ -19,58 +19,9 @@ import random
 from pathlib import Path
 from typing import Any
 
+# The five functions, in OpenAI's `tools` format: the same file a client would send.
 TOOLS: dict[str, dict[str, Any]] = {
-    "get_weather": {
-        "description": "Current weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"], "default": "celsius"},
-            },
-            "required": ["city"],
-        },
-    },
-    "convert_currency": {
-        "description": "Convert an amount of money from one currency to another",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "amount": {"type": "number"},
-                "from_currency": {"type": "string", "description": "ISO code"},
-                "to_currency": {"type": "string", "description": "ISO code"},
-            },
-            "required": ["amount", "from_currency", "to_currency"],
-        },
-    },
-    "set_timer": {
-        "description": "Start a countdown timer",
-        "parameters": {
-            "type": "object",
-            "properties": {"minutes": {"type": "integer"}, "label": {"type": "string"}},
-            "required": ["minutes"],
-        },
-    },
-    "search_flights": {
-        "description": "Find flights between two cities on a date",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "origin": {"type": "string"},
-                "destination": {"type": "string"},
-                "date": {"type": "string", "description": "YYYY-MM-DD"},
-            },
-            "required": ["origin", "destination", "date"],
-        },
-    },
-    "add_to_list": {
-        "description": "Add an item to a shopping list",
-        "parameters": {
-            "type": "object",
-            "properties": {"item": {"type": "string"}, "quantity": {"type": "integer", "default": 1}},
-            "required": ["item"],
-        },
-    },
+    tool["function"]["name"]: tool for tool in json.loads((Path(__file__).parent / "tools.json").read_text())
 }
 CITIES = ["Paris", "Lisbon", "Oslo", "Nairobi", "Lima", "Osaka", "Denver", "Cairo", "Dublin", "Hanoi"]
 CURRENCIES = {"euros": "EUR", "dollars": "USD", "pounds": "GBP", "yen": "JPY", "francs": "CHF"}
@@ -179,7 +130,7 @@ def offered(rng: random.Random, needed: str | None) -> list[dict[str, Any]]:
     names = [needed] if needed else []
     names += rng.sample([n for n in TOOLS if n != needed], 2 - len(names))
     rng.shuffle(names)
-    return [{"type": "function", "function": {"name": n, **TOOLS[n]}} for n in names]
+    return [TOOLS[n] for n in names]
 
 
 def row(rng: random.Random, index: int) -> dict[str, Any]:

@@ -8,7 +8,7 @@ version) are immutable in fact: database triggers refuse UPDATE and DELETE on th
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -19,14 +19,25 @@ def utcnow() -> datetime:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        dict[str, Any]: JSON,
+        list[Any]: JSON,
+        datetime: DateTime(timezone=True),  # every time is stored with its zone, in UTC
+    }
+
+
+# The columns many tables share, declared once (SQLAlchemy's Annotated column types).
+Serial = Annotated[int, mapped_column(Integer, primary_key=True, autoincrement=True)]
+Stamp = Annotated[datetime, mapped_column(default=utcnow)]  # when the row was written
+IndexedStamp = Annotated[datetime, mapped_column(default=utcnow, index=True)]  # ...for time windows
+VersionRef = Annotated[str, mapped_column(ForeignKey("model_versions.id"), index=True)]
 
 
 class Authored:
     """Who wrote a record and when: the columns of every record a person answers for."""
 
     created_by: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[Stamp]
 
 
 class DatasetVersion(Base):
@@ -42,7 +53,7 @@ class DatasetVersion(Base):
     counts: Mapped[dict[str, Any]] = mapped_column(JSON)  # rows per split, rejected rows
     path: Mapped[str] = mapped_column(Text)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[Stamp]
 
 
 class Run(Base):
@@ -60,8 +71,8 @@ class Run(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     path: Mapped[str] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[Stamp]
+    finished_at: Mapped[datetime | None]
 
 
 class ModelVersion(Authored, Base):
@@ -93,7 +104,7 @@ class AliasEvent(Base):
 
     __tablename__ = "alias_history"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     family: Mapped[str] = mapped_column(String(200), index=True)
     alias: Mapped[str] = mapped_column(String(100))
     from_version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"))
@@ -103,7 +114,7 @@ class AliasEvent(Base):
     gate_report_id: Mapped[str | None] = mapped_column(String(64))
     action: Mapped[str] = mapped_column(String(20), default="move")  # move, promote, rollback
     forced: Mapped[bool] = mapped_column(Boolean, default=False)  # promoted past failing or missing gates
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[Stamp]
 
 
 class VersionMetric(Base):
@@ -112,12 +123,12 @@ class VersionMetric(Base):
 
     __tablename__ = "version_metrics"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    id: Mapped[Serial]
+    version_id: Mapped[VersionRef]
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
     source: Mapped[str] = mapped_column(String(200))  # what measured it: quickstart, an eval report id
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[Stamp]
 
 
 class RunMetric(Base):
@@ -125,13 +136,13 @@ class RunMetric(Base):
 
     __tablename__ = "run_metrics"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
     step: Mapped[int] = mapped_column(Integer)
     epoch: Mapped[float | None] = mapped_column(Float)
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[Stamp]
 
 
 class EvalReport(Authored, Base):
@@ -144,7 +155,7 @@ class EvalReport(Authored, Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # er-<12 hex>
     family: Mapped[str] = mapped_column(String(200), index=True)
-    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    version_id: Mapped[VersionRef | None]
     dataset_version_id: Mapped[str | None] = mapped_column(ForeignKey("dataset_versions.id"))
     split: Mapped[str] = mapped_column(String(20))
     task: Mapped[str] = mapped_column(String(40))  # generation, classification, tagging, lm
@@ -159,11 +170,11 @@ class Approval(Base):
 
     __tablename__ = "approvals"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    id: Mapped[Serial]
+    version_id: Mapped[VersionRef]
     approver: Mapped[str] = mapped_column(String(200))
     note: Mapped[str] = mapped_column(Text, default="")
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[Stamp]
 
 
 class RequestLog(Base):
@@ -172,10 +183,10 @@ class RequestLog(Base):
     __tablename__ = "request_logs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # req-<uuid hex>
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[IndexedStamp]
     endpoint: Mapped[str] = mapped_column(String(40))  # chat, completion
     requested_model: Mapped[str] = mapped_column(String(300))  # as the client named it
-    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    version_id: Mapped[VersionRef | None]
     route: Mapped[str] = mapped_column(String(100))  # primary, canary, rule:NAME, rollout, shadow
     shadow_of: Mapped[str | None] = mapped_column(String(64), index=True)  # the mirrored request
     prompt: Mapped[Any] = mapped_column(JSON)  # the messages, or the prompt text
@@ -207,7 +218,7 @@ class ApiKey(Authored, Base):
     user_group: Mapped[str | None] = mapped_column(String(100))  # internal, beta...: for targeting rules
     requests_per_minute: Mapped[int | None] = mapped_column(Integer)  # None: the server's serve.rate_limit
     tokens_per_minute: Mapped[int | None] = mapped_column(Integer)
-    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None]
 
 
 class Rollout(Authored, Base):
@@ -222,7 +233,7 @@ class Rollout(Authored, Base):
     step: Mapped[int] = mapped_column(Integer)  # index into steps
     status: Mapped[str] = mapped_column(String(20))  # running, completed, rolled_back, aborted, blocked
     hold_seconds: Mapped[float] = mapped_column(Float)  # how long each step's gates must hold
-    step_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    step_started_at: Mapped[Stamp]
     history: Mapped[list[Any]] = mapped_column(JSON, default=list)  # {at, step, event, reasons}
 
 
@@ -231,12 +242,12 @@ class RequestScore(Base):
 
     __tablename__ = "request_scores"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     request_id: Mapped[str] = mapped_column(String(64), index=True)
-    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    version_id: Mapped[VersionRef | None]
     name: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[IndexedStamp]
 
 
 class Feedback(Base):
@@ -244,9 +255,9 @@ class Feedback(Base):
 
     __tablename__ = "feedback"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     request_id: Mapped[str] = mapped_column(String(64), index=True)
-    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    version_id: Mapped[VersionRef | None]
     choice: Mapped[int] = mapped_column(Integer, default=0)  # which of the request's n answers
     rating: Mapped[float | None] = mapped_column(Float)  # thumbs: 1 up, 0 down; stars: 1-5
     scale: Mapped[str | None] = mapped_column(String(20))  # thumbs, stars
@@ -255,7 +266,7 @@ class Feedback(Base):
     preference: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # {chosen, rejected} texts
     user: Mapped[str | None] = mapped_column(String(200))
     api_key_id: Mapped[str | None] = mapped_column(String(64))
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[IndexedStamp]
 
 
 class AlertEvent(Base):
@@ -263,9 +274,9 @@ class AlertEvent(Base):
 
     __tablename__ = "alert_events"
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[Serial]
     rule: Mapped[str] = mapped_column(String(200), index=True)
-    version_id: Mapped[str | None] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    version_id: Mapped[VersionRef | None]
     metric: Mapped[str] = mapped_column(String(100))
     value: Mapped[float] = mapped_column(Float)
     threshold: Mapped[float] = mapped_column(Float)
@@ -273,7 +284,7 @@ class AlertEvent(Base):
     message: Mapped[str] = mapped_column(Text)
     channels: Mapped[dict[str, Any]] = mapped_column(JSON)  # channel -> "sent" or the error
     action: Mapped[str | None] = mapped_column(Text)  # e.g. "rolled back production to fernwick-v2"
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[IndexedStamp]
 
 
 # rows of these are written once: the triggers of migration 0007 and the ORM guard refuse changes
