@@ -17,14 +17,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Modules with slow tests first, slow tests first in each: the long ones start while the short fill in.
+    """The slow tests first, the longest first (by their marker's `seconds`), then the rest in module
+    order, so that a module's fixtures are built once per worker.
 
-    A module's tests stay together, so its module-scoped fixtures are built once per worker.
+    Workers take contiguous halves of this list and steal from the end of each other's: with the long
+    tests in front, what is left at the end is short, and neither worker waits long for the other.
     """
-    modules = list(dict.fromkeys(item.nodeid.split("::")[0] for item in items))
-    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
-    rank = {module: (module not in slow, index) for index, module in enumerate(modules)}
-    items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]], item.get_closest_marker("slow") is None))
+    modules = {module: index for index, module in enumerate(dict.fromkeys(item.path for item in items))}
+
+    def order(item: pytest.Item) -> tuple[float, int]:
+        slow = item.get_closest_marker("slow")
+        return (-float(slow.kwargs.get("seconds", 60)), 0) if slow else (0.0, modules[item.path])
+
+    items.sort(key=order)
 
 
 CHATML = (
