@@ -314,3 +314,25 @@ def test_rloo_runs_with_a_reward_model_as_its_reward(tmp_path, tiny_model_dir):
     assert outcome.version.config["train"]["rl"]["algorithm"] == "rloo"
     logged = logged_metrics(outcome.run_dir)
     assert any(f"rewards/{reward.version.name}/mean" in r for r in logged)
+
+
+def test_a_preferred_answer_that_calls_a_tool_is_evaluated_with_the_tools_result_in_its_prompt():
+    """The reference of a DPO test pair is the chosen answer's last message; the turns before it (a
+    call and the tool's result) are context the model is given, as for a chat row, never dropped."""
+    from tunesmith.evaluate.runner import eval_items
+
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    }
+    chosen = [
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp_c": 4}'},
+        {"role": "assistant", "content": "It is 4 degrees in Oslo."},
+    ]
+    record = {"prompt": "Weather in Oslo?", "chosen": chosen, "rejected": "It is sunny.", "tools": ["..."]}
+    (item,) = eval_items([record], "preference")
+    assert item["messages"][0] == {"role": "user", "content": "Weather in Oslo?"}
+    assert item["messages"][1:] == chosen  # the model answers after the tool's result
+    assert item["tools"] == ["..."]

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tunesmith.chat import render_chat
+from tunesmith.chat import asked, render_chat
 from tunesmith.data.clean import record_text
 from tunesmith.data.formats import RowError, _chat
 from tunesmith.evaluate.defaults import default_metrics
@@ -475,3 +475,15 @@ def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls
     assert tuned["tool_name"]["value"] >= 0.5 and tuned["tool_abstain"]["value"] >= 0.75, result
     served = result["served"]
     assert served["answered_with_calls"] >= 2 and served["as_expected"] >= served["asked"] // 2, result
+
+
+def test_reports_and_the_judge_see_the_users_question_when_a_call_and_its_result_come_before_the_answer(
+    tmp_path,
+):
+    from tunesmith.evaluate import EvalResult, write_answers
+
+    written = tmp_path / "answers.jsonl"
+    write_answers(written, [{"messages": CONVERSATION}], [EvalResult("v1", ["It is 21."], [{}], {})])
+    row = json.loads(written.read_text())
+    assert row["question"] == "Weather in Paris?" and row["reference"] == "It is 21 degrees in Paris."
+    assert asked(CONVERSATION) == "Weather in Paris?"  # what eval's judge and per-item report show

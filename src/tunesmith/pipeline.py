@@ -14,6 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from tunesmith.chat import asked
 from tunesmith.config import CONFIG_FILENAME, load_config
 from tunesmith.data import load_split, prepare_data
 from tunesmith.evaluate import EvalResult, comparison_table, evaluate_model, plot_comparison, write_answers
@@ -134,7 +135,7 @@ def print_quickstart(result: QuickstartResult) -> None:
         if shown == 3:
             break
         if result.after.scores[i].get("key_fact", 0) > result.before.scores[i].get("key_fact", 0):
-            question = result.items[i]["messages"][-2]["content"]
+            question = asked(result.items[i]["messages"])
             console.print(f"[bold]Q:[/bold] {question}")
             console.print(f"  [red]before:[/red] {b[:120]}\n  [green]after:[/green] {a[:120]}")
             shown += 1

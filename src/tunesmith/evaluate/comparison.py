@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from rich.table import Table
 
+from tunesmith.chat import asked
 from tunesmith.config import EvalConfig
 from tunesmith.evaluate.metrics import Context, Metric, get_metric
 from tunesmith.evaluate.stats import Interval, bootstrap_interval, paired_test
@@ -237,7 +238,7 @@ def write_answers(path: Path, items: list[dict[str, Any]], results: list[EvalRes
     with path.open("w", encoding="utf-8") as handle:
         for i, item in enumerate(items):
             row = {
-                "question": item["messages"][-2]["content"],
+                "question": asked(item["messages"]),
                 "reference": item["messages"][-1]["content"],
                 **{r.label: {"answer": r.answers[i], "scores": r.scores[i]} for r in results},
             }

@@ -19,6 +19,7 @@ from typing import Any, TypedDict, Unpack
 
 import numpy as np
 
+from tunesmith.chat import asked
 from tunesmith.config import EvalConfig, ProjectConfig
 from tunesmith.data import DataError, load_split
 from tunesmith.evaluate.comparison import SystemResult, pairwise, score_system, slice_scores, verdict_lines
@@ -535,8 +536,9 @@ def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
     """Rows as eval items: preference rows become chat rows whose reference answer is the chosen one.
 
     A DPO version is evaluated on its own test pairs: it answers each prompt, and the task metrics
-    compare its answer with the preferred one. Thumbs-up rows count the same way; thumbs-down are
-    left out (there is no good answer to compare with).
+    compare its answer with the preferred one's last message (as for a chat row, the turns before it,
+    such as a call and the tool's result, are context it is given). Thumbs-up rows count the same
+    way; thumbs-down are left out (there is no good answer to compare with).
     """
     if kind not in ("preference", "unpaired"):
         return records
@@ -552,7 +554,7 @@ def eval_items(records: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]
             messages = as_messages(record["prompt"], "user") + as_messages(record["completion"], "assistant")
         else:
             prompt, chosen, _ = pair_messages(record)
-            messages = prompt + chosen[-1:]
+            messages = prompt + chosen
         items.append({**meta, "messages": messages})
     return items
 
@@ -625,7 +627,7 @@ def _run_judge(plan: EvalPlan, config: ProjectConfig, systems: list[SystemResult
     judge = judging.make_judge(settings, lambda ref: _load_judge_model(ref, plan, config))
     run = judging.start(settings, judge, plan.workspace.root / "eval_cache")
     count = min(len(plan.items), settings.max_items or len(plan.items))
-    prompts = [item["messages"][-2]["content"] for item in plan.items[:count]]
+    prompts = [asked(item["messages"]) for item in plan.items[:count]]
     references = [r if settings.use_reference else None for r in plan.references[:count]]
     report: dict[str, Any] = {
         "judge": judge.identity,
@@ -954,7 +956,7 @@ def _per_item(
     rows = []
     for i, item in enumerate(items):
         if kind == "generation":
-            prompt: Any = item["messages"][-2]["content"]
+            prompt: Any = asked(item["messages"])
         elif kind == "classification":
             prompt = item["text"]
         elif kind == "tagging":
