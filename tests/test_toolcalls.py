@@ -17,7 +17,7 @@ from tunesmith.data.formats import RowError, _chat
 from tunesmith.evaluate.defaults import default_metrics
 from tunesmith.evaluate.metrics import get_metric
 from tunesmith.serve.grammar import GrammarError, tool_grammar
-from tunesmith.toolcalls import CallSplitter, parse_calls, template_knows_tools
+from tunesmith.toolcalls import CallSplitter, parse_calls, template_knows_tools, written_answer
 from tunesmith.train.turns import assistant_spans
 
 EXAMPLE_TOOLS = {  # the tool-calling example's five functions
@@ -477,13 +477,16 @@ def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls
     assert served["answered_with_calls"] >= 2 and served["as_expected"] >= served["asked"] // 2, result
 
 
-def test_reports_and_the_judge_see_the_users_question_when_a_call_and_its_result_come_before_the_answer(
+def test_reports_and_the_judge_see_the_users_question_and_a_call_as_the_model_writes_it(
     tmp_path,
 ):
     from tunesmith.evaluate import EvalResult, write_answers
 
     written = tmp_path / "answers.jsonl"
-    write_answers(written, [{"messages": CONVERSATION}], [EvalResult("v1", ["It is 21."], [{}], {})])
-    row = json.loads(written.read_text())
-    assert row["question"] == "Weather in Paris?" and row["reference"] == "It is 21 degrees in Paris."
+    items = [{"messages": CONVERSATION}, {"messages": CONVERSATION[:2]}]  # ...and one answered by a call
+    write_answers(written, items, [EvalResult("v1", ["It is 21.", "?"], [{}, {}], {})])
+    rows = [json.loads(line) for line in written.read_text().splitlines()]
+    assert rows[0]["question"] == "Weather in Paris?" and rows[0]["reference"] == "It is 21 degrees in Paris."
+    assert rows[1]["reference"] == written_answer(CONVERSATION[1])  # the call, as the model writes it
+    assert parse_calls(rows[1]["reference"]).calls[0].name == "get_weather"
     assert asked(CONVERSATION) == "Weather in Paris?"  # what eval's judge and per-item report show

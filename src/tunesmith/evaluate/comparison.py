@@ -17,6 +17,7 @@ from tunesmith.chat import asked
 from tunesmith.config import EvalConfig
 from tunesmith.evaluate.metrics import Context, Metric, get_metric
 from tunesmith.evaluate.stats import Interval, bootstrap_interval, paired_test
+from tunesmith.toolcalls import written_answer
 
 GAP_MIN_ITEMS = 5
 
@@ -200,7 +201,7 @@ def evaluate_model(
         label=f"Asking {label}",
     )
     names = config.metrics or default_metrics("generation", items).metrics
-    references = [item["messages"][-1]["content"] for item in items]
+    references = [written_answer(item["messages"][-1]) for item in items]
     system = score_system(
         SystemResult(label, label, None, answers),
         references,
@@ -239,7 +240,7 @@ def write_answers(path: Path, items: list[dict[str, Any]], results: list[EvalRes
         for i, item in enumerate(items):
             row = {
                 "question": asked(item["messages"]),
-                "reference": item["messages"][-1]["content"],
+                "reference": written_answer(item["messages"][-1]),
                 **{r.label: {"answer": r.answers[i], "scores": r.scores[i]} for r in results},
             }
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.chat import chat_messages
 from tunesmith.config import ProjectConfig, TrainConfig
+from tunesmith.toolcalls import written_answer
 from tunesmith.train.rl_audit import RewardAudit, audit_checker, audit_lines, run_audit
 
 if TYPE_CHECKING:
@@ -58,7 +59,7 @@ def rl_rows(records: list[dict[str, Any]], tokenizer: Any) -> list[dict[str, Any
                 "TRL renders RL and on-policy distillation prompts with one set of tools for all rows, "
                 "so the row's would be lost. Train tool calls with sft or dpo, or drop the rows' tools."
             )
-        rows.append({"prompt": prompt, "reference": r["messages"][-1]["content"]})
+        rows.append({"prompt": prompt, "reference": written_answer(r["messages"][-1])})
     return rows
 
 
