@@ -542,3 +542,16 @@ def test_drift_clusters_single_out_the_prompts_least_like_training():
     drifted = min(range(len(similarity)), key=similarity.__getitem__)
     members = [i for i, label in enumerate(labels) if label == drifted]
     assert members and all(i >= len(familiar) for i in members)  # only arithmetic in the drifted cluster
+
+
+def test_online_scores_read_the_answer_as_eval_does_and_the_trace_only_for_what_was_exposed():
+    """A reasoning model's trace is not its answer: thinking aloud is no refusal and adds no words to
+    the answer; personal data or abuse in the trace was still sent to the client, so it counts."""
+    trace = "I'm sorry, but I can't recall it offhand. The notes say ana@example.org keeps the keys."
+    row = {"id": "req-1", "prompt": "Where is the library?", "status": 200}
+    row["output"] = [f"<think>\n{trace}\n</think>\n\nIt is on Elm Street."]
+    names = ["refusal", "length", "empty", "pii"]
+    scores = {s.name: s.value for s in score_row(row, names, ScoringContext(frozenset()))}
+    assert scores == {"refusal": 0.0, "length": 5.0, "empty": 0.0, "pii": 1.0}
+    cut = {**row, "output": [f"<think>\n{trace}"], "finish_reasons": ["length"]}  # never got to answer
+    assert {s.name: s.value for s in score_row(cut, ["empty"], ScoringContext(frozenset()))} == {"empty": 1.0}

@@ -241,3 +241,32 @@ def test_the_last_step_compares_with_the_primary_since_the_rollout_started(works
     [(last, finished)] = step()
     assert advanced == "advance" and finished in ("complete", "blocked"), last.history[-1]
     assert any(r.startswith("score: relevance mean") for r in last.history[-1]["reasons"])
+
+
+def test_drift_reads_served_answers_without_their_reasoning_traces(workspace):
+    """Drift compares answers with the training answers, which hold no trace: a served trace that
+    thinks aloud ("I'm sorry, I can't recall...") is not a refusal."""
+    from tunesmith.monitor.drift import recent_texts
+
+    thought = (
+        "<think>\nI'm sorry, but I can't recall it. The notes say Elm Street.\n</think>\n\nOn Elm Street."
+    )
+    with session(workspace.engine) as s:
+        s.add(
+            RequestLog(
+                id="req-traced",
+                endpoint="chat",
+                requested_model="p@production",
+                version_id=PRIMARY,
+                route="p@production",
+                prompt=[{"role": "user", "content": "Where is the library?"}],
+                output=[thought],
+                finish_reasons=["stop"],
+                params={},
+                status=200,
+                latency_ms=10.0,
+            )
+        )
+    with session(workspace.engine) as s:
+        version = s.get(ModelVersion, PRIMARY)
+    assert recent_texts(workspace, version, 10) == (["Where is the library?"], ["On Elm Street."])

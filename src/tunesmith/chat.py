@@ -45,7 +45,7 @@ def render_chat(
 def asked(messages: list[dict[str, Any]]) -> str:
     """What the user asked last: the text of the last user message (a conversation's question, as a
     report or a judge shows it; after it may come the model's calls and the tools' results)."""
-    question = next((m for m in reversed(messages) if m["role"] == "user"), None)
+    question = next((m for m in reversed(messages) if m.get("role") == "user"), None)
     return "" if question is None else str(question.get("content") or "")
 
 

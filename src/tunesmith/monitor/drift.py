@@ -27,8 +27,9 @@ from sqlalchemy import select
 
 from tunesmith.config import DriftConfig
 from tunesmith.data.clean import prompt_text
-from tunesmith.monitor.scorers import REFUSAL, prompt_of
+from tunesmith.monitor.scorers import REFUSAL, answer_of, prompt_of
 from tunesmith.store import DatasetVersion, ModelVersion, RequestLog, session
+from tunesmith.toolcalls import written_answer
 from tunesmith.workspace import Workspace
 
 MAX_REFERENCE = 2000  # training prompts compared (a seeded sample of larger sets)
@@ -73,7 +74,7 @@ def reference_texts(
         raise DriftError(f"{version.name} has no dataset in its lineage to compare recent prompts with")
     rows = load_split(dataset, "train")
     prompts = [prompt_text(r) for r in rows]
-    answers = [str(r["messages"][-1]["content"]) if "messages" in r else "" for r in rows]
+    answers = [written_answer(r["messages"][-1]) if "messages" in r else "" for r in rows]
     return dataset, prompts, answers
 
 
@@ -100,7 +101,7 @@ def recent_texts(
             .limit(window)
         ).all()
     prompts = [prompt_of({"prompt": prompt}) for prompt, _ in rows]
-    answers = [str(output[0]) if output else "" for _, output in rows]
+    answers = [answer_of(str(output[0])) if output else "" for _, output in rows]  # as training wrote them
     return prompts, answers
 
 

@@ -6,6 +6,9 @@ and the answer's MiniLM embeddings), `length` (words) and `pii` (personal data f
 stage's patterns). Where a reference exists — a user's corrected answer — the offline eval metrics
 score the answer against it (`reference_<metric>`), with the very same code as `tunesmith eval`.
 Outside packages add scorers with `register_scorer`.
+
+A scorer reads the answer as eval scores it: a reasoning trace (a leading <think> block) apart.
+`toxicity` and `pii` read all the client was sent, the trace included (`everything_said`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith.chat import asked
 from tunesmith.plugins import Registry
+from tunesmith.reasoning import split_answer
 from tunesmith.store import RequestScore, session
 from tunesmith.store.schema import utcnow
 from tunesmith.workspace import Workspace
@@ -122,8 +127,8 @@ def refusal(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) 
 
 @register_scorer("toxicity", better="lower")
 def toxicity(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
-    """1 when the answer uses a word or phrase of the toxic word list."""
-    text = answer.lower()
+    """1 when the answer (or its reasoning trace) uses a word or phrase of the toxic word list."""
+    text = everything_said(row, answer).lower()
     words = set(re.findall(r"[a-z']+", text))
     phrases = (w for w in ctx.toxic_words if " " in w)
     return float(
@@ -148,11 +153,11 @@ def length(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -
 
 @register_scorer("pii", better="lower")
 def pii(prompt: str, answer: str, row: dict[str, Any], ctx: ScoringContext) -> float:
-    """Pieces of personal data (emails, phones, cards, IBANs, IPs...) in the answer."""
+    """Pieces of personal data (emails, phones, cards, IBANs, IPs...) in the answer or its trace."""
     from tunesmith.data.clean import scrub_pii
 
     counts: Counter[str] = Counter()
-    scrub_pii(answer, counts)
+    scrub_pii(everything_said(row, answer), counts)
     return float(sum(counts.values()))
 
 
@@ -185,12 +190,23 @@ def start_judge(workspace: Workspace, config: Any) -> Any:
     return start(config, make_judge(config, None), workspace.root / "eval_cache" / "judge")
 
 
+def answer_of(said: str) -> str:
+    """The answer in what a model said: a leading reasoning trace apart, as eval scores it."""
+    return split_answer(said)[1]
+
+
+def everything_said(row: dict[str, Any], answer: str) -> str:
+    """All the client was sent with the answer: the logged text, a reasoning trace included (the
+    answer itself when the row holds no output)."""
+    answers = row.get("output")
+    return str(answers[0]) if answers else answer
+
+
 def prompt_of(row: dict[str, Any]) -> str:
     """The last user turn of a chat request, or the completion prompt."""
     prompt = row.get("prompt")
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
-        users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
-        return str(users[-1]) if users else ""
+        return asked(prompt)
     if isinstance(prompt, list):
         return str(prompt[0]) if prompt else ""
     return str(prompt or "")
@@ -201,7 +217,7 @@ def score_row(row: dict[str, Any], names: list[str], ctx: ScoringContext) -> lis
     answers = row.get("output") or []
     if not answers or row.get("status", 200) != 200:
         return []
-    prompt, answer = prompt_of(row), str(answers[0])
+    prompt, answer = prompt_of(row), answer_of(str(answers[0]))
     scores = []
     for name in names:
         try:
