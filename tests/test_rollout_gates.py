@@ -270,3 +270,43 @@ def test_drift_reads_served_answers_without_their_reasoning_traces(workspace):
     with session(workspace.engine) as s:
         version = s.get(ModelVersion, PRIMARY)
     assert recent_texts(workspace, version, 10) == (["Where is the library?"], ["On Elm Street."])
+
+
+def test_drift_compares_the_last_user_turn_of_training_chats_with_the_served_ones(workspace, tmp_path):
+    """A served request's prompt is its last user turn: so is a training chat's, or every multi-turn
+    set would look drifted (longer, other words) from the first request on."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tunesmith.monitor.drift import reference_texts
+    from tunesmith.store import DatasetVersion
+
+    chat = [
+        {"role": "user", "content": "Hi there, I have a question about the branches."},
+        {"role": "assistant", "content": "Hello! Ask away."},
+        {"role": "user", "content": "Where is the library?"},
+        {"role": "assistant", "content": "On Elm Street."},
+    ]
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    pq.write_table(pa.Table.from_pylist([{"messages": chat}]), folder / "train.parquet")
+    version = stored_version(3)
+    version.dataset_version_id = "ds-multi"
+    with session(workspace.engine) as s:
+        s.add(
+            DatasetVersion(
+                id="ds-multi",
+                name="d",
+                content_hash="h",
+                source="f",
+                format="chat",
+                counts={},
+                path=str(folder),
+            )
+        )
+    with session(workspace.engine) as s:
+        s.add(version)
+    with session(workspace.engine) as s:
+        version = s.get(ModelVersion, "mv-3")
+    _, prompts, answers = reference_texts(workspace, version)
+    assert prompts == ["Where is the library?"] and answers == ["On Elm Street."]

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from tunesmith.chat import asked
 from tunesmith.config import DriftConfig
 from tunesmith.data.clean import prompt_text
 from tunesmith.monitor.scorers import REFUSAL, answer_of, prompt_of
@@ -65,7 +66,8 @@ class DriftReport:
 def reference_texts(
     workspace: Workspace, version: ModelVersion
 ) -> tuple[DatasetVersion, list[str], list[str]]:
-    """(dataset, prompts, answers) of the version's train split."""
+    """(dataset, prompts, answers) of the version's train split: a chat row's prompt is its last user
+    turn, as a served request's is (`prompt_of`), so a multi-turn set is not drift by construction."""
     from tunesmith.data.prepare import load_split
 
     with session(workspace.engine) as s:
@@ -73,7 +75,7 @@ def reference_texts(
     if dataset is None:
         raise DriftError(f"{version.name} has no dataset in its lineage to compare recent prompts with")
     rows = load_split(dataset, "train")
-    prompts = [prompt_text(r) for r in rows]
+    prompts = [asked(r["messages"]) if "messages" in r else prompt_text(r) for r in rows]
     answers = [written_answer(r["messages"][-1]) if "messages" in r else "" for r in rows]
     return dataset, prompts, answers
 
