@@ -149,7 +149,9 @@ def test_the_drift_gate_fails_on_prompts_unlike_the_training_data(tmp_path):
     assert shifted.passed is False and "a classifier tells recent prompts from training" in shifted.detail
 
 
-def _served(workspace, version_id: str, prompts: list[str], route: str = "shadow") -> None:
+def _served(
+    workspace, version_id: str, prompts: list[str], route: str = "shadow", answer: str = "an answer"
+) -> None:
     with session(workspace.engine) as s:
         s.add_all(
             RequestLog(
@@ -159,7 +161,7 @@ def _served(workspace, version_id: str, prompts: list[str], route: str = "shadow
                 version_id=version_id,
                 route=route,
                 prompt=[{"role": "user", "content": p}],
-                output=["an answer"],
+                output=[answer],
                 finish_reasons=["stop"],
                 params={},
                 status=200,
@@ -251,22 +253,7 @@ def test_drift_reads_served_answers_without_their_reasoning_traces(workspace):
     thought = (
         "<think>\nI'm sorry, but I can't recall it. The notes say Elm Street.\n</think>\n\nOn Elm Street."
     )
-    with session(workspace.engine) as s:
-        s.add(
-            RequestLog(
-                id="req-traced",
-                endpoint="chat",
-                requested_model="p@production",
-                version_id=PRIMARY,
-                route="p@production",
-                prompt=[{"role": "user", "content": "Where is the library?"}],
-                output=[thought],
-                finish_reasons=["stop"],
-                params={},
-                status=200,
-                latency_ms=10.0,
-            )
-        )
+    _served(workspace, PRIMARY, ["Where is the library?"], "p@production", answer=thought)
     with session(workspace.engine) as s:
         version = s.get(ModelVersion, PRIMARY)
     assert recent_texts(workspace, version, 10) == (["Where is the library?"], ["On Elm Street."])
