@@ -48,7 +48,7 @@ loop-demo: setup
 	$(BIN)/python examples/closed_loop/loop.py --workdir $(LOOP_DIR) --fresh
 
 # The whole suite, slow real-model tests included, on two workers (pytest-xdist; TEST_WORKERS=1 for one).
-# The slow tests are collected first, the longest first; a worker that runs out of tests takes half of the other's
+# The slow tests are collected first; a worker that runs out of tests takes half of the other's
 # (worksteal), so neither waits at the end. pytest exits 5 when it collects nothing: that fails.
 test: setup
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal

@@ -17,36 +17,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Order the tests so that the slow ones (by their marker's `seconds`) are shared out evenly
-    between the xdist workers, each starting on its longest, the rest following in module order (a
-    module's fixtures are built once per worker).
+    """Modules with slow tests first, slow tests first in each: the long ones start while the short fill in.
 
-    `--dist worksteal` gives each worker a contiguous share of this list, in order, and an idle
-    worker steals from the end of another's share: so each share begins with its slow tests, dealt
-    longest first to the share with the least so far, and what is left to steal at the end is short.
+    A module's tests stay together, so its module-scoped fixtures are built once per worker.
     """
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    modules = {module: index for index, module in enumerate(dict.fromkeys(item.path for item in items))}
-    slow = sorted((item for item in items if _slow_seconds(item)), key=lambda item: -_slow_seconds(item))
-    fast = sorted((item for item in items if not _slow_seconds(item)), key=lambda item: modules[item.path])
-    shares: list[list[pytest.Item]] = [[] for _ in range(workers)]
-    loads = [0.0] * workers
-    for item in slow:
-        k = loads.index(min(loads))
-        shares[k].append(item)
-        loads[k] += _slow_seconds(item)
-    ordered, left = [], len(items)
-    for k, share in enumerate(shares):  # the shares xdist cuts: what is left over the workers left
-        size = max(left // (workers - k), len(share))
-        ordered += share + fast[: size - len(share)]
-        fast, left = fast[size - len(share) :], left - size
-    items[:] = ordered + fast
-
-
-def _slow_seconds(item: pytest.Item) -> float:
-    """About how long a slow test takes (its marker's `seconds`, else a minute); 0 for the rest."""
-    slow = item.get_closest_marker("slow")
-    return 0.0 if slow is None else float(slow.kwargs.get("seconds", 60))
+    modules = list(dict.fromkeys(item.nodeid.split("::")[0] for item in items))
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    rank = {module: (module not in slow, index) for index, module in enumerate(modules)}
+    items.sort(key=lambda item: (rank[item.nodeid.split("::")[0]], item.get_closest_marker("slow") is None))
 
 
 CHATML = (

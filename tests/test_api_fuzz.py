@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tunesmith.config import load_config
 
 EXAMPLES = 10  # generated cases per operation and phase
@@ -18,7 +16,6 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("TUNESMITH_TEST_ARTIFACTS", REPO / "test-artifacts")) / "schemathesis"
 
 
-@pytest.mark.slow(seconds=67)
 def test_generated_requests_never_get_a_server_error(tmp_path: Path, tiny_model_dir: Path):
     from tunesmith.pipeline import write_demo_project
     from tunesmith.registry.aliases import promote

@@ -148,7 +148,7 @@ def test_off_policy_answers_train_with_the_loss_on_the_answers_only(tiny_model_d
     assert row == training_rows("sft", records, tokenizer)[0]
 
 
-@pytest.mark.slow(seconds=51)
+@pytest.mark.slow
 def test_the_bundled_model_distils_on_policy_and_off_policy_from_its_fine_tune(tmp_path):
     from tunesmith.pipeline import write_demo_project
     from tunesmith.train.run import train as train_version

@@ -99,7 +99,6 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
     return {h["step"]: h["loss"] for h in history if "loss" in h}
 
 
-@pytest.mark.slow(seconds=69)
 def test_accelerate_ddp_on_two_processes_matches_one_process_and_resumes_after_a_kill(
     tmp_path, tiny_model_dir
 ):
@@ -140,7 +139,7 @@ def test_accelerate_ddp_on_two_processes_matches_one_process_and_resumes_after_a
     )
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow
 @pytest.mark.parametrize(("stage", "objective"), [(2, "sft"), (3, "sft"), (3, "classify")])
 def test_deepspeed_zero_trains_on_this_cpu_through_its_cpu_accelerator(
     tmp_path, tiny_model_dir, stage, objective

@@ -111,13 +111,13 @@ def predicted_and_real(tmp_path, settings: list[str]) -> tuple[float, float]:
     return predicted, statistics.mean(timer.seconds[1:])
 
 
-@pytest.mark.slow(seconds=17)
+@pytest.mark.slow
 def test_the_dry_run_predicts_a_real_lora_sft_run_on_the_bundled_model(tmp_path):
     predicted, real = predicted_and_real(tmp_path, ["train.batch_size=4", "train.forgetting.probe=false"])
     assert 1 / 1.5 <= predicted / real <= 1.5, (predicted, real)
 
 
-@pytest.mark.slow(seconds=5)
+@pytest.mark.slow
 def test_the_dry_run_predicts_a_real_classifier_run(tmp_path):
     words = ["refund", "invoice", "charge", "screen", "battery", "keyboard", "price", "cable"]
     rows = [

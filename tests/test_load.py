@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import httpx2 as httpx
-import pytest
 
 from tunesmith.config import load_config
 
@@ -103,7 +102,6 @@ def test_sixteen_clients_get_no_5xx_429_with_retry_after_and_every_answer_is_log
     assert after_second - after_first < 60, (after_first, after_second)  # memory settles under load
 
 
-@pytest.mark.slow(seconds=62)
 def test_two_keys_at_four_to_one_are_both_served_and_memory_stays_flat_for_a_minute(serve_project):
     from tunesmith.serve import serve_in_background
     from tunesmith.serve.keys import create_key, revoke_key

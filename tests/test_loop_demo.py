@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow(seconds=131)
+@pytest.mark.slow
 def test_the_loop_demo_runs_end_to_end(tiny_byte_model_dir: Path, tmp_path: Path) -> None:
     workdir = tmp_path / "loop"
     done = subprocess.run(

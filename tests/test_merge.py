@@ -152,7 +152,7 @@ def test_merges_that_cannot_work_are_refused_before_any_weights_load(tmp_path, t
     assert f"{full.name} is a full version: only LoRA versions merge" in " ".join(refused.output.split())
 
 
-@pytest.mark.slow(seconds=137)
+@pytest.mark.slow
 def test_merging_two_versions_of_the_bundled_model_answers_what_each_learned(tmp_path):
     """bench/merge_results.py at reduced size: A learns 6 Fernwick facts, B 6 others; their average
     answers held-out questions on both halves, where each parent knows only its own."""

@@ -68,7 +68,7 @@ def test_loads_a_local_model_and_tokenizer(tiny_model_dir):
     assert loaded.model.config.num_hidden_layers == 2
 
 
-@pytest.mark.slow(seconds=32)
+@pytest.mark.slow
 def test_bundled_model_converts_once_then_loads_from_the_cache(tmp_path, monkeypatch):
     """Two processes that load the bundled model at once on a fresh machine: one converts, one waits."""
     import subprocess

@@ -75,7 +75,7 @@ def test_a_damaged_gzip_file_is_refused_with_its_name(
     assert_read_or_refused(packed, f"input{suffix}.gz")
 
 
-@pytest.mark.slow(seconds=35)
+@pytest.mark.slow
 def test_a_short_fuzz_of_the_readers_finds_no_crash() -> None:
     """1,500 atheris inputs (seeded from tests/data) through every reader, detection and
     conversion: any exception but SourceError / RowError fails it. `make fuzz` runs a longer one."""

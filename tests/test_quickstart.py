@@ -108,7 +108,7 @@ def test_eval_command_compares_base_and_version(tmp_path, tiny_model_dir):
     assert missing.exit_code == 1 and "no model version" in missing.output
 
 
-@pytest.mark.slow(seconds=290)
+@pytest.mark.slow
 def test_real_quickstart_learns_the_facts(tmp_path):
     """The main job on the bundled SmolLM2: the held-out paraphrases must be answered far better."""
     result = quickstart(tmp_path / "qs")

@@ -164,7 +164,7 @@ def test_a_trace_a_client_sends_back_is_rendered_as_training_wrote_it(tiny_byte_
     assert f"<think>\n{TRACE}\n</think>\n\n" in render_chat(tokenizer, records, add_generation_prompt=True)
 
 
-@pytest.mark.slow(seconds=147)
+@pytest.mark.slow
 def test_a_version_that_learned_to_think_keeps_its_markers_on_every_engine(tmp_path):
     """The bundled model taught to think before it answers: eval scores the answer alone, the server
     returns the trace as reasoning_content, streamed the same, and the merged export, the GGUF under

@@ -292,7 +292,7 @@ def test_push_to_a_real_mlflow_registry(tmp_path, tiny_model_dir):
     assert {"model/README.md", "model/model.safetensors", "model/parity.json"} <= files
 
 
-@pytest.mark.slow(seconds=60)
+@pytest.mark.slow
 def test_gguf_export_of_the_bundled_model_agrees_when_llama_cpp_runs_it(tmp_path, monkeypatch):
     from tunesmith.models.llamacpp import find_server
 

@@ -624,7 +624,7 @@ def llama_servers() -> int:
     return count
 
 
-@pytest.mark.slow(seconds=95)
+@pytest.mark.slow
 def test_by_default_llama_cpp_serves_the_gguf_export_with_continuous_batching(tmp_path):
     from tunesmith.models.llamacpp import find_server
 

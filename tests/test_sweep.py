@@ -57,7 +57,7 @@ def minilm_sst2_project(tmp_path: Path) -> Path:
     )
 
 
-@pytest.mark.slow(seconds=30)
+@pytest.mark.slow
 def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path):
     config_path = minilm_sst2_project(tmp_path)
     space = "sweep.space={train.lr: {low: 1.0e-4, high: 3.0e-3, log: true}, train.seed: {choices: [0, 1]}}"
@@ -99,7 +99,7 @@ def test_sweep_on_sst2_records_every_trial_registers_the_best_and_plots(tmp_path
     assert len(open_study(config, create=False).trials) == 3
 
 
-@pytest.mark.slow(seconds=17)
+@pytest.mark.slow
 def test_learning_curve_on_sst2_fits_a_power_law_and_predicts_doubling(tmp_path):
     config_path = minilm_sst2_project(tmp_path)
     result = runner.invoke(

@@ -349,7 +349,7 @@ def test_teacher_errors_are_clear(tmp_path, tiny_model_dir, docs):
     assert missing.exit_code == 2 and "no such file or folder" in missing.output
 
 
-@pytest.mark.slow(seconds=38)
+@pytest.mark.slow
 def test_smollm2_writes_a_small_grounded_set_from_documents(tmp_path, docs):
     """The bundled SmolLM2-135M as a local teacher: modest rows, but real generation and real filters."""
     config_path = write_demo_project(tmp_path)

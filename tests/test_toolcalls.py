@@ -456,7 +456,7 @@ def test_production_answers_that_call_tools_come_back_as_calls_in_the_next_datas
     assert preferred["tools"] == [MINUTES] and preferred["rejected"] == [served_candidate["message"]]
 
 
-@pytest.mark.slow(seconds=129)
+@pytest.mark.slow
 def test_the_bundled_model_learns_to_call_tools_and_the_server_returns_its_calls(tmp_path):
     """SmolLM2-135M-Instruct, whose template knows no tools and which never writes a call (the
     README's figure: tool_json 0 for the base model), trained 16 steps on the example tool-calling

@@ -25,7 +25,6 @@ def project(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.slow(seconds=113)
 def test_the_default_recipe_on_sst2_beats_prompting_the_base_model_within_its_budget(tmp_path):
     """The task suite (bench/suite.py) at reduced size: nothing set but data.path, a sample of it and
     a time budget; the tuned classifier beats the base model prompted with 3 examples, significantly.
@@ -44,7 +43,6 @@ def test_the_default_recipe_on_sst2_beats_prompting_the_base_model_within_its_bu
     assert tuned > prompted + 0.1 and tuned > row["scores"]["majority"]["value"], row
 
 
-@pytest.mark.slow(seconds=271)
 def test_the_default_recipe_on_dialogsum_beats_prompting_the_base_model_in_48_steps(tmp_path):
     """The suite's generative task at reduced size: 48 steps of sft on dialogue summaries (LoRA on
     the bundled decoder, with replay, the rest of the recipe its default) beat the base model prompted
@@ -68,7 +66,6 @@ def test_the_default_recipe_on_dialogsum_beats_prompting_the_base_model_in_48_st
     assert row["forgetting"] is not None and row["forgetting"] < 0.05, row
 
 
-@pytest.mark.slow(seconds=35)
 def test_conll2003_tag_on_minilm_reports_seqeval_f1(tmp_path):
     path = dataset("conll2003", "train.txt")
     config_path = project(
