@@ -170,3 +170,24 @@ def test_the_bundled_model_distils_on_policy_and_off_policy_from_its_fine_tune(t
         assert version.metrics["distill_on_policy"] == float(mode == "on_policy")
     workspace = open_workspace(load_config(path, settings))
     assert list((workspace.root / "distill" / "cache").iterdir())  # the teacher's answers, kept
+
+
+def test_off_policy_rows_with_tool_calls_are_left_out_with_their_reason_not_asked_as_plain_text():
+    """Asked as plain text, a teacher would answer a tool's result as if the user had written it."""
+    from tunesmith.train.distill import TOOL_ROWS_LEFT_OUT, teacher_prompts
+
+    call = {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+    plain = {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]}
+    called = {
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": '{"temp_c": 4}'},
+            {"role": "assistant", "content": "It is 4 degrees."},
+        ]
+    }
+    offered = {**plain, "tools": [{"type": "function", "function": {"name": "get_weather"}}]}
+    asked, rejected = teacher_prompts([plain, called, offered])
+    assert asked == [plain]
+    assert [r["reason"] for r in rejected] == [TOOL_ROWS_LEFT_OUT] * 2
+    assert "offers tools or holds tool calls (train tool calls with sft or dpo)" in TOOL_ROWS_LEFT_OUT

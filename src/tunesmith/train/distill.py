@@ -171,8 +171,7 @@ def teacher_answers(
     """(rows with the teacher's answer as their last turn, rows it did not answer with the reason)."""
     from tunesmith.models.teacher import Request
 
-    teacher = _teacher(config, workspace)
-    prompts = [r for r in rows if r["messages"][-1]["role"] == "assistant" and r["messages"][-2:-1]]
+    prompts, rejected = teacher_prompts(rows)
     requests = [
         Request(
             r["messages"][-2]["content"],
@@ -180,14 +179,38 @@ def teacher_answers(
         )
         for r in prompts
     ]
-    replies = teacher.generate(requests, label="Teacher answering")
-    kept, rejected = [], []
+    replies = _teacher(config, workspace).generate(requests, label="Teacher answering")
+    kept = []
     for row, reply in zip(prompts, replies, strict=True):
         if reply.startswith("\x00") or not reply.strip():
             rejected.append({**row, "reason": reply.lstrip("\x00") or "the teacher's answer was empty"})
         else:
             kept.append({**row, "messages": [*row["messages"][:-1], {"role": "assistant", "content": reply}]})
     return kept, rejected
+
+
+TOOL_ROWS_LEFT_OUT = (
+    "off-policy distillation asks the teacher plain conversations; this row offers tools or holds tool "
+    "calls (train tool calls with sft or dpo)"
+)
+
+
+def teacher_prompts(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows the teacher is asked to answer, rows it cannot be asked, each with the reason).
+
+    The teacher is asked a plain conversation whose last turn is the user's. A row with tools, tool
+    calls or tool results is left out and said why: asked as plain text, the teacher would answer a
+    tool's result as if the user had written it, and the student would learn that answer."""
+    asked, rejected = [], []
+    for row in rows:
+        messages = row["messages"]
+        if row.get("tools") or any(m.get("tool_calls") or m["role"] == "tool" for m in messages):
+            rejected.append({**row, "reason": TOOL_ROWS_LEFT_OUT})
+        elif len(messages) >= 2 and messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user":
+            asked.append(row)
+        else:
+            rejected.append({**row, "reason": "no user turn answered by the assistant at its end, to ask"})
+    return asked, rejected
 
 
 def _teacher(config: ProjectConfig, workspace: Workspace) -> Any:
