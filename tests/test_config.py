@@ -55,6 +55,24 @@ def test_bad_override_is_reported_with_the_rest(tmp_path):
     assert paths == ["train.lr", "eval.batch_size"]
 
 
+def test_a_bad_value_from_an_override_is_reported_at_the_override_as_it_was_written(tmp_path):
+    """Not at the file's `train:` line, and not under the field's internal name."""
+    path = write(tmp_path, "project: demo\ntrain:\n  lr: 1e-4\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["train.epochs=-1", "serve.routes=[{model: a, canary: [{to: b, percent: 150}]}]"])
+    issues = {issue.path: issue for issue in info.value.issues}
+    assert set(issues) == {"train.epochs", "serve.routes.0.canary.0.percent"}, issues
+    assert issues["train.epochs"].location == "--set train.epochs=-1"
+    assert (
+        str(issues["train.epochs"])
+        == "--set train.epochs=-1: train.epochs: Input should be greater than 0 (got -1)"
+    )
+    assert issues["serve.routes.0.canary.0.percent"].location.startswith("--set serve.routes=")
+    with pytest.raises(ConfigError) as info:  # a value from the file keeps its line
+        load_config(write(tmp_path, "project: demo\ntrain:\n  epochs: -1\n"), ["train.lr=1e-4"])
+    assert [str(issue.location) for issue in info.value.issues] == [f"{path}:3"]
+
+
 def test_invalid_yaml_names_the_line(tmp_path):
     path = write(tmp_path, "project: demo\ntrain:\n  lr: [1,\n")
     with pytest.raises(ConfigError) as info:

@@ -1150,15 +1150,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         )
 
     issues: list[ConfigIssue] = []
+    overridden: dict[tuple[str, ...], str] = {}  # field path -> the `--set` that gave its value
     for override in overrides or []:
-        issue = _apply_override(data, override)
+        issue = _apply_override(data, override, overridden)
         if issue is not None:
             issues.append(issue)
     base_dir = file.resolve().parent if file.exists() else Path.cwd()
     try:
         config = ProjectConfig.model_validate(data).with_base_dir(base_dir)
     except ValidationError as exc:
-        raise ConfigError(issues + _issues(exc, file, lines), source) from None
+        raise ConfigError(issues + _issues(exc, file, lines, overridden), source) from None
     if issues:
         raise ConfigError(issues, source)
     load_plugins(config, source, lines)
@@ -1239,10 +1240,23 @@ def _read_yaml(file: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
     return loaded or {}, lines
 
 
-def _issues(exc: ValidationError, file: Path, lines: dict[tuple[str, ...], int]) -> list[ConfigIssue]:
+def _issues(
+    exc: ValidationError,
+    file: Path,
+    lines: dict[tuple[str, ...], int],
+    overridden: dict[tuple[str, ...], str] | None = None,
+) -> list[ConfigIssue]:
+    """Each validation error where its value came from: the `--set` that gave it, named as it was
+    written there (`train.epochs`), or the file's line."""
     issues = []
     for error in exc.errors():
         keys = tuple(str(part) for part in error["loc"])
+        given = next((keys[:n] for n in range(len(keys), 0, -1) if keys[:n] in (overridden or {})), None)
+        if given is not None:
+            override = (overridden or {})[given]
+            written = ".".join([override.partition("=")[0].strip(), *keys[len(given) :]])
+            issues.append(ConfigIssue(path=written, message=_describe(error), location=f"--set {override}"))
+            continue
         line = _nearest_line(lines, keys)
         issues.append(
             ConfigIssue(
@@ -1263,7 +1277,11 @@ def _describe(error: Any) -> str:
     return message
 
 
-def _apply_override(data: dict[str, Any], override: str) -> ConfigIssue | None:
+def _apply_override(
+    data: dict[str, Any], override: str, applied: dict[tuple[str, ...], str] | None = None
+) -> ConfigIssue | None:
+    """Set the value of one `--set section.field=value` in `data` (recording the field's path in
+    `applied`), or say what is wrong with the override."""
     key, sep, raw = override.partition("=")
     if not sep or not key.strip():
         return ConfigIssue(
@@ -1277,6 +1295,7 @@ def _apply_override(data: dict[str, Any], override: str) -> ConfigIssue | None:
         value = raw
     node = data
     parts = key.strip().split(".")
+    path: tuple[str, ...] = ()
     section: type[BaseModel] | None = ProjectConfig
     for part in parts[:-1]:
         indexed = re.fullmatch(r"(\w+)\[(\d+)\]", part)
@@ -1289,16 +1308,20 @@ def _apply_override(data: dict[str, Any], override: str) -> ConfigIssue | None:
                     path=key, message=f"`{name}` has {count} item(s); no item {index}", location="--set"
                 )
             node, section = items[index], _subsection(section, name)
+            path += (name, str(index))
             continue
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
             return ConfigIssue(path=key, message=f"`{part}` is a value, not a section", location="--set")
         node = child
         section = _subsection(section, part)
+        path += (part,)
     name = _canonical_name(section, parts[-1])
     for other in _field_names(section, name):  # `--set train.lr=...` replaces a `learning_rate:` in the file
         node.pop(other, None)
     node[name] = value
+    if applied is not None:
+        applied[(*path, name)] = override.strip()
     return None
 
 
