@@ -180,3 +180,16 @@ def test_validate_checks_the_data_against_the_objective(tmp_path):
     assert "set train.objective: classify" in said
     fixed = runner.invoke(app, ["validate", str(config), "--set", "train.objective=classify"])
     assert fixed.exit_code == 0, fixed.output
+
+
+def test_a_bad_since_is_bad_input_in_every_command_that_takes_one(tmp_path):
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text("project: p\n", encoding="utf-8")
+    for argv in (
+        ["improve", "--config", str(config), "--since", "3 weeks"],
+        ["monitor", "report", "--config", str(config), "--since", "3 weeks"],
+        ["feedback", "collect", "p-v1", "--from-production", "--since", "3 weeks", "--config", str(config)],
+    ):
+        out = runner.invoke(app, argv)
+        assert out.exit_code == 2, (argv, out.output)
+        assert "--since '3 weeks': use a number and m, h or d, e.g. 24h" in " ".join(out.output.split()), argv

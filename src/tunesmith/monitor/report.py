@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader
 from sqlalchemy import select
 
 from tunesmith.config import MonitorConfig
+from tunesmith.errors import InputError
 from tunesmith.monitor.alerts import recent_alerts
 from tunesmith.monitor.feedback import is_negative
 from tunesmith.plots import png_base64, pyplot
@@ -33,7 +34,7 @@ def parse_since(text: str) -> timedelta:
     """`30m`, `24h`, `7d` as a duration."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([mhd])", text.strip())
     if match is None:
-        raise ValueError(f"--since {text!r}: use a number and m, h or d, e.g. 24h")
+        raise InputError(f"--since {text!r}: use a number and m, h or d, e.g. 24h")
     value, unit = float(match.group(1)), match.group(2)
     return (
         timedelta(minutes=value)
