@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import openai
 import pytest
 from typer.testing import CliRunner
 
-from serve_helpers import free_port, metric, ready, start_cli_server, wait_for
+from serve_helpers import metric, ready, start_cli_server, wait_for
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
@@ -768,9 +769,15 @@ def test_pickled_weights_in_a_version_folder_are_refused(project):
 def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutdown(project, tmp_path):
     import signal
 
-    port = free_port()
-    process = start_cli_server(project["path"], project["settings"], port)
-    url = f"http://127.0.0.1:{port}"
+    process = start_cli_server(project["path"], project["settings"], 0)  # 0: any free port
+    assert process.stdout is not None
+    said = []
+    for line in process.stdout:  # until uvicorn says which port the system gave it
+        said.append(line)
+        if bound := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+            break
+    assert bound and not bound.group(1).endswith(":8000"), "".join(said)
+    url = bound.group(1)
     try:
         wait_for(lambda: ready(url), timeout=120, every=0.2)
         answer = client(url).chat.completions.create(
@@ -779,7 +786,7 @@ def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutd
         assert answer.model == project["first"]
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=60)
+        output = "".join(said) + process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
     assert "auth is none" in output and "ready:" in output  # open, as the project chose, and said so
     with session(open_workspace(config_of(project)).engine) as s:

@@ -96,7 +96,8 @@ def run_server(config: ProjectConfig, *, host: str | None = None, port: int | No
     host = host or config.serve.host
     server = Server(config)
     server.keys.check_exposure(host, "serve.auth")
-    uvicorn.run(create_app(server), host=host, port=port or config.serve.port, log_level="info")
+    port = config.serve.port if port is None else port  # 0: a free port, which uvicorn prints
+    uvicorn.run(create_app(server), host=host, port=port, log_level="info")
 
 
 @contextmanager
