@@ -384,3 +384,29 @@ def test_the_lifecycle_in_a_real_browser(ui_project, app_url):
     moves = [(e.alias, e.action, e.actor) for e in history(workspace, p["family"], "production")[:2]]
     assert moves[0][1] == "rollback" and moves[1][1] == "promote"
     assert all(actor.startswith("ui:") for _, _, actor in moves)
+
+
+def test_tunesmith_ui_runs_from_the_command_line_on_the_port_it_is_given(tmp_path):
+    """`--port 0` is a free port (uvicorn names it), not the configured 8600."""
+    import signal
+    import subprocess
+    import sys
+
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text("project: p\nui:\n  auth: none\n", encoding="utf-8")
+    command = [sys.executable, "-m", "tunesmith.cli", "ui", "--config", str(config), "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    said = []
+    try:
+        for line in process.stdout:
+            said.append(line)
+            if bound := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        assert bound and not bound.group(1).endswith(":8600"), "".join(said)
+        assert "a free port of 127.0.0.1" in "".join(said)
+        assert httpx.get(f"{bound.group(1)}/", timeout=30).status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=60)
+    assert process.returncode == 0

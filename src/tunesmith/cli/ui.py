@@ -25,5 +25,7 @@ def ui(
     from tunesmith.ui import run_ui
 
     cfg = load_project(config, set_)
-    out.print(f"tunesmith ui on http://{host or cfg.ui.host}:{port or cfg.ui.port} (Ctrl-C stops it)")
+    bind, at = host or cfg.ui.host, cfg.ui.port if port is None else port
+    where = f"http://{bind}:{at}" if at else f"a free port of {bind} (uvicorn names it below)"
+    out.print(f"tunesmith ui on {where} (Ctrl-C stops it)", highlight=False)
     run_ui(cfg, config or Path(CONFIG_FILENAME), host=host, port=port)

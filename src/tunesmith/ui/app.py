@@ -314,7 +314,8 @@ def run_ui(
     warning = ring.startup_warning()
     if warning:
         log.warning("web app at %s: %s", bind, warning)
-    uvicorn.run(app, host=bind, port=port or config.ui.port, log_level="info")
+    port = config.ui.port if port is None else port  # 0: a free port, which uvicorn prints
+    uvicorn.run(app, host=bind, port=port, log_level="info")
 
 
 @contextmanager
