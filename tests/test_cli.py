@@ -148,6 +148,10 @@ def test_train_registers_a_version_that_registry_lists(tmp_path, tiny_model_dir)
     )
     assert invoke("init", str(tmp_path)).exit_code == 0
     config = str(tmp_path / "tunesmith.yaml")
+    empty = invoke("registry", "list", "--config", config)
+    assert "no versions in" in empty.output and "`tunesmith train` registers one" in " ".join(
+        empty.output.split()
+    )
     result = invoke(
         "train", config, "--set", f"data.path={rows}", "--set", f"model.id={tiny_model_dir}",
         "--set", "train.epochs=1", "--set", "train.batch_size=4",

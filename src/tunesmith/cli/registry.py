@@ -36,6 +36,10 @@ def registry_list(
     cfg = load_project(config, None)
     workspace = open_workspace(cfg)
     versions = list_versions(workspace, family)
+    if not versions:
+        where = f"in family {family!r}" if family else f"in {workspace.root}"
+        out.print(f"no versions {where} yet: `tunesmith train` registers one", highlight=False)
+        return
     pointed: dict[str, list[str]] = {}
     for name in {v.family for v in versions}:
         for alias, target in aliases_of(workspace, name, cfg.registry).items():
