@@ -197,3 +197,17 @@ def test_a_bad_since_is_bad_input_in_every_command_that_takes_one(tmp_path):
         out = runner.invoke(app, argv)
         assert out.exit_code == 2, (argv, out.output)
         assert "--since '3 weeks': use a number and m, h or d, e.g. 24h" in " ".join(out.output.split()), argv
+
+
+def test_an_empty_list_says_what_is_missing_and_how_to_make_one(tmp_path):
+    config = tmp_path / "tunesmith.yaml"
+    config.write_text("project: p\n", encoding="utf-8")
+    expected = {
+        ("data", "list", str(config)): "no dataset versions yet: `tunesmith data prepare` stores one",
+        ("feedback", "list", "--config", str(config)): "no feedback sessions yet",
+        ("serve", "keys", "list", "--config", str(config)): "`tunesmith serve keys create NAME --admin`",
+        ("monitor", "alerts", "--config", str(config)): "no alert has fired",
+    }
+    for argv, said in expected.items():
+        out = runner.invoke(app, list(argv))
+        assert out.exit_code == 0 and said in " ".join(out.output.split()), (argv, out.output)

@@ -89,6 +89,11 @@ def new_table(*columns: str) -> Table:
     return table
 
 
+def print_table(table: Table, empty: str) -> None:
+    """The table, or `empty` (what is missing and how to make one) when it has no rows."""
+    out.print(table if table.row_count else empty, highlight=False)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Print the error and return the exit to raise (`raise fail(...) from None`)."""
     err.print("[red]error:[/red]", escape(message), soft_wrap=True, highlight=False)

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.markup import escape
 
-from tunesmith.cli.common import app, err, fail, load_project, new_table, out, project_workspace, reported
+from tunesmith.cli.common import (
+    app,
+    err,
+    fail,
+    load_project,
+    new_table,
+    out,
+    print_table,
+    project_workspace,
+    reported,
+)
 from tunesmith.cli.options import ConfigArg, ConfigOpt, SetOpt
 
 if TYPE_CHECKING:
@@ -230,7 +240,7 @@ def data_list(config: ConfigArg = None) -> None:
             str(v.counts.get("rejected", 0)),
             f"{v.created_at:%Y-%m-%d %H:%M}",
         )
-    out.print(table)
+    print_table(table, "no dataset versions yet: `tunesmith data prepare` stores one")
 
 
 TeacherEndpointOpt = Annotated[

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from tunesmith.cli.common import app, err, fail, load_project, out, project_workspace, reported
+from tunesmith.cli.common import app, err, fail, load_project, out, print_table, project_workspace, reported
 from tunesmith.cli.options import ConfigOpt, SetOpt
 from tunesmith.config import ProjectConfig
 
@@ -208,4 +208,4 @@ def feedback_list(config: ConfigOpt = None, set_: SetOpt = None) -> None:
             str(row["reviewed"]),
             row["created"][:16],
         )
-    out.print(table)
+    print_table(table, "no feedback sessions yet: `tunesmith feedback collect VERSION` starts one")

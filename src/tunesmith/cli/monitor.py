@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunesmith.cli.common import app, err, fail, load_project, new_table, out, reported
+from tunesmith.cli.common import app, err, fail, load_project, new_table, out, print_table, reported
 from tunesmith.cli.eval import print_report
 from tunesmith.cli.options import ConfigOpt, SetOpt
 
@@ -48,7 +48,7 @@ def monitor_alerts(
             ", ".join(f"{k}: {v}" for k, v in alert.channels.items()),
             alert.action or "",
         )
-    out.print(table)
+    print_table(table, "no alert has fired")
 
 
 @monitor_app.command("report")

@@ -13,6 +13,7 @@ from tunesmith.cli.common import (
     load_project,
     new_table,
     out,
+    print_table,
     project_version,
     project_workspace,
     reported,
@@ -36,10 +37,6 @@ def registry_list(
     cfg = load_project(config, None)
     workspace = open_workspace(cfg)
     versions = list_versions(workspace, family)
-    if not versions:
-        where = f"in family {family!r}" if family else f"in {workspace.root}"
-        out.print(f"no versions {where} yet: `tunesmith train` registers one", highlight=False)
-        return
     pointed: dict[str, list[str]] = {}
     for name in {v.family for v in versions}:
         for alias, target in aliases_of(workspace, name, cfg.registry).items():
@@ -56,7 +53,8 @@ def registry_list(
             v.dataset_version_id or "-",
             f"{loss:.3f}" if isinstance(loss, float) else "-",
         )
-    out.print(table)
+    where = f"in family {family!r}" if family else f"in {workspace.root}"
+    print_table(table, f"no versions {where} yet: `tunesmith train` registers one")
 
 
 @registry_app.command("show")

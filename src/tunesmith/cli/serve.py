@@ -13,6 +13,7 @@ from tunesmith.cli.common import (
     load_project,
     new_table,
     out,
+    print_table,
     project_version,
     project_workspace,
     reported,
@@ -141,7 +142,7 @@ def keys_list(config: ConfigOpt = None) -> None:
             key.created_at.strftime("%Y-%m-%d %H:%M"),
             key.revoked_at.strftime("%Y-%m-%d %H:%M") if key.revoked_at else "",
         )
-    out.print(table)
+    print_table(table, "no API keys yet: `tunesmith serve keys create NAME --admin` makes the first")
 
 
 def _limits(key: Any) -> str:
