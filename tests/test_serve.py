@@ -771,14 +771,14 @@ def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutd
 
     process = start_cli_server(project["path"], project["settings"], 0)  # 0: any free port
     assert process.stdout is not None
-    said = []
-    for line in process.stdout:  # until uvicorn says which port the system gave it
-        said.append(line)
-        if bound := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
-            break
-    assert bound and not bound.group(1).endswith(":8000"), "".join(said)
-    url = bound.group(1)
+    said, bound = [], None
     try:
+        for line in process.stdout:  # until uvicorn says which port the system gave it
+            said.append(line)
+            if bound := re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line):
+                break
+        assert bound and not bound.group(1).endswith(":8000"), "".join(said)
+        url = bound.group(1)
         wait_for(lambda: ready(url), timeout=120, every=0.2)
         answer = client(url).chat.completions.create(
             model=project["family"], messages=QUESTION, max_tokens=3, metadata={"ticket": "T-1"}

@@ -397,7 +397,7 @@ def test_tunesmith_ui_runs_from_the_command_line_on_the_port_it_is_given(tmp_pat
     command = [sys.executable, "-m", "tunesmith.cli", "ui", "--config", str(config), "--port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
-    said = []
+    said, bound = [], None
     try:
         for line in process.stdout:
             said.append(line)
