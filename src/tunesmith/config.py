@@ -1248,12 +1248,12 @@ def _issues(
 ) -> list[ConfigIssue]:
     """Each validation error where its value came from: the `--set` that gave it, named as it was
     written there (`train.epochs`), or the file's line."""
-    issues = []
+    issues, overridden = [], overridden or {}
     for error in exc.errors():
         keys = tuple(str(part) for part in error["loc"])
-        given = next((keys[:n] for n in range(len(keys), 0, -1) if keys[:n] in (overridden or {})), None)
+        given = next((keys[:n] for n in range(len(keys), 0, -1) if keys[:n] in overridden), None)
         if given is not None:
-            override = (overridden or {})[given]
+            override = overridden[given]
             written = ".".join([override.partition("=")[0].strip(), *keys[len(given) :]])
             issues.append(ConfigIssue(path=written, message=_describe(error), location=f"--set {override}"))
             continue

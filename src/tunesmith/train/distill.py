@@ -209,7 +209,7 @@ def teacher_prompts(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], l
         elif len(messages) >= 2 and messages[-1]["role"] == "assistant" and messages[-2]["role"] == "user":
             asked.append(row)
         else:
-            rejected.append({**row, "reason": "no user turn answered by the assistant at its end, to ask"})
+            rejected.append({**row, "reason": "no user turn and answer at its end: nothing to ask"})
     return asked, rejected
 
 
