@@ -147,7 +147,7 @@ def test_deepspeed_zero_trains_on_this_cpu_through_its_cpu_accelerator(
     """DeepSpeed's CPU accelerator shards over gloo: ZeRO-2 and ZeRO-3 train and register, the
     forgetting probe and a classifier's test scores included (a ZeRO-3 model forwards only with every
     process)."""
-    pytest.importorskip("deepspeed", reason="DeepSpeed is optional: pip install deepspeed")
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: make setup installs it")
     from test_train_classify import topic_rows, write_project
 
     if objective == "classify":

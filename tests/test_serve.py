@@ -794,6 +794,55 @@ def test_tunesmith_serve_runs_from_the_command_line_and_flushes_its_log_on_shutd
     assert row.client["metadata"] == {"ticket": "T-1"} and row.version_id is not None
 
 
+def test_a_server_that_cannot_serve_its_models_stops_and_says_why(project, tmp_path, tiny_model_dir):
+    """A misspelt version in serve.models stopped nothing: the server listened and answered 503 for
+    ever, with a 0 exit whenever it was stopped. Now a name that points at no version stops
+    `tunesmith serve` before the port opens, weights that do not load stop it once they fail, and a
+    port in use is an error of tunesmith's (exit 1), not uvicorn's exit 3 (a failed gate here)."""
+    from tunesmith.registry import RegistryError
+    from tunesmith.serve.app import run_server
+
+    process = start_cli_server(project["path"], [*project["settings"], "serve.models=[nope-v9]"], 0)
+    try:
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()  # when it keeps running, as it did
+    assert process.returncode == 1, output
+    assert "the model `nope-v9` does not exist" in " ".join(output.split()), output
+    assert "fix serve.models or serve.routes" in " ".join(output.split()) and "Uvicorn running" not in output
+
+    import socket
+
+    with socket.socket() as taken:  # a port already in use: exit 1 and say so (uvicorn's own exit was 3,
+        taken.bind(("127.0.0.1", 0))  # which here means a failed gate)
+        taken.listen()
+        process = start_cli_server(project["path"], project["settings"], taken.getsockname()[1])
+        try:
+            output = process.communicate(timeout=120)[0]
+        finally:
+            process.kill()
+    assert process.returncode == 1 and "the server could not listen on 127.0.0.1:" in output, output
+
+    config_path = write_demo_project(tmp_path)
+    settings = [f"model.id={tiny_model_dir}", "train.method=lora", "train.epochs=1", "serve.auth=none"]
+    version = train(load_config(config_path, settings)).version
+    (Path(version.path) / "adapter_model.safetensors").write_bytes(b"not weights")
+    failed: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            run_server(load_config(config_path, [*settings, f"serve.models=[{version.name}]"]), port=0)
+        except BaseException as exc:  # the test reads it
+            failed.append(exc)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the server kept running without its model"
+    (error,) = failed
+    assert isinstance(error, RegistryError) and "could not load the served models" in str(error), error
+
+
 def test_a_client_that_goes_away_mid_stream_stops_its_decoding_and_is_logged(project):
     family = project["family"]
     with running(config_of(project)) as (url, server):

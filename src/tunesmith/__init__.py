@@ -8,6 +8,7 @@ The Python API mirrors the CLI verbs::
     report = tunesmith.run_eval(config, outcome.version.name)
 """
 
+import logging
 from importlib import metadata
 
 from tunesmith.config import ConfigError, ProjectConfig, load_config
@@ -19,6 +20,19 @@ from tunesmith.train.run import train
 from tunesmith.workspace import init_project, open_workspace
 
 __version__ = metadata.version("tunesmith")
+
+
+class _NoAcceleratorGuess(logging.Filter):
+    """DeepSpeed, where it is installed, says on stdout that it found no GPU and uses its CPU
+    accelerator each time it is imported, and accelerate imports it to unwrap every model it saves
+    or trains: a line in the middle of output meant for a pipe. torch finds no GPU there either, and
+    tunesmith says which device it trains on, so the line is dropped; DeepSpeed's other messages stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Setting accelerator to CPU")
+
+
+logging.getLogger("DeepSpeed").addFilter(_NoAcceleratorGuess())
 
 __all__ = [
     "ConfigError",

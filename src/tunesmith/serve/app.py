@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import asynccontextmanager, contextmanager, suppress
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -89,15 +89,30 @@ def _document_bodies(app: FastAPI, server: Server, models: list[type[BaseModel]]
 
 
 def run_server(config: ProjectConfig, *, host: str | None = None, port: int | None = None) -> None:
-    """`tunesmith serve`: run the app under uvicorn until interrupted."""
+    """`tunesmith serve`: run the app under uvicorn until interrupted.
+
+    Raises:
+        RegistryError: a configured model that names no version (before the port opens), served
+            models that could not be loaded (the server stops: it would only ever answer 503), or a
+            port it could not listen on.
+    """
     import uvicorn
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host = host or config.serve.host
     server = Server(config)
     server.keys.check_exposure(host, "serve.auth")
+    server.check_models()
     port = config.serve.port if port is None else port  # 0: a free port, which uvicorn prints
-    uvicorn.run(create_app(server), host=host, port=port, log_level="info")
+    runner = uvicorn.Server(uvicorn.Config(create_app(server), host=host, port=port, log_level="info"))
+    server.on_startup_error = lambda _: setattr(runner, "should_exit", True)
+    try:
+        with suppress(KeyboardInterrupt):  # uvicorn raises ctrl-c again once it has shut down
+            runner.run()
+    except SystemExit:  # uvicorn's own exit, when it cannot listen (it has logged why)
+        raise RegistryError(f"the server could not listen on {host}:{port}; see the error above") from None
+    if server.startup_error:
+        raise RegistryError(f"could not load the served models: {server.startup_error}")
 
 
 @contextmanager

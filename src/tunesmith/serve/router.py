@@ -175,6 +175,11 @@ class ModelTable:
         if "@" in name:
             family, alias = name.split("@", 1)
             version = alias_target(self.workspace, family, alias)
+            if version is None and not self._has_family(family):  # most often a misspelt name
+                raise UnknownModelError(
+                    f"the model `{family}` does not exist: no version or family has that name"
+                    + self._known_hint()
+                )
             if version is None:
                 raise UnknownModelError(
                     f"the model `{name}` does not exist: alias {alias} of {family} is not set"
@@ -189,6 +194,13 @@ class ModelTable:
     def _version_named(self, name: str) -> ModelVersion | None:
         with session(self.workspace.engine) as s:
             return s.scalars(select(ModelVersion).where(ModelVersion.name == name)).first()
+
+    def _has_family(self, family: str) -> bool:
+        with session(self.workspace.engine) as s:
+            return (
+                s.scalars(select(ModelVersion.id).where(ModelVersion.family == family).limit(1)).first()
+                is not None
+            )
 
     def _known_hint(self) -> str:
         with session(self.workspace.engine) as s:
@@ -271,6 +283,21 @@ class Router:
         self._rollouts: dict[str, tuple[Rollout, ModelVersion]] = {}
         self._unset: set[str] = set()  # route targets seen as aliases not set yet
         self._lock = threading.Lock()
+
+    def check_names(self, models: list[str]) -> None:
+        """Look up, without loading anything, every name `preload` would load: the same errors, at once.
+
+        Raises:
+            UnknownModelError: a name in `models` or a route's primary that points at no version, or
+                a route target that names a version that does not exist.
+        """
+        for name in [*models, *self.routes]:
+            self.table.lookup(self.table.canonical(name))
+        for route in self.routes.values():
+            targets = [*(c.to for c in route.canary), *(r.to for r in route.rules)]
+            for target in [*targets, *([route.shadow] if route.shadow else [])]:
+                if "@" not in target:  # an alias not set yet is no error (see preload)
+                    self.table.lookup(self.table.canonical(target))
 
     def preload(self, models: list[str]) -> None:
         """Load every name the routes and `models` use, so the first requests do not wait. A canary,

@@ -117,6 +117,7 @@ class Server:
             self.metrics.scoring_dropped.set_function(lambda: scorer.dropped)
         self.ready = False
         self.startup_error: str | None = None
+        self.on_startup_error: Callable[[str], None] | None = None  # e.g. stop the process (run_server)
         self._next_alert_check = 0.0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -158,6 +159,17 @@ class Server:
         thread.start()
         self._threads.append(thread)
 
+    def check_models(self) -> None:
+        """Check that every name the server would load names a version, before any weights load.
+
+        Raises:
+            RegistryError: a name in `serve.models` or `serve.routes` that points at no version.
+        """
+        try:
+            self.router.check_names(self.serve.models or default_models(self.workspace))
+        except UnknownModelError as exc:
+            raise RegistryError(f"{exc}; fix serve.models or serve.routes") from None
+
     def _preload(self) -> None:
         try:
             self.router.refresh_rollouts()
@@ -165,6 +177,8 @@ class Server:
         except Exception as exc:
             self.startup_error = str(exc)
             log.error("could not load the served models: %s", exc)
+            if self.on_startup_error is not None:
+                self.on_startup_error(self.startup_error)
             return
         self.ready = True
         self.metrics.loaded.set(len(self.backend.loaded()))
