@@ -263,12 +263,20 @@ class Decision:
     shadow: ModelVersion | None = None
 
 
+def secondary_targets(route: RouteConfig) -> list[str]:
+    """A route's canary, rule and shadow targets: the names it sends some traffic to beside its primary."""
+    return [
+        *(c.to for c in route.canary),
+        *(r.to for r in route.rules),
+        *([route.shadow] if route.shadow else []),
+    ]
+
+
 def configured_names(config: ServeConfig) -> list[str]:
     """Every name `serve.models` and `serve.routes` name: their primaries, canaries, rules and shadows."""
     names = [*config.models]
     for route in config.routes:
-        names += [route.model, *(c.to for c in route.canary), *(r.to for r in route.rules)]
-        names += [route.shadow] if route.shadow else []
+        names += [route.model, *secondary_targets(route)]
     return list(dict.fromkeys(names))
 
 
@@ -294,9 +302,8 @@ class Router:
         for name in [*models, *self.routes]:
             self.table.lookup(self.table.canonical(name))
         for route in self.routes.values():
-            targets = [*(c.to for c in route.canary), *(r.to for r in route.rules)]
-            for target in [*targets, *([route.shadow] if route.shadow else [])]:
-                if "@" not in target:  # an alias not set yet is no error (see preload)
+            for target in secondary_targets(route):
+                if "@" not in target:  # an alias not set yet is no error (see `_optional`)
                     self.table.lookup(self.table.canonical(target))
 
     def preload(self, models: list[str]) -> None:
@@ -306,10 +313,8 @@ class Router:
         for name in [*models, *self.routes]:
             self.table.ensure(name)
         for route in self.routes.values():
-            for target in [*(c.to for c in route.canary), *(r.to for r in route.rules)]:
+            for target in secondary_targets(route):
                 self._optional(target)
-            if route.shadow:
-                self._optional(route.shadow)
 
     def _optional(self, name: str) -> ModelVersion | None:
         """The loaded version of a route's secondary target, or None while `name` is an alias not set."""
