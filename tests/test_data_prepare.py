@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 
 from tunesmith.cli import app
 from tunesmith.config import DataConfig, load_config
-from tunesmith.data import DataError, check_rows, load_split, prepare_dataset, split_rows
+from tunesmith.data import DataError, TargetModel, check_rows, load_split, prepare_dataset, split_rows
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
@@ -84,7 +84,7 @@ def test_length_filter_counts_real_tokens(tmp_path, tiny_model_dir):
     path = write_jsonl(
         tmp_path / "rows.jsonl", [chat("short question", "short answer"), chat("q", long_answer)]
     )
-    prepared = check_rows(cfg(), str(path), tokenizer=tokenizer, max_tokens=256)
+    prepared = check_rows(cfg(), str(path), model=TargetModel(tokenizer, context_window=256))
     rendered = tokenizer.apply_chat_template(prepared.items[0].record["messages"], tokenize=False)
     assert prepared.items[0].tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"]) > 4
     assert prepared.rejected[0].step == "length" and "over 256" in prepared.rejected[0].reason

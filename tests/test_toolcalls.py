@@ -402,7 +402,7 @@ def test_production_answers_that_call_tools_come_back_as_calls_in_the_next_datas
 
     from tunesmith.config import load_config
     from tunesmith.data.formats import _preference
-    from tunesmith.feedback.collect import Session, collect, gather_prompts, preference_pairs
+    from tunesmith.feedback.collect import Sampling, Session, collect, gather_prompts, preference_pairs
     from tunesmith.monitor.improve import Selection, select_examples
     from tunesmith.registry import get_version
     from tunesmith.serve import serve_in_background as running
@@ -444,7 +444,7 @@ def test_production_answers_that_call_tools_come_back_as_calls_in_the_next_datas
     assert row["chosen"][-1]["content"] == correction
 
     prompts, _ = gather_prompts(workspace, family, from_production=True)
-    session = collect(config, workspace, family, prompts, k=2, max_new_tokens=8, source="production")
+    session = collect(workspace, family, prompts, Sampling(k=2, max_new_tokens=8), "production")
     (item,) = [i for i in session.items if i["source"]["request_id"] == request_id]
     assert item["tools"] == [MINUTES]
     served_candidate = next(c for c in item["candidates"] if c["origin"] == "served")

@@ -57,7 +57,7 @@ def feedback_collect(
 ) -> None:
     """Sample K answers per prompt from a version, for reviewers to rank (in the terminal or a web page)."""
     from tunesmith.feedback import FeedbackError, collect
-    from tunesmith.feedback.collect import gather_prompts
+    from tunesmith.feedback.collect import Sampling, gather_prompts
     from tunesmith.registry import RegistryError
     from tunesmith.workspace import open_workspace
 
@@ -77,17 +77,8 @@ def feedback_collect(
             where=list(where or []),
             limit=limit,
         )
-        result = collect(
-            cfg,
-            workspace,
-            version,
-            rows,
-            k=k,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            seed=seed,
-            source=source,
-        )
+        sampling = Sampling(k=k, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        result = collect(workspace, version, rows, sampling, source)
     _print_session(result, source, review)
     if review == "terminal":
         _review_and_write(cfg, workspace, result, reviewer)

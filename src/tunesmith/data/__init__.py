@@ -3,6 +3,7 @@
 from tunesmith.data.prepare import (
     DataError,
     Prepared,
+    TargetModel,
     check_rows,
     get_dataset,
     list_datasets,
@@ -10,11 +11,12 @@ from tunesmith.data.prepare import (
     prepare_dataset,
     split_rows,
 )
-from tunesmith.data.project import prepare_data, tokenizer_and_context, validate_data
+from tunesmith.data.project import prepare_data, target_model, validate_data
 
 __all__ = [
     "DataError",
     "Prepared",
+    "TargetModel",
     "check_rows",
     "get_dataset",
     "list_datasets",
@@ -22,6 +24,6 @@ __all__ = [
     "prepare_data",
     "prepare_dataset",
     "split_rows",
-    "tokenizer_and_context",
+    "target_model",
     "validate_data",
 ]

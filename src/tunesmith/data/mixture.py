@@ -17,7 +17,7 @@ import random
 from typing import Any
 
 from tunesmith.config import ProjectConfig, TaskConfig
-from tunesmith.data.prepare import DataError, get_dataset, load_split, prepare_for_project
+from tunesmith.data.prepare import DataError, TargetModel, get_dataset, load_split, prepare_for_project
 from tunesmith.data.versions import find_derived, store_derived
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace
@@ -91,13 +91,9 @@ def _apportion(size: int, shares: list[float]) -> list[int]:
     return counts
 
 
-def prepare_mixture(
-    config: ProjectConfig,
-    workspace: Workspace,
-    tokenizer: Any = None,
-    max_tokens: int | None = None,
-) -> DatasetVersion:
-    """Prepare (or look up) every task's dataset version and store the mixture as a dataset version.
+def prepare_mixture(config: ProjectConfig, workspace: Workspace, model: TargetModel) -> DatasetVersion:
+    """Prepare (or look up) every task's dataset version (rows measured for `model`) and store the
+    mixture as a dataset version.
 
     Raises:
         DataError: for a task whose rows are not instruction (chat) rows, or that has no train rows.
@@ -107,9 +103,7 @@ def prepare_mixture(
     for task in train.tasks:
         if task.data is not None:
             try:
-                version = prepare_for_project(
-                    config, workspace, task.data, tokenizer, max_tokens, name=task.name
-                )
+                version = prepare_for_project(config, workspace, task.data, model, name=task.name)
             except DataError as exc:
                 raise DataError(f"train.tasks, task {task.name!r}: {exc}") from None
         else:

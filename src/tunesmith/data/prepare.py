@@ -52,6 +52,17 @@ class DataError(InputError):
     """Data that cannot become a dataset version."""
 
 
+@dataclass(frozen=True)
+class TargetModel:
+    """The model rows are prepared for: its tokenizer counts their tokens against its context window,
+    and training cuts them at `truncate_at` (train.max_length)."""
+
+    tokenizer: Any
+    context_window: int | None = None
+    truncate_at: int | None = None
+    model_id: str | None = None
+
+
 @dataclass
 class Item:
     """One canonical record on its way through the steps."""
@@ -102,13 +113,10 @@ def _short_reason(reason: str) -> str:
 
 
 def check_rows(
-    config: DataConfig,
-    path: str,
-    base_dir: Path | None = None,
-    tokenizer: Any = None,
-    max_tokens: int | None = None,
+    config: DataConfig, path: str, base_dir: Path | None = None, model: TargetModel | None = None
 ) -> Prepared:
-    """Read, detect, convert, validate, clean and dedupe: everything but splitting.
+    """Read, detect, convert, validate, clean and dedupe: everything but splitting; token lengths are
+    checked only for a `model`.
 
     Raises:
         DataError: when the source cannot be read or no row fits any format.
@@ -121,8 +129,8 @@ def check_rows(
     steps = [Step("read", removed=len(read.rejected), details={"rows": len(read.rows) + len(read.rejected)})]
     items, kind, detection = _convert_rows(read, config, rejected, steps)
     items = _clean(items, config, rejected, steps)
-    if tokenizer is not None:
-        items = _filter_lengths(items, kind, config, tokenizer, max_tokens, rejected, steps)
+    if model is not None:
+        items = _filter_lengths(items, kind, config, model, rejected, steps)
     if config.clean.dedup:
         items = _dedup_exact(items, rejected, steps)
     items, conflicts = _conflicts(items, kind, config.clean.conflicts, rejected, steps)
@@ -326,14 +334,14 @@ def _filter_lengths(
     items: list[Item],
     kind: str,
     config: DataConfig,
-    tokenizer: Any,
-    max_tokens: int | None,
+    model: TargetModel,
     rejected: list[Rejected],
     steps: list[Step],
 ) -> list[Item]:
+    tokenizer = model.tokenizer
     texts = [render_for_length(item.record, kind, tokenizer) for item in items]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
-    limit = config.clean.max_tokens or max_tokens
+    limit = config.clean.max_tokens or model.context_window
     step = Step("length", details={"min_tokens": config.clean.min_tokens, "max_tokens": limit})
     kept = []
     for item, length in zip(items, lengths, strict=True):
@@ -682,25 +690,11 @@ def content_hash(prepared: Prepared, config: DataConfig) -> str:
 
 
 def prepare_for_project(
-    config: ProjectConfig,
-    workspace: Workspace,
-    data: DataConfig,
-    tokenizer: Any,
-    max_tokens: int | None,
-    **options: Any,
+    config: ProjectConfig, workspace: Workspace, data: DataConfig, model: TargetModel, **options: Any
 ) -> DatasetVersion:
-    """`prepare_dataset` of `data` for the project's model: paths from the config's folder, tokens counted
-    with `tokenizer` up to `max_tokens`, rows cut at `train.max_length`; `options` as `prepare_dataset`'s."""
-    version, _ = prepare_dataset(
-        workspace,
-        data,
-        base_dir=config.base_dir,
-        tokenizer=tokenizer,
-        max_tokens=max_tokens,
-        truncate_at=config.train.max_length,
-        model_id=config.model.id,
-        **options,
-    )
+    """`prepare_dataset` of `data` for the project's `model`, paths read from the config's folder;
+    `options` as `prepare_dataset`'s."""
+    version, _ = prepare_dataset(workspace, data, base_dir=config.base_dir, model=model, **options)
     return version
 
 
@@ -709,11 +703,8 @@ def prepare_dataset(
     config: DataConfig,
     *,
     base_dir: Path | None = None,
-    tokenizer: Any = None,
-    max_tokens: int | None = None,
-    truncate_at: int | None = None,
+    model: TargetModel | None = None,
     name: str | None = None,
-    model_id: str | None = None,
     lineage: dict[str, Any] | None = None,
 ) -> tuple[DatasetVersion, Prepared]:
     """Run every step on `config.path` and store the result as an immutable dataset version.
@@ -727,7 +718,7 @@ def prepare_dataset(
     """
     if config.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
-    checked = check_rows(config, config.path, base_dir, tokenizer, max_tokens)
+    checked = check_rows(config, config.path, base_dir, model)
     prepared = split_rows(checked, config, base_dir, earlier_splits(workspace, config))
     _refuse_unusable(prepared, config)
     from tunesmith.data.stats import dataset_stats
@@ -753,8 +744,8 @@ def prepare_dataset(
         "steps": [vars(step) for step in prepared.steps],
         "notes": prepared.notes,
         "rejected_by_reason": dict(prepared.reasons().most_common()),
-        "model": model_id,
-        "stats": dataset_stats(prepared, max_tokens, truncate_at),
+        "model": model.model_id if model else None,
+        "stats": dataset_stats(prepared, model),
         "data_config": config.model_dump(mode="json"),
     }
     target = workspace.dataset_dir(dataset_id)

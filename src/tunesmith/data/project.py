@@ -10,19 +10,29 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.config import ProjectConfig
-from tunesmith.data.prepare import DataError, Prepared, check_rows, get_dataset, prepare_for_project
+from tunesmith.data.prepare import (
+    DataError,
+    Prepared,
+    TargetModel,
+    check_rows,
+    get_dataset,
+    prepare_for_project,
+)
 from tunesmith.store import DatasetVersion
 from tunesmith.workspace import Workspace, open_workspace
 
 
-def tokenizer_and_context(config: ProjectConfig) -> tuple[Any, int | None]:
-    """The configured model's tokenizer and context window: what token lengths are measured with."""
+def target_model(config: ProjectConfig) -> TargetModel:
+    """The configured model as the data stage measures rows for it: its tokenizer and context window,
+    and where training cuts rows (train.max_length)."""
     from tunesmith.models import load_tokenizer, model_info
 
     model = config.model
-    return (
-        load_tokenizer(model.id, model.source, model.revision),
-        model_info(model.id, model.source, model.revision).context_window,
+    return TargetModel(
+        tokenizer=load_tokenizer(model.id, model.source, model.revision),
+        context_window=model_info(model.id, model.source, model.revision).context_window,
+        truncate_at=config.train.max_length,
+        model_id=model.id,
     )
 
 
@@ -38,14 +48,13 @@ def prepare_data(
     if config.train.objective == "multitask":
         from tunesmith.data.mixture import prepare_mixture
 
-        return prepare_mixture(config, workspace, *tokenizer_and_context(config))
+        return prepare_mixture(config, workspace, target_model(config))
     if config.data.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
     stored = _stored_version(config, workspace)
     if stored is not None:
         return stored
-    tokenizer, context = tokenizer_and_context(config)
-    return prepare_for_project(config, workspace, config.data, tokenizer, context, lineage=lineage)
+    return prepare_for_project(config, workspace, config.data, target_model(config), lineage=lineage)
 
 
 def _stored_version(config: ProjectConfig, workspace: Workspace) -> DatasetVersion | None:
@@ -68,8 +77,7 @@ def validate_data(config: ProjectConfig, workspace: Workspace | None = None) -> 
     if config.data.path is None:
         raise DataError("data.path is not set; point it at a file, folder, glob, saved dataset or hub id")
     workspace = workspace or open_workspace(config)
-    tokenizer, context = tokenizer_and_context(config)
-    prepared = check_rows(config.data, config.data.path, config.base_dir, tokenizer, context)
+    prepared = check_rows(config.data, config.data.path, config.base_dir, target_model(config))
     out = workspace.root / "validation" / "rejected.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")

@@ -6,7 +6,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tunesmith.data.prepare import Prepared
+    from tunesmith.data.prepare import Prepared, TargetModel
 
 PERCENTILES = (50, 90, 95, 99)
 
@@ -19,12 +19,13 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
-def dataset_stats(
-    prepared: Prepared, context_window: int | None, truncate_at: int | None = None
-) -> dict[str, Any]:
-    """Per split: rows, label counts, token-length percentiles, rows the trainer would truncate."""
+def dataset_stats(prepared: Prepared, model: TargetModel | None) -> dict[str, Any]:
+    """Per split: rows, label counts, token-length percentiles (counted for `model`), rows the trainer
+    would truncate."""
     from tunesmith.data.split import SPLITS
 
+    context_window = model.context_window if model else None
+    truncate_at = model.truncate_at if model else None
     out: dict[str, Any] = {"context_window": context_window, "truncate_at": truncate_at, "splits": {}}
     for split in SPLITS:
         items = prepared.split_items(split)

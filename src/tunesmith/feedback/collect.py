@@ -22,7 +22,7 @@ import random
 import secrets
 import string
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,17 @@ LETTERS = string.ascii_uppercase
 
 class FeedbackError(InputError):
     """A prompt file, session or review that cannot be used: the message says where and what to do."""
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How a session samples its answers: `k` per prompt, at this temperature and top-p, seeded."""
+
+    k: int = 4
+    max_new_tokens: int = 128
+    temperature: float = 0.9
+    top_p: float = 0.95
+    seed: int = 0
 
 
 @dataclass
@@ -115,24 +126,20 @@ def sample_answers(
     model: Any,
     tokenizer: Any,
     prompts: list[list[dict[str, Any]]],
-    k: int,
-    *,
+    sampling: Sampling,
     tools: list[list[dict[str, Any]] | None] | None = None,
-    max_new_tokens: int = 128,
-    temperature: float = 0.9,
-    top_p: float = 0.95,
-    seed: int = 0,
     batch_size: int = 4,
 ) -> list[list[str]]:
-    """k sampled answers per prompt (distinct where the model gives distinct ones), prompts batched;
-    `tools`: the tools each prompt offers, rendered as training renders them."""
+    """`sampling.k` sampled answers per prompt (distinct where the model gives distinct ones), prompts
+    batched; `tools`: the tools each prompt offers, rendered as training renders them."""
     import torch
 
     from tunesmith.chat import render_chat
     from tunesmith.models.generate import inference, stop_token_ids
     from tunesmith.progress import progress_bar
 
-    torch.manual_seed(seed)
+    k = sampling.k
+    torch.manual_seed(sampling.seed)
     stops = stop_token_ids(tokenizer, model)
     offered = tools or [None] * len(prompts)
     texts = [  # as training renders
@@ -149,10 +156,10 @@ def sample_answers(
             output = model.generate(
                 **encoded,
                 do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
                 num_return_sequences=k,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=sampling.max_new_tokens,
                 eos_token_id=stops or None,
                 pad_token_id=tokenizer.pad_token_id,
             )
@@ -165,19 +172,14 @@ def sample_answers(
 
 
 def collect(
-    config: ProjectConfig,
     workspace: Workspace,
     version_ref: str,
     prompts: list[dict[str, Any]],
-    *,
-    k: int = 4,
-    max_new_tokens: int = 128,
-    temperature: float = 0.9,
-    top_p: float = 0.95,
-    seed: int = 0,
+    sampling: Sampling = Sampling(),
     source: str = "file",
 ) -> Session:
-    """Sample `k` answers per prompt from a version (plus the served answer, for production prompts).
+    """Sample `sampling.k` answers per prompt from a version (plus the served answer, for production
+    prompts).
 
     Raises:
         FeedbackError: for no prompts, or k below 2.
@@ -185,7 +187,7 @@ def collect(
     from tunesmith.registry import get_version
     from tunesmith.registry.loading import load_row
 
-    if k < 1 or (k < 2 and not any("served" in p for p in prompts)):
+    if sampling.k < 1 or (sampling.k < 2 and not any("served" in p for p in prompts)):
         raise FeedbackError("--k: a reviewer needs at least 2 answers to compare; use --k 2 or more")
     if not prompts:
         raise FeedbackError("no prompts to collect answers for")
@@ -194,15 +196,7 @@ def collect(
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     sampled = sample_answers(
-        model,
-        tokenizer,
-        [p["prompt"] for p in prompts],
-        k,
-        tools=[p.get("tools") for p in prompts],
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        seed=seed,
+        model, tokenizer, [p["prompt"] for p in prompts], sampling, tools=[p.get("tools") for p in prompts]
     )
     session_id = f"fb-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
     folder = workspace.root / "feedback" / session_id
@@ -213,13 +207,8 @@ def collect(
         "version": version.name,
         "version_id": version.id,
         "source": source,
-        "k": k,
-        "sampling": {
-            "temperature": temperature,
-            "top_p": top_p,
-            "max_new_tokens": max_new_tokens,
-            "seed": seed,
-        },
+        "k": sampling.k,
+        "sampling": {name: value for name, value in asdict(sampling).items() if name != "k"},
         "created": datetime.now(UTC).isoformat(),
         "prompts": len(prompts),
         "items": len(items),

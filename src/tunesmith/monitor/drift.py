@@ -80,21 +80,24 @@ def reference_texts(
     return dataset, prompts, answers
 
 
+@dataclass(frozen=True)
+class Traffic:
+    """Which of a version's answered requests count: those since `since`, its shadow answers too
+    with `shadow` (a rollout's candidate answers as a shadow before it takes live traffic)."""
+
+    since: datetime | None = None
+    shadow: bool = False
+
+
 def recent_texts(
-    workspace: Workspace,
-    version: ModelVersion,
-    window: int,
-    *,
-    since: datetime | None = None,
-    shadow: bool = False,
+    workspace: Workspace, version: ModelVersion, window: int, traffic: Traffic = Traffic()
 ) -> tuple[list[str], list[str]]:
-    """(prompts, first answers) of the version's latest answered requests (since `since`), its
-    shadow answers included only with `shadow`."""
+    """(prompts, first answers) of the version's latest `window` answered requests of `traffic`."""
     conditions = [RequestLog.version_id == version.id, RequestLog.status == 200]
-    if not shadow:
+    if not traffic.shadow:
         conditions.append(RequestLog.route != "shadow")
-    if since is not None:
-        conditions.append(RequestLog.at >= since)
+    if traffic.since is not None:
+        conditions.append(RequestLog.at >= traffic.since)
     with session(workspace.engine) as s:
         rows = s.execute(
             select(RequestLog.prompt, RequestLog.output)  # the two columns it compares, not whole rows
@@ -190,13 +193,12 @@ def drift_for_version(
     config: DriftConfig,
     *,
     embedder: Any = None,
-    since: datetime | None = None,
-    shadow: bool = False,
+    traffic: Traffic = Traffic(),
 ) -> DriftReport:
-    """Drift of the version's recent prompts (since `since`; its shadow traffic too with `shadow`)
-    against its own training data."""
+    """Drift of the version's recent prompts (of `traffic`: all live ones by default) against its own
+    training data."""
     dataset, ref_prompts, ref_answers = reference_texts(workspace, version)
-    cur_prompts, cur_answers = recent_texts(workspace, version, config.window, since=since, shadow=shadow)
+    cur_prompts, cur_answers = recent_texts(workspace, version, config.window, traffic)
     report = measure_drift(
         ref_prompts,
         cur_prompts,

@@ -230,16 +230,15 @@ def feedback_gate(ctx: GateContext) -> GateResult:
 @register_rollout_gate("drift")
 def drift_gate(ctx: GateContext) -> GateResult:
     """The prompts the version answered in the window against its training data."""
-    from tunesmith.monitor.drift import DriftError, drift_for_version
+    from tunesmith.monitor.drift import DriftError, Traffic, drift_for_version
 
     config = (ctx.monitor or MonitorConfig()).drift
     with session(ctx.workspace.engine) as s:
         version = s.get(ModelVersion, ctx.rollout.version_id)
     assert version is not None
     try:
-        report = drift_for_version(
-            ctx.workspace, version, config, embedder=ctx.embedder, since=ctx.since, shadow=True
-        )
+        traffic = Traffic(since=ctx.since, shadow=True)
+        report = drift_for_version(ctx.workspace, version, config, embedder=ctx.embedder, traffic=traffic)
     except DriftError as exc:
         return GateResult("drift", None, str(exc))
     if report.drifted:

@@ -483,14 +483,7 @@ def conclude_run(
     if main:
         _write_artifacts(run_dir, trainer.state, metrics)
         close_run(workspace, run_id, "finished", metrics, None)
-    return TrainResult(
-        run_id=run_id,
-        run_dir=run_dir,
-        adapter_dir=done.weights_dir,
-        metrics=metrics,
-        model=trainer.model,
-        tokenizer=tokenizer,
-    )
+    return TrainResult(run_id, run_dir, done.weights_dir, metrics, trainer.model, tokenizer)
 
 
 @dataclass
