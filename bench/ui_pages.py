@@ -28,18 +28,8 @@ from rich.console import Console
 from tables import results_table
 
 from tunesmith.config import load_config
-from tunesmith.store import (
-    AliasEvent,
-    DatasetVersion,
-    Feedback,
-    ModelVersion,
-    RequestLog,
-    RequestScore,
-    Run,
-    RunMetric,
-    session,
-)
-from tunesmith.store.schema import utcnow
+from tunesmith.store import schema as db
+from tunesmith.store import session
 from tunesmith.ui import ui_in_background
 from tunesmith.workspace import init_project, open_workspace
 
@@ -53,10 +43,10 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
     text = config_path.read_text(encoding="utf-8")
     config_path.write_text(re.sub(r"(?m)^project: .*$", f"project: {FAMILY}", text), encoding="utf-8")
     workspace = open_workspace(load_config(config_path))
-    now = utcnow()
+    now = db.utcnow()
     with session(workspace.engine) as s:
         s.add(
-            DatasetVersion(
+            db.DatasetVersion(
                 id="ds-bench",
                 name="bench",
                 content_hash="0" * 64,
@@ -70,7 +60,7 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
         for n in range(1, versions + 1):
             run_id = f"run-bench-{n:04d}"
             s.add(
-                Run(
+                db.Run(
                     id=run_id,
                     kind="train",
                     status="finished",
@@ -85,12 +75,12 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
                 )
             )
             s.add_all(
-                RunMetric(run_id=run_id, step=step, epoch=step / 20, name="loss", value=2.0 / step)
+                db.RunMetric(run_id=run_id, step=step, epoch=step / 20, name="loss", value=2.0 / step)
                 for step in range(1, 41)
             )
             s.flush()  # the version's row names the run's (no ORM relationship orders the two)
             s.add(
-                ModelVersion(
+                db.ModelVersion(
                     id=f"mv-bench{n:05d}",
                     name=f"{FAMILY}-v{n}",
                     family=FAMILY,
@@ -112,7 +102,7 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
         s.flush()
         for n in range(2, versions + 1):
             s.add(
-                AliasEvent(
+                db.AliasEvent(
                     family=FAMILY,
                     alias="production",
                     from_version_id=f"mv-bench{n - 1:05d}",
@@ -129,7 +119,7 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
             at = now - timedelta(seconds=86_000 * (requests - i) / requests)
             request_id = f"req-bench{i:08d}"
             s.add(
-                RequestLog(
+                db.RequestLog(
                     id=request_id,
                     at=at,
                     endpoint="chat",
@@ -148,12 +138,12 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
                 )
             )
             s.add_all(
-                RequestScore(request_id=request_id, version_id=version, name=name, value=value, at=at)
+                db.RequestScore(request_id=request_id, version_id=version, name=name, value=value, at=at)
                 for name, value in (("length", 20.0), ("empty", 0.0))
             )
             if i % 20 == 0:
                 s.add(
-                    Feedback(
+                    db.Feedback(
                         request_id=request_id,
                         version_id=version,
                         rating=float(i % 40 == 0),
@@ -165,7 +155,7 @@ def fill(directory: Path, versions: int, requests: int) -> Path:
 
 
 def pages(versions: int, requests: int, size: int) -> dict[str, str]:
-    since = f"{utcnow() - timedelta(minutes=1):%Y-%m-%dT%H:%M}"
+    since = f"{db.utcnow() - timedelta(minutes=1):%Y-%m-%dT%H:%M}"
     last_requests = max(1, -(-requests // size))
     last_versions = max(1, -(-versions // size))
     return {

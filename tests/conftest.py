@@ -72,6 +72,14 @@ def logged_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def write_jsonl(path: Path, rows: Any) -> Path:
+    """`rows` (dicts, or lines already written) as a JSONL file at `path`."""
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
+    return path
+
+
 def demo_rows() -> list[dict]:
     text = resources.files("tunesmith").joinpath("demo", "fernwick.jsonl").read_text(encoding="utf-8")
     return [json.loads(line) for line in text.splitlines()]
@@ -83,7 +91,7 @@ def demo_project(tmp_path: Path, model_dir: Path, name: str, rows: int, **sectio
     import yaml
 
     data = tmp_path / "qa.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in demo_rows()[:rows]), encoding="utf-8")
+    write_jsonl(data, demo_rows()[:rows])
     config = {"project": name, "model": {"id": str(model_dir)}, **sections}
     config["data"] = {"path": str(data), **sections.get("data", {})}
     path = tmp_path / "tunesmith.yaml"

@@ -1,14 +1,6 @@
 import pytest
 
-from tunesmith.data.formats import (
-    RowError,
-    apply_mapping,
-    convert,
-    detect_format,
-    expand_rankings,
-    match_format,
-    split_shared_prompt,
-)
+from tunesmith.data import formats
 
 
 def chat(q, a, **meta):
@@ -34,8 +26,8 @@ def chat(q, a, **meta):
     ],
 )
 def test_every_format_is_detected_and_converted(row, fmt, kind_field):
-    assert match_format(row) == fmt
-    assert kind_field in convert(row, fmt)
+    assert formats.match_format(row) == fmt
+    assert kind_field in formats.convert(row, fmt)
 
 
 def test_sharegpt_roles_and_system_are_mapped():
@@ -43,7 +35,7 @@ def test_sharegpt_roles_and_system_are_mapped():
         "system": "be brief",
         "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "yo"}],
     }
-    messages = convert(row, "sharegpt")["messages"]
+    messages = formats.convert(row, "sharegpt")["messages"]
     assert [m["role"] for m in messages] == ["system", "user", "assistant"]
 
 
@@ -57,7 +49,7 @@ def test_chat_keeps_weights_and_tools_and_checks_role_order():
         ],
         "tools": [{"type": "function", "function": {"name": "f"}}],
     }
-    record = convert(row, "chat")
+    record = formats.convert(row, "chat")
     assert record["messages"][1]["weight"] == 0 and record["tools"][0]["function"]["name"] == "f"
     bad = {
         "messages": [
@@ -66,10 +58,10 @@ def test_chat_keeps_weights_and_tools_and_checks_role_order():
             {"role": "assistant", "content": "a"},
         ]
     }
-    with pytest.raises(RowError, match=r"messages\[1\]\.role: two user turns in a row"):
-        convert(bad, "chat")
-    with pytest.raises(RowError, match=r"messages\[1\]\.role: a system message may only come first"):
-        convert(
+    with pytest.raises(formats.RowError, match=r"messages\[1\]\.role: two user turns in a row"):
+        formats.convert(bad, "chat")
+    with pytest.raises(formats.RowError, match=r"messages\[1\]\.role: a system message may only come first"):
+        formats.convert(
             {
                 "messages": [
                     {"role": "user", "content": "q"},
@@ -79,8 +71,8 @@ def test_chat_keeps_weights_and_tools_and_checks_role_order():
             },
             "chat",
         )
-    with pytest.raises(RowError, match=r"weight: expected 0 or 1"):
-        convert(
+    with pytest.raises(formats.RowError, match=r"weight: expected 0 or 1"):
+        formats.convert(
             {
                 "messages": [
                     {"role": "user", "content": "q"},
@@ -94,42 +86,44 @@ def test_chat_keeps_weights_and_tools_and_checks_role_order():
 def test_preference_without_prompt_splits_at_the_last_shared_assistant_turn():
     chosen = "\n\nHuman: How do I bake bread?\n\nAssistant: Mix flour, water and yeast."
     rejected = "\n\nHuman: How do I bake bread?\n\nAssistant: Buy some."
-    prompt, good, bad = split_shared_prompt(chosen, rejected)
+    prompt, good, bad = formats.split_shared_prompt(chosen, rejected)
     assert (
         prompt.endswith("\n\nAssistant:") and good == " Mix flour, water and yeast." and bad == " Buy some."
     )
-    record = convert({"chosen": chosen, "rejected": rejected}, "preference")
+    record = formats.convert({"chosen": chosen, "rejected": rejected}, "preference")
     assert record["prompt"] == prompt
-    with pytest.raises(RowError, match="identical"):
-        convert({"prompt": "q", "chosen": "same", "rejected": "same"}, "preference")
+    with pytest.raises(formats.RowError, match="identical"):
+        formats.convert({"prompt": "q", "chosen": "same", "rejected": "same"}, "preference")
 
 
 def test_rankings_expand_to_ordered_pairs_with_margins():
-    record = convert({"prompt": "q", "responses": ["ok", "best", "worst"], "ranks": [2, 1, 3]}, "ranking")
-    pairs = expand_rankings(record)
+    record = formats.convert(
+        {"prompt": "q", "responses": ["ok", "best", "worst"], "ranks": [2, 1, 3]}, "ranking"
+    )
+    pairs = formats.expand_rankings(record)
     assert {(p["chosen"], p["rejected"], p["margin"]) for p in pairs} == {
         ("best", "ok", 1.0),
         ("ok", "worst", 1.0),
         ("best", "worst", 2.0),
     }
-    scored = expand_rankings(
-        convert({"prompt": "q", "responses": ["a", "b"], "scores": [0.2, 0.9]}, "ranking")
+    scored = formats.expand_rankings(
+        formats.convert({"prompt": "q", "responses": ["a", "b"], "scores": [0.2, 0.9]}, "ranking")
     )
     assert scored[0]["chosen"] == "b" and scored[0]["margin"] == pytest.approx(0.7)
 
 
 def test_tagging_needs_one_tag_per_token():
-    with pytest.raises(RowError, match=r"tags: expected one tag per token \(2\), got 1"):
-        convert({"tokens": ["a", "b"], "tags": ["O"]}, "tagging")
+    with pytest.raises(formats.RowError, match=r"tags: expected one tag per token \(2\), got 1"):
+        formats.convert({"tokens": ["a", "b"], "tags": ["O"]}, "tagging")
 
 
 def test_detection_reports_confidence_and_mixes():
     rows = [chat("q", "a")] * 8 + [{"prompt": "q", "completion": "a"}] * 2
-    detection = detect_format(rows)
+    detection = formats.detect_format(rows)
     assert detection.format == "chat" and detection.confidence == pytest.approx(0.8)
     assert detection.votes == {"chat": 8, "prompt_completion": 2}
-    with pytest.raises(RowError, match=r"fields seen: body, mood.*--map"):
-        detect_format([{"body": "x", "mood": "pos"}])
+    with pytest.raises(formats.RowError, match=r"fields seen: body, mood.*--map"):
+        formats.detect_format([{"body": "x", "mood": "pos"}])
 
 
 @pytest.mark.parametrize(
@@ -150,13 +144,13 @@ def test_common_column_names_are_read_as_the_fields_they_mean(row, fmt, columns)
     rows = [dict(row) for _ in range(3)] + [
         {**row, **{k: "other" for k in row if k.lower() in ("category", "sentiment")}}
     ]
-    detection = detect_format(rows)
+    detection = formats.detect_format(rows)
     assert (detection.format, detection.columns) == (fmt, columns)
     assert (
         "columns read as" in detection.describe()
         and "data.columns or data.format overrides" in detection.describe()
     )
-    assert convert(apply_mapping(row, detection.columns), fmt)
+    assert formats.convert(formats.apply_mapping(row, detection.columns), fmt)
 
 
 def test_a_column_is_read_as_a_label_only_when_its_values_look_like_classes():
@@ -165,17 +159,21 @@ def test_a_column_is_read_as_a_label_only_when_its_values_look_like_classes():
     ]
     unique = [{"text": f"paragraph {i}", "category": f"c{i}"} for i in range(6)]
     for rows in (prose, unique):
-        detection = detect_format(rows)
+        detection = formats.detect_format(rows)
         assert (detection.format, detection.columns) == ("text", {})
-    assert detect_format([{"text": "x", "label": "a"}]).columns == {}  # canonical names: nothing to read
+    assert (
+        formats.detect_format([{"text": "x", "label": "a"}]).columns == {}
+    )  # canonical names: nothing to read
 
 
 def test_column_mapping_renames_odd_columns():
-    row = apply_mapping({"content": "x", "sentiment": "pos"}, {"text": "content", "label": "sentiment"})
+    row = formats.apply_mapping(
+        {"content": "x", "sentiment": "pos"}, {"text": "content", "label": "sentiment"}
+    )
     assert row == {"text": "x", "label": "pos"}
-    assert match_format(row) == "text_label"
+    assert formats.match_format(row) == "text_label"
 
 
 def test_missing_required_field_names_it():
-    with pytest.raises(RowError, match="completion: missing"):
-        convert({"prompt": "q"}, "prompt_completion")
+    with pytest.raises(formats.RowError, match="completion: missing"):
+        formats.convert({"prompt": "q"}, "prompt_completion")

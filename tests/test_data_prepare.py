@@ -4,19 +4,13 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import DataConfig, load_config
 from tunesmith.data import DataError, TargetModel, check_rows, load_split, prepare_dataset, split_rows
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
-
-
-def write_jsonl(path, rows):
-    path.write_text(
-        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
-    )
-    return path
 
 
 def chat(q, a, **meta):

@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+from conftest import write_jsonl
 from shared_data import shared_dataset
 from tunesmith.config import DataConfig
 from tunesmith.data import check_rows, split_rows
@@ -120,7 +121,7 @@ def test_indented_code_in_real_rows_survives_prepare_byte_for_byte(tmp_path):
                 rows.append({k: row[k] for k in ("instruction", "input", "output")})
     assert len(rows) >= 10  # every answer with indented lines in the set (code, outlines, SQL)
     data = tmp_path / "code.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(data, rows)
     workspace = open_workspace(load_config(None, [f"workspace={tmp_path / 'ws'}"]))
     config = DataConfig(path=str(data), split={"val": 0.0, "test": 0.0}, clean={"near_dedup": False})
     version, _ = prepare_dataset(workspace, config)

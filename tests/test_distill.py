@@ -32,16 +32,17 @@ def train(config: Path, *settings: str):
     return result, " ".join(result.output.split())
 
 
+def distill(config: Path, *settings: str):
+    return train(config, "train.objective=distill", *settings)
+
+
 def test_on_policy_from_a_registered_version_and_the_lineage_names_it(tmp_path, tiny_model_dir):
     config = write_project(tmp_path, tiny_model_dir)
     teacher, _ = train(config)
     assert teacher.exit_code == 0, teacher.output
 
-    distilled, said = train(
-        config,
-        "train.objective=distill",
-        "train.distill.teacher.model=pupil-v1",
-        "train.distill.max_completion_length=6",
+    distilled, said = distill(
+        config, "train.distill.teacher.model=pupil-v1", "train.distill.max_completion_length=6"
     )
     assert distilled.exit_code == 0, distilled.output
     assert "Distilling on-policy: the teacher pupil-v1 has the student's vocabulary" in said
@@ -64,12 +65,12 @@ def test_another_vocabulary_is_refused_on_policy_and_learned_off_policy(
     planned = runner.invoke(app, ["train", str(config), "--plan", *sets])  # the mode, before a run
     said = " ".join(planned.output.split())
     assert planned.exit_code == 0 and "distill.mode" in said and "off_policy" in said, planned.output
-    refused, said = train(config, "train.objective=distill", *teacher, "train.distill.mode=on_policy")
+    refused, said = distill(config, *teacher, "train.distill.mode=on_policy")
     assert refused.exit_code == 1, refused.output
     assert "mode on_policy needs the teacher's token distributions" in said
     assert "set train.distill.mode: off_policy" in said
 
-    learned, said = train(config, "train.objective=distill", *teacher)
+    learned, said = distill(config, *teacher)
     assert learned.exit_code == 0, learned.output
     assert "Distilling off-policy: the teacher" in said and "vocabulary" in said
     assert "(off-policy, SFT on its answers)" in said
@@ -80,11 +81,9 @@ def test_another_vocabulary_is_refused_on_policy_and_learned_off_policy(
     assert list((workspace.root / "distill" / "cache").iterdir())  # the answers are kept for a rerun
 
     replay = ["train.forgetting.method=replay"]
-    refused, said = train(config, "train.objective=distill", *teacher, *replay)
+    refused, said = distill(config, *teacher, *replay)
     assert refused.exit_code == 2 and "set train.distill.mode: off_policy" in said, refused.output
-    guarded, said = train(
-        config, "train.objective=distill", *teacher, *replay, "train.distill.mode=off_policy"
-    )
+    guarded, said = distill(config, *teacher, *replay, "train.distill.mode=off_policy")
     assert guarded.exit_code == 0, guarded.output
     assert "Distilling off-policy: train.distill.mode is off_policy" in said
 
@@ -104,17 +103,16 @@ def test_off_policy_from_an_endpoint_asks_each_prompt_once(serve_project, tmp_pa
     before = asked()
     with serve_in_background(served) as (url, _):
         settings = [
-            "train.objective=distill",
             f"train.distill.teacher.endpoint={url}/v1",
             f"train.distill.teacher.model={family}",
             "train.distill.teacher.max_tokens=8",
         ]
-        first, said = train(config, *settings)
+        first, said = distill(config, *settings)
         assert first.exit_code == 0, first.output
         assert f"Distilling off-policy: the teacher {family} is an endpoint" in said
         answered = asked() - before
         assert answered > 0
-        again, _ = train(config, *settings, "train.seed=1")
+        again, _ = distill(config, *settings, "train.seed=1")
         assert again.exit_code == 0, again.output
         assert asked() - before == answered  # every answer came from the cache
     workspace = open_workspace(load_config(config))
@@ -124,9 +122,8 @@ def test_off_policy_from_an_endpoint_asks_each_prompt_once(serve_project, tmp_pa
 
 def test_an_unreachable_endpoint_is_a_clear_refusal(tmp_path, tiny_model_dir):
     config = write_project(tmp_path, tiny_model_dir)
-    refused, said = train(
+    refused, said = distill(
         config,
-        "train.objective=distill",
         "train.distill.teacher.endpoint=http://127.0.0.1:9/v1",
         "train.distill.teacher.model=big",
     )

@@ -1,6 +1,5 @@
 """`train --dry-run`'s time estimate: it times what the run will train, and it predicts the run."""
 
-import json
 import re
 import statistics
 import time
@@ -8,6 +7,7 @@ import time
 import pytest
 from transformers import TrainerCallback
 
+from conftest import write_jsonl
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
 from tunesmith.train.callbacks import extra_callbacks
@@ -15,7 +15,7 @@ from tunesmith.train.run import dry_run, train
 
 
 def write_rows(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(path, rows)
     return path
 
 

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
 from tunesmith.data import DataError
@@ -29,7 +30,7 @@ def project(tmp_path: Path, model_dir: Path, *overrides: str) -> tuple[Path, lis
     rows = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines()]
     for row in rows:
         row["region"] = "north" if sum(map(ord, row["group"])) % 2 else "south"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(data, rows)
     settings = [
         f"model.id={model_dir}",
         "train.epochs=1",
@@ -207,7 +208,7 @@ def calibration_file(tmp_path: Path, agree: bool, pairs: int = 15) -> Path:
             }
         )
     path = tmp_path / f"human-{agree}-{pairs}.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(path, rows)
     return path
 
 

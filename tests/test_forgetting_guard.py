@@ -14,6 +14,7 @@ import uuid
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.pipeline import write_demo_project
@@ -31,7 +32,7 @@ def project(tmp_path, tiny_model_dir):
         row["messages"].append({"role": "assistant", "content": counted})
         rows.append({**row, **({"use": "probe"} if n % 6 == 0 else {})})
     general = tmp_path / "counting.jsonl"
-    general.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(general, rows)
     settings = [
         f"model.id={tiny_model_dir}",
         "train.method=lora",

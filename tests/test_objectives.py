@@ -1,13 +1,12 @@
 """Every training objective walks the whole lifecycle through the CLI on the tiny model: train,
 train --dry-run, data estimate, registry reproduce, eval --cv. A new objective cannot skip a step."""
 
-import json
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from conftest import demo_rows
+from conftest import demo_rows, write_jsonl
 from test_preference import preference_data
 from test_train_classify import tag_rows, topic_rows
 from test_train_multitask import write_project as write_multitask_project
@@ -28,7 +27,7 @@ COMMON = ["train.max_steps=3", "train.batch_size=4", "train.save_strategy=no", "
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(path, rows)
     return path
 
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import load_config
 from tunesmith.registry.versions import all_metrics, get_version
@@ -99,7 +100,7 @@ def test_parity_on_your_own_prompts_with_their_tools_and_a_bad_file_says_where(s
         {"messages": [{"role": "user", "content": "Weather in Oslo?"}], "tools": [weather]},
         {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]},
     ]
-    asked.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(asked, rows)
     result, said = parity(path, name, "--engines", "merged", "--prompts", str(asked))
     assert result.exit_code == 0, result.output
     assert f"Parity of {name}: 2 prompts (" in said  # (the file's path, wrapped at 80 columns here)

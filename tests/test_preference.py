@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from conftest import demo_rows, logged_metrics
+from conftest import demo_rows, logged_metrics, write_jsonl
 from tunesmith.answers import final_number, numeric_match
 from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
@@ -25,7 +25,7 @@ UNHELPFUL = ["I do not know.", "Please ask someone else.", "That is not somethin
 
 
 def write_rows(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(path, rows)
     return path
 
 

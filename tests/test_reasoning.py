@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from test_turns import trained_spans
 from tunesmith.cli import app
 from tunesmith.config import load_config
@@ -59,7 +60,7 @@ BROKEN = [
 
 def prepared(tmp_path, tiny_model_dir, policy: str):
     data = tmp_path / f"rows-{policy}.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS + BROKEN), encoding="utf-8")
+    write_jsonl(data, ROWS + BROKEN)
     config = load_config(
         None,
         [

@@ -8,6 +8,8 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +46,16 @@ def client(url: str, key: str = "unused") -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
 
+@contextmanager
+def serving(project: dict, *extra: str) -> Iterator[tuple[openai.OpenAI, str, Any]]:
+    """The project served with `extra` settings: an OpenAI client for it, its URL and the server."""
+    with running(config_of(project, *extra)) as (url, server):
+        yield client(url), url, server
+
+
 def test_the_openai_client_works_unchanged_streaming_included(project):
     family = project["family"]
-    with running(config_of(project)) as (url, server):
-        api = client(url)
+    with serving(project) as (api, url, server):
         raw = api.chat.completions.with_raw_response.create(
             model=f"{family}@production", messages=QUESTION, max_tokens=6, temperature=0
         )
@@ -140,8 +148,7 @@ def cli(project: dict, *args: str):
 
 def test_alias_moves_swap_without_restart_and_a_failed_load_keeps_the_old_version(project):
     family, first, second = project["family"], project["first"], project["second"]
-    with running(config_of(project)) as (url, server):
-        api = client(url)
+    with serving(project) as (api, url, server):
 
         def served() -> str:
             raw = api.chat.completions.with_raw_response.create(model=family, messages=QUESTION, max_tokens=2)
@@ -224,8 +231,7 @@ def test_a_route_whose_shadow_and_canary_aliases_are_not_set_yet_serves_and_foll
         f"serve.routes=[{{model: '{family}@production', shadow: '{family}@staging', "
         f"canary: [{{to: '{family}@staging', percent: 50}}]}}]"
     )
-    with running(config_of(project, route)) as (url, server):
-        api = client(url)
+    with serving(project, route) as (api, _, server):
 
         def ask(user: int) -> Any:
             return api.chat.completions.with_raw_response.create(
@@ -252,8 +258,7 @@ def test_canary_is_sticky_rules_route_by_header_and_the_shadow_is_logged_not_ret
         f"serve.routes=[{{model: '{family}@production', canary: [{{to: {second}, percent: 50}}], "
         f"shadow: {second}, rules: [{{name: beta, to: {second}, headers: {{x-beta: '1'}}}}]}}]"
     )
-    with running(config_of(project, route)) as (url, server):
-        api = client(url)
+    with serving(project, route) as (api, url, server):
         seen: dict[str, set[str]] = {}
         shadowed: list[str] = []
         for _ in range(2):
@@ -301,8 +306,7 @@ def test_concurrent_requests_for_two_adapters_are_batched_and_answer_as_alone(pr
     first, second = project["first"], project["second"]
     prompts = [f"Question {i}: when does the library open?" for i in range(8)]
     settings = ["serve.batch_wait_ms=100", "serve.backend=transformers"]  # its batches, looked into
-    with running(config_of(project, *settings)) as (url, server):
-        api = client(url)
+    with serving(project, *settings) as (api, url, server):
 
         def ask(i: int) -> str:
             answer = api.completions.create(
@@ -326,8 +330,7 @@ def test_runtime_config_reloads_on_edit_and_a_bad_edit_keeps_the_old_settings(pr
     runtime.write_text(
         f"models:\n  {family}:\n    system_prompt: You are Fern.\n    max_tokens: 3\n", encoding="utf-8"
     )
-    with running(config_of(project, f"serve.runtime_config={runtime}")) as (url, server):
-        api = client(url)
+    with serving(project, f"serve.runtime_config={runtime}") as (api, url, server):
 
         def system_prompt() -> str:
             answer = api.chat.completions.with_raw_response.create(model=family, messages=QUESTION)
@@ -352,8 +355,7 @@ def test_runtime_config_reloads_on_edit_and_a_bad_edit_keeps_the_old_settings(pr
 
 def test_stop_and_the_penalties_work_through_the_client(project):
     family = project["family"]
-    with running(config_of(project)) as (url, _):
-        api = client(url)
+    with serving(project) as (api, _, _):
         ask = {"model": family, "messages": QUESTION, "max_tokens": 24, "temperature": 0}
         whole = api.chat.completions.create(**ask).choices[0].message.content
         assert len(whole) > 6, whole
@@ -494,8 +496,7 @@ def test_a_rollout_advances_step_by_step_and_completes_by_promoting(project):
         ],
     )
     assert started.exit_code == 0, started.output
-    with running(config_of(project, *settings)) as (url, server):
-        api = client(url)
+    with serving(project, *settings) as (api, url, server):
         routes_seen: set[str] = set()
 
         def done() -> bool:
@@ -743,8 +744,7 @@ def test_the_vllm_backend_serves_lora_versions_on_a_gpu(project):
     if not torch.cuda.is_available():
         pytest.skip("the vllm backend needs a CUDA GPU")
     pytest.importorskip("vllm", reason="vLLM is not installed (pip install 'tunesmith[vllm]')")
-    with running(config_of(project, "serve.backend=vllm")) as (url, _):
-        api = client(url)
+    with serving(project, "serve.backend=vllm") as (api, _, _):
         for name in (project["first"], project["second"]):
             answer = api.chat.completions.create(model=name, messages=QUESTION, max_tokens=8, temperature=0)
             assert answer.model == name
@@ -928,14 +928,12 @@ def test_per_key_rate_limits_answer_429_with_retry_after_and_leave_other_keys_al
 
 def test_serve_models_restricts_what_may_be_loaded_and_max_loaded_unloads_the_least_recent(project):
     family, first, second = project["family"], project["first"], project["second"]
-    with running(config_of(project, f"serve.models=[{first}]")) as (url, server):
-        api = client(url)
+    with serving(project, f"serve.models=[{first}]") as (api, _, server):
         with pytest.raises(openai.NotFoundError, match="not served here"):
             api.chat.completions.create(model=second, messages=QUESTION, max_tokens=2)
         assert [m.id for m in api.models.list().data] == [first]
         assert second not in {v for v in server.backend.loaded()}
-    with running(config_of(project, "serve.max_loaded=1")) as (url, server):
-        api = client(url)
+    with serving(project, "serve.max_loaded=1") as (api, _, server):
         (production,) = server.backend.loaded()  # the production alias, loaded at start
         api.chat.completions.create(model=second, messages=QUESTION, max_tokens=2)
         second_id = get_version(server.workspace, second).id

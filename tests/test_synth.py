@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from judge_server import serve
 from synth_helpers import make_app, write_pdf
 from tunesmith.cli import app
@@ -285,7 +286,7 @@ def test_augmentation_balances_labels_with_label_preserving_paraphrases(tmp_path
     good = [f"a good film with a great cast and story number {i}" for i in range(16)]
     bad = [f"a bad movie with a dull plot in part {i} of it" for i in range(6)]
     rows = [{"text": t, "label": "pos"} for t in good] + [{"text": t, "label": "neg"} for t in bad]
-    (tmp_path / "reviews.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_jsonl(tmp_path / "reviews.jsonl", rows)
     parent = prepare_data(load_config(config_path, settings))
     before = Counter(r["label"] for r in load_split(parent, "train"))
     assert before["neg"] < before["pos"]
@@ -313,7 +314,13 @@ def test_augmentation_balances_labels_with_label_preserving_paraphrases(tmp_path
     assert (
         version.meta["lineage"]["parent"] == parent.id
         and version.meta["lineage"]["classes"]["neg"]["before"] == before["neg"]
+        and version.meta["lineage"]["classes"]["neg"]["target"] == before["pos"]  # the largest label's
     )
+
+    to_eight = cli(config_path, settings, "augment", parent.id, "--target", "8")  # --balance implied
+    assert to_eight.exit_code == 0, to_eight.output
+    classes = get_dataset(workspace, _latest(workspace)).meta["lineage"]["classes"]
+    assert {label: c["target"] for label, c in classes.items()} == {"neg": 8, "pos": 8}
 
 
 def test_augmenting_chat_rows_paraphrases_the_question_and_keeps_the_answer(

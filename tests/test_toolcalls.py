@@ -326,29 +326,20 @@ def test_the_server_returns_tool_calls_in_openais_format(tool_server_project):
         assert made.type == "function" and made.id.startswith("call_")
         arguments = json.loads(made.function.arguments)
         assert arguments == {} if made.function.name == "stop" else 1 <= arguments["minutes"] <= 60
-        named = api.chat.completions.create(
-            model=family,
-            messages=ask,
-            tools=[MINUTES],
-            tool_choice={"type": "function", "function": {"name": "set_timer"}},
-            max_tokens=75,
-            temperature=0,
-        )
+        set_timer = {
+            "model": family,
+            "messages": ask,
+            "tools": [MINUTES],
+            "tool_choice": {"type": "function", "function": {"name": "set_timer"}},
+            "max_tokens": 75,
+            "temperature": 0,
+        }
+        named = api.chat.completions.create(**set_timer)
         timer = named.choices[0].message.tool_calls[0]
         assert timer.function.name == "set_timer" and isinstance(
             json.loads(timer.function.arguments)["minutes"], int
         )
-        chunks = list(
-            api.chat.completions.create(
-                model=family,
-                messages=ask,
-                tools=[MINUTES],
-                tool_choice={"type": "function", "function": {"name": "set_timer"}},
-                max_tokens=75,
-                temperature=0,
-                stream=True,
-            )
-        )
+        chunks = list(api.chat.completions.create(**set_timer, stream=True))
         streamed = [c.choices[0] for c in chunks if c.choices]
         (delta_call,) = [d for c in streamed for d in c.delta.tool_calls or []]
         assert delta_call.function.name == "set_timer" and streamed[-1].finish_reason == "tool_calls"

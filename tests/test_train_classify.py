@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from conftest import write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import ConfigError, load_config
 from tunesmith.evaluate.runner import run_eval
@@ -24,7 +25,7 @@ FILLER = ["the", "is", "my", "for", "a", "what", "how", "does"]
 
 def write_project(tmp_path: Path, model_dir: Path, rows: list[dict], *train_lines: str) -> Path:
     data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    write_jsonl(data, rows)
     config = tmp_path / "tunesmith.yaml"
     config.write_text(
         f"project: topics\nmodel:\n  id: {model_dir}\ndata:\n  path: {data}\n"

@@ -353,21 +353,16 @@ def data_augment(
     """Paraphrases of a dataset version's train rows (label-preserving), optionally evening out labels."""
     from tunesmith.data import DataError, get_dataset, prepare_data
     from tunesmith.models import ModelNotFoundError
-    from tunesmith.synth import TeacherError, augment
+    from tunesmith.synth import Balance, TeacherError, augment
     from tunesmith.workspace import open_workspace
 
-    cfg = load_project(config, _teacher_overrides(set_, teacher_endpoint, teacher_model))
+    overrides = _teacher_overrides(set_, teacher_endpoint, teacher_model)
+    overrides += [f"synth.paraphrases={paraphrases}"] if paraphrases is not None else []
+    cfg = load_project(config, overrides)
     workspace = open_workspace(cfg)
     with reported(DataError, ModelNotFoundError, TeacherError):
         parent = get_dataset(workspace, dataset) if dataset else prepare_data(cfg, workspace)
-        result = augment(
-            cfg,
-            workspace,
-            parent,
-            paraphrases=paraphrases,
-            balance=balance or target is not None,
-            target=target,
-            max_rows=max_rows,
-        )
+        even: Balance = target if target is not None else "largest" if balance else None
+        result = augment(cfg, workspace, parent, balance=even, max_rows=max_rows)
     out.print(f"Augmenting {parent.id} ({parent.counts.get('train', 0)} train rows)")
     _print_synth(result)

@@ -129,40 +129,37 @@ def _run_fold(
         raise DataError(f"fold {fold} ({dataset.id}) has no rows to train or test on; use fewer folds")
     base = load_base(config, dataset, workspace)
     result = run_objective(config, workspace, dataset, base, kind="cv")
-    items = eval_items(load_split(dataset, "test"), dataset.meta.get("kind", "sft"))
-    row = {
-        "fold": fold,
-        "dataset": dataset.id,
-        "run": result.run_id,
-        "train_rows": dataset.counts["train"],
-        "test_rows": len(items),
-        "scores": _fold_scores(config, dataset, result, items, fold, metrics),
-    }
+    row = _fold_row(config, dataset, result, fold, metrics)
     del result, base
     gc.collect()
     return row
 
 
-def _fold_scores(
-    config: ProjectConfig,
-    dataset: DatasetVersion,
-    result: Any,
-    items: list[dict[str, Any]],
-    fold: int,
-    metrics: list[str],
-) -> dict[str, float]:
-    """The fold's model scored on the held-out fold as `eval` scores a version of its objective.
+def _fold_row(
+    config: ProjectConfig, dataset: DatasetVersion, result: Any, fold: int, metrics: list[str]
+) -> dict[str, Any]:
+    """The fold's report row: its model scored on the held-out fold as `eval` scores a version of its
+    objective.
 
     A reward model's run already scored the held-out pairs (its test split is the fold).
     """
     from tunesmith.train.classify import label_names
 
+    items = eval_items(load_split(dataset, "test"), dataset.meta.get("kind", "sft"))
+    row: dict[str, Any] = {
+        "fold": fold,
+        "dataset": dataset.id,
+        "run": result.run_id,
+        "train_rows": dataset.counts["train"],
+        "test_rows": len(items),
+    }
     kind = get_objective(config.train.objective).task
     if kind == "reward":
-        return {
+        row["scores"] = {
             "pairwise_accuracy": float(result.metrics["test_pairwise_accuracy"]),
             "mean_margin": float(result.metrics["test_mean_margin"]),
         }
+        return row
     if kind == "classification":
         context = Context(labels=tuple(label_names(config.train.objective, dataset, config.data.labels)))
         references: list[Any] = [str(item["label"]) for item in items]
@@ -188,7 +185,8 @@ def _fold_scores(
         resamples=config.eval.bootstrap_resamples,
         seed=config.eval.seed,
     )
-    return {name: interval.value for name, interval in system.scores.items()}
+    row["scores"] = {name: interval.value for name, interval in system.scores.items()}
+    return row
 
 
 def _store(workspace: Workspace, report: dict[str, Any], parent: DatasetVersion) -> Path:

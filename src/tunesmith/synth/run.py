@@ -21,7 +21,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from tunesmith.synth.prompts import (
 from tunesmith.synth.teacher import Request, Teacher, load_local_model, load_teacher
 from tunesmith.workspace import Workspace, atomic_dir
 
+Balance = Literal["largest"] | int | None  # labels topped up to the largest one's count, to N rows, or not
 TAG_FIELDS = (
     "method",
     "teacher",
@@ -345,18 +346,18 @@ def augment(
     workspace: Workspace,
     dataset: DatasetVersion,
     *,
-    paraphrases: int | None = None,
-    balance: bool = False,
-    target: int | None = None,
+    balance: Balance = None,
     max_rows: int | None = None,
     teacher: Teacher | None = None,
     encode: Callable[[list[str]], np.ndarray] | None = None,
 ) -> SynthResult:
-    """Paraphrases of `dataset`'s train rows as a new version: its rows (splits kept) plus the new ones.
+    """`synth.paraphrases` paraphrases of each of `dataset`'s train rows as a new version: its rows
+    (splits kept) plus the new ones.
 
     Only train rows are paraphrased (a paraphrase of a test row in train would be a leak), and only
-    real ones. For classification, `balance` tops every label up to the largest label's count (or
-    `target`), paraphrasing the rows of that label; each paraphrase keeps its original's label.
+    real ones. For classification, `balance` tops every label up to the largest label's count
+    ("largest") or to that many rows, paraphrasing the rows of that label; each paraphrase keeps its
+    original's label.
 
     Raises:
         DataError: for a dataset that is not chat or classification rows, or balancing without labels.
@@ -367,11 +368,11 @@ def augment(
         raise DataError(
             f"{dataset.id} holds {kind} rows; augmentation paraphrases chat (sft) and classification rows"
         )
-    if (balance or target) and kind != "classification":
+    if balance is not None and kind != "classification":
         raise DataError(f"--balance evens out labels; {dataset.id} holds {kind} rows, which have none")
     train = [r for r in load_split(dataset, "train", with_meta=True) if not is_synthetic(r)]
     notes = []
-    plan = _paraphrase_plan(train, paraphrases or settings.paraphrases, balance or bool(target), target)
+    plan = _paraphrase_plan(train, settings.paraphrases, balance)
     if max_rows is not None and max_rows < len(plan.rows):
         chosen = sorted(random.Random(settings.teacher.seed).sample(range(len(plan.rows)), max_rows))
         notes.append(f"a seeded sample of {max_rows} of {len(plan.rows)} train rows (--max-rows)")
@@ -426,18 +427,18 @@ class _Plan:
     targets: dict[str, int]  # label -> rows wanted (balancing only)
 
 
-def _paraphrase_plan(train: list[dict[str, Any]], per_row: int, balance: bool, target: int | None) -> _Plan:
+def _paraphrase_plan(train: list[dict[str, Any]], per_row: int, balance: Balance) -> _Plan:
     """Which rows to paraphrase, and how often: every row `per_row` times, or enough to even out labels.
 
     Balancing asks for one paraphrase more per row than the deficit strictly needs, since filters
     remove some; the surplus is dropped afterwards.
     """
-    if not balance:
+    if balance is None:
         return _Plan([(row, per_row) for row in train], {})
     by_label: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in train:
         by_label[str(row["label"])].append(row)
-    goal = target or max(len(rows) for rows in by_label.values())
+    goal = max(len(rows) for rows in by_label.values()) if balance == "largest" else balance
     plan = _Plan([], {})
     for label, rows in sorted(by_label.items()):
         plan.targets[label] = goal

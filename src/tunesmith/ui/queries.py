@@ -11,18 +11,8 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 
-from tunesmith.store import (
-    AlertEvent,
-    DatasetVersion,
-    EvalReport,
-    Feedback,
-    ModelVersion,
-    RequestLog,
-    RequestScore,
-    Run,
-    RunMetric,
-    session,
-)
+from tunesmith.store import schema as db
+from tunesmith.store import session
 from tunesmith.workspace import Workspace
 
 
@@ -60,16 +50,16 @@ def paginate(
 
 def datasets(workspace: Workspace, number: int, size: int) -> Page:
     return paginate(
-        workspace, select(DatasetVersion).order_by(DatasetVersion.created_at.desc()), number, size
+        workspace, select(db.DatasetVersion).order_by(db.DatasetVersion.created_at.desc()), number, size
     )
 
 
 def runs(workspace: Workspace, number: int, size: int, *, status: str | None, kind: str | None) -> Page:
-    query = select(Run).order_by(Run.started_at.desc())
+    query = select(db.Run).order_by(db.Run.started_at.desc())
     if status:
-        query = query.where(Run.status == status)
+        query = query.where(db.Run.status == status)
     if kind:
-        query = query.where(Run.kind == kind)
+        query = query.where(db.Run.kind == kind)
     return paginate(workspace, query, number, size)
 
 
@@ -78,9 +68,9 @@ def run_metrics(
 ) -> list[dict[str, Any]]:
     """The run's logged values with an id above `after` (what a live page has not seen yet)."""
     query = (
-        select(RunMetric.id, RunMetric.step, RunMetric.name, RunMetric.value)
-        .where(RunMetric.run_id == run_id, RunMetric.id > after)
-        .order_by(RunMetric.id)
+        select(db.RunMetric.id, db.RunMetric.step, db.RunMetric.name, db.RunMetric.value)
+        .where(db.RunMetric.run_id == run_id, db.RunMetric.id > after)
+        .order_by(db.RunMetric.id)
         .limit(limit)
     )
     with session(workspace.engine) as s:
@@ -88,27 +78,27 @@ def run_metrics(
 
 
 def reports(workspace: Workspace, number: int, size: int, *, family: str | None) -> Page:
-    query = select(EvalReport).order_by(EvalReport.created_at.desc())
+    query = select(db.EvalReport).order_by(db.EvalReport.created_at.desc())
     if family:
-        query = query.where(EvalReport.family == family)
+        query = query.where(db.EvalReport.family == family)
     return paginate(workspace, query, number, size)
 
 
 def families(workspace: Workspace) -> list[tuple[str, int, datetime]]:
     """Each family with its number of versions and its newest version's time."""
     query = (
-        select(ModelVersion.family, func.count(), func.max(ModelVersion.created_at))
-        .group_by(ModelVersion.family)
-        .order_by(ModelVersion.family)
+        select(db.ModelVersion.family, func.count(), func.max(db.ModelVersion.created_at))
+        .group_by(db.ModelVersion.family)
+        .order_by(db.ModelVersion.family)
     )
     with session(workspace.engine) as s:
         return [(f, n, at) for f, n, at in s.execute(query)]
 
 
 def versions(workspace: Workspace, number: int, size: int, *, family: str | None) -> Page:
-    query = select(ModelVersion).order_by(ModelVersion.created_at.desc(), ModelVersion.number.desc())
+    query = select(db.ModelVersion).order_by(db.ModelVersion.created_at.desc(), db.ModelVersion.number.desc())
     if family:
-        query = query.where(ModelVersion.family == family)
+        query = query.where(db.ModelVersion.family == family)
     return paginate(workspace, query, number, size)
 
 
@@ -117,9 +107,9 @@ def report_counts(workspace: Workspace, version_ids: list[str]) -> dict[str, tup
     if not version_ids:
         return {}
     query = (
-        select(EvalReport.version_id, EvalReport.gate_passed)
-        .where(EvalReport.version_id.in_(version_ids))
-        .order_by(EvalReport.created_at.desc())
+        select(db.EvalReport.version_id, db.EvalReport.gate_passed)
+        .where(db.EvalReport.version_id.in_(version_ids))
+        .order_by(db.EvalReport.created_at.desc())
     )
     counts: dict[str, tuple[int, bool | None]] = {}
     with session(workspace.engine) as s:
@@ -139,69 +129,74 @@ class RequestFilter:
 
     def apply(self, query: Any) -> Any:
         if self.version:
-            query = query.where(RequestLog.version_id == self.version)
+            query = query.where(db.RequestLog.version_id == self.version)
         if self.route:
-            query = query.where(RequestLog.route == self.route)
+            query = query.where(db.RequestLog.route == self.route)
         if self.status == "ok":
-            query = query.where(RequestLog.status < 400)
+            query = query.where(db.RequestLog.status < 400)
         elif self.status == "error":
-            query = query.where(RequestLog.status >= 500)
+            query = query.where(db.RequestLog.status >= 500)
         elif self.status == "refused":
-            query = query.where(RequestLog.status >= 400, RequestLog.status < 500)
+            query = query.where(db.RequestLog.status >= 400, db.RequestLog.status < 500)
         return query
 
 
 REQUEST_COLUMNS = (
-    RequestLog.id,
-    RequestLog.at,
-    RequestLog.requested_model,
-    RequestLog.version_id,
-    RequestLog.route,
-    RequestLog.status,
-    RequestLog.latency_ms,
-    RequestLog.tokens_in,
-    RequestLog.tokens_out,
-    RequestLog.user,
+    db.RequestLog.id,
+    db.RequestLog.at,
+    db.RequestLog.requested_model,
+    db.RequestLog.version_id,
+    db.RequestLog.route,
+    db.RequestLog.status,
+    db.RequestLog.latency_ms,
+    db.RequestLog.tokens_in,
+    db.RequestLog.tokens_out,
+    db.RequestLog.user,
 )
 
 
 def requests(workspace: Workspace, number: int, size: int, where: RequestFilter) -> Page:
     """A page of the request log, newest first (on the `at` index); prompts and answers stay unread."""
-    query = where.apply(select(*REQUEST_COLUMNS).order_by(RequestLog.at.desc(), RequestLog.id.desc()))
+    query = where.apply(select(*REQUEST_COLUMNS).order_by(db.RequestLog.at.desc(), db.RequestLog.id.desc()))
     return paginate(workspace, query, number, size, scalars=False)
 
 
 def requests_since(workspace: Workspace, since: datetime, where: RequestFilter, limit: int = 50) -> list[Any]:
     """Requests logged after `since`, newest first: what a live stream has not shown yet."""
     query = where.apply(
-        select(*REQUEST_COLUMNS).where(RequestLog.at > since).order_by(RequestLog.at.desc()).limit(limit)
+        select(*REQUEST_COLUMNS)
+        .where(db.RequestLog.at > since)
+        .order_by(db.RequestLog.at.desc())
+        .limit(limit)
     )
     with session(workspace.engine) as s:
         return list(s.execute(query).all())
 
 
-def request_detail(workspace: Workspace, request_id: str) -> tuple[RequestLog, list[Any], list[Any]] | None:
+def request_detail(
+    workspace: Workspace, request_id: str
+) -> tuple[db.RequestLog, list[Any], list[Any]] | None:
     with session(workspace.engine) as s:
-        row = s.get(RequestLog, request_id)
+        row = s.get(db.RequestLog, request_id)
         if row is None:
             return None
-        scores = list(s.scalars(select(RequestScore).where(RequestScore.request_id == request_id)))
-        notes = list(s.scalars(select(Feedback).where(Feedback.request_id == request_id)))
-        shadows = list(s.scalars(select(RequestLog).where(RequestLog.shadow_of == request_id)))
+        scores = list(s.scalars(select(db.RequestScore).where(db.RequestScore.request_id == request_id)))
+        notes = list(s.scalars(select(db.Feedback).where(db.Feedback.request_id == request_id)))
+        shadows = list(s.scalars(select(db.RequestLog).where(db.RequestLog.shadow_of == request_id)))
     return row, scores, notes + shadows
 
 
 def routes_seen(workspace: Workspace) -> list[str]:
     with session(workspace.engine) as s:
-        return sorted(r for (r,) in s.execute(select(RequestLog.route).distinct().limit(100)))
+        return sorted(r for (r,) in s.execute(select(db.RequestLog.route).distinct().limit(100)))
 
 
 def alerts(workspace: Workspace, number: int, size: int) -> Page:
-    return paginate(workspace, select(AlertEvent).order_by(AlertEvent.at.desc()), number, size)
+    return paginate(workspace, select(db.AlertEvent).order_by(db.AlertEvent.at.desc()), number, size)
 
 
 def feedback(workspace: Workspace, number: int, size: int) -> Page:
-    return paginate(workspace, select(Feedback).order_by(Feedback.at.desc()), number, size)
+    return paginate(workspace, select(db.Feedback).order_by(db.Feedback.at.desc()), number, size)
 
 
 def read_jsonl_page(path: Path, number: int, size: int) -> Page:
