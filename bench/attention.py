@@ -6,13 +6,24 @@ threshold comes from. It times the forward and backward pass of the bundled Smol
 LoRA adapters (r=16, every linear layer) under bfloat16 autocast where the CPU has it, as tunesmith
 trains, for a batch of 8 rows of each length, with each implementation, side by side in one process.
 
+`--train` times whole training runs instead: `tunesmith train` of the demo project (LoRA SFT of the
+bundled model on the Fernwick rows, up to 96 tokens) with `model.attn_implementation: sdpa` and with
+`auto` (eager while it trains, here), taking turns in fresh processes, and reports the training
+loss of each, so that speed is not bought with a different model.
+
     .venv/bin/python bench/attention.py [--lengths 16,64,128,256,384,512] [--seconds 6]
+    .venv/bin/python bench/attention.py --train [--steps 24] [--repeats 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 from rich.console import Console
 from tables import results_table
@@ -23,7 +34,12 @@ def main() -> None:
     parser.add_argument("--lengths", default="16,64,128,256,384,512", help="comma-separated row lengths")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=6.0, help="timing per length and implementation")
+    parser.add_argument("--train", action="store_true", help="time whole `tunesmith train` runs instead")
+    parser.add_argument("--steps", type=int, default=24, help="--train: optimizer steps of each run")
+    parser.add_argument("--repeats", type=int, default=2, help="--train: runs of each implementation")
     args = parser.parse_args()
+    if args.train:
+        return train_runs(args.steps, args.repeats)
 
     from tunesmith.train.openmp import prepare_training_process
 
@@ -75,6 +91,50 @@ def main() -> None:
             f"{sdpa * 1e3:.0f}",
             f"{eager / sdpa:.2f}",
             "eager" if eager < sdpa else "sdpa",
+        )
+    Console(width=120).print(table)
+
+
+RUN = """
+import json, sys
+from tunesmith.config import load_config
+from tunesmith.train.run import train
+
+settings = [f"model.attn_implementation={sys.argv[2]}", f"train.max_steps={sys.argv[3]}",
+            "train.save_strategy=no", "train.forgetting.probe=false", f"project=attention-{sys.argv[2]}"]
+metrics = train(load_config(sys.argv[1], settings)).version.metrics
+print(json.dumps({"seconds": metrics["train_seconds"], "loss": metrics["train_loss"]}))
+"""
+
+
+def train_runs(steps: int, repeats: int) -> None:
+    from tunesmith.pipeline import write_demo_project
+
+    seconds: dict[str, list[float]] = {"sdpa": [], "auto": []}
+    losses: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        config = write_demo_project(Path(tmp))
+        for _ in range(repeats):
+            for attention, times in seconds.items():  # taking turns: a slower spell of the machine hits both
+                done = subprocess.run(
+                    [sys.executable, "-c", RUN, str(config), attention, str(steps)],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                times.append(result["seconds"])
+                losses[attention] = result["loss"]
+    table = results_table(
+        f"tunesmith train, demo project: LoRA SFT of the bundled model, {steps} steps, best of {repeats}",
+        ["model.attn_implementation", "training seconds", "train loss", "time / sdpa"],
+    )
+    for attention, times in seconds.items():
+        table.add_row(
+            attention,
+            f"{min(times):.1f}",
+            f"{losses[attention]:.4f}",
+            f"{min(times) / min(seconds['sdpa']):.2f}",
         )
     Console(width=120).print(table)
 

@@ -427,3 +427,39 @@ def test_every_trainer_autocasts_to_bfloat16_only_where_the_hardware_multiplies_
     _, config = project(tmp_path, tiny_model_dir)
     for args_class in (SFTConfig, DPOConfig, RewardConfig, GRPOConfig, TrainingArguments):
         assert trainer_kwargs(config.train, tmp_path, False, args_class)["bf16"] is native, args_class
+
+
+def test_auto_attention_trains_short_chat_rows_eagerly_on_a_cpu_and_sets_the_model_back_for_scoring(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """Eager attention is faster than sdpa for rows up to 256 tokens on a CPU (`bench/attention.py`):
+    SFT trains with it, and the trained model answers with sdpa, as `tunesmith eval` and the server
+    load it; the forgetting probe before and after is measured with sdpa too."""
+    import torch
+    from transformers.models.llama import modeling_llama
+
+    from tunesmith.train.run import decide_attention
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    _, config = project(tmp_path, tiny_model_dir, "train.method=lora", "train.max_steps=2")
+    assert decide_attention(config, 96)[0] == "eager"
+    for objective in ("rl", "distill"):  # they generate while training: a row plus an answer is longer
+        assert decide_attention(config.model_copy(update={"train": config.train.model_copy(
+            update={"objective": objective})}), 96) == (None, None)  # fmt: skip
+
+    eager_calls = {"training": 0}
+    eager = modeling_llama.eager_attention_forward
+
+    def counted(*args, **kwargs):
+        eager_calls["training"] += 1
+        return eager(*args, **kwargs)
+
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", counted)
+    outcome = train(config)
+    assert eager_calls["training"] > 0  # the steps ran eagerly
+    assert outcome.model.config._attn_implementation == "sdpa"
+    assert "forgetting" in outcome.version.metrics  # the probe, measured after training: with sdpa
+    before = eager_calls["training"]
+    ids = outcome.tokenizer("When does the library open?", return_tensors="pt")
+    outcome.model.generate(**ids, max_new_tokens=3)
+    assert eager_calls["training"] == before

@@ -44,17 +44,12 @@ def time_steps(
     """`steps` steps of `config`'s run on a base loaded for the purpose, with the attention and
     activation checkpointing the run will decide (`estimate.estimate_epoch_time`)."""
     from tunesmith.train.estimate import estimate_epoch_time
-    from tunesmith.train.fit import decide_checkpointing
-    from tunesmith.train.run import decide_attention, load_base, longest_tokens
+    from tunesmith.train.run import load_base, with_settings_decided
 
     timed = load_base(config, dataset, workspace)
-    longest = longest_tokens(config, dataset)
-    attention, _ = decide_attention(config, longest)
-    if attention is not None:
-        timed.model.set_attn_implementation(attention)
-    decided, _ = decide_checkpointing(config, timed.model.config, longest)
+    decided, attention = with_settings_decided(config, dataset, timed, say=False)
     try:
-        return estimate_epoch_time(decided, dataset, timed, workspace, steps=steps)
+        return estimate_epoch_time(decided, dataset, timed, workspace, steps=steps, callbacks=attention)
     finally:
         del timed
         gc.collect()

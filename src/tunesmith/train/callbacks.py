@@ -163,6 +163,30 @@ def added_callbacks() -> list[Any]:
     return list(_EXTRA.get())
 
 
+class TrainingAttention(TrainerCallback):
+    """Trains with the attention `implementation` that `model.attn_implementation: auto` decided
+    (`run.decide_attention`), and sets the model back to the one it was loaded with when training ends:
+    what scores it afterwards (the forgetting probe, a classifier's test split, an evaluation in the
+    same process) computes as `tunesmith eval` and the server will."""
+
+    def __init__(self, implementation: str) -> None:
+        self.implementation = implementation
+        self.loaded: str | None = None
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        model = kwargs["model"]
+        self.loaded = model.config._attn_implementation
+        model.set_attn_implementation(self.implementation)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if self.loaded is not None:
+            kwargs["model"].set_attn_implementation(self.loaded)
+
+
 class BudgetStop(TrainerCallback):
     """Ends training at the step that reaches `deadline` (`time.monotonic()`): the wall-clock guard
     of `train.time_budget_minutes`, for steps that run slower than they were timed. The step it

@@ -14,6 +14,7 @@ import math
 import random
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,10 +71,16 @@ class _StepTimer(TrainerCallback):
 
 
 def estimate_epoch_time(
-    config: ProjectConfig, dataset: DatasetVersion, base: Any, workspace: Workspace, steps: int = 4
+    config: ProjectConfig,
+    dataset: DatasetVersion,
+    base: Any,
+    workspace: Workspace,
+    steps: int = 4,
+    callbacks: Sequence[TrainerCallback] = (),
 ) -> Estimate:
     """Run `steps` optimizer steps of the objective's own trainer (the first is a warm-up) on rows
-    sampled from the train split, and extrapolate to one epoch of `dataset`."""
+    sampled from the train split, with the run's own `callbacks` (its attention), and extrapolate
+    to one epoch of `dataset`."""
     from datasets.utils.logging import disable_progress_bar
     from transformers import PrinterCallback
 
@@ -92,7 +99,7 @@ def estimate_epoch_time(
     with tempfile.TemporaryDirectory() as tmp:
         calibration = _calibration_config(config, steps)
         trainer = objective.build_trainer(
-            TrainerJob(calibration, base, {"train": clean}, Path(tmp), [timer], workspace)
+            TrainerJob(calibration, base, {"train": clean}, Path(tmp), [timer, *callbacks], workspace)
         )
         trainer.remove_callback(PrinterCallback)
         lengths = _token_lengths(trainer.train_dataset)

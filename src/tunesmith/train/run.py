@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
@@ -24,6 +24,9 @@ from tunesmith.train.objectives import RunContext, TrainerJob, get_objective
 from tunesmith.train.recipe import plan_run, train_tokens
 from tunesmith.train.sft import TrainResult, is_main_process
 from tunesmith.workspace import Workspace, open_workspace
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 
 @dataclass
@@ -165,8 +168,8 @@ def dry_run(
     if estimate.fits and calibrate:
         config, _ = choose_body(requested, config, dataset, workspace, steps)
         base = load_base(config, dataset, workspace)
-        decided = with_settings_decided(config, dataset, base)  # as the run will decide them
-        timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps)
+        decided, attention = with_settings_decided(config, dataset, base)  # as the run will decide them
+        timing = estimate_epoch_time(decided, dataset, base, workspace, steps=steps, callbacks=attention)
         config, _ = apply_budget(config, dataset, timing.seconds_per_step, 0.0)
     return config, dataset, estimate, timing
 
@@ -441,7 +444,7 @@ def run_objective(
     from tunesmith.train.forgetting import probe_baseline
     from tunesmith.train.sft import callbacks_for, conclude_run, failing_run, start_run
 
-    config = with_settings_decided(plan_run(config, dataset), dataset, base)
+    config, attention = with_settings_decided(plan_run(config, dataset), dataset, base)
     config, deadline = fit_budget(config, dataset, workspace, timing)
     objective, train = get_objective(config.train.objective), config.train
     run_id, run_dir = start_run(config, workspace, dataset, kind, run)
@@ -454,6 +457,7 @@ def run_objective(
         torch.manual_seed(train.seed)
         disable_progress_bar()  # tokenising a few thousand rows takes seconds; the training bar is enough
         callbacks = callbacks_for(train, run_id, run_dir, workspace, has_eval=bool(records["val"]))
+        callbacks += attention
         if deadline is not None:
             from tunesmith.train.callbacks import BudgetStop
 
@@ -478,51 +482,53 @@ def run_objective(
         return result
 
 
-def with_settings_decided(config: ProjectConfig, dataset: DatasetVersion, base: Any) -> ProjectConfig:
+def with_settings_decided(
+    config: ProjectConfig, dataset: DatasetVersion, base: Any, say: bool = True
+) -> tuple[ProjectConfig, list[TrainerCallback]]:
     """`config` with `train.activation_checkpointing: auto` decided for this run (`decide_checkpointing`),
-    and `model.attn_implementation: auto` decided and set on `base` (`decide_attention`); each
-    decision printed, the same for a run and its dry-run."""
+    and the callbacks that train with the attention `model.attn_implementation: auto` decided
+    (`decide_attention`); with `say`, each decision printed, the same for a run and its dry-run."""
     from tunesmith.progress import console
+    from tunesmith.train.callbacks import TrainingAttention
 
     longest = longest_tokens(config, dataset)
     decided, reason = decide_checkpointing(config, base.model.config, longest)
     attention, why = decide_attention(config, longest)
-    if attention is not None:
-        base.model.set_attn_implementation(attention)
     for line in (reason, why):
-        if line is not None and is_main_process():
+        if line is not None and say and is_main_process():
             console.print(f"[dim]{line}[/dim]")
-    return decided
+    return decided, [TrainingAttention(attention)] if attention is not None else []
 
 
 # On a CPU, eager attention (plain matrix products and a softmax) is faster than sdpa's flash kernel
 # for short rows and slower for long ones: `bench/attention.py` measured the crossover between 256
 # and 384 tokens (a LoRA step of SmolLM2-135M, batch 8, bfloat16 autocast).
 EAGER_ATTENTION_MAX_TOKENS = 256
-# Measured and kept for the classifiers, whose rows are short; the generative objectives keep sdpa,
-# the implementation their versions are evaluated and served with.
-EAGER_ATTENTION_OBJECTIVES = ("classify", "tag")
+# These generate while they train, so their sequences are a row plus an answer, not the row alone.
+SDPA_OBJECTIVES = ("rl", "distill")
 
 
 def decide_attention(config: ProjectConfig, sequence_length: int) -> tuple[str | None, str | None]:
-    """The attention implementation `model.attn_implementation: auto` takes for a training run, and why.
+    """The attention implementation `model.attn_implementation: auto` trains with, and why.
 
-    Eager for a classifier (`EAGER_ATTENTION_OBJECTIVES`) on a CPU when no row is longer than
-    `EAGER_ATTENTION_MAX_TOKENS` (its memory grows with the square of the length, which the fit
-    estimate already counts); None (the model's default, sdpa) elsewhere: on a GPU, for packed rows
-    (as long as max_length), for the generative objectives, or when the config names one.
+    Eager on a CPU when no row is longer than `EAGER_ATTENTION_MAX_TOKENS` (its memory grows with
+    the square of the length, which the fit estimate already counts); None (the model's default,
+    sdpa) elsewhere: on a GPU, for packed rows (as long as max_length), for the objectives that
+    generate while they train (`SDPA_OBJECTIVES`), or when the config names one. Only training uses
+    it: the model is set back when training ends (`callbacks.TrainingAttention`), so it is evaluated
+    and served with the implementation it loads with.
     """
     import torch
 
     if config.model.attn_implementation != "auto" or config.train.packing or torch.cuda.is_available():
         return None, None
-    if config.train.objective not in EAGER_ATTENTION_OBJECTIVES:
+    if config.train.objective in SDPA_OBJECTIVES:
         return None, None
     if sequence_length > EAGER_ATTENTION_MAX_TOKENS:
         return None, None
     return "eager", (
-        f"attention: eager (rows of at most {sequence_length} tokens; on a CPU it is faster than sdpa "
-        f"up to {EAGER_ATTENTION_MAX_TOKENS})"
+        f"attention: eager while training (rows of at most {sequence_length} tokens; on a CPU it is "
+        f"faster than sdpa up to {EAGER_ATTENTION_MAX_TOKENS})"
     )
 
 
