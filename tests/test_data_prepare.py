@@ -7,7 +7,15 @@ from typer.testing import CliRunner
 from conftest import write_jsonl
 from tunesmith.cli import app
 from tunesmith.config import DataConfig, load_config
-from tunesmith.data import DataError, TargetModel, check_rows, load_split, prepare_dataset, split_rows
+from tunesmith.data import (
+    DataError,
+    TargetModel,
+    check_rows,
+    get_dataset,
+    load_split,
+    prepare_dataset,
+    split_rows,
+)
 from tunesmith.workspace import open_workspace
 
 runner = CliRunner()
@@ -221,6 +229,12 @@ def test_versions_are_content_hashed_stored_as_parquet_and_reported(tmp_path):
     assert "<img" in (folder / "report.html").read_text()
     other, _ = prepare_dataset(workspace, cfg(path=str(path), split={"seed": 1}))
     assert other.id != first.id  # other options, other version
+    assert get_dataset(workspace, first.id[:9]).id == first.id  # a unique prefix will do
+    both = ", ".join(sorted([first.id, other.id]))
+    with pytest.raises(DataError, match=rf"'ds-' matches 2 dataset versions \({both}\); give more of the id"):
+        get_dataset(workspace, "ds-")  # not "no dataset version": say which, and to give more of the id
+    with pytest.raises(DataError, match="no dataset version 'ds-nope'"):
+        get_dataset(workspace, "ds-nope")
 
 
 def test_strict_fails_on_any_rejection(tmp_path):

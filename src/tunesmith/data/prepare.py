@@ -874,16 +874,21 @@ def get_dataset(workspace: Workspace, dataset_id: str) -> DatasetVersion:
     """Look a dataset version up by id (or a unique prefix of it).
 
     Raises:
-        DataError: when there is none.
+        DataError: when there is none, or the prefix starts more than one id.
     """
     with session(workspace.engine) as s:
         version = s.get(DatasetVersion, dataset_id)
-        if version is None:
-            matches = list(s.scalars(select(DatasetVersion).where(DatasetVersion.id.startswith(dataset_id))))
-            version = matches[0] if len(matches) == 1 else None
-    if version is None:
-        raise DataError(f"no dataset version {dataset_id!r}; `tunesmith data list` shows the stored ones")
-    return version
+        if version is not None:
+            return version
+        matches = list(s.scalars(select(DatasetVersion.id).where(DatasetVersion.id.startswith(dataset_id))))
+        if len(matches) == 1:
+            return s.get_one(DatasetVersion, matches[0])
+    if matches:
+        raise DataError(
+            f"{dataset_id!r} matches {len(matches)} dataset versions ({', '.join(sorted(matches))}); "
+            "give more of the id"
+        )
+    raise DataError(f"no dataset version {dataset_id!r}; `tunesmith data list` shows the stored ones")
 
 
 def list_datasets(workspace: Workspace) -> list[DatasetVersion]:
