@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 from typer.testing import CliRunner
@@ -127,6 +127,9 @@ def test_generated_answers_are_split_the_same_way_whole_or_streamed():
     thinks=st.booleans(),
     cuts=st.lists(st.integers(min_value=1, max_value=7), max_size=30),
 )
+# the blank after <think> arriving in a later piece than the marker is not the trace's either
+@example(trace="\r0", answer="", thinks=True, cuts=[7, 1])
+@example(trace="\nWhy?", answer="Because.", thinks=True, cuts=[7, 1, 1])
 def test_a_streamed_answer_splits_as_the_whole_does(trace, answer, thinks, cuts):
     text = f"<think>\n{trace}\n</think>\n\n{answer}" if thinks else answer
     splitter, pieces, start = TraceSplitter(), [], 0

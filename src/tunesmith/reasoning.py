@@ -117,6 +117,7 @@ class TraceSplitter:
     def __init__(self) -> None:
         self.buffer = ""
         self.state = "start"  # start: before any text; trace: inside <think>; after: between; answer
+        self.traced = False  # whether any of the trace has gone out yet
 
     def feed(self, text: str) -> tuple[str, str]:
         """(trace delta, answer delta) of `text`, either possibly empty."""
@@ -131,9 +132,13 @@ class TraceSplitter:
                 return "", self._take(len(self.buffer))
             self.state, self.buffer = "trace", stripped[len(OPEN) :].lstrip()
         if self.state == "trace":
+            if not self.traced:  # the blank after <think>, in whichever piece it arrives, is not the trace
+                self.buffer = self.buffer.lstrip()
             closed = self.buffer.find(CLOSE)
             if closed < 0:
-                return self._take(_safe_end(self.buffer)), ""
+                out = self._take(_safe_end(self.buffer))
+                self.traced = self.traced or bool(out)
+                return out, ""
             trace = self.buffer[:closed].rstrip()
             self.state, self.buffer = "after", self.buffer[closed + len(CLOSE) :]
         if self.state == "after":
