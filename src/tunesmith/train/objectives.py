@@ -91,6 +91,7 @@ class Objective:
     labelled: bool = False  # the head's outputs are the data's labels
     cross_validates: bool = True  # `eval --cv` folds its one dataset
     single_pass: bool = False  # the train split already holds every epoch (a mixture's stream)
+    generates: bool = False  # it samples answers while it trains: its sequences are a row plus an answer
     # the row formats (`data` stage's FORMATS) for which `train.objective: auto` picks it, and why
     auto_for: tuple[str, ...] = ()
     auto_reason: str = ""
@@ -377,6 +378,7 @@ def _register_language_models() -> None:
             finish=finish_rl,
             rows_per_step=_rl_rows_per_step,
             step_cycle=_rl_cycle,
+            generates=True,
         )
     )
 
@@ -401,6 +403,7 @@ def _register_distillation() -> None:
             describe=describe_distill,
             finish=finish_distill,
             lineage=distill_lineage,
+            generates=True,
         )
     )
 

@@ -504,8 +504,6 @@ def with_settings_decided(
 # for short rows and slower for long ones: `bench/attention.py` measured the crossover between 256
 # and 384 tokens (a LoRA step of SmolLM2-135M, batch 8, bfloat16 autocast).
 EAGER_ATTENTION_MAX_TOKENS = 256
-# These generate while they train, so their sequences are a row plus an answer, not the row alone.
-SDPA_OBJECTIVES = ("rl", "distill")
 
 
 def decide_attention(config: ProjectConfig, sequence_length: int) -> tuple[str | None, str | None]:
@@ -514,7 +512,7 @@ def decide_attention(config: ProjectConfig, sequence_length: int) -> tuple[str |
     Eager on a CPU when no row is longer than `EAGER_ATTENTION_MAX_TOKENS` (its memory grows with
     the square of the length, which the fit estimate already counts); None (the model's default,
     sdpa) elsewhere: on a GPU, for packed rows (as long as max_length), for the objectives that
-    generate while they train (`SDPA_OBJECTIVES`), or when the config names one. Only training uses
+    generate while they train (`Objective.generates`), or when the config names one. Only training uses
     it: the model is set back when training ends (`callbacks.TrainingAttention`), so it is evaluated
     and served with the implementation it loads with.
     """
@@ -522,7 +520,7 @@ def decide_attention(config: ProjectConfig, sequence_length: int) -> tuple[str |
 
     if config.model.attn_implementation != "auto" or config.train.packing or torch.cuda.is_available():
         return None, None
-    if config.train.objective in SDPA_OBJECTIVES:
+    if config.train.objective != "auto" and get_objective(config.train.objective).generates:
         return None, None
     if sequence_length > EAGER_ATTENTION_MAX_TOKENS:
         return None, None
